@@ -1,0 +1,1 @@
+"""Ray actors wrapping platform objects (generators, evaluators)."""

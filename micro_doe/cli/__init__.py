@@ -1,0 +1,1 @@
+"""The `micro-doe` command line (typer)."""

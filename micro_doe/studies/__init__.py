@@ -1,0 +1,1 @@
+"""Study specification, objectives and the Optuna/MLflow loop."""
