@@ -1,0 +1,180 @@
+"""The standard descriptor set of a volume, in one call, as a typed serialisable result."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from pydantic import BaseModel, ConfigDict
+
+from micro_doe.platform.descriptors._phase import VolumeLike, as_volume, resolve_r_max, spatial
+from micro_doe.platform.descriptors.correlation import s2_along_axes, s2_radial
+from micro_doe.platform.descriptors.interface import interfacial_area
+from micro_doe.platform.descriptors.lineal_path import lineal_path_along_axes
+from micro_doe.platform.descriptors.transport import Tortuosity, tortuosity
+from micro_doe.platform.volumes import phase_index, phase_names
+
+
+class TortuosityResult(BaseModel):
+    """:class:`~micro_doe.platform.descriptors.transport.Tortuosity` as a pydantic model."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+    axis: str
+    tau: float
+    effective_diffusivity: float
+    volume_fraction: float
+    percolating_fraction: float
+    converged: bool = True
+
+
+class Descriptors(BaseModel):
+    """Descriptors of one phase of a volume (or of a stack of samples, pooled).
+
+    Curves are indexed by the lag r = 0, 1, …, r_max voxels:
+
+    - ``s2[axis]``: two-point correlation along each axis; ``s2_radial``: radially averaged
+      over all spatial axes (see :mod:`~micro_doe.platform.descriptors.correlation`);
+    - ``lineal_path[axis]``: lineal path function along each axis
+      (see :mod:`~micro_doe.platform.descriptors.lineal_path`);
+    - ``volume_fractions``: every phase's volume fraction, by phase name;
+    - ``tortuosity``: along ``tortuosity.axis``; for a stack, τ is the mean over the samples
+      that percolate (``inf`` if none does) and the other fields are means over all samples;
+      ``None`` when not requested;
+    - ``interfacial_area``: specific interfacial area (1/voxel_unit) between the phase and
+      each other phase, keyed ``"<phase>|<other>"``.
+    """
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+    phase: int
+    phase_name: str
+    dims: list[str]
+    shape: list[int]
+    voxel_size: float
+    periodic: bool
+    volume_fractions: dict[str, float]
+    s2: dict[str, list[float]]
+    s2_radial: list[float]
+    lineal_path: dict[str, list[float]]
+    tortuosity: TortuosityResult | None
+    interfacial_area: dict[str, float]
+    seconds: float
+
+    @property
+    def volume_fraction(self) -> float:
+        return self.volume_fractions[self.phase_name]
+
+    def s2_mean(self) -> np.ndarray:
+        """S2 along axes, averaged over the spatial axes."""
+        return np.mean([self.s2[a] for a in self.s2], axis=0)
+
+    def lineal_path_mean(self) -> np.ndarray:
+        """L along axes, averaged over the spatial axes."""
+        return np.mean([self.lineal_path[a] for a in self.lineal_path], axis=0)
+
+    def scalars(self) -> dict[str, float]:
+        """Flat scalar metrics (for tables, MLflow and objectives)."""
+        out = {"volume_fraction": self.volume_fraction}
+        out.update({f"vf_{name}": value for name, value in self.volume_fractions.items()})
+        out["interfacial_area"] = float(sum(self.interfacial_area.values()))
+        if self.tortuosity is not None:
+            out["tortuosity"] = self.tortuosity.tau
+            out["effective_diffusivity"] = self.tortuosity.effective_diffusivity
+            out["percolating_fraction"] = self.tortuosity.percolating_fraction
+        return out
+
+    def to_dataset(self) -> xr.Dataset:
+        """Curves as an ``xarray.Dataset`` over ``(axis, r)``; everything else in attrs (JSON)."""
+        axes = list(self.s2)
+        r = np.arange(len(self.s2_radial))
+        data = xr.Dataset(
+            {
+                "s2": (("axis", "r"), np.array([self.s2[a] for a in axes])),
+                "lineal_path": (("axis", "r"), np.array([self.lineal_path[a] for a in axes])),
+                "s2_radial": (("r",), np.array(self.s2_radial)),
+            },
+            coords={"axis": axes, "r": r},
+        )
+        data.attrs["descriptors_json"] = self.model_dump_json(exclude={"s2", "lineal_path", "s2_radial"})
+        return data
+
+    @classmethod
+    def from_dataset(cls, data: xr.Dataset) -> Descriptors:
+        # json (not pydantic) parses the Infinity that an absent or isolated phase's τ writes.
+        fields: dict[str, Any] = json.loads(data.attrs["descriptors_json"])
+        axes = [str(a) for a in data["axis"].values]
+        fields["s2"] = {a: data["s2"].sel(axis=a).values.tolist() for a in axes}
+        fields["lineal_path"] = {a: data["lineal_path"].sel(axis=a).values.tolist() for a in axes}
+        fields["s2_radial"] = data["s2_radial"].values.tolist()
+        return cls.model_validate(fields)
+
+
+def describe(
+    volume: VolumeLike,
+    phase: int | str = 1,
+    *,
+    periodic: bool = False,
+    r_max: int | None = None,
+    tortuosity_axis: str | None = "z",
+) -> Descriptors:
+    """Compute the standard descriptor set of ``phase`` in one call.
+
+    ``tortuosity_axis`` names the axis τ is measured along (default ``"z"``, the film
+    normal; a 2D image has ``"y"`` and ``"x"``; ``"z"`` falls back to ``"y"`` there);
+    ``None`` skips the diffusion solve.
+    """
+    start = time.perf_counter()
+    vol = as_volume(volume)
+    names = phase_names(vol)
+    label = phase_index(vol, phase)
+    dims = [str(d) for d in vol.dims]
+    space = spatial(tuple(dims))
+    r_max = resolve_r_max([vol.sizes[d] for d in space], r_max)
+    labels = vol.values
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(names))
+    fractions = {name: float(counts[i]) / labels.size for i, name in enumerate(names)}
+
+    tort = None
+    if tortuosity_axis is not None:
+        axis = "y" if tortuosity_axis == "z" and "z" not in space else tortuosity_axis
+        tort = _tortuosity(vol, label, axis)
+    areas = {
+        f"{names[label]}|{names[other]}": interfacial_area(vol, label, other, periodic=periodic)
+        for other in range(len(names))
+        if other != label
+    }
+    return Descriptors(
+        phase=label,
+        phase_name=names[label],
+        dims=dims,
+        shape=list(labels.shape),
+        voxel_size=float(vol.attrs.get("voxel_size", 1.0)),
+        periodic=periodic,
+        volume_fractions=fractions,
+        s2={a: c.tolist() for a, c in s2_along_axes(vol, label, periodic=periodic, r_max=r_max).items()},
+        s2_radial=s2_radial(vol, label, periodic=periodic, r_max=r_max).tolist(),
+        lineal_path={
+            a: c.tolist() for a, c in lineal_path_along_axes(vol, label, periodic=periodic, r_max=r_max).items()
+        },
+        tortuosity=tort,
+        interfacial_area=areas,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _tortuosity(vol: xr.DataArray, label: int, axis: str) -> TortuosityResult:
+    if "sample" not in vol.dims:
+        return TortuosityResult(**tortuosity(vol, label, axis).as_dict())
+    results: list[Tortuosity] = [tortuosity(vol.isel(sample=i), label, axis) for i in range(vol.sizes["sample"])]
+    finite = [t.tau for t in results if math.isfinite(t.tau)]
+    return TortuosityResult(
+        axis=axis,
+        tau=float(np.mean(finite)) if finite else math.inf,
+        effective_diffusivity=float(np.mean([t.effective_diffusivity for t in results])),
+        volume_fraction=float(np.mean([t.volume_fraction for t in results])),
+        percolating_fraction=float(np.mean([t.percolating_fraction for t in results])),
+        converged=all(t.converged for t in results),
+    )

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from micro_doe.platform.descriptors import percolating_fraction, tortuosity
+
+
+def test_straight_channels_have_tau_one_along_their_axis_and_do_not_percolate_across():
+    vol = np.zeros((24, 16, 16), np.int8)
+    vol[:, 2:6, 2:6] = 1
+    vol[:, 9:14, 8:11] = 1
+    along = tortuosity(vol, 1, "z")
+    assert along.tau == pytest.approx(1.0, abs=1e-3)
+    assert along.percolating_fraction == 1.0
+    assert along.effective_diffusivity == pytest.approx(vol.mean(), rel=1e-3)
+    across = tortuosity(vol, 1, "x")
+    assert math.isinf(across.tau) and across.effective_diffusivity == 0.0 and across.percolating_fraction == 0.0
+
+
+def test_absent_isolated_and_full_phases_have_defined_values():
+    absent = tortuosity(np.zeros((8, 8, 8), np.int8), 1, "z")
+    assert math.isinf(absent.tau) and absent.volume_fraction == 0.0 and absent.percolating_fraction == 0.0
+    ball = np.zeros((12, 12, 12), np.int8)
+    ball[4:8, 4:8, 4:8] = 1
+    isolated = tortuosity(ball, 1, "y")
+    assert math.isinf(isolated.tau) and isolated.percolating_fraction == 0.0
+    full = tortuosity(np.ones((8, 8, 8), np.int8), 1, "x")
+    assert full.tau == pytest.approx(1.0, abs=1e-3) and full.percolating_fraction == 1.0
+
+
+def test_dead_ends_count_as_non_percolating_voxels():
+    vol = np.zeros((10, 10, 10), np.int8)
+    vol[:, 0:2, 0:2] = 1  # 40 voxels spanning z
+    vol[4:6, 6:8, 6:8] = 1  # 8 isolated voxels
+    assert percolating_fraction(vol, 1, "z") == pytest.approx(40 / 48)
+
+
+def test_tortuosity_is_invariant_under_relabelling_the_axis(blobs64):
+    sub = blobs64[:32, :32, :32]
+    along_z = tortuosity(sub, 1, "z")
+    along_x = tortuosity(np.ascontiguousarray(np.swapaxes(sub, 0, 2)), 1, "x")
+    assert 1.0 < along_z.tau < 10.0
+    assert along_x.tau == pytest.approx(along_z.tau, rel=1e-6)
+
+
+def test_a_winding_path_is_more_tortuous_than_a_straight_one():
+    # A staircase: 2x2 channel that steps sideways every 4 slices, path longer than the box.
+    vol = np.zeros((16, 12, 12), np.int8)
+    for z in range(16):
+        shift = (z // 4) * 2
+        vol[z, 2:4, shift : shift + 4] = 1
+    assert tortuosity(vol, 1, "z").tau > 1.2
+
+
+def test_two_dimensional_images_and_bad_axes():
+    img = np.zeros((20, 20), np.int8)
+    img[:, 5:9] = 1
+    assert tortuosity(img, 1, "y").tau == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ValueError, match="axis must be one of"):
+        tortuosity(img, 1, "z")
