@@ -1,0 +1,86 @@
+"""Evaluator speed on a 64³ two-phase volume, against porespy measured in the same run.
+
+    python benchmarks/descriptors.py [--size 64] [--repeats 5]
+
+Prints a Markdown table (median seconds of repeated calls after a warm-up, and each
+time as a ratio to porespy's ``two_point_correlation`` on the same volume) and checks the
+targets: S2 + L on all three axes at least 20× faster than porespy's
+``two_point_correlation``; the whole ``describe`` call under 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+import numpy as np
+import porespy as ps
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _timing import median_seconds  # noqa: E402
+
+from micro_doe.platform.descriptors import (  # noqa: E402
+    describe,
+    interfacial_area,
+    lineal_path_along_axes,
+    percolating_fraction,
+    s2_along_axes,
+    s2_radial,
+    tortuosity,
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    n, reps = args.size, args.repeats
+    volume = ps.generators.blobs([n, n, n], porosity=0.5, blobiness=1.5, seed=0).astype(np.int8)
+    pore = volume == 1
+
+    reference = median_seconds(lambda: ps.metrics.two_point_correlation(pore), reps)
+    rows: list[tuple[str, float]] = [("porespy two_point_correlation (reference)", reference)]
+    try:
+        tau_fd = ps.simulations.tortuosity_fd(pore, axis=0)
+        rows.append(("porespy tortuosity_fd (z)", median_seconds(lambda: ps.simulations.tortuosity_fd(pore, axis=0), 1)))
+        porespy_tau = f"{tau_fd.tortuosity:.3f}"
+    except ImportError as err:  # openpnm missing: `pip install micro-doe[bench]`
+        porespy_tau = f"n/a ({err})"
+
+    ours = {
+        "S2 along z, y, x (non-periodic)": lambda: s2_along_axes(volume),
+        "S2 along z, y, x (periodic)": lambda: s2_along_axes(volume, periodic=True),
+        "lineal path along z, y, x (non-periodic)": lambda: lineal_path_along_axes(volume),
+        "S2 + L along z, y, x": lambda: (s2_along_axes(volume), lineal_path_along_axes(volume)),
+        "S2 radial 3D (non-periodic)": lambda: s2_radial(volume),
+        "percolating fraction (z)": lambda: percolating_fraction(volume, 1, "z"),
+        "tortuosity (taufactor, z)": lambda: tortuosity(volume, 1, "z"),
+        "interfacial area": lambda: interfacial_area(volume, 0, 1),
+        "describe (all of the above)": lambda: describe(volume),
+    }
+    rows += [(name, median_seconds(fn, reps)) for name, fn in ours.items()]
+    times = dict(rows)
+
+    print(f"# descriptors on a {n}³ two-phase volume (vf 0.5), median of {reps}")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} torch threads")
+    print()
+    print("| descriptor | seconds | speed-up vs porespy two_point_correlation |")
+    print("|---|---:|---:|")
+    for name, seconds in rows:
+        print(f"| {name} | {seconds:.4f} | {reference / seconds:.1f}× |")
+    print()
+    print(f"tortuosity τ(z): micro-doe (taufactor) {tortuosity(volume, 1, 'z').tau:.3f}, porespy tortuosity_fd {porespy_tau}")
+    speedup = reference / times["S2 + L along z, y, x"]
+    whole = times["describe (all of the above)"]
+    print(f"target S2 + L ≥ 20× faster than porespy two_point_correlation: {speedup:.1f}× "
+          f"{'PASS' if speedup >= 20 else 'MISS'}")
+    print(f"target describe < 1 s: {whole:.3f} s {'PASS' if whole < 1 else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()

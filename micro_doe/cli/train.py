@@ -1,0 +1,60 @@
+"""``micro-doe train micro3diff ...``: train a generator on your own data, write a bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from micro_doe.platform.training import TrainConfig, load_training_data, train_micro3diff
+from micro_doe.platform.unet import UNetConfig
+
+train_app = typer.Typer(help="Train generators on your own data.", no_args_is_help=True)
+
+
+@train_app.command()
+def micro3diff(
+    data: Annotated[Path, typer.Option(help="Training images: .nc stack or volume, image folder, or one large image.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 4000,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-4,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay of the weights.")] = 0.995,
+    base_channels: Annotated[int, typer.Option(help="U-Net width of the first level.")] = 32,
+    channel_mults: Annotated[str, typer.Option(help="Width multipliers per level, comma-separated.")] = "1,2,2",
+    res_blocks: Annotated[int, typer.Option(help="Residual blocks per level.")] = 1,
+    attention: Annotated[bool, typer.Option(help="Self-attention at the lowest resolution.")] = True,
+    schedule: Annotated[str, typer.Option(help="Noise schedule: linear (the paper's) or cosine.")] = "linear",
+    augment: Annotated[bool, typer.Option(help="8-fold dihedral augmentation.")] = True,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 250,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT.checkpoint.pt.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Grey images: label 1 above this value.")] = None,
+    crop_size: Annotated[int | None, typer.Option(help="One large image: cut crops of this size.")] = None,
+    n_crops: Annotated[int, typer.Option(help="Number of crops when cropping.")] = 250,
+    quality_images: Annotated[int, typer.Option(help="Images sampled for the card's quality check.")] = 16,
+) -> None:
+    """Train the Micro3Diff 2D denoiser and write a model bundle."""
+    try:
+        mults = tuple(int(m) for m in channel_mults.split(","))
+    except ValueError:
+        raise ValueError(f"--channel-mults: expected comma-separated integers, got {channel_mults!r}") from None
+    config = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        ema_decay=ema_decay,
+        checkpoint_every=checkpoint_every,
+        augment=augment,
+        seed=seed,
+        schedule=schedule,  # type: ignore[arg-type]
+        unet=UNetConfig(base_channels=base_channels, channel_mults=mults, num_res_blocks=res_blocks, attention=attention),
+        quality_images=quality_images,
+    )
+    images = load_training_data(data, threshold=threshold, crop_size=crop_size, n_crops=n_crops, seed=seed)
+    bundle = train_micro3diff(images, out, config, resume=resume, device=device, data_label=str(data))
+    Console(stderr=True).print(f"wrote bundle {bundle}")
+    Console().print((bundle / "card.md").read_text())

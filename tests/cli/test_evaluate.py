@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from micro_doe.cli.app import main
+from micro_doe.platform.volumes import make_volume, write_netcdf
+
+
+def run_cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as done:
+        main(list(args))
+    return int(done.value.code)
+
+
+@pytest.fixture
+def volume_file(tmp_path, blobs64):
+    return write_netcdf(make_volume(blobs64[:24, :24, :24], phase_names=["solid", "pore"]), tmp_path / "v.nc")
+
+
+def test_evaluate_prints_a_table_and_writes_json(tmp_path, volume_file, capsys):
+    out = tmp_path / "d.json"
+    assert run_cli("evaluate", str(volume_file), "--phase", "pore", "--json", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "vf[pore]" in printed and "tortuosity" in printed
+    data = json.loads(out.read_text())
+    assert data["phase_name"] == "pore" and len(data["s2"]["z"]) == 13
+
+
+def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path, volume_file):
+    missing = subprocess.run(
+        [sys.executable, "-m", "micro_doe.cli.app", "evaluate", str(tmp_path / "nope.nc")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2
+    assert "nope.nc: no such file" in missing.stderr and "Traceback" not in missing.stderr
+    assert run_cli("evaluate", str(volume_file), "--phase", "ice") == 2
+    assert run_cli("evaluate", str(volume_file), "--axis", "w") == 2
+    assert run_cli("evaluate", str(volume_file), "--r-max", "500") == 2
+    assert run_cli("evaluate") == 2  # missing argument: click's usage error
+
+
+def test_help_lists_commands(capsys):
+    assert run_cli("--help") == 0
+    text = capsys.readouterr().out
+    assert "evaluate" in text and "data" in text
+
+
+def test_grey_image_without_threshold_is_refused(tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray((4 * np.arange(64)).astype(np.uint8).reshape(8, 8)).save(tmp_path / "g.png")
+    assert run_cli("evaluate", str(tmp_path / "g.png")) == 2
+    assert "threshold" in capsys.readouterr().err
+    assert run_cli("evaluate", str(tmp_path / "g.png"), "--threshold", "127", "--axis", "y") == 0
