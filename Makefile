@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build; on a GPU machine install a CUDA torch into the venv first (see README).
 TORCH  ?= torch==2.13.0
 
-.PHONY: install quickstart test bench clean
+.PHONY: install quickstart test bench models clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,25 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/descriptors.py
+
+# The shipped Micro3Diff bundles, made with the project's own commands (about 45 min each on
+# one CPU core; `make -j2 models` trains both at once).
+MODELS := micro_doe/platform/models
+DATA   := micro-doe-runs/data
+models: $(MODELS)/spheres-32/model.pt $(MODELS)/polycrystal-32/model.pt
+
+# Case I at half the paper's scale (32² images, Ø ~ N(7.5, 2) voxels) so a 32³ volume holds many spheres.
+$(MODELS)/spheres-32/model.pt: install
+	$(BIN)/micro-doe data make spheres --shape 300 32 32 --mean-diameter 7.5 --sd-diameter 2 \
+		--volume-fraction 0.2 --min-gap 0 --seed 0 --out $(DATA)/spheres-32.nc
+	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/spheres-32.nc --out $(MODELS)/spheres-32 \
+		--steps 5000 --seed 0 $(if $(RESUME),--resume)
+
+# Case II at the paper's grain sizes (6, 9, 12 px) in 32² images.
+$(MODELS)/polycrystal-32/model.pt: install
+	$(BIN)/micro-doe data make polycrystal --n-images 300 --size 32 --seed 0 --out $(DATA)/polycrystal-32.nc
+	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/polycrystal-32.nc --out $(MODELS)/polycrystal-32 \
+		--steps 5000 --seed 0 $(if $(RESUME),--resume)
 
 clean:
 	rm -rf $(VENV) micro-doe-runs .pytest_cache

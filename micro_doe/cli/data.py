@@ -33,12 +33,18 @@ def spheres(
     mean_diameter: Annotated[float, typer.Option(help="Mean sphere diameter [voxels].")] = 15.0,
     sd_diameter: Annotated[float, typer.Option(help="Standard deviation of the diameter [voxels].")] = 4.0,
     volume_fraction: Annotated[float, typer.Option(help="Target inclusion volume fraction.")] = 0.25,
+    min_gap: Annotated[float, typer.Option(help="Smallest surface gap between spheres [voxels]; 0 lets them touch.")] = 1.0,
     seed: Seed = 0,
 ) -> None:
     """Spherical inclusions in a matrix (Micro3Diff case I): its z-slices are training images."""
     with Console(stderr=True).status("placing spheres"):
         vol = synthetic.spherical_inclusions(
-            shape, mean_diameter=mean_diameter, sd_diameter=sd_diameter, volume_fraction=volume_fraction, seed=seed
+            shape,
+            mean_diameter=mean_diameter,
+            sd_diameter=sd_diameter,
+            volume_fraction=volume_fraction,
+            seed=seed,
+            min_gap=min_gap,
         )
     _save(vol, out)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -139,6 +140,8 @@ def load_bundle(ref: str | os.PathLike[str], device: str | torch.device = "cpu")
         model.load_state_dict(state)
     except FileNotFoundError:
         raise BundleError(f"{path}: model.pt is missing") from None
+    except pickle.UnpicklingError as err:  # weights_only=True refuses anything but tensors and containers
+        raise BundleError(f"{path / 'model.pt'}: not a plain weights file ({err})") from None
     except RuntimeError as err:
         raise BundleError(f"{path / 'model.pt'}: weights do not fit the architecture in config.json ({err})") from None
     model.to(device).eval()

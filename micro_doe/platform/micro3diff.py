@@ -54,14 +54,14 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from micro_doe.platform.diffusion import Sampler
+from micro_doe.platform.diffusion import NoiseSchedule, Sampler
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -172,18 +172,27 @@ def sample_multiplane(
     x_T: torch.Tensor | None = None,
     progress: bool = False,
     callback: Callable[[DenoisingPass], None] | None = None,
+    moment_match: float | Sequence[float] | None = None,
 ) -> torch.Tensor:
     """One (C, size, size, size) volume x_0 by multi-plane denoising with n_h harmonizing cycles per step.
 
     The order of operations is in the module docstring. ``x_T`` replaces the initial noise
     (shape (C, n, n, n)); ``callback`` sees every :class:`DenoisingPass`; ``progress`` prints
     the step count to stderr. Returns a float32 CPU tensor; :func:`to_labels` makes phase labels.
+
+    ``moment_match`` (not the paper's; default None = the paper's method, unchanged): the data's
+    second moment E[x_0^2] per channel (1.0 for [-1, 1]-scaled binary or centred one-hot data; a
+    float for every channel or one value per channel). After every denoising pass, each channel
+    is rescaled about its volume mean to the forward process's mean square at the step the
+    volume now represents (:func:`match_second_moment`, :func:`forward_second_moment`); see
+    "Variant: second-moment matching" in the module docstring.
     """
     _check_positive(size=size, channels=channels, batch_size=batch_size)
     if int(n_h) != n_h or n_h < 0:
         raise ValueError(f"n_h: expected an integer >= 0, got {n_h}")
     if planes not in PLANE_MODES:
         raise ValueError(f"planes: expected one of {PLANE_MODES}, got {planes!r}")
+    m2 = None if moment_match is None else _channel_moments(moment_match, channels)
     g = make_generator(seed, generator)
     shape = (channels, size, size, size)
     if x_T is None:
@@ -208,12 +217,54 @@ def sample_multiplane(
                 else:
                     eps = sum(from_slices(model_eps(model, to_slices(x, p), t, batch_size), p) for p in PLANES) / 3
                 x = sampler.step(eps.contiguous(), t, t_prev, x, g)
+                if m2 is not None:  # x now stands for x_{t_prev}
+                    x = match_second_moment(x, forward_second_moment(sampler.schedule, t_prev, m2))
                 k += 1
             if progress:
                 print(f"\rmicro3diff: step {step + 1}/{len(pairs)}", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
     return x.cpu()
+
+
+def forward_second_moment(schedule: NoiseSchedule, t: int, data_moment: torch.Tensor | float) -> torch.Tensor:
+    """E[x_t^2] = abar_t E[x_0^2] + 1 - abar_t under the forward process (t = -1: E[x_0^2] itself).
+
+    ``data_moment``: E[x_0^2], a float or a tensor of one value per channel; returns float64.
+    Exact for any data: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps with eps independent of x_0.
+    """
+    abar = schedule.alpha_bar(t)
+    return abar * torch.as_tensor(data_moment, dtype=torch.float64) + (1.0 - abar)
+
+
+def match_second_moment(x: torch.Tensor, target: torch.Tensor | float, floor: float = 1e-12) -> torch.Tensor:
+    """Mean-preserving variance renormalisation of a (C, ...) tensor, channel by channel.
+
+    With m_c and v_c the mean and (population) variance of channel c over all its other dims,
+    x_c <- m_c + (x_c - m_c) sqrt(max(target_c - m_c^2, floor) / v_c), so that afterwards
+    mean(x_c) = m_c and mean(x_c^2) = max(target_c, m_c^2 + floor). A channel with v_c = 0
+    (constant) is returned unchanged. Statistics in float64; the result keeps x's dtype.
+    """
+    flat = x.reshape(x.shape[0], -1).to(torch.float64)
+    mean = flat.mean(1)
+    var = flat.var(1, unbiased=False)
+    target = torch.as_tensor(target, dtype=torch.float64, device=x.device).expand_as(mean)
+    ok = var > 0
+    scale = torch.where(ok, (target - mean**2).clamp(min=floor) / torch.where(ok, var, 1.0), 1.0).sqrt()
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    out = mean.reshape(shape) + (x.to(torch.float64) - mean.reshape(shape)) * scale.reshape(shape)
+    return out.to(x.dtype)
+
+
+def _channel_moments(moment_match: float | Sequence[float], channels: int) -> torch.Tensor:
+    m2 = torch.as_tensor(moment_match, dtype=torch.float64).reshape(-1)
+    if m2.numel() == 1:
+        m2 = m2.expand(channels).clone()
+    if m2.numel() != channels or not bool(torch.isfinite(m2).all()) or not bool((m2 > 0).all()):
+        raise ValueError(
+            f"moment_match: expected E[x_0^2] > 0, one value or {channels} (one per channel), got {moment_match!r}"
+        )
+    return m2
 
 
 def to_labels(x0: torch.Tensor | np.ndarray, channel_dim: int = 0) -> np.ndarray:

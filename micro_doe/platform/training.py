@@ -278,7 +278,7 @@ def _card(name, data, config, n_params, seconds, loss, quality, device) -> str: 
         f"- generator parameters: {data.attrs.get('generator_params', '{}')}",
         f"- recipe: {r.steps} steps, batch {r.batch_size}, AdamW lr {r.lr}, weight decay {r.weight_decay}, "
         f"EMA {r.ema_decay}, grad clip {r.grad_clip}, dihedral augmentation {r.augment}, seed {r.seed}",
-        f"- noise schedule: {config.schedule['kind']} β, T = {len(config.schedule['betas'])}",
+        f"- noise schedule: {config.schedule}, T = {config.noise_schedule().T}",
         f"- wall time: {seconds / 60:.1f} min on {device} ({torch.get_num_threads()} threads)",
         f"- final loss (running mean): {loss:.4f}",
         "",

@@ -121,7 +121,8 @@ def plane_mean(curves: dict[str, np.ndarray], plane: str) -> np.ndarray:
 
 def _s2_one_axis(data: np.ndarray, axis: int, periodic: bool, r_max: int) -> np.ndarray:
     n = data.shape[axis]
-    n_fft = n if periodic else sfft.next_fast_len(2 * n - 1, real=True)
+    # Zero-padding to n + r_max keeps lags 0..r_max free of wrap-around (2n - 1 is not needed).
+    n_fft = n if periodic else sfft.next_fast_len(n + r_max, real=True)
     spectrum = sfft.rfft(data, n=n_fft, axis=axis, workers=-1)
     # Sum the power spectra of all lines first: one inverse FFT gives the pooled counts.
     other = tuple(a for a in range(data.ndim) if a != axis)

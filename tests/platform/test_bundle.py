@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from micro_doe.platform.bundle import (
+    BundleError,
+    SamplingDefaults,
+    load_bundle,
+    resolve_bundle_path,
+    update_sampling_defaults,
+    write_bundle,
+)
+
+
+def test_unknown_references_name_what_exists(tmp_path):
+    with pytest.raises(BundleError, match="no shipped model of that name; shipped models are"):
+        resolve_bundle_path("pretrained:nope")
+    with pytest.raises(BundleError, match="not a model bundle"):
+        resolve_bundle_path(tmp_path)
+
+
+def test_broken_bundles_are_reported_by_file(tmp_path, tiny_bundle):
+    copy = shutil.copytree(tiny_bundle, tmp_path / "b")
+    (copy / "model.pt").unlink()
+    with pytest.raises(BundleError, match="model.pt is missing"):
+        load_bundle(copy)
+    (copy / "config.json").write_text("{not json")
+    with pytest.raises(BundleError, match="config.json: invalid bundle config"):
+        load_bundle(copy)
+
+
+def test_weights_load_only_plain_tensors(tmp_path, tiny_bundle):
+    copy = shutil.copytree(tiny_bundle, tmp_path / "b")
+    torch.save({"payload": SamplingDefaults()}, copy / "model.pt")  # an arbitrary pickled object
+    with pytest.raises(BundleError, match="not a plain weights file"):
+        load_bundle(copy)
+
+
+def test_rewrite_is_atomic_and_defaults_update(tmp_path, tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    target = tmp_path / "again"
+    for _ in range(2):  # writing over an existing bundle replaces it whole
+        write_bundle(target, bundle.config, bundle.model.state_dict(), bundle.reference, "card")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
+    update_sampling_defaults(target, SamplingDefaults(n_h=3, steps=20, variant="average"))
+    reloaded = load_bundle(target)
+    assert reloaded.config.sampling.n_h == 3 and reloaded.config.sampling.variant == "average"
+    for key, value in bundle.model.state_dict().items():
+        torch.testing.assert_close(reloaded.model.state_dict()[key], value)

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from micro_doe.platform.bundle import Micro3DiffConfig, load_bundle
+from micro_doe.platform.training import TrainConfig, load_training_data, train_micro3diff, training_images
+from micro_doe.platform.unet import UNetConfig
+from micro_doe.platform.volumes import make_volume, write_png
+
+TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4)
+
+
+def tiny_config(**overrides) -> TrainConfig:  # type: ignore[no-untyped-def]
+    defaults = {"steps": 10, "batch_size": 4, "checkpoint_every": 5, "unet": TINY, "quality_images": 0}
+    return TrainConfig(**(defaults | overrides))
+
+
+def test_bundle_holds_config_weights_reference_and_card(tiny_bundle, sphere_slices):
+    assert sorted(p.name for p in tiny_bundle.iterdir()) == ["card.md", "config.json", "model.pt", "reference.nc"]
+    config = Micro3DiffConfig.model_validate_json((tiny_bundle / "config.json").read_text())
+    assert config.image_size == 16 and config.phase_names == ["matrix", "inclusion"]
+    assert config.recipe.steps == 12 and config.recipe.data_seed == 1 and config.recipe.n_images == 40
+    assert config.noise_schedule().T == 1000
+    bundle = load_bundle(tiny_bundle)
+    assert not bundle.model.training
+    assert bundle.reference.volume_fraction == pytest.approx(float((sphere_slices == 1).mean()))
+    card = (tiny_bundle / "card.md").read_text()
+    assert "12 steps" in card and "final loss" in card and "S2 error rate" in card
+    assert tiny_bundle.with_name("tiny.checkpoint.pt").exists()
+
+
+def test_resume_continues_exactly_where_training_stopped(tmp_path, sphere_slices):
+    straight = train_micro3diff(sphere_slices, tmp_path / "a", tiny_config(steps=10), device="cpu", progress=False)
+    train_micro3diff(sphere_slices, tmp_path / "b", tiny_config(steps=5), device="cpu", progress=False)
+    resumed = train_micro3diff(
+        sphere_slices, tmp_path / "b", tiny_config(steps=10), resume=True, device="cpu", progress=False
+    )
+    a = torch.load(straight / "model.pt", weights_only=True)
+    b = torch.load(resumed / "model.pt", weights_only=True)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="different recipe"):
+        train_micro3diff(sphere_slices, tmp_path / "b", tiny_config(lr=1e-3), resume=True, device="cpu", progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_micro3diff(sphere_slices, tmp_path / "c", tiny_config(), resume=True, device="cpu", progress=False)
+
+
+def test_three_phase_images_train_as_one_hot_channels(tmp_path, rng):
+    stack = make_volume(rng.integers(0, 3, (6, 8, 8)), dims=("sample", "y", "x"), phase_names=["a", "b", "c"])
+    bundle = train_micro3diff(stack, tmp_path / "k3", tiny_config(steps=2), device="cpu", progress=False)
+    assert json.loads((bundle / "config.json").read_text())["unet"]["in_channels"] == 3
+
+
+def test_training_images_shapes_and_errors(rng):
+    volume = make_volume(rng.integers(0, 2, (5, 8, 8)))
+    assert training_images(volume).dims == ("sample", "y", "x")
+    with pytest.raises(ValueError, match="data make crops"):
+        training_images(make_volume(rng.integers(0, 2, (8, 8))))
+    with pytest.raises(ValueError, match="square"):
+        training_images(make_volume(rng.integers(0, 2, (5, 8, 6))))
+
+
+def test_load_training_data_from_a_folder_and_by_cropping(tmp_path, rng):
+    folder = tmp_path / "images"
+    for i in range(3):
+        write_png(make_volume((rng.random((8, 8)) < 0.5).astype(np.int8)), folder / f"{i}.png")
+    assert load_training_data(folder).shape == (3, 8, 8)
+    write_png(make_volume((rng.random((40, 50)) < 0.5).astype(np.int8)), tmp_path / "big.png")
+    assert load_training_data(tmp_path / "big.png", crop_size=16, n_crops=7).shape == (7, 16, 16)
+    with pytest.raises(ValueError, match="no .png"):
+        load_training_data(_empty(tmp_path))
+
+
+def _empty(tmp_path):  # type: ignore[no-untyped-def]
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty"
