@@ -24,7 +24,7 @@ def generate(
     sampler: Annotated[str | None, typer.Option(help="ddpm or ddim (default: the bundle's).")] = None,
     eta: Annotated[float | None, typer.Option(help="DDIM η.")] = None,
     variance: Annotated[str | None, typer.Option(help="DDPM variance: beta (paper) or posterior.")] = None,
-    variant: Annotated[str | None, typer.Option(help="Multi-plane variant: paper or average.")] = None,
+    variant: Annotated[str | None, typer.Option(help="Multi-plane variant: paper (reference), average or moment.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first volume; volume i uses seed + i.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Slices per network call (memory bound).")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,

@@ -68,6 +68,7 @@ class TrainingRecipe(BaseModel):
     seed: int
     data: str = Field(description="where the training images came from")
     data_seed: int | None = Field(None, description="seed of the synthetic data, if synthetic")
+    data_params: dict = Field(default_factory=dict, description="the data generator's parameters, if synthetic")
     n_images: int = Field(ge=1)
 
 

@@ -22,7 +22,14 @@ from micro_doe.platform.micro3diff import DenoisingPass, sample_multiplane, to_l
 from micro_doe.platform.training import default_device
 from micro_doe.platform.volumes import make_volume
 
-VARIANTS = {"paper": "rotate", "average": "average"}
+# Multi-plane variants, as keyword arguments of sample_multiplane. "paper" is the reference;
+# the others are optional improvements with their own measured numbers (benchmarks/micro3diff.py).
+# moment_match = 1.0 is E[x0²] of every channel that labels_to_channels makes (all ±1).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "paper": {"planes": "rotate"},
+    "average": {"planes": "average"},
+    "moment": {"planes": "rotate", "moment_match": 1.0},
+}
 
 
 class SamplingSettings(BaseModel):
@@ -94,7 +101,7 @@ class Micro3DiffGenerator:
                 batch_size=batch_size,
                 device=self.device,
                 channels=channels,
-                planes=VARIANTS[s.variant],
+                **VARIANTS[s.variant],
                 callback=on_pass,
             )
             seconds = time.perf_counter() - start

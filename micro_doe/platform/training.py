@@ -12,6 +12,7 @@ check (error rates of images sampled from the model against the reference).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from micro_doe.platform.diffusion import DDPMSampler, NoiseSchedule, diffusion_l
 from micro_doe.platform.micro3diff import sample_2d, to_labels
 from micro_doe.platform.synthetic.augment import dihedral
 from micro_doe.platform.unet import UNet2D, UNetConfig, labels_to_channels, parameter_count
-from micro_doe.platform.volumes import atomic_path, phase_names
+from micro_doe.platform.volumes import atomic_path, generator_params, phase_names
 
 
 class TrainConfig(BaseModel):
@@ -184,6 +185,7 @@ def train_micro3diff(
             seed=config.seed,
             data=data_label,
             data_seed=data.attrs.get("seed"),
+            data_params=generator_params(data),
             n_images=int(stack.sizes["sample"]),
         ),
     )
@@ -275,7 +277,7 @@ def _card(name, data, config, n_params, seconds, loss, quality, device) -> str: 
         "",
         "## Training",
         f"- data: {r.data} ({r.n_images} images; source {data.attrs.get('source', '?')}, data seed {r.data_seed})",
-        f"- generator parameters: {data.attrs.get('generator_params', '{}')}",
+        f"- generator parameters: {json.dumps(r.data_params)}",
         f"- recipe: {r.steps} steps, batch {r.batch_size}, AdamW lr {r.lr}, weight decay {r.weight_decay}, "
         f"EMA {r.ema_decay}, grad clip {r.grad_clip}, dihedral augmentation {r.augment}, seed {r.seed}",
         f"- noise schedule: {config.schedule}, T = {config.noise_schedule().T}",

@@ -42,6 +42,15 @@ def spatial(dims: tuple[str, ...]) -> list[str]:
     return [d for d in dims if d in SPATIAL_DIMS]
 
 
+def along_axes(
+    volume: VolumeLike, phase: int | str, r_max: int | None
+) -> tuple[np.ndarray, dict[str, int], int]:
+    """Indicator, ``{dim: array axis}`` of the spatial dims, and the resolved ``r_max``."""
+    ind, dims = indicator(volume, phase)
+    axes = {d: dims.index(d) for d in spatial(dims)}
+    return ind, axes, resolve_r_max([ind.shape[a] for a in axes.values()], r_max)
+
+
 def resolve_r_max(lengths: list[int], r_max: int | None) -> int:
     """Default ``r_max`` is half the shortest length; at most that length minus one."""
     shortest = min(lengths)

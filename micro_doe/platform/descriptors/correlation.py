@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
-from micro_doe.platform.descriptors._phase import PLANES, VolumeLike, indicator, resolve_r_max, spatial
+from micro_doe.platform.descriptors._phase import PLANES, VolumeLike, along_axes, indicator, resolve_r_max, spatial
 
 
 def s2_along_axes(
@@ -49,11 +49,9 @@ def s2_along_axes(
 
     ``r_max`` defaults to half the shortest spatial length.
     """
-    ind, dims = indicator(volume, phase)
-    axes = [dims.index(d) for d in spatial(dims)]
-    r_max = resolve_r_max([ind.shape[a] for a in axes], r_max)
+    ind, axes, r_max = along_axes(volume, phase, r_max)
     data = ind.astype(np.float64)
-    return {dims[a]: _s2_one_axis(data, a, periodic, r_max) for a in axes}
+    return {dim: _s2_one_axis(data, a, periodic, r_max) for dim, a in axes.items()}
 
 
 def s2_radial(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from micro_doe.platform.descriptors._phase import VolumeLike, indicator, resolve_r_max, spatial
+from micro_doe.platform.descriptors._phase import VolumeLike, along_axes
 
 
 def lineal_path_along_axes(
@@ -39,10 +39,8 @@ def lineal_path_along_axes(
 
     ``r_max`` defaults to half the shortest spatial length.
     """
-    ind, dims = indicator(volume, phase)
-    axes = [dims.index(d) for d in spatial(dims)]
-    r_max = resolve_r_max([ind.shape[a] for a in axes], r_max)
-    return {dims[a]: _lineal_path_one_axis(ind, a, periodic, r_max) for a in axes}
+    ind, axes, r_max = along_axes(volume, phase, r_max)
+    return {dim: _lineal_path_one_axis(ind, a, periodic, r_max) for dim, a in axes.items()}
 
 
 def chord_lengths(lines: np.ndarray) -> np.ndarray:
