@@ -25,6 +25,10 @@ from micro_doe.platform.volumes import make_volume
 # Multi-plane variants, as keyword arguments of sample_multiplane. "paper" is the reference;
 # the others are optional improvements with their own measured numbers (benchmarks/micro3diff.py).
 # moment_match = 1.0 is E[x0²] of every channel that labels_to_channels makes (all ±1).
+class GenerationError(RuntimeError):
+    """A generator produced no usable volume (e.g. non-finite values from a diverged model)."""
+
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"planes": "rotate"},
     "average": {"planes": "average"},
@@ -105,6 +109,8 @@ class Micro3DiffGenerator:
                 callback=on_pass,
             )
             seconds = time.perf_counter() - start
+            if not bool(x0.isfinite().all()):
+                raise GenerationError(f"{self.model_ref}: sampling produced non-finite values (seed {seed + i})")
             params: dict[str, Any] = s.model_dump() | {"model": self.model_ref, "seconds": seconds}
             volumes.append(
                 make_volume(

@@ -46,3 +46,18 @@ def test_stacking_volumes_keeps_their_seeds(generator):
     stacked = stack_volumes(volumes)
     assert stacked.dims == ("sample", "z", "y", "x") and list(stacked.attrs["seeds"]) == [0, 1]
     assert stack_volumes(volumes[:1]) is volumes[0]
+
+
+def test_a_diverged_model_raises_a_generation_error(tmp_path, tiny_bundle):
+    import shutil
+
+    import torch
+
+    from micro_doe.platform.generators import GenerationError
+
+    broken = shutil.copytree(tiny_bundle, tmp_path / "nan-model")
+    state = torch.load(broken / "model.pt", weights_only=True)
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()},
+               broken / "model.pt")
+    with pytest.raises(GenerationError, match="non-finite"):
+        Micro3DiffGenerator(broken, device="cpu").sample(1, SamplingSettings(n_h=0, steps=2))
