@@ -1,0 +1,355 @@
+"""Objectives: what a study optimises, computed from a trial's generated samples.
+
+An objective maps one :class:`Sample` (a generated volume, its descriptors, the trial's
+parameters) to a float. A trial's value of an objective is the **mean over the trial's
+samples** of the per-sample values (:func:`evaluate_objectives`).
+
+Objectives are found by name (:func:`resolve_objective`):
+
+- a built-in (:data:`BUILTIN_OBJECTIVES`, listed below);
+- one registered with the :func:`objective` decorator (under the function's name, or
+  ``name=``);
+- ``"module:function"``: the module is imported and the function used; a function not
+  decorated gets direction ``"minimize"`` unless the study gives one.
+
+Built-ins (per sample; the default direction in brackets):
+
+- ``s2_error`` [minimize]: error rate in % (Micro3Diff eq. 24) between the sample's
+  two-point correlation S2(r) and the reference's, both averaged over the axes and
+  compared over their common lags r = 0 … min(len) − 1 voxels;
+- ``lineal_path_error`` [minimize]: the same for the lineal path L(r);
+- ``vf_error`` [minimize]: |vf − target|, absolute (a fraction, not %), with target
+  ``params["target.vf"]`` when the trial has one, else the reference's volume fraction;
+- ``volume_fraction`` [maximize]: volume fraction of the phase of interest;
+- ``tortuosity`` [minimize]: tortuosity factor τ ≥ 1 along the evaluation axis (taufactor's
+  definition); ``inf`` for a sample whose phase does not span the axis, so the trial's mean
+  is ``inf`` too (the worst value; Optuna accepts it);
+- ``percolating_fraction`` [maximize]: fraction of the phase connected to both faces
+  normal to the tortuosity axis;
+- ``interfacial_area`` [maximize]: specific interfacial area (1/voxel) between the phase
+  and all other phases, summed;
+- ``seconds_per_volume`` [minimize]: generator wall time spent on the sample, in seconds.
+
+The error objectives need the model's training-data reference (``Sample.reference``).
+Note the per-sample rule: ``s2_error`` here is the mean of per-sample error rates, which
+is at least the error rate of the pooled curve that
+:func:`micro_doe.platform.quality.error_rates` reports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, overload
+
+import numpy as np
+import xarray as xr
+
+from micro_doe.platform.descriptors import Descriptors, error_rate
+
+Direction = Literal["minimize", "maximize"]
+DIRECTIONS: tuple[str, ...] = ("minimize", "maximize")
+ATTRIBUTE = "__micro_doe_objective__"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated volume of a trial, with everything an objective may look at.
+
+    ``volume``: int8 phase labels, dims (z, y, x). ``descriptors``: of the phase of interest
+    (:func:`micro_doe.platform.descriptors.describe`). ``params``: the trial's generator
+    parameters (searched and fixed). ``predicted``: what the model predicts for this sample
+    (e.g. manufacturing parameters; ``{}`` for Micro3Diff). ``seconds``: generator wall time
+    spent on this volume. ``reference``: descriptors of the model's training data
+    (the bundle's ``reference.nc``), if any.
+    """
+
+    volume: xr.DataArray
+    descriptors: Descriptors
+    params: dict[str, Any]
+    predicted: dict[str, float]
+    seconds: float
+    reference: Descriptors | None
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A named per-sample objective with its default optimisation direction."""
+
+    name: str
+    fn: Callable[[Sample], float]
+    direction: Direction
+    description: str
+
+
+class UnknownObjectiveError(ValueError):
+    """An objective name that is neither built in, registered, nor an importable ``module:function``."""
+
+
+# ----------------------------------------------------------------------------- built-ins
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().split("\n", 1)[0].strip()
+
+
+
+def _reference(sample: Sample, objective: str) -> Descriptors:
+    ref = sample.reference
+    if ref is None:
+        raise ValueError(f"{objective}: needs the model's training-data reference (reference.nc); this sample has none")
+    if ref.phase != sample.descriptors.phase:
+        raise ValueError(
+            f"{objective}: the sample's descriptors are of phase {sample.descriptors.phase} "
+            f"({sample.descriptors.phase_name}) but the reference's are of phase {ref.phase} ({ref.phase_name})"
+        )
+    return ref
+
+
+def _curve_error(reference: np.ndarray, generated: np.ndarray) -> float:
+    n = min(len(reference), len(generated))
+    return error_rate(reference[:n], generated[:n])
+
+
+def s2_error(sample: Sample) -> float:
+    """Error rate in % (eq. 24) of S2(r), averaged over axes, against the reference."""
+    ref = _reference(sample, "s2_error")
+    return _curve_error(ref.s2_mean(), sample.descriptors.s2_mean())
+
+
+def lineal_path_error(sample: Sample) -> float:
+    """Error rate in % (eq. 24) of the lineal path L(r), averaged over axes, against the reference."""
+    ref = _reference(sample, "lineal_path_error")
+    return _curve_error(ref.lineal_path_mean(), sample.descriptors.lineal_path_mean())
+
+
+def vf_error(sample: Sample) -> float:
+    """|vf − target| (absolute); target = params["target.vf"], else the reference's volume fraction."""
+    if "target.vf" in sample.params:
+        target = float(sample.params["target.vf"])
+    else:
+        target = _reference(sample, "vf_error").volume_fraction
+    return abs(sample.descriptors.volume_fraction - target)
+
+
+def volume_fraction(sample: Sample) -> float:
+    """Volume fraction of the phase of interest."""
+    return sample.descriptors.volume_fraction
+
+
+def _tortuosity_result(sample: Sample, objective: str):  # type: ignore[no-untyped-def]
+    if sample.descriptors.tortuosity is None:
+        raise ValueError(f"{objective}: the descriptors have no tortuosity (evaluation.tortuosity_axis is null)")
+    return sample.descriptors.tortuosity
+
+
+def tortuosity(sample: Sample) -> float:
+    """Tortuosity factor τ ≥ 1 along the evaluation axis; inf if the phase does not span it."""
+    return _tortuosity_result(sample, "tortuosity").tau
+
+
+def percolating_fraction(sample: Sample) -> float:
+    """Fraction of the phase connected to both faces normal to the tortuosity axis."""
+    return _tortuosity_result(sample, "percolating_fraction").percolating_fraction
+
+
+def interfacial_area(sample: Sample) -> float:
+    """Specific interfacial area (1/voxel) between the phase and all other phases, summed."""
+    return float(sum(sample.descriptors.interfacial_area.values()))
+
+
+def seconds_per_volume(sample: Sample) -> float:
+    """Generator wall time spent on the sample, in seconds."""
+    return float(sample.seconds)
+
+
+def _builtin(fn: Callable[[Sample], float], direction: Direction) -> Objective:
+    return Objective(fn.__name__, fn, direction, _first_line(fn.__doc__))
+
+
+BUILTIN_OBJECTIVES: dict[str, Objective] = {
+    o.name: o
+    for o in (
+        _builtin(s2_error, "minimize"),
+        _builtin(lineal_path_error, "minimize"),
+        _builtin(vf_error, "minimize"),
+        _builtin(volume_fraction, "maximize"),
+        _builtin(tortuosity, "minimize"),
+        _builtin(percolating_fraction, "maximize"),
+        _builtin(interfacial_area, "maximize"),
+        _builtin(seconds_per_volume, "minimize"),
+    )
+}
+# Built-ins allowed to return +inf (a sample that does not percolate); user functions are not.
+_INF_ALLOWED = {tortuosity}
+
+# Metric names a constraint may bound (besides the study's own objectives and registered ones):
+# every built-in objective, the descriptor scalars of Descriptors.scalars(), and vf_<phase name>.
+METRICS: dict[str, str] = {name: o.description for name, o in BUILTIN_OBJECTIVES.items()} | {
+    "effective_diffusivity": "relative effective diffusivity D_eff/D_0 along the tortuosity axis",
+}
+METRIC_PATTERNS: dict[str, str] = {r"vf_.+": "vf_<phase name>: volume fraction of that phase"}
+ERROR_METRICS = ("s2_error", "lineal_path_error", "vf_error")
+TORTUOSITY_METRICS = ("tortuosity", "effective_diffusivity", "percolating_fraction")
+
+# ----------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, Objective] = {}
+
+
+def _check_direction(direction: str, where: str) -> Direction:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"{where}: direction must be 'minimize' or 'maximize', got {direction!r}")
+    return direction  # type: ignore[return-value]
+
+
+@overload
+def objective(
+    fn: Callable[[Sample], float], *, direction: Direction = ..., name: str | None = ...
+) -> Callable[[Sample], float]: ...
+@overload
+def objective(
+    fn: None = None, *, direction: Direction = ..., name: str | None = ...
+) -> Callable[[Callable[[Sample], float]], Callable[[Sample], float]]: ...
+def objective(fn=None, *, direction="minimize", name=None):  # type: ignore[no-untyped-def]
+    """Register a per-sample objective: ``@objective`` or ``@objective(direction="maximize")``.
+
+    Registers under ``name`` or the function's ``__name__``; the function is returned
+    unchanged, with its :class:`Objective` attached as ``fn.__micro_doe_objective__``.
+    A name of a built-in cannot be reused; registering a name again replaces it.
+    """
+
+    def register(f: Callable[[Sample], float]) -> Callable[[Sample], float]:
+        if not callable(f):
+            raise TypeError(f"objective: expected a function, got {type(f).__name__}")
+        key = name or getattr(f, "__name__", None)
+        if not key or not isinstance(key, str):
+            raise ValueError("objective: a name is required for a callable without __name__")
+        if key in BUILTIN_OBJECTIVES:
+            raise ValueError(f"objective {key!r}: that is a built-in objective; pick another name")
+        if ":" in key:
+            raise ValueError(f"objective {key!r}: names cannot contain ':' (reserved for module:function)")
+        obj = Objective(key, f, _check_direction(direction, f"objective {key!r}"), _first_line(f.__doc__))
+        _REGISTRY[key] = obj
+        setattr(f, ATTRIBUTE, obj)
+        return f
+
+    return register(fn) if fn is not None else register
+
+
+def known_objectives() -> list[str]:
+    """Built-in names, then registered ones (sorted)."""
+    return list(BUILTIN_OBJECTIVES) + sorted(set(_REGISTRY) - set(BUILTIN_OBJECTIVES))
+
+
+def resolve_objective(name: str) -> Objective:
+    """The objective called ``name``: built-in, registered, or ``"module:function"`` (imported).
+
+    For ``module:function`` the returned objective is named ``name`` (so results are keyed
+    by what the study wrote) and keeps the decorator's direction, or ``"minimize"`` for a
+    plain function. Raises :class:`UnknownObjectiveError` (a ``ValueError``) listing the
+    known names otherwise.
+    """
+    if name in BUILTIN_OBJECTIVES:
+        return BUILTIN_OBJECTIVES[name]
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" not in name:
+        raise UnknownObjectiveError(
+            f"unknown objective {name!r}; known objectives: {', '.join(known_objectives())} "
+            "(or 'module:function' for a function of your own)"
+        )
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise UnknownObjectiveError(f"objective {name!r}: expected 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # an import that fails for any reason is a bad reference
+        reason = f"{type(err).__name__}: {err}"
+        raise UnknownObjectiveError(f"objective {name!r}: cannot import module {module_name!r} ({reason})") from None
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            msg = f"objective {name!r}: module {module_name!r} has no attribute {attr!r}"
+            raise UnknownObjectiveError(msg) from None
+    if not callable(target):
+        raise UnknownObjectiveError(f"objective {name!r}: {attr!r} is not a function")
+    attached = getattr(target, ATTRIBUTE, None)
+    if isinstance(attached, Objective):
+        return replace(attached, name=name)
+    return Objective(name, target, "minimize", _first_line(getattr(target, "__doc__", None)))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _value(obj: Objective, sample: Sample, index: int) -> float:
+    raw = obj.fn(sample)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        msg = f"objective {obj.name!r}: expected a number for sample {index}, got {type(raw).__name__}"
+        raise ValueError(msg) from None
+    if math.isnan(value) or (math.isinf(value) and not (obj.fn in _INF_ALLOWED and value > 0)):
+        msg = f"objective {obj.name!r}: got {value} for sample {index}; objectives must return finite numbers"
+        raise ValueError(msg)
+    return value
+
+
+def evaluate_objectives(
+    objectives: Sequence[tuple[Objective, Direction] | Objective], samples: Sequence[Sample]
+) -> dict[str, float]:
+    """Each objective computed per sample, then averaged over the trial's samples.
+
+    ``objectives`` are ``(Objective, direction)`` pairs (the direction is what the study
+    optimises; values are returned as computed, not negated) or bare objectives. Returns
+    ``{objective name: mean}`` in the given order. A NaN, or an infinity from anything but
+    the built-in ``tortuosity``, raises ``ValueError`` naming the objective and sample.
+    """
+    if not samples:
+        raise ValueError("evaluate_objectives: no samples given")
+    out: dict[str, float] = {}
+    for item in objectives:
+        obj = item[0] if isinstance(item, tuple) else item
+        out[obj.name] = float(np.mean([_value(obj, s, i) for i, s in enumerate(samples)]))
+    return out
+
+
+def trial_metrics(samples: Sequence[Sample]) -> dict[str, float]:
+    """All scalar metrics of a trial, each the mean over its samples.
+
+    Keys: the descriptor scalars (``volume_fraction``, ``vf_<phase>``, ``interfacial_area``
+    and, when tortuosity was computed, ``tortuosity`` (inf if any sample does not
+    percolate), ``effective_diffusivity``, ``percolating_fraction``), ``seconds_per_volume``,
+    and ``s2_error``, ``lineal_path_error``, ``vf_error`` when the samples have a reference
+    (``vf_error`` also when the trial has a ``target.vf``). Only keys every sample has.
+    """
+    if not samples:
+        raise ValueError("trial_metrics: no samples given")
+    per_sample: list[dict[str, float]] = []
+    for s in samples:
+        m = s.descriptors.scalars()
+        m["seconds_per_volume"] = float(s.seconds)
+        if s.reference is not None:
+            m["s2_error"] = s2_error(s)
+            m["lineal_path_error"] = lineal_path_error(s)
+        if s.reference is not None or "target.vf" in s.params:
+            m["vf_error"] = vf_error(s)
+        per_sample.append(m)
+    keys = [k for k in per_sample[0] if all(k in m for m in per_sample)]
+    return {k: float(np.mean([m[k] for m in per_sample])) for k in keys}
+
+
+def is_known_metric(name: str) -> bool:
+    """Whether ``name`` is a metric of :func:`trial_metrics` (see :data:`METRICS`, :data:`METRIC_PATTERNS`)."""
+    return name in METRICS or any(re.fullmatch(p, name) for p in METRIC_PATTERNS)
+
+
+def known_metrics() -> list[str]:
+    """Metric names a constraint can bound without being an objective of the study."""
+    return list(METRICS) + [p.split(":")[0] for p in METRIC_PATTERNS.values()]

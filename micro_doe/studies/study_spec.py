@@ -1,0 +1,364 @@
+"""StudySpec: a study.yaml as a validated model. A study names a generator (see
+:mod:`~micro_doe.studies.generator_spec`), the generator parameters Optuna searches
+(``search``, see :mod:`~micro_doe.studies.search_space`) or holds (``fixed``), the objectives
+and constraints computed from each trial's samples, the Optuna sampler and budget, the Ray
+resources, how samples are evaluated, and where results go (Optuna storage, MLflow tracking,
+artifacts; relative to where the study runs, see :meth:`StudySpec.resolved_paths`). This
+module holds those blocks and :class:`StudySpec`, whose checks span blocks (parameter
+domains, duplicate objectives, constraint metrics, tortuosity, phases).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from micro_doe.studies.generator_spec import GeneratorSpec
+from micro_doe.studies.objectives import (
+    TORTUOSITY_METRICS,
+    Direction,
+    Objective,
+    is_known_metric,
+    known_metrics,
+    resolve_objective,
+)
+from micro_doe.studies.search_space import ParamSpec, Scalar, find_domain
+
+if TYPE_CHECKING:
+    import optuna
+
+
+# ============================================================================ objectives, constraints
+
+
+class ObjectiveSpec(BaseModel):
+    """An objective by name (built-in, registered, or ``module:function``); direction
+    ``None`` takes the objective's default."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    direction: Direction | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        resolve_objective(v)
+        return v
+
+    def resolve(self) -> Objective:
+        """The objective, with this spec's direction when one is given."""
+        obj = resolve_objective(self.name)
+        return replace(obj, direction=self.direction) if self.direction else obj
+
+
+class ConstraintSpec(BaseModel):
+    """A bound on a trial metric (its mean over the trial's samples): ``min ≤ metric ≤ max``.
+
+    ``metric``: an objective of the study, a metric of
+    :func:`micro_doe.studies.objectives.trial_metrics` (``s2_error``, ``lineal_path_error``,
+    ``vf_error``, ``volume_fraction``, ``vf_<phase>``, ``tortuosity``,
+    ``effective_diffusivity``, ``percolating_fraction``, ``interfacial_area``,
+    ``seconds_per_volume``), or a registered objective.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    metric: str = Field(min_length=1)
+    max: float | None = Field(None, description="upper bound (inclusive)")
+    min: float | None = Field(None, description="lower bound (inclusive)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ConstraintSpec:
+        if self.max is None and self.min is None:
+            raise ValueError("give max, min or both")
+        for key, bound in (("max", self.max), ("min", self.min)):
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError(f"{key}: must be finite, got {bound}")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"min: must be ≤ max, got min {self.min:g} > max {self.max:g}")
+        return self
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: ≤ 0 when ``value`` is within the bounds, else how far outside."""
+        gaps = [value - self.max] if self.max is not None else []
+        gaps += [self.min - value] if self.min is not None else []
+        return float(max(gaps))
+
+
+# ============================================================================ sampler, budget, resources
+
+
+class InitialDesign(BaseModel):
+    """A space-filling start: ``n`` scrambled Sobol points enqueued before the sampler takes over."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["sobol"] = "sobol"
+    n: int = Field(ge=1, description="number of initial trials")
+
+
+class _SamplerBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seed: int | None = Field(None, description="sampler seed (also seeds the initial design)")
+    initial_design: InitialDesign | None = None
+
+
+class TPESamplerSpec(_SamplerBase):
+    """Optuna's TPESampler (single- or multi-objective)."""
+
+    kind: Literal["tpe"] = "tpe"
+
+
+class GPSamplerSpec(_SamplerBase):
+    """Optuna's GPSampler (Gaussian-process Bayesian optimisation)."""
+
+    kind: Literal["gp"] = "gp"
+
+
+class NSGA2SamplerSpec(_SamplerBase):
+    """Optuna's NSGAIISampler (multi-objective genetic algorithm)."""
+
+    kind: Literal["nsga2"] = "nsga2"
+    population_size: int = Field(50, ge=2, description="trials per generation")
+
+
+class RandomSamplerSpec(_SamplerBase):
+    """Optuna's RandomSampler."""
+
+    kind: Literal["random"] = "random"
+
+
+SamplerSpec = Annotated[
+    Union[TPESamplerSpec, GPSamplerSpec, NSGA2SamplerSpec, RandomSamplerSpec], Field(discriminator="kind")
+]
+
+
+class BudgetSpec(BaseModel):
+    """When the study stops: after ``n_trials`` trials or ``timeout_s`` seconds, whichever first."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_trials: int = Field(ge=1)
+    timeout_s: float | None = Field(None, gt=0, description="wall-clock limit in seconds")
+
+
+class ResourcesSpec(BaseModel):
+    """Ray actors: generators (one trial in flight each) and an evaluator pool."""
+
+    model_config = ConfigDict(extra="forbid")
+    generators: int = Field(1, ge=1)
+    evaluators: int = Field(1, ge=1)
+    gpus_per_generator: float = Field(
+        1.0, gt=0, description="GPUs per generator actor, used only when the cluster has GPUs"
+    )
+
+
+class EvaluationSpec(BaseModel):
+    """How each sample is described: the phase of interest (label or name), the tortuosity
+    axis (``None`` skips the diffusion solve) and periodic boundaries for S2, L, interface area."""
+
+    model_config = ConfigDict(extra="forbid")
+    phase: int | str = 1
+    tortuosity_axis: Literal["z", "y", "x"] | None = "z"
+    periodic: bool = False
+
+    @field_validator("phase")
+    @classmethod
+    def _phase(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"a phase label is ≥ 0, got {v}")
+        return v
+
+
+# ============================================================================ the study
+
+
+def _slug(v: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", v):
+        raise ValueError(f"expected lowercase letters, digits, '-' and '_', starting with a letter or digit; got {v!r}")
+    return v
+
+
+def _absolute_url(url: str, base: Path) -> str:
+    """``sqlite:///relative`` → ``sqlite:////abs``; a plain path → absolute; other URLs unchanged."""
+    m = re.match(r"^(sqlite(\+\w+)?:///)(.*)$", url)
+    if m:
+        rest = m.group(3)
+        if not rest or rest.startswith(("/", ":memory:", "file:")):
+            return url
+        path, sep, query = rest.partition("?")
+        return m.group(1) + os.path.abspath(base / path) + sep + query
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", url):
+        return url
+    return os.path.abspath(base / Path(url).expanduser())
+
+
+class StudySpec(BaseModel):
+    """A study: what to generate, what to vary, what to optimise, where results go."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="slug [a-z0-9][a-z0-9_-]*: the Optuna study name and MLflow experiment")
+    generator: GeneratorSpec
+    search: dict[str, ParamSpec] = Field(description="generator parameters Optuna varies")
+    fixed: dict[str, Scalar] = Field(default_factory=dict, description="generator parameters held constant")
+    samples_per_trial: int = Field(2, ge=1, description="volumes generated and evaluated per trial")
+    objectives: list[ObjectiveSpec] = Field(min_length=1)
+    constraints: list[ConstraintSpec] = Field(default_factory=list)
+    sampler: SamplerSpec = Field(default_factory=TPESamplerSpec)
+    budget: BudgetSpec
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    storage: str = Field("sqlite:///micro-doe-runs/optuna.db", description="Optuna RDB URL")
+    tracking: str = Field("sqlite:///micro-doe-runs/mlflow.db", description="MLflow tracking URI")
+    artifacts: str = Field("micro-doe-runs/artifacts", description="artifact folder (or URI)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _slug(v)
+
+    @field_validator("search")
+    @classmethod
+    def _search(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not v:
+            raise ValueError("the search space is empty: give at least one parameter to vary")
+        return v
+
+    @field_validator("fixed", mode="before")
+    @classmethod
+    def _fixed(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            for key, value in v.items():
+                if not isinstance(value, Scalar):
+                    raise ValueError(f"{key}: expected a number, string or boolean, got {type(value).__name__}")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if "://" not in v:
+            example = "sqlite:///runs/optuna.db or postgresql+psycopg://…"
+            raise ValueError(f"expected a database URL such as {example}, got {v!r}")
+        return v
+
+    @field_validator("tracking", "artifacts")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> StudySpec:
+        problems = self._problems()
+        if problems:
+            raise ValueError("\n".join(f"{path}: {msg}" for path, msg in problems))
+        return self
+
+    def _problems(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        domains = self.generator.domains()
+        kind = self.generator.kind
+        allowed = ", ".join(domains)
+        for section, values in (("search", self.search), ("fixed", self.fixed)):
+            for name, value in values.items():
+                domain = find_domain(domains, name)
+                if domain is None:
+                    msg = f"not a parameter of the {kind} generator; allowed: {allowed}"
+                    problems.append((f"{section}.{name}", msg))
+                elif section == "search":
+                    problems += [(f"search.{name}{sub}", msg) for sub, msg in domain.check_search(value)]
+                elif (msg := domain.check_value(value)) is not None:
+                    problems.append((f"fixed.{name}", msg))
+        for name in self.search.keys() & self.fixed.keys():
+            problems.append((f"fixed.{name}", "also in search: a parameter is either searched or fixed"))
+
+        names = [o.name for o in self.objectives]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                problems.append((f"objectives[{i}].name", f"{name!r} is listed twice"))
+        metrics = [c.metric for c in self.constraints]
+        for i, metric in enumerate(metrics):
+            if metric in metrics[:i]:
+                msg = f"{metric!r} has two constraints; give min and max in one"
+                problems.append((f"constraints[{i}].metric", msg))
+            elif not (metric in names or is_known_metric(metric) or _resolvable(metric)):
+                problems.append(
+                    (
+                        f"constraints[{i}].metric",
+                        f"unknown metric {metric!r}; known metrics: {', '.join(known_metrics())}; "
+                        f"or one of the study's objectives ({', '.join(names)}) or a registered objective",
+                    )
+                )
+        if self.evaluation.tortuosity_axis is None:
+            used = [(f"objectives[{i}].name", n) for i, n in enumerate(names)]
+            used += [(f"constraints[{i}].metric", m) for i, m in enumerate(metrics)]
+            for where, name in used:
+                if name in TORTUOSITY_METRICS:
+                    problems.append((where, f"{name} needs evaluation.tortuosity_axis (it is null)"))
+
+        phases = self.generator.phase_names()
+        phase = self.evaluation.phase
+        if phases is not None:
+            bad_label = isinstance(phase, int) and phase >= len(phases)
+            bad_name = isinstance(phase, str) and phase not in phases and not phase.isdigit()
+            if bad_label or bad_name:
+                problems.append(("evaluation.phase", f"{phase!r} is not a phase of the model ({_phase_list(phases)})"))
+        return problems
+
+    # ------------------------------------------------------------------ helpers
+
+    def directions(self) -> list[Direction]:
+        """Optuna directions, one per objective, in order (the objective's default if not given)."""
+        return [o.resolve().direction for o in self.objectives]
+
+    def resolved_objectives(self) -> list[tuple[Objective, Direction]]:
+        """``(objective, direction)`` pairs for :func:`~micro_doe.studies.objectives.evaluate_objectives`."""
+        return [(obj, obj.direction) for obj in (o.resolve() for o in self.objectives)]
+
+    def objective_names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    def param_names(self) -> list[str]:
+        """The searched parameter names (Optuna's), in spec order."""
+        return list(self.search)
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """The search space as Optuna distributions (for ``study.ask(fixed_distributions=...)``)."""
+        return {name: p.distribution() for name, p in self.search.items()}
+
+    def constraint_objectives(self) -> list[Objective]:
+        """Objectives a constraint bounds that are neither study objectives nor trial metrics
+        (registered or ``module:function`` ones): the runner must evaluate these too."""
+        names = set(self.objective_names())
+        extra = [c.metric for c in self.constraints if c.metric not in names and not is_known_metric(c.metric)]
+        return [resolve_objective(m) for m in extra]
+
+    def resolved_paths(self, base: Path) -> StudySpec:
+        """A copy with ``sqlite:///relative`` storage/tracking URLs and a relative artifacts
+        folder (or plain tracking path) made absolute against ``base``; other URLs unchanged."""
+        base = Path(os.path.abspath(base))
+        return self.model_copy(
+            update={
+                "storage": _absolute_url(self.storage, base),
+                "tracking": _absolute_url(self.tracking, base),
+                "artifacts": _absolute_url(self.artifacts, base),
+            }
+        )
+
+
+def _phase_list(phases: list[str]) -> str:
+    return ", ".join(f"{i}={name}" for i, name in enumerate(phases))
+
+
+def _resolvable(name: str) -> bool:
+    try:
+        resolve_objective(name)
+    except ValueError:
+        return False
+    return True
+

@@ -1,0 +1,356 @@
+"""MLflow tracking of studies: one experiment per study, a parent run per ``run``, a child per trial.
+
+What is logged where (experiment = the study's name, artifacts under
+``<artifact_root>/<experiment>/``):
+
+- parent run ``invocation-YYYYmmdd-HHMMSS`` (:meth:`StudyTracker.start_invocation`): params =
+  the flattened spec (``search.n_h.int = [0, 4]``, ``sampler.kind = tpe``, ``budget.n_trials``…),
+  artifact ``study.json`` (the spec as given), tags ``micro_doe.role = invocation`` and the
+  caller's; :meth:`~StudyTracker.finish_invocation` adds the summary (numbers as metrics, all
+  of it as ``summary.json``) and ends it FINISHED / FAILED / KILLED;
+- child run ``trial-N`` (:meth:`StudyTracker.log_trial`), tags ``mlflow.parentRunId`` (the UI
+  nests on it), ``optuna_trial_number``, ``optuna_state``, ``micro_doe.role = trial``; params =
+  the trial's params; metrics = the objective values and every scalar metric (plus
+  ``trial_seconds``); artifacts ``volumes/sample-{i}.nc``, ``montage.png``, ``curves.png``
+  (pooled S2 / lineal path vs the model's reference), ``predicted.json``; a failed trial also
+  gets tag ``reason`` and ``reason.txt``. An artifact that cannot be rendered leaves a tag
+  ``warning.<artifact>`` (and a log warning) instead of stopping the study.
+
+Every run carries ``micro_doe.driver = host:pid:token``; :meth:`StudyTracker.fail_stale_runs`
+ends runs a killed driver left RUNNING. One ``MlflowClient`` per store and process, no
+fluent (global) MLflow state; MLflow itself is imported on first use of a tracker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from micro_doe.platform.descriptors import Descriptors
+from micro_doe.platform.registry import absolute_tracking_uri, ensure_experiment, mlflow_client
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+DRIVER_TAG = "micro_doe.driver"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
+MAX_TAG_LENGTH = 8000  # ... and for a tag value
+_FINISHED = {"COMPLETE", "FINISHED", "PRUNED"}
+_FAILED = {"FAIL", "FAILED"}
+
+
+class StudyTracker:
+    """MLflow logging of one study (experiment ``experiment`` in the store ``tracking_uri``)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | os.PathLike[str]) -> None:
+        self.tracking_uri = absolute_tracking_uri(tracking_uri)
+        self.experiment = experiment
+        self.artifact_root = Path(artifact_root).expanduser().resolve()
+        self.client = mlflow_client(self.tracking_uri)
+        location = (self.artifact_root / _safe_path(experiment)).as_uri()
+        self.experiment_id = ensure_experiment(self.client, experiment, location)
+        self.driver = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.parent_run_id: str | None = None
+
+    @property
+    def run_url_hint(self) -> str:
+        """How to look at the runs (the MLflow UI, bound to this machine only)."""
+        return f"mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1"
+
+    # ------------------------------------------------------------ invocation (parent run)
+
+    def start_invocation(self, spec: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> str:
+        """Open the parent run of one ``run`` invocation; returns its run id.
+
+        ``spec`` is the study spec as a dict (a pydantic model is dumped first)."""
+        from mlflow.entities import Param
+
+        if hasattr(spec, "model_dump"):
+            spec = spec.model_dump(mode="json")
+
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=time.strftime("invocation-%Y%m%d-%H%M%S"),
+            tags={"micro_doe.role": "invocation", DRIVER_TAG: self.driver}
+            | {k: str(v) for k, v in (tags or {}).items()},
+        )
+        run_id = run.info.run_id
+        self.parent_run_id = run_id
+        params = [Param(k, v) for k, v in flatten_params(spec).items()]
+        self.client.log_batch(run_id, params=params)
+        self.client.log_dict(run_id, _jsonable(spec), "study.json")
+        return run_id
+
+    def finish_invocation(self, status: str = "FINISHED", summary: Mapping[str, Any] | None = None) -> None:
+        """End the parent run; numeric summary entries become metrics, all of it ``summary.json``."""
+        if self.parent_run_id is None:
+            return
+        run_id, self.parent_run_id = self.parent_run_id, None
+        try:
+            if summary:
+                self.client.log_batch(run_id, metrics=_metrics(_numbers(summary)))
+                self.client.log_dict(run_id, _jsonable(summary), "summary.json")
+        finally:
+            self.client.set_terminated(run_id, status.upper())
+
+    # ------------------------------------------------------------ trials (child runs)
+
+    def log_trial(
+        self,
+        *,
+        trial_number: int,
+        params: Mapping[str, Any],
+        values: Mapping[str, float],
+        metrics: Mapping[str, float],
+        volumes: Sequence[xr.DataArray],
+        reference: Descriptors | None,
+        predicted: Sequence[Mapping[str, Any]],
+        state: str,
+        reason: str | None = None,
+        seconds: float | None = None,
+    ) -> str:
+        """One child run for a finished trial (see the module docstring); returns its run id.
+
+        ``state``: FINISHED/COMPLETE/PRUNED end the run FINISHED, FAIL/FAILED end it FAILED
+        (Optuna's ``TrialState`` works too). Artifact failures become ``warning.*`` tags; only
+        a failing tracking store raises.
+        """
+        state_name = str(getattr(state, "name", state)).upper()
+        if state_name not in _FINISHED | _FAILED:
+            raise ValueError(f"state: expected one of {sorted(_FINISHED | _FAILED)}, got {state!r}")
+        from mlflow.entities import Param, RunTag
+
+        tags = {
+            "micro_doe.role": "trial",
+            "optuna_trial_number": str(trial_number),
+            "optuna_state": state_name,
+            DRIVER_TAG: self.driver,
+        }
+        if self.parent_run_id is not None:
+            tags[PARENT_TAG] = self.parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number}", tags=tags)
+        run_id = run.info.run_id
+        status = "FAILED" if state_name in _FAILED else "FINISHED"
+        try:
+            scalars = _numbers(metrics) | _numbers(values)
+            if seconds is not None:
+                scalars["trial_seconds"] = float(seconds)
+            extra_tags = []
+            if reason:
+                extra_tags.append(RunTag("reason", _clip(reason, MAX_TAG_LENGTH)))
+            self.client.log_batch(
+                run_id,
+                metrics=_metrics(scalars),
+                params=[Param(k, v) for k, v in flatten_params(params).items()],
+                tags=extra_tags,
+            )
+            warnings = self._log_trial_artifacts(run_id, trial_number, volumes, reference, predicted, scalars, reason)
+            for name, message in warnings.items():
+                self.client.set_tag(run_id, f"warning.{name}", _clip(message, MAX_TAG_LENGTH))
+        except Exception:
+            status = "FAILED"
+            raise
+        finally:
+            self.client.set_terminated(run_id, status)
+        return run_id
+
+    def _log_trial_artifacts(
+        self,
+        run_id: str,
+        number: int,
+        volumes: Sequence[xr.DataArray],
+        reference: Descriptors | None,
+        predicted: Sequence[Mapping[str, Any]],
+        scalars: Mapping[str, float],
+        reason: str | None,
+    ) -> dict[str, str]:
+        """Render the artifacts into a temporary folder and upload it in one call; returns
+        ``{artifact: error}`` for those that failed."""
+        from micro_doe.platform.plots import curves_plot
+        from micro_doe.platform.quality import pooled_curves, reference_curves
+        from micro_doe.platform.volumes import write_netcdf
+
+        warnings: dict[str, str] = {}
+
+        def attempt(name: str, make: Any) -> None:
+            try:
+                make()
+            except Exception as err:  # noqa: BLE001 - a picture must never stop a study
+                warnings[name] = f"{type(err).__name__}: {err}"
+                log.warning("trial %s: could not write %s: %s", number, name, err)
+
+        with tempfile.TemporaryDirectory(prefix=f"micro-doe-trial-{number}-") as tmp:
+            out = Path(tmp)
+            vols = list(volumes)
+            for i, vol in enumerate(vols):
+                attempt(f"sample-{i}.nc", lambda i=i, vol=vol: write_netcdf(vol, out / "volumes" / f"sample-{i}.nc"))
+            if vols:
+                attempt("montage.png", lambda: self.montage_png(vols, out / "montage.png", title=f"trial {number}"))
+            if vols and reference is not None:
+
+                def curves() -> None:
+                    ref = reference_curves(reference)
+                    gen = pooled_curves(vols, r_max=len(ref["S2"]) - 1, phase=reference.phase)
+                    errors = {
+                        label: scalars[key]
+                        for label, key in (("S2", "s2_error"), ("lineal path", "lineal_path_error"))
+                        if key in scalars and math.isfinite(scalars[key])
+                    }
+                    curves_plot(ref, gen, out / "curves.png", title=f"trial {number}", errors=errors)
+
+                attempt("curves.png", curves)
+            attempt(
+                "predicted.json",
+                lambda: (out / "predicted.json").write_text(json.dumps(_jsonable(list(predicted)), indent=1)),
+            )
+            if reason:
+                (out / "reason.txt").write_text(reason + "\n")
+            try:
+                self.client.log_artifacts(run_id, tmp)
+            except Exception as err:  # noqa: BLE001
+                warnings["artifacts"] = f"{type(err).__name__}: {err}"
+                log.warning("trial %s: could not upload artifacts: %s", number, err)
+        return warnings
+
+    def montage_png(
+        self, volumes: xr.DataArray | Sequence[xr.DataArray], path: str | os.PathLike[str], *, title: str = ""
+    ) -> Path:
+        """Middle xy/xz/yz slices, one row per volume (a ``sample`` dim is split into rows).
+        The same picture goes to MLflow and to the Optuna dashboard."""
+        from micro_doe.platform.plots import slice_montage
+
+        vols = [volumes] if isinstance(volumes, xr.DataArray) else list(volumes)
+        rows: list[xr.DataArray] = []
+        for v in vols:
+            rows += [v.isel(sample=i) for i in range(v.sizes["sample"])] if "sample" in v.dims else [v]
+        return slice_montage(rows, path, title=title, labels=[f"sample {i}" for i in range(len(rows))])
+
+    # ------------------------------------------------------------ recovery
+
+    def fail_stale_runs(self) -> int:
+        """Mark RUNNING runs of this experiment FAILED (tag ``reason = driver died``).
+
+        Skipped: this tracker's own runs, and runs of another live process on this host
+        (their pid still exists). Runs of other hosts count as stale: run one driver per
+        study. Returns how many runs were failed.
+        """
+        host = socket.gethostname()
+        count = 0
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=500, page_token=token
+            )
+            for run in page:
+                driver = run.data.tags.get(DRIVER_TAG, "")
+                if driver == self.driver or _alive_here(driver, host):
+                    continue
+                self.client.set_tag(run.info.run_id, "reason", "driver died")
+                self.client.set_terminated(run.info.run_id, "FAILED")
+                count += 1
+            token = page.token
+            if not token:
+                return count
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def flatten_params(spec: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings → dotted keys; lists of mappings → ``key.0.field``; other lists and
+    values → JSON/str (clipped to MLflow's 6000 characters). Keys keep only characters
+    MLflow accepts."""
+    out: dict[str, str] = {}
+    for key, value in spec.items():
+        name = f"{prefix}{_safe_key(str(key))}"
+        if isinstance(value, Mapping) and value:
+            out |= flatten_params(value, f"{name}.")
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                out |= flatten_params(item, f"{name}.{i}.")
+        else:
+            text = value if isinstance(value, str) else json.dumps(_jsonable(value))
+            out[name[:250]] = _clip(text, MAX_PARAM_LENGTH)
+    return out
+
+
+def _numbers(values: Mapping[str, Any]) -> dict[str, float]:
+    """The entries that are real numbers (bools and non-numbers dropped), keys made MLflow-safe."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            continue
+        out[_safe_key(str(key))] = float(value)
+    return out
+
+
+def _metrics(values: Mapping[str, float]) -> list[Any]:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(key, value, now, 0) for key, value in values.items()]
+
+
+def _safe_key(key: str) -> str:
+    """Keep MLflow's allowed key characters (letters, digits, ``_ - . space``)."""
+    cleaned = re.sub(r"[^\w.\- ]", "_", key).strip(" ")
+    return cleaned.lstrip(".") or "_"
+
+
+def _safe_path(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 20] + " … [truncated]"
+
+
+def _jsonable(value: Any) -> Any:
+    """Make numpy scalars/arrays, paths, tuples and pydantic models JSON-serialisable."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "model_dump"):
+        return _jsonable(value.model_dump())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _alive_here(driver: str, host: str) -> bool:
+    """Whether ``driver`` (host:pid:token) is another process still running on this host."""
+    parts = driver.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False  # this process, a tracker that is gone: stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

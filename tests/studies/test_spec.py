@@ -1,0 +1,397 @@
+"""StudySpec: loading study.yaml, every rejection naming its field, bundled studies, schema."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import micro_doe.platform.bundle as bundle_module
+from micro_doe.platform.bundle import Micro3DiffConfig, TrainingRecipe, shipped_models
+from micro_doe.platform.diffusion import NoiseSchedule
+from micro_doe.platform.generators import VARIANTS, SamplingSettings
+from micro_doe.platform.unet import UNetConfig
+from micro_doe.studies import objectives as objectives_module
+from micro_doe.studies.spec import (
+    GENERATOR_PARAMETERS,
+    IntParam,
+    SpecError,
+    StudySpec,
+    bundled_studies,
+    load_spec,
+    parse_spec,
+    study_json_schema,
+)
+
+
+def write_config_bundle(path: Path, T: int = 1000) -> Path:
+    """A bundle directory holding only config.json: all that loading a spec reads."""
+    config = Micro3DiffConfig(
+        image_size=32,
+        phase_names=["matrix", "inclusion"],
+        unet=UNetConfig(),
+        schedule=NoiseSchedule.linear(T=T).to_dict(),
+        recipe=TrainingRecipe(
+            steps=1, batch_size=1, lr=1e-3, weight_decay=0, ema_decay=0.9, grad_clip=1,
+            augment=False, seed=0, data="test", n_images=1,
+        ),
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(config.model_dump_json())
+    return path
+
+
+@pytest.fixture
+def fake_shipped(tmp_path_factory, monkeypatch) -> Path:
+    """A shipped-models folder with a config-only spheres-32 (T = 1000)."""
+    root = tmp_path_factory.mktemp("shipped")
+    write_config_bundle(root / "spheres-32")
+    monkeypatch.setattr(bundle_module, "SHIPPED_DIR", root)
+    return root
+
+
+@pytest.fixture
+def registry(monkeypatch) -> dict:
+    fresh: dict = {}
+    monkeypatch.setattr(objectives_module, "_REGISTRY", fresh)
+    return fresh
+
+
+VALID: dict[str, Any] = {
+    "name": "demo",
+    "generator": {"kind": "micro3diff", "model": "pretrained:spheres-32"},
+    "search": {"n_h": {"int": [0, 4]}, "steps": {"int": [10, 100], "log": True}},
+    "samples_per_trial": 2,
+    "objectives": [{"name": "s2_error", "direction": "minimize"}, {"name": "volume_fraction"}],
+    "constraints": [{"metric": "vf_error", "max": 0.03}],
+    "sampler": {"kind": "tpe", "seed": 0, "initial_design": {"kind": "sobol", "n": 4}},
+    "budget": {"n_trials": 12, "timeout_s": 900},
+}
+
+
+def write_study(folder: Path, data: Any, name: str = "study.yaml") -> Path:
+    path = folder / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def problems(data: dict, tmp_path: Path) -> dict[str, str]:
+    with pytest.raises(SpecError) as info:
+        load_spec(write_study(tmp_path, data))
+    assert str(info.value).startswith(str(tmp_path / "study.yaml"))
+    return dict(info.value.problems)
+
+
+def tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# --------------------------------------------------------------------------- valid
+
+
+def test_valid_spec_round_trips(fake_shipped, tmp_path):
+    spec = load_spec(write_study(tmp_path, VALID))
+    assert spec.name == "demo" and spec.samples_per_trial == 2
+    assert spec.directions() == ["minimize", "maximize"]  # volume_fraction defaults to maximize
+    assert spec.param_names() == ["n_h", "steps"]
+    assert isinstance(spec.search["n_h"], IntParam) and spec.search["steps"].log
+    assert spec.sampler.kind == "tpe" and spec.sampler.initial_design.n == 4
+    assert spec.resources.generators == 1 and spec.evaluation.tortuosity_axis == "z"
+    dumped = spec.model_dump(mode="json", by_alias=True)
+    assert dumped["search"]["n_h"] == {"int": [0, 4], "log": False, "step": 1}
+    assert parse_spec(dumped) == spec
+    assert parse_spec(yaml.safe_load(yaml.safe_dump(dumped))) == spec
+
+
+def test_search_space_drives_optuna(fake_shipped, tmp_path):
+    import optuna
+
+    data = copy.deepcopy(VALID)
+    data["search"]["eta"] = {"float": [0.0, 1.0]}
+    data["search"]["variant"] = {"categorical": list(VARIANTS)}
+    spec = load_spec(write_study(tmp_path, data))
+    dists = spec.distributions()
+    assert dists["steps"].log and dists["n_h"].high == 4 and dists["variant"].choices == tuple(VARIANTS)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    params = {name: p.suggest(trial, name) for name, p in spec.search.items()}
+    assert 0 <= params["n_h"] <= 4 and 10 <= params["steps"] <= 100 and params["variant"] in VARIANTS
+    assert trial.distributions == dists
+
+
+def test_micro3diff_parameter_table_matches_sampling_settings():
+    assert set(GENERATOR_PARAMETERS["micro3diff"]) == set(SamplingSettings.model_fields)
+    assert GENERATOR_PARAMETERS["micro3diff"]["variant"].choices == tuple(VARIANTS)
+
+
+def test_bundle_path_is_relative_to_the_study_file(tmp_path, monkeypatch):
+    write_config_bundle(tmp_path / "models" / "mine")
+    data = copy.deepcopy(VALID) | {"generator": {"kind": "micro3diff", "model": "models/mine"}}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    spec = load_spec(write_study(tmp_path, data))
+    assert spec.generator.model == str(tmp_path / "models" / "mine")
+    assert spec.generator.bundle_config().phase_names == ["matrix", "inclusion"]
+
+
+def test_registry_model_reference_is_accepted_unchecked(tmp_path):
+    data = copy.deepcopy(VALID) | {"generator": {"kind": "micro3diff", "model": "models:/spheres@champion"}}
+    assert load_spec(write_study(tmp_path, data)).generator.model == "models:/spheres@champion"
+
+
+def test_overrides_and_bundled_name(fake_shipped, tmp_path):
+    path = write_study(tmp_path, VALID)
+    spec = load_spec(path, {"budget.n_trials": 2, "sampler": {"seed": 7}, "fixed": {"variant": "moment"}})
+    assert spec.budget.n_trials == 2 and spec.budget.timeout_s == 900
+    assert spec.sampler.seed == 7 and spec.sampler.initial_design.n == 4
+    assert spec.fixed == {"variant": "moment"}
+    with pytest.raises(SpecError, match="budget.n_trials"):
+        load_spec(path, {"budget.n_trials": 0})
+    assert load_spec("quickstart").name == "quickstart"
+
+
+def test_resolved_paths(fake_shipped, tmp_path):
+    data = copy.deepcopy(VALID) | {"tracking": "http://mlflow:5000"}
+    spec = load_spec(write_study(tmp_path, data)).resolved_paths(Path("/runs/here"))
+    assert spec.storage == "sqlite:////runs/here/micro-doe-runs/optuna.db"
+    assert spec.tracking == "http://mlflow:5000"
+    assert spec.artifacts == "/runs/here/micro-doe-runs/artifacts"
+    again = spec.resolved_paths(Path("/other"))
+    assert again.storage == spec.storage and again.artifacts == spec.artifacts
+
+
+def test_loading_creates_no_files(fake_shipped, tmp_path, monkeypatch, registry):
+    (tmp_path / "my_objectives_nofiles.py").write_text(
+        "from micro_doe.studies.objectives import objective\n"
+        "@objective(direction='maximize')\n"
+        "def roughness(sample):\n    return 1.0\n"
+    )
+    data = copy.deepcopy(VALID)
+    data["objectives"].append({"name": "my_objectives_nofiles:roughness"})
+    path = write_study(tmp_path, data)
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    spec = load_spec(path)
+    assert spec.directions() == ["minimize", "maximize", "maximize"]
+    assert tree(tmp_path) == before  # no micro-doe-runs/, no databases, no __pycache__
+
+
+# --------------------------------------------------------------------------- invalid
+
+
+def _set(path: str, value: Any):
+    def apply(data: dict) -> None:
+        *parents, last = path.split("/")
+        for key in parents:
+            data = data[int(key)] if isinstance(data, list) else data.setdefault(key, {})
+        data[last] = value
+
+    return apply
+
+
+INVALID = {
+    "unknown top-level key": (_set("bogus", 1), "bogus", "unknown key; allowed keys: name, generator"),
+    "unknown nested key": (_set("generator/modle", "x"), "generator.modle", "allowed keys: kind, model, device"),
+    "unknown sampler key": (_set("sampler/seeds", 1), "sampler.seeds", "unknown key"),
+    "wrong type": (_set("samples_per_trial", "many"), "samples_per_trial", "valid integer"),
+    "wrong type nested": (_set("budget/n_trials", [3]), "budget.n_trials", "valid integer"),
+    "empty search space": (_set("search", {}), "search", "search space is empty"),
+    "lo >= hi": (_set("search/n_h", {"int": [4, 4]}), "search.n_h.int", "lower bound must be < upper bound"),
+    "float lo >= hi": (_set("search/eta", {"float": [1.0, 0.5]}), "search.eta.float", "lower bound must be < upper bound"),
+    "log with lo <= 0": (_set("search/eta", {"float": [0.0, 1.0], "log": True}), "search.eta.float", "log scale"),
+    "int log with lo 0": (_set("search/n_h", {"int": [0, 4], "log": True}), "search.n_h.int", "log scale"),
+    "step 0": (_set("search/n_h", {"int": [0, 4], "step": 0}), "search.n_h.step", "greater than or equal to 1"),
+    "no range kind": (_set("search/n_h", 3), "search.n_h", "exactly one of int"),
+    "two range kinds": (_set("search/n_h", {"int": [0, 1], "float": [0, 1]}), "search.n_h", "exactly one of int"),
+    "empty categorical": (_set("search/variant", {"categorical": []}), "search.variant.categorical", "at least 1"),
+    "duplicate categorical": (_set("search/variant", {"categorical": ["paper", "paper"]}), "search.variant.categorical", "unique"),
+    "unknown search parameter": (
+        _set("search/guidance", {"float": [0, 1]}),
+        "search.guidance",
+        "allowed: n_h, steps, sampler, eta, variance, variant",
+    ),
+    "unknown fixed parameter": (_set("fixed/size", 32), "fixed.size", "allowed: n_h, steps"),
+    "n_h below domain": (_set("search/n_h", {"int": [-1, 2]}), "search.n_h.int", "lower bound must be ≥ 0"),
+    "steps above T": (_set("search/steps", {"int": [10, 2000]}), "search.steps.int", "T = 1000"),
+    "unknown variant": (
+        _set("search/variant", {"categorical": ["paper", "fancy"]}),
+        "search.variant.categorical",
+        "'fancy' is not one of paper",
+    ),
+    "variant fixed unknown": (_set("fixed/variant", "fancy"), "fixed.variant", "not one of"),
+    "float range for int parameter": (_set("search/n_h", {"float": [0, 2]}), "search.n_h.float", "takes integers"),
+    "searched and fixed": (_set("fixed/n_h", 1), "fixed.n_h", "either searched or fixed"),
+    "missing model": (_set("generator/model", "pretrained:nope"), "generator.model", "shipped models: spheres-32"),
+    "missing model path": (_set("generator/model", "no/such/bundle"), "generator.model", "no such bundle directory"),
+    "bad registry ref": (_set("generator/model", "models:/spheres"), "generator.model", "models:/NAME@ALIAS"),
+    "unknown generator kind": (_set("generator/kind", "ldm"), "generator.kind", "unknown kind 'ldm'"),
+    "unknown sampler kind": (_set("sampler/kind", "cma"), "sampler.kind", "'tpe', 'gp', 'nsga2', 'random'"),
+    "unknown objective": (_set("objectives/0/name", "sharpness"), "objectives[0].name", "known objectives: s2_error, lineal_path_error"),
+    "bad direction": (_set("objectives/0/direction", "up"), "objectives[0].direction", "'minimize' or 'maximize'"),
+    "duplicate objective": (_set("objectives/1/name", "s2_error"), "objectives[1].name", "listed twice"),
+    "constraint without bounds": (_set("constraints", [{"metric": "vf_error"}]), "constraints[0]", "give max, min or both"),
+    "constraint min > max": (_set("constraints", [{"metric": "vf_error", "min": 1, "max": 0}]), "constraints[0].min", "≤ max"),
+    "unknown constraint metric": (_set("constraints/0/metric", "beauty"), "constraints[0].metric", "known metrics: s2_error"),
+    "bad name": (_set("name", "My Study"), "name", "lowercase"),
+    "no objectives": (_set("objectives", []), "objectives", "at least 1"),
+    "missing budget": (lambda d: d.pop("budget"), "budget", "required key missing"),
+    "storage not a URL": (_set("storage", "optuna.db"), "storage", "database URL"),
+    "phase not in model": (_set("evaluation/phase", 3), "evaluation.phase", "0=matrix, 1=inclusion"),
+    "tortuosity objective without axis": (
+        lambda d: (d["objectives"].append({"name": "tortuosity"}), d.update(evaluation={"tortuosity_axis": None})),
+        "objectives[2].name",
+        "needs evaluation.tortuosity_axis",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID))
+def test_invalid_spec_names_the_field(case, fake_shipped, tmp_path):
+    mutate, field, text = INVALID[case]
+    data = copy.deepcopy(VALID)
+    mutate(data)
+    found = problems(data, tmp_path)
+    assert field in found, f"{case}: expected a problem at {field}, got {found}"
+    assert text in found[field], f"{case}: {found[field]!r} lacks {text!r}"
+
+
+def test_unknown_objective_lists_registered_ones(fake_shipped, tmp_path, registry):
+    @objectives_module.objective
+    def smoothness(sample):  # noqa: ANN001, ANN202
+        return 0.0
+
+    data = _with(VALID, objectives=[{"name": "smothness"}])
+    assert "smoothness" in problems(data, tmp_path)["objectives[0].name"]
+    spec = load_spec(write_study(tmp_path, _with(VALID, objectives=[{"name": "smoothness"}])))
+    assert spec.directions() == ["minimize"]
+
+
+def test_constraint_on_registered_objective(fake_shipped, tmp_path, registry):
+    @objectives_module.objective(direction="maximize")
+    def contrast(sample):  # noqa: ANN001, ANN202
+        return 1.0
+
+    constraints = [{"metric": "contrast", "min": 0.5}, {"metric": "vf_matrix", "max": 0.9}]
+    spec = load_spec(write_study(tmp_path, _with(VALID, constraints=constraints)))
+    assert [o.name for o in spec.constraint_objectives()] == ["contrast"]
+    assert spec.constraints[0].violation(0.7) == pytest.approx(-0.2)
+    assert spec.constraints[0].violation(0.4) == pytest.approx(0.1)
+
+
+def _with(base: dict, **changes: Any) -> dict:
+    return copy.deepcopy(base) | changes
+
+
+def test_several_problems_are_all_reported(fake_shipped, tmp_path):
+    data = _with(VALID, samples_per_trial=0, bogus=True)
+    data["search"]["n_h"] = {"int": [5, 1]}
+    found = problems(data, tmp_path)
+    assert {"samples_per_trial", "bogus", "search.n_h.int"} <= set(found)
+
+
+# --------------------------------------------------------------------------- files and YAML
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty study"),
+        ("# only a comment\n", "empty study"),
+        ("- a\n- b\n", "expected a mapping at the top level, got list"),
+        ("name: [unclosed\n", "invalid YAML"),
+        ("!!python/object/apply:os.system ['echo hacked']\n", "invalid YAML"),
+        ("name: a\nname: b\n", "duplicate key 'name'"),
+    ],
+)
+def test_bad_yaml_names_the_file(text, message, tmp_path):
+    path = write_study(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
+
+
+def test_python_tag_is_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    path = write_study(tmp_path, f"name: !!python/object/apply:pathlib.Path.touch ['{marker}']\n")
+    with pytest.raises(SpecError, match="invalid YAML"):
+        load_spec(path)
+    assert not marker.exists()
+
+
+def test_missing_file_and_unknown_name(tmp_path):
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec(tmp_path / "absent.yaml")
+    with pytest.raises(SpecError, match="not a bundled study .*quickstart"):
+        load_spec("no-such-study")
+    with pytest.raises(SpecError, match="is a directory"):
+        load_spec(tmp_path)
+
+
+# --------------------------------------------------------------------------- bundled studies, schema, CLI
+
+
+def test_bundled_studies_are_listed_and_validate(fake_shipped):
+    studies = bundled_studies()
+    assert {"quickstart", "micro3diff-tuning"} <= set(studies)
+    for name, path in studies.items():
+        spec = load_spec(path)
+        assert spec.name == name, f"{path}: name should match the file name"
+    quick = load_spec("quickstart")
+    assert quick.generator.model == "pretrained:spheres-32"
+    assert quick.objective_names() == ["s2_error", "lineal_path_error", "seconds_per_volume"]
+    assert quick.directions() == ["minimize"] * 3
+    worst = (quick.search["n_h"].high + 1) * quick.search["steps"].high * quick.samples_per_trial
+    assert worst * 0.1 * quick.budget.n_trials <= 300  # ≈ 0.1 s per pass of 32 slices on a CPU core
+    tuning = load_spec("micro3diff-tuning")
+    assert tuning.resources.generators == 4 and tuning.samples_per_trial == 8
+
+
+@pytest.mark.skipif("spheres-32" not in shipped_models(), reason="the shipped spheres-32 model is not installed yet")
+def test_bundled_studies_validate_against_the_shipped_model():
+    for path in bundled_studies().values():
+        load_spec(path)
+
+
+def test_json_schema_has_the_top_level_properties():
+    schema = study_json_schema()
+    assert {"name", "generator", "search", "objectives", "constraints", "sampler", "budget", "resources", "storage"} <= set(
+        schema["properties"]
+    )
+    assert set(schema["required"]) == {"name", "generator", "search", "objectives", "budget"}
+    assert schema["additionalProperties"] is False
+    json.dumps(schema)
+
+
+def test_cli_schema_and_studies(fake_shipped, tmp_path, capsys, monkeypatch):
+    from micro_doe.cli.studies import schema, studies
+
+    monkeypatch.setenv("COLUMNS", "250")
+
+    out = tmp_path / "sub" / "study.schema.json"
+    schema(out)
+    assert json.loads(out.read_text())["title"] == "micro-doe study"
+    schema(None)
+    assert '"properties"' in capsys.readouterr().out
+    studies()
+    printed = capsys.readouterr().out
+    assert "quickstart" in printed and "micro3diff-tuning" in printed
+
+
+def test_cli_studies_shows_invalid_ones(tmp_path, monkeypatch, capsys):
+    from micro_doe.cli.studies import studies
+
+    monkeypatch.setenv("COLUMNS", "250")
+
+    monkeypatch.setattr(bundle_module, "SHIPPED_DIR", tmp_path / "empty")
+    studies()
+    assert "invalid here" in capsys.readouterr().out
+
+
+def test_spec_construction_in_python(fake_shipped):
+    spec = StudySpec.model_validate(VALID)
+    assert spec.storage.startswith("sqlite:///") and os.path.isabs(spec.resolved_paths(Path(".")).artifacts)
