@@ -1,5 +1,41 @@
-"""micro-doe: design-of-experiments over diffusion-model generators of 3D microstructures."""
+"""micro-doe: design-of-experiments over diffusion-model generators of 3D microstructures.
+
+The public API, imported lazily so ``import micro_doe`` stays fast::
+
+    import micro_doe as md
+
+    @md.objective(direction="maximize")
+    def percolating_interface(sample: md.Sample) -> float:
+        return sample.descriptors.scalars()["interfacial_area"] * sample.descriptors.tortuosity.percolating_fraction
+
+    result = md.Study.from_yaml("study.yaml").run()
+    print(result.best_trials)
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "objective": "micro_doe.studies.objectives",
+    "Sample": "micro_doe.studies.objectives",
+    "Study": "micro_doe.studies.runner",
+    "StudyResult": "micro_doe.studies.runner",
+    "StudySpec": "micro_doe.studies.spec",
+    "load_spec": "micro_doe.studies.spec",
+    "describe": "micro_doe.platform.descriptors",
+    "Descriptors": "micro_doe.platform.descriptors",
+    "read_volume": "micro_doe.platform.volumes",
+    "write_netcdf": "micro_doe.platform.volumes",
+    "Micro3DiffGenerator": "micro_doe.platform.generators",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'micro_doe' has no attribute {name!r}")

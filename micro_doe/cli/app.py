@@ -17,6 +17,9 @@ from rich.console import Console
 from micro_doe.cli.data import data_app
 from micro_doe.cli.evaluate import evaluate
 from micro_doe.cli.generate import generate
+from micro_doe.cli.models import models_app
+from micro_doe.cli.run import dashboard, run
+from micro_doe.cli.studies import schema, studies
 from micro_doe.cli.train import train_app
 
 app = typer.Typer(
@@ -26,8 +29,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.command(help="Run (or resume) a study: study.yaml or a bundled study name; RAY_ADDRESS for a cluster.")(run)
+app.command(help="List the bundled example studies.")(studies)
+app.command(help="optuna-dashboard for a study, on 127.0.0.1.")(dashboard)
+app.command(help="The JSON Schema of study.yaml.")(schema)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
+app.add_typer(models_app, name="models", help="The MLflow model registry: list and register model bundles.")
 app.command(help="Sample volumes from a model (pretrained:NAME or a bundle) into NetCDF/TIFF.")(generate)
 app.command(help="Descriptors of a volume (vf, S2, lineal path, tortuosity, interface area) as a table and JSON.")(
     evaluate

@@ -1,0 +1,170 @@
+"""Where actors run: connect to Ray (a local instance, or a cluster named by RAY_ADDRESS),
+and the actor options that place generators and evaluators on it.
+
+This module owns the driver's Ray connection. :func:`connect` is idempotent and never turns
+token authentication off: a local instance uses Ray's default (token auth on, the token
+from ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``); a cluster uses
+whatever ``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN`` the environment has. An unreachable cluster
+raises :class:`ClusterConnectionError` at once instead of letting ``ray.init`` retry for
+minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import ray
+
+RESTARTS = 2  # an actor process may die this many times (OOM, node loss, ray.kill) and come back
+TASK_RETRIES = 1  # a call in flight when its actor died is run again once on the restarted actor
+PROBE_TIMEOUT_S = 5.0
+
+_started_local: bool | None = None  # whether connect() started the instance it is attached to
+
+
+class ClusterConnectionError(ConnectionError):
+    """RAY_ADDRESS names a cluster this driver cannot reach or is not allowed into."""
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """The Ray instance this driver is attached to (resources as seen when connecting)."""
+
+    address: str
+    local: bool
+    cpus: float
+    gpus: float
+
+
+def connect(num_cpus: int | None = None) -> ClusterInfo:
+    """Attach to Ray once and describe it.
+
+    Already initialised: return its info (``num_cpus`` is ignored). ``RAY_ADDRESS`` set: join
+    that cluster (``num_cpus`` ignored too: a cluster's resources are its own); a closed port
+    fails at once, a refused token after Ray's own ~20 s of retries, both as
+    :class:`ClusterConnectionError`. Otherwise start a local instance with ``num_cpus``
+    (default: all cores), no dashboard, worker logs kept out of the driver's terminal.
+    ``RAY_AUTH_MODE`` must be in the environment before ``import ray`` (Ray reads it then).
+    """
+    global _started_local
+    if ray.is_initialized():
+        return _info(_started_local if _started_local is not None else not os.environ.get("RAY_ADDRESS"))
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, TimeoutError, ray.exceptions.AuthenticationError) as err:
+            raise ClusterConnectionError(_unreachable_message(address, err)) from err
+        _started_local = False
+    else:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+        _started_local = True
+    return _info(_started_local)
+
+
+def shutdown() -> None:
+    """Disconnect (and stop the local instance if :func:`connect` started one)."""
+    global _started_local
+    if ray.is_initialized():
+        ray.shutdown()
+    _started_local = None
+
+
+def generator_options(
+    resources_gpus_per_generator: float, info: ClusterInfo, *, name: str | None = None
+) -> dict[str, Any]:
+    """``.options()`` for a :class:`~micro_doe.actors.generator.GeneratorActor`.
+
+    A GPU share per generator when the cluster has GPUs (Ray then sets
+    ``CUDA_VISIBLE_DEVICES`` for the actor), none otherwise; one CPU; restarts and one
+    retry of an interrupted call. ``name`` makes it findable with ``ray.get_actor``.
+    """
+    options: dict[str, Any] = {
+        "num_cpus": 1,
+        "num_gpus": resources_gpus_per_generator if info.gpus > 0 else 0,
+        "max_restarts": RESTARTS,
+        "max_task_retries": TASK_RETRIES,
+    }
+    if name is not None:
+        options["name"] = name
+    return options
+
+
+def evaluator_options(*, name: str | None = None) -> dict[str, Any]:
+    """``.options()`` for an :class:`~micro_doe.actors.evaluator.EvaluatorActor`: one CPU, restarts."""
+    options: dict[str, Any] = {"num_cpus": 1, "max_restarts": RESTARTS, "max_task_retries": TASK_RETRIES}
+    if name is not None:
+        options["name"] = name
+    return options
+
+
+def in_actor() -> bool:
+    """Whether this code runs inside a Ray actor."""
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
+def restarted() -> bool:
+    """Whether this actor process is a restart (after a crash or ``ray.kill(no_restart=False)``)."""
+    return in_actor() and bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
+def _info(local: bool) -> ClusterInfo:
+    resources = ray.cluster_resources()
+    return ClusterInfo(
+        address=str(ray.get_runtime_context().gcs_address),
+        local=local,
+        cpus=float(resources.get("CPU", 0.0)),
+        gpus=float(resources.get("GPU", 0.0)),
+    )
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` or ``ray://host:port`` → (host, port); None for ``auto`` and the like."""
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return parts.hostname, port
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a closed port: ``ray.init`` itself retries an unreachable GCS for minutes."""
+    target = _host_port(address)
+    if target is None:
+        return
+    host, port = target
+    hosts = [host]
+    if host in {"localhost", "127.0.0.1", "::1"}:  # Ray dials the node IP for loopback addresses
+        hosts.append(ray.util.get_node_ip_address())
+    errors = []
+    for candidate in hosts:
+        try:
+            with socket.create_connection((candidate, port), timeout=PROBE_TIMEOUT_S):
+                return
+        except OSError as err:
+            errors.append(f"{candidate}:{port}: {err}")
+    raise ClusterConnectionError(_unreachable_message(address, "; ".join(errors)))
+
+
+def _unreachable_message(address: str, cause: object) -> str:
+    return (
+        f"cannot connect to the Ray cluster at RAY_ADDRESS={address} ({cause}). Check that the "
+        "cluster is up and the address is right (host:port of the head's GCS, or ray://host:10001). "
+        "Ray clusters use token authentication: the driver needs RAY_AUTH_MODE=token and a "
+        "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) equal to the cluster's token "
+        "(`ray get-auth-token` on the head prints it). Unset RAY_ADDRESS to run on a local instance."
+    )

@@ -1,0 +1,139 @@
+"""The generator actor: one loaded model, sampling volumes for trials.
+
+:class:`GeneratorWorker` owns one generator model for its whole life: it resolves the
+model reference and loads the weights once, on the GPU Ray assigned it (or the CPU), and
+then only samples. ``GeneratorActor = ray.remote(GeneratorWorker)``; the plain class is
+usable in-process too (CLI, unit tests).
+
+Failures surface as exceptions from ``ray.get``:
+
+- a bad spec or model (unknown keys, missing bundle, a registry error) raises in the
+  constructor, so the actor dies and every call raises ``ray.exceptions.ActorDiedError``
+  whose message carries the original error;
+- bad parameters raise ``ValueError`` and a diverged model raises
+  :class:`~micro_doe.platform.generators.GenerationError`; Ray re-raises them as a
+  ``RayTaskError`` that is also an instance of the original class. The actor stays up.
+- a dead process (OOM, node lost, ``ray.kill``) is restarted with the options from
+  :func:`~micro_doe.actors.cluster.generator_options`, which reloads the model, and the
+  interrupted call is run again: sampling is a pure function of (params, n, seed).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray
+import torch
+
+from micro_doe.actors.cluster import in_actor, restarted
+from micro_doe.platform.generators import Micro3DiffGenerator, SamplingSettings
+
+SPEC_KEYS = {"kind", "model", "device", "batch_size", "tracking_uri", "size"}
+KINDS = ("micro3diff",)
+REGISTRY_PREFIX = "models:/"
+
+
+def _gpu_ids() -> list:
+    return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+
+
+def choose_device(requested: str | None) -> str:
+    """``requested`` if given; else CUDA when present (and, inside an actor, when Ray assigned
+    it a GPU: Ray 2.60 no longer hides GPUs from actors that asked for none)."""
+    if requested:
+        return requested
+    if not torch.cuda.is_available():
+        return "cpu"
+    if in_actor() and not _gpu_ids():
+        return "cpu"
+    return "cuda"
+
+
+class GeneratorWorker:
+    """Owns one loaded generator model; ``sample`` turns parameters into volumes.
+
+    ``spec``: ``{"kind": "micro3diff", "model": "pretrained:NAME" | bundle path |
+    "models:/NAME@ALIAS", "device": None | "cpu" | "cuda", "batch_size": int,
+    "tracking_uri": str | None}``; optional ``"size"`` is checked against the model's.
+    A bundle path is opened by the actor's process (a local instance shares the driver's
+    working directory; on a cluster use a shared filesystem or ``models:/…``).
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        unknown = sorted(set(spec) - SPEC_KEYS)
+        if unknown:
+            raise ValueError(f"generator spec: unknown keys {unknown}; expected some of {sorted(SPEC_KEYS)}")
+        kind = spec.get("kind", "micro3diff")
+        if kind not in KINDS:
+            raise ValueError(f"generator spec: kind {kind!r} is not supported here; expected one of {list(KINDS)}")
+        if not spec.get("model"):
+            raise ValueError("generator spec: 'model' is required (pretrained:NAME, bundle path, models:/NAME@ALIAS)")
+        self.kind = kind
+        self.model_ref = str(spec["model"])
+        self.batch_size = 64 if spec.get("batch_size") is None else int(spec["batch_size"])
+        if self.batch_size < 1:
+            raise ValueError(f"generator spec: batch_size must be at least 1, got {self.batch_size}")
+        path = self.model_ref
+        if path.startswith(REGISTRY_PREFIX):
+            from micro_doe.platform.registry import resolve_model  # written alongside; needed only here
+
+            path = resolve_model(path, spec.get("tracking_uri"))
+        self.device = choose_device(spec.get("device"))
+        start = time.perf_counter()
+        self.generator = Micro3DiffGenerator(path, device=self.device)
+        self.load_seconds = time.perf_counter() - start
+        size = spec.get("size")
+        if size is not None and int(size) != self.generator.size:
+            raise ValueError(f"generator spec: size {size} but {self.model_ref} makes {self.generator.size}³ volumes")
+
+    def info(self) -> dict[str, Any]:
+        """Where this worker lives and what it holds."""
+        return {
+            "pid": os.getpid(),
+            "node_ip": ray.util.get_node_ip_address(),
+            "device": self.device,
+            "model": self.model_ref,
+            "size": self.generator.size,
+            "gpu_ids": _gpu_ids(),
+            "load_seconds": self.load_seconds,
+            "restarted": restarted(),
+        }
+
+    def settings(self, params: dict[str, Any]) -> SamplingSettings:
+        """Generator parameters → sampling settings; unknown keys or bad values → ValueError."""
+        known = set(SamplingSettings.model_fields)
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"{self.kind}: unknown generator parameters {unknown}; expected some of {sorted(known)}")
+        try:
+            return SamplingSettings(**params)
+        except ValueError as err:  # pydantic's ValidationError: re-raised plain so it pickles through Ray
+            raise ValueError(f"{self.kind}: invalid generator parameters: {err}") from None
+
+    def sample(self, params: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
+        """``n`` volumes (volume i from seed ``seed + i``) with per-volume seconds.
+
+        Returns ``{"volumes", "seconds", "predicted", "busy_seconds", "device"}``;
+        ``predicted`` is one empty dict per volume (Micro3Diff predicts nothing).
+        """
+        start = time.perf_counter()
+        settings = self.settings(params)
+        if n < 1:
+            raise ValueError(f"n: expected at least 1 volume, got {n}")
+        volumes, seconds = [], []
+        for i in range(n):
+            t0 = time.perf_counter()
+            volumes.extend(self.generator.sample(1, settings, seed=seed + i, batch_size=self.batch_size))
+            seconds.append(time.perf_counter() - t0)
+        return {
+            "volumes": volumes,
+            "seconds": seconds,
+            "predicted": [{} for _ in volumes],
+            "busy_seconds": time.perf_counter() - start,
+            "device": self.device,
+        }
+
+
+GeneratorActor = ray.remote(GeneratorWorker)

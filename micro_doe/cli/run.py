@@ -1,0 +1,78 @@
+"""``micro-doe run STUDY`` and ``micro-doe dashboard STUDY``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from micro_doe.studies.spec import load_spec
+
+StudyRef = Annotated[str, typer.Argument(help="A study.yaml, or the name of a bundled study (see `micro-doe studies`).")]
+
+
+def run(
+    study: StudyRef,
+    n_trials: Annotated[int | None, typer.Option(help="Override the budget's number of trials.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Override the budget's timeout [s].")] = None,
+) -> None:
+    """Run (or resume) a study: locally, or on the Ray cluster at RAY_ADDRESS."""
+    spec = load_spec(study)  # every check happens here, before Ray, Optuna or MLflow start
+    from micro_doe.studies.runner import Study, StudyProgress
+
+    console = Console()
+    objective_names = [o.name for o in spec.objectives]
+    console.print(f"study [bold]{escape(spec.name)}[/]: {spec.generator.kind} {escape(spec.generator.model)}, "
+                  f"objectives {', '.join(objective_names)}, storage {escape(spec.storage)}")
+
+    def view(p: StudyProgress) -> Group:
+        line = Text(f"trials: {p.done} done, {p.running} running, {p.failed} failed, budget {p.budget}")
+        return Group(line, _trials_table(p.best[:5], objective_names, "best so far"))
+
+    with Live(view(StudyProgress(0, 0, 0, n_trials or spec.budget.n_trials)), console=console, transient=True) as live:
+        result = Study(spec).run(n_trials=n_trials, timeout_s=timeout, on_progress=lambda p: live.update(view(p)))
+
+    title = "best trial" if len(objective_names) == 1 else f"Pareto front ({len(result.best_trials)} trials)"
+    console.print(_trials_table(result.best_trials, objective_names, title))
+    console.print(f"{len(result.completed)} completed, {len(result.failed)} failed in {result.seconds:.0f} s "
+                  f"(generator busy {result.generator_busy_seconds:.0f} s)")
+    for t in result.failed[-3:]:
+        console.print(f"  trial {t.number} failed: {escape(t.reason or '?')}", style="yellow")
+    console.print("look next:")
+    console.print(f"  MLflow:    {escape(result.mlflow_command())}")
+    console.print(f"  dashboard: micro-doe dashboard {escape(study)}")
+
+
+def dashboard(
+    study: StudyRef,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
+) -> None:
+    """Start optuna-dashboard on 127.0.0.1 with the study's storage and artifact store."""
+    spec = load_spec(study).resolved_paths(Path.cwd())
+    from micro_doe.studies.dashboard import run_dashboard
+
+    run_dashboard(spec.storage, Path(spec.artifacts) / "optuna", host="127.0.0.1", port=port)
+
+
+def _trials_table(trials, objective_names: list[str], title: str) -> Table:  # type: ignore[no-untyped-def]
+    table = Table(title=title, title_justify="left")
+    table.add_column("trial", justify="right")
+    table.add_column("parameters")
+    for name in objective_names:
+        table.add_column(name, justify="right")
+    for t in trials:
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
+        values = [_fmt(v) for v in (t.values or [math.nan] * len(objective_names))]
+        table.add_row(str(t.number), escape(params), *values)
+    return table
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,411 @@
+"""The study driver: Optuna ask/tell over Ray generator and evaluator actors, logged to MLflow.
+
+One trial, top to bottom:
+
+1. ``study.ask()``; the trial's parameters come from the spec's search space (plus the
+   fixed ones) and its seed from its number (a re-queued trial keeps its original seed);
+2. a ``GeneratorActor`` samples ``samples_per_trial`` volumes;
+3. the ``EvaluatorPool`` describes every volume (vf, S2, L, τ, interface area);
+4. objectives and constraint metrics are computed from the samples
+   (:mod:`micro_doe.studies.objectives`); constraints are stored with
+   ``trial.set_constraint`` (feasible when ≤ 0);
+5. an MLflow child run gets the parameters, values, metrics and artifacts, the Optuna
+   artifact store the slice montage (shown by optuna-dashboard), then ``study.tell``.
+
+**Pipelining.** Each generator actor holds one trial at a time; the moment its volumes
+are back it gets the next trial, while the evaluators work on the previous one. At most
+as many trials wait for evaluation as there are generators (backpressure), so a slow
+evaluator pool slows the study instead of piling up volumes.
+
+**Failures.** A trial whose generation or evaluation fails for good (after Ray's actor
+restart and task retry), or whose volume is unusable (all one phase), is told FAIL with
+its reason in the ``fail_reason`` user attribute and in MLflow; the study goes on.
+
+**Resume.** Every trial is stamped with the id of the driver that asked it. A rerun finds
+trials left RUNNING by a driver that died, tells them FAIL ("driver died"), marks them
+``requeued`` and enqueues their parameters (and seed) again. Budgets count COMPLETE trials
+and FAIL trials that were not re-queued, so a resumed study ends with exactly
+``n_trials`` counted trials, none lost and none counted twice. Only one driver may run a
+study at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import ray
+from optuna.trial import TrialState
+
+from micro_doe.actors import EvaluatorPool, GeneratorActor, connect, evaluator_options, generator_options
+from micro_doe.platform.bundle import load_bundle
+from micro_doe.platform.descriptors import Descriptors
+from micro_doe.studies.objectives import Sample, evaluate_objectives, trial_metrics
+from micro_doe.studies.spec import StudySpec, load_spec
+from micro_doe.studies.study_storage import (
+    counted_trials,
+    enqueue_initial_design,
+    open_study,
+    requeue_stale_trials,
+)
+
+log = logging.getLogger("micro_doe.studies")
+OWNER_ATTR = "driver"
+SEED_ATTR = "seed"
+REASON_ATTR = "fail_reason"
+
+
+@dataclass
+class TrialRecord:
+    """A finished trial as the result reports it."""
+
+    number: int
+    state: str
+    params: dict[str, Any]
+    values: list[float] | None
+    reason: str | None = None
+
+
+@dataclass
+class StudyProgress:
+    """What a progress display shows; handed to ``on_progress`` after every event."""
+
+    done: int
+    failed: int
+    running: int
+    budget: int
+    best: list[TrialRecord] = field(default_factory=list)
+
+
+@dataclass
+class StudyResult:
+    """The outcome of :meth:`Study.run`: every trial, the best (Pareto) ones, where to look."""
+
+    name: str
+    directions: list[str]
+    objective_names: list[str]
+    trials: list[TrialRecord]
+    best_trials: list[TrialRecord]
+    storage: str
+    tracking: str
+    artifacts: str
+    parent_run_id: str | None
+    seconds: float
+    generator_busy_seconds: float
+    startup_seconds: float
+
+    @property
+    def busy_fraction(self) -> float:
+        """Share of the time after start-up (Ray, actors, model load) that generators worked."""
+        return self.generator_busy_seconds / max(self.seconds - self.startup_seconds, 1e-9)
+
+    @property
+    def completed(self) -> list[TrialRecord]:
+        return [t for t in self.trials if t.state == "COMPLETE"]
+
+    @property
+    def failed(self) -> list[TrialRecord]:
+        return [t for t in self.trials if t.state == "FAIL"]
+
+    def dashboard_command(self) -> str:
+        return f"micro-doe dashboard {self.name}  # or: optuna-dashboard {self.storage} --host 127.0.0.1"
+
+    def mlflow_command(self) -> str:
+        return f"mlflow ui --backend-store-uri {self.tracking} --host 127.0.0.1"
+
+
+@dataclass
+class _Trial:
+    trial: optuna.trial.Trial
+    params: dict[str, Any]
+    seed: int
+    started: float
+    generator: int
+    volumes: list[Any] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    predicted: list[dict[str, float]] = field(default_factory=list)
+    eval_refs: list[Any] = field(default_factory=list)
+
+
+class Study:
+    """A design-of-experiments study: ``Study(spec).run()`` or ``Study.from_yaml(path).run()``."""
+
+    def __init__(self, spec: StudySpec, base_dir: str | Path | None = None) -> None:
+        self.spec = spec.resolved_paths(Path(base_dir) if base_dir is not None else Path.cwd())
+        self.objectives = self.spec.resolved_objectives()
+        self.driver_id = uuid.uuid4().hex
+
+    @classmethod
+    def from_yaml(cls, ref: str | Path, overrides: dict[str, Any] | None = None) -> Study:
+        """Load a study.yaml (or a bundled study by name); relative paths are relative to the cwd."""
+        return cls(load_spec(ref, overrides))
+
+    # ------------------------------------------------------------------ run
+
+    def run(
+        self,
+        n_trials: int | None = None,
+        timeout_s: float | None = None,
+        on_progress: Callable[[StudyProgress], None] | None = None,
+        *,
+        pipelining: bool = True,
+    ) -> StudyResult:
+        """Run (or resume) the study until its budget is used; return every trial and the Pareto front.
+
+        ``pipelining=False`` waits for each trial's evaluation before the next generation
+        (the benchmark's reference; never faster).
+        """
+        from micro_doe.studies.dashboard import artifact_store, upload_trial_image
+        from micro_doe.studies.tracking import StudyTracker
+
+        default_env()
+        spec = self.spec
+        budget = n_trials if n_trials is not None else spec.budget.n_trials
+        timeout = timeout_s if timeout_s is not None else spec.budget.timeout_s
+        start = time.perf_counter()
+
+        study = open_study(spec)
+        requeue_stale_trials(study, self.driver_id, OWNER_ATTR, SEED_ATTR, REASON_ATTR)
+        enqueue_initial_design(study, spec)
+        store = artifact_store(Path(spec.artifacts) / "optuna")
+        tracker = StudyTracker(spec.tracking, spec.name, spec.artifacts)
+        tracker.fail_stale_runs()
+        parent = tracker.start_invocation(spec.model_dump(mode="json", by_alias=True), {"driver": self.driver_id})
+        reference = self._reference()
+
+        info = connect()
+        prefix = f"micro-doe:{spec.name}:{self.driver_id[:8]}"
+        generators = [
+            GeneratorActor.options(
+                **generator_options(spec.resources.gpus_per_generator, info, name=f"{prefix}:generator-{i}")
+            ).remote(self._generator_spec())
+            for i in range(spec.resources.generators)
+        ]
+        pool = EvaluatorPool(spec.resources.evaluators, evaluator_options(name=f"{prefix}:evaluator"))
+        idle = list(range(len(generators)))
+        generating: dict[Any, _Trial] = {}
+        evaluating: list[_Trial] = []
+        busy = 0.0
+        status = "FINISHED"
+        first_submit: float | None = None
+
+        def remaining() -> int:
+            in_flight = len(generating) + len(evaluating)
+            return budget - counted_trials(study, REASON_ATTR) - in_flight
+
+        def backlog_ok(n_generating: int, n_evaluating: int) -> bool:
+            if pipelining:
+                return n_evaluating < len(generators)
+            return n_generating == 0 and n_evaluating == 0
+
+        def report() -> None:
+            if on_progress is not None:
+                on_progress(self._progress(study, budget, len(generating) + len(evaluating)))
+
+        try:
+            report()
+            while True:
+                timed_out = timeout is not None and time.perf_counter() - start > timeout
+                # Hand out trials to idle generators, unless evaluation is backed up.
+                while idle and not timed_out and remaining() > 0 and backlog_ok(len(generating), len(evaluating)):
+                    g = idle.pop(0)
+                    ctx = self._ask(study, g)
+                    ref = generators[g].sample.remote(ctx.params, spec.samples_per_trial, ctx.seed)
+                    generating[ref] = ctx
+                    log.debug("trial %d: generating on generator %d %s", ctx.trial.number, g, ctx.params)
+                    if first_submit is None:
+                        first_submit = time.perf_counter()
+                if not generating and not evaluating:
+                    break
+                pending = list(generating) + [r for ctx in evaluating for r in ctx.eval_refs]
+                ready, _ = ray.wait(pending, num_returns=1, timeout=5.0)
+                if not ready:
+                    continue
+                if ready[0] in generating:
+                    ctx = generating.pop(ready[0])
+                    idle.append(ctx.generator)
+                    try:
+                        out = ray.get(ready[0])
+                        busy += float(out.get("busy_seconds", sum(out["seconds"])))
+                        self._check_volumes(out["volumes"])
+                    except Exception as err:  # noqa: BLE001 — any failure ends this trial, not the study
+                        self._fail(study, tracker, ctx, _reason(err), reference)
+                        report()
+                        continue
+                    ctx.volumes, ctx.seconds, ctx.predicted = out["volumes"], out["seconds"], out["predicted"]
+                    e = spec.evaluation
+                    ctx.eval_refs = [
+                        pool.submit(v, phase=e.phase, tortuosity_axis=e.tortuosity_axis, periodic=e.periodic)
+                        for v in ctx.volumes
+                    ]
+                    evaluating.append(ctx)
+                    log.debug("trial %d: generated in %.2f s, evaluating", ctx.trial.number, sum(ctx.seconds))
+                for ctx in list(evaluating):
+                    done, _ = ray.wait(ctx.eval_refs, num_returns=len(ctx.eval_refs), timeout=0)
+                    if len(done) < len(ctx.eval_refs):
+                        continue
+                    evaluating.remove(ctx)
+                    log.debug("trial %d: evaluated, finishing", ctx.trial.number)
+                    self._finish(study, tracker, store, upload_trial_image, ctx, reference)
+                    report()
+        except KeyboardInterrupt:
+            status = "KILLED"
+            for ctx in list(generating.values()) + evaluating:
+                self._fail(study, tracker, ctx, "interrupted (Ctrl-C); re-queued for the next run", reference, requeue=True)
+            raise
+        finally:
+            for actor in generators:
+                ray.kill(actor, no_restart=True)
+            pool.kill()
+            summary = {"completed": sum(t.state == TrialState.COMPLETE for t in study.trials)}
+            tracker.finish_invocation(status, summary)
+
+        end = time.perf_counter()
+        return self._result(study, parent, end - start, busy, (first_submit or end) - start)
+
+    # ------------------------------------------------------------------ steps
+
+    def _ask(self, study: optuna.Study, generator: int) -> _Trial:
+        trial = study.ask()
+        params = {name: p.suggest(trial, name) for name, p in self.spec.search.items()}
+        params.update(self.spec.fixed)
+        seed = trial.user_attrs.get(SEED_ATTR)
+        if seed is None:  # a fresh trial; a re-queued one keeps the seed it had
+            seed = (self.spec.sampler.seed or 0) * 1_000_003 + trial.number * 1_000
+            trial.set_user_attr(SEED_ATTR, seed)
+        trial.set_user_attr(OWNER_ATTR, self.driver_id)
+        return _Trial(trial, params, int(seed), time.perf_counter(), generator)
+
+    @staticmethod
+    def _check_volumes(volumes: list[Any]) -> None:
+        for i, vol in enumerate(volumes):
+            labels = np.unique(vol.values)
+            if labels.size < 2:
+                raise ValueError(f"sample {i} is all one phase (label {int(labels[0])}): an unusable volume")
+
+    def _finish(self, study, tracker, store, upload, ctx: _Trial, reference) -> None:  # type: ignore[no-untyped-def]
+        try:
+            descriptors = [Descriptors.model_validate(d) for d in ray.get(ctx.eval_refs)]
+            samples = [
+                Sample(volume=v, descriptors=d, params=ctx.params, predicted=p, seconds=s, reference=reference)
+                for v, d, p, s in zip(ctx.volumes, descriptors, ctx.predicted, ctx.seconds)
+            ]
+            values = evaluate_objectives(self.objectives, samples)
+            # Constraints may name registered objectives that are not objectives of this study.
+            extra = evaluate_objectives([(o, o.direction) for o in self.spec.constraint_objectives()], samples)
+            metrics = trial_metrics(samples) | extra | values
+            for c in self.spec.constraints:
+                if c.metric not in metrics:
+                    raise ValueError(f"constraint metric {c.metric!r} was not measured")
+                ctx.trial.set_constraint(c.metric, c.violation(metrics[c.metric]))
+        except Exception as err:  # noqa: BLE001
+            self._fail(study, tracker, ctx, _reason(err), reference)
+            return
+        png = Path(self.spec.artifacts) / "montages" / f"trial-{ctx.trial.number}.png"
+        try:
+            tracker.montage_png(ctx.volumes, png)
+            upload(study, ctx.trial, png, store)
+        except Exception as err:  # noqa: BLE001 — a picture never costs a trial
+            ctx.trial.set_user_attr("montage_error", _reason(err))
+        tracker.log_trial(
+            trial_number=ctx.trial.number,
+            params=ctx.params | {"seed": ctx.seed},
+            values=values,
+            metrics=metrics,
+            volumes=ctx.volumes,
+            reference=reference,
+            predicted=ctx.predicted,
+            state="FINISHED",
+            seconds=time.perf_counter() - ctx.started,
+        )
+        study.tell(ctx.trial, [values[o.name] for o, _ in self.objectives])
+
+    def _fail(self, study, tracker, ctx: _Trial, reason: str, reference, requeue: bool = False) -> None:  # type: ignore[no-untyped-def]
+        ctx.trial.set_user_attr(REASON_ATTR, reason)
+        if requeue:
+            ctx.trial.set_user_attr("requeued", True)
+        try:
+            tracker.log_trial(
+                trial_number=ctx.trial.number,
+                params=ctx.params | {"seed": ctx.seed},
+                values={},
+                metrics={},
+                volumes=ctx.volumes,
+                reference=reference,
+                predicted=ctx.predicted,
+                state="FAILED",
+                reason=reason,
+                seconds=time.perf_counter() - ctx.started,
+            )
+        finally:
+            study.tell(ctx.trial, state=TrialState.FAIL)
+            if requeue:
+                study.enqueue_trial(ctx.trial.params, user_attrs={SEED_ATTR: ctx.seed, "requeued_from": ctx.trial.number})
+
+    # ------------------------------------------------------------------ helpers
+
+    def _generator_spec(self) -> dict[str, Any]:
+        return self.spec.generator.model_dump() | {"tracking_uri": self.spec.tracking}
+
+    def _reference(self) -> Descriptors | None:
+        """The model's training-data reference, for error-rate objectives (read on the driver)."""
+        from micro_doe.platform.registry import resolve_model
+
+        return load_bundle(resolve_model(self.spec.generator.model, self.spec.tracking)).reference
+
+    def _progress(self, study: optuna.Study, budget: int, running: int) -> StudyProgress:
+        trials = study.get_trials(deepcopy=False)
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        failed = sum(t.state == TrialState.FAIL and not t.user_attrs.get("requeued") for t in trials)
+        best = [_record(t) for t in _best(study)] if done else []
+        return StudyProgress(done=done, failed=failed, running=running, budget=budget, best=best)
+
+    def _result(self, study: optuna.Study, parent: str | None, seconds: float, busy: float, startup: float) -> StudyResult:
+        spec = self.spec
+        return StudyResult(
+            name=spec.name,
+            directions=[d for _, d in self.objectives],
+            objective_names=[o.name for o, _ in self.objectives],
+            trials=[_record(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()],
+            best_trials=[_record(t) for t in _best(study)],
+            storage=spec.storage,
+            tracking=spec.tracking,
+            artifacts=spec.artifacts,
+            parent_run_id=parent,
+            seconds=seconds,
+            generator_busy_seconds=busy,
+            startup_seconds=startup,
+        )
+
+
+def _best(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Feasible Pareto-optimal trials (the single best for one objective)."""
+    try:
+        return list(study.best_trials)
+    except ValueError:
+        return []
+
+
+def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
+    return TrialRecord(t.number, t.state.name, dict(t.params), list(t.values) if t.values else None, t.user_attrs.get(REASON_ATTR))
+
+
+def _reason(err: BaseException) -> str:
+    """The root cause of an error, also when Ray wrapped it in a RayTaskError."""
+    cause = getattr(err, "cause", None) or err
+    text = f"{type(cause).__name__}: {cause}"
+    return text.splitlines()[0][:500] if text else type(err).__name__
+
+
+def default_env() -> None:
+    """Quiet, offline defaults for the libraries the driver uses (never weakens Ray's token auth)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

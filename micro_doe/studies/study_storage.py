@@ -1,0 +1,111 @@
+"""The Optuna side of a study: storage, sampler, initial design, resume bookkeeping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from micro_doe.studies.spec import StudySpec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def open_study(spec: StudySpec) -> optuna.Study:
+    """Create or load the study in its RDB storage; sqlite gets WAL and a generous lock timeout."""
+    url = spec.storage
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 30}}
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    if url.startswith("sqlite:///"):
+        from sqlalchemy import text
+
+        with storage.engine.connect() as conn:  # readers never block the writer; persists in the file
+            conn.execute(text("PRAGMA journal_mode=WAL"))
+    directions = spec.directions()
+    study = optuna.create_study(
+        storage=storage,
+        study_name=spec.name,
+        directions=directions,
+        sampler=make_sampler(spec),
+        load_if_exists=True,
+    )
+    found = [d.name.lower() for d in study.directions]
+    if found != directions:  # load_if_exists ignores `directions` for an existing study
+        raise ValueError(
+            f"study {spec.name!r} in {url} has directions {found}, but the spec asks for {directions}; "
+            "rename the study or use another storage"
+        )
+    return study
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded. Constraints reach every sampler through trial.set_constraint."""
+    s = spec.sampler
+    if s.kind == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True)
+    if s.kind == "gp":
+        return optuna.samplers.GPSampler(seed=s.seed)
+    if s.kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=getattr(s, "population_size", 50))
+    return optuna.samplers.RandomSampler(seed=s.seed)
+
+
+def enqueue_initial_design(study: optuna.Study, spec: StudySpec) -> int:
+    """On a study's first run, enqueue n scrambled-Sobol points of the search space (a
+    space-filling start, seeded by the sampler's seed); returns how many were enqueued."""
+    design = spec.sampler.initial_design
+    if design is None or study.get_trials(deepcopy=False):
+        return 0
+    from scipy.stats import qmc
+
+    names = list(spec.search)
+    points = qmc.Sobol(d=len(names), scramble=True, seed=spec.sampler.seed).random(design.n)
+    for row in points:
+        params = {name: _from_unit(spec.search[name].distribution(), u) for name, u in zip(names, row)}
+        study.enqueue_trial(params, user_attrs={"initial_design": "sobol"})
+    return design.n
+
+
+def _from_unit(dist: optuna.distributions.BaseDistribution, u: float) -> Any:
+    """Map u in [0, 1) onto a distribution (log-uniformly for log scales)."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return dist.choices[min(int(u * len(dist.choices)), len(dist.choices) - 1)]
+    lo, hi = float(dist.low), float(dist.high)
+    if getattr(dist, "log", False):
+        value = float(np.exp(np.log(lo) + u * (np.log(hi) - np.log(lo))))
+    else:
+        value = lo + u * (hi - lo)
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        step = dist.step
+        return int(min(hi, lo + step * np.floor((value - lo) / step + 0.5)))
+    return value
+
+
+def requeue_stale_trials(study: optuna.Study, driver: str, owner_attr: str, seed_attr: str, reason_attr: str) -> int:
+    """Trials left RUNNING by a driver that died: FAIL them ("driver died", marked requeued)
+    and enqueue their parameters and seed again. Returns how many."""
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.user_attrs.get(owner_attr) != driver]
+    for t in stale:
+        # The trial object of a dead driver is gone: write through the storage, then tell by number.
+        study._storage.set_trial_user_attr(t._trial_id, reason_attr, "driver died; parameters re-queued")
+        study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
+        study.tell(t.number, state=TrialState.FAIL)
+        attrs = {"requeued_from": t.number}
+        if seed_attr in t.user_attrs:
+            attrs[seed_attr] = t.user_attrs[seed_attr]
+        study.enqueue_trial(t.params, user_attrs=attrs)
+    return len(stale)
+
+
+def counted_trials(study: optuna.Study, reason_attr: str) -> int:
+    """Trials that use up the budget: COMPLETE ones, and FAIL ones that were not re-queued."""
+    return sum(
+        t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and not t.user_attrs.get("requeued"))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    )
