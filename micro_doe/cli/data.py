@@ -9,12 +9,14 @@ import typer
 import xarray as xr
 from rich.console import Console
 
+from micro_doe.cli.opv_data import opv_dataset
 from micro_doe.platform import synthetic
 from micro_doe.platform.volumes import read_volume, write_volume
 
 data_app = typer.Typer(help="Synthetic training data.", no_args_is_help=True)
 make_app = typer.Typer(help="Make a synthetic microstructure data set.", no_args_is_help=True)
 data_app.add_typer(make_app, name="make")
+make_app.command("opv-dataset")(opv_dataset)
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output file (.nc; .tif for a single volume).")]
 Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")]

@@ -1,0 +1,217 @@
+"""The conditional latent denoiser: a 3D U-Net ε-model with time and context embeddings (sec. 4.2.3).
+
+``LatentUNet3D.forward(z_t, t, context, drop_mask=None) -> ε̂``:
+
+- ``z_t``: noisy latents (B, C, d, d, d), C = the VAE's ``latent_channels``; ε̂ has the same shape.
+- ``t``: integer training steps (B,) in 0..T-1 (the conventions of ``diffusion.py``).
+- ``context``: the conditioning vector (B, F) in normalised units (the feature predictor's
+  outputs / :class:`~micro_doe.platform.ldm.feature_predictor.Normaliser` of user targets);
+  None means every row is unconditional.
+- ``drop_mask``: bool (B,); True rows ignore their context and use a learned null embedding.
+
+Embedding: emb = MLP(sinusoidal(t)) + MLP(context), or MLP(sinusoidal(t)) + null for dropped
+rows (``null_embedding``, a learned vector initialised to zero), so a dropped row's output does
+not depend on its context at all. emb is added inside every residual block, encoder and decoder
+(the paper embeds the condition "within both the embedding and decoder layers").
+
+Architecture: the 2D U-Net of ``unet.py`` in 3D (GroupNorm → SiLU → conv residual blocks,
+stride-2 downsampling, nearest-neighbour upsampling, skip connections, optional single-head
+self-attention in the middle, zero-initialised output conv so training starts at ε̂ = 0).
+
+Classifier-free guidance (Ho & Salimans 2022): training drops the condition of each item with
+probability ``cfg_dropout`` (:func:`conditional_diffusion_loss`), so one network learns both
+ε(z_t, t, c) and ε(z_t, t, ∅); :mod:`~micro_doe.platform.ldm.sampling` mixes them.
+``cfg_dropout = 0`` trains the paper's plain conditional model (no unconditional branch).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from micro_doe.platform.diffusion import NoiseSchedule, diffusion_loss
+from micro_doe.platform.unet import Attention, timestep_embedding
+
+
+class LatentUNetConfig(BaseModel):
+    """Architecture of :class:`LatentUNet3D` and its condition-dropout rate (stored in config.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+    latent_channels: int = Field(8, ge=1, description="channels of the VAE latent")
+    context_dim: int = Field(..., ge=1, description="length F of the conditioning vector")
+    base_channels: int = Field(24, ge=1, description="width of the first level")
+    channel_mults: tuple[int, ...] = Field((1, 2), min_length=1, description="width multiplier per level")
+    num_res_blocks: int = Field(1, ge=1, description="residual blocks per level")
+    attention: bool = Field(True, description="self-attention in the middle (lowest resolution)")
+    groups: int = Field(8, ge=1, description="GroupNorm groups")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    cfg_dropout: float = Field(
+        0.1, ge=0.0, lt=1.0, description="training probability of replacing an item's context by the null context"
+    )
+
+    @model_validator(mode="after")
+    def _groups_divide_widths(self) -> LatentUNetConfig:
+        for mult in self.channel_mults:
+            if mult < 1 or (self.base_channels * mult) % self.groups:
+                raise ValueError(f"groups={self.groups} must divide every level width base_channels*mult (mults >= 1)")
+        if self.base_channels % self.groups:
+            raise ValueError(f"groups={self.groups} must divide base_channels={self.base_channels}")
+        return self
+
+    @property
+    def downsampling(self) -> int:
+        """Latent sides must be divisible by this."""
+        return 2 ** (len(self.channel_mults) - 1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm → SiLU → conv, + Linear(emb), GroupNorm → SiLU → dropout → conv, plus a (1x1x1) skip."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.conv1 = nn.Conv3d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, c_out)
+        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv3d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return h + self.skip(x)
+
+
+class Attention3D(nn.Module):
+    """``unet.Attention`` over the d³ voxels of a (B, c, d, d, d) tensor (viewed as a (B, c, d³, 1) image)."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.attn = Attention(channels, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x.flatten(2)[..., None]).reshape(x.shape)
+
+
+class LatentUNet3D(nn.Module):
+    """Conditional ε-prediction U-Net on latents; ``forward(z_t, t, context, drop_mask=None) -> ε̂``."""
+
+    def __init__(self, config: LatentUNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        c0, groups, drop = config.base_channels, config.groups, config.dropout
+        emb_dim = 4 * c0
+        self.t_dim = c0
+        self.time_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.context_mlp = nn.Sequential(nn.Linear(config.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.null_embedding = nn.Parameter(torch.zeros(emb_dim))
+        self.stem = nn.Conv3d(config.latent_channels, c0, 3, padding=1)
+
+        widths = [c0 * m for m in config.channel_mults]
+        self.down = nn.ModuleList()
+        skips = [c0]
+        c = c0
+        for level, width in enumerate(widths):
+            for _ in range(config.num_res_blocks):
+                self.down.append(ResBlock(c, width, emb_dim, groups, drop))
+                c = width
+                skips.append(c)
+            if level < len(widths) - 1:
+                self.down.append(nn.Conv3d(c, c, 3, stride=2, padding=1))
+                skips.append(c)
+
+        self.mid1 = ResBlock(c, c, emb_dim, groups, drop)
+        self.mid_attn = Attention3D(c, groups) if config.attention else nn.Identity()
+        self.mid2 = ResBlock(c, c, emb_dim, groups, drop)
+
+        self.up = nn.ModuleList()
+        for level, width in reversed(list(enumerate(widths))):
+            for _ in range(config.num_res_blocks + 1):
+                self.up.append(ResBlock(c + skips.pop(), width, emb_dim, groups, drop))
+                c = width
+            if level > 0:
+                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                self.up.append(nn.Conv3d(c, c, 3, padding=1))
+
+        self.head = nn.Sequential(
+            nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv3d(c, config.latent_channels, 3, padding=1)
+        )
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def embedding(
+        self, t: torch.Tensor, context: torch.Tensor | None, drop_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """emb (B, 4·base_channels) = time MLP + (context MLP, or the null embedding where dropped)."""
+        b = t.shape[0]
+        emb = self.time_mlp(timestep_embedding(t, self.t_dim))
+        null = self.null_embedding.expand(b, -1)
+        if context is None:
+            return emb + null
+        if context.shape != (b, self.config.context_dim):
+            raise ValueError(f"context: expected shape ({b}, {self.config.context_dim}), got {tuple(context.shape)}")
+        ctx = self.context_mlp(context.to(emb.dtype))
+        if drop_mask is None:
+            return emb + ctx
+        if drop_mask.shape != (b,) or drop_mask.dtype != torch.bool:
+            raise ValueError(f"drop_mask: expected a bool tensor of shape ({b},), got {drop_mask.dtype} "
+                             f"{tuple(drop_mask.shape)}")
+        return emb + torch.where(drop_mask.to(emb.device)[:, None], null, ctx)
+
+    def forward(
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor | None,
+        drop_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if z_t.ndim != 5 or z_t.shape[1] != self.config.latent_channels:
+            raise ValueError(f"z_t: expected (B, {self.config.latent_channels}, d, d, d), got {tuple(z_t.shape)}")
+        side = self.config.downsampling
+        if any(s % side for s in z_t.shape[2:]):
+            raise ValueError(f"z_t: latent sides must be divisible by {side}, got {tuple(z_t.shape[2:])}")
+        if t.shape != z_t.shape[:1]:
+            raise ValueError(f"t: expected one step per item, shape ({z_t.shape[0]},), got {tuple(t.shape)}")
+        emb = self.embedding(t, context, drop_mask)
+        h = self.stem(z_t)
+        hs = [h]
+        for layer in self.down:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for layer in self.up:
+            if isinstance(layer, ResBlock):
+                h = layer(torch.cat([h, hs.pop()], dim=1), emb)
+            else:
+                h = layer(h)
+        return self.head(h)
+
+
+def conditional_diffusion_loss(
+    model: LatentUNet3D,
+    z0: torch.Tensor,
+    context: torch.Tensor,
+    schedule: NoiseSchedule,
+    cfg_dropout: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """ε-MSE of ``diffusion.diffusion_loss`` with condition dropout (paper eq. 6 + classifier-free guidance).
+
+    ``z0`` (B, C, d, d, d) clean latents, ``context`` (B, F). Each item's context is dropped
+    (replaced by the null embedding) independently with probability ``cfg_dropout``
+    (default: ``model.config.cfg_dropout``); then t ~ U{0..T-1}, ε ~ N(0, I) and
+    z_t = sqrt(abar_t) z0 + sqrt(1 − abar_t) ε as in ``diffusion_loss``. Random numbers, in
+    this order: the drop mask, t, ε, all from ``generator``.
+    """
+    p = model.config.cfg_dropout if cfg_dropout is None else float(cfg_dropout)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"cfg_dropout: expected a probability in [0, 1), got {cfg_dropout}")
+    if context.shape[0] != z0.shape[0]:
+        raise ValueError(f"context: {context.shape[0]} rows for {z0.shape[0]} latents")
+    device = generator.device if generator is not None else z0.device
+    drop_mask = (torch.rand(z0.shape[0], generator=generator, device=device) < p).to(z0.device)
+    return diffusion_loss(lambda z_t, t: model(z_t, t, context, drop_mask), z0, schedule, generator)
