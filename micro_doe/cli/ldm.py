@@ -1,0 +1,243 @@
+"""``micro-doe train ldm`` and ``micro-doe generate-ldm``: the conditional LDM from the command line.
+
+Command functions only (typer annotations); the app wires them. Bad input raises
+``ValueError`` naming the option, which ``micro_doe.cli.app.main`` reports as one line.
+With ``--tracking URI`` training logs every step's loss as the metric ``<stage>_loss`` of
+one MLflow run (experiment ``micro-doe-training``, run ``train-ldm-OUT``), plus each stage's
+final loss, wall time and the feature predictor's validation R², and the card as ``card.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from micro_doe.platform.generators import stack_volumes
+from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample
+from micro_doe.platform.ldm.training import STAGES, LDMTrainConfig, staging_dir, train_ldm
+from micro_doe.platform.volumes import write_volume
+
+TRAINING_EXPERIMENT = "micro-doe-training"
+RECIPE_COLUMNS = ("phi", "chi", "time")  # shown first in the predictions table
+
+
+def parse_targets(items: list[str] | None, option: str = "--target") -> dict[str, float]:
+    """``["vf_donor=0.4", "tau_donor=inf"]`` → ``{"vf_donor": 0.4, "tau_donor": inf}``."""
+    targets: dict[str, float] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not sep or not name or math.isnan(number):
+            raise ValueError(f"{option}: expected NAME=VALUE with a number (or inf), got {item!r}")
+        if name in targets:
+            raise ValueError(f"{option}: {name} given twice")
+        targets[name] = number
+    return targets
+
+
+def training_config(
+    config: Path | None,
+    *,
+    vae_steps: int | None = None,
+    fp_steps: int | None = None,
+    ldm_steps: int | None = None,
+    conditioning: str | None = None,
+    seed: int | None = None,
+) -> LDMTrainConfig:
+    """An LDMTrainConfig from a JSON file (or the defaults), with the command-line overrides applied."""
+    data: dict[str, Any] = {}
+    if config is not None:
+        if not config.is_file():
+            raise FileNotFoundError(f"--config: {config}: no such file")
+        try:
+            data = json.loads(config.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--config: {config} is not JSON ({err})") from None
+    for stage, steps in (("vae", vae_steps), ("fp", fp_steps), ("ldm", ldm_steps)):
+        if steps is not None:
+            data.setdefault(stage, {})["steps"] = steps
+    if conditioning is not None:
+        names = tuple(n.strip() for n in conditioning.split(",") if n.strip())
+        if not names:
+            raise ValueError(f"--conditioning: expected comma-separated label names, got {conditioning!r}")
+        data["conditioning"] = names
+    if seed is not None:
+        data["seed"] = seed
+    return LDMTrainConfig.model_validate(data)
+
+
+class MLflowLossLogger:
+    """``on_log(stage, step, loss)`` for :func:`train_ldm`: metrics ``<stage>_loss``, logged in batches."""
+
+    def __init__(self, client: Any, run_id: str, flush_every: int = 100) -> None:
+        self.client, self.run_id, self.flush_every = client, run_id, flush_every
+        self.buffer: list[Any] = []
+
+    def __call__(self, stage: str, step: int, loss: float) -> None:
+        from mlflow.entities import Metric
+
+        self.buffer.append(Metric(f"{stage}_loss", float(loss), int(time.time() * 1000), int(step)))
+        if len(self.buffer) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.client.log_batch(self.run_id, metrics=self.buffer)
+            self.buffer = []
+
+
+def _open_tracking(tracking: str, out: Path, config: LDMTrainConfig, stage: str) -> tuple[Any, str]:
+    from mlflow.entities import Param
+
+    from micro_doe.platform.registry import absolute_tracking_uri, ensure_experiment, mlflow_client, sqlite_path
+
+    uri = absolute_tracking_uri(tracking)
+    client = mlflow_client(uri)
+    db = sqlite_path(uri)
+    location = (db.parent / "artifacts" / TRAINING_EXPERIMENT).as_uri() if db is not None else None
+    experiment_id = ensure_experiment(client, TRAINING_EXPERIMENT, location)
+    run = client.create_run(experiment_id, run_name=f"train-ldm-{out.name}",
+                            tags={"micro_doe.role": "training", "micro_doe.kind": "ldm", "micro_doe.stage": stage})
+    params = _flatten(config.model_dump(mode="json"))
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return client, run.info.run_id
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _stage_metrics(out: Path) -> dict[str, float]:
+    """Final loss, seconds and (FP) validation R² of every finished stage in the staging dir."""
+    from micro_doe.platform.ldm.bundle import StageSummary
+
+    metrics: dict[str, float] = {}
+    for stage in STAGES:
+        path = staging_dir(out) / f"{stage}.json"
+        if not path.exists():
+            continue
+        summary = StageSummary.model_validate_json(path.read_text())
+        metrics[f"{stage}_final_loss"] = summary.final_loss
+        metrics[f"{stage}_seconds"] = summary.seconds
+        for name, r2 in summary.extra.get("val_r2", {}).items():
+            metrics[f"fp_val_r2_{name}"] = r2
+    return {k: v for k, v in metrics.items() if math.isfinite(v)}
+
+
+def train_ldm_command(
+    data: Annotated[Path, typer.Option(help="OPV data set (.nc) from `micro-doe data make opv-dataset`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write (work in OUT.staging).")],
+    stage: Annotated[str, typer.Option(help="vae, fp, ldm or all (in turn).")] = "all",
+    vae_steps: Annotated[int | None, typer.Option(help="VAE optimiser steps (default: the config's).")] = None,
+    fp_steps: Annotated[int | None, typer.Option(help="Feature-predictor steps.")] = None,
+    ldm_steps: Annotated[int | None, typer.Option(help="Latent diffusion steps.")] = None,
+    conditioning: Annotated[str | None, typer.Option(help="Conditioning labels, comma-separated.")] = None,
+    config: Annotated[Path | None, typer.Option(help="LDMTrainConfig as JSON (options above override it).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in OUT.staging.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    tracking: Annotated[str | None, typer.Option(help="MLflow tracking URI: log losses there.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train the conditional LDM (VAE → feature predictor → latent diffusion) and write a bundle."""
+    if stage not in (*STAGES, "all"):
+        raise ValueError(f"--stage: expected one of {[*STAGES, 'all']}, got {stage!r}")
+    if not data.is_file():
+        raise FileNotFoundError(f"--data: {data}: no such file")
+    recipe = training_config(config, vae_steps=vae_steps, fp_steps=fp_steps, ldm_steps=ldm_steps,
+                             conditioning=conditioning, seed=seed)
+    client, run_id, logger = None, None, None
+    if tracking:
+        client, run_id = _open_tracking(tracking, out, recipe, stage)
+        logger = MLflowLossLogger(client, run_id)
+    status = "FAILED"
+    try:
+        result = train_ldm(data, out, recipe, stage=stage, resume=resume, device=device,  # type: ignore[arg-type]
+                           progress=progress, on_log=logger)
+        status = "FINISHED"
+    finally:
+        if client is not None and logger is not None:
+            logger.flush()
+            if status == "FINISHED":
+                from mlflow.entities import Metric
+
+                now = int(time.time() * 1000)
+                metrics = [Metric(k, v, now, 0) for k, v in _stage_metrics(out).items()]
+                if metrics:
+                    client.log_batch(run_id, metrics=metrics)
+                if (out / "card.md").exists() and stage in ("ldm", "all"):
+                    client.log_text(run_id, (out / "card.md").read_text(), "card.md")
+            client.set_terminated(run_id, status)
+    console = Console(stderr=True)
+    if stage in ("ldm", "all"):
+        console.print(f"wrote bundle {result}")
+        Console().print((result / "card.md").read_text())
+    else:
+        console.print(f"stage {stage} done; weights in {result}")
+
+
+def predictions_table(samples: list[LDMSample], title: str = "") -> Table:
+    """One row per sample: the predicted manufacturing recipe (φ, χ, annealing time) and descriptors."""
+    names = list(samples[0].predicted)
+    columns = [c for c in RECIPE_COLUMNS if c in names] + [c for c in names if c not in RECIPE_COLUMNS]
+    table = Table(title=title or "predicted by the feature predictor")
+    table.add_column("seed", justify="right")
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_column("seconds", justify="right")
+    for s in samples:
+        table.add_row(str(s.seed), *(f"{s.predicted[c]:.4g}" for c in columns), f"{s.seconds:.2f}")
+    return table
+
+
+def generate_ldm(
+    model: Annotated[str, typer.Argument(help="An LDM bundle: pretrained:NAME or a directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file: .nc (any n) or .tif (n = 1).")],
+    target: Annotated[
+        list[str] | None, typer.Option("--target", "-t", help="NAME=VALUE, once per conditioning label.")
+    ] = None,
+    n: Annotated[int, typer.Option(help="Number of volumes.")] = 1,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps S ≤ T (default: the bundle's).")] = None,
+    guidance: Annotated[
+        float | None, typer.Option(help="Classifier-free guidance w (1: none; default: the bundle's).")
+    ] = None,
+    sampler: Annotated[str | None, typer.Option(help="ddpm or ddim (default: the bundle's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the first volume; volume i uses seed + i.")] = 0,
+    allow_extrapolation: Annotated[bool, typer.Option(help="Allow targets outside the training range.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+) -> list[LDMSample]:
+    """Sample volumes with targeted descriptors; print the predicted manufacturing recipe of each."""
+    if out.suffix.lower() not in (".nc", ".tif", ".tiff"):
+        raise ValueError(f"--out: expected a .nc or .tif file, got {out}")
+    if n > 1 and out.suffix.lower() != ".nc":
+        raise ValueError(f"--out: {n} volumes go into one .nc file; TIFF holds a single volume")
+    if sampler is not None and sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"--sampler: expected ddpm or ddim, got {sampler!r}")
+    targets = parse_targets(target)
+    generator = LDMGenerator(model, device=device)
+    samples = generator.generate(targets, n, steps=steps, guidance=guidance, sampler=sampler,  # type: ignore[arg-type]
+                                 seed=seed, allow_extrapolation=allow_extrapolation)
+    stacked = stack_volumes([s.volume for s in samples])
+    if n > 1:
+        stacked.attrs["predicted"] = json.dumps([s.predicted for s in samples])
+    write_volume(stacked, out)
+    Console(stderr=True).print(f"wrote {out} ({n} × {generator.size}³, targets {json.dumps(targets)})")
+    Console().print(predictions_table(samples, title=f"{out}: predicted recipe and descriptors"))
+    return samples

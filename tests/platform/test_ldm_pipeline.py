@@ -1,0 +1,312 @@
+"""The conditional-LDM pipeline at tiny sizes: train (3 stages, resume), bundle, generate, recipe check, CLI.
+
+One 16³ OPV data set (2 φ × 2 χ, 4 snapshots each: 12 training / 4 validation volumes) and
+one bundle trained for a few steps per stage with tiny networks are shared by the module;
+the tests check plumbing and exactness, not quality.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from micro_doe.cli.ldm import generate_ldm, parse_targets, train_ldm_command
+from micro_doe.platform.bundle import BundleError
+from micro_doe.platform.ldm.bundle import LDMConfig, load_ldm_bundle
+from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample
+from micro_doe.platform.ldm.recipe import check_recipe
+from micro_doe.platform.ldm.training import FPStage, LDMStage, LDMTrainConfig, VAEStage, staging_dir, train_ldm
+from micro_doe.platform.opv_dataset import OPVDatasetConfig, make_opv_dataset, split, trajectory_seed
+
+DATA = OPVDatasetConfig(
+    shape=(16, 16, 16), phis=[0.4, 0.6], chis=[3.0, 3.5], n_steps=200, snapshot_every=20, n_snapshots=4, seed=0
+)
+
+
+def tiny(vae: int = 4, fp: int = 4, ldm: int = 4, **overrides) -> LDMTrainConfig:  # type: ignore[no-untyped-def]
+    return LDMTrainConfig(
+        vae=VAEStage(steps=vae, batch_size=2, base_channels=4, channel_mults=(1, 2), latent_channels=2,
+                     checkpoint_every=2),
+        fp=FPStage(steps=fp, batch_size=4, hidden=(16,), checkpoint_every=2),
+        ldm=LDMStage(steps=ldm, batch_size=4, base_channels=8, groups=4, channel_mults=(1, 2), checkpoint_every=2),
+        log_every=2,
+        **overrides,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dataset() -> xr.Dataset:
+    return make_opv_dataset(DATA)
+
+
+@pytest.fixture(scope="module")
+def bundle(dataset, tmp_path_factory) -> Path:
+    return train_ldm(dataset, tmp_path_factory.mktemp("ldm") / "tiny", tiny(), device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def generator(bundle) -> LDMGenerator:
+    return LDMGenerator(bundle, device="cpu")
+
+
+def medians(generator: LDMGenerator) -> dict[str, float]:
+    return dict(generator.bundle.config.condition_medians)
+
+
+def _copy_staging(bundle: Path, to: Path) -> Path:
+    shutil.copytree(staging_dir(bundle), staging_dir(to))
+    return to
+
+
+# ---------------------------------------------------------------- training and bundle
+
+
+def test_all_stages_write_a_bundle_that_loads(bundle, dataset):
+    assert sorted(p.name for p in bundle.iterdir()) == ["card.md", "config.json", "model.pt", "reference.nc"]
+    config = LDMConfig.model_validate_json((bundle / "config.json").read_text())
+    assert config.kind == "ldm" and config.volume_size == 16 and config.phase_names == ["acceptor", "donor"]
+    assert config.conditioning == ["vf_donor", "tau_donor", "tau_acceptor"] and config.condition_on == "labels"
+    assert config.fp.outputs == ("vf_donor", "tau_donor", "tau_acceptor", "interfacial_area", "phi", "chi", "log_time")
+    assert config.condition_normaliser["inverse"] == ["tau_donor", "tau_acceptor"]
+    assert config.noise_schedule().T == 1000 and config.noise_schedule().kind == "linear"
+    assert config.latent_shape() == (2, 4, 4, 4) and config.latent_scale > 0
+    assert config.label_ranges["vf_donor"] == pytest.approx(
+        (float(split(dataset, "train")["vf_donor"].min()), float(split(dataset, "train")["vf_donor"].max()))
+    )
+    assert set(config.val_r2) == set(config.fp.outputs)
+    assert config.recipe.data_config["snapshot_every"] == 20 and config.recipe.n_train == 12
+    assert [config.stages[s].steps for s in ("vae", "fp", "ldm")] == [4, 4, 4]
+    assert config.stages["fp"].upstream == config.stages["ldm"].upstream == config.stages["vae"].weights
+    loaded = load_ldm_bundle(bundle)
+    assert not (loaded.vae.training or loaded.fp.training or loaded.unet.training)
+    assert loaded.reference.sizes["sample"] == 16 and "phase" not in loaded.reference
+    card = (bundle / "card.md").read_text()
+    assert all(f"- {s}:" in card for s in ("vae", "fp", "ldm")) and "validation R²" in card and "s/step" in card
+    assert sorted(p.name for p in staging_dir(bundle).iterdir() if p.suffix == ".json") == ["fp.json", "ldm.json",
+                                                                                             "vae.json"]
+
+
+def _train_resumed(dataset, tmp_path, bundle, stage, steps):  # type: ignore[no-untyped-def]
+    """Weights of ``stage`` trained 2·steps straight, and steps + steps with a resume."""
+    kwargs = {stage: 2 * steps}
+    a, b = tmp_path / "a", tmp_path / "b"
+    if stage != "vae":
+        _copy_staging(bundle, a), _copy_staging(bundle, b)
+    train_ldm(dataset, a, tiny(**kwargs), stage=stage, device="cpu", progress=False)
+    train_ldm(dataset, b, tiny(**{stage: steps}), stage=stage, device="cpu", progress=False)
+    train_ldm(dataset, b, tiny(**kwargs), stage=stage, resume=True, device="cpu", progress=False)
+    load = lambda root: torch.load(staging_dir(root) / f"{stage}.pt", weights_only=True)  # noqa: E731
+    summary = lambda root: json.loads((staging_dir(root) / f"{stage}.json").read_text())  # noqa: E731
+    return load(a), load(b), summary(a), summary(b)
+
+
+@pytest.mark.parametrize("stage", ["vae", "fp", "ldm"])
+def test_resume_continues_exactly_where_training_stopped(dataset, tmp_path, bundle, stage):
+    straight, resumed, sa, sb = _train_resumed(dataset, tmp_path, bundle, stage, 3)
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(straight[key], resumed[key], rtol=1e-5, atol=1e-6)
+    assert sb["steps"] == 6 and sb["final_loss"] == pytest.approx(sa["final_loss"], rel=1e-5)
+    assert sb["losses"] == pytest.approx(sa["losses"], rel=1e-5)
+
+
+def test_resume_errors(dataset, tmp_path, bundle):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_ldm(dataset, tmp_path / "none", tiny(), stage="vae", resume=True, device="cpu", progress=False)
+    _copy_staging(bundle, tmp_path / "c")
+    with pytest.raises(ValueError, match="different recipe"):
+        train_ldm(dataset, tmp_path / "c", tiny(seed=1), stage="ldm", resume=True, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="beyond steps"):
+        train_ldm(dataset, tmp_path / "c", tiny(ldm=2), stage="ldm", resume=True, device="cpu", progress=False)
+
+
+def test_stages_must_share_their_vae_and_predictions_conditioning_trains(dataset, tmp_path, bundle):
+    out = _copy_staging(bundle, tmp_path / "d")
+    train_ldm(dataset, out, tiny(seed=3), stage="vae", device="cpu", progress=False)  # new VAE, stale FP
+    with pytest.raises(ValueError, match="train stage 'fp' again"):
+        train_ldm(dataset, out, tiny(seed=3), stage="ldm", device="cpu", progress=False)
+    train_ldm(dataset, out, tiny(seed=3), stage="fp", device="cpu", progress=False)
+    written = train_ldm(dataset, out, tiny(seed=3, condition_on="predictions"), stage="ldm", device="cpu",
+                        progress=False)
+    config = LDMConfig.model_validate_json((written / "config.json").read_text())
+    assert config.condition_on == "predictions" and config.stages["ldm"].extra["fp_weights"] == config.stages[
+        "fp"].weights
+
+
+def test_config_and_data_errors(dataset, tmp_path):
+    with pytest.raises(ValueError, match="fp_outputs: must include"):
+        LDMTrainConfig(conditioning=("vf_donor",), fp_outputs=("phi",))
+    with pytest.raises(ValueError, match=r"labels \['nope'\] are not in the data set; available: \["):
+        train_ldm(dataset, tmp_path / "e", tiny(conditioning=("nope",)), device="cpu", progress=False)
+    with pytest.raises(ValueError, match="stage: expected one of"):
+        train_ldm(dataset, tmp_path / "e", tiny(), stage="gan", device="cpu", progress=False)  # type: ignore[arg-type]
+
+
+class Payload:
+    """Any pickled object that is not a tensor or a plain container."""
+
+
+def test_weights_load_only_as_plain_tensors(bundle, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    state = torch.load(broken / "model.pt", weights_only=True)
+    torch.save(state | {"fp": Payload()}, broken / "model.pt")
+    with pytest.raises(BundleError, match="not a plain weights file"):
+        load_ldm_bundle(broken)
+    torch.save({"vae": state["vae"]}, broken / "model.pt")
+    with pytest.raises(BundleError, match=r"expected a dict with keys \['vae', 'fp', 'ldm'\]"):
+        load_ldm_bundle(broken)
+
+
+# ---------------------------------------------------------------- generation
+
+
+def test_generate_returns_volumes_and_predictions_reproducibly(generator):
+    targets = medians(generator)
+    samples = generator.generate(targets, n=2, steps=4, seed=0)
+    assert len(samples) == 2
+    for s in samples:
+        assert s.volume.dims == ("z", "y", "x") and s.volume.shape == (16, 16, 16) and s.volume.dtype == np.int8
+        assert json.loads(s.volume.attrs["targets"]) == targets and s.volume.attrs["model"] == generator.model_ref
+        assert json.loads(s.volume.attrs["settings"]) == {"steps": 4, "sampler": "ddpm", "guidance": 1.0}
+        keys = set(generator.bundle.config.fp.outputs) | {"time"}
+        assert set(s.predicted) == keys and s.predicted["time"] == pytest.approx(10 ** s.predicted["log_time"])
+        assert s.seconds > 0 and s.data_config["snapshot_every"] == 20
+    assert [s.seed for s in samples] == [0, 1] and [int(s.volume.attrs["seed"]) for s in samples] == [0, 1]
+    again = generator.generate(targets, n=1, steps=4, seed=1)[0]
+    np.testing.assert_array_equal(again.volume.values, samples[1].volume.values)
+    assert again.predicted == pytest.approx(samples[1].predicted)
+    guided = generator.generate(targets, steps=3, sampler="ddim", guidance=2.0)[0]
+    assert json.loads(guided.volume.attrs["settings"])["sampler"] == "ddim"
+
+
+def test_targets_are_checked_against_the_training_range(generator):
+    lo, hi = generator.bundle.config.label_ranges["vf_donor"]
+    targets = medians(generator) | {"vf_donor": 0.95}
+    with pytest.raises(ValueError, match=rf"vf_donor = 0.95 is outside the training range \[{lo:.4g}, {hi:.4g}\]"):
+        generator.generate(targets, steps=2)
+    assert len(generator.generate(targets, steps=2, allow_extrapolation=True)) == 1
+    with pytest.raises(ValueError, match=r"unknown names \['vf_mixed'\]; this model is conditioned on \['vf_donor', "
+                                         r"'tau_donor', 'tau_acceptor'\]"):
+        generator.generate(medians(generator) | {"vf_mixed": 0.1}, steps=2)
+    with pytest.raises(ValueError, match=r"missing \['tau_acceptor'\].*training medians: tau_acceptor="):
+        generator.generate({"vf_donor": 0.5, "tau_donor": 2.0}, steps=2)
+    with pytest.raises(ValueError, match="tau_donor: expected a positive number or inf"):
+        generator.generate(medians(generator) | {"tau_donor": -1.0}, steps=2, allow_extrapolation=True)
+    with pytest.raises(ValueError, match="training range"):  # no non-percolating training sample: inf is outside
+        generator.generate(medians(generator) | {"tau_donor": math.inf}, steps=2)
+
+
+def test_actor_facing_sample_call(generator):
+    params = {f"target.{k}": v for k, v in medians(generator).items()} | {"steps": 2, "guidance": 1.5}
+    result = generator.sample(params, n=2, seed=5)
+    assert sorted(result) == ["predicted", "seconds", "volumes"] and len(result["volumes"]) == 2
+    assert int(result["volumes"][1].attrs["seed"]) == 6 and "phi" in result["predicted"][0]
+    with pytest.raises(ValueError, match="unknown generator parameter 'n_h'"):
+        generator.sample(params | {"n_h": 1}, n=1, seed=0)
+
+
+# ---------------------------------------------------------------- recipe check
+
+
+def _dataset_sample(dataset: xr.Dataset, i: int) -> LDMSample:
+    """A data-set snapshot dressed as a generated sample whose 'prediction' is its true recipe."""
+    row = dataset.isel(sample=i)
+    volume = row["phase"].drop_vars(list(row["phase"].coords))
+    predicted = {k: float(row[k]) for k in ("phi", "chi", "log_time")} | {"time": float(row["time"])}
+    return LDMSample(volume, predicted, 0.0, {}, 0, "data", json.loads(dataset.attrs["config"]))
+
+
+def test_check_recipe_reproduces_a_training_snapshot_exactly(dataset):
+    i = int(np.flatnonzero((dataset["percolating_donor"].values > 0) & (dataset["percolating_acceptor"].values > 0))[0])
+    sample = _dataset_sample(dataset, i)
+    seed = trajectory_seed(DATA.seed, int(dataset["trajectory"][i]))
+    exact = check_recipe(sample, seed=seed)  # the trajectory's own noise: the very same morphology
+    assert exact.simulated_recipe["steps"] == int(dataset["step"][i])
+    assert exact.summary_error == 0.0 and all(d.absolute == 0.0 for d in exact.differences.values())
+    other = check_recipe(sample, seed=seed + 1, repeats=2)  # another realisation: close, not equal
+    names = {"vf_acceptor", "vf_donor", "inv_tau_donor", "inv_tau_acceptor", "interfacial_area"}
+    assert set(other.differences) == names
+    assert all(math.isfinite(d.absolute) and math.isfinite(d.scatter) for d in other.differences.values())
+    assert 0.0 < other.summary_error < 0.5 and other.simulated_recipe["seeds"] == [seed + 1, seed + 2]
+    json.dumps(other.as_dict())
+
+
+def test_check_recipe_of_a_generated_sample(generator):
+    sample = generator.generate(medians(generator), steps=3)[0]
+    result = check_recipe(sample, shape=(16, 16, 16))
+    assert result.simulated_recipe["steps"] % 20 == 0 and 20 <= result.simulated_recipe["steps"] <= 200
+    assert math.isfinite(result.summary_error) and result.simulated_volume.shape == (16, 16, 16)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_generate_command_writes_volumes_and_checks_its_input(bundle, tmp_path, generator):
+    targets = [f"{k}={v}" for k, v in medians(generator).items()]
+    samples = generate_ldm(str(bundle), tmp_path / "out.nc", target=targets, n=2, steps=2, device="cpu")
+    with xr.open_dataset(tmp_path / "out.nc", engine="netcdf4") as ds:
+        assert ds["phase"].shape == (2, 16, 16, 16) and len(json.loads(ds["phase"].attrs["predicted"])) == 2
+    assert samples[0].predicted == pytest.approx(generator.generate(medians(generator), steps=2)[0].predicted)
+    assert parse_targets(["tau_donor=inf"]) == {"tau_donor": math.inf}
+    with pytest.raises(ValueError, match="--target: expected NAME=VALUE"):
+        generate_ldm(str(bundle), tmp_path / "x.nc", target=["vf_donor:0.4"])
+    with pytest.raises(ValueError, match="training range"):
+        generate_ldm(str(bundle), tmp_path / "x.nc", target=[*targets[1:], "vf_donor=0.99"], steps=2, device="cpu")
+
+
+class _FakeClient:
+    def __init__(self) -> None:
+        self.metrics, self.params, self.texts, self.status = [], [], {}, None
+
+    def create_run(self, experiment_id, run_name, tags):  # type: ignore[no-untyped-def]
+        self.run_name = run_name
+        return type("Run", (), {"info": type("Info", (), {"run_id": "r1"})()})()
+
+    def log_batch(self, run_id, metrics=(), params=()):  # type: ignore[no-untyped-def]
+        self.metrics += list(metrics)
+        self.params += list(params)
+
+    def log_text(self, run_id, text, name):  # type: ignore[no-untyped-def]
+        self.texts[name] = text
+
+    def set_terminated(self, run_id, status):  # type: ignore[no-untyped-def]
+        self.status = status
+
+
+def test_train_command_logs_losses_to_mlflow(dataset, tmp_path, monkeypatch):
+    from micro_doe.platform import registry
+
+    client = _FakeClient()
+    monkeypatch.setattr(registry, "mlflow_client", lambda uri: client)
+    monkeypatch.setattr(registry, "ensure_experiment", lambda c, name, location: "0")
+    data = tmp_path / "data.nc"
+    dataset.to_netcdf(data, engine="netcdf4")
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(tiny().model_dump_json())
+    train_ldm_command(data, tmp_path / "cli", config=recipe, ldm_steps=3, tracking=f"sqlite:///{tmp_path}/m.db",
+                      device="cpu", progress=False)
+    steps = {(m.key, m.step) for m in client.metrics}
+    assert {("vae_loss", 4), ("fp_loss", 4), ("ldm_loss", 3)} <= steps and ("ldm_loss", 4) not in steps
+    assert any(m.key == "fp_val_r2_log_time" for m in client.metrics) and "card.md" in client.texts
+    assert client.status == "FINISHED" and client.run_name == "train-ldm-cli"
+    assert load_ldm_bundle(tmp_path / "cli").config.stages["ldm"].steps == 3
+    with pytest.raises(ValueError, match="--stage: expected one of"):
+        train_ldm_command(data, tmp_path / "cli", stage="gan")
+    with pytest.raises(ValueError, match="--conditioning"):
+        train_ldm_command(data, tmp_path / "cli", conditioning=" , ")
