@@ -19,9 +19,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
+# The bundled quickstart study: Micro3Diff's n_h × steps against S2 error, L error and time.
 quickstart: install
-	$(BIN)/micro-doe data make spheres --shape 64 64 64 --seed 0 --out micro-doe-runs/spheres-64.nc
-	$(BIN)/micro-doe evaluate micro-doe-runs/spheres-64.nc --json micro-doe-runs/spheres-64.json
+	$(BIN)/micro-doe run quickstart
 
 test: install
 	$(BIN)/python -m pytest -q

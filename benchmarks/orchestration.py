@@ -1,6 +1,6 @@
 """Orchestration cost of a study: generator busy fraction and overhead per trial.
 
-    python benchmarks/platform.py [--trials 8] [--model pretrained:spheres-32]
+    python benchmarks/orchestration.py [--trials 8] [--model pretrained:spheres-32]
 
 Runs the same small study twice on a local Ray instance with real sqlite Optuna and MLflow
 stores: pipelined (generation of trial k+1 overlaps evaluation of trial k; the default) and

@@ -261,10 +261,16 @@ class Study:
             for ctx in list(generating.values()) + evaluating:
                 self._fail(study, tracker, ctx, "interrupted (Ctrl-C); re-queued for the next run", reference, requeue=True)
             raise
+        except BaseException:
+            status = "FAILED"
+            raise
         finally:
-            for actor in generators:
-                ray.kill(actor, no_restart=True)
-            pool.kill()
+            try:
+                for actor in generators:
+                    ray.kill(actor, no_restart=True)
+                pool.kill()
+            except Exception:  # noqa: BLE001 — Ray itself may be gone; nothing left to free
+                log.warning("could not stop the study's actors", exc_info=True)
             summary = {"completed": sum(t.state == TrialState.COMPLETE for t in study.trials)}
             tracker.finish_invocation(status, summary)
 

@@ -27,3 +27,11 @@ def test_generate_rejects_bad_requests(tmp_path, tiny_bundle, capsys):
     assert run_cli("generate", str(tiny_bundle), "--n", "2", "--out", str(tmp_path / "g.tif")) == 2
     assert run_cli("generate", str(tiny_bundle), "--sampler", "euler", "--out", str(tmp_path / "g.nc")) == 2
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["spheres-32", "polycrystal-32"])
+def test_shipped_models_generate_on_a_fresh_install(tmp_path, name):
+    out = tmp_path / "vol.nc"
+    assert run_cli("generate", f"pretrained:{name}", "--n-h", "0", "--steps", "2", "--out", str(out), "--no-show") == 0
+    vol = read_volume(out)
+    assert vol.shape == (32, 32, 32) and vol.attrs["source"] == f"micro3diff:{name}"

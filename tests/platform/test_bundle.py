@@ -50,3 +50,16 @@ def test_rewrite_is_atomic_and_defaults_update(tmp_path, tiny_bundle):
     assert reloaded.config.sampling.n_h == 3 and reloaded.config.sampling.variant == "average"
     for key, value in bundle.model.state_dict().items():
         torch.testing.assert_close(reloaded.model.state_dict()[key], value)
+
+
+def test_shipped_bundles_are_complete_and_documented():
+    from micro_doe.platform.bundle import shipped_models
+
+    assert {"spheres-32", "polycrystal-32"} <= set(shipped_models())
+    for name in ("spheres-32", "polycrystal-32"):
+        bundle = load_bundle(f"pretrained:{name}")
+        recipe = bundle.config.recipe
+        assert bundle.config.image_size == 32 and recipe.steps == 5000 and recipe.data_params
+        card = (bundle.path / "card.md").read_text()
+        assert "wall time" in card and "final loss" in card and "S2 error rate" in card
+        assert 0 < bundle.reference.volume_fraction < 1

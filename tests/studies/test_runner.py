@@ -176,3 +176,25 @@ def test_custom_objectives_from_a_module(tmp_path, tiny_bundle, monkeypatch):
     result = Study(load_spec(path)).run()
     assert result.directions == ["maximize"] and len(result.completed) == 2
     assert all(t.values[0] > 0 for t in result.completed)
+
+
+def test_a_single_phase_volume_fails_its_trial(tmp_path, tiny_bundle):
+    # A real bundle whose output layer predicts ε̂ = 50 everywhere: x̂0 is driven to −1, one phase.
+    constant = shutil.copytree(tiny_bundle, tmp_path / "constant-model")
+    state = torch.load(constant / "model.pt", weights_only=True)
+    head = sorted(k for k in state if k.startswith("head.") and k.endswith(".weight"))[-1]
+    state[head] = torch.zeros_like(state[head])
+    state[head.replace("weight", "bias")] = torch.full_like(state[head.replace("weight", "bias")], 50.0)
+    torch.save(state, constant / "model.pt")
+    result = Study.from_yaml(write_study(tmp_path, constant, budget={"n_trials": 1})).run()
+    assert len(result.failed) == 1 and "all one phase" in result.failed[0].reason
+
+
+def test_a_study_runs_from_a_registered_model(tmp_path, tiny_bundle, monkeypatch):
+    from micro_doe.platform.registry import register_bundle
+
+    monkeypatch.setenv("MICRO_DOE_CACHE", str(tmp_path / "cache"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    register_bundle(tiny_bundle, "tiny-spheres", alias="champion", tracking_uri=uri)
+    result = Study.from_yaml(write_study(tmp_path, "models:/tiny-spheres@champion", budget={"n_trials": 1})).run()
+    assert len(result.completed) == 1
