@@ -39,8 +39,14 @@ def run(
     with Live(view(StudyProgress(0, 0, 0, n_trials or spec.budget.n_trials)), console=console, transient=True) as live:
         result = Study(spec).run(n_trials=n_trials, timeout_s=timeout, on_progress=lambda p: live.update(view(p)))
 
-    title = "best trial" if len(objective_names) == 1 else f"Pareto front ({len(result.best_trials)} trials)"
-    console.print(_trials_table(result.best_trials, objective_names, title))
+    if result.best_trials:
+        title = "best trial" if len(objective_names) == 1 else f"Pareto front ({len(result.best_trials)} trials)"
+        console.print(_trials_table(result.best_trials, objective_names, title))
+    elif result.completed:
+        closest = sorted(result.completed, key=lambda t: t.violation)[:5]
+        bounds = ", ".join(f"{c.metric} ≤ {c.max}" if c.max is not None else f"{c.metric} ≥ {c.min}" for c in spec.constraints)
+        console.print(f"[yellow]no trial satisfies the constraints ({escape(bounds)}); the closest:[/]")
+        console.print(_trials_table(closest, objective_names, "least constraint violation"))
     console.print(f"{len(result.completed)} completed, {len(result.failed)} failed in {result.seconds:.0f} s "
                   f"(generator busy {result.generator_busy_seconds:.0f} s)")
     for t in result.failed[-3:]:

@@ -72,6 +72,7 @@ class TrialRecord:
     params: dict[str, Any]
     values: list[float] | None
     reason: str | None = None
+    violation: float = 0.0  # sum of positive constraint values; 0 when feasible
 
 
 @dataclass
@@ -202,8 +203,8 @@ class Study:
             return budget - counted_trials(study, REASON_ATTR) - in_flight
 
         def backlog_ok(n_generating: int, n_evaluating: int) -> bool:
-            if pipelining:
-                return n_evaluating < len(generators)
+            if pipelining:  # one trial per generator may wait for evaluation while the next generates
+                return n_evaluating <= len(generators)
             return n_generating == 0 and n_evaluating == 0
 
         def report() -> None:
@@ -401,7 +402,9 @@ def _best(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
-    return TrialRecord(t.number, t.state.name, dict(t.params), list(t.values) if t.values else None, t.user_attrs.get(REASON_ATTR))
+    violation = sum(max(0.0, float(v)) for k, v in t.system_attrs.items() if k.startswith("constraints:"))
+    values = list(t.values) if t.values else None
+    return TrialRecord(t.number, t.state.name, dict(t.params), values, t.user_attrs.get(REASON_ATTR), violation)
 
 
 def _reason(err: BaseException) -> str:
