@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.platform.diffusion import NoiseSchedule
+from micro_doe.platform.volumes import atomic_directory
 from micro_doe.platform.unet import UNet2D, UNetConfig
 
 SHIPPED_DIR = Path(__file__).parent / "models"
@@ -163,23 +162,11 @@ def write_bundle(
 ) -> Path:
     """Write a bundle directory atomically (replacing an existing bundle at ``out``)."""
     target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target) as staging:
         (staging / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
         torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, staging / "model.pt")
         reference.to_dataset().to_netcdf(staging / "reference.nc", engine="netcdf4")
         (staging / "card.md").write_text(card)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

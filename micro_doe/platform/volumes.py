@@ -153,6 +153,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a staging directory beside ``path``; on success it replaces ``path`` whole
+    (an existing directory is swapped out, never left half-updated)."""
+    import shutil
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_netcdf(volume: xr.DataArray | xr.Dataset, path: str | os.PathLike[str]) -> Path:
     """Write a volume (or a Dataset of them) to compressed NetCDF4, atomically."""
     if isinstance(volume, xr.DataArray):

@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from micro_doe.platform.bundle import BundleError, resolve_bundle_path
 from micro_doe.platform.diffusion import NoiseSchedule
+from micro_doe.platform.volumes import atomic_directory
 from micro_doe.platform.ldm.feature_predictor import FeaturePredictor, FeaturePredictorConfig, Normaliser
 from micro_doe.platform.ldm.latent_unet import LatentUNet3D, LatentUNetConfig
 from micro_doe.platform.ldm.vae import VAE3D, VAE3DConfig
@@ -222,24 +221,12 @@ def write_ldm_bundle(
     if missing:
         raise BundleError(f"{out}: state_dicts lacks {missing}; expected {list(NETWORKS)}")
     target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target) as staging:
         (staging / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
         weights = {k: {n: t.detach().cpu() for n, t in state_dicts[k].items()} for k in NETWORKS}
         torch.save(weights, staging / "model.pt")
         reference.to_netcdf(staging / "reference.nc", engine="netcdf4")
         (staging / "card.md").write_text(card)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
