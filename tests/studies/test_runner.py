@@ -51,7 +51,7 @@ def quiet_env(monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def test_a_study_runs_end_to_end_and_is_readable_through_each_store(tmp_path, tiny_bundle):
+def test_a_study_runs_end_to_end_and_is_readable_through_each_store(tmp_path, tiny_bundle, monkeypatch):
     result = Study.from_yaml(write_study(tmp_path, tiny_bundle)).run()
     assert len(result.completed) == 3 and not result.failed and result.best_trials
 
@@ -62,7 +62,7 @@ def test_a_study_runs_end_to_end_and_is_readable_through_each_store(tmp_path, ti
     assert all(any(k.startswith("constraints:") for k in t.system_attrs) for t in trials)
     assert all(len(t.values) == 2 and t.values[1] > 0 for t in trials)
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # not the process-global setter
     runs = mlflow.search_runs(experiment_names=["e2e"], output_format="list")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 3 and len(runs) == 4
@@ -80,7 +80,7 @@ def test_a_study_runs_end_to_end_and_is_readable_through_each_store(tmp_path, ti
             assert png.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_diverged_generator_fails_its_trials_with_the_reason(tmp_path, tiny_bundle):
+def test_a_diverged_generator_fails_its_trials_with_the_reason(tmp_path, tiny_bundle, monkeypatch):
     broken = shutil.copytree(tiny_bundle, tmp_path / "nan-model")
     state = torch.load(broken / "model.pt", weights_only=True)
     torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()},
@@ -88,7 +88,7 @@ def test_a_diverged_generator_fails_its_trials_with_the_reason(tmp_path, tiny_bu
     result = Study.from_yaml(write_study(tmp_path, broken, budget={"n_trials": 2})).run()
     assert len(result.failed) == 2 and not result.completed
     assert all("non-finite" in (t.reason or "") for t in result.failed)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["e2e"], filter_string="attributes.status = 'FAILED'", output_format="list")
     assert len(runs) == 2
 

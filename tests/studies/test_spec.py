@@ -48,9 +48,10 @@ def write_config_bundle(path: Path, T: int = 1000) -> Path:
 
 @pytest.fixture
 def fake_shipped(tmp_path_factory, monkeypatch) -> Path:
-    """A shipped-models folder with a config-only spheres-32 (T = 1000)."""
+    """A shipped-models folder with config-only spheres-32 and polycrystal-32 (T = 1000)."""
     root = tmp_path_factory.mktemp("shipped")
     write_config_bundle(root / "spheres-32")
+    write_config_bundle(root / "polycrystal-32")
     monkeypatch.setattr(bundle_module, "SHIPPED_DIR", root)
     return root
 
@@ -226,7 +227,7 @@ INVALID = {
     "variant fixed unknown": (_set("fixed/variant", "fancy"), "fixed.variant", "not one of"),
     "float range for int parameter": (_set("search/n_h", {"float": [0, 2]}), "search.n_h.float", "takes integers"),
     "searched and fixed": (_set("fixed/n_h", 1), "fixed.n_h", "either searched or fixed"),
-    "missing model": (_set("generator/model", "pretrained:nope"), "generator.model", "shipped models: spheres-32"),
+    "missing model": (_set("generator/model", "pretrained:nope"), "generator.model", "shipped models: polycrystal-32, spheres-32"),
     "missing model path": (_set("generator/model", "no/such/bundle"), "generator.model", "no such bundle directory"),
     "bad registry ref": (_set("generator/model", "models:/spheres"), "generator.model", "models:/NAME@ALIAS"),
     "unknown generator kind": (_set("generator/kind", "ldm"), "generator.kind", "unknown kind 'ldm'"),
@@ -342,7 +343,7 @@ def test_bundled_studies_are_listed_and_validate(fake_shipped):
         spec = load_spec(path)
         assert spec.name == name, f"{path}: name should match the file name"
     quick = load_spec("quickstart")
-    assert quick.generator.model == "pretrained:spheres-32"
+    assert quick.generator.model == "pretrained:polycrystal-32"
     assert quick.objective_names() == ["s2_error", "lineal_path_error", "seconds_per_volume"]
     assert quick.directions() == ["minimize"] * 3
     worst = (quick.search["n_h"].high + 1) * quick.search["steps"].high * quick.samples_per_trial
