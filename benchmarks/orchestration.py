@@ -57,7 +57,7 @@ def main() -> None:
     for mode, (r, wall) in rows.items():
         overhead = (wall - r.generator_busy_seconds) / max(len(r.completed), 1)
         print(f"| {mode} | {wall:.1f} | {r.generator_busy_seconds:.1f} | {100 * r.busy_fraction:.1f} % | {overhead:.2f} | {r.startup_seconds:.1f} |")
-    (seq, seq_wall), (pipe, pipe_wall) = rows["sequential (reference)"], rows["pipelined"]
+    (_, seq_wall), (pipe, pipe_wall) = rows["sequential (reference)"], rows["pipelined"]
     print(f"\npipelined / sequential wall time: {pipe_wall / seq_wall:.2f}")
     print(f"target busy fraction ≥ 90 % (pipelined): {100 * pipe.busy_fraction:.1f} % "
           f"{'PASS' if pipe.busy_fraction >= 0.9 else 'MISS'}")

@@ -145,12 +145,17 @@ def load_bundle(ref: str | os.PathLike[str], device: str | torch.device = "cpu")
     except RuntimeError as err:
         raise BundleError(f"{path / 'model.pt'}: weights do not fit the architecture in config.json ({err})") from None
     model.to(device).eval()
+    return Micro3DiffBundle(path, config, model, load_reference(path))
+
+
+def load_reference(ref: str | os.PathLike[str]) -> Descriptors:
+    """Only a bundle's reference descriptors (reference.nc), without building the network."""
+    path = resolve_bundle_path(ref)
     try:
         with xr.open_dataset(path / "reference.nc", engine="netcdf4") as ds:
-            reference = Descriptors.from_dataset(ds.load())
+            return Descriptors.from_dataset(ds.load())
     except FileNotFoundError:
         raise BundleError(f"{path}: reference.nc is missing") from None
-    return Micro3DiffBundle(path, config, model, reference)
 
 
 def write_bundle(

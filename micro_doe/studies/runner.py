@@ -46,7 +46,7 @@ import ray
 from optuna.trial import TrialState
 
 from micro_doe.actors import EvaluatorPool, GeneratorActor, connect, evaluator_options, generator_options
-from micro_doe.platform.bundle import load_bundle
+from micro_doe.platform.bundle import load_reference
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.studies.objectives import Sample, evaluate_objectives, trial_metrics
 from micro_doe.studies.spec import StudySpec, load_spec
@@ -363,10 +363,11 @@ class Study:
         return self.spec.generator.model_dump() | {"tracking_uri": self.spec.tracking}
 
     def _reference(self) -> Descriptors | None:
-        """The model's training-data reference, for error-rate objectives (read on the driver)."""
+        """The model's training-data reference, for error-rate objectives (read on the driver;
+        the network itself is only loaded by the generator actors)."""
         from micro_doe.platform.registry import resolve_model
 
-        return load_bundle(resolve_model(self.spec.generator.model, self.spec.tracking)).reference
+        return load_reference(resolve_model(self.spec.generator.model, self.spec.tracking))
 
     def _progress(self, study: optuna.Study, budget: int, running: int) -> StudyProgress:
         trials = study.get_trials(deepcopy=False)

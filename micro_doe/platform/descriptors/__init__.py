@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from micro_doe.platform.descriptors._phase import PLANES, indicator
 from micro_doe.platform.descriptors.correlation import plane_mean, s2_along_axes, s2_radial
-from micro_doe.platform.descriptors.describe import Descriptors, TortuosityResult, describe
+from micro_doe.platform.descriptors.describe import Descriptors, describe
 from micro_doe.platform.descriptors.error_rate import error_rate
 from micro_doe.platform.descriptors.interface import interfacial_area
 from micro_doe.platform.descriptors.lineal_path import chord_lengths, lineal_path_along_axes
@@ -26,7 +26,6 @@ __all__ = [
     "PLANES",
     "Descriptors",
     "Tortuosity",
-    "TortuosityResult",
     "chord_lengths",
     "describe",
     "error_rate",

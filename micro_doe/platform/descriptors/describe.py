@@ -19,18 +19,6 @@ from micro_doe.platform.descriptors.transport import Tortuosity, tortuosity
 from micro_doe.platform.volumes import phase_index, phase_names
 
 
-class TortuosityResult(BaseModel):
-    """:class:`~micro_doe.platform.descriptors.transport.Tortuosity` as a pydantic model."""
-
-    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
-    axis: str
-    tau: float
-    effective_diffusivity: float
-    volume_fraction: float
-    percolating_fraction: float
-    converged: bool = True
-
-
 class Descriptors(BaseModel):
     """Descriptors of one phase of a volume (or of a stack of samples, pooled).
 
@@ -59,7 +47,7 @@ class Descriptors(BaseModel):
     s2: dict[str, list[float]]
     s2_radial: list[float]
     lineal_path: dict[str, list[float]]
-    tortuosity: TortuosityResult | None
+    tortuosity: Tortuosity | None
     interfacial_area: dict[str, float]
     seconds: float
 
@@ -165,12 +153,12 @@ def describe(
     )
 
 
-def _tortuosity(vol: xr.DataArray, label: int, axis: str) -> TortuosityResult:
+def _tortuosity(vol: xr.DataArray, label: int, axis: str) -> Tortuosity:
     if "sample" not in vol.dims:
-        return TortuosityResult(**tortuosity(vol, label, axis).as_dict())
+        return tortuosity(vol, label, axis)
     results: list[Tortuosity] = [tortuosity(vol.isel(sample=i), label, axis) for i in range(vol.sizes["sample"])]
     finite = [t.tau for t in results if math.isfinite(t.tau)]
-    return TortuosityResult(
+    return Tortuosity(
         axis=axis,
         tau=float(np.mean(finite)) if finite else math.inf,
         effective_diffusivity=float(np.mean([t.effective_diffusivity for t in results])),

@@ -10,16 +10,15 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 import scipy.ndimage as ndi
 
 from micro_doe.platform.descriptors._phase import VolumeLike, indicator, spatial
 
 
-@dataclass(frozen=True)
-class Tortuosity:
+class Tortuosity(BaseModel):
     """Tortuosity factor of one phase along one axis.
 
     - ``tau``: taufactor's tortuosity factor τ = ε / D_rel ≥ 1, with ε the phase's volume
@@ -36,15 +35,14 @@ class Tortuosity:
       limit (its last τ is reported either way).
     """
 
+    # Frozen and JSON-safe: an infinite τ serialises as Infinity (json reads it back).
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
     axis: str
     tau: float
     effective_diffusivity: float
     volume_fraction: float
     percolating_fraction: float
     converged: bool = True
-
-    def as_dict(self) -> dict[str, float | str | bool]:
-        return asdict(self)
 
 
 def percolating_fraction(volume: VolumeLike, phase: int | str = 1, axis: str = "z") -> float:
@@ -74,7 +72,9 @@ def tortuosity(
     fraction = float(ind.mean()) if ind.size else 0.0
     perc = _percolating_fraction(ind, a)
     if perc == 0.0:
-        return Tortuosity(axis, math.inf, 0.0, fraction, 0.0)
+        return Tortuosity(
+            axis=axis, tau=math.inf, effective_diffusivity=0.0, volume_fraction=fraction, percolating_fraction=0.0
+        )
 
     import taufactor
 
@@ -85,8 +85,15 @@ def tortuosity(
         tau = float(np.asarray(solver.solve(iter_limit=iter_limit, verbose=False, conv_crit=conv_crit)).ravel()[0])
     d_rel = float(np.asarray(solver.D_rel).ravel()[0])
     if not math.isfinite(tau) or tau <= 0.0 or d_rel <= 0.0:
-        return Tortuosity(axis, math.inf, 0.0, fraction, perc, bool(solver.converged))
-    return Tortuosity(axis, tau, d_rel, fraction, perc, bool(solver.converged))
+        tau, d_rel = math.inf, 0.0
+    return Tortuosity(
+        axis=axis,
+        tau=tau,
+        effective_diffusivity=d_rel,
+        volume_fraction=fraction,
+        percolating_fraction=perc,
+        converged=bool(solver.converged),
+    )
 
 
 def _axis_index(dims: tuple[str, ...], axis: str) -> int:
