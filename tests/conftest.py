@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ldm_fixtures import TINY_OPV_DATA, tiny_ldm_recipe
 
 
 @pytest.fixture
@@ -46,3 +47,27 @@ def tiny_bundle(tmp_path_factory, sphere_slices, tiny_unet):
     config = TrainConfig(steps=12, batch_size=8, checkpoint_every=6, unet=tiny_unet, quality_images=2, quality_steps=4)
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     return train_micro3diff(sphere_slices, out, config, device="cpu", data_label="spheres fixture", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_opv_dataset():
+    """The labelled Cahn–Hilliard data set of TINY_OPV_DATA."""
+    from micro_doe.platform.opv_dataset import OPVDatasetConfig, make_opv_dataset
+
+    return make_opv_dataset(OPVDatasetConfig(**TINY_OPV_DATA))
+
+
+@pytest.fixture(scope="session")
+def tiny_ldm_bundle(tiny_opv_dataset, tmp_path_factory):
+    """A conditional-LDM bundle (16³, two phases) trained a few steps per stage."""
+    import torch
+
+    from micro_doe.platform.ldm.training import train_ldm
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("ldm") / "tiny"
+        return train_ldm(tiny_opv_dataset, out, tiny_ldm_recipe(), device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)

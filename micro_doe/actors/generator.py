@@ -29,9 +29,10 @@ import torch
 
 from micro_doe.actors.cluster import in_actor, restarted
 from micro_doe.platform.generators import Micro3DiffGenerator, SamplingSettings
+from micro_doe.platform.ldm.generator import LDMGenerator
 
-SPEC_KEYS = {"kind", "model", "device", "batch_size", "tracking_uri", "size"}
-KINDS = ("micro3diff",)
+SPEC_KEYS = {"kind", "model", "device", "batch_size", "allow_extrapolation", "tracking_uri", "size"}
+KINDS = ("micro3diff", "ldm")
 REGISTRY_PREFIX = "models:/"
 
 
@@ -54,9 +55,10 @@ def choose_device(requested: str | None) -> str:
 class GeneratorWorker:
     """Owns one loaded generator model; ``sample`` turns parameters into volumes.
 
-    ``spec``: ``{"kind": "micro3diff", "model": "pretrained:NAME" | bundle path |
-    "models:/NAME@ALIAS", "device": None | "cpu" | "cuda", "batch_size": int,
-    "tracking_uri": str | None}``; optional ``"size"`` is checked against the model's.
+    ``spec``: ``{"kind": "micro3diff" | "ldm", "model": "pretrained:NAME" | bundle path |
+    "models:/NAME@ALIAS", "device": None | "cpu" | "cuda", "tracking_uri": str | None}``
+    plus ``"batch_size": int`` (micro3diff) or ``"allow_extrapolation": bool`` (ldm);
+    optional ``"size"`` is checked against the model's.
     A bundle path is opened by the actor's process (a local instance shares the driver's
     working directory; on a cluster use a shared filesystem or ``models:/…``).
     """
@@ -81,8 +83,13 @@ class GeneratorWorker:
 
             path = resolve_model(path, spec.get("tracking_uri"))
         self.device = choose_device(spec.get("device"))
+        self.allow_extrapolation = bool(spec.get("allow_extrapolation", False))
         start = time.perf_counter()
-        self.generator = Micro3DiffGenerator(path, device=self.device)
+        self.generator: Micro3DiffGenerator | LDMGenerator
+        if kind == "ldm":
+            self.generator = LDMGenerator(path, device=self.device)
+        else:
+            self.generator = Micro3DiffGenerator(path, device=self.device)
         self.load_seconds = time.perf_counter() - start
         size = spec.get("size")
         if size is not None and int(size) != self.generator.size:
@@ -116,12 +123,20 @@ class GeneratorWorker:
         """``n`` volumes (volume i from seed ``seed + i``) with per-volume seconds.
 
         Returns ``{"volumes", "seconds", "predicted", "busy_seconds", "device"}``;
-        ``predicted`` is one empty dict per volume (Micro3Diff predicts nothing).
+        ``predicted`` holds, per volume, the LDM's predicted descriptors and manufacturing
+        parameters (an empty dict for Micro3Diff, which predicts nothing).
         """
         start = time.perf_counter()
-        settings = self.settings(params)
         if n < 1:
             raise ValueError(f"n: expected at least 1 volume, got {n}")
+        if isinstance(self.generator, LDMGenerator):
+            params = dict(params) | {"allow_extrapolation": self.allow_extrapolation}
+            try:
+                out = self.generator.sample(params, n, seed)
+            except ValueError as err:  # pydantic's ValidationError: re-raised plain so it pickles through Ray
+                raise ValueError(f"{self.kind}: {err}") from None
+            return out | {"busy_seconds": time.perf_counter() - start, "device": self.device}
+        settings = self.settings(params)
         volumes, seconds = [], []
         for i in range(n):
             t0 = time.perf_counter()

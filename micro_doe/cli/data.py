@@ -16,7 +16,7 @@ from micro_doe.platform.volumes import read_volume, write_volume
 data_app = typer.Typer(help="Synthetic training data.", no_args_is_help=True)
 make_app = typer.Typer(help="Make a synthetic microstructure data set.", no_args_is_help=True)
 data_app.add_typer(make_app, name="make")
-make_app.command("opv-dataset")(opv_dataset)
+make_app.command("cahn-hilliard")(opv_dataset)
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output file (.nc; .tif for a single volume).")]
 Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")]
@@ -72,8 +72,8 @@ def polycrystal(
     _save(vol, out)
 
 
-@make_app.command("cahn-hilliard")
-def cahn_hilliard(
+@make_app.command("cahn-hilliard-trajectory")
+def cahn_hilliard_trajectory(
     out: Out,
     shape: Annotated[tuple[int, int, int], typer.Option(help="Box size z y x [voxels].")] = (64, 64, 64),
     phi: Annotated[float, typer.Option(help="Initial donor blend fraction φ.")] = 0.5,
@@ -84,7 +84,7 @@ def cahn_hilliard(
     device: Annotated[str, typer.Option(help="torch device: cpu or cuda.")] = "cpu",
     seed: Seed = 0,
 ) -> None:
-    """3D Cahn–Hilliard phase separation; snapshots labelled with (φ, χ, time)."""
+    """One 3D Cahn–Hilliard trajectory as a volume stack (snapshots labelled with φ, χ, time); `cahn-hilliard` makes the labelled data set."""
     if phases not in (2, 3):
         raise ValueError(f"--phases: expected 2 or 3, got {phases}")
     if phases == 3:  # the third (mixed) component only separates at stronger χ

@@ -1,4 +1,10 @@
-"""``micro-doe generate MODEL ...``: sample volumes from a model, write NetCDF/TIFF."""
+"""``micro-doe generate MODEL ...``: sample volumes from a model, write NetCDF/TIFF.
+
+One command for both kinds of bundle (config.json's ``kind``): Micro3Diff takes the
+multi-plane options (``--n-h``, ``--variant``, ...), the conditional LDM takes
+``--target NAME=VALUE`` (one per conditioning label), ``--guidance`` and
+``--allow-extrapolation``. An option of the other kind is an error, not silently ignored.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from micro_doe.cli.evaluate import descriptor_table
+from micro_doe.cli.ldm import generate_ldm
+from micro_doe.platform.bundle import bundle_kind
 from micro_doe.platform.descriptors import describe
 from micro_doe.platform.generators import Micro3DiffGenerator, SamplingSettings, stack_volumes
 from micro_doe.platform.volumes import write_volume
@@ -25,16 +33,33 @@ def generate(
     eta: Annotated[float | None, typer.Option(help="DDIM η.")] = None,
     variance: Annotated[str | None, typer.Option(help="DDPM variance: beta (paper) or posterior.")] = None,
     variant: Annotated[str | None, typer.Option(help="Multi-plane variant: paper (reference), average or moment.")] = None,
+    target: Annotated[
+        list[str] | None, typer.Option("--target", "-t", help="LDM: NAME=VALUE, once per conditioning label.")
+    ] = None,
+    guidance: Annotated[float | None, typer.Option(help="LDM: classifier-free guidance w (1: none).")] = None,
+    allow_extrapolation: Annotated[bool, typer.Option(help="LDM: allow targets outside the training range.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the first volume; volume i uses seed + i.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Slices per network call (memory bound).")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Micro3Diff: slices per network call (memory bound).")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     show: Annotated[bool, typer.Option(help="Print the descriptors of the first volume.")] = True,
 ) -> None:
-    """Sample 3D volumes by multi-plane denoising (Micro3Diff)."""
+    """Sample 3D volumes: Micro3Diff (multi-plane denoising) or the conditional LDM (--target ...)."""
     if out.suffix.lower() not in (".nc", ".tif", ".tiff"):
         raise ValueError(f"--out: expected a .nc or .tif file, got {out}")
     if n > 1 and out.suffix.lower() != ".nc":
         raise ValueError(f"--out: {n} volumes go into one .nc file; TIFF holds a single volume")
+    kind = bundle_kind(model)
+    micro3diff_only = {"--n-h": n_h, "--eta": eta, "--variance": variance, "--variant": variant}
+    ldm_only = {"--target": target, "--guidance": guidance, "--allow-extrapolation": allow_extrapolation or None}
+    wrong = [name for name, value in (micro3diff_only if kind == "ldm" else ldm_only).items() if value is not None]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)}: not an option of {model}, a {kind} model")
+    if kind == "ldm":
+        samples = generate_ldm(model, out, target=target, n=n, steps=steps, guidance=guidance, sampler=sampler,
+                               seed=seed, allow_extrapolation=allow_extrapolation, device=device)
+        if show:
+            Console().print(descriptor_table(describe(samples[0].volume, phase=1), title=f"{out} [0]"))
+        return
     settings = SamplingSettings(n_h=n_h, steps=steps, sampler=sampler, eta=eta, variance=variance, variant=variant)  # type: ignore[arg-type]
     generator = Micro3DiffGenerator(model, device=device)
     total = n * generator.passes_per_volume(settings)

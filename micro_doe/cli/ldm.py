@@ -1,4 +1,4 @@
-"""``micro-doe train ldm`` and ``micro-doe generate-ldm``: the conditional LDM from the command line.
+"""``micro-doe train ldm`` and the LDM half of ``micro-doe generate``: the conditional LDM from the command line.
 
 Command functions only (typer annotations); the app wires them. Bad input raises
 ``ValueError`` naming the option, which ``micro_doe.cli.app.main`` reports as one line.
@@ -142,7 +142,7 @@ def _stage_metrics(out: Path) -> dict[str, float]:
 
 
 def train_ldm_command(
-    data: Annotated[Path, typer.Option(help="OPV data set (.nc) from `micro-doe data make opv-dataset`.")],
+    data: Annotated[Path, typer.Option(help="OPV data set (.nc) from `micro-doe data make cahn-hilliard`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write (work in OUT.staging).")],
     stage: Annotated[str, typer.Option(help="vae, fp, ldm or all (in turn).")] = "all",
     vae_steps: Annotated[int | None, typer.Option(help="VAE optimiser steps (default: the config's).")] = None,

@@ -1,4 +1,7 @@
-"""``micro-doe data make opv-dataset``: the labelled Cahn–Hilliard OPV data set for the LDM."""
+"""``micro-doe data make cahn-hilliard``: the labelled Cahn–Hilliard OPV data set for the LDM.
+
+(One raw trajectory as a volume stack is ``micro-doe data make cahn-hilliard-trajectory``.)
+"""
 
 from __future__ import annotations
 

@@ -34,6 +34,9 @@ SHIPPED_DIR = Path(__file__).parent / "models"
 PRETRAINED_PREFIX = "pretrained:"
 
 
+BUNDLE_KINDS = ("micro3diff", "ldm")
+
+
 class BundleError(ValueError):
     """A bundle that is missing, incomplete or inconsistent; the message names the path."""
 
@@ -120,6 +123,18 @@ def resolve_bundle_path(ref: str | os.PathLike[str]) -> Path:
     return path
 
 
+def bundle_kind(ref: str | os.PathLike[str]) -> str:
+    """The generator kind a bundle holds: its config.json's ``kind`` ("micro3diff" or "ldm")."""
+    path = resolve_bundle_path(ref) / "config.json"
+    try:
+        kind = json.loads(path.read_text()).get("kind", "micro3diff")
+    except (OSError, ValueError, AttributeError) as err:
+        raise BundleError(f"{path}: not a readable bundle config ({err})") from None
+    if kind not in BUNDLE_KINDS:
+        raise BundleError(f"{path}: unknown bundle kind {kind!r}; expected one of {list(BUNDLE_KINDS)}")
+    return str(kind)
+
+
 def shipped_models() -> list[str]:
     """Names of the bundles shipped inside the package."""
     if not SHIPPED_DIR.exists():
@@ -130,6 +145,8 @@ def shipped_models() -> list[str]:
 def load_bundle(ref: str | os.PathLike[str], device: str | torch.device = "cpu") -> Micro3DiffBundle:
     """Load a bundle by reference (see :func:`resolve_bundle_path`); weights with weights_only=True."""
     path = resolve_bundle_path(ref)
+    if (kind := bundle_kind(path)) != "micro3diff":
+        raise BundleError(f"{ref}: a {kind} bundle, not a Micro3Diff one (load it with its own generator)")
     try:
         config = Micro3DiffConfig.model_validate_json((path / "config.json").read_text())
     except ValueError as err:

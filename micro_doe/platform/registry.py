@@ -116,17 +116,19 @@ def _error_code(err: Exception) -> str:
 def register_bundle(bundle: str | os.PathLike[str], name: str, *, alias: str | None = None, tracking_uri: str) -> int:
     """Register a bundle directory (or ``pretrained:NAME``) as a new version of model ``name``.
 
-    The bundle is loaded first (:func:`~micro_doe.platform.bundle.load_bundle`), so a broken
-    bundle raises :class:`~micro_doe.platform.bundle.BundleError` before anything is written
-    to the store. Returns the new version number.
+    Either kind of bundle (Micro3Diff or conditional LDM) is loaded first, so a broken bundle
+    raises :class:`~micro_doe.platform.bundle.BundleError` before anything is written to the
+    store. Returns the new version number.
     """
-    from micro_doe.platform.bundle import load_bundle, resolve_bundle_path
+    from micro_doe.platform.bundle import bundle_kind, load_bundle, resolve_bundle_path
+    from micro_doe.platform.ldm.bundle import load_ldm_bundle
 
     check_model_name(name)
     if alias is not None:
         check_alias(alias)
     path = resolve_bundle_path(bundle)
-    loaded = load_bundle(path)  # validates config, weights and reference
+    load = load_ldm_bundle if bundle_kind(path) == "ldm" else load_bundle
+    loaded = load(path)  # validates config, weights and reference
     uri = absolute_tracking_uri(tracking_uri)
     client = mlflow_client(uri)
     from mlflow.exceptions import MlflowException

@@ -1,7 +1,12 @@
 """The ``generator`` block of a study: which model generates the volumes and how it is
 referenced (:func:`check_model_ref`: ``pretrained:NAME``, ``models:/NAME@ALIAS`` or a bundle
 directory relative to the study.yaml's folder, made absolute on load), one spec class per
-generator kind (:class:`Micro3DiffGeneratorSpec`) and their union :data:`GeneratorSpec`.
+generator kind (:class:`Micro3DiffGeneratorSpec`, :class:`LDMGeneratorSpec`) and their union
+:data:`GeneratorSpec`.
+
+Every kind has the same methods: ``bundle_config()`` (None for a registry model, which is
+only fetched when the study starts), ``domains()`` (what ``search``/``fixed`` may name),
+``required_parameters()`` (what they must name) and ``phase_names()``.
 """
 
 from __future__ import annotations
@@ -10,11 +15,18 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from micro_doe.platform.bundle import PRETRAINED_PREFIX, Micro3DiffConfig, resolve_bundle_path, shipped_models
+from micro_doe.platform.bundle import (
+    PRETRAINED_PREFIX,
+    Micro3DiffConfig,
+    bundle_kind,
+    resolve_bundle_path,
+    shipped_models,
+)
+from micro_doe.platform.ldm.bundle import LDMConfig
 from micro_doe.studies.search_space import GENERATOR_PARAMETERS, ParamDomain
 
 MODEL_REGISTRY_PREFIX = "models:/"
@@ -54,26 +66,24 @@ def check_model_ref(ref: str, base: Path) -> str:
     return str(path)
 
 
-class Micro3DiffGeneratorSpec(BaseModel):
-    """A Micro3Diff model sampled by multi-plane denoising (searchable: n_h, steps, sampler,
-    eta, variance, variant)."""
+class _BundleGeneratorSpec(BaseModel):
+    """What every generator kind has: a model reference and a torch device."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["micro3diff"]
+    kind: str  # each subclass narrows it to its Literal (the union's discriminator)
     model: str = Field(
         description="pretrained:NAME, models:/NAME@ALIAS, or a bundle directory (relative to the study file)"
     )
     device: str | None = Field(
         None, description="torch device (cpu, cuda, cuda:N, mps); default: the actor's GPU if any"
     )
-    batch_size: int = Field(64, ge=1, description="slices per network pass")
 
     @field_validator("model")
     @classmethod
     def _model(cls, v: str, info: ValidationInfo) -> str:
         ref = check_model_ref(v, _base(info))
         if not ref.startswith(MODEL_REGISTRY_PREFIX):
-            _read_config(ref)
+            _read_config(ref, cls._config_class())
         return ref
 
     @field_validator("device")
@@ -83,9 +93,35 @@ class Micro3DiffGeneratorSpec(BaseModel):
             raise ValueError(f"expected cpu, cuda, cuda:N or mps, got {v!r}")
         return v
 
-    def bundle_config(self) -> Micro3DiffConfig | None:
+    @classmethod
+    def _config_class(cls) -> type[Micro3DiffConfig] | type[LDMConfig]:
+        raise NotImplementedError
+
+    def bundle_config(self):  # type: ignore[no-untyped-def]  # the subclass's config class
         """The bundle's config.json, or None for a registry model (not fetched at load time)."""
-        return None if self.model.startswith(MODEL_REGISTRY_PREFIX) else _read_config(self.model)
+        if self.model.startswith(MODEL_REGISTRY_PREFIX):
+            return None
+        return _read_config(self.model, self._config_class())
+
+    def required_parameters(self) -> list[str]:
+        """Parameters ``search`` or ``fixed`` must give (none by default)."""
+        return []
+
+    def phase_names(self) -> list[str] | None:
+        config = self.bundle_config()
+        return None if config is None else list(config.phase_names)
+
+
+class Micro3DiffGeneratorSpec(_BundleGeneratorSpec):
+    """A Micro3Diff model sampled by multi-plane denoising (searchable: n_h, steps, sampler,
+    eta, variance, variant)."""
+
+    kind: Literal["micro3diff"]
+    batch_size: int = Field(64, ge=1, description="slices per network pass")
+
+    @classmethod
+    def _config_class(cls) -> type[Micro3DiffConfig]:
+        return Micro3DiffConfig
 
     def domains(self) -> dict[str, ParamDomain]:
         """The kind's parameter table, with ``steps`` capped at the model's T when known."""
@@ -97,19 +133,61 @@ class Micro3DiffGeneratorSpec(BaseModel):
             table["steps"] = replace(table["steps"], high=T, description=steps)
         return table
 
-    def phase_names(self) -> list[str] | None:
+
+class LDMGeneratorSpec(_BundleGeneratorSpec):
+    """A conditional latent diffusion model (searchable: ``target.<label>`` for each of the
+    model's conditioning labels, ``guidance``, ``steps``, ``sampler``).
+
+    Every conditioning label needs a target (searched or fixed). Targets must lie in the
+    training range of their label (the bundle's ``label_ranges``) unless
+    ``allow_extrapolation`` is true.
+    """
+
+    kind: Literal["ldm"]
+    allow_extrapolation: bool = Field(False, description="allow targets outside the training data's range")
+
+    @classmethod
+    def _config_class(cls) -> type[LDMConfig]:
+        return LDMConfig
+
+    def domains(self) -> dict[str, ParamDomain]:
+        """The kind's table; with the bundle at hand, one ``target.<label>`` entry per
+        conditioning label (bounded by its training range) and ``steps`` capped at T."""
+        table = dict(GENERATOR_PARAMETERS[self.kind])
         config = self.bundle_config()
-        return None if config is None else config.phase_names
+        if config is None:
+            return table
+        del table["target.*"]
+        for name in config.conditioning:
+            lo, hi = config.label_ranges.get(name, (None, None))
+            if self.allow_extrapolation:
+                lo, hi = (1.0, None) if name.startswith("tau_") else (None, None)
+                description = f"target {name} (extrapolation allowed)"
+            else:
+                description = f"target {name}, within the training range"
+            table[f"target.{name}"] = ParamDomain("float", low=lo, high=hi, description=description)
+        T = config.noise_schedule().T
+        table["steps"] = replace(table["steps"], high=T, description=f"sampling steps S, at most this model's T = {T}")
+        return table
+
+    def required_parameters(self) -> list[str]:
+        config = self.bundle_config()
+        return [] if config is None else [f"target.{name}" for name in config.conditioning]
 
 
-def _read_config(ref: str) -> Micro3DiffConfig:
+def _read_config(ref: str, config_class: type[Micro3DiffConfig] | type[LDMConfig]) -> Any:
     path = resolve_bundle_path(ref) / "config.json"
+    kind = bundle_kind(ref)
+    wanted = config_class.model_fields["kind"].default
+    if kind != wanted:
+        raise ValueError(f"{ref}: a model of kind {kind}; use generator kind: {kind}")
     try:
-        return Micro3DiffConfig.model_validate_json(path.read_text())
+        return config_class.model_validate_json(path.read_text())
     except ValueError as err:
-        raise ValueError(f"{path}: not a valid Micro3Diff bundle config ({err.__class__.__name__})") from None
+        raise ValueError(f"{path}: not a valid {wanted} bundle config ({err.__class__.__name__})") from None
 
 
-# Add a kind: define LDMGeneratorSpec(kind: Literal["ldm"], ...) with the same methods, add
-# it to this union and its parameters to GENERATOR_PARAMETERS["ldm"] (search_space.py).
-GeneratorSpec = Annotated[Union[Micro3DiffGeneratorSpec], Field(discriminator="kind")]
+# Add a kind: a _BundleGeneratorSpec subclass with kind: Literal["NAME"], its parameters in
+# GENERATOR_PARAMETERS["NAME"] (search_space.py), a member of this union, and a branch in
+# micro_doe.actors.generator.GeneratorWorker.
+GeneratorSpec = Annotated[Union[Micro3DiffGeneratorSpec, LDMGeneratorSpec], Field(discriminator="kind")]

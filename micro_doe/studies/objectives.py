@@ -19,11 +19,17 @@ Built-ins (per sample; the default direction in brackets):
   compared over their common lags r = 0 … min(len) − 1 voxels;
 - ``lineal_path_error`` [minimize]: the same for the lineal path L(r);
 - ``vf_error`` [minimize]: |vf − target|, absolute (a fraction, not %), with target
-  ``params["target.vf"]`` when the trial has one, else the reference's volume fraction;
+  ``params["target.vf_<phase name>"]`` (an LDM's conditioning target for the phase of
+  interest, e.g. ``target.vf_donor``) or ``params["target.vf"]`` when the trial has one,
+  else the reference's volume fraction;
 - ``volume_fraction`` [maximize]: volume fraction of the phase of interest;
 - ``tortuosity`` [minimize]: tortuosity factor τ ≥ 1 along the evaluation axis (taufactor's
   definition); ``inf`` for a sample whose phase does not span the axis, so the trial's mean
   is ``inf`` too (the worst value; Optuna accepts it);
+- ``transport_tortuosity`` [minimize]: the largest τ over *all* phases along the evaluation
+  axis: the slower transport path when every phase carries something (in an OPV film holes
+  travel through the donor and electrons through the acceptor); ``inf`` when a phase does
+  not span the axis. Costs one extra diffusion solve per other phase;
 - ``percolating_fraction`` [maximize]: fraction of the phase connected to both faces
   normal to the tortuosity axis;
 - ``interfacial_area`` [maximize]: specific interfacial area (1/voxel) between the phase
@@ -49,6 +55,7 @@ import numpy as np
 import xarray as xr
 
 from micro_doe.platform.descriptors import Descriptors, error_rate
+from micro_doe.platform.descriptors import tortuosity as tortuosity_of
 
 Direction = Literal["minimize", "maximize"]
 DIRECTIONS: tuple[str, ...] = ("minimize", "maximize")
@@ -127,9 +134,11 @@ def lineal_path_error(sample: Sample) -> float:
 
 
 def vf_error(sample: Sample) -> float:
-    """|vf − target| (absolute); target = params["target.vf"], else the reference's volume fraction."""
-    if "target.vf" in sample.params:
-        target = float(sample.params["target.vf"])
+    """|vf − target| (absolute); target = params["target.vf_<phase>"] or ["target.vf"], else the reference's vf."""
+    keys = (f"target.vf_{sample.descriptors.phase_name}", "target.vf")
+    key = next((k for k in keys if k in sample.params), None)
+    if key is not None:
+        target = float(sample.params[key])
     else:
         target = _reference(sample, "vf_error").volume_fraction
     return abs(sample.descriptors.volume_fraction - target)
@@ -149,6 +158,16 @@ def _tortuosity_result(sample: Sample, objective: str):  # type: ignore[no-untyp
 def tortuosity(sample: Sample) -> float:
     """Tortuosity factor τ ≥ 1 along the evaluation axis; inf if the phase does not span it."""
     return _tortuosity_result(sample, "tortuosity").tau
+
+
+def transport_tortuosity(sample: Sample) -> float:
+    """Largest tortuosity factor over all phases along the evaluation axis; inf if one does not span it."""
+    own = _tortuosity_result(sample, "transport_tortuosity")
+    taus = [own.tau]
+    for other in range(len(sample.descriptors.volume_fractions)):
+        if other != sample.descriptors.phase:
+            taus.append(tortuosity_of(sample.volume, other, own.axis).tau)
+    return max(taus)
 
 
 def percolating_fraction(sample: Sample) -> float:
@@ -178,13 +197,14 @@ BUILTIN_OBJECTIVES: dict[str, Objective] = {
         _builtin(vf_error, "minimize"),
         _builtin(volume_fraction, "maximize"),
         _builtin(tortuosity, "minimize"),
+        _builtin(transport_tortuosity, "minimize"),
         _builtin(percolating_fraction, "maximize"),
         _builtin(interfacial_area, "maximize"),
         _builtin(seconds_per_volume, "minimize"),
     )
 }
 # Built-ins allowed to return +inf (a sample that does not percolate); user functions are not.
-_INF_ALLOWED = {tortuosity}
+_INF_ALLOWED = {tortuosity, transport_tortuosity}
 
 # Metric names a constraint may bound (besides the study's own objectives and registered ones):
 # every built-in objective, the descriptor scalars of Descriptors.scalars(), and vf_<phase name>.
@@ -193,7 +213,7 @@ METRICS: dict[str, str] = {name: o.description for name, o in BUILTIN_OBJECTIVES
 }
 METRIC_PATTERNS: dict[str, str] = {r"vf_.+": "vf_<phase name>: volume fraction of that phase"}
 ERROR_METRICS = ("s2_error", "lineal_path_error", "vf_error")
-TORTUOSITY_METRICS = ("tortuosity", "effective_diffusivity", "percolating_fraction")
+TORTUOSITY_METRICS = ("tortuosity", "transport_tortuosity", "effective_diffusivity", "percolating_fraction")
 
 # ----------------------------------------------------------------------------- registry
 

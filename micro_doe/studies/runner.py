@@ -364,9 +364,12 @@ class Study:
 
     def _reference(self) -> Descriptors | None:
         """The model's training-data reference, for error-rate objectives (read on the driver;
-        the network itself is only loaded by the generator actors)."""
+        the network itself is only loaded by the generator actors). An LDM bundle has none:
+        its samples are judged against their requested targets."""
         from micro_doe.platform.registry import resolve_model
 
+        if self.spec.generator.kind == "ldm":
+            return None
         return load_reference(resolve_model(self.spec.generator.model, self.spec.tracking))
 
     def _progress(self, study: optuna.Study, budget: int, running: int) -> StudyProgress:

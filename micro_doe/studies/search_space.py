@@ -209,6 +209,12 @@ GENERATOR_PARAMETERS: dict[str, dict[str, ParamDomain]] = {
         "variance": ParamDomain("choice", choices=("beta", "posterior"), description="DDPM step variance"),
         "variant": ParamDomain("choice", choices=tuple(VARIANTS), description="multi-plane variant"),
     },
+    "ldm": {
+        "target.*": ParamDomain("float", description="target value of a conditioning label (target.vf_donor, ...)"),
+        "guidance": ParamDomain("float", low=0.0, description="classifier-free guidance weight w (1: none)"),
+        "steps": ParamDomain("int", low=1, description="sampling steps S, at most the model's T"),
+        "sampler": ParamDomain("choice", choices=("ddpm", "ddim"), description="denoising sampler"),
+    },
 }
 
 

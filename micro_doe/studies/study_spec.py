@@ -276,6 +276,9 @@ class StudySpec(BaseModel):
                     problems.append((f"fixed.{name}", msg))
         for name in self.search.keys() & self.fixed.keys():
             problems.append((f"fixed.{name}", "also in search: a parameter is either searched or fixed"))
+        for name in self.generator.required_parameters():
+            if name not in self.search and name not in self.fixed:
+                problems.append(("search", f"{name}: required by this {kind} model; search it or fix it"))
 
         names = [o.name for o in self.objectives]
         for i, name in enumerate(names):

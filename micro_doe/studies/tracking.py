@@ -11,8 +11,9 @@ What is logged where (experiment = the study's name, artifacts under
 - child run ``trial-N`` (:meth:`StudyTracker.log_trial`), tags ``mlflow.parentRunId`` (the UI
   nests on it), ``optuna_trial_number``, ``optuna_state``, ``micro_doe.role = trial``; params =
   the trial's params; metrics = the objective values and every scalar metric (plus
-  ``trial_seconds``); artifacts ``volumes/sample-{i}.nc``, ``montage.png``, ``curves.png``
-  (pooled S2 / lineal path vs the model's reference), ``predicted.json``; a failed trial also
+  ``trial_seconds`` and, for a model that predicts, ``predicted.<name>``: the mean over the
+  samples of each prediction, e.g. the LDM's φ, χ, log_time); artifacts ``volumes/sample-{i}.nc``, ``montage.png``, ``curves.png``
+  (pooled S2 / lineal path vs the model's reference), ``predicted.json`` (every sample's predictions); a failed trial also
   gets tag ``reason`` and ``reason.txt``. An artifact that cannot be rendered leaves a tag
   ``warning.<artifact>`` (and a log warning) instead of stopping the study.
 
@@ -145,7 +146,7 @@ class StudyTracker:
         run_id = run.info.run_id
         status = "FAILED" if state_name in _FAILED else "FINISHED"
         try:
-            scalars = _numbers(metrics) | _numbers(values)
+            scalars = _numbers(metrics) | _numbers(values) | predicted_means(predicted)
             if seconds is not None:
                 scalars["trial_seconds"] = float(seconds)
             extra_tags = []
@@ -354,3 +355,15 @@ def _alive_here(driver: str, host: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def predicted_means(predicted: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """``{"predicted.<name>": mean}`` over the samples' finite predictions (the LDM's φ, χ,
+    annealing time, descriptors), so runs can be compared and charted in the MLflow UI;
+    every sample's own values are in ``predicted.json``."""
+    columns: dict[str, list[float]] = {}
+    for row in predicted:
+        for name, value in row.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                columns.setdefault(name, []).append(float(value))
+    return {f"predicted.{name}": sum(v) / len(v) for name, v in columns.items()}

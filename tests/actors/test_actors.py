@@ -120,7 +120,28 @@ def test_generator_worker_in_process(actor_bundle):
     with pytest.raises(ValueError, match="makes 16"):
         GeneratorWorker(spec(actor_bundle) | {"size": 32})
     with pytest.raises(ValueError, match="not supported"):
+        GeneratorWorker(spec(actor_bundle) | {"kind": "gan"})
+    with pytest.raises(ValueError, match="a micro3diff bundle, not an LDM one"):
         GeneratorWorker(spec(actor_bundle) | {"kind": "ldm"})
+
+
+def test_an_ldm_worker_returns_volumes_with_their_predicted_recipes(tiny_ldm_bundle):
+    worker = GeneratorWorker({"kind": "ldm", "model": str(tiny_ldm_bundle), "device": "cpu", "size": 16})
+    medians = worker.generator.bundle.config.condition_medians
+    params = {f"target.{k}": v for k, v in medians.items()} | {"steps": 2, "sampler": "ddim", "guidance": 1.5}
+    out = worker.sample(params, 2, 5)
+    assert set(out) == {"volumes", "seconds", "predicted", "busy_seconds", "device"}
+    assert [v.attrs["seed"] for v in out["volumes"]] == [5, 6] and out["volumes"][0].shape == (16, 16, 16)
+    assert all({"phi", "chi", "log_time", "time", "vf_donor"} <= set(p) for p in out["predicted"])
+    again = worker.sample(params, 1, 6)  # sample i is a pure function of seed + i
+    np.testing.assert_array_equal(again["volumes"][0].values, out["volumes"][1].values)
+    lo, hi = worker.generator.bundle.config.label_ranges["vf_donor"]
+    with pytest.raises(ValueError, match="outside the training range"):
+        worker.sample(params | {"target.vf_donor": hi + 0.2}, 1, 0)
+    lenient = GeneratorWorker({"kind": "ldm", "model": str(tiny_ldm_bundle), "allow_extrapolation": True})
+    assert len(lenient.sample(params | {"target.vf_donor": hi + 0.2}, 1, 0)["volumes"]) == 1
+    with pytest.raises(ValueError, match="unknown generator parameter 'n_h'"):
+        worker.sample(params | {"n_h": 1}, 1, 0)
 
 
 def test_generator_loads_once_and_samples(generator, actor_bundle):

@@ -27,7 +27,7 @@ def test_make_polycrystal_and_cahn_hilliard(tmp_path):
     assert run_cli("data", "make", "polycrystal", "--n-images", "3", "--size", "32", "--out", str(tmp_path / "p.nc")) == 0
     grains = read_volume(tmp_path / "p.nc")
     assert grains.dims == ("sample", "y", "x") and grains.shape == (3, 32, 32)
-    assert run_cli("data", "make", "cahn-hilliard", "--shape", "16", "16", "16", "--steps", "20",
+    assert run_cli("data", "make", "cahn-hilliard-trajectory", "--shape", "16", "16", "16", "--steps", "20",
                    "--snapshot-every", "10", "--phases", "3", "--out", str(tmp_path / "ch.nc")) == 0
     ch = read_volume(tmp_path / "ch.nc")
     assert ch.dims == ("sample", "z", "y", "x") and ch.sizes["sample"] == 2
@@ -43,5 +43,5 @@ def test_make_crops_of_one_image(tmp_path, rng):
 def test_bad_parameters_exit_2(tmp_path, capsys):
     assert run_cli("data", "make", "spheres", "--volume-fraction", "0.9", "--out", str(tmp_path / "x.nc")) == 2
     assert "volume_fraction" in capsys.readouterr().err
-    assert run_cli("data", "make", "cahn-hilliard", "--phases", "4", "--out", str(tmp_path / "x.nc")) == 2
+    assert run_cli("data", "make", "cahn-hilliard-trajectory", "--phases", "4", "--out", str(tmp_path / "x.nc")) == 2
     assert not (tmp_path / "x.nc").exists()

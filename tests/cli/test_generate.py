@@ -29,6 +29,34 @@ def test_generate_rejects_bad_requests(tmp_path, tiny_bundle, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_generate_with_targets_from_an_ldm_bundle(tmp_path, tiny_ldm_bundle, capsys):
+    from micro_doe.platform.ldm.bundle import load_ldm_bundle
+
+    config = load_ldm_bundle(tiny_ldm_bundle).config
+    targets = [arg for name, value in config.condition_medians.items() for arg in ("--target", f"{name}={value}")]
+    out = tmp_path / "opv.nc"
+    assert run_cli("generate", str(tiny_ldm_bundle), *targets, "--n", "2", "--steps", "2", "--guidance", "2",
+                   "--out", str(out)) == 0  # fmt: skip
+    vols = read_volume(out)
+    assert vols.shape == (2, 16, 16, 16) and generator_params(vols)["guidance"] == 2.0
+    printed = capsys.readouterr().out
+    assert "phi" in printed and "chi" in printed and "time" in printed  # the predicted recipe table
+    lo, hi = config.label_ranges["vf_donor"]
+    outside = [a if not a.startswith("vf_donor=") else f"vf_donor={hi + 0.1}" for a in targets]
+    assert run_cli("generate", str(tiny_ldm_bundle), *outside, "--steps", "2", "--out", str(tmp_path / "x.nc")) == 2
+    assert "outside the training range" in capsys.readouterr().err
+    assert run_cli("generate", str(tiny_ldm_bundle), *outside, "--steps", "2", "--allow-extrapolation",
+                   "--out", str(tmp_path / "x.nc")) == 0  # fmt: skip
+    assert run_cli("generate", str(tiny_ldm_bundle), *targets, "--n-h", "1", "--out", str(tmp_path / "y.nc")) == 2
+    assert "--n-h: not an option of" in capsys.readouterr().err
+
+
+def test_micro3diff_rejects_ldm_options(tmp_path, tiny_bundle, capsys):
+    assert run_cli("generate", str(tiny_bundle), "--target", "vf=0.3", "--out", str(tmp_path / "g.nc")) == 2
+    assert "--target: not an option of" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("name", ["spheres-32", "polycrystal-32"])
 def test_shipped_models_generate_on_a_fresh_install(tmp_path, name):
     out = tmp_path / "vol.nc"

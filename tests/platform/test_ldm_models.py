@@ -173,6 +173,26 @@ def test_feature_predictor_shapes_and_dropout() -> None:
         FeaturePredictorConfig(latent_dim=4, outputs=("a", "a"))
 
 
+def test_positionwise_readout_ignores_where_features_sit() -> None:
+    torch.manual_seed(3)
+    cfg = FeaturePredictorConfig(latent_dim=math.prod(LATENT), outputs=("vf", "chi"), hidden=(16,),
+                                 readout="positionwise", latent_channels=LATENT[0], local_width=8)  # fmt: skip
+    fp = FeaturePredictor(cfg).eval()
+    mu = torch.randn(3, *LATENT)
+    out = fp(mu)
+    assert out.shape == (3, 2)
+    # Mean and max over positions: any permutation of the latent voxels gives the same prediction.
+    shuffled = mu.flatten(2)[:, :, torch.randperm(math.prod(LATENT[1:]))].reshape(mu.shape)
+    assert torch.allclose(fp(shuffled), out, atol=1e-6)
+    assert not torch.allclose(fp(mu + 0.5), out)  # but it does see the values
+    flat = FeaturePredictor(cfg.model_copy(update={"readout": "flatten"})).eval()
+    assert not torch.allclose(flat(shuffled), flat(mu), atol=1e-6)  # the flattened MLP is position-bound
+    with pytest.raises(ValueError, match="positionwise readout takes"):
+        fp(mu.flatten(1))
+    with pytest.raises(ValidationError, match="latent_channels"):
+        FeaturePredictorConfig(latent_dim=10, outputs=("a",), readout="positionwise", latent_channels=3)
+
+
 @pytest.mark.parametrize("method", ["standard", "minmax"])
 def test_normaliser_round_trip_with_infinite_tortuosity(method: str) -> None:
     names = ("vf", "tortuosity", "chi")

@@ -17,28 +17,15 @@ import pytest
 import torch
 import xarray as xr
 
+from ldm_fixtures import tiny_ldm_recipe
 from micro_doe.cli.ldm import generate_ldm, parse_targets, train_ldm_command
 from micro_doe.platform.bundle import BundleError
 from micro_doe.platform.ldm.bundle import LDMConfig, load_ldm_bundle
 from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample
 from micro_doe.platform.ldm.recipe import check_recipe
-from micro_doe.platform.ldm.training import FPStage, LDMStage, LDMTrainConfig, VAEStage, staging_dir, train_ldm
+from micro_doe.platform.ldm.training import LDMTrainConfig, staging_dir, train_ldm
 from micro_doe.platform.opv_dataset import OPVDatasetConfig, make_opv_dataset, split, trajectory_seed
 
-DATA = OPVDatasetConfig(
-    shape=(16, 16, 16), phis=[0.4, 0.6], chis=[3.0, 3.5], n_steps=200, snapshot_every=20, n_snapshots=4, seed=0
-)
-
-
-def tiny(vae: int = 4, fp: int = 4, ldm: int = 4, **overrides) -> LDMTrainConfig:  # type: ignore[no-untyped-def]
-    return LDMTrainConfig(
-        vae=VAEStage(steps=vae, batch_size=2, base_channels=4, channel_mults=(1, 2), latent_channels=2,
-                     checkpoint_every=2),
-        fp=FPStage(steps=fp, batch_size=4, hidden=(16,), checkpoint_every=2),
-        ldm=LDMStage(steps=ldm, batch_size=4, base_channels=8, groups=4, channel_mults=(1, 2), checkpoint_every=2),
-        log_every=2,
-        **overrides,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,14 +36,19 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def dataset() -> xr.Dataset:
-    return make_opv_dataset(DATA)
+def tiny(vae: int = 4, fp: int = 4, ldm: int = 4, **overrides) -> LDMTrainConfig:  # type: ignore[no-untyped-def]
+    """The conftest's tiny recipe (its fixture ``tiny_ldm_bundle`` is trained with ``tiny()``)."""
+    return tiny_ldm_recipe(vae, fp, ldm, **overrides)
 
 
 @pytest.fixture(scope="module")
-def bundle(dataset, tmp_path_factory) -> Path:
-    return train_ldm(dataset, tmp_path_factory.mktemp("ldm") / "tiny", tiny(), device="cpu", progress=False)
+def dataset(tiny_opv_dataset) -> xr.Dataset:
+    return tiny_opv_dataset
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_ldm_bundle) -> Path:
+    return tiny_ldm_bundle
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +227,7 @@ def _dataset_sample(dataset: xr.Dataset, i: int) -> LDMSample:
 def test_check_recipe_reproduces_a_training_snapshot_exactly(dataset):
     i = int(np.flatnonzero((dataset["percolating_donor"].values > 0) & (dataset["percolating_acceptor"].values > 0))[0])
     sample = _dataset_sample(dataset, i)
-    seed = trajectory_seed(DATA.seed, int(dataset["trajectory"][i]))
+    seed = trajectory_seed(json.loads(dataset.attrs["config"])["seed"], int(dataset["trajectory"][i]))
     exact = check_recipe(sample, seed=seed)  # the trajectory's own noise: the very same morphology
     assert exact.simulated_recipe["steps"] == int(dataset["step"][i])
     assert exact.summary_error == 0.0 and all(d.absolute == 0.0 for d in exact.differences.values())
@@ -270,41 +262,24 @@ def test_generate_command_writes_volumes_and_checks_its_input(bundle, tmp_path, 
         generate_ldm(str(bundle), tmp_path / "x.nc", target=[*targets[1:], "vf_donor=0.99"], steps=2, device="cpu")
 
 
-class _FakeClient:
-    def __init__(self) -> None:
-        self.metrics, self.params, self.texts, self.status = [], [], {}, None
+def test_train_command_logs_losses_to_mlflow(dataset, tmp_path):
+    from micro_doe.platform.registry import mlflow_client
 
-    def create_run(self, experiment_id, run_name, tags):  # type: ignore[no-untyped-def]
-        self.run_name = run_name
-        return type("Run", (), {"info": type("Info", (), {"run_id": "r1"})()})()
-
-    def log_batch(self, run_id, metrics=(), params=()):  # type: ignore[no-untyped-def]
-        self.metrics += list(metrics)
-        self.params += list(params)
-
-    def log_text(self, run_id, text, name):  # type: ignore[no-untyped-def]
-        self.texts[name] = text
-
-    def set_terminated(self, run_id, status):  # type: ignore[no-untyped-def]
-        self.status = status
-
-
-def test_train_command_logs_losses_to_mlflow(dataset, tmp_path, monkeypatch):
-    from micro_doe.platform import registry
-
-    client = _FakeClient()
-    monkeypatch.setattr(registry, "mlflow_client", lambda uri: client)
-    monkeypatch.setattr(registry, "ensure_experiment", lambda c, name, location: "0")
     data = tmp_path / "data.nc"
     dataset.to_netcdf(data, engine="netcdf4")
     recipe = tmp_path / "recipe.json"
     recipe.write_text(tiny().model_dump_json())
-    train_ldm_command(data, tmp_path / "cli", config=recipe, ldm_steps=3, tracking=f"sqlite:///{tmp_path}/m.db",
-                      device="cpu", progress=False)
-    steps = {(m.key, m.step) for m in client.metrics}
-    assert {("vae_loss", 4), ("fp_loss", 4), ("ldm_loss", 3)} <= steps and ("ldm_loss", 4) not in steps
-    assert any(m.key == "fp_val_r2_log_time" for m in client.metrics) and "card.md" in client.texts
-    assert client.status == "FINISHED" and client.run_name == "train-ldm-cli"
+    uri = f"sqlite:///{tmp_path}/m.db"
+    train_ldm_command(data, tmp_path / "cli", config=recipe, ldm_steps=3, tracking=uri, device="cpu", progress=False)
+    client = mlflow_client(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("micro-doe-training").experiment_id])
+    assert run.info.run_name == "train-ldm-cli" and run.info.status == "FINISHED"
+    steps = {m.step for m in client.get_metric_history(run.info.run_id, "ldm_loss")}
+    assert steps >= {3} and 4 not in steps
+    assert 4 in {m.step for m in client.get_metric_history(run.info.run_id, "vae_loss")}
+    assert "fp_val_r2_log_time" in run.data.metrics and run.data.params["ldm.steps"] == "3"
+    card = Path(client.download_artifacts(run.info.run_id, "card.md", str(tmp_path)))
+    assert card.read_text() == (tmp_path / "cli" / "card.md").read_text()
     assert load_ldm_bundle(tmp_path / "cli").config.stages["ldm"].steps == 3
     with pytest.raises(ValueError, match="--stage: expected one of"):
         train_ldm_command(data, tmp_path / "cli", stage="gan")

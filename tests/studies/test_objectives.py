@@ -91,6 +91,7 @@ def test_builtin_defaults():
         "vf_error": "minimize",
         "volume_fraction": "maximize",
         "tortuosity": "minimize",
+        "transport_tortuosity": "minimize",
         "percolating_fraction": "maximize",
         "interfacial_area": "maximize",
         "seconds_per_volume": "minimize",
@@ -184,6 +185,24 @@ def test_vf_error_prefers_the_target(spheres):
     vols, descs = spheres
     sample = make_sample(vols[0], descs[0], None, params={"target.vf": 0.5})
     assert objectives_module.vf_error(sample) == pytest.approx(abs(descs[0].volume_fraction - 0.5))
+
+
+def test_vf_error_reads_the_target_of_the_phase_of_interest(spheres):
+    vols, descs = spheres  # phase 1 is "inclusion": an LDM study's target.vf_inclusion
+    sample = make_sample(vols[0], descs[0], None, params={"target.vf_inclusion": 0.3, "target.vf_matrix": 0.7})
+    assert objectives_module.vf_error(sample) == pytest.approx(abs(descs[0].volume_fraction - 0.3))
+
+
+def test_transport_tortuosity_is_the_slower_phase(spheres):
+    vols, descs = spheres
+    matrix = describe(vols[0], phase=0)  # the matrix percolates with τ close to 1, the inclusions do not
+    assert math.isinf(descs[0].tortuosity.tau) and 1.0 <= matrix.tortuosity.tau < 1.5
+    assert objectives_module.transport_tortuosity(make_sample(vols[0], descs[0], None)) == math.inf
+    layers = np.zeros(SHAPE, np.int8)
+    layers[:, :, ::2] = 1  # columns along z in both phases: τ = 1 for each
+    vol = make_volume(layers, phase_names=["matrix", "inclusion"], source="layers", seed=0)
+    assert objectives_module.transport_tortuosity(make_sample(vol, describe(vol), None)) == pytest.approx(1.0, abs=1e-3)
+    assert BUILTIN_OBJECTIVES["transport_tortuosity"].direction == "minimize"
 
 
 def test_error_objectives_need_a_reference(spheres):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -204,3 +205,38 @@ def test_a_study_runs_from_a_registered_model(tmp_path, tiny_bundle, monkeypatch
     register_bundle(tiny_bundle, "tiny-spheres", alias="champion", tracking_uri=uri)
     result = Study.from_yaml(write_study(tmp_path, "models:/tiny-spheres@champion", budget={"n_trials": 1})).run()
     assert len(result.completed) == 1
+
+
+def test_an_ldm_study_searches_targets_and_logs_the_predicted_recipes(tmp_path, tiny_ldm_bundle, monkeypatch):
+    from micro_doe.platform.ldm.bundle import load_ldm_bundle
+    from micro_doe.platform.registry import register_bundle
+
+    monkeypatch.setenv("MICRO_DOE_CACHE", str(tmp_path / "cache"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    register_bundle(tiny_ldm_bundle, "tiny-opv", alias="champion", tracking_uri=uri)  # an LDM in the registry
+    config = load_ldm_bundle(tiny_ldm_bundle).config
+    lo, hi = config.label_ranges["vf_donor"]
+    path = write_study(
+        tmp_path, "models:/tiny-opv@champion",
+        generator={"kind": "ldm", "model": "models:/tiny-opv@champion"},
+        search={"target.vf_donor": {"float": [lo, hi]}, "guidance": {"float": [1.0, 2.0]}},
+        fixed={"target.tau_donor": config.condition_medians["tau_donor"],
+               "target.tau_acceptor": config.condition_medians["tau_acceptor"], "steps": 3, "sampler": "ddim"},
+        objectives=[{"name": "interfacial_area"}, {"name": "vf_error"}], constraints=[],
+        evaluation={"phase": "donor", "tortuosity_axis": "z"}, budget={"n_trials": 2},
+    )  # fmt: skip
+    result = Study.from_yaml(path).run()
+    assert len(result.trials) == 2
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    children = [r for r in mlflow.search_runs(experiment_names=["e2e"], output_format="list")
+                if "mlflow.parentRunId" in r.data.tags]  # fmt: skip
+    assert len(children) == 2
+    for run in children:
+        assert {"predicted.phi", "predicted.chi", "predicted.log_time"} <= set(run.data.metrics)
+        local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="predicted.json",
+                                                    dst_path=str(tmp_path / run.info.run_id))
+        predicted = json.loads(open(local).read())
+        assert len(predicted) == 2 and all({"phi", "chi", "time"} <= set(p) for p in predicted)
+        mean_phi = sum(p["phi"] for p in predicted) / 2
+        assert run.data.metrics["predicted.phi"] == pytest.approx(mean_phi)
+        assert 0 <= float(run.data.params["target.vf_donor"]) - lo <= hi - lo

@@ -46,12 +46,25 @@ def write_config_bundle(path: Path, T: int = 1000) -> Path:
     return path
 
 
+OPV_RANGES = {"vf_donor": (0.15, 0.85), "tau_donor": (1.1, 3.0), "tau_acceptor": (1.1, 3.0)}
+
+
+def write_ldm_config_bundle(path: Path, trained: Path) -> Path:
+    """A config-only LDM bundle: the tiny trained bundle's config.json with OPV_RANGES as training ranges."""
+    config = json.loads((trained / "config.json").read_text())
+    config["label_ranges"] = config["label_ranges"] | OPV_RANGES
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
 @pytest.fixture
-def fake_shipped(tmp_path_factory, monkeypatch) -> Path:
-    """A shipped-models folder with config-only spheres-32 and polycrystal-32 (T = 1000)."""
+def fake_shipped(tmp_path_factory, monkeypatch, tiny_ldm_bundle) -> Path:
+    """A shipped-models folder with config-only spheres-32, polycrystal-32 (T = 1000) and opv-32 (an LDM)."""
     root = tmp_path_factory.mktemp("shipped")
     write_config_bundle(root / "spheres-32")
     write_config_bundle(root / "polycrystal-32")
+    write_ldm_config_bundle(root / "opv-32", tiny_ldm_bundle)
     monkeypatch.setattr(bundle_module, "SHIPPED_DIR", root)
     return root
 
@@ -227,10 +240,11 @@ INVALID = {
     "variant fixed unknown": (_set("fixed/variant", "fancy"), "fixed.variant", "not one of"),
     "float range for int parameter": (_set("search/n_h", {"float": [0, 2]}), "search.n_h.float", "takes integers"),
     "searched and fixed": (_set("fixed/n_h", 1), "fixed.n_h", "either searched or fixed"),
-    "missing model": (_set("generator/model", "pretrained:nope"), "generator.model", "shipped models: polycrystal-32, spheres-32"),
+    "missing model": (_set("generator/model", "pretrained:nope"), "generator.model", "shipped models: opv-32, polycrystal-32, spheres-32"),
     "missing model path": (_set("generator/model", "no/such/bundle"), "generator.model", "no such bundle directory"),
     "bad registry ref": (_set("generator/model", "models:/spheres"), "generator.model", "models:/NAME@ALIAS"),
-    "unknown generator kind": (_set("generator/kind", "ldm"), "generator.kind", "unknown kind 'ldm'"),
+    "unknown generator kind": (_set("generator/kind", "gan"), "generator.kind", "unknown kind 'gan'"),
+    "model of another kind": (_set("generator/kind", "ldm"), "generator.model", "a model of kind micro3diff; use generator kind: micro3diff"),
     "unknown sampler kind": (_set("sampler/kind", "cma"), "sampler.kind", "'tpe', 'gp', 'nsga2', 'random'"),
     "unknown objective": (_set("objectives/0/name", "sharpness"), "objectives[0].name", "known objectives: s2_error, lineal_path_error"),
     "bad direction": (_set("objectives/0/direction", "up"), "objectives[0].direction", "'minimize' or 'maximize'"),
@@ -338,7 +352,7 @@ def test_missing_file_and_unknown_name(tmp_path):
 
 def test_bundled_studies_are_listed_and_validate(fake_shipped):
     studies = bundled_studies()
-    assert {"quickstart", "micro3diff-tuning"} <= set(studies)
+    assert {"quickstart", "micro3diff-tuning", "opv-design"} <= set(studies)
     for name, path in studies.items():
         spec = load_spec(path)
         assert spec.name == name, f"{path}: name should match the file name"
@@ -396,3 +410,40 @@ def test_cli_studies_shows_invalid_ones(tmp_path, monkeypatch, capsys):
 def test_spec_construction_in_python(fake_shipped):
     spec = StudySpec.model_validate(VALID)
     assert spec.storage.startswith("sqlite:///") and os.path.isabs(spec.resolved_paths(Path(".")).artifacts)
+
+
+# --------------------------------------------------------------------------- the ldm kind
+
+LDM_STUDY: dict[str, Any] = VALID | {
+    "generator": {"kind": "ldm", "model": "pretrained:opv-32"},
+    "search": {"target.vf_donor": {"float": [0.3, 0.6]}, "guidance": {"float": [1.0, 3.0]}},
+    "fixed": {"target.tau_donor": 1.5, "target.tau_acceptor": 1.6, "steps": 20, "sampler": "ddim"},
+    "objectives": [{"name": "interfacial_area"}, {"name": "transport_tortuosity"}],
+    "constraints": [{"metric": "vf_error", "max": 0.05}],
+    "evaluation": {"phase": "donor"},
+}
+
+
+def test_an_ldm_study_searches_the_models_conditioning_targets(fake_shipped, tmp_path):
+    spec = load_spec(write_study(tmp_path, LDM_STUDY))
+    domains = spec.generator.domains()
+    assert {"target.vf_donor", "target.tau_donor", "target.tau_acceptor", "guidance", "steps", "sampler"} == set(domains)
+    assert (domains["target.vf_donor"].low, domains["target.vf_donor"].high) == OPV_RANGES["vf_donor"]
+    assert spec.directions() == ["maximize", "minimize"]
+
+    missing = copy.deepcopy(LDM_STUDY)
+    del missing["fixed"]["target.tau_acceptor"]
+    assert "target.tau_acceptor: required" in problems(missing, tmp_path)["search"]
+    outside = copy.deepcopy(LDM_STUDY)
+    outside["search"]["target.vf_donor"] = {"float": [0.3, 0.95]}
+    assert "upper bound must be ≤ 0.85" in problems(outside, tmp_path)["search.target.vf_donor.float"]
+    outside["generator"]["allow_extrapolation"] = True
+    assert load_spec(write_study(tmp_path, outside)).generator.allow_extrapolation
+    unknown = copy.deepcopy(LDM_STUDY)
+    unknown["fixed"] |= {"target.porosity": 0.3, "n_h": 1}
+    found = problems(unknown, tmp_path)
+    assert "not a parameter of the ldm generator" in found["fixed.target.porosity"]
+    assert "not a parameter of the ldm generator" in found["fixed.n_h"]
+    wrong_kind = copy.deepcopy(LDM_STUDY)
+    wrong_kind["generator"]["kind"] = "micro3diff"
+    assert "a model of kind ldm; use generator kind: ldm" in problems(wrong_kind, tmp_path)["generator.model"]

@@ -47,7 +47,7 @@ import torch
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
-from micro_doe.platform.bundle import BundleError, resolve_bundle_path
+from micro_doe.platform.bundle import BundleError, bundle_kind, resolve_bundle_path
 from micro_doe.platform.diffusion import NoiseSchedule
 from micro_doe.platform.volumes import atomic_directory
 from micro_doe.platform.ldm.feature_predictor import FeaturePredictor, FeaturePredictorConfig, Normaliser
@@ -180,6 +180,8 @@ def load_weights(path: Path) -> Any:
 def load_ldm_bundle(ref: str | os.PathLike[str], device: str | torch.device = "cpu") -> LDMBundle:
     """Load a bundle (``pretrained:NAME`` or a directory); weights with ``weights_only=True``."""
     path = resolve_bundle_path(ref)
+    if (kind := bundle_kind(path)) != "ldm":
+        raise BundleError(f"{ref}: a {kind} bundle, not an LDM one (load it with its own generator)")
     try:
         config = LDMConfig.model_validate_json((path / "config.json").read_text())
     except ValueError as err:

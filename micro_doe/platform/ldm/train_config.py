@@ -68,7 +68,11 @@ class FPStage(StageConfig):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     augment: bool = Field(True, description="train on the latents of all 16 symmetric copies of each volume")
-    hidden: tuple[int, ...] = (256, 64)
+    readout: Literal["positionwise", "flatten"] = Field(
+        "positionwise", description="shared per-voxel MLP + pooling, or the paper's flattened MLP (feature_predictor.py)"
+    )
+    local_width: int = Field(64, ge=1, description="channels of the positionwise MLP")
+    hidden: tuple[int, ...] = Field((64,), description="the head's hidden widths (the paper's flatten MLP: (256, 64))")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 

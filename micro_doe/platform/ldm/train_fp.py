@@ -18,7 +18,10 @@ def _train_fp(run: _Run, resume: bool) -> None:
     mu, index = run.train_means(vae, upstream, cfg.augment)
     normaliser = run.normaliser(outputs)
     target = normaliser.transform(run.labels(run.train, outputs)).float().to(run.device)[index]
-    arch = FeaturePredictorConfig(latent_dim=mu[0].numel(), outputs=outputs, hidden=cfg.hidden, dropout=cfg.dropout)
+    arch = FeaturePredictorConfig(
+        latent_dim=mu[0].numel(), outputs=outputs, hidden=cfg.hidden, dropout=cfg.dropout, readout=cfg.readout,
+        latent_channels=mu.shape[1], local_width=cfg.local_width,
+    )  # fmt: skip
     torch.manual_seed(run.config.seed + 1)
     model = FeaturePredictor(arch).to(run.device)
     generator = torch.Generator().manual_seed(run.config.seed + 1)

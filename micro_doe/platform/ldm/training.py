@@ -34,7 +34,8 @@ running loss; written atomically every ``checkpoint_every`` steps and at the end
 ``NAME.pt`` (the finished weights, a plain state dict) and ``NAME.json``
 (:class:`~micro_doe.platform.ldm.bundle.StageSummary`). A stage reads the weights of the
 stages before it from the staging directory, or else from an existing bundle at ``OUT``
-(so ``stage="ldm"`` can retrain the diffusion model of a finished bundle). Each summary
+(so ``stage="ldm"`` can retrain the diffusion model of a finished bundle, and
+``stage="fp"`` its feature predictor). Each summary
 records the hash of the VAE weights it was trained on; the bundle is only written when the
 FP and LDM agree on their VAE. The bundle is written when stage "ldm" finishes.
 
@@ -129,7 +130,9 @@ def train_ldm(
     data_label: str | None = None,
 ) -> Path:
     """Train ``stage`` (or all three in turn) on an OPV data set; return the bundle path
-    (stages "ldm" and "all") or the staging directory (stages "vae" and "fp").
+    (stages "ldm" and "all", and "fp" when a diffusion model of the same VAE is already
+    trained: retraining the feature predictor rewrites the bundle) or the staging
+    directory (stages "vae" and "fp" otherwise).
 
     ``dataset``: an OPV data set (:mod:`micro_doe.platform.opv_dataset`) or its NetCDF path;
     ``on_log(stage, step, loss)`` is called after every optimiser step (e.g. MLflow);
@@ -144,9 +147,17 @@ def train_ldm(
         raise FileNotFoundError(f"{run.work}: no checkpoint to resume from for stage {stage!r}")
     for s in stages:
         {"vae": _train_vae, "fp": _train_fp, "ldm": _train_ldm}[s](run, resume and has_checkpoint[s])
-    if "ldm" in stages:
+    if "ldm" in stages or (stage == "fp" and _has_ldm_of_current_vae(run)):
         return _write_bundle(run)
     return run.work
+
+
+def _has_ldm_of_current_vae(run: _Run) -> bool:
+    try:
+        (_, vae), (_, ldm) = run.previous("vae"), run.previous("ldm")
+    except (FileNotFoundError, ValueError):
+        return False
+    return ldm.upstream == vae.weights
 
 
 # ---------------------------------------------------------------- the bundle and its card

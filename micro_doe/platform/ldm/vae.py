@@ -19,8 +19,12 @@ Shapes, with L = ``len(channel_mults)`` stride-2 levels and n the volume side (n
 ``labels_to_input`` is the 2D U-Net's ``labels_to_channels`` convention for any number of
 spatial dims. Architecture (the paper's, scaled down): encoder = a stem conv at full
 resolution, then per level a stride-2 3x3x3 conv → InstanceNorm → SiLU → residual block, then a
-3x3x3 conv giving mu and logvar; decoder = its mirror, with 4x4x4 stride-2 transposed convs.
-The residual block is x + conv(SiLU(IN(conv(SiLU(IN(x)))))), InstanceNorm with affine weights.
+SiLU and a 3x3x3 conv giving mu and logvar; decoder = its mirror, with 4x4x4 stride-2
+transposed convs. The residual block is x + conv(SiLU(IN(conv(SiLU(IN(x)))))), InstanceNorm
+with affine weights. Nothing normalises the latent itself (encoder output, decoder input): an
+InstanceNorm over the few latent voxels would subtract each channel's mean, which carries
+global properties such as the volume fraction (with it the feature predictor's validation R²
+for vf was ≈ 0); the residual blocks' skip paths keep that mean at the lowest level.
 The paper ends the decoder with a sigmoid; here the decoder returns logits and the sigmoid /
 softmax sits in :meth:`VAE3D.probabilities` and (numerically stable) in the loss.
 
@@ -143,10 +147,13 @@ class VAE3D(nn.Module):
         for k in range(1, len(widths)):
             enc += [nn.Conv3d(widths[k - 1], widths[k], 3, stride=2, padding=1), *_norm_act(widths[k])]
             enc.append(ResBlock3D(widths[k]))
-        enc += [*_norm_act(widths[-1]), nn.Conv3d(widths[-1], 2 * c_lat, 3, padding=1)]
+        # No normalisation next to the latent (here and at the decoder input): at d³ voxels an
+        # InstanceNorm removes each channel's mean over the latent, which is where a global
+        # property such as the volume fraction lives.
+        enc += [nn.SiLU(), nn.Conv3d(widths[-1], 2 * c_lat, 3, padding=1)]
         self.encoder = nn.Sequential(*enc)
 
-        dec: list[nn.Module] = [nn.Conv3d(c_lat, widths[-1], 3, padding=1), *_norm_act(widths[-1])]
+        dec: list[nn.Module] = [nn.Conv3d(c_lat, widths[-1], 3, padding=1), nn.SiLU()]
         dec.append(ResBlock3D(widths[-1]))
         for k in range(len(widths) - 1, 0, -1):
             dec += [nn.ConvTranspose3d(widths[k], widths[k - 1], 4, stride=2, padding=1), *_norm_act(widths[k - 1])]

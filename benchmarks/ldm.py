@@ -1,0 +1,276 @@
+"""Conditional LDM accuracy and speed: requested vs *measured* descriptors, diversity, recipe check.
+
+    python benchmarks/ldm.py [--model pretrained:opv-32] [--conditions 50] [--per-condition 4]
+                             [--steps 50] [--sampler ddim] [--guidance 1 2] [--recipe-checks 20]
+
+**Targets.** ``--conditions`` target triples (vf_donor, τ_donor, τ_acceptor) taken from the
+*validation* trajectories of the model's training data (reference.nc): real, manufacturable
+combinations the model never trained on, spread evenly over vf_donor. For each target and
+guidance weight, ``--per-condition`` volumes (seeds 1000·i + j).
+
+**Accuracy.** Every generated volume is measured by the evaluators that labelled the training
+data (:func:`~micro_doe.platform.opv_dataset.snapshot_labels`). Printed per guidance w:
+R² of requested against measured vf_donor, 1/τ_donor and 1/τ_acceptor (τ through 1/τ so a
+non-percolating sample, τ = inf, counts as 1/τ = 0 instead of being dropped), over all
+volumes; and R² of the feature predictor's *predicted* descriptors against the measured ones
+(the paper's comparison is requested vs predicted, R² ≥ 0.93 on its synthetic data).
+Reference, in the same run: **lookup**, the training volume whose labels are nearest to the
+target (normalised Euclidean distance) — what picking from the data set would achieve.
+
+**Diversity.** Per target, the standard deviation of the measured vf_donor and 1/τ over its
+volumes, averaged over targets; and the mean voxel disagreement of pairs of volumes of the
+same target (the fraction of voxels whose labels differ: 0 for copies; for two independent
+morphologies of donor fraction p it is about 2p(1 − p)).
+
+**Recipe check.** For ``--recipe-checks`` generated volumes (w = first guidance, spread over the
+targets): :func:`~micro_doe.platform.ldm.recipe.check_recipe` simulates the predicted
+(φ, χ, annealing time) with Cahn–Hilliard and reports the summary error (mean symmetric
+relative difference of vf, 1/τ and interfacial area). Reference, same run: the same check on
+validation snapshots with their *true* recipe and a fresh seed — the realisation floor.
+
+**Speed.** Volumes per second of :meth:`LDMGenerator.generate` (one volume per call, the
+study's path) at the model's size, and batched (16 latents per call) at the model's size and
+at 64³ (the networks are convolutional: a latent twice as wide decodes to a volume twice as
+wide). Reference, same run: the Cahn–Hilliard simulation time of the recipe-check runs.
+
+Images go to docs/: ``ldm-samples.png`` (low/mid/high vf targets, two volumes each) and
+``ldm-accuracy.png`` (requested vs measured scatter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample  # noqa: E402
+from micro_doe.platform.ldm.recipe import check_recipe  # noqa: E402
+from micro_doe.platform.ldm.sampling import decode_volumes, sample_latents  # noqa: E402
+from micro_doe.platform.opv_dataset import snapshot_labels  # noqa: E402
+from micro_doe.platform.plots import slice_montage  # noqa: E402
+from micro_doe.platform.synthetic.cahn_hilliard import CahnHilliardParams, cahn_hilliard  # noqa: E402
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+MEASURED = ("vf_donor", "tau_donor", "tau_acceptor")
+
+
+def r2(true: np.ndarray, pred: np.ndarray) -> float:
+    """Coefficient of determination 1 − Σ(y − ŷ)² / Σ(y − ȳ)² (NaN for constant y)."""
+    true, pred = np.asarray(true, float), np.asarray(pred, float)
+    total = float(((true - true.mean()) ** 2).sum())
+    return 1.0 - float(((true - pred) ** 2).sum()) / total if total > 0 else math.nan
+
+
+def as_model_scale(name: str, values: np.ndarray) -> np.ndarray:
+    """τ as 1/τ (inf → 0), the scale the model is conditioned on; other labels unchanged."""
+    values = np.asarray(values, float)
+    return 1.0 / values if name.startswith("tau_") else values
+
+
+def pick_targets(generator: LDMGenerator, n: int) -> list[dict[str, float]]:
+    """``n`` label triples of validation snapshots with finite τ, evenly spread over vf_donor."""
+    ref = generator.bundle.reference
+    names = generator.conditioning
+    ok = ref["split"].values == "val"
+    for name in names:
+        ok &= np.isfinite(ref[name].values)
+    idx = np.flatnonzero(ok)
+    if len(idx) < n:
+        raise SystemExit(f"only {len(idx)} validation snapshots with finite labels; ask for fewer --conditions")
+    idx = idx[np.argsort(ref[names[0]].values[idx])]
+    chosen = idx[np.linspace(0, len(idx) - 1, n).round().astype(int)]
+    return [{name: float(ref[name].values[i]) for name in names} for i in chosen]
+
+
+def lookup_baseline(generator: LDMGenerator, targets: list[dict[str, float]]) -> dict[str, float]:
+    """R² of the nearest training snapshot's labels (model scale, standardised) against each target."""
+    ref = generator.bundle.reference
+    names = generator.conditioning
+    train = ref["split"].values == "train"
+    table = np.stack([as_model_scale(n, ref[n].values[train]) for n in names], axis=1)
+    scale = table.std(axis=0)
+    wanted = np.array([[as_model_scale(n, np.array(t[n])) for n in names] for t in targets])
+    nearest = table[np.argmin((((wanted[:, None, :] - table[None]) / scale) ** 2).sum(-1), axis=1)]
+    return {n: r2(wanted[:, k], nearest[:, k]) for k, n in enumerate(names)}
+
+
+def voxel_disagreement(volumes: list[np.ndarray]) -> float:
+    """Mean fraction of differing voxels over all pairs."""
+    pairs = [(a != b).mean() for i, a in enumerate(volumes) for b in volumes[i + 1 :]]
+    return float(np.mean(pairs)) if pairs else math.nan
+
+
+def run_grid(generator: LDMGenerator, targets, per: int, steps: int, sampler: str, w: float, console: Console):
+    rows = []
+    with console.status(f"w = {w}: sampling {len(targets)} × {per} volumes") as status:
+        for i, target in enumerate(targets):
+            samples = generator.generate(target, per, steps=steps, guidance=w, sampler=sampler, seed=1000 * i)
+            for s in samples:
+                rows.append({"condition": i, "target": target, "sample": s,
+                             "measured": snapshot_labels(s.volume), "predicted": s.predicted})  # fmt: skip
+            status.update(f"w = {w}: sampled {len(rows)} / {len(targets) * per} volumes")
+    return rows
+
+
+def accuracy(rows, names) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {"requested": {}, "predicted": {}, "spread": {}}
+    for n in names:
+        measured = as_model_scale(n, np.array([r["measured"][n] for r in rows]))
+        out["requested"][n] = r2(as_model_scale(n, np.array([r["target"][n] for r in rows])), measured)
+        out["predicted"][n] = r2(measured, as_model_scale(n, np.array([r["predicted"][n] for r in rows])))
+        by_condition: dict[int, list[float]] = {}
+        for r, m in zip(rows, measured):
+            by_condition.setdefault(r["condition"], []).append(m)
+        out["spread"][n] = float(np.mean([np.std(v, ddof=1) for v in by_condition.values() if len(v) > 1]))
+    groups: dict[int, list[np.ndarray]] = {}
+    for r in rows:
+        groups.setdefault(r["condition"], []).append(r["sample"].volume.values)
+    out["diversity"] = {"voxel_disagreement": float(np.mean([voxel_disagreement(v) for v in groups.values()]))}
+    return out
+
+
+def recipe_checks(generator: LDMGenerator, rows, n: int, console: Console) -> dict[str, float]:
+    """Median summary error for generated samples, and for validation snapshots with their true recipe."""
+    picked = [rows[i] for i in np.linspace(0, len(rows) - 1, n).round().astype(int)]
+    generated, seconds = [], []
+    with console.status("recipe checks"):
+        for k, row in enumerate(picked):
+            check = check_recipe(row["sample"], seed=10_000 + k)
+            generated.append(check.summary_error)
+            seconds.append(check.seconds)
+    ref = generator.bundle.reference
+    val = np.flatnonzero(ref["split"].values == "val")
+    floor = []
+    data_config = generator.bundle.config.recipe.data_config
+    with console.status("recipe-check floor (true recipes)"):
+        for k, i in enumerate(val[np.linspace(0, len(val) - 1, n).round().astype(int)]):
+            true = {p: float(ref[p].values[i]) for p in ("phi", "chi", "log_time")}
+            true["time"] = 10 ** true["log_time"]
+            # The snapshot's own volume is not in reference.nc: simulate its recipe once (seed A)
+            # and check the true recipe against a fresh realisation (seed B).
+            steps = int(round(true["time"]))
+            side = generator.size
+            vol = cahn_hilliard((side,) * 3, CahnHilliardParams(phi=true["phi"], chi=true["chi"]), n_steps=steps,
+                                snapshot_every=steps, seed=20_000 + k).isel(sample=-1, drop=True)  # fmt: skip
+            sample = LDMSample(vol, true, 0.0, {}, 0, "data", data_config)
+            floor.append(check_recipe(sample, seed=30_000 + k).summary_error)
+    return {"generated": float(np.median(generated)), "floor": float(np.median(floor)),
+            "simulation_seconds": float(np.median(seconds))}  # fmt: skip
+
+
+def speed(generator: LDMGenerator, target: dict[str, float], steps: int, sampler: str, w: float) -> dict[str, float]:
+    """Volumes per second: one per generate() call at the model's size; batched 16 at the model's size and 64³."""
+    start = time.perf_counter()
+    generator.generate(target, 4, steps=steps, guidance=w, sampler=sampler, seed=0)
+    single = 4 / (time.perf_counter() - start)
+    b = generator.bundle
+    settings = generator.sampler(b.config.sampling.model_copy(update={"steps": steps, "sampler": sampler}))
+    context = generator.context(generator.check_targets(target)).repeat(16, 1)
+    out = {"single": single}
+    c, d = b.config.latent_shape()[0], b.config.latent_shape()[1]
+    for label, side in (("batched", d), ("batched_64", d * 64 // generator.size)):
+        start = time.perf_counter()
+        z = sample_latents(b.unet, settings, context, (c, side, side, side), guidance=w, seed=0, device=generator.device)
+        decode_volumes(b.vae, z, latent_scale=b.config.latent_scale, device=generator.device)
+        out[label] = 16 / (time.perf_counter() - start)
+    return out
+
+
+def plots(rows, names, targets, w: float) -> None:
+    DOCS.mkdir(exist_ok=True)
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.8))
+    for ax, n in zip(axes, names):
+        req = as_model_scale(n, np.array([r["target"][n] for r in rows]))
+        mea = as_model_scale(n, np.array([r["measured"][n] for r in rows]))
+        ax.scatter(req, mea, s=8, alpha=0.6)
+        lo, hi = min(req.min(), mea.min()), max(req.max(), mea.max())
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        label = f"1/{n}" if n.startswith("tau_") else n
+        ax.set(xlabel=f"requested {label}", ylabel=f"measured {label}", title=f"R² = {r2(req, mea):.3f}")
+    fig.suptitle(f"conditional LDM, guidance w = {w}: requested vs measured")
+    fig.tight_layout()
+    fig.savefig(DOCS / "ldm-accuracy.png", dpi=110)
+    plt.close(fig)
+    picks = [0, len(targets) // 2, len(targets) - 1]
+    volumes, labels = [], []
+    for c in picks:
+        mine = [r for r in rows if r["condition"] == c][:2]
+        for r in mine:
+            t = r["target"]
+            volumes.append(r["sample"].volume)
+            labels.append(f"vf {t['vf_donor']:.2f}→{r['measured']['vf_donor']:.2f}")
+    slice_montage(volumes, DOCS / "ldm-samples.png", title="requested → measured donor fraction (donor white)",
+                  labels=labels)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="pretrained:opv-32")
+    parser.add_argument("--conditions", type=int, default=50)
+    parser.add_argument("--per-condition", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
+    parser.add_argument("--recipe-checks", type=int, default=20)
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--no-images", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    console = Console()
+    generator = LDMGenerator(args.model)
+    names = generator.conditioning
+    targets = pick_targets(generator, args.conditions)
+    lookup = lookup_baseline(generator, targets)
+    report: dict = {"model": args.model, "targets": len(targets), "per_condition": args.per_condition,
+                    "steps": args.steps, "sampler": args.sampler, "lookup_r2": lookup, "by_guidance": {}}  # fmt: skip
+    first_rows = None
+    for w in args.guidance:
+        rows = run_grid(generator, targets, args.per_condition, args.steps, args.sampler, w, console)
+        first_rows = first_rows or rows
+        report["by_guidance"][str(w)] = accuracy(rows, names)
+    w0 = args.guidance[0]
+    report["recipe_check"] = recipe_checks(generator, first_rows, args.recipe_checks, console)
+    report["volumes_per_second"] = speed(generator, targets[len(targets) // 2], args.steps, args.sampler, w0)
+    if not args.no_images:
+        plots(first_rows, names, targets, w0)
+
+    n_vol = len(targets) * args.per_condition
+    table = Table(title=f"{args.model}: {len(targets)} validation targets × {args.per_condition} volumes "
+                        f"= {n_vol} per w ({args.sampler}, S = {args.steps})")  # fmt: skip
+    table.add_column("")
+    for n in names:
+        table.add_column(f"R² {'1/' + n if n.startswith('tau_') else n}", justify="right")
+    table.add_row("lookup (nearest training volume)", *(f"{lookup[n]:.3f}" for n in names))
+    for w, acc in report["by_guidance"].items():
+        table.add_row(f"w = {w}: requested vs measured", *(f"{acc['requested'][n]:.3f}" for n in names))
+        table.add_row(f"w = {w}: FP predicted vs measured", *(f"{acc['predicted'][n]:.3f}" for n in names))
+        table.add_row(f"w = {w}: spread at one target (std)", *(f"{acc['spread'][n]:.3f}" for n in names))
+    console.print(table)
+    for w, acc in report["by_guidance"].items():
+        console.print(f"w = {w}: voxel disagreement between volumes of one target "
+                      f"{acc['diversity']['voxel_disagreement']:.3f}")  # fmt: skip
+    rc = report["recipe_check"]
+    console.print(f"recipe check (median summary error, {args.recipe_checks} volumes): generated {rc['generated']:.3f}"
+                  f" vs true-recipe floor {rc['floor']:.3f} (ratio {rc['generated'] / rc['floor']:.2f})")  # fmt: skip
+    v = report["volumes_per_second"]
+    sim = rc["simulation_seconds"]
+    console.print(f"speed: {v['single']:.2f} volumes/s one at a time at {generator.size}³, {v['batched']:.2f} batched; "
+                  f"{v['batched_64']:.2f} volumes/s batched at 64³; Cahn–Hilliard simulation + labelling of one "
+                  f"{generator.size}³ recipe {sim:.2f} s → LDM is {v['single'] * sim:.1f}× faster one at a time")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
