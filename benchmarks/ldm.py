@@ -5,7 +5,8 @@
 
 **Targets.** ``--conditions`` target triples (vf_donor, τ_donor, τ_acceptor) taken from the
 *validation* trajectories of the model's training data (reference.nc): real, manufacturable
-combinations the model never trained on, spread evenly over vf_donor. For each target and
+combinations the model never trained on (each value inside its training range), spread
+evenly over vf_donor. For each target and
 guidance weight, ``--per-condition`` volumes (seeds 1000·i + j).
 
 **Accuracy.** Every generated volume is measured by the evaluators that labelled the training
@@ -34,7 +35,10 @@ at 64³ (the networks are convolutional: a latent twice as wide decodes to a vol
 wide). Reference, same run: the Cahn–Hilliard simulation time of the recipe-check runs.
 
 Images go to docs/: ``ldm-samples.png`` (low/mid/high vf targets, two volumes each) and
-``ldm-accuracy.png`` (requested vs measured scatter).
+``ldm-accuracy.png`` (requested vs measured scatter). ``--update-card`` writes the table into
+the bundle's card.md (section "Measured"), and ``--update-defaults`` makes the benchmark's
+sampler, S and the guidance w with the best mean requested-vs-measured R² the bundle's
+default sampling settings.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -54,6 +59,8 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from micro_doe.platform.bundle import update_sampling_defaults  # noqa: E402
+from micro_doe.platform.ldm.bundle import LDMSamplingDefaults  # noqa: E402
 from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample  # noqa: E402
 from micro_doe.platform.ldm.recipe import check_recipe  # noqa: E402
 from micro_doe.platform.ldm.sampling import decode_volumes, sample_latents  # noqa: E402
@@ -79,15 +86,19 @@ def as_model_scale(name: str, values: np.ndarray) -> np.ndarray:
 
 
 def pick_targets(generator: LDMGenerator, n: int) -> list[dict[str, float]]:
-    """``n`` label triples of validation snapshots with finite τ, evenly spread over vf_donor."""
+    """``n`` label triples of validation snapshots with finite τ inside the training ranges
+    (the model refuses targets outside them), evenly spread over vf_donor."""
     ref = generator.bundle.reference
     names = generator.conditioning
+    ranges = generator.target_ranges()
     ok = ref["split"].values == "val"
     for name in names:
-        ok &= np.isfinite(ref[name].values)
+        values = ref[name].values
+        ok &= np.isfinite(values) & (values >= ranges[name][0]) & (values <= ranges[name][1])
     idx = np.flatnonzero(ok)
     if len(idx) < n:
-        raise SystemExit(f"only {len(idx)} validation snapshots with finite labels; ask for fewer --conditions")
+        raise SystemExit(f"only {len(idx)} validation snapshots with finite labels inside the training ranges; "
+                         "ask for fewer --conditions")
     idx = idx[np.argsort(ref[names[0]].values[idx])]
     chosen = idx[np.linspace(0, len(idx) - 1, n).round().astype(int)]
     return [{name: float(ref[name].values[i]) for name in names} for i in chosen]
@@ -214,6 +225,41 @@ def plots(rows, names, targets, w: float) -> None:
                   labels=labels)  # fmt: skip
 
 
+def markdown_report(report: dict, names: list[str], command: str) -> str:
+    """The "Measured" section of a card: the R² table, diversity, recipe check and speed."""
+    label = {n: f"1/{n}" if n.startswith("tau_") else n for n in names}
+    lines = ["## Measured", "", f"`{command}`: {report['targets']} validation targets × {report['per_condition']} "
+             f"volumes per guidance w, {report['sampler']} S = {report['steps']}; R² on measured descriptors.", "",
+             "| | " + " | ".join(f"R² {label[n]}" for n in names) + " |", "|---|" + "---:|" * len(names),
+             "| lookup: nearest training volume (reference) | "
+             + " | ".join(f"{report['lookup_r2'][n]:.3f}" for n in names) + " |"]  # fmt: skip
+    for w, acc in report["by_guidance"].items():
+        for key, text in (("requested", "requested vs measured"), ("predicted", "FP predicted vs measured")):
+            lines.append(f"| w = {w}: {text} | " + " | ".join(f"{acc[key][n]:.3f}" for n in names) + " |")
+        lines.append(f"| w = {w}: spread at one target (std) | " + " | ".join(f"{acc['spread'][n]:.3f}" for n in names)
+                     + " |")  # fmt: skip
+    rc, v = report["recipe_check"], report["volumes_per_second"]
+    lines += ["", "- voxel disagreement between volumes of one target: "
+              + ", ".join(f"w = {w}: {a['diversity']['voxel_disagreement']:.3f}" for w, a in report["by_guidance"].items()),
+              f"- recipe check, median summary error: generated {rc['generated']:.3f}, true-recipe floor "
+              f"{rc['floor']:.3f} (ratio {rc['generated'] / rc['floor']:.2f})",
+              f"- volumes/s: {v['single']:.2f} one at a time, {v['batched']:.2f} batched (16), "
+              f"{v['batched_64']:.2f} batched at 64³; a Cahn–Hilliard run + labels takes {rc['simulation_seconds']:.2f} s",
+              ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def replace_card_section(card: Path, section: str) -> None:
+    """Replace (or append) the card's "## Measured" section, atomically."""
+    text = card.read_text()
+    head, found, tail = text.partition("## Measured")
+    rest = tail.split("\n## ", 1)[1] if found and "\n## " in tail else ""
+    new = head.rstrip() + "\n\n" + section + ("\n## " + rest if rest else "")
+    tmp = card.with_suffix(".md.tmp")
+    tmp.write_text(new)
+    tmp.replace(card)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="pretrained:opv-32")
@@ -225,9 +271,11 @@ def main() -> None:
     parser.add_argument("--recipe-checks", type=int, default=20)
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--no-images", action="store_true")
+    parser.add_argument("--update-card", action="store_true", help="write the results into the bundle's card.md")
+    parser.add_argument("--update-defaults", action="store_true", help="make the best setting the bundle's default")
     args = parser.parse_args()
     torch.manual_seed(0)
-    console = Console()
+    console = Console(width=150)  # wide enough for the table when piped to a file
     generator = LDMGenerator(args.model)
     names = generator.conditioning
     targets = pick_targets(generator, args.conditions)
@@ -270,6 +318,24 @@ def main() -> None:
                   f"{generator.size}³ recipe {sim:.2f} s → LDM is {v['single'] * sim:.1f}× faster one at a time")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
+    path = generator.bundle.path
+    if args.update_card:
+        command = "python benchmarks/ldm.py " + " ".join(sys.argv[1:])
+        replace_card_section(path / "card.md", markdown_report(report, names, command))
+        console.print(f"wrote the Measured section of {path / 'card.md'}")
+    if args.update_defaults:
+        scores = {w: np.nanmean(list(acc["requested"].values())) for w, acc in report["by_guidance"].items()}
+        best = max(scores, key=lambda w: scores[w])
+        defaults = LDMSamplingDefaults(steps=args.steps, sampler=args.sampler, guidance=float(best))
+        update_sampling_defaults(path, defaults)
+        card = path / "card.md"
+        lines = [f"Default sampling: {defaults.sampler}, {defaults.steps} steps, guidance {defaults.guidance} "
+                 "(chosen by benchmarks/ldm.py --update-defaults)." if ln.startswith("Default sampling:") else ln
+                 for ln in card.read_text().split("\n")]  # fmt: skip
+        tmp = card.with_suffix(".md.tmp")
+        tmp.write_text("\n".join(lines))
+        tmp.replace(card)
+        console.print(f"default sampling of {path}: {defaults.model_dump()}")
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ def parse_grid(text: str, option: str) -> list[float]:
 def opv_dataset(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output NetCDF file (.nc).")],
     shape: Annotated[tuple[int, int, int], typer.Option(help="Box z y x (voxels); z: film normal.")] = (32, 32, 32),
-    phis: Annotated[str, typer.Option(help="Donor fractions φ: 'start:stop:n' or 'a,b,c'.")] = "0.35:0.65:7",
-    chis: Annotated[str, typer.Option(help="Flory–Huggins χ values (> 2): 'start:stop:n' or 'a,b,c'.")] = "2.6:4.0:5",
+    phis: Annotated[str, typer.Option(help="Donor fractions φ: 'start:stop:n' or 'a,b,c'.")] = "0.3:0.7:17",
+    chis: Annotated[str, typer.Option(help="Flory–Huggins χ values (> 2): 'start:stop:n' or 'a,b,c'.")] = "2.6:4.2:9",
     phases: Annotated[int, typer.Option(help="2 (donor/acceptor) or 3 (with a mixed phase).")] = 2,
     steps: Annotated[int, typer.Option(help="Time steps per trajectory.")] = 1000,
     snapshot_every: Annotated[int, typer.Option(help="Record the compositions every this many steps.")] = 10,

@@ -129,7 +129,7 @@ def bundle_kind(ref: str | os.PathLike[str]) -> str:
     try:
         kind = json.loads(path.read_text()).get("kind", "micro3diff")
     except (OSError, ValueError, AttributeError) as err:
-        raise BundleError(f"{path}: not a readable bundle config ({err})") from None
+        raise BundleError(f"{path}: invalid bundle config: not a readable JSON object ({err})") from None
     if kind not in BUNDLE_KINDS:
         raise BundleError(f"{path}: unknown bundle kind {kind!r}; expected one of {list(BUNDLE_KINDS)}")
     return str(kind)
@@ -192,8 +192,9 @@ def write_bundle(
     return target
 
 
-def update_sampling_defaults(ref: str | os.PathLike[str], sampling: SamplingDefaults) -> None:
-    """Rewrite a bundle's default sampling settings (e.g. after measuring quality)."""
+def update_sampling_defaults(ref: str | os.PathLike[str], sampling: BaseModel) -> None:
+    """Rewrite a bundle's default sampling settings (e.g. after measuring quality): a
+    :class:`SamplingDefaults`, or an LDM bundle's ``LDMSamplingDefaults``."""
     path = resolve_bundle_path(ref) / "config.json"
     data = json.loads(path.read_text())
     data["sampling"] = sampling.model_dump()

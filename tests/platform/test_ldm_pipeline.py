@@ -285,3 +285,29 @@ def test_train_command_logs_losses_to_mlflow(dataset, tmp_path):
         train_ldm_command(data, tmp_path / "cli", stage="gan")
     with pytest.raises(ValueError, match="--conditioning"):
         train_ldm_command(data, tmp_path / "cli", conditioning=" , ")
+
+
+def test_the_benchmark_prints_its_table_on_a_tiny_model(bundle, tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "ldm.py"
+    out = tmp_path / "report.json"
+    model = shutil.copytree(bundle, tmp_path / "model")  # the benchmark rewrites its card and defaults
+    done = subprocess.run(
+        [sys.executable, str(script), "--model", str(model), "--conditions", "1", "--per-condition", "2",
+         "--steps", "2", "--guidance", "1", "3", "--recipe-checks", "1", "--no-images", "--json", str(out),
+         "--update-card", "--update-defaults"],
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "requested vs measured" in done.stdout and "recipe check" in done.stdout
+    report = json.loads(out.read_text())
+    assert set(report["by_guidance"]) == {"1.0", "3.0"} and report["targets"] == 1
+    assert all(v > 0 for v in report["volumes_per_second"].values())
+    assert report["recipe_check"]["floor"] >= 0 and math.isfinite(report["recipe_check"]["generated"])
+    card = (model / "card.md").read_text()
+    assert card.count("## Measured") == 1 and "| w = 3.0: requested vs measured |" in card
+    sampling = LDMConfig.model_validate_json((model / "config.json").read_text()).sampling
+    assert (sampling.steps, sampling.sampler) == (2, "ddim") and sampling.guidance in (1.0, 3.0)
+    assert f"Default sampling: ddim, 2 steps, guidance {sampling.guidance}" in card
