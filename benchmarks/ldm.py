@@ -23,8 +23,8 @@ volumes, averaged over targets; and the mean voxel disagreement of pairs of volu
 same target (the fraction of voxels whose labels differ: 0 for copies; for two independent
 morphologies of donor fraction p it is about 2p(1 − p)).
 
-**Recipe check.** For ``--recipe-checks`` generated volumes (w = first guidance, spread over the
-targets): :func:`~micro_doe.platform.ldm.recipe.check_recipe` simulates the predicted
+**Recipe check.** For ``--recipe-checks`` generated volumes (at the best w: the highest mean
+requested-vs-measured R²; spread over the targets): :func:`~micro_doe.platform.ldm.recipe.check_recipe` simulates the predicted
 (φ, χ, annealing time) with Cahn–Hilliard and reports the summary error (mean symmetric
 relative difference of vf, 1/τ and interfacial area). Reference, same run: the same check on
 validation snapshots with their *true* recipe and a fresh seed — the realisation floor.
@@ -34,8 +34,8 @@ study's path) at the model's size, and batched (16 latents per call) at the mode
 at 64³ (the networks are convolutional: a latent twice as wide decodes to a volume twice as
 wide). Reference, same run: the Cahn–Hilliard simulation time of the recipe-check runs.
 
-Images go to docs/: ``ldm-samples.png`` (low/mid/high vf targets, two volumes each) and
-``ldm-accuracy.png`` (requested vs measured scatter). ``--update-card`` writes the table into
+Images go to docs/ (at the best w): ``ldm-samples.png`` (low/mid/high vf targets, two
+volumes each) and ``ldm-accuracy.png`` (requested vs measured scatter). ``--update-card`` writes the table into
 the bundle's card.md (section "Measured"), and ``--update-defaults`` makes the benchmark's
 sampler, S and the guidance w with the best mean requested-vs-measured R² the bundle's
 default sampling settings.
@@ -241,7 +241,7 @@ def markdown_report(report: dict, names: list[str], command: str) -> str:
     rc, v = report["recipe_check"], report["volumes_per_second"]
     lines += ["", "- voxel disagreement between volumes of one target: "
               + ", ".join(f"w = {w}: {a['diversity']['voxel_disagreement']:.3f}" for w, a in report["by_guidance"].items()),
-              f"- recipe check, median summary error: generated {rc['generated']:.3f}, true-recipe floor "
+              f"- recipe check (w = {report['best_guidance']}), median summary error: generated {rc['generated']:.3f}, true-recipe floor "
               f"{rc['floor']:.3f} (ratio {rc['generated'] / rc['floor']:.2f})",
               f"- volumes/s: {v['single']:.2f} one at a time, {v['batched']:.2f} batched (16), "
               f"{v['batched_64']:.2f} batched at 64³; a Cahn–Hilliard run + labels takes {rc['simulation_seconds']:.2f} s",
@@ -282,16 +282,17 @@ def main() -> None:
     lookup = lookup_baseline(generator, targets)
     report: dict = {"model": args.model, "targets": len(targets), "per_condition": args.per_condition,
                     "steps": args.steps, "sampler": args.sampler, "lookup_r2": lookup, "by_guidance": {}}  # fmt: skip
-    first_rows = None
+    rows_by_w = {}
     for w in args.guidance:
-        rows = run_grid(generator, targets, args.per_condition, args.steps, args.sampler, w, console)
-        first_rows = first_rows or rows
-        report["by_guidance"][str(w)] = accuracy(rows, names)
-    w0 = args.guidance[0]
-    report["recipe_check"] = recipe_checks(generator, first_rows, args.recipe_checks, console)
-    report["volumes_per_second"] = speed(generator, targets[len(targets) // 2], args.steps, args.sampler, w0)
+        rows_by_w[w] = run_grid(generator, targets, args.per_condition, args.steps, args.sampler, w, console)
+        report["by_guidance"][str(w)] = accuracy(rows_by_w[w], names)
+    scores = {w: np.nanmean(list(report["by_guidance"][str(w)]["requested"].values())) for w in args.guidance}
+    best = max(args.guidance, key=lambda w: -math.inf if math.isnan(scores[w]) else scores[w])
+    report["best_guidance"] = best  # recipe checks, speed and images use the best w
+    report["recipe_check"] = recipe_checks(generator, rows_by_w[best], args.recipe_checks, console)
+    report["volumes_per_second"] = speed(generator, targets[len(targets) // 2], args.steps, args.sampler, best)
     if not args.no_images:
-        plots(first_rows, names, targets, w0)
+        plots(rows_by_w[best], names, targets, best)
 
     n_vol = len(targets) * args.per_condition
     table = Table(title=f"{args.model}: {len(targets)} validation targets × {args.per_condition} volumes "
@@ -309,13 +310,13 @@ def main() -> None:
         console.print(f"w = {w}: voxel disagreement between volumes of one target "
                       f"{acc['diversity']['voxel_disagreement']:.3f}")  # fmt: skip
     rc = report["recipe_check"]
-    console.print(f"recipe check (median summary error, {args.recipe_checks} volumes): generated {rc['generated']:.3f}"
+    console.print(f"recipe check (median summary error, {args.recipe_checks} volumes at w = {best}): generated {rc['generated']:.3f}"
                   f" vs true-recipe floor {rc['floor']:.3f} (ratio {rc['generated'] / rc['floor']:.2f})")  # fmt: skip
     v = report["volumes_per_second"]
     sim = rc["simulation_seconds"]
     console.print(f"speed: {v['single']:.2f} volumes/s one at a time at {generator.size}³, {v['batched']:.2f} batched; "
                   f"{v['batched_64']:.2f} volumes/s batched at 64³; Cahn–Hilliard simulation + labelling of one "
-                  f"{generator.size}³ recipe {sim:.2f} s → LDM is {v['single'] * sim:.1f}× faster one at a time")  # fmt: skip
+                  f"{generator.size}³ recipe {sim:.2f} s: simulation time / LDM time one at a time = {v['single'] * sim:.2f}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     path = generator.bundle.path
@@ -324,8 +325,6 @@ def main() -> None:
         replace_card_section(path / "card.md", markdown_report(report, names, command))
         console.print(f"wrote the Measured section of {path / 'card.md'}")
     if args.update_defaults:
-        scores = {w: np.nanmean(list(acc["requested"].values())) for w, acc in report["by_guidance"].items()}
-        best = max(scores, key=lambda w: scores[w])
         defaults = LDMSamplingDefaults(steps=args.steps, sampler=args.sampler, guidance=float(best))
         update_sampling_defaults(path, defaults)
         card = path / "card.md"

@@ -10,6 +10,11 @@ The public API, imported lazily so ``import micro_doe`` stays fast::
 
     result = md.Study.from_yaml("study.yaml").run()
     print(result.best_trials)
+
+    ldm = md.LDMGenerator("pretrained:opv-32")       # targeted volumes and their predicted recipe
+    (sample,) = ldm.generate({"vf_donor": 0.45, "tau_donor": 1.4, "tau_acceptor": 1.5}, n=1, seed=0)
+    print(sample.predicted["phi"], sample.predicted["chi"], sample.predicted["time"])
+    print(md.check_recipe(sample).summary_error)    # simulate that recipe, compare descriptors
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ _EXPORTS = {
     "read_volume": "micro_doe.platform.volumes",
     "write_netcdf": "micro_doe.platform.volumes",
     "Micro3DiffGenerator": "micro_doe.platform.generators",
+    "LDMGenerator": "micro_doe.platform.ldm.generator",
+    "check_recipe": "micro_doe.platform.ldm.recipe",
 }
 __all__ = sorted(_EXPORTS)
 

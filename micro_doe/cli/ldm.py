@@ -182,11 +182,11 @@ def train_ldm_command(
                 metrics = [Metric(k, v, now, 0) for k, v in _stage_metrics(out).items()]
                 if metrics:
                     client.log_batch(run_id, metrics=metrics)
-                if (out / "card.md").exists() and stage in ("ldm", "all"):
+                if (out / "card.md").exists() and stage in ("fp", "ldm", "all"):
                     client.log_text(run_id, (out / "card.md").read_text(), "card.md")
             client.set_terminated(run_id, status)
     console = Console(stderr=True)
-    if stage in ("ldm", "all"):
+    if result == out:  # stage ldm / all, or fp retrained under a finished diffusion model
         console.print(f"wrote bundle {result}")
         Console().print((result / "card.md").read_text())
     else:

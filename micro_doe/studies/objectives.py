@@ -133,10 +133,15 @@ def lineal_path_error(sample: Sample) -> float:
     return _curve_error(ref.lineal_path_mean(), sample.descriptors.lineal_path_mean())
 
 
+def _vf_target_key(sample: Sample) -> str | None:
+    """The trial parameter holding the requested vf of the phase of interest, if any."""
+    keys = (f"target.vf_{sample.descriptors.phase_name}", "target.vf")
+    return next((k for k in keys if k in sample.params), None)
+
+
 def vf_error(sample: Sample) -> float:
     """|vf − target| (absolute); target = params["target.vf_<phase>"] or ["target.vf"], else the reference's vf."""
-    keys = (f"target.vf_{sample.descriptors.phase_name}", "target.vf")
-    key = next((k for k in keys if k in sample.params), None)
+    key = _vf_target_key(sample)
     if key is not None:
         target = float(sample.params[key])
     else:
@@ -347,7 +352,8 @@ def trial_metrics(samples: Sequence[Sample]) -> dict[str, float]:
     and, when tortuosity was computed, ``tortuosity`` (inf if any sample does not
     percolate), ``effective_diffusivity``, ``percolating_fraction``), ``seconds_per_volume``,
     and ``s2_error``, ``lineal_path_error``, ``vf_error`` when the samples have a reference
-    (``vf_error`` also when the trial has a ``target.vf``). Only keys every sample has.
+    (``vf_error`` also when the trial has a ``target.vf_<phase>`` or ``target.vf``). Only keys
+    every sample has.
     """
     if not samples:
         raise ValueError("trial_metrics: no samples given")
@@ -358,7 +364,7 @@ def trial_metrics(samples: Sequence[Sample]) -> dict[str, float]:
         if s.reference is not None:
             m["s2_error"] = s2_error(s)
             m["lineal_path_error"] = lineal_path_error(s)
-        if s.reference is not None or "target.vf" in s.params:
+        if s.reference is not None or _vf_target_key(s) is not None:
             m["vf_error"] = vf_error(s)
         per_sample.append(m)
     keys = [k for k in per_sample[0] if all(k in m for m in per_sample)]

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from micro_doe.studies.generator_spec import (
     MODEL_REGISTRY_PREFIX,
     GeneratorSpec,
+    LDMGeneratorSpec,
     Micro3DiffGeneratorSpec,
     check_model_ref,
 )
@@ -304,6 +305,7 @@ __all__ = [
     "GeneratorSpec",
     "InitialDesign",
     "IntParam",
+    "LDMGeneratorSpec",
     "Micro3DiffGeneratorSpec",
     "NSGA2SamplerSpec",
     "ObjectiveSpec",

@@ -24,7 +24,7 @@ from micro_doe.platform.ldm.bundle import LDMConfig, load_ldm_bundle
 from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample
 from micro_doe.platform.ldm.recipe import check_recipe
 from micro_doe.platform.ldm.training import LDMTrainConfig, staging_dir, train_ldm
-from micro_doe.platform.opv_dataset import OPVDatasetConfig, make_opv_dataset, split, trajectory_seed
+from micro_doe.platform.opv_dataset import split, trajectory_seed
 
 
 
@@ -311,3 +311,15 @@ def test_the_benchmark_prints_its_table_on_a_tiny_model(bundle, tmp_path):
     sampling = LDMConfig.model_validate_json((model / "config.json").read_text()).sampling
     assert (sampling.steps, sampling.sampler) == (2, "ddim") and sampling.guidance in (1.0, 3.0)
     assert f"Default sampling: ddim, 2 steps, guidance {sampling.guidance}" in card
+
+
+def test_retraining_the_feature_predictor_rewrites_the_bundle(dataset, bundle, tmp_path):
+    copy = shutil.copytree(bundle, tmp_path / "b")  # the bundle alone: earlier stages come from it
+    before = load_ldm_bundle(copy)
+    written = train_ldm(dataset, copy, tiny(fp=6), stage="fp", device="cpu", progress=False)
+    assert written == copy
+    after = load_ldm_bundle(copy)
+    assert after.config.stages["fp"].steps == 6 and before.config.stages["fp"].steps == 4
+    assert after.config.stages["ldm"] == before.config.stages["ldm"]  # the diffusion model is kept
+    for name, tensor in before.unet.state_dict().items():
+        assert torch.equal(tensor, after.unet.state_dict()[name])

@@ -7,12 +7,11 @@ import math
 
 import numpy as np
 import pytest
-import typer
 import xarray as xr
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from micro_doe.cli.opv_data import opv_dataset, parse_grid
+from micro_doe.cli.opv_data import parse_grid
 from micro_doe.platform import opv_dataset as opv
 from micro_doe.platform.descriptors import interfacial_area, percolating_fraction, tortuosity, volume_fraction
 from micro_doe.platform.synthetic import cahn_hilliard
@@ -195,10 +194,12 @@ def test_cli_writes_a_readable_dataset(tmp_path) -> None:  # type: ignore[no-unt
     assert parse_grid("3,4.5", "--chis") == [3.0, 4.5]
     with pytest.raises(ValueError, match="--phis"):
         parse_grid("0.3:0.6", "--phis")
-    app = typer.Typer()
-    app.command()(opv_dataset)
+    defaults = opv.OPVDatasetConfig()  # the command's default grid is the config's
+    assert parse_grid("0.3:0.7:17", "--phis") == defaults.phis and parse_grid("2.6:4.2:9", "--chis") == defaults.chis
+    from micro_doe.cli.app import app
+
     out = tmp_path / "opv.nc"
-    args = ["--out", str(out), "--shape", "16", "16", "16", "--phis", "0.45,0.5", "--chis", "4", "--steps", "20"]
+    args = ["data", "make", "cahn-hilliard", "--out", str(out), "--shape", "16", "16", "16", "--phis", "0.45,0.5", "--chis", "4", "--steps", "20"]
     result = CliRunner().invoke(app, [*args, "--snapshot-every", "10", "--snapshots", "2", "--seed", "3"])
     assert result.exit_code == 0, result.output
     back = opv.read_opv_dataset(out)
