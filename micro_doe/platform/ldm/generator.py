@@ -148,8 +148,9 @@ class LDMGenerator:
         slack = RANGE_TOLERANCE * max(abs(lo), abs(hi), 1.0)
         if not (lo - slack <= value <= hi + slack):
             allowed = f"[{lo:.4g}, {hi:.4g}]" + (" or inf" if infinite_ok else "")
-            raise ValueError(f"target {name} = {value:.4g} is outside the training range {allowed}; "
-                             "pass allow_extrapolation=True to sample there anyway")
+            raise ValueError(f"target {name} = {value:.4g} is outside the training range {allowed}; to sample "
+                             "there anyway pass allow_extrapolation=True (CLI: --allow-extrapolation; "
+                             "study: allow_extrapolation: true)")
 
     def context(self, targets: Mapping[str, float]) -> torch.Tensor:
         """Normalised conditioning vector (1, F) of checked targets."""
