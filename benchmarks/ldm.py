@@ -67,6 +67,7 @@ from micro_doe.platform.ldm.sampling import decode_volumes, sample_latents  # no
 from micro_doe.platform.opv_dataset import snapshot_labels  # noqa: E402
 from micro_doe.platform.plots import slice_montage  # noqa: E402
 from micro_doe.platform.synthetic.cahn_hilliard import CahnHilliardParams, cahn_hilliard  # noqa: E402
+from micro_doe.platform.volumes import atomic_path  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 MEASURED = ("vf_donor", "tau_donor", "tau_acceptor")
@@ -254,10 +255,8 @@ def replace_card_section(card: Path, section: str) -> None:
     text = card.read_text()
     head, found, tail = text.partition("## Measured")
     rest = tail.split("\n## ", 1)[1] if found and "\n## " in tail else ""
-    new = head.rstrip() + "\n\n" + section + ("\n## " + rest if rest else "")
-    tmp = card.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    tmp.replace(card)
+    with atomic_path(card) as tmp:
+        tmp.write_text(head.rstrip() + "\n\n" + section + ("\n## " + rest if rest else ""))
 
 
 def main() -> None:
@@ -331,9 +330,8 @@ def main() -> None:
         lines = [f"Default sampling: {defaults.sampler}, {defaults.steps} steps, guidance {defaults.guidance} "
                  "(chosen by benchmarks/ldm.py --update-defaults)." if ln.startswith("Default sampling:") else ln
                  for ln in card.read_text().split("\n")]  # fmt: skip
-        tmp = card.with_suffix(".md.tmp")
-        tmp.write_text("\n".join(lines))
-        tmp.replace(card)
+        with atomic_path(card) as tmp:
+            tmp.write_text("\n".join(lines))
         console.print(f"default sampling of {path}: {defaults.model_dump()}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ldm_fixtures import TINY_OPV_DATA, tiny_ldm_recipe
+from ldm_fixtures import TINY_OPV_DATA, one_torch_thread, tiny_ldm_recipe
 
 
 @pytest.fixture
@@ -60,14 +60,8 @@ def tiny_opv_dataset():
 @pytest.fixture(scope="session")
 def tiny_ldm_bundle(tiny_opv_dataset, tmp_path_factory):
     """A conditional-LDM bundle (16³, two phases) trained a few steps per stage."""
-    import torch
-
     from micro_doe.platform.ldm.training import train_ldm
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         out = tmp_path_factory.mktemp("ldm") / "tiny"
         return train_ldm(tiny_opv_dataset, out, tiny_ldm_recipe(), device="cpu", progress=False)
-    finally:
-        torch.set_num_threads(threads)

@@ -3,7 +3,11 @@ in pyproject.toml makes this importable as ``ldm_fixtures``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import torch
 
 from micro_doe.platform.ldm.training import FPStage, LDMStage, LDMTrainConfig, VAEStage
 
@@ -23,3 +27,14 @@ def tiny_ldm_recipe(vae: int = 4, fp: int = 4, ldm: int = 4, **overrides: Any) -
         log_every=2,
         **overrides,
     )  # fmt: skip
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: one thread is fastest and immune to a busy second core; restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.platform.diffusion import NoiseSchedule
-from micro_doe.platform.volumes import atomic_directory
+from micro_doe.platform.volumes import atomic_directory, atomic_path
 from micro_doe.platform.unet import UNet2D, UNetConfig
 
 SHIPPED_DIR = Path(__file__).parent / "models"
@@ -198,6 +198,5 @@ def update_sampling_defaults(ref: str | os.PathLike[str], sampling: BaseModel) -
     path = resolve_bundle_path(ref) / "config.json"
     data = json.loads(path.read_text())
     data["sampling"] = sampling.model_dump()
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from ldm_fixtures import one_torch_thread
 from pydantic import ValidationError
 
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, NoiseSchedule
@@ -43,11 +44,8 @@ SCHEDULE = NoiseSchedule.linear()
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Tiny tensors: one thread is fastest and immune to a busy second core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def tiny_vae(in_channels: int = 1) -> VAE3D:

@@ -17,7 +17,8 @@ import pytest
 import torch
 import xarray as xr
 
-from ldm_fixtures import tiny_ldm_recipe
+from ldm_fixtures import one_torch_thread
+from ldm_fixtures import tiny_ldm_recipe as tiny  # the recipe of the tiny_ldm_bundle fixture
 from micro_doe.cli.ldm import generate_ldm, parse_targets, train_ldm_command
 from micro_doe.platform.bundle import BundleError
 from micro_doe.platform.ldm.bundle import LDMConfig, load_ldm_bundle
@@ -30,15 +31,8 @@ from micro_doe.platform.opv_dataset import split, trajectory_seed
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny(vae: int = 4, fp: int = 4, ldm: int = 4, **overrides) -> LDMTrainConfig:  # type: ignore[no-untyped-def]
-    """The conftest's tiny recipe (its fixture ``tiny_ldm_bundle`` is trained with ``tiny()``)."""
-    return tiny_ldm_recipe(vae, fp, ldm, **overrides)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
