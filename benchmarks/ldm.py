@@ -10,7 +10,7 @@ evenly over vf_donor. For each target and
 guidance weight, ``--per-condition`` volumes (seeds 1000·i + j).
 
 **Accuracy.** Every generated volume is measured by the evaluators that labelled the training
-data (:func:`~micro_doe.platform.opv_dataset.snapshot_labels`). Printed per guidance w:
+data (:func:`~micro_doe.platform.ldm.dataset.snapshot_labels`). Printed per guidance w:
 R² of requested against measured vf_donor, 1/τ_donor and 1/τ_acceptor (τ through 1/τ so a
 non-percolating sample, τ = inf, counts as 1/τ = 0 instead of being dropped), over all
 volumes; and R² of the feature predictor's *predicted* descriptors against the measured ones
@@ -59,12 +59,12 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from micro_doe.platform.bundle import update_sampling_defaults  # noqa: E402
+from micro_doe.platform.bundles import update_sampling_defaults  # noqa: E402
 from micro_doe.platform.ldm.bundle import LDMSamplingDefaults  # noqa: E402
+from micro_doe.platform.ldm.dataset import snapshot_labels  # noqa: E402
 from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample  # noqa: E402
 from micro_doe.platform.ldm.recipe import check_recipe  # noqa: E402
 from micro_doe.platform.ldm.sampling import decode_volumes, sample_latents  # noqa: E402
-from micro_doe.platform.opv_dataset import snapshot_labels  # noqa: E402
 from micro_doe.platform.plots import slice_montage  # noqa: E402
 from micro_doe.platform.synthetic.cahn_hilliard import CahnHilliardParams, cahn_hilliard  # noqa: E402
 from micro_doe.platform.volumes import atomic_path  # noqa: E402

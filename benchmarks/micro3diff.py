@@ -35,10 +35,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from micro_doe.platform.bundle import SamplingDefaults, update_sampling_defaults  # noqa: E402
-from micro_doe.platform.generators import VARIANTS, Micro3DiffGenerator, SamplingSettings  # noqa: E402
+from micro_doe.platform.bundles import update_sampling_defaults  # noqa: E402
+from micro_doe.platform.descriptors.reference_error import error_rates, pooled_curves, reference_curves  # noqa: E402
+from micro_doe.platform.micro3diff.bundle import SamplingDefaults
+from micro_doe.platform.micro3diff.generator import VARIANTS, Micro3DiffGenerator, SamplingSettings  # noqa: E402
 from micro_doe.platform.plots import curves_plot, slice_montage  # noqa: E402
-from micro_doe.platform.quality import error_rates, pooled_curves, reference_curves  # noqa: E402
 from micro_doe.platform.synthetic import laguerre_polycrystal, spherical_inclusions  # noqa: E402
 from micro_doe.platform.volumes import make_volume  # noqa: E402
 

@@ -26,7 +26,7 @@ TINY_UNET = {"base_channels": 8, "channel_mults": (1, 2), "attention": True, "gr
 @pytest.fixture(scope="session")
 def tiny_unet():
     """A U-Net small enough to train in a blink (tests only check plumbing with it)."""
-    from micro_doe.platform.unet import UNetConfig
+    from micro_doe.platform.micro3diff.unet import UNetConfig
 
     return UNetConfig(**TINY_UNET)
 
@@ -42,7 +42,7 @@ def sphere_slices():
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, sphere_slices, tiny_unet):
     """A Micro3Diff bundle trained for a few steps (fast; the weights are barely trained)."""
-    from micro_doe.platform.training import TrainConfig, train_micro3diff
+    from micro_doe.platform.micro3diff.training import TrainConfig, train_micro3diff
 
     config = TrainConfig(steps=12, batch_size=8, checkpoint_every=6, unet=tiny_unet, quality_images=2, quality_steps=4)
     out = tmp_path_factory.mktemp("bundles") / "tiny"
@@ -52,7 +52,7 @@ def tiny_bundle(tmp_path_factory, sphere_slices, tiny_unet):
 @pytest.fixture(scope="session")
 def tiny_opv_dataset():
     """The labelled Cahn–Hilliard data set of TINY_OPV_DATA."""
-    from micro_doe.platform.opv_dataset import OPVDatasetConfig, make_opv_dataset
+    from micro_doe.platform.ldm.dataset import OPVDatasetConfig, make_opv_dataset
 
     return make_opv_dataset(OPVDatasetConfig(**TINY_OPV_DATA))
 

@@ -11,7 +11,7 @@ Failures surface as exceptions from ``ray.get``:
   constructor, so the actor dies and every call raises ``ray.exceptions.ActorDiedError``
   whose message carries the original error;
 - bad parameters raise ``ValueError`` and a diverged model raises
-  :class:`~micro_doe.platform.generators.GenerationError`; Ray re-raises them as a
+  :class:`~micro_doe.platform.bundles.GenerationError`; Ray re-raises them as a
   ``RayTaskError`` that is also an instance of the original class. The actor stays up.
 - a dead process (OOM, node lost, ``ray.kill``) is restarted with the options from
   :func:`~micro_doe.actors.cluster.generator_options`, which reloads the model, and the
@@ -20,6 +20,7 @@ Failures surface as exceptions from ``ray.get``:
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -28,12 +29,13 @@ import ray
 import torch
 
 from micro_doe.actors.cluster import in_actor, restarted
-from micro_doe.platform.generators import Micro3DiffGenerator, SamplingSettings
 from micro_doe.platform.ldm.generator import LDMGenerator
+from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
 
 SPEC_KEYS = {"kind", "model", "device", "batch_size", "allow_extrapolation", "tracking_uri", "size"}
 KINDS = ("micro3diff", "ldm")
 REGISTRY_PREFIX = "models:/"
+TARGET_PARAM = "target."
 
 
 def _gpu_ids() -> list:
@@ -57,7 +59,8 @@ class GeneratorWorker:
 
     ``spec``: ``{"kind": "micro3diff" | "ldm", "model": "pretrained:NAME" | bundle path |
     "models:/NAME@ALIAS", "device": None | "cpu" | "cuda", "tracking_uri": str | None}``
-    plus ``"batch_size": int`` (micro3diff) or ``"allow_extrapolation": bool`` (ldm);
+    plus ``"batch_size": int`` (micro3diff) and ``"allow_extrapolation": bool`` (targets beyond the
+    model's documented range);
     optional ``"size"`` is checked against the model's.
     A bundle path is opened by the actor's process (a local instance shares the driver's
     working directory; on a cluster use a shared filesystem or ``models:/…``).
@@ -79,7 +82,7 @@ class GeneratorWorker:
             raise ValueError(f"generator spec: batch_size must be at least 1, got {self.batch_size}")
         path = self.model_ref
         if path.startswith(REGISTRY_PREFIX):
-            from micro_doe.platform.registry import resolve_model  # written alongside; needed only here
+            from micro_doe.tracking.registry import resolve_model  # written alongside; needed only here
 
             path = resolve_model(path, spec.get("tracking_uri"))
         self.device = choose_device(spec.get("device"))
@@ -109,13 +112,16 @@ class GeneratorWorker:
         }
 
     def settings(self, params: dict[str, Any]) -> SamplingSettings:
-        """Generator parameters → sampling settings; unknown keys or bad values → ValueError."""
-        known = set(SamplingSettings.model_fields)
-        unknown = sorted(set(params) - known)
+        """Generator parameters → sampling settings (``target.<name>`` → ``targets``); unknown
+        keys or bad values → ValueError."""
+        known = set(SamplingSettings.model_fields) - {"targets"}
+        targets = {k[len(TARGET_PARAM) :]: v for k, v in params.items() if k.startswith(TARGET_PARAM)}
+        plain = {k: v for k, v in params.items() if not k.startswith(TARGET_PARAM)}
+        unknown = sorted(set(plain) - known)
         if unknown:
             raise ValueError(f"{self.kind}: unknown generator parameters {unknown}; expected some of {sorted(known)}")
         try:
-            return SamplingSettings(**params)
+            return SamplingSettings(**plain, targets=targets)
         except ValueError as err:  # pydantic's ValidationError: re-raised plain so it pickles through Ray
             raise ValueError(f"{self.kind}: invalid generator parameters: {err}") from None
 
@@ -137,11 +143,11 @@ class GeneratorWorker:
                 raise ValueError(f"{self.kind}: {err}") from None
             return out | {"busy_seconds": time.perf_counter() - start, "device": self.device}
         settings = self.settings(params)
-        volumes, seconds = [], []
-        for i in range(n):
-            t0 = time.perf_counter()
-            volumes.extend(self.generator.sample(1, settings, seed=seed + i, batch_size=self.batch_size))
-            seconds.append(time.perf_counter() - t0)
+        # All n volumes in batched loops (each still reproducible alone from its seed).
+        volumes = self.generator.sample(
+            n, settings, seed=seed, batch_size=self.batch_size, allow_extrapolation=self.allow_extrapolation
+        )
+        seconds = [json.loads(v.attrs["generator_params"])["seconds"] for v in volumes]
         return {
             "volumes": volumes,
             "seconds": seconds,

@@ -10,9 +10,9 @@ import os
 import sys
 
 import typer
-from typer.exceptions import TyperException
 from pydantic import ValidationError
 from rich.console import Console
+from typer.exceptions import TyperException
 
 from micro_doe.cli.data import data_app
 from micro_doe.cli.evaluate import evaluate

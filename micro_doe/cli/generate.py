@@ -1,8 +1,9 @@
 """``micro-doe generate MODEL ...``: sample volumes from a model, write NetCDF/TIFF.
 
 One command for both kinds of bundle (config.json's ``kind``): Micro3Diff takes the
-multi-plane options (``--n-h``, ``--variant``, ...), the conditional LDM takes
-``--target NAME=VALUE`` (one per conditioning label), ``--guidance`` and
+multi-plane options (``--n-h``, ``--variant``, ``--precision``, ...) and ``--target
+vf_<phase>=VALUE`` (the anchored variant's volume fraction); the conditional LDM takes
+``--target NAME=VALUE`` (one per conditioning label) and ``--guidance``. Both take
 ``--allow-extrapolation``. An option of the other kind is an error, not silently ignored.
 """
 
@@ -16,11 +17,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from micro_doe.cli.evaluate import descriptor_table
-from micro_doe.cli.ldm import generate_ldm
-from micro_doe.platform.bundle import bundle_kind
+from micro_doe.cli.ldm import generate_ldm, parse_targets
+from micro_doe.platform.bundles import bundle_kind
 from micro_doe.platform.descriptors import describe
-from micro_doe.platform.generators import Micro3DiffGenerator, SamplingSettings, stack_volumes
-from micro_doe.platform.volumes import write_volume
+from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
+from micro_doe.platform.volumes import stack_volumes, write_volume
 
 
 def generate(
@@ -32,12 +33,18 @@ def generate(
     sampler: Annotated[str | None, typer.Option(help="ddpm or ddim (default: the bundle's).")] = None,
     eta: Annotated[float | None, typer.Option(help="DDIM η.")] = None,
     variance: Annotated[str | None, typer.Option(help="DDPM variance: beta (paper) or posterior.")] = None,
-    variant: Annotated[str | None, typer.Option(help="Multi-plane variant: paper (reference), average or moment.")] = None,
+    variant: Annotated[
+        str | None, typer.Option(help="Multi-plane variant: paper (reference), average, moment or anchored.")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="Micro3Diff network precision: fp32, bf16 or fp16 (CUDA).")] = None,
     target: Annotated[
-        list[str] | None, typer.Option("--target", "-t", help="LDM: NAME=VALUE, once per conditioning label.")
+        list[str] | None,
+        typer.Option(
+            "--target", "-t", help="LDM: NAME=VALUE per conditioning label; Micro3Diff: vf_<phase>=VALUE (anchored)."
+        ),
     ] = None,
     guidance: Annotated[float | None, typer.Option(help="LDM: classifier-free guidance w (1: none).")] = None,
-    allow_extrapolation: Annotated[bool, typer.Option(help="LDM: allow targets outside the training range.")] = False,
+    allow_extrapolation: Annotated[bool, typer.Option(help="Allow targets outside the model's documented range.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the first volume; volume i uses seed + i.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Micro3Diff: slices per network call (memory bound).")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
@@ -49,8 +56,8 @@ def generate(
     if n > 1 and out.suffix.lower() != ".nc":
         raise ValueError(f"--out: {n} volumes go into one .nc file; TIFF holds a single volume")
     kind = bundle_kind(model)
-    micro3diff_only = {"--n-h": n_h, "--eta": eta, "--variance": variance, "--variant": variant}
-    ldm_only = {"--target": target, "--guidance": guidance, "--allow-extrapolation": allow_extrapolation or None}
+    micro3diff_only = {"--n-h": n_h, "--eta": eta, "--variance": variance, "--variant": variant, "--precision": precision}
+    ldm_only = {"--guidance": guidance}
     wrong = [name for name, value in (micro3diff_only if kind == "ldm" else ldm_only).items() if value is not None]
     if wrong:
         raise ValueError(f"{', '.join(wrong)}: not an option of {model}, a {kind} model")
@@ -60,13 +67,22 @@ def generate(
         if show:
             Console().print(descriptor_table(describe(samples[0].volume, phase=1), title=f"{out} [0]"))
         return
-    settings = SamplingSettings(n_h=n_h, steps=steps, sampler=sampler, eta=eta, variance=variance, variant=variant)  # type: ignore[arg-type]
+    targets = parse_targets(target)
+    if targets and variant is None:
+        variant = "anchored"  # a vf target is the anchored variant's
+    settings = SamplingSettings(
+        n_h=n_h, steps=steps, sampler=sampler, eta=eta, variance=variance, variant=variant,  # type: ignore[arg-type]
+        precision=precision, targets=targets,  # type: ignore[arg-type]
+    )
     generator = Micro3DiffGenerator(model, device=device)
     total = n * generator.passes_per_volume(settings)
     columns = (TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("passes"), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("sampling", total=total)
-        volumes = generator.sample(n, settings, seed=seed, batch_size=batch_size, on_pass=lambda _: bar.advance(task))
+        volumes = generator.sample(
+            n, settings, seed=seed, batch_size=batch_size, allow_extrapolation=allow_extrapolation,
+            on_pass=lambda p: bar.advance(task, p.x.shape[0]),
+        )
     write_volume(stack_volumes(volumes), out)
     Console(stderr=True).print(f"wrote {out} ({n} × {generator.size}³, {volumes[0].attrs['generator_params']})")
     if show:

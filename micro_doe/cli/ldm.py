@@ -19,10 +19,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from micro_doe.platform.generators import stack_volumes
 from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample
 from micro_doe.platform.ldm.training import STAGES, LDMTrainConfig, staging_dir, train_ldm
-from micro_doe.platform.volumes import write_volume
+from micro_doe.platform.volumes import stack_volumes, write_volume
 
 TRAINING_EXPERIMENT = "micro-doe-training"
 RECIPE_COLUMNS = ("phi", "chi", "time")  # shown first in the predictions table
@@ -100,7 +99,7 @@ class MLflowLossLogger:
 def _open_tracking(tracking: str, out: Path, config: LDMTrainConfig, stage: str) -> tuple[Any, str]:
     from mlflow.entities import Param
 
-    from micro_doe.platform.registry import absolute_tracking_uri, ensure_experiment, mlflow_client, sqlite_path
+    from micro_doe.tracking.registry import absolute_tracking_uri, ensure_experiment, mlflow_client, sqlite_path
 
     uri = absolute_tracking_uri(tracking)
     client = mlflow_client(uri)

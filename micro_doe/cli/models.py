@@ -1,7 +1,7 @@
 """``micro-doe models list|register``: the MLflow model registry of model bundles.
 
 Registered models are referenced in a study as ``models:/NAME@ALIAS`` or
-``models:/NAME/VERSION`` (see :mod:`micro_doe.platform.registry`). Errors are raised as
+``models:/NAME/VERSION`` (see :mod:`micro_doe.tracking.registry`). Errors are raised as
 ``ValueError``; the app turns them into one line on stderr and exit code 2.
 """
 
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from micro_doe.platform.registry import (
+from micro_doe.tracking.registry import (
     DEFAULT_TRACKING_URI,
     absolute_tracking_uri,
     list_models,

@@ -12,7 +12,7 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from micro_doe.platform.opv_dataset import OPVDatasetConfig, make_opv_dataset, write_opv_dataset
+from micro_doe.platform.ldm.dataset import OPVDatasetConfig, make_opv_dataset, write_opv_dataset
 
 
 def parse_grid(text: str, option: str) -> list[float]:

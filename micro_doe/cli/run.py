@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from micro_doe.studies.spec import load_spec
+from micro_doe.studies.study_yaml import load_spec
 
 StudyRef = Annotated[str, typer.Argument(help="A study.yaml, or the name of a bundled study (see `micro-doe studies`).")]
 

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from micro_doe.platform.volumes import atomic_path
-from micro_doe.studies.spec import SpecError, bundled_studies, load_spec, study_json_schema
+from micro_doe.studies.study_yaml import SpecError, bundled_studies, load_spec, study_json_schema
 
 
 def schema(

@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 
 from micro_doe.cli.ldm import train_ldm_command
-from micro_doe.platform.training import TrainConfig, load_training_data, train_micro3diff
-from micro_doe.platform.unet import UNetConfig
+from micro_doe.platform.micro3diff.training import TrainConfig, load_training_data, train_micro3diff
+from micro_doe.platform.micro3diff.unet import UNetConfig
 
 train_app = typer.Typer(help="Train generators on your own data.", no_args_is_help=True)
 train_app.command("ldm", help="Train the conditional latent diffusion model (VAE, feature predictor, LDM).")(

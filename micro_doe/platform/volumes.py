@@ -375,3 +375,13 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def stack_volumes(volumes: list[xr.DataArray]) -> xr.DataArray:
+    """Several volumes as one (sample, z, y, x) DataArray (attrs of the first; seeds listed)."""
+    if len(volumes) == 1:
+        return volumes[0]
+    stacked = xr.concat(volumes, dim="sample", combine_attrs="override")
+    stacked.attrs["seeds"] = [int(v.attrs["seed"]) for v in volumes]
+    stacked.attrs.pop("seed", None)
+    return stacked.astype("int8")

@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from micro_doe.platform.registry import absolute_tracking_uri, sqlite_path
+from micro_doe.tracking.registry import absolute_tracking_uri, sqlite_path
 
 if TYPE_CHECKING:
     from optuna.artifacts import FileSystemArtifactStore

@@ -39,7 +39,7 @@ Built-ins (per sample; the default direction in brackets):
 The error objectives need the model's training-data reference (``Sample.reference``).
 Note the per-sample rule: ``s2_error`` here is the mean of per-sample error rates, which
 is at least the error rate of the pooled curve that
-:func:`micro_doe.platform.quality.error_rates` reports.
+:func:`micro_doe.platform.descriptors.reference_error.error_rates` reports.
 """
 
 from __future__ import annotations

@@ -46,16 +46,17 @@ import ray
 from optuna.trial import TrialState
 
 from micro_doe.actors import EvaluatorPool, GeneratorActor, connect, evaluator_options, generator_options
-from micro_doe.platform.bundle import load_reference
+from micro_doe.platform.bundles import load_reference
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.studies.objectives import Sample, evaluate_objectives, trial_metrics
-from micro_doe.studies.spec import StudySpec, load_spec
+from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_storage import (
     counted_trials,
     enqueue_initial_design,
     open_study,
     requeue_stale_trials,
 )
+from micro_doe.studies.study_yaml import load_spec
 
 log = logging.getLogger("micro_doe.studies")
 OWNER_ATTR = "driver"
@@ -165,7 +166,7 @@ class Study:
         (the benchmark's reference; never faster).
         """
         from micro_doe.studies.dashboard import artifact_store, upload_trial_image
-        from micro_doe.studies.tracking import StudyTracker
+        from micro_doe.studies.mlflow_runs import StudyTracker
 
         default_env()
         spec = self.spec
@@ -366,7 +367,7 @@ class Study:
         """The model's training-data reference, for error-rate objectives (read on the driver;
         the network itself is only loaded by the generator actors). An LDM bundle has none:
         its samples are judged against their requested targets."""
-        from micro_doe.platform.registry import resolve_model
+        from micro_doe.tracking.registry import resolve_model
 
         if self.spec.generator.kind == "ldm":
             return None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from micro_doe.platform.generators import VARIANTS
+from micro_doe.platform.micro3diff.generator import VARIANTS
 
 if TYPE_CHECKING:
     import optuna
@@ -208,6 +208,12 @@ GENERATOR_PARAMETERS: dict[str, dict[str, ParamDomain]] = {
         "eta": ParamDomain("float", low=0.0, description="DDIM η (ignored by DDPM)"),
         "variance": ParamDomain("choice", choices=("beta", "posterior"), description="DDPM step variance"),
         "variant": ParamDomain("choice", choices=tuple(VARIANTS), description="multi-plane variant"),
+        "target.*": ParamDomain("float", low=0.0, high=1.0, description="anchored: target vf of a phase (target.vf_<phase>)"),
+        "anchor_strength": ParamDomain("float", low=1e-6, high=1.0, description="anchored: λ, pull per pass"),
+        "anchor_until": ParamDomain("float", low=0.0, high=0.999, description="anchored: anchor passes ending at t ≥ until·T"),
+        "anchor_per_slice": ParamDomain("float", low=0.0, high=1.0, description="anchored: pull of slice means"),
+        "vf_spread": ParamDomain("choice", choices=(False, True), description="anchored: per-volume vf spread"),  # type: ignore[arg-type]
+        "precision": ParamDomain("choice", choices=("fp32", "bf16", "fp16"), description="network precision"),
     },
     "ldm": {
         "target.*": ParamDomain("float", description="target value of a conditioning label (target.vf_donor, ...)"),

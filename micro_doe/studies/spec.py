@@ -1,328 +1,367 @@
-"""Loading study.yaml files, and the public face of study specs. :func:`load_spec` reads
-YAML with a safe loader (no Python tags, no duplicate keys), merges overrides, validates with
-:func:`parse_spec` and raises :class:`SpecError` naming the file and the field path of every
-problem (pydantic's errors flattened by :func:`flatten_errors`), e.g.
-``study.yaml: search.n_h.int: lower bound must be < upper bound``; loading writes nothing to
-disk. Also here: the studies shipped with micro-doe (:func:`bundled_studies`) and the JSON
-Schema of study.yaml (:func:`study_json_schema`). The spec itself is
-:class:`~micro_doe.studies.study_spec.StudySpec`; it and its blocks are re-exported here.
+"""StudySpec: a study.yaml as a validated model. A study names a generator (see
+:mod:`~micro_doe.studies.generator_blocks`), the generator parameters Optuna searches
+(``search``, see :mod:`~micro_doe.studies.search_space`) or holds (``fixed``), the objectives
+and constraints computed from each trial's samples, the Optuna sampler and budget, the Ray
+resources, how samples are evaluated, and where results go (Optuna storage, MLflow tracking,
+artifacts; relative to where the study runs, see :meth:`StudySpec.resolved_paths`). This
+module holds those blocks and :class:`StudySpec`, whose checks span blocks (parameter
+domains, duplicate objectives, constraint metrics, tortuosity, phases).
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import os
 import re
-import sys
-import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from micro_doe.studies.generator_spec import (
-    MODEL_REGISTRY_PREFIX,
-    GeneratorSpec,
-    LDMGeneratorSpec,
-    Micro3DiffGeneratorSpec,
-    check_model_ref,
+from micro_doe.studies.generator_blocks import GeneratorSpec
+from micro_doe.studies.objectives import (
+    TORTUOSITY_METRICS,
+    Direction,
+    Objective,
+    is_known_metric,
+    known_metrics,
+    resolve_objective,
 )
-from micro_doe.studies.objectives import known_objectives
-from micro_doe.studies.search_space import (
-    GENERATOR_PARAMETERS,
-    PARAM_KINDS,
-    CategoricalParam,
-    FloatParam,
-    IntParam,
-    ParamDomain,
-    ParamSpec,
-    Scalar,
-    find_domain,
-)
-from micro_doe.studies.study_spec import (
-    BudgetSpec,
-    ConstraintSpec,
-    EvaluationSpec,
-    GPSamplerSpec,
-    InitialDesign,
-    NSGA2SamplerSpec,
-    ObjectiveSpec,
-    RandomSamplerSpec,
-    ResourcesSpec,
-    SamplerSpec,
-    StudySpec,
-    TPESamplerSpec,
-)
+from micro_doe.studies.search_space import ParamSpec, Scalar, find_domain
 
-EXAMPLES_DIR = Path(__file__).parent / "examples"
+if TYPE_CHECKING:
+    import optuna
 
 
-class SpecError(ValueError):
-    """An invalid study: ``file`` and ``problems`` as ``(field path, message)`` pairs."""
-
-    def __init__(self, file: str, problems: list[tuple[str, str]]) -> None:
-        self.file = file
-        self.problems = problems
-        lines = [f"{path}: {msg}" if path else msg for path, msg in problems]
-        text = lines[0] if len(lines) == 1 else f"{len(lines)} problems:\n  " + "\n  ".join(lines)
-        super().__init__(f"{file}: {text}")
+# ============================================================================ objectives, constraints
 
 
-# ============================================================================ loading
+class ObjectiveSpec(BaseModel):
+    """An objective by name (built-in, registered, or ``module:function``); direction
+    ``None`` takes the objective's default."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    direction: Direction | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        resolve_objective(v)
+        return v
+
+    def resolve(self) -> Objective:
+        """The objective, with this spec's direction when one is given."""
+        obj = resolve_objective(self.name)
+        return replace(obj, direction=self.direction) if self.direction else obj
 
 
-class _SafeLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader (no Python tags), refusing duplicate keys."""
+class ConstraintSpec(BaseModel):
+    """A bound on a trial metric (its mean over the trial's samples): ``min ≤ metric ≤ max``.
 
-
-def _mapping_without_duplicates(loader: _SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
-    for i, key in enumerate(keys):
-        if key in keys[:i]:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", node.value[i][0].start_mark
-            )
-    return loader.construct_mapping(node, deep=deep)
-
-
-_SafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-
-
-def bundled_studies() -> dict[str, Path]:
-    """Studies shipped with micro-doe, by name (``micro_doe/studies/examples/NAME.yaml``)."""
-    return {p.stem: p for p in sorted(EXAMPLES_DIR.glob("*.yaml"))}
-
-
-def study_json_schema() -> dict[str, Any]:
-    """JSON Schema of study.yaml (StudySpec by alias)."""
-    schema = StudySpec.model_json_schema(by_alias=True)
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "micro-doe study"}
-
-
-def _locate(ref: str | os.PathLike[str]) -> Path:
-    if isinstance(ref, os.PathLike):
-        return Path(ref)
-    path = Path(ref)
-    if path.exists() or "/" in ref or os.sep in ref or path.suffix in (".yaml", ".yml"):
-        return path
-    studies = bundled_studies()
-    if ref in studies:
-        return studies[ref]
-    raise SpecError(ref, [("", f"no such file, and not a bundled study (bundled: {', '.join(studies) or 'none'})")])
-
-
-def _merge(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``overrides`` into ``data``; a dotted key addresses nested keys, preferring
-    the longest existing key at each level (so ``search.target.vf`` finds ``target.vf``)."""
-    out = dict(data)
-    for key, value in overrides.items():
-        target, rest = out, str(key)
-        while True:
-            longest_first = sorted(target, key=lambda k: -len(str(k)))
-            head = next((k for k in longest_first if rest == k or rest.startswith(f"{k}.")), None)
-            head = head if head is not None else rest.split(".", 1)[0]
-            if head == rest:
-                break
-            child = target.get(head)
-            target[head] = dict(child) if isinstance(child, Mapping) else {}
-            target, rest = target[head], rest[len(head) + 1 :]
-        if isinstance(value, Mapping) and isinstance(target.get(rest), Mapping):
-            target[rest] = _merge(dict(target[rest]), value)
-        else:
-            target[rest] = value
-    return out
-
-
-@contextlib.contextmanager
-def _user_imports(folder: Path) -> Iterator[None]:
-    """While validating: the study's folder importable (for ``module:function`` objectives)
-    and no bytecode written, so loading creates no files."""
-    added = str(folder) not in sys.path
-    if added:
-        sys.path.insert(0, str(folder))
-    bytecode = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True
-    try:
-        yield
-    finally:
-        sys.dont_write_bytecode = bytecode
-        if added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(str(folder))
-
-
-def parse_spec(data: Any, *, base: Path | None = None, file: str = "<study>") -> StudySpec:
-    """Validate a study mapping (as read from YAML); relative model paths against ``base``.
-
-    Raises :class:`SpecError` listing every problem by field path.
+    ``metric``: an objective of the study, a metric of
+    :func:`micro_doe.studies.objectives.trial_metrics` (``s2_error``, ``lineal_path_error``,
+    ``vf_error``, ``volume_fraction``, ``vf_<phase>``, ``tortuosity``,
+    ``effective_diffusivity``, ``percolating_fraction``, ``interfacial_area``,
+    ``seconds_per_volume``), or a registered objective.
     """
-    if data is None:
-        raise SpecError(file, [("", "empty study (expected a mapping of keys such as name, generator, search)")])
-    if not isinstance(data, Mapping):
-        raise SpecError(file, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
-    folder = Path(os.path.abspath(base or Path.cwd()))
-    try:
-        with _user_imports(folder):
-            return StudySpec.model_validate(dict(data), context={"base": folder})
-    except ValidationError as err:
-        raise SpecError(file, flatten_errors(err)) from None
+
+    model_config = ConfigDict(extra="forbid")
+    metric: str = Field(min_length=1)
+    max: float | None = Field(None, description="upper bound (inclusive)")
+    min: float | None = Field(None, description="lower bound (inclusive)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ConstraintSpec:
+        if self.max is None and self.min is None:
+            raise ValueError("give max, min or both")
+        for key, bound in (("max", self.max), ("min", self.min)):
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError(f"{key}: must be finite, got {bound}")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"min: must be ≤ max, got min {self.min:g} > max {self.max:g}")
+        return self
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: ≤ 0 when ``value`` is within the bounds, else how far outside."""
+        gaps = [value - self.max] if self.max is not None else []
+        gaps += [self.min - value] if self.min is not None else []
+        return float(max(gaps))
 
 
-def load_spec(ref: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> StudySpec:
-    """Load and validate a study: a study.yaml path or a bundled study name (:func:`bundled_studies`).
-
-    ``overrides`` is deep-merged into the YAML before validation; dotted keys address nested
-    keys (``{"budget.n_trials": 2}``). Reads only; creates nothing on disk.
-    """
-    path = _locate(ref)
-    file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(file, [("", "no such file")]) from None
-    except IsADirectoryError:
-        raise SpecError(file, [("", "is a directory, expected a study.yaml file")]) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SpecError(file, [("", f"cannot read ({err})")]) from None
-    try:
-        data = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 — a SafeLoader subclass
-    except yaml.YAMLError as err:
-        raise SpecError(file, [("", f"invalid YAML: {' '.join(str(err).split())}")]) from None
-    if overrides and isinstance(data, Mapping):
-        data = _merge(dict(data), overrides)
-    return parse_spec(data, base=path.parent, file=file)
+# ============================================================================ sampler, budget, resources
 
 
-# ============================================================================ error messages
+class InitialDesign(BaseModel):
+    """A space-filling start: ``n`` scrambled Sobol points enqueued before the sampler takes over."""
 
-_UNION_TAGS: dict[str, type[BaseModel]] = {
-    **PARAM_KINDS,
-    "micro3diff": Micro3DiffGeneratorSpec,
-    "tpe": TPESamplerSpec,
-    "gp": GPSamplerSpec,
-    "nsga2": NSGA2SamplerSpec,
-    "random": RandomSamplerSpec,
-}
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["sobol"] = "sobol"
+    n: int = Field(ge=1, description="number of initial trials")
 
 
-def _unwrap(tp: Any) -> Any:
-    while get_origin(tp) is Annotated:
-        tp = get_args(tp)[0]
-    if get_origin(tp) in (Union, types.UnionType):
-        members = [a for a in get_args(tp) if a is not type(None)]
-        members = [get_args(a)[0] if get_origin(a) is Annotated else a for a in members]
-        if len(members) == 1:
-            return _unwrap(members[0])
-        return tuple(members)  # a union: its members
-    return tp
+class _SamplerBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seed: int | None = Field(None, description="sampler seed (also seeds the initial design)")
+    initial_design: InitialDesign | None = None
 
 
-def _walk(loc: tuple[Any, ...]) -> tuple[str, Any, Any]:
-    """Readable path of a pydantic error location (union tags dropped), the type at the
-    parent of the last item, and the type at the location."""
-    tp: Any = StudySpec
-    parent: Any = None
-    path = ""
-    tagged = False
-    for item in loc:
-        tp = _unwrap(tp)
-        if isinstance(tp, tuple):  # a union: the item is a tag or a member label, not a path part
-            tp = _UNION_TAGS.get(item) if _UNION_TAGS.get(item) in tp else None
-            tagged = True
-            continue
-        if not tagged and isinstance(item, str) and _UNION_TAGS.get(item) is tp:  # tag of a one-member union
-            tagged = True
-            continue
-        tagged = False
-        parent = tp
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            field = next((f for n, f in tp.model_fields.items() if item in (n, f.alias)), None)
-            tp = field.annotation if field else None
-            path += f".{item}" if path else str(item)
-        elif get_origin(tp) is list and isinstance(item, int):
-            tp = get_args(tp)[0]
-            path += f"[{item}]"
-        elif get_origin(tp) is dict:
-            tp = get_args(tp)[1]
-            path += f".{item}" if path else str(item)
-        else:
-            tp = None
-            path += f"[{item}]" if isinstance(item, int) else (f".{item}" if path else str(item))
-    return path, parent, _unwrap(tp)
+class TPESamplerSpec(_SamplerBase):
+    """Optuna's TPESampler (single- or multi-objective)."""
+
+    kind: Literal["tpe"] = "tpe"
 
 
-def _is_container(tp: Any) -> bool:
-    return (isinstance(tp, type) and issubclass(tp, BaseModel)) or get_origin(tp) is dict
+class GPSamplerSpec(_SamplerBase):
+    """Optuna's GPSampler (Gaussian-process Bayesian optimisation)."""
+
+    kind: Literal["gp"] = "gp"
 
 
-def _join(path: str, sub: str) -> str:
-    return f"{path}.{sub}" if path and sub else path or sub
+class NSGA2SamplerSpec(_SamplerBase):
+    """Optuna's NSGAIISampler (multi-objective genetic algorithm)."""
+
+    kind: Literal["nsga2"] = "nsga2"
+    population_size: int = Field(50, ge=2, description="trials per generation")
 
 
-def flatten_errors(err: ValidationError) -> list[tuple[str, str]]:
-    """Pydantic errors as ``(field path, message)``, one problem per path."""
-    out: dict[str, list[str]] = {}
-    for e in err.errors(include_url=False):
-        path, parent, here = _walk(tuple(e["loc"]))
-        kind, msg = e["type"], e["msg"]
-        ctx = e.get("ctx") or {}
-        if kind == "extra_forbidden":
-            is_model = isinstance(parent, type) and issubclass(parent, BaseModel)
-            allowed = [f.alias or n for n, f in parent.model_fields.items()] if is_model else []
-            msg = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
-        elif kind == "missing":
-            msg = "required key missing"
-        elif kind == "union_tag_invalid":
-            path = _join(path, "kind")
-            msg = f"unknown kind {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
-        elif kind == "union_tag_not_found":
-            path = _join(path, str(ctx.get("discriminator", "kind")).strip("'"))
-            msg = "required key missing"
-        elif kind == "value_error":
-            msg = msg.removeprefix("Value error, ")
-            if _is_container(here):  # a model- or mapping-level check: "sub.path: message" lines
-                for line in msg.split("\n"):
-                    sub, sep, text = line.partition(": ")
-                    if sep and re.fullmatch(r"[\w.\[\]*\-]+", sub):
-                        out.setdefault(_join(path, sub), []).append(text)
-                    else:
-                        out.setdefault(path, []).append(line)
-                continue
-        out.setdefault(path, []).append(msg)
-    return [(path, "; ".join(dict.fromkeys(msgs))) for path, msgs in out.items()]
+class RandomSamplerSpec(_SamplerBase):
+    """Optuna's RandomSampler."""
+
+    kind: Literal["random"] = "random"
 
 
-__all__ = [
-    "GENERATOR_PARAMETERS",
-    "BudgetSpec",
-    "CategoricalParam",
-    "ConstraintSpec",
-    "EvaluationSpec",
-    "FloatParam",
-    "GPSamplerSpec",
-    "GeneratorSpec",
-    "InitialDesign",
-    "IntParam",
-    "LDMGeneratorSpec",
-    "Micro3DiffGeneratorSpec",
-    "NSGA2SamplerSpec",
-    "ObjectiveSpec",
-    "ParamDomain",
-    "ParamSpec",
-    "RandomSamplerSpec",
-    "ResourcesSpec",
-    "SamplerSpec",
-    "SpecError",
-    "StudySpec",
-    "TPESamplerSpec",
-    "bundled_studies",
-    "check_model_ref",
-    "find_domain",
-    "flatten_errors",
-    "known_objectives",
-    "load_spec",
-    "parse_spec",
-    "study_json_schema",
+SamplerSpec = Annotated[
+    Union[TPESamplerSpec, GPSamplerSpec, NSGA2SamplerSpec, RandomSamplerSpec], Field(discriminator="kind")
 ]
+
+
+class BudgetSpec(BaseModel):
+    """When the study stops: after ``n_trials`` trials or ``timeout_s`` seconds, whichever first."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_trials: int = Field(ge=1)
+    timeout_s: float | None = Field(None, gt=0, description="wall-clock limit in seconds")
+
+
+class ResourcesSpec(BaseModel):
+    """Ray actors: generators (one trial in flight each) and an evaluator pool."""
+
+    model_config = ConfigDict(extra="forbid")
+    generators: int = Field(1, ge=1)
+    evaluators: int = Field(1, ge=1)
+    gpus_per_generator: float = Field(
+        1.0, gt=0, description="GPUs per generator actor, used only when the cluster has GPUs"
+    )
+
+
+class EvaluationSpec(BaseModel):
+    """How each sample is described: the phase of interest (label or name), the tortuosity
+    axis (``None`` skips the diffusion solve) and periodic boundaries for S2, L, interface area."""
+
+    model_config = ConfigDict(extra="forbid")
+    phase: int | str = 1
+    tortuosity_axis: Literal["z", "y", "x"] | None = "z"
+    periodic: bool = False
+
+    @field_validator("phase")
+    @classmethod
+    def _phase(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"a phase label is ≥ 0, got {v}")
+        return v
+
+
+# ============================================================================ the study
+
+
+def _slug(v: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", v):
+        raise ValueError(f"expected lowercase letters, digits, '-' and '_', starting with a letter or digit; got {v!r}")
+    return v
+
+
+def _absolute_url(url: str, base: Path) -> str:
+    """``sqlite:///relative`` → ``sqlite:////abs``; a plain path → absolute; other URLs unchanged."""
+    m = re.match(r"^(sqlite(\+\w+)?:///)(.*)$", url)
+    if m:
+        rest = m.group(3)
+        if not rest or rest.startswith(("/", ":memory:", "file:")):
+            return url
+        path, sep, query = rest.partition("?")
+        return m.group(1) + os.path.abspath(base / path) + sep + query
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", url):
+        return url
+    return os.path.abspath(base / Path(url).expanduser())
+
+
+class StudySpec(BaseModel):
+    """A study: what to generate, what to vary, what to optimise, where results go."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="slug [a-z0-9][a-z0-9_-]*: the Optuna study name and MLflow experiment")
+    generator: GeneratorSpec
+    search: dict[str, ParamSpec] = Field(description="generator parameters Optuna varies")
+    fixed: dict[str, Scalar] = Field(default_factory=dict, description="generator parameters held constant")
+    samples_per_trial: int = Field(2, ge=1, description="volumes generated and evaluated per trial")
+    objectives: list[ObjectiveSpec] = Field(min_length=1)
+    constraints: list[ConstraintSpec] = Field(default_factory=list)
+    sampler: SamplerSpec = Field(default_factory=TPESamplerSpec)
+    budget: BudgetSpec
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    storage: str = Field("sqlite:///micro-doe-runs/optuna.db", description="Optuna RDB URL")
+    tracking: str = Field("sqlite:///micro-doe-runs/mlflow.db", description="MLflow tracking URI")
+    artifacts: str = Field("micro-doe-runs/artifacts", description="artifact folder (or URI)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _slug(v)
+
+    @field_validator("search")
+    @classmethod
+    def _search(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not v:
+            raise ValueError("the search space is empty: give at least one parameter to vary")
+        return v
+
+    @field_validator("fixed", mode="before")
+    @classmethod
+    def _fixed(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            for key, value in v.items():
+                if not isinstance(value, Scalar):
+                    raise ValueError(f"{key}: expected a number, string or boolean, got {type(value).__name__}")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if "://" not in v:
+            example = "sqlite:///runs/optuna.db or postgresql+psycopg://…"
+            raise ValueError(f"expected a database URL such as {example}, got {v!r}")
+        return v
+
+    @field_validator("tracking", "artifacts")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> StudySpec:
+        problems = self._problems()
+        if problems:
+            raise ValueError("\n".join(f"{path}: {msg}" for path, msg in problems))
+        return self
+
+    def _problems(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        domains = self.generator.domains()
+        kind = self.generator.kind
+        allowed = ", ".join(domains)
+        for section, values in (("search", self.search), ("fixed", self.fixed)):
+            for name, value in values.items():
+                domain = find_domain(domains, name)
+                if domain is None:
+                    msg = f"not a parameter of the {kind} generator; allowed: {allowed}"
+                    problems.append((f"{section}.{name}", msg))
+                elif section == "search":
+                    problems += [(f"search.{name}{sub}", msg) for sub, msg in domain.check_search(value)]
+                elif (msg := domain.check_value(value)) is not None:
+                    problems.append((f"fixed.{name}", msg))
+        for name in self.search.keys() & self.fixed.keys():
+            problems.append((f"fixed.{name}", "also in search: a parameter is either searched or fixed"))
+        for name in self.generator.required_parameters():
+            if name not in self.search and name not in self.fixed:
+                problems.append(("search", f"{name}: required by this {kind} model; search it or fix it"))
+
+        names = [o.name for o in self.objectives]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                problems.append((f"objectives[{i}].name", f"{name!r} is listed twice"))
+        metrics = [c.metric for c in self.constraints]
+        for i, metric in enumerate(metrics):
+            if metric in metrics[:i]:
+                msg = f"{metric!r} has two constraints; give min and max in one"
+                problems.append((f"constraints[{i}].metric", msg))
+            elif not (metric in names or is_known_metric(metric) or _resolvable(metric)):
+                problems.append(
+                    (
+                        f"constraints[{i}].metric",
+                        f"unknown metric {metric!r}; known metrics: {', '.join(known_metrics())}; "
+                        f"or one of the study's objectives ({', '.join(names)}) or a registered objective",
+                    )
+                )
+        if self.evaluation.tortuosity_axis is None:
+            used = [(f"objectives[{i}].name", n) for i, n in enumerate(names)]
+            used += [(f"constraints[{i}].metric", m) for i, m in enumerate(metrics)]
+            for where, name in used:
+                if name in TORTUOSITY_METRICS:
+                    problems.append((where, f"{name} needs evaluation.tortuosity_axis (it is null)"))
+
+        phases = self.generator.phase_names()
+        phase = self.evaluation.phase
+        if phases is not None:
+            bad_label = isinstance(phase, int) and phase >= len(phases)
+            bad_name = isinstance(phase, str) and phase not in phases and not phase.isdigit()
+            if bad_label or bad_name:
+                problems.append(("evaluation.phase", f"{phase!r} is not a phase of the model ({_phase_list(phases)})"))
+        return problems
+
+    # ------------------------------------------------------------------ helpers
+
+    def directions(self) -> list[Direction]:
+        """Optuna directions, one per objective, in order (the objective's default if not given)."""
+        return [o.resolve().direction for o in self.objectives]
+
+    def resolved_objectives(self) -> list[tuple[Objective, Direction]]:
+        """``(objective, direction)`` pairs for :func:`~micro_doe.studies.objectives.evaluate_objectives`."""
+        return [(obj, obj.direction) for obj in (o.resolve() for o in self.objectives)]
+
+    def objective_names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    def param_names(self) -> list[str]:
+        """The searched parameter names (Optuna's), in spec order."""
+        return list(self.search)
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """The search space as Optuna distributions (for ``study.ask(fixed_distributions=...)``)."""
+        return {name: p.distribution() for name, p in self.search.items()}
+
+    def constraint_objectives(self) -> list[Objective]:
+        """Objectives a constraint bounds that are neither study objectives nor trial metrics
+        (registered or ``module:function`` ones): the runner must evaluate these too."""
+        names = set(self.objective_names())
+        extra = [c.metric for c in self.constraints if c.metric not in names and not is_known_metric(c.metric)]
+        return [resolve_objective(m) for m in extra]
+
+    def resolved_paths(self, base: Path) -> StudySpec:
+        """A copy with ``sqlite:///relative`` storage/tracking URLs and a relative artifacts
+        folder (or plain tracking path) made absolute against ``base``; other URLs unchanged."""
+        base = Path(os.path.abspath(base))
+        return self.model_copy(
+            update={
+                "storage": _absolute_url(self.storage, base),
+                "tracking": _absolute_url(self.tracking, base),
+                "artifacts": _absolute_url(self.artifacts, base),
+            }
+        )
+
+
+def _phase_list(phases: list[str]) -> str:
+    return ", ".join(f"{i}={name}" for i, name in enumerate(phases))
+
+
+def _resolvable(name: str) -> bool:
+    try:
+        resolve_objective(name)
+    except ValueError:
+        return False
+    return True
+

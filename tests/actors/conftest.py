@@ -38,9 +38,9 @@ def ray_info() -> Iterator:
 @pytest.fixture(scope="module")
 def actor_bundle(tmp_path_factory) -> Path:
     """A Micro3Diff bundle (16×16 images) trained for 4 steps: real weights, no quality."""
+    from micro_doe.platform.micro3diff.training import TrainConfig, train_micro3diff
+    from micro_doe.platform.micro3diff.unet import UNetConfig
     from micro_doe.platform.synthetic import spherical_inclusions
-    from micro_doe.platform.training import TrainConfig, train_micro3diff
-    from micro_doe.platform.unet import UNetConfig
 
     data = spherical_inclusions((20, 16, 16), mean_diameter=5, sd_diameter=1, volume_fraction=0.15, seed=1)
     config = TrainConfig(

@@ -26,8 +26,8 @@ from micro_doe.actors import (
     evaluator_options,
     generator_options,
 )
+from micro_doe.platform.bundles import GenerationError
 from micro_doe.platform.descriptors.describe import describe
-from micro_doe.platform.generators import GenerationError
 from micro_doe.platform.synthetic import spherical_inclusions
 from micro_doe.platform.volumes import VolumeError, make_volume
 

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from micro_doe.platform.volumes import read_volume
 from micro_doe.studies.runner import Study
-from micro_doe.studies.spec import load_spec
+from micro_doe.studies.study_yaml import load_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -198,7 +198,7 @@ def test_a_single_phase_volume_fails_its_trial(tmp_path, tiny_bundle):
 
 
 def test_a_study_runs_from_a_registered_model(tmp_path, tiny_bundle, monkeypatch):
-    from micro_doe.platform.registry import register_bundle
+    from micro_doe.tracking.registry import register_bundle
 
     monkeypatch.setenv("MICRO_DOE_CACHE", str(tmp_path / "cache"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -209,7 +209,7 @@ def test_a_study_runs_from_a_registered_model(tmp_path, tiny_bundle, monkeypatch
 
 def test_an_ldm_study_searches_targets_and_logs_the_predicted_recipes(tmp_path, tiny_ldm_bundle, monkeypatch):
     from micro_doe.platform.ldm.bundle import load_ldm_bundle
-    from micro_doe.platform.registry import register_bundle
+    from micro_doe.tracking.registry import register_bundle
 
     monkeypatch.setenv("MICRO_DOE_CACHE", str(tmp_path / "cache"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"

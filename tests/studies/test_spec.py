@@ -11,22 +11,16 @@ from typing import Any
 import pytest
 import yaml
 
-import micro_doe.platform.bundle as bundle_module
-from micro_doe.platform.bundle import Micro3DiffConfig, TrainingRecipe, shipped_models
+import micro_doe.platform.bundles as bundle_module
+from micro_doe.platform.bundles import shipped_models
 from micro_doe.platform.diffusion import NoiseSchedule
-from micro_doe.platform.generators import VARIANTS, SamplingSettings
-from micro_doe.platform.unet import UNetConfig
+from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig, TrainingRecipe
+from micro_doe.platform.micro3diff.generator import VARIANTS, SamplingSettings
+from micro_doe.platform.micro3diff.unet import UNetConfig
 from micro_doe.studies import objectives as objectives_module
-from micro_doe.studies.spec import (
-    GENERATOR_PARAMETERS,
-    IntParam,
-    SpecError,
-    StudySpec,
-    bundled_studies,
-    load_spec,
-    parse_spec,
-    study_json_schema,
-)
+from micro_doe.studies.search_space import GENERATOR_PARAMETERS, IntParam
+from micro_doe.studies.spec import StudySpec
+from micro_doe.studies.study_yaml import SpecError, bundled_studies, load_spec, parse_spec, study_json_schema
 
 
 def write_config_bundle(path: Path, T: int = 1000) -> Path:

@@ -13,6 +13,13 @@ from micro_doe.platform.descriptors.describe import Descriptors, describe
 from micro_doe.platform.descriptors.error_rate import error_rate
 from micro_doe.platform.descriptors.interface import interfacial_area
 from micro_doe.platform.descriptors.lineal_path import chord_lengths, lineal_path_along_axes
+from micro_doe.platform.descriptors.sizes import (
+    SizeDistribution,
+    equivalent_diameters,
+    local_thickness,
+    section_sizes,
+    size_error,
+)
 from micro_doe.platform.descriptors.transport import Tortuosity, percolating_fraction, tortuosity
 
 
@@ -25,16 +32,21 @@ def volume_fraction(volume, phase: int | str = 1) -> float:  # type: ignore[no-u
 __all__ = [
     "PLANES",
     "Descriptors",
+    "SizeDistribution",
     "Tortuosity",
     "chord_lengths",
     "describe",
+    "equivalent_diameters",
     "error_rate",
     "interfacial_area",
     "lineal_path_along_axes",
+    "local_thickness",
     "percolating_fraction",
     "plane_mean",
     "s2_along_axes",
     "s2_radial",
+    "section_sizes",
+    "size_error",
     "tortuosity",
     "volume_fraction",
 ]

@@ -32,6 +32,8 @@ brute-force pair count exactly.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.fft as sfft
 
@@ -130,3 +132,24 @@ def _s2_one_axis(data: np.ndarray, axis: int, periodic: bool, r_max: int) -> np.
     r = np.arange(r_max + 1)
     pairs = n_lines * (np.full_like(r, n) if periodic else n - r)
     return counts / pairs
+
+
+def window_fraction_std(s2: np.ndarray | list[float], size: int, dims: int = 3) -> float:
+    """Standard deviation of the phase fraction of a size^dims window of a statistically
+    homogeneous, isotropic medium whose radial two-point correlation is ``s2`` (S2(0) = φ).
+
+    Var = (1/N²) Σ_d Π_i (size − |d_i|) · (S2(|d|) − φ²) over all displacements d in the window,
+    N = size^dims, with S2 interpolated linearly in |d| and taken as φ² beyond the last lag given.
+    """
+    s2 = np.asarray(s2, dtype=np.float64)
+    phi = s2[0]
+    lags = np.arange(-size + 1, size)
+    weights = (size - np.abs(lags)).astype(np.float64)
+    grids = np.meshgrid(*([lags] * dims), indexing="ij", sparse=True)
+    r = np.sqrt(sum(g.astype(np.float64) ** 2 for g in grids))
+    cov = np.interp(r, np.arange(len(s2)), s2 - phi**2, right=0.0)
+    w = weights
+    for _ in range(dims - 1):
+        w = np.multiply.outer(w, weights)
+    var = float((w * cov).sum()) / float(size) ** (2 * dims)
+    return math.sqrt(max(var, 0.0))

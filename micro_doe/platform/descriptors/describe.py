@@ -15,6 +15,7 @@ from micro_doe.platform.descriptors._phase import VolumeLike, as_volume, resolve
 from micro_doe.platform.descriptors.correlation import s2_along_axes, s2_radial
 from micro_doe.platform.descriptors.interface import interfacial_area
 from micro_doe.platform.descriptors.lineal_path import lineal_path_along_axes
+from micro_doe.platform.descriptors.sizes import SizeDistribution, section_sizes
 from micro_doe.platform.descriptors.transport import Tortuosity, tortuosity
 from micro_doe.platform.volumes import phase_index, phase_names
 
@@ -33,7 +34,10 @@ class Descriptors(BaseModel):
       that percolate (``inf`` if none does) and the other fields are means over all samples;
       ``None`` when not requested;
     - ``interfacial_area``: specific interfacial area (1/voxel_unit) between the phase and
-      each other phase, keyed ``"<phase>|<other>"``.
+      each other phase, keyed ``"<phase>|<other>"``;
+    - ``sizes``: component and local-thickness size distributions over 2D sections
+      (:mod:`~micro_doe.platform.descriptors.sizes`); ``None`` when not requested or for
+      descriptors stored before it existed.
     """
 
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
@@ -50,6 +54,7 @@ class Descriptors(BaseModel):
     tortuosity: Tortuosity | None
     interfacial_area: dict[str, float]
     seconds: float
+    sizes: SizeDistribution | None = None
 
     @property
     def volume_fraction(self) -> float:
@@ -72,6 +77,8 @@ class Descriptors(BaseModel):
             out["tortuosity"] = self.tortuosity.tau
             out["effective_diffusivity"] = self.tortuosity.effective_diffusivity
             out["percolating_fraction"] = self.tortuosity.percolating_fraction
+        if self.sizes is not None:
+            out.update(self.sizes.scalars())
         return out
 
     def to_dataset(self) -> xr.Dataset:
@@ -107,12 +114,13 @@ def describe(
     periodic: bool = False,
     r_max: int | None = None,
     tortuosity_axis: str | None = "z",
+    sizes: bool = True,
 ) -> Descriptors:
     """Compute the standard descriptor set of ``phase`` in one call.
 
     ``tortuosity_axis`` names the axis τ is measured along (default ``"z"``, the film
     normal; a 2D image has ``"y"`` and ``"x"``; ``"z"`` falls back to ``"y"`` there);
-    ``None`` skips the diffusion solve.
+    ``None`` skips the diffusion solve. ``sizes=False`` skips the size distributions.
     """
     start = time.perf_counter()
     vol = as_volume(volume)
@@ -149,6 +157,7 @@ def describe(
         },
         tortuosity=tort,
         interfacial_area=areas,
+        sizes=section_sizes(vol, label) if sizes else None,
         seconds=time.perf_counter() - start,
     )
 

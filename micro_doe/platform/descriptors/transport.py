@@ -12,8 +12,8 @@ import io
 import math
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 import scipy.ndimage as ndi
+from pydantic import BaseModel, ConfigDict
 
 from micro_doe.platform.descriptors._phase import VolumeLike, indicator, spatial
 

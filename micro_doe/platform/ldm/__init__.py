@@ -6,8 +6,13 @@
     latent_unet.py        LatentUNet3D: conditional ε-model on latents (time + context
                           embeddings, null context for classifier-free guidance);
                           conditional_diffusion_loss
-    sampling.py           sample_latents (DDPM/DDIM from diffusion.py, guidance w),
+    sampling.py           sample_latents (DDPM/DDIM from platform.diffusion, guidance w),
                           decode_volumes
+    dataset.py            the labelled OPV Cahn–Hilliard training data set
+    training.py           train_ldm: the three stages in turn (train_*.py), with resume
+    bundle.py             LDMConfig, load_ldm_bundle / write_ldm_bundle
+    generator.py          LDMGenerator: targets → volumes and predicted recipes
+    recipe.py             check_recipe: re-simulate a predicted recipe and compare
 
 Pipeline at inference: user targets → Normaliser.transform → context → sample_latents →
 decode_volumes (volumes) and FeaturePredictor (predicted manufacturing parameters) →

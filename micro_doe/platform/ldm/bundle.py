@@ -23,7 +23,7 @@ Definitions stored in config.json:
   (the LDM's context): :class:`~micro_doe.platform.ldm.feature_predictor.Normaliser` dicts,
   fitted on the training split; names in ``inverse`` (every ``tau_*``) are normalised as 1/τ.
 - ``label_ranges``: ``{label: (min, max)}`` over the finite training values
-  (:func:`~micro_doe.platform.opv_dataset.label_ranges`); ``infinite_labels``: labels that
+  (:func:`~micro_doe.platform.ldm.dataset.label_ranges`); ``infinite_labels``: labels that
   are +inf for some training sample (τ of a non-percolating phase), for which a target of
   inf is inside the training range too.
 - ``condition_medians``: median of each conditioning label over the training split (in the
@@ -31,7 +31,7 @@ Definitions stored in config.json:
 - ``val_r2``: R² of the feature predictor on the validation split per output, computed on
   the normalised scale (so on 1/τ for τ); NaN when there is no validation split.
 
-Written like :func:`micro_doe.platform.bundle.write_bundle`: a staging directory beside
+Written like :func:`micro_doe.platform.micro3diff.bundle.write_bundle`: a staging directory beside
 ``out``, then ``os.replace``.
 """
 
@@ -47,12 +47,12 @@ import torch
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
-from micro_doe.platform.bundle import BundleError, bundle_kind, resolve_bundle_path
+from micro_doe.platform.bundles import BundleError, bundle_kind, resolve_bundle_path
 from micro_doe.platform.diffusion import NoiseSchedule
-from micro_doe.platform.volumes import atomic_directory
 from micro_doe.platform.ldm.feature_predictor import FeaturePredictor, FeaturePredictorConfig, Normaliser
 from micro_doe.platform.ldm.latent_unet import LatentUNet3D, LatentUNetConfig
 from micro_doe.platform.ldm.vae import VAE3D, VAE3DConfig
+from micro_doe.platform.volumes import atomic_directory
 
 NETWORKS = ("vae", "fp", "ldm")  # the keys of model.pt, in training order
 CONDITION_SOURCES = ("labels", "predictions")

@@ -14,11 +14,10 @@ normalisation over features is LayerNorm.)
 
 **Why positionwise is the default.** Every label here is a volume average or a transport
 property of a statistically homogeneous film, so it should not depend on *where* in the
-volume a feature sits. On the shipped 32³ data (1220 training volumes × 16 symmetries) the
-flattened MLP memorised its training latents (train R² 0.95–0.99) and generalised poorly
-(validation R² of vf_donor 0.10–0.29 over seven dropout / weight-decay / width settings);
-sharing weights across positions and pooling raised validation R² to ≈ 0.9 (vf 0.93, 1/τ
-0.85–0.89, interfacial area 0.95, φ 0.92). The measured numbers are in the bundle's card.
+volume a feature sits. On the shipped 32³ data the flattened MLP memorised its training
+latents and generalised poorly; sharing weights across positions and pooling generalised far
+better. The measured R² of both readouts are in README ("The conditional LDM") and the
+shipped bundle's card.
 
 Targets and predictions live in normalised units (:class:`Normaliser`), column j being
 

@@ -41,11 +41,11 @@ import torch
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
+from micro_doe.platform.bundles import GenerationError
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, Sampler
-from micro_doe.platform.generators import GenerationError
+from micro_doe.platform.diffusion.training import default_device
 from micro_doe.platform.ldm.bundle import LDMBundle, LDMSamplingDefaults, load_ldm_bundle
 from micro_doe.platform.ldm.sampling import decode_volumes, sample_latents
-from micro_doe.platform.training import default_device
 from micro_doe.platform.volumes import make_volume
 
 TARGET_PREFIX = "target."

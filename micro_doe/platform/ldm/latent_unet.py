@@ -14,7 +14,8 @@ rows (``null_embedding``, a learned vector initialised to zero), so a dropped ro
 not depend on its context at all. emb is added inside every residual block, encoder and decoder
 (the paper embeds the condition "within both the embedding and decoder layers").
 
-Architecture: the 2D U-Net of ``unet.py`` in 3D (GroupNorm → SiLU → conv residual blocks,
+Architecture: the Micro3Diff 2D U-Net in 3D, from the same blocks
+(:mod:`~micro_doe.platform.diffusion.blocks`: GroupNorm → SiLU → conv residual blocks,
 stride-2 downsampling, nearest-neighbour upsampling, skip connections, optional single-head
 self-attention in the middle, zero-initialised output conv so training starts at ε̂ = 0).
 
@@ -27,12 +28,11 @@ probability ``cfg_dropout`` (:func:`conditional_diffusion_loss`), so one network
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from micro_doe.platform.diffusion import NoiseSchedule, diffusion_loss
-from micro_doe.platform.unet import Attention, timestep_embedding
+from micro_doe.platform.diffusion.blocks import Attention, ResBlock, rename_state_keys, timestep_embedding
 
 
 class LatentUNetConfig(BaseModel):
@@ -66,37 +66,6 @@ class LatentUNetConfig(BaseModel):
         return 2 ** (len(self.channel_mults) - 1)
 
 
-class ResBlock(nn.Module):
-    """GroupNorm → SiLU → conv, + Linear(emb), GroupNorm → SiLU → dropout → conv, plus a (1x1x1) skip."""
-
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float) -> None:
-        super().__init__()
-        self.norm1 = nn.GroupNorm(groups, c_in)
-        self.conv1 = nn.Conv3d(c_in, c_out, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, c_out)
-        self.norm2 = nn.GroupNorm(groups, c_out)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv3d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(emb)[:, :, None, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return h + self.skip(x)
-
-
-class Attention3D(nn.Module):
-    """``unet.Attention`` over the d³ voxels of a (B, c, d, d, d) tensor (viewed as a (B, c, d³, 1) image)."""
-
-    def __init__(self, channels: int, groups: int) -> None:
-        super().__init__()
-        self.attn = Attention(channels, groups)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attn(x.flatten(2)[..., None]).reshape(x.shape)
-
-
 class LatentUNet3D(nn.Module):
     """Conditional ε-prediction U-Net on latents; ``forward(z_t, t, context, drop_mask=None) -> ε̂``."""
 
@@ -117,21 +86,21 @@ class LatentUNet3D(nn.Module):
         c = c0
         for level, width in enumerate(widths):
             for _ in range(config.num_res_blocks):
-                self.down.append(ResBlock(c, width, emb_dim, groups, drop))
+                self.down.append(ResBlock(3, c, width, emb_dim, groups, drop))
                 c = width
                 skips.append(c)
             if level < len(widths) - 1:
                 self.down.append(nn.Conv3d(c, c, 3, stride=2, padding=1))
                 skips.append(c)
 
-        self.mid1 = ResBlock(c, c, emb_dim, groups, drop)
-        self.mid_attn = Attention3D(c, groups) if config.attention else nn.Identity()
-        self.mid2 = ResBlock(c, c, emb_dim, groups, drop)
+        self.mid1 = ResBlock(3, c, c, emb_dim, groups, drop)
+        self.mid_attn = Attention(c, groups) if config.attention else nn.Identity()
+        self.mid2 = ResBlock(3, c, c, emb_dim, groups, drop)
 
         self.up = nn.ModuleList()
         for level, width in reversed(list(enumerate(widths))):
             for _ in range(config.num_res_blocks + 1):
-                self.up.append(ResBlock(c + skips.pop(), width, emb_dim, groups, drop))
+                self.up.append(ResBlock(3, c + skips.pop(), width, emb_dim, groups, drop))
                 c = width
             if level > 0:
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
@@ -142,6 +111,8 @@ class LatentUNet3D(nn.Module):
         )
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
+        # Bundles written before the blocks were shared wrapped the 3D attention in ".attn".
+        self._register_load_state_dict_pre_hook(lambda state, prefix, *_: rename_state_keys(state, {"mid_attn.attn.": "mid_attn."}))
 
     def embedding(
         self, t: torch.Tensor, context: torch.Tensor | None, drop_mask: torch.Tensor | None

@@ -5,7 +5,7 @@ Flory–Huggins χ and an annealing time t. :func:`check_recipe` anneals a fresh
 recipe with the Cahn–Hilliard solver (:func:`~micro_doe.platform.synthetic.cahn_hilliard.cahn_hilliard`,
 the solver and parameters that made the training data, read from the sample's
 ``data_config``), measures the simulated morphology with the same evaluators as the data set
-(:func:`~micro_doe.platform.opv_dataset.snapshot_labels`), and compares.
+(:func:`~micro_doe.platform.ldm.dataset.snapshot_labels`), and compares.
 
 **Simulation.** Box: the sample's shape unless ``shape`` is given. Time: the solver records
 every ``snapshot_every`` steps of the data set (dt = 1), so t is rounded to the nearest
@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from micro_doe.platform.ldm.dataset import snapshot_labels
 from micro_doe.platform.ldm.generator import LDMSample
-from micro_doe.platform.opv_dataset import snapshot_labels
 from micro_doe.platform.synthetic.cahn_hilliard import CahnHilliardParams, cahn_hilliard
 
 PHI_CLIP = (0.01, 0.99)

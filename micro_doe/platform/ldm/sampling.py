@@ -30,10 +30,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from micro_doe.platform.diffusion import Sampler
+from micro_doe.platform.diffusion import Sampler, make_generator
+from micro_doe.platform.diffusion.channels import to_labels
 from micro_doe.platform.ldm.latent_unet import LatentUNet3D
 from micro_doe.platform.ldm.vae import VAE3D
-from micro_doe.platform.micro3diff import make_generator, to_labels
 
 
 def guided_eps(

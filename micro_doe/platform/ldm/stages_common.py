@@ -22,11 +22,10 @@ import torch
 import xarray as xr
 
 from micro_doe.platform.ldm.bundle import LDMConfig, StageSummary, load_weights
+from micro_doe.platform.ldm.dataset import read_opv_dataset, split, validate_opv_dataset
 from micro_doe.platform.ldm.feature_predictor import Normaliser
 from micro_doe.platform.ldm.train_config import _SHARED, SYMMETRIES, LDMTrainConfig, OnLog, inverse_names, staging_dir
 from micro_doe.platform.ldm.vae import VAE3D, VAE3DConfig, labels_to_input
-from micro_doe.platform.opv_dataset import read_opv_dataset, split, validate_opv_dataset
-
 
 # ---------------------------------------------------------------- shared state of one call
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
+from micro_doe.platform.diffusion.training import TrainingProgress, ema_update
 from micro_doe.platform.ldm.bundle import StageSummary, load_weights
 from micro_doe.platform.ldm.stages_common import _Run, _state_hash
 from micro_doe.platform.ldm.train_config import StageConfig
-from micro_doe.platform.training import _ema_update, _progress
 from micro_doe.platform.volumes import atomic_path
 
 
@@ -50,7 +50,7 @@ def _optimise(
         raise ValueError(f"{stage}.steps: the checkpoint in {path} is at step {state.step}, beyond steps={cfg.steps}")
     start = time.perf_counter() - state.seconds
     model.train()
-    with _progress(run.progress, cfg.steps, state.step, f"{stage} {run.out.name}") as advance:
+    with TrainingProgress(run.progress, cfg.steps, state.step, f"{stage} {run.out.name}") as advance:
         for step in range(state.step, cfg.steps):
             loss = loss_fn()
             optimiser.zero_grad(set_to_none=True)
@@ -58,7 +58,7 @@ def _optimise(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimiser.step()
             if ema is not None:
-                _ema_update(ema, model, ema_decay)
+                ema_update(ema, model, ema_decay)
             value = float(loss.detach())
             state.running = value if math.isnan(state.running) else 0.98 * state.running + 0.02 * value
             state.step = step + 1

@@ -34,7 +34,7 @@ def _train_vae(run: _Run, resume: bool) -> None:
 
 def _reconstruction(model: VAE3D, part: xr.Dataset, run: _Run) -> dict[str, float]:
     """Voxel accuracy and volume-fraction error of μ → decoder reconstructions of ``part``."""
-    from micro_doe.platform.micro3diff import to_labels
+    from micro_doe.platform.diffusion.channels import to_labels
 
     labels = part["phase"].values
     mu = encode_means(model, labels, device=run.device)

@@ -65,7 +65,9 @@ import numpy as np
 import torch
 import xarray as xr
 
+from micro_doe.platform.diffusion.training import default_device
 from micro_doe.platform.ldm.bundle import LDMConfig, LDMRecipe, reference_labels, write_ldm_bundle
+from micro_doe.platform.ldm.dataset import label_ranges
 from micro_doe.platform.ldm.feature_predictor import FeaturePredictorConfig, Normaliser
 from micro_doe.platform.ldm.latent_unet import LatentUNetConfig
 from micro_doe.platform.ldm.stages_common import _augment, _fingerprint, _Run, _state_hash, encode_means, symmetry
@@ -84,13 +86,11 @@ from micro_doe.platform.ldm.train_config import (
     inverse_names,
     staging_dir,
 )
-from micro_doe.platform.ldm.train_loop import _finish, _load_checkpoint, _LoopState, _optimise, _save_checkpoint
 from micro_doe.platform.ldm.train_fp import _train_fp
 from micro_doe.platform.ldm.train_ldm_stage import _train_ldm
+from micro_doe.platform.ldm.train_loop import _finish, _load_checkpoint, _LoopState, _optimise, _save_checkpoint
 from micro_doe.platform.ldm.train_vae import _reconstruction, _train_vae
 from micro_doe.platform.ldm.vae import VAE3DConfig
-from micro_doe.platform.opv_dataset import label_ranges
-from micro_doe.platform.training import default_device
 
 __all__ = [
     "DEFAULT_CONDITIONING",
@@ -134,7 +134,7 @@ def train_ldm(
     trained: retraining the feature predictor rewrites the bundle) or the staging
     directory (stages "vae" and "fp" otherwise).
 
-    ``dataset``: an OPV data set (:mod:`micro_doe.platform.opv_dataset`) or its NetCDF path;
+    ``dataset``: an OPV data set (:mod:`micro_doe.platform.ldm.dataset`) or its NetCDF path;
     ``on_log(stage, step, loss)`` is called after every optimiser step (e.g. MLflow);
     ``device``: cuda when available unless given.
     """

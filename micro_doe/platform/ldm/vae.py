@@ -97,8 +97,8 @@ def labels_to_input(labels: torch.Tensor, n_phases: int) -> torch.Tensor:
     """Phase labels (B, *spatial) → network input (B, C, *spatial) in [-1, 1], float32.
 
     Two phases: one channel, 2·label − 1. K > 2 phases: K centred one-hot channels,
-    2·onehot − 1 (the convention of :func:`micro_doe.platform.unet.labels_to_channels`,
-    for volumes). :func:`micro_doe.platform.micro3diff.to_labels` with ``channel_dim=1``
+    2·onehot − 1 (the convention of :func:`micro_doe.platform.diffusion.channels.labels_to_channels`,
+    for volumes). :func:`micro_doe.platform.diffusion.channels.to_labels` with ``channel_dim=1``
     inverts it, and maps decoder logits to labels the same way.
     """
     labels = torch.as_tensor(labels)

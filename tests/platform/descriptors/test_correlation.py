@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -114,3 +115,21 @@ def test_bad_arguments_are_named():
         s2_radial(np.zeros((4, 4), np.int8), plane="xy")
     with pytest.raises(ValueError, match="phase 'pore' not found"):
         s2_radial(make_volume(np.zeros((4, 4)), phase_names=["a", "b"]), "pore")
+
+
+def test_window_fraction_std_matches_independent_voxels_and_a_measured_medium() -> None:
+    from micro_doe.platform.descriptors import s2_radial
+    from micro_doe.platform.descriptors.correlation import window_fraction_std
+
+    # independent voxels: S2(r > 0) = φ², so Var = φ(1 − φ) / N
+    phi = 0.3
+    assert window_fraction_std([phi] + [phi**2] * 5, 8) == pytest.approx(math.sqrt(phi * (1 - phi) / 8**3))
+    # a random blob medium: the prediction from its S2 agrees with the spread of its windows' fractions
+    rng = np.random.default_rng(0)
+    from scipy.ndimage import gaussian_filter
+
+    field = gaussian_filter(rng.standard_normal((96, 96, 96)), 2.0, mode="wrap")
+    medium = (field > np.quantile(field, 0.7)).astype(np.int8)
+    windows = [medium[i : i + 16, j : j + 16, k : k + 16].mean() for i in range(0, 96, 16) for j in range(0, 96, 16) for k in range(0, 96, 16)]
+    predicted = window_fraction_std(s2_radial(medium, 1, periodic=True, r_max=16), 16)
+    assert predicted == pytest.approx(np.std(windows), rel=0.25)

@@ -19,14 +19,15 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from micro_doe.platform.bundle import (
+from micro_doe.platform.bundles import (
     PRETRAINED_PREFIX,
-    Micro3DiffConfig,
     bundle_kind,
+    load_reference,
     resolve_bundle_path,
     shipped_models,
 )
 from micro_doe.platform.ldm.bundle import LDMConfig
+from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
 from micro_doe.studies.search_space import GENERATOR_PARAMETERS, ParamDomain
 
 MODEL_REGISTRY_PREFIX = "models:/"
@@ -114,10 +115,13 @@ class _BundleGeneratorSpec(BaseModel):
 
 class Micro3DiffGeneratorSpec(_BundleGeneratorSpec):
     """A Micro3Diff model sampled by multi-plane denoising (searchable: n_h, steps, sampler,
-    eta, variance, variant)."""
+    eta, variance, variant, precision, the anchored variant's settings, and
+    ``target.vf_<phase>`` for each phase: the anchored variant's volume fraction, within the
+    bundle's ``vf_range`` times the training vf unless ``allow_extrapolation`` is true)."""
 
     kind: Literal["micro3diff"]
     batch_size: int = Field(64, ge=1, description="slices per network pass")
+    allow_extrapolation: bool = Field(False, description="allow vf targets outside the model's documented range")
 
     @classmethod
     def _config_class(cls) -> type[Micro3DiffConfig]:
@@ -131,6 +135,12 @@ class Micro3DiffGeneratorSpec(_BundleGeneratorSpec):
             T = config.noise_schedule().T
             steps = f"sampling steps S, at most this model's T = {T}"
             table["steps"] = replace(table["steps"], high=T, description=steps)
+            del table["target.*"]
+            fractions = load_reference(self.model).volume_fractions
+            for name in config.phase_names:
+                lo, hi = (0.0, 1.0) if self.allow_extrapolation else (m * fractions[name] for m in config.vf_range)
+                what = "extrapolation allowed" if self.allow_extrapolation else f"training vf {fractions[name]:.3f}"
+                table[f"target.vf_{name}"] = ParamDomain("float", low=lo, high=min(hi, 1.0), description=f"target vf of {name} ({what})")
         return table
 
 

@@ -34,7 +34,7 @@ from micro_doe.platform.ldm import (
     sample_latents,
     vae_loss,
 )
-from micro_doe.platform.unet import parameter_count
+from micro_doe.platform.micro3diff.unet import parameter_count
 
 SIDE = 16
 LATENT = (2, 4, 4, 4)  # (latent_channels, d, d, d) of the tiny VAE on 16³

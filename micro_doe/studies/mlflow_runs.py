@@ -41,7 +41,7 @@ import numpy as np
 import xarray as xr
 
 from micro_doe.platform.descriptors import Descriptors
-from micro_doe.platform.registry import absolute_tracking_uri, ensure_experiment, mlflow_client
+from micro_doe.tracking.registry import absolute_tracking_uri, ensure_experiment, mlflow_client
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +180,8 @@ class StudyTracker:
     ) -> dict[str, str]:
         """Render the artifacts into a temporary folder and upload it in one call; returns
         ``{artifact: error}`` for those that failed."""
+        from micro_doe.platform.descriptors.reference_error import pooled_curves, reference_curves
         from micro_doe.platform.plots import curves_plot
-        from micro_doe.platform.quality import pooled_curves, reference_curves
         from micro_doe.platform.volumes import write_netcdf
 
         warnings: dict[str, str] = {}

@@ -28,13 +28,14 @@ import pytest
 import torch
 
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, NoiseSchedule, Sampler
-from micro_doe.platform.ideal_denoiser import (
+from micro_doe.platform.diffusion.channels import to_labels
+from micro_doe.platform.micro3diff.ideal_denoisers import (
     EmpiricalDenoiser,
     GaussianDenoiser,
     StationaryGaussianDenoiser,
     periodic_gaussian_kernel,
 )
-from micro_doe.platform.micro3diff import (
+from micro_doe.platform.micro3diff.sampler import (
     PLANES,
     DenoisingPass,
     forward_passes,
@@ -42,7 +43,6 @@ from micro_doe.platform.micro3diff import (
     match_second_moment,
     sample_2d,
     sample_multiplane,
-    to_labels,
     to_slices,
 )
 from micro_doe.platform.volumes import make_volume

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from micro_doe.platform.generators import Micro3DiffGenerator, SamplingSettings, stack_volumes
-from micro_doe.platform.volumes import generator_params
+from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
+from micro_doe.platform.volumes import generator_params, stack_volumes
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_a_diverged_model_raises_a_generation_error(tmp_path, tiny_bundle):
 
     import torch
 
-    from micro_doe.platform.generators import GenerationError
+    from micro_doe.platform.bundles import GenerationError
 
     broken = shutil.copytree(tiny_bundle, tmp_path / "nan-model")
     state = torch.load(broken / "model.pt", weights_only=True)
@@ -61,3 +61,40 @@ def test_a_diverged_model_raises_a_generation_error(tmp_path, tiny_bundle):
                broken / "model.pt")
     with pytest.raises(GenerationError, match="non-finite"):
         Micro3DiffGenerator(broken, device="cpu").sample(1, SamplingSettings(n_h=0, steps=2))
+
+
+def test_batched_volumes_match_volumes_sampled_alone(generator):
+    settings = SamplingSettings(n_h=1, steps=3, variant="anchored")
+    batch = generator.sample(3, settings, seed=2, volumes_per_batch=2)
+    for i, vol in enumerate(batch):
+        alone = generator.sample(1, settings, seed=2 + i)[0]
+        assert (alone.values == vol.values).mean() > 0.999  # float sums may flip a voxel at the threshold
+        assert vol.attrs["seed"] == 2 + i
+
+
+def test_vf_targets_steer_the_anchored_variant_within_the_documented_range(generator):
+    train = generator.training_fractions()
+    names = generator.bundle.config.phase_names
+    key = f"vf_{names[1]}"
+    lo, hi = (m * train[names[1]] for m in generator.bundle.config.vf_range)
+    target = round(0.5 * (train[names[1]] + hi), 4)
+    vol = generator.sample(1, SamplingSettings(n_h=0, steps=3, variant="anchored", targets={key: target}))[0]
+    assert generator_params(vol)["target_fractions"] == {names[1]: target}
+    assert generator.target_fractions({key: target}) == pytest.approx({names[1]: target, names[0]: 1 - target})
+    with pytest.raises(ValueError, match=r"outside the range .*allow extrapolation"):
+        generator.sample(1, SamplingSettings(n_h=0, steps=2, variant="anchored", targets={key: min(0.99, hi + 0.05)}))
+    assert generator.target_fractions({key: min(0.99, hi + 0.05)}, allow_extrapolation=True)
+    with pytest.raises(ValueError, match="not a phase"):
+        generator.target_fractions({"vf_nothing": 0.2})
+    with pytest.raises(ValueError, match="only the anchored variant"):
+        generator.sample(1, SamplingSettings(n_h=0, steps=2, variant="paper", targets={key: target}))
+
+
+def test_vf_spread_draws_each_volumes_target_from_its_own_seed(generator):
+    s = SamplingSettings(n_h=0, steps=2, variant="anchored", vf_spread=True).resolved(generator.bundle.config.sampling)
+    fractions = generator.target_fractions({})
+    a = generator.anchors(s, fractions, [0, 1, 2, 3])
+    b = generator.anchors(s, fractions, [2])
+    assert a[2] == b[0] and len({x.fractions for x in a}) == 4
+    no_spread = s.model_copy(update={"vf_spread": False})
+    assert {x.fractions for x in generator.anchors(no_spread, fractions, [0, 1])} == {a[0].fractions[:0] + (fractions[generator.bundle.config.phase_names[1]],)}

@@ -56,11 +56,9 @@ trajectories that gave samples puts ``round(val_fraction · n)`` of them (at lea
 gives the identical data set (the solver runs in float32; on one device and one torch build
 its result is deterministic).
 
-**Cost** (measured at 32³, float32, one CPU thread): a 1000-step trajectory 0.4–0.8 s
-(2 phases) / 0.9–1.1 s (3 phases); labelling a snapshot 60–120 ms on average (up to 0.4 s
-for barely percolating snapshots), almost all in the two taufactor solves. The default
-grid (17 φ × 9 χ, 10 snapshots each: 1530 snapshots from 153 trajectories, the shipped
-``opv-32`` model's data) takes about 3 minutes on 2 cores, trajectories run one after another.
+**Cost**: one trajectory plus the labelling of its snapshots (almost all of it in the two
+taufactor solves per snapshot); the default grid is the shipped ``opv-32`` model's data, and
+its wall time is in README ("The conditional LDM").
 Memory: the solver holds every recorded snapshot, ``n_steps / snapshot_every · n_phases ·
 voxels · 4`` bytes (26 MB for 32³, 1000 steps, every 10).
 """

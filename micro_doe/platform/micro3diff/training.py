@@ -24,12 +24,14 @@ import torch
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
-from micro_doe.platform.bundle import Micro3DiffConfig, TrainingRecipe, write_bundle
 from micro_doe.platform.descriptors import describe, error_rate, lineal_path_along_axes, s2_along_axes
 from micro_doe.platform.diffusion import DDPMSampler, NoiseSchedule, diffusion_loss
-from micro_doe.platform.micro3diff import sample_2d, to_labels
+from micro_doe.platform.diffusion.channels import labels_to_channels, to_labels
+from micro_doe.platform.diffusion.training import TrainingProgress, default_device, ema_update
+from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig, TrainingRecipe, write_bundle
+from micro_doe.platform.micro3diff.sampler import sample_2d
+from micro_doe.platform.micro3diff.unet import UNet2D, UNetConfig, parameter_count
 from micro_doe.platform.synthetic.augment import dihedral
-from micro_doe.platform.unet import UNet2D, UNetConfig, labels_to_channels, parameter_count
 from micro_doe.platform.volumes import atomic_path, generator_params, phase_names
 
 
@@ -100,10 +102,6 @@ def load_training_data(
     return data
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def train_micro3diff(
     data: xr.DataArray,
     out: str | Path,
@@ -140,7 +138,7 @@ def train_micro3diff(
 
     start = time.perf_counter() - state["seconds"]
     running = state["losses"][-1] if state["losses"] else math.nan
-    with _progress(progress, config.steps, state["step"], f"training {out.name}") as advance:
+    with TrainingProgress(progress, config.steps, state["step"], f"training {out.name}") as advance:
         for step in range(state["step"], config.steps):
             idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=generator)
             batch = images[idx.to(device)]
@@ -152,7 +150,7 @@ def train_micro3diff(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimiser.step()
-            _ema_update(ema, model, config.ema_decay)
+            ema_update(ema, model, config.ema_decay)
 
             value = float(loss.detach())
             running = value if math.isnan(running) else 0.98 * running + 0.02 * value
@@ -203,13 +201,6 @@ def _random_dihedral(batch: torch.Tensor, generator: torch.Generator) -> torch.T
             out[mask] = dihedral(batch[mask], k)
     return out
 
-
-@torch.no_grad()
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for target, source in zip(ema.parameters(), model.parameters()):
-        target.lerp_(source, 1.0 - decay)
-    for target, source in zip(ema.buffers(), model.buffers()):
-        target.copy_(source)
 
 
 def _save_checkpoint(path, config, model, ema, optimiser, generator, state) -> None:  # type: ignore[no-untyped-def]
@@ -298,26 +289,3 @@ def _card(name, data, config, n_params, seconds, loss, quality, device) -> str: 
     lines += ["", "3D (multi-plane) quality: see `benchmarks/micro3diff.py` and the README.", ""]
     return "\n".join(lines)
 
-
-class _progress:
-    """A rich progress bar showing the running loss (a no-op when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, done: int, label: str) -> None:
-        self.enabled, self.total, self.done, self.label = enabled, total, done, label
-
-    def __enter__(self) -> Callable[[float], None]:
-        if not self.enabled:
-            return lambda loss: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), transient=False,
-        )
-        self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total, completed=self.done, loss=float("nan"))
-        return lambda loss: self.bar.update(task, advance=1, loss=loss)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.stop()

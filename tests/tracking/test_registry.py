@@ -24,7 +24,7 @@ def store(tmp_path_factory):
 
 def test_importing_micro_doe_does_not_import_mlflow():
     code = (
-        "import sys, micro_doe.platform.registry, micro_doe.studies.tracking, micro_doe.studies.dashboard, "
+        "import sys, micro_doe.tracking.registry, micro_doe.studies.mlflow_runs, micro_doe.studies.dashboard, "
         "micro_doe.cli.models; print('mlflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -34,8 +34,8 @@ def test_importing_micro_doe_does_not_import_mlflow():
 def test_register_resolve_and_cache(store, tiny_bundle, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from micro_doe.platform.bundle import load_bundle
-    from micro_doe.platform.registry import list_models, register_bundle, resolve_model
+    from micro_doe.platform.micro3diff.bundle import load_bundle
+    from micro_doe.tracking.registry import list_models, register_bundle, resolve_model
 
     version = register_bundle(tiny_bundle, "tiny-spheres", alias="champion", tracking_uri=store)
     assert version == 1
@@ -69,7 +69,7 @@ def test_register_resolve_and_cache(store, tiny_bundle, tmp_path, monkeypatch):
 
 
 def test_unknown_references_and_pass_through(store, tiny_bundle, monkeypatch, tmp_path):
-    from micro_doe.platform.registry import default_cache_dir, register_bundle, resolve_model
+    from micro_doe.tracking.registry import default_cache_dir, register_bundle, resolve_model
 
     register_bundle(tiny_bundle, "tiny-known", alias="champion", tracking_uri=store)
     with pytest.raises(ValueError, match=r"models:/tiny-known@nope.*no alias 'nope'.*registered models: .*tiny-known"):
@@ -88,8 +88,8 @@ def test_unknown_references_and_pass_through(store, tiny_bundle, monkeypatch, tm
 
 
 def test_broken_bundle_is_refused_before_registering(store, tiny_bundle, tmp_path):
-    from micro_doe.platform.bundle import BundleError
-    from micro_doe.platform.registry import list_models, mlflow_client, register_bundle
+    from micro_doe.platform.bundles import BundleError
+    from micro_doe.tracking.registry import list_models, mlflow_client, register_bundle
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bundle, broken)

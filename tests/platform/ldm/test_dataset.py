@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from micro_doe.cli.opv_data import parse_grid
-from micro_doe.platform import opv_dataset as opv
 from micro_doe.platform.descriptors import interfacial_area, percolating_fraction, tortuosity, volume_fraction
+from micro_doe.platform.ldm import dataset as opv
 from micro_doe.platform.synthetic import cahn_hilliard
 from micro_doe.platform.volumes import validate_volume, write_netcdf
 

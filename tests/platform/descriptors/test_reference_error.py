@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from micro_doe.platform.descriptors import describe
-from micro_doe.platform.quality import error_rates, pooled_curves
+from micro_doe.platform.descriptors.reference_error import error_rates, pooled_curves
 from micro_doe.platform.synthetic import spherical_inclusions
 from micro_doe.platform.volumes import make_volume
 

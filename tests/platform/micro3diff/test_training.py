@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from micro_doe.platform.bundle import Micro3DiffConfig, load_bundle
-from micro_doe.platform.training import TrainConfig, load_training_data, train_micro3diff, training_images
-from micro_doe.platform.unet import UNetConfig
+from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig, load_bundle
+from micro_doe.platform.micro3diff.training import TrainConfig, load_training_data, train_micro3diff, training_images
+from micro_doe.platform.micro3diff.unet import UNetConfig
 from micro_doe.platform.volumes import make_volume, write_png
 
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4)

@@ -8,7 +8,7 @@ What is logged where (one tracking store, e.g. ``sqlite:////abs/micro-doe-runs/m
   artifacts live beside the database in ``<db dir>/artifacts/micro-doe-models/``;
 - registered model ``NAME``: a new version whose ``source`` is ``<run artifact uri>/bundle``
   (no MLflow flavour, no ``MLmodel`` file: a bundle is loaded with
-  :func:`micro_doe.platform.bundle.load_bundle`, never unpickled by MLflow), tagged with the
+  :func:`micro_doe.platform.micro3diff.bundle.load_bundle`, never unpickled by MLflow), tagged with the
   card's summary (``card.title``, ``card.summary``, ``kind``, ``image_size``, ``phases``,
   ``model_sha256``), described by the full ``card.md``; optionally an alias (``champion``).
 
@@ -117,11 +117,12 @@ def register_bundle(bundle: str | os.PathLike[str], name: str, *, alias: str | N
     """Register a bundle directory (or ``pretrained:NAME``) as a new version of model ``name``.
 
     Either kind of bundle (Micro3Diff or conditional LDM) is loaded first, so a broken bundle
-    raises :class:`~micro_doe.platform.bundle.BundleError` before anything is written to the
+    raises :class:`~micro_doe.platform.bundles.BundleError` before anything is written to the
     store. Returns the new version number.
     """
-    from micro_doe.platform.bundle import bundle_kind, load_bundle, resolve_bundle_path
+    from micro_doe.platform.bundles import bundle_kind, resolve_bundle_path
     from micro_doe.platform.ldm.bundle import load_ldm_bundle
+    from micro_doe.platform.micro3diff.bundle import load_bundle
 
     check_model_name(name)
     if alias is not None:

@@ -15,30 +15,19 @@ crash never leaves a half-written bundle. Shipped bundles live in
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from pathlib import Path
 from typing import Literal
 
 import torch
-import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
+from micro_doe.platform.bundles import BundleError, bundle_kind, load_reference, resolve_bundle_path
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.platform.diffusion import NoiseSchedule
-from micro_doe.platform.volumes import atomic_directory, atomic_path
-from micro_doe.platform.unet import UNet2D, UNetConfig
-
-SHIPPED_DIR = Path(__file__).parent / "models"
-PRETRAINED_PREFIX = "pretrained:"
-
-
-BUNDLE_KINDS = ("micro3diff", "ldm")
-
-
-class BundleError(ValueError):
-    """A bundle that is missing, incomplete or inconsistent; the message names the path."""
+from micro_doe.platform.micro3diff.unet import UNet2D, UNetConfig
+from micro_doe.platform.volumes import atomic_directory
 
 
 class SamplingDefaults(BaseModel):
@@ -54,6 +43,11 @@ class SamplingDefaults(BaseModel):
         "beta", description="DDPM step variance: the paper's Σ = β_t I, or the posterior β̃_t"
     )
     variant: str = Field("paper", description="multi-plane variant")
+    anchor_strength: float = Field(1.0, gt=0.0, le=1.0, description="anchored: λ, how far each pass pulls the moments")
+    anchor_until: float = Field(0.0, ge=0.0, lt=1.0, description="anchored: anchor passes ending at t >= until·T")
+    anchor_per_slice: float = Field(0.0, ge=0.0, le=1.0, description="anchored: pull of slice means to the volume's")
+    vf_spread: bool = Field(False, description="anchored: draw each volume's target vf around the target (window spread)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="network precision (fp16: CUDA only)")
 
 
 class TrainingRecipe(BaseModel):
@@ -84,6 +78,9 @@ class Micro3DiffConfig(BaseModel):
     unet: UNetConfig
     schedule: dict
     recipe: TrainingRecipe
+    vf_range: tuple[float, float] = Field(
+        (0.5, 1.5), description="targets of a phase's vf allowed without extrapolation, as multiples of its training vf"
+    )
     sampling: SamplingDefaults = SamplingDefaults()
 
     @property
@@ -106,40 +103,6 @@ class Micro3DiffBundle:
     @property
     def name(self) -> str:
         return self.path.name
-
-
-def resolve_bundle_path(ref: str | os.PathLike[str]) -> Path:
-    """``pretrained:NAME`` → the shipped bundle; anything else is a directory path."""
-    text = str(ref)
-    if text.startswith(PRETRAINED_PREFIX):
-        name = text[len(PRETRAINED_PREFIX) :]
-        path = SHIPPED_DIR / name
-        if not (path / "config.json").exists():
-            raise BundleError(f"{text}: no shipped model of that name; shipped models are {shipped_models()}")
-        return path
-    path = Path(text)
-    if not (path / "config.json").exists():
-        raise BundleError(f"{path}: not a model bundle (expected a directory with config.json, model.pt, reference.nc)")
-    return path
-
-
-def bundle_kind(ref: str | os.PathLike[str]) -> str:
-    """The generator kind a bundle holds: its config.json's ``kind`` ("micro3diff" or "ldm")."""
-    path = resolve_bundle_path(ref) / "config.json"
-    try:
-        kind = json.loads(path.read_text()).get("kind", "micro3diff")
-    except (OSError, ValueError, AttributeError) as err:
-        raise BundleError(f"{path}: invalid bundle config: not a readable JSON object ({err})") from None
-    if kind not in BUNDLE_KINDS:
-        raise BundleError(f"{path}: unknown bundle kind {kind!r}; expected one of {list(BUNDLE_KINDS)}")
-    return str(kind)
-
-
-def shipped_models() -> list[str]:
-    """Names of the bundles shipped inside the package."""
-    if not SHIPPED_DIR.exists():
-        return []
-    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").exists())
 
 
 def load_bundle(ref: str | os.PathLike[str], device: str | torch.device = "cpu") -> Micro3DiffBundle:
@@ -165,16 +128,6 @@ def load_bundle(ref: str | os.PathLike[str], device: str | torch.device = "cpu")
     return Micro3DiffBundle(path, config, model, load_reference(path))
 
 
-def load_reference(ref: str | os.PathLike[str]) -> Descriptors:
-    """Only a bundle's reference descriptors (reference.nc), without building the network."""
-    path = resolve_bundle_path(ref)
-    try:
-        with xr.open_dataset(path / "reference.nc", engine="netcdf4") as ds:
-            return Descriptors.from_dataset(ds.load())
-    except FileNotFoundError:
-        raise BundleError(f"{path}: reference.nc is missing") from None
-
-
 def write_bundle(
     out: str | os.PathLike[str],
     config: Micro3DiffConfig,
@@ -192,11 +145,3 @@ def write_bundle(
     return target
 
 
-def update_sampling_defaults(ref: str | os.PathLike[str], sampling: BaseModel) -> None:
-    """Rewrite a bundle's default sampling settings (e.g. after measuring quality): a
-    :class:`SamplingDefaults`, or an LDM bundle's ``LDMSamplingDefaults``."""
-    path = resolve_bundle_path(ref) / "config.json"
-    data = json.loads(path.read_text())
-    data["sampling"] = sampling.model_dump()
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")

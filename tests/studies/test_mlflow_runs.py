@@ -33,7 +33,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trial_volumes(tiny_bundle):
-    from micro_doe.platform.generators import Micro3DiffGenerator, SamplingSettings
+    from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
 
     generator = Micro3DiffGenerator(tiny_bundle, device="cpu")
     return generator.sample(2, SamplingSettings(n_h=0, steps=2)), generator.bundle.reference
@@ -44,7 +44,7 @@ def test_invocation_and_trials_are_logged(store, trial_volumes, tmp_path, monkey
     from mlflow import MlflowClient
 
     from micro_doe.platform.volumes import read_volume
-    from micro_doe.studies.tracking import StudyTracker
+    from micro_doe.studies.mlflow_runs import StudyTracker
 
     uri, root = store
     volumes, reference = trial_volumes
@@ -116,7 +116,7 @@ def test_invocation_and_trials_are_logged(store, trial_volumes, tmp_path, monkey
 def test_artifact_failure_is_a_warning_not_a_crash(store):
     from mlflow import MlflowClient
 
-    from micro_doe.studies.tracking import StudyTracker
+    from micro_doe.studies.mlflow_runs import StudyTracker
 
     uri, root = store
     tracker = StudyTracker(uri, "track-robust", root / "artifacts")
@@ -137,7 +137,7 @@ def test_artifact_failure_is_a_warning_not_a_crash(store):
 def test_fail_stale_runs(store):
     from mlflow import MlflowClient
 
-    from micro_doe.studies.tracking import DRIVER_TAG, StudyTracker
+    from micro_doe.studies.mlflow_runs import DRIVER_TAG, StudyTracker
 
     uri, root = store
     dead = StudyTracker(uri, "track-stale", root / "artifacts")

@@ -41,14 +41,13 @@ the last step renoise the data estimate to t = 0 and denoise it again. Network w
 on the slices of all three planes and uses the voxelwise mean of the three noise estimates
 (three times the network work; no plane rotation, so no dependence on the plane order).
 
-Known behaviour (``tests/platform/test_micro3diff.py``): even with the exact 2D denoiser of
-correlated Gaussian data, the volume's slices come out under-dispersed (variance 0.40-0.44 of
-the data's for a correlation length of 1.5 px on 16^3; less for smoother fields) with the
-right mean; harmonizing sharpens the correlation slightly and lowers the variance further.
-Each plane's denoiser pulls every 3D Fourier mode towards that plane's 2D spectrum, so power is
-lost at every pass; thresholded, a field whose true fraction above a level is 0.25 comes out at
-0.13-0.15; and the noisy volume's mean square, which for +-1 data is 1 at every t (up to
-O(1/sqrt(N)), see below), sags mid-way (to ~0.74 with an exact memorising denoiser).
+Known behaviour, pinned by tests against exact per-Fourier-mode predictions
+(``tests/platform/micro3diff/test_sampler.py``; numbers in README, "What limits multi-plane
+sampling"): even with the exact 2D denoiser of correlated Gaussian data, the volume's slices
+come out under-dispersed with the right mean, and harmonizing lowers the variance further.
+Each plane's denoiser pulls every 3D Fourier mode towards that plane's 2D spectrum, so power
+is lost at every pass; thresholded, the minority phase shrinks; and the noisy volume's mean
+square, which for +-1 data is 1 at every t (up to O(1/sqrt(N)), see below), sags mid-way.
 
 Variant: second-moment matching (``moment_match``, not the paper's; None = the paper's, bit for
 bit). ``moment_match`` is the data's E[x_0^2] per channel: 1 for binary data in [-1, 1] and for
@@ -80,25 +79,6 @@ given, so it cannot undo a drift of the mean (of the phase fraction). It also fo
 mean square to the target, which for data that are not +-1 (e.g. Gaussian fields) removes the
 real volume-to-volume spread of the variance. It is not the paper's algorithm.
 
-Measured (exact Gaussian denoiser, 16 volumes of 16^3, correlation length 1.5 px, mean 0,
-variance 1, data lag-1 correlation 0.801; "vf" = fraction above the data's 75 % quantile, 0.25
-for the data; large-volume predictions agree within Monte-Carlo error; paper -> variant):
-
-    S    n_h  slice variance   lag-1 z / y / x                        vf
-    50   0    0.410 -> 0.999   0.745/0.748/0.741 -> 0.760/0.764/0.759   0.142 -> 0.249
-    50   2    0.367 -> 0.999   0.763/0.757/0.762 -> 0.816/0.807/0.809   0.130 -> 0.246
-    200  0    0.432 -> 0.999   0.738/0.740/0.742 -> 0.756/0.761/0.761   0.149 -> 0.246
-    200  2    0.402 -> 0.999   0.754/0.759/0.759 -> 0.804/0.805/0.805   0.137 -> 0.244
-
-Volume means are unchanged (identical per seed with this denoiser). Predicted at S = 50 for
-larger n_h the variant over-smooths: lag-1 0.847 at n_h = 10 against the data's 0.801 (the
-paper's: 0.769, variance 0.34). With the exact EmpiricalDenoiser of +-1 slices of thresholded
-fields (vf 0.25, 3072 training images, 6 volumes) the variant holds the mean square at 1 where
-the paper's sags to ~0.74, but vf stays low: 0.093 -> 0.101 (S = 50, n_h = 0), 0.096 -> 0.097
-(n_h = 2), 0.090 -> 0.110 (S = 200, n_h = 0), 0.096 -> 0.100 (n_h = 2): with this memorising
-denoiser the mean drifts towards the majority phase (mean -0.81 instead of -0.5), which a
-mean-preserving rescaling leaves alone.
-
 Random numbers come from one CPU ``torch.Generator`` (from ``seed``) and are moved to the
 device, so a seed draws the same numbers on every device and for every ``batch_size``: the
 same seed gives the same volume, up to the model's own floating-point differences between
@@ -110,19 +90,19 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 
-from micro_doe.platform.diffusion import NoiseSchedule, Sampler
+from micro_doe.platform.diffusion import NoiseSchedule, Sampler, make_generator
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 PLANES = ("yz", "xz", "xy")  # the paper's order
 NORMAL_DIM = {"yz": 3, "xz": 2, "xy": 1}  # the dim of a (C, z, y, x) volume fixed within a slice
 PLANE_MODES = ("rotate", "average")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -173,19 +153,6 @@ def model_eps(model: EpsModel, x: torch.Tensor, t: int, batch_size: int) -> torc
     return torch.cat(out)
 
 
-def make_generator(seed: int | None = None, generator: torch.Generator | None = None) -> torch.Generator:
-    """A CPU generator from ``seed``, or ``generator`` itself; a randomly seeded one if neither."""
-    if seed is not None and generator is not None:
-        raise ValueError("seed, generator: give one or the other, not both")
-    if generator is not None:
-        return generator
-    g = torch.Generator()
-    if seed is None:
-        g.seed()
-    else:
-        g.manual_seed(int(seed))
-    return g
-
 
 def sample_2d(
     model: EpsModel,
@@ -213,6 +180,39 @@ def sample_2d(
     return x.cpu()
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """Moment anchoring: the ``anchored`` variant's settings (not the paper's; see the module doc).
+
+    ``fractions``: the target phase fraction of each channel's phase, one per channel (for one
+    channel, the fraction of phase 1; for K centred one-hot channels, of phase k, summing to 1).
+    ``strength``: λ in (0, 1], how far each pass moves the moments toward their targets
+    (1 = a hard reset). ``until``: anchor only passes that end at t_prev >= until · T (0 = every
+    pass but the last). ``per_slice``: in [0, 1], after the volume anchor, how far each slice of
+    the plane just denoised has its channel means pulled toward the volume's (0 = off).
+    """
+
+    fractions: tuple[float, ...]
+    strength: float = 1.0
+    until: float = 0.0
+    per_slice: float = 0.0
+
+    def __post_init__(self) -> None:
+        f = self.fractions
+        if not f or not all(0.0 < v < 1.0 for v in f) or (len(f) > 1 and abs(sum(f) - 1.0) > 1e-6):
+            raise ValueError(f"anchor fractions: expected values in (0, 1) (summing to 1 for K channels), got {f}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"anchor strength: expected 0 < λ <= 1, got {self.strength}")
+        if not 0.0 <= self.until < 1.0:
+            raise ValueError(f"anchor until: expected a fraction of T in [0, 1), got {self.until}")
+        if not 0.0 <= self.per_slice <= 1.0:
+            raise ValueError(f"anchor per_slice: expected a strength in [0, 1], got {self.per_slice}")
+
+    def data_means(self) -> torch.Tensor:
+        """E[x_0] per channel: 2 f − 1 for a ±1 channel that is +1 on its phase (float64)."""
+        return 2.0 * torch.tensor(self.fractions, dtype=torch.float64) - 1.0
+
+
 def sample_multiplane(
     model: EpsModel,
     size: int,
@@ -229,58 +229,168 @@ def sample_multiplane(
     progress: bool = False,
     callback: Callable[[DenoisingPass], None] | None = None,
     moment_match: float | Sequence[float] | None = None,
+    anchor: Anchor | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """One (C, size, size, size) volume x_0 by multi-plane denoising with n_h harmonizing cycles per step.
 
     The order of operations is in the module docstring. ``x_T`` replaces the initial noise
-    (shape (C, n, n, n)); ``callback`` sees every :class:`DenoisingPass`; ``progress`` prints
-    the step count to stderr. Returns a float32 CPU tensor; :func:`to_labels` makes phase labels.
+    (shape (C, n, n, n)); ``callback`` sees every :class:`DenoisingPass` (``x`` of shape
+    (C, n, n, n)); ``progress`` prints the step count to stderr. Returns a float32 CPU tensor;
+    :func:`~micro_doe.platform.diffusion.to_labels` makes phase labels.
 
-    ``moment_match`` (not the paper's; default None = the paper's method, unchanged): the data's
-    second moment E[x_0^2] per channel (1.0 for [-1, 1]-scaled binary or centred one-hot data; a
-    float for every channel or one value per channel). After every denoising pass, each channel
-    is rescaled about its volume mean to the forward process's mean square at the step the
-    volume now represents (:func:`match_second_moment`, :func:`forward_second_moment`); see
-    "Variant: second-moment matching" in the module docstring.
+    ``moment_match`` (the ``moment`` variant; default None = the paper's method, unchanged): the
+    data's second moment E[x_0^2] per channel (1.0 for [-1, 1]-scaled binary or centred one-hot
+    data; a float for every channel or one value per channel). After every denoising pass, each
+    channel is rescaled about its volume mean to the forward process's mean square at the step
+    the volume now represents (:func:`match_second_moment`, :func:`forward_second_moment`).
+    ``anchor`` (the ``anchored`` variant): see :class:`Anchor` and the module doc; exclusive with
+    ``moment_match``. ``precision``: "fp32", or "bf16" / "fp16" autocast around the network only.
+    """
+    g = make_generator(seed, generator)
+    if x_T is not None and tuple(x_T.shape) != (channels, size, size, size):
+        raise ValueError(f"x_T: expected shape {(channels, size, size, size)}, got {tuple(x_T.shape)}")
+    inner = None if callback is None else (lambda p: callback(replace(p, x=p.x[0])))
+    out = sample_multiplane_batch(
+        model, size, sampler, [g], n_h=n_h, batch_size=batch_size, device=device, channels=channels,
+        planes=planes, x_T=None if x_T is None else x_T[None], progress=progress, callback=inner,
+        moment_match=moment_match, anchors=None if anchor is None else [anchor], precision=precision,
+    )
+    return out[0]
+
+
+def sample_multiplane_batch(
+    model: EpsModel,
+    size: int,
+    sampler: Sampler,
+    generators: Sequence[torch.Generator],
+    *,
+    n_h: int = 0,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    channels: int = 1,
+    planes: str = "rotate",
+    x_T: torch.Tensor | None = None,
+    progress: bool = False,
+    callback: Callable[[DenoisingPass], None] | None = None,
+    moment_match: float | Sequence[float] | None = None,
+    anchors: Sequence[Anchor] | None = None,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """B = len(generators) volumes (B, C, n, n, n) sampled together, volume i from ``generators[i]``.
+
+    Every random draw of volume i (its initial noise, its DDPM noise, its renoising) comes from
+    its own generator in the same order as when it is sampled alone, so each volume is
+    reproducible on its own; only the network sees the slices of all B volumes together, in
+    forward passes of at most ``batch_size`` slices. ``anchors``: one :class:`Anchor` per volume
+    (each may have its own target fractions), or None. ``callback`` sees ``x`` as (B, C, n, n, n).
     """
     _check_positive(size=size, channels=channels, batch_size=batch_size)
     if int(n_h) != n_h or n_h < 0:
         raise ValueError(f"n_h: expected an integer >= 0, got {n_h}")
     if planes not in PLANE_MODES:
         raise ValueError(f"planes: expected one of {PLANE_MODES}, got {planes!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    if not generators:
+        raise ValueError("generators: expected at least one (one per volume)")
+    if moment_match is not None and anchors is not None:
+        raise ValueError("moment_match, anchors: give one variant or the other, not both")
+    if anchors is not None:
+        if len(anchors) != len(generators):
+            raise ValueError(f"anchors: expected one per volume ({len(generators)}), got {len(anchors)}")
+        for a in anchors:
+            if len(a.fractions) != channels:
+                raise ValueError(f"anchor fractions: expected {channels} (one per channel), got {a.fractions}")
     m2 = None if moment_match is None else _channel_moments(moment_match, channels)
-    g = make_generator(seed, generator)
     shape = (channels, size, size, size)
     if x_T is None:
-        x = torch.randn(shape, generator=g, device=g.device).to(device)
-    elif tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T: expected shape {shape}, got {tuple(x_T.shape)}")
+        xs = [torch.randn(shape, generator=g, device=g.device).to(device) for g in generators]
+    elif tuple(x_T.shape) != (len(generators), *shape):
+        raise ValueError(f"x_T: expected shape {(len(generators), *shape)}, got {tuple(x_T.shape)}")
     else:
-        x = x_T.to(device=device, dtype=torch.float32).clone()
+        xs = [v.to(device=device, dtype=torch.float32).clone() for v in x_T]
+    net = _with_precision(model, precision, torch.device(device))
 
     pairs = sampler.pairs()
+    T = sampler.schedule.T
     k = 0
     with torch.no_grad():
         for step, (t, t_prev) in enumerate(pairs):
             for cycle in range(n_h + 1):
                 if cycle > 0:
-                    x = sampler.schedule.renoise(x, t_prev, t, g)
+                    xs = [sampler.schedule.renoise(x, t_prev, t, g) for x, g in zip(xs, generators)]
                 plane = PLANES[k % 3] if planes == "rotate" else "all"
                 if callback is not None:
-                    callback(DenoisingPass(k, step, cycle, t, t_prev, plane, x))
-                if planes == "rotate":
-                    eps = from_slices(model_eps(model, to_slices(x, plane), t, batch_size), plane)
-                else:
-                    eps = sum(from_slices(model_eps(model, to_slices(x, p), t, batch_size), p) for p in PLANES) / 3
-                x = sampler.step(eps.contiguous(), t, t_prev, x, g)
-                if m2 is not None and t_prev >= 0:  # x now stands for x_{t_prev}, a sample (not x0_hat)
-                    x = match_second_moment(x, forward_second_moment(sampler.schedule, t_prev, m2))
+                    callback(DenoisingPass(k, step, cycle, t, t_prev, plane, torch.stack(xs)))
+                used = PLANES if planes == "average" else (plane,)
+                eps = [sum(e) / len(used) for e in zip(*(_plane_eps(net, xs, p, t, batch_size) for p in used))]
+                xs = [sampler.step(e.contiguous(), t, t_prev, x, g) for e, x, g in zip(eps, xs, generators)]
+                if t_prev >= 0:  # x now stands for x_{t_prev}, a sample (not x0_hat)
+                    if m2 is not None:
+                        xs = [match_second_moment(x, forward_second_moment(sampler.schedule, t_prev, m2)) for x in xs]
+                    elif anchors is not None:
+                        abar = sampler.schedule.alpha_bar(t_prev)
+                        xs = [
+                            anchor_moments(x, a, abar, None if planes == "average" else plane)
+                            if t_prev >= a.until * T else x
+                            for x, a in zip(xs, anchors)
+                        ]
                 k += 1
             if progress:
                 print(f"\rmicro3diff: step {step + 1}/{len(pairs)}", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
-    return x.cpu()
+    return torch.stack(xs).cpu()
+
+
+def _plane_eps(model: EpsModel, xs: list[torch.Tensor], plane: str, t: int, batch_size: int) -> list[torch.Tensor]:
+    """Noise estimates for the ``plane`` slices of every volume, the slices of all volumes in one batch."""
+    n = xs[0].shape[NORMAL_DIM[plane]]
+    eps = model_eps(model, torch.cat([to_slices(x, plane) for x in xs]), t, batch_size)
+    return [from_slices(e, plane) for e in eps.split(n)]
+
+
+def _with_precision(model: EpsModel, precision: str, device: torch.device) -> EpsModel:
+    if precision == "fp32":
+        return model
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision: fp16 needs a CUDA device; use bf16 on the CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+
+    def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype):
+            return model(x, t).float()
+
+    return run
+
+
+def anchor_moments(x: torch.Tensor, anchor: Anchor, abar: float, plane: str | None = None) -> torch.Tensor:
+    """One anchoring of a (C, n, n, n) sample x_{t_prev} (the ``anchored`` variant, see the module doc).
+
+    Per channel c, with m and M the volume mean and mean square, and the forward process's
+    values at t_prev for ±1 data m* = sqrt(abar)·(2 f_c − 1), M* = 1:
+    m' = m + λ (m* − m), M' = M + λ (M* − M), then x_c <- m' + (x_c − m) sqrt((M' − m'^2) / var),
+    so the channel's mean becomes m' and its mean square M'. Then, when ``anchor.per_slice`` > 0
+    and a ``plane`` is given, each slice s of that plane is shifted by per_slice · (m' − mean(x_s)).
+    """
+    target_mean = math.sqrt(abar) * anchor.data_means().to(x.device)
+    flat = x.reshape(x.shape[0], -1).to(torch.float64)
+    mean = flat.mean(1)
+    msq = (flat**2).mean(1)
+    lam = anchor.strength
+    new_mean = mean + lam * (target_mean - mean)
+    new_msq = msq + lam * (1.0 - msq)
+    var = (msq - mean**2).clamp(min=1e-12)
+    scale = ((new_msq - new_mean**2).clamp(min=1e-12) / var).sqrt()
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    out = new_mean.reshape(shape) + (x.to(torch.float64) - mean.reshape(shape)) * scale.reshape(shape)
+    if anchor.per_slice > 0 and plane is not None:
+        dim = NORMAL_DIM[plane]
+        other = tuple(d for d in range(1, x.ndim) if d != dim)
+        slice_means = out.mean(dim=other, keepdim=True)
+        out = out + anchor.per_slice * (new_mean.reshape(shape) - slice_means)
+    return out.to(x.dtype)
 
 
 def forward_second_moment(schedule: NoiseSchedule, t: int, data_moment: torch.Tensor | float) -> torch.Tensor:
@@ -322,22 +432,6 @@ def _channel_moments(moment_match: float | Sequence[float], channels: int) -> to
         )
     return m2
 
-
-def to_labels(x0: torch.Tensor | np.ndarray, channel_dim: int = 0) -> np.ndarray:
-    """Phase labels (int8 numpy) from sampled x_0, dropping the channel dim ``channel_dim``.
-
-    One channel (data scaled to [-1, 1]): label 1 where x > 0, else 0. K > 1 channels
-    (centred one-hot, phase k = channel k): the label is the argmax over channels.
-    Wrap the result with :func:`micro_doe.platform.volumes.make_volume` for a volume.
-    """
-    x = torch.as_tensor(x0).detach().cpu()
-    if not -x.ndim <= channel_dim < x.ndim:
-        raise ValueError(f"channel_dim: {channel_dim} out of range for an array with {x.ndim} dims")
-    if x.shape[channel_dim] == 1:
-        labels = (x.squeeze(channel_dim) > 0).to(torch.int8)
-    else:
-        labels = x.argmax(dim=channel_dim).to(torch.int8)
-    return labels.numpy()
 
 
 def _check_positive(**values: Any) -> None:

@@ -14,12 +14,11 @@ starts from ε̂ = 0. Time enters as a sinusoidal embedding passed through a sma
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
+
+from micro_doe.platform.diffusion.blocks import Attention, ResBlock, rename_state_keys, timestep_embedding
 
 
 class UNetConfig(BaseModel):
@@ -47,48 +46,6 @@ class UNetConfig(BaseModel):
         return 2 ** (len(self.channel_mults) - 1)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Sinusoidal embedding of integer timesteps: [cos(t·ω_k), sin(t·ω_k)], ω_k = P^(−k/(dim/2))."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = t.float()[:, None] * freqs[None, :]
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
-
-
-class ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, t_dim: int, groups: int, dropout: float) -> None:
-        super().__init__()
-        self.norm1 = nn.GroupNorm(groups, c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.time = nn.Linear(t_dim, c_out)
-        self.norm2 = nn.GroupNorm(groups, c_out)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time(t_emb)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return h + self.skip(x)
-
-
-class Attention(nn.Module):
-    """Single-head self-attention over all pixels, with a residual connection."""
-
-    def __init__(self, channels: int, groups: int) -> None:
-        super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.out = nn.Conv2d(channels, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)
-        y = F.scaled_dot_product_attention(q, k, v)  # (b, hw, c)
-        return x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
-
-
 class UNet2D(nn.Module):
     """ε-prediction U-Net; ``forward(x, t) -> ε̂`` (see module doc)."""
 
@@ -107,21 +64,21 @@ class UNet2D(nn.Module):
         c = c0
         for level, width in enumerate(widths):
             for _ in range(config.num_res_blocks):
-                self.down.append(ResBlock(c, width, t_dim, groups, drop))
+                self.down.append(ResBlock(2, c, width, t_dim, groups, drop))
                 c = width
                 skips.append(c)
             if level < len(widths) - 1:
                 self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
                 skips.append(c)
 
-        self.mid1 = ResBlock(c, c, t_dim, groups, drop)
+        self.mid1 = ResBlock(2, c, c, t_dim, groups, drop)
         self.mid_attn = Attention(c, groups) if config.attention else nn.Identity()
-        self.mid2 = ResBlock(c, c, t_dim, groups, drop)
+        self.mid2 = ResBlock(2, c, c, t_dim, groups, drop)
 
         self.up = nn.ModuleList()
         for level, width in reversed(list(enumerate(widths))):
             for _ in range(config.num_res_blocks + 1):
-                self.up.append(ResBlock(c + skips.pop(), width, t_dim, groups, drop))
+                self.up.append(ResBlock(2, c + skips.pop(), width, t_dim, groups, drop))
                 c = width
             if level > 0:
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
@@ -130,6 +87,8 @@ class UNet2D(nn.Module):
         self.head = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv2d(c, config.in_channels, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
+        # Bundles written before the blocks were shared call the residual block's embedding "time".
+        self._register_load_state_dict_pre_hook(lambda state, prefix, *_: rename_state_keys(state, {".time.": ".emb."}))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         side = self.config.downsampling
@@ -149,17 +108,6 @@ class UNet2D(nn.Module):
                 h = layer(h)
         return self.head(h)
 
-
-def labels_to_channels(labels: torch.Tensor, n_phases: int) -> torch.Tensor:
-    """Phase labels (B, H, W) → network input (B, C, H, W) in [-1, 1].
-
-    Two phases: one channel, 2·label − 1. K > 2 phases: K centred one-hot channels,
-    2·onehot − 1. :func:`micro_doe.platform.micro3diff.to_labels` inverts it.
-    """
-    if n_phases == 2:
-        return (2.0 * labels.float() - 1.0)[:, None]
-    onehot = F.one_hot(labels.long(), n_phases).permute(0, 3, 1, 2).float()
-    return 2.0 * onehot - 1.0
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -5,14 +5,8 @@ import shutil
 import pytest
 import torch
 
-from micro_doe.platform.bundle import (
-    BundleError,
-    SamplingDefaults,
-    load_bundle,
-    resolve_bundle_path,
-    update_sampling_defaults,
-    write_bundle,
-)
+from micro_doe.platform.bundles import BundleError, resolve_bundle_path, update_sampling_defaults
+from micro_doe.platform.micro3diff.bundle import SamplingDefaults, load_bundle, write_bundle
 
 
 def test_unknown_references_name_what_exists(tmp_path):
@@ -53,7 +47,7 @@ def test_rewrite_is_atomic_and_defaults_update(tmp_path, tiny_bundle):
 
 
 def test_shipped_bundles_are_complete_and_documented():
-    from micro_doe.platform.bundle import shipped_models
+    from micro_doe.platform.bundles import shipped_models
 
     assert {"spheres-32", "polycrystal-32"} <= set(shipped_models())
     for name in ("spheres-32", "polycrystal-32"):

@@ -16,17 +16,16 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-
 from ldm_fixtures import one_torch_thread
 from ldm_fixtures import tiny_ldm_recipe as tiny  # the recipe of the tiny_ldm_bundle fixture
+
 from micro_doe.cli.ldm import generate_ldm, parse_targets, train_ldm_command
-from micro_doe.platform.bundle import BundleError
+from micro_doe.platform.bundles import BundleError
 from micro_doe.platform.ldm.bundle import LDMConfig, load_ldm_bundle
+from micro_doe.platform.ldm.dataset import split, trajectory_seed
 from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample
 from micro_doe.platform.ldm.recipe import check_recipe
 from micro_doe.platform.ldm.training import LDMTrainConfig, staging_dir, train_ldm
-from micro_doe.platform.opv_dataset import split, trajectory_seed
-
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -257,7 +256,7 @@ def test_generate_command_writes_volumes_and_checks_its_input(bundle, tmp_path, 
 
 
 def test_train_command_logs_losses_to_mlflow(dataset, tmp_path):
-    from micro_doe.platform.registry import mlflow_client
+    from micro_doe.tracking.registry import mlflow_client
 
     data = tmp_path / "data.nc"
     dataset.to_netcdf(data, engine="netcdf4")
@@ -285,7 +284,7 @@ def test_the_benchmark_prints_its_table_on_a_tiny_model(bundle, tmp_path):
     import subprocess
     import sys
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "ldm.py"
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "ldm.py"
     out = tmp_path / "report.json"
     model = shutil.copytree(bundle, tmp_path / "model")  # the benchmark rewrites its card and defaults
     done = subprocess.run(

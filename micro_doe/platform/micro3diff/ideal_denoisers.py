@@ -3,7 +3,7 @@
 All of them are epsilon-predictors with the interface of a trained network,
 ``model(x_t: Tensor[B, C, H, W], t: LongTensor[B]) -> Tensor[B, C, H, W]``. For data
 distribution p(x0) and the forward process x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
-(see :mod:`micro_doe.platform.diffusion`) the minimiser of the training loss (eq. 15) is
+(see :mod:`micro_doe.platform.diffusion.schedule`) the minimiser of the training loss (eq. 15) is
 
     eps*(x_t, t) = (x_t - sqrt(abar_t) E[x0 | x_t]) / sqrt(1 - abar_t),
 

@@ -1,0 +1,90 @@
+"""What both generators' bundles share: where shipped bundles live, how a reference resolves
+to a directory, which kind of bundle it holds, its reference descriptors and its default
+sampling settings; and the errors of loading and sampling.
+
+A bundle is a directory with ``config.json`` (its ``kind``: "micro3diff" or "ldm"), the
+weights, ``reference.nc`` (the training data's descriptors) and ``card.md``. Shipped bundles
+live in ``micro_doe/platform/models/NAME`` and are named ``pretrained:NAME``; each generator
+package (:mod:`~micro_doe.platform.micro3diff.bundle`, :mod:`~micro_doe.platform.ldm.bundle`)
+loads and writes its own kind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import xarray as xr
+from pydantic import BaseModel
+
+from micro_doe.platform.descriptors import Descriptors
+from micro_doe.platform.volumes import atomic_path
+
+SHIPPED_DIR = Path(__file__).parent / "models"
+PRETRAINED_PREFIX = "pretrained:"
+
+
+BUNDLE_KINDS = ("micro3diff", "ldm")
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, incomplete or inconsistent; the message names the path."""
+
+
+class GenerationError(RuntimeError):
+    """A generator produced no usable volume (e.g. non-finite values from a diverged model)."""
+
+
+def resolve_bundle_path(ref: str | os.PathLike[str]) -> Path:
+    """``pretrained:NAME`` → the shipped bundle; anything else is a directory path."""
+    text = str(ref)
+    if text.startswith(PRETRAINED_PREFIX):
+        name = text[len(PRETRAINED_PREFIX) :]
+        path = SHIPPED_DIR / name
+        if not (path / "config.json").exists():
+            raise BundleError(f"{text}: no shipped model of that name; shipped models are {shipped_models()}")
+        return path
+    path = Path(text)
+    if not (path / "config.json").exists():
+        raise BundleError(f"{path}: not a model bundle (expected a directory with config.json, model.pt, reference.nc)")
+    return path
+
+
+def bundle_kind(ref: str | os.PathLike[str]) -> str:
+    """The generator kind a bundle holds: its config.json's ``kind`` ("micro3diff" or "ldm")."""
+    path = resolve_bundle_path(ref) / "config.json"
+    try:
+        kind = json.loads(path.read_text()).get("kind", "micro3diff")
+    except (OSError, ValueError, AttributeError) as err:
+        raise BundleError(f"{path}: invalid bundle config: not a readable JSON object ({err})") from None
+    if kind not in BUNDLE_KINDS:
+        raise BundleError(f"{path}: unknown bundle kind {kind!r}; expected one of {list(BUNDLE_KINDS)}")
+    return str(kind)
+
+
+def shipped_models() -> list[str]:
+    """Names of the bundles shipped inside the package."""
+    if not SHIPPED_DIR.exists():
+        return []
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").exists())
+
+
+def load_reference(ref: str | os.PathLike[str]) -> Descriptors:
+    """Only a bundle's reference descriptors (reference.nc), without building the network."""
+    path = resolve_bundle_path(ref)
+    try:
+        with xr.open_dataset(path / "reference.nc", engine="netcdf4") as ds:
+            return Descriptors.from_dataset(ds.load())
+    except FileNotFoundError:
+        raise BundleError(f"{path}: reference.nc is missing") from None
+
+
+def update_sampling_defaults(ref: str | os.PathLike[str], sampling: BaseModel) -> None:
+    """Rewrite a bundle's default sampling settings (e.g. after measuring quality): a
+    :class:`SamplingDefaults`, or an LDM bundle's ``LDMSamplingDefaults``."""
+    path = resolve_bundle_path(ref) / "config.json"
+    data = json.loads(path.read_text())
+    data["sampling"] = sampling.model_dump()
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,92 @@
+"""Time-embedded building blocks of the ε-model U-Nets, one definition for 2D and 3D.
+
+- :func:`timestep_embedding`: sinusoidal features of integer timesteps.
+- :class:`ResBlock`: GroupNorm → SiLU → conv, + Linear(embedding) broadcast over space,
+  GroupNorm → SiLU → dropout → conv, plus a 1×1 (×1) skip when the width changes.
+- :class:`Attention`: single-head self-attention over all voxels, with a residual connection.
+
+``dims`` is 2 for images (B, C, H, W) and 3 for volumes (B, C, D, H, W). The Micro3Diff
+2D U-Net and the LDM's latent 3D U-Net are both built from these.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def conv(dims: int, c_in: int, c_out: int, kernel: int, **kwargs: Any) -> nn.Module:
+    """``nn.Conv2d`` or ``nn.Conv3d``."""
+    if dims not in CONV:
+        raise ValueError(f"dims: expected 2 or 3, got {dims}")
+    return CONV[dims](c_in, c_out, kernel, **kwargs)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps: [cos(t·ω_k), sin(t·ω_k)], ω_k = P^(−k/(dim/2))."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class ResBlock(nn.Module):
+    """Residual block with the embedding ``emb`` (B, emb_dim) added between its two convs."""
+
+    def __init__(self, dims: int, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.conv1 = conv(dims, c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, c_out)
+        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = conv(dims, c_out, c_out, 3, padding=1)
+        self.skip = conv(dims, c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb).reshape(*emb.shape[:1], -1, *(1,) * (x.ndim - 2))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return h + self.skip(x)
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over all spatial positions of a (B, c, ...) tensor, residual.
+
+    The positions are flattened to one axis and the projections are 1×1 convs on that
+    (B, c, N, 1) view, so the weights are the same for any number of spatial dims.
+    """
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        flat = x.reshape(b, c, -1, 1)
+        q, k, v = self.qkv(self.norm(flat)).reshape(b, 3, c, -1).transpose(-1, -2).unbind(1)
+        y = F.scaled_dot_product_attention(q, k, v)  # (b, N, c)
+        return x + self.out(y.transpose(-1, -2).reshape(b, c, -1, 1)).reshape(x.shape)
+
+
+def rename_state_keys(state: dict[str, Any], renames: Mapping[str, str]) -> None:
+    """Rename, in place, keys of a state dict that contain an old name (``renames``: old → new).
+
+    Used by load-state-dict pre-hooks so that weights saved before the blocks were shared
+    (the 2D block's ``time`` linear, the 3D ``mid_attn.attn`` wrapper) still load.
+    """
+    for key in list(state):
+        new = key
+        for old, repl in renames.items():
+            new = new.replace(old, repl)
+        if new != key:
+            state[new] = state.pop(key)

@@ -1,0 +1,225 @@
+"""Generators: a model bundle turned into labelled volumes (what actors and the CLI call).
+
+:class:`Micro3DiffGenerator` loads a bundle once and samples n×n×n volumes by multi-plane
+denoising (see :mod:`micro_doe.platform.micro3diff.sampler`), with the bundle's default sampling
+settings unless told otherwise. Every volume carries its sampling settings, seed, model
+and seconds spent in its attrs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, Field
+
+from micro_doe.platform.bundles import GenerationError
+from micro_doe.platform.descriptors.correlation import window_fraction_std
+from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, Sampler, make_generator
+from micro_doe.platform.diffusion.channels import to_labels
+from micro_doe.platform.diffusion.training import default_device
+from micro_doe.platform.micro3diff.bundle import Micro3DiffBundle, SamplingDefaults, load_bundle
+from micro_doe.platform.micro3diff.sampler import Anchor, DenoisingPass, sample_multiplane_batch
+from micro_doe.platform.volumes import make_volume
+
+# Multi-plane variants, as keyword arguments of sample_multiplane_batch. "paper" is the
+# reference; the others are optional improvements with their own measured numbers
+# (benchmarks/micro3diff.py). moment_match = 1.0 is E[x0²] of every channel that
+# labels_to_channels makes (all ±1); "anchored" also anchors each channel's mean to a target vf.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "paper": {"planes": "rotate"},
+    "average": {"planes": "average"},
+    "moment": {"planes": "rotate", "moment_match": 1.0},
+    "anchored": {"planes": "rotate"},
+}
+TARGET_PREFIX = "vf_"
+SPREAD_SEED = 7_919  # offsets a volume's seed for its vf draw, so it never equals the noise's stream
+
+
+class SamplingSettings(BaseModel):
+    """One sampling request; unset fields take the bundle's defaults.
+
+    ``targets``: ``{"vf_<phase>": fraction}`` for the ``anchored`` variant (default: the
+    training data's fractions); phases not named share the rest in their training proportions.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    n_h: int | None = Field(None, ge=0)
+    steps: int | None = Field(None, ge=1)
+    sampler: Literal["ddpm", "ddim"] | None = None
+    eta: float | None = Field(None, ge=0.0)
+    variance: Literal["beta", "posterior"] | None = None
+    variant: str | None = None
+    anchor_strength: float | None = Field(None, gt=0.0, le=1.0)
+    anchor_until: float | None = Field(None, ge=0.0, lt=1.0)
+    anchor_per_slice: float | None = Field(None, ge=0.0, le=1.0)
+    vf_spread: bool | None = None
+    precision: Literal["fp32", "bf16", "fp16"] | None = None
+    targets: dict[str, float] = Field(default_factory=dict)
+
+    def resolved(self, defaults: SamplingDefaults) -> SamplingDefaults:
+        given = {k: v for k, v in self.model_dump(exclude={"targets"}).items() if v is not None}
+        merged = defaults.model_dump() | given
+        if merged["variant"] not in VARIANTS:
+            raise ValueError(f"variant: expected one of {sorted(VARIANTS)}, got {merged['variant']!r}")
+        return SamplingDefaults.model_validate(merged)
+
+
+class Micro3DiffGenerator:
+    """Sample 3D volumes from a Micro3Diff bundle (``pretrained:NAME`` or a path)."""
+
+    def __init__(self, model: str | os.PathLike[str] | Micro3DiffBundle, device: str | None = None) -> None:
+        self.device = device or default_device()
+        self.bundle = model if isinstance(model, Micro3DiffBundle) else load_bundle(model, self.device)
+        self.model_ref = str(model) if not isinstance(model, Micro3DiffBundle) else str(model.path)
+
+    @property
+    def size(self) -> int:
+        return self.bundle.config.image_size
+
+    def sampler(self, settings: SamplingDefaults) -> Sampler:
+        schedule = self.bundle.config.noise_schedule()
+        if settings.steps > schedule.T:
+            raise ValueError(f"steps: at most the model's T = {schedule.T}, got {settings.steps}")
+        if settings.sampler == "ddim":
+            return DDIMSampler(schedule, steps=settings.steps, eta=settings.eta)
+        return DDPMSampler(schedule, steps=settings.steps, variance=settings.variance)
+
+    def passes_per_volume(self, settings: SamplingSettings | None = None) -> int:
+        s = (settings or SamplingSettings()).resolved(self.bundle.config.sampling)
+        return (s.n_h + 1) * s.steps
+
+    def training_fractions(self) -> dict[str, float]:
+        """Every phase's volume fraction in the training data (from the bundle's reference)."""
+        ref = self.bundle.reference.volume_fractions
+        return {name: float(ref[name]) for name in self.bundle.config.phase_names}
+
+    def target_fractions(self, targets: dict[str, float], allow_extrapolation: bool = False) -> dict[str, float]:
+        """Every phase's target fraction from ``{"vf_<phase>": value}`` (module doc of the class).
+
+        A target outside the bundle's ``vf_range`` (multiples of the training fraction) is
+        refused unless ``allow_extrapolation``; the message names the allowed range.
+        """
+        names = self.bundle.config.phase_names
+        train = self.training_fractions()
+        given: dict[str, float] = {}
+        for key, value in targets.items():
+            phase = key[len(TARGET_PREFIX) :] if key.startswith(TARGET_PREFIX) else None
+            if phase not in names:
+                expected = ", ".join(f"{TARGET_PREFIX}{n}" for n in names)
+                raise ValueError(f"target {key}: not a phase of {self.model_ref}; expected one of {expected}")
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"target {key}: expected a volume fraction in (0, 1), got {value}")
+            lo, hi = (m * train[phase] for m in self.bundle.config.vf_range)
+            if not allow_extrapolation and not lo <= value <= hi:
+                raise ValueError(
+                    f"target {key}={value:g} is outside the range this model reproduces plausibly, "
+                    f"[{lo:.3f}, {hi:.3f}] (training vf {train[phase]:.3f}); allow extrapolation to sample there anyway"
+                )
+            given[phase] = float(value)
+        rest = 1.0 - sum(given.values())
+        free = [n for n in names if n not in given]
+        if rest <= 0.0 or (not free and abs(rest) > 1e-6):
+            raise ValueError(f"targets {targets}: the phase fractions must leave room for every phase and sum to 1")
+        share = sum(train[n] for n in free)
+        return given | {n: rest * train[n] / share for n in free}
+
+    def anchors(
+        self, s: SamplingDefaults, fractions: dict[str, float], seeds: list[int]
+    ) -> list[Anchor] | None:
+        """One :class:`Anchor` per volume for the ``anchored`` variant (None otherwise).
+
+        With ``vf_spread``, volume i's fraction of the phase of interest is drawn (from its own
+        seed) from N(target, σ²), σ the standard deviation of the training data's fraction in
+        a window of the volume's size (:func:`window_fraction_std` of the reference's radial S2),
+        clipped to [σ, 1 − σ]; the other phases share the rest in proportion.
+        """
+        if s.variant != "anchored":
+            return None
+        names = self.bundle.config.phase_names
+        ref = self.bundle.reference
+        out = []
+        for seed in seeds:
+            f = dict(fractions)
+            if s.vf_spread:
+                sigma = window_fraction_std(ref.s2_radial, self.size)
+                z = float(torch.randn((), generator=torch.Generator().manual_seed(int(seed) + SPREAD_SEED)))
+                key = ref.phase_name
+                drawn = min(max(f[key] + sigma * z, sigma), 1.0 - sigma)
+                others = 1.0 - f[key]
+                f = {n: drawn if n == key else f[n] * (1.0 - drawn) / others for n in names}
+            channels = [f[names[1]]] if len(names) == 2 else [f[n] for n in names]
+            out.append(Anchor(tuple(channels), s.anchor_strength, s.anchor_until, s.anchor_per_slice))
+        return out
+
+    def sample(
+        self,
+        n: int = 1,
+        settings: SamplingSettings | None = None,
+        *,
+        seed: int = 0,
+        batch_size: int = 64,
+        volumes_per_batch: int = 8,
+        allow_extrapolation: bool = False,
+        on_pass: Callable[[DenoisingPass], None] | None = None,
+    ) -> list[xr.DataArray]:
+        """``n`` volumes; volume i uses seed ``seed + i`` (so each is reproducible alone).
+
+        Volumes are sampled ``volumes_per_batch`` at a time in one loop (the network sees their
+        slices together, ``batch_size`` slices per forward pass); each volume's seconds are its
+        batch's wall time divided by the volumes in it.
+        """
+        if n < 1:
+            raise ValueError(f"n: expected at least 1 volume, got {n}")
+        if volumes_per_batch < 1:
+            raise ValueError(f"volumes_per_batch: expected at least 1, got {volumes_per_batch}")
+        settings = settings or SamplingSettings()
+        s = settings.resolved(self.bundle.config.sampling)
+        if settings.targets and s.variant != "anchored":
+            raise ValueError(f"targets: only the anchored variant steers the volume fraction, not {s.variant!r}")
+        fractions = self.target_fractions(settings.targets, allow_extrapolation)
+        sampler = self.sampler(s)
+        channels = self.bundle.config.unet.in_channels
+        kwargs = {k: v for k, v in VARIANTS[s.variant].items()}
+        volumes = []
+        for lo in range(0, n, volumes_per_batch):
+            seeds = list(range(seed + lo, seed + min(n, lo + volumes_per_batch)))
+            anchors = self.anchors(s, fractions, seeds)
+            start = time.perf_counter()
+            x0 = sample_multiplane_batch(
+                self.bundle.model,
+                self.size,
+                sampler,
+                [make_generator(sd) for sd in seeds],
+                n_h=s.n_h,
+                batch_size=batch_size,
+                device=self.device,
+                channels=channels,
+                anchors=anchors,
+                precision=s.precision,
+                callback=on_pass,
+                **kwargs,
+            )
+            seconds = (time.perf_counter() - start) / len(seeds)
+            for i, sd in enumerate(seeds):
+                if not bool(x0[i].isfinite().all()):
+                    raise GenerationError(f"{self.model_ref}: sampling produced non-finite values (seed {sd})")
+                params: dict[str, Any] = s.model_dump() | {"model": self.model_ref, "seconds": seconds}
+                if anchors is not None:
+                    fr = anchors[i].fractions
+                    target = dict(zip(self.bundle.config.phase_names[1:] if len(fr) == 1 else self.bundle.config.phase_names, fr))
+                    params["target_fractions"] = {k: round(v, 6) for k, v in target.items()}
+                volumes.append(
+                    make_volume(
+                        to_labels(x0[i], channel_dim=0),
+                        phase_names=self.bundle.config.phase_names,
+                        source=f"micro3diff:{self.bundle.name}",
+                        seed=sd,
+                        params=params,
+                    )
+                )
+        return volumes
