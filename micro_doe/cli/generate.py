@@ -75,6 +75,7 @@ def generate(
         precision=precision, targets=targets,  # type: ignore[arg-type]
     )
     generator = Micro3DiffGenerator(model, device=device)
+    generator.check(settings, allow_extrapolation)  # every mistake reported before sampling starts
     total = n * generator.passes_per_volume(settings)
     columns = (TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("passes"), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:

@@ -55,6 +55,7 @@ import numpy as np
 import xarray as xr
 
 from micro_doe.platform.descriptors import Descriptors, error_rate
+from micro_doe.platform.descriptors import size_error as size_error_of
 from micro_doe.platform.descriptors import tortuosity as tortuosity_of
 
 Direction = Literal["minimize", "maximize"]
@@ -190,6 +191,29 @@ def seconds_per_volume(sample: Sample) -> float:
     return float(sample.seconds)
 
 
+def _sizes(sample: Sample, objective: str):  # type: ignore[no-untyped-def]
+    ref = _reference(sample, objective)
+    if ref.sizes is None:
+        raise ValueError(f"{objective}: the model's reference.nc has no size distributions (re-train or refresh it)")
+    if sample.descriptors.sizes is None:
+        raise ValueError(f"{objective}: the sample was described without size distributions")
+    return ref.sizes, sample.descriptors.sizes
+
+
+def size_error(sample: Sample) -> float:
+    """Local-thickness distribution error in % of the reference's mean width (Wasserstein-1), over 2D sections."""
+    ref, gen = _sizes(sample, "size_error")
+    return size_error_of(ref, gen)
+
+
+def diameter_error(sample: Sample) -> float:
+    """|mean equivalent diameter of the phase's components − the reference's| in %, over 2D sections."""
+    ref, gen = _sizes(sample, "diameter_error")
+    if not math.isfinite(gen.diameter_mean):
+        return 100.0
+    return 100.0 * abs(gen.diameter_mean - ref.diameter_mean) / ref.diameter_mean
+
+
 def _builtin(fn: Callable[[Sample], float], direction: Direction) -> Objective:
     return Objective(fn.__name__, fn, direction, _first_line(fn.__doc__))
 
@@ -200,6 +224,8 @@ BUILTIN_OBJECTIVES: dict[str, Objective] = {
         _builtin(s2_error, "minimize"),
         _builtin(lineal_path_error, "minimize"),
         _builtin(vf_error, "minimize"),
+        _builtin(size_error, "minimize"),
+        _builtin(diameter_error, "minimize"),
         _builtin(volume_fraction, "maximize"),
         _builtin(tortuosity, "minimize"),
         _builtin(transport_tortuosity, "minimize"),
@@ -215,9 +241,13 @@ _INF_ALLOWED = {tortuosity, transport_tortuosity}
 # every built-in objective, the descriptor scalars of Descriptors.scalars(), and vf_<phase name>.
 METRICS: dict[str, str] = {name: o.description for name, o in BUILTIN_OBJECTIVES.items()} | {
     "effective_diffusivity": "relative effective diffusivity D_eff/D_0 along the tortuosity axis",
+    "components_per_kpx": "components of the phase per 1000 pixels of 2D sections",
+    "component_diameter": "mean equivalent-disk diameter of the phase's components in 2D sections [voxels]",
+    "component_diameter_std": "standard deviation of those diameters [voxels]",
+    "thickness_mean": "mean local thickness (volume-weighted) of the phase in 2D sections [voxels]",
 }
 METRIC_PATTERNS: dict[str, str] = {r"vf_.+": "vf_<phase name>: volume fraction of that phase"}
-ERROR_METRICS = ("s2_error", "lineal_path_error", "vf_error")
+ERROR_METRICS = ("s2_error", "lineal_path_error", "vf_error", "size_error", "diameter_error")
 TORTUOSITY_METRICS = ("tortuosity", "transport_tortuosity", "effective_diffusivity", "percolating_fraction")
 
 # ----------------------------------------------------------------------------- registry
@@ -350,10 +380,12 @@ def trial_metrics(samples: Sequence[Sample]) -> dict[str, float]:
 
     Keys: the descriptor scalars (``volume_fraction``, ``vf_<phase>``, ``interfacial_area``
     and, when tortuosity was computed, ``tortuosity`` (inf if any sample does not
-    percolate), ``effective_diffusivity``, ``percolating_fraction``), ``seconds_per_volume``,
-    and ``s2_error``, ``lineal_path_error``, ``vf_error`` when the samples have a reference
-    (``vf_error`` also when the trial has a ``target.vf_<phase>`` or ``target.vf``). Only keys
-    every sample has.
+    percolate), ``effective_diffusivity``, ``percolating_fraction``; with size distributions
+    ``components_per_kpx``, ``component_diameter``, ``component_diameter_std``,
+    ``thickness_mean``), ``seconds_per_volume``, and ``s2_error``, ``lineal_path_error``,
+    ``vf_error`` when the samples have a reference (``vf_error`` also when the trial has a
+    ``target.vf_<phase>`` or ``target.vf``), plus ``size_error`` and ``diameter_error`` when both
+    sides have size distributions. Only keys every sample has.
     """
     if not samples:
         raise ValueError("trial_metrics: no samples given")
@@ -364,6 +396,9 @@ def trial_metrics(samples: Sequence[Sample]) -> dict[str, float]:
         if s.reference is not None:
             m["s2_error"] = s2_error(s)
             m["lineal_path_error"] = lineal_path_error(s)
+            if s.reference.sizes is not None and s.descriptors.sizes is not None:
+                m["size_error"] = size_error(s)
+                m["diameter_error"] = diameter_error(s)
         if s.reference is not None or _vf_target_key(s) is not None:
             m["vf_error"] = vf_error(s)
         per_sample.append(m)

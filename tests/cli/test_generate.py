@@ -53,7 +53,7 @@ def test_generate_with_targets_from_an_ldm_bundle(tmp_path, tiny_ldm_bundle, cap
 
 def test_micro3diff_rejects_ldm_options(tmp_path, tiny_bundle, capsys):
     assert run_cli("generate", str(tiny_bundle), "--target", "vf=0.3", "--out", str(tmp_path / "g.nc")) == 2
-    assert "--target: not an option of" in capsys.readouterr().err
+    assert "target vf: not a phase of" in capsys.readouterr().err  # --target is the anchored variant's vf
     assert not list(tmp_path.iterdir())
 
 
@@ -76,3 +76,17 @@ def test_the_shipped_ldm_generates_what_was_asked(tmp_path, capsys):
     assert vols.shape == (2, 32, 32, 32) and vols.attrs["phase_names"] == ["acceptor", "donor"]
     measured = float((vols == 1).mean())
     assert abs(measured - medians["vf_donor"]) < 0.1, (measured, medians["vf_donor"])  # a trained model hits its target
+
+
+def test_generate_micro3diff_at_a_vf_target(tmp_path, tiny_bundle, capsys):
+    out = tmp_path / "vf.nc"
+    args = ("generate", str(tiny_bundle), "--steps", "2", "--n-h", "0", "--precision", "bf16")
+    assert run_cli(*args, "--target", "vf_inclusion=0.2", "--out", str(out)) == 0
+    params = generator_params(read_volume(out))
+    assert params["variant"] == "anchored" and params["target_fractions"] == {"inclusion": 0.2}
+    assert params["precision"] == "bf16"
+    assert run_cli(*args, "--target", "vf_inclusion=0.6", "--out", str(tmp_path / "far.nc")) == 2
+    assert "outside the range" in capsys.readouterr().err and not (tmp_path / "far.nc").exists()
+    assert run_cli(*args, "--target", "vf_inclusion=0.6", "--allow-extrapolation", "--out", str(tmp_path / "far.nc")) == 0
+    assert run_cli(*args, "--guidance", "2", "--out", str(tmp_path / "g.nc")) == 2
+    assert "--guidance: not an option" in capsys.readouterr().err

@@ -89,6 +89,8 @@ def test_builtin_defaults():
         "s2_error": "minimize",
         "lineal_path_error": "minimize",
         "vf_error": "minimize",
+        "size_error": "minimize",
+        "diameter_error": "minimize",
         "volume_fraction": "maximize",
         "tortuosity": "minimize",
         "transport_tortuosity": "minimize",
@@ -172,13 +174,24 @@ def test_error_objectives_zero_for_the_reference_and_large_for_noise(spheres, no
     same = make_sample(vols[0], descs[0], descs[0])
     other = make_sample(vols[1], descs[1], descs[0])
     random = make_sample(noise[0], noise[1], descs[0])
-    for name in ("s2_error", "lineal_path_error", "vf_error"):
+    for name in ("s2_error", "lineal_path_error", "vf_error", "size_error", "diameter_error"):
         fn = BUILTIN_OBJECTIVES[name].fn
         assert fn(same) == pytest.approx(0.0, abs=1e-12), name
         assert fn(random) > fn(other), name
     assert BUILTIN_OBJECTIVES["s2_error"].fn(random) > 30.0
     assert BUILTIN_OBJECTIVES["lineal_path_error"].fn(random) > 30.0
     assert BUILTIN_OBJECTIVES["vf_error"].fn(random) > 0.1
+    assert BUILTIN_OBJECTIVES["size_error"].fn(random) > 30.0  # noise is thin where spheres are thick
+
+
+def test_size_objectives_need_size_distributions(spheres):
+    vols, descs = spheres
+    old_reference = descs[0].model_copy(update={"sizes": None})
+    with pytest.raises(ValueError, match="no size distributions"):
+        BUILTIN_OBJECTIVES["size_error"].fn(make_sample(vols[1], descs[1], old_reference))
+    without = descs[1].model_copy(update={"sizes": None})
+    with pytest.raises(ValueError, match="without size distributions"):
+        BUILTIN_OBJECTIVES["diameter_error"].fn(make_sample(vols[1], without, descs[0]))
 
 
 def test_vf_error_prefers_the_target(spheres):
@@ -232,6 +245,12 @@ def test_trial_metrics(spheres):
         "s2_error",
         "lineal_path_error",
         "vf_error",
+        "size_error",
+        "diameter_error",
+        "components_per_kpx",
+        "component_diameter",
+        "component_diameter_std",
+        "thickness_mean",
     }
     assert metrics["seconds_per_volume"] == pytest.approx(1.5)
     assert metrics["volume_fraction"] == pytest.approx(np.mean([d.volume_fraction for d in descs]))

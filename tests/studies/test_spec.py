@@ -8,15 +8,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
 import micro_doe.platform.bundles as bundle_module
 from micro_doe.platform.bundles import shipped_models
+from micro_doe.platform.descriptors import describe
 from micro_doe.platform.diffusion import NoiseSchedule
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig, TrainingRecipe
 from micro_doe.platform.micro3diff.generator import VARIANTS, SamplingSettings
 from micro_doe.platform.micro3diff.unet import UNetConfig
+from micro_doe.platform.volumes import make_volume
 from micro_doe.studies import objectives as objectives_module
 from micro_doe.studies.search_space import GENERATOR_PARAMETERS, IntParam
 from micro_doe.studies.spec import StudySpec
@@ -24,7 +27,8 @@ from micro_doe.studies.study_yaml import SpecError, bundled_studies, load_spec, 
 
 
 def write_config_bundle(path: Path, T: int = 1000) -> Path:
-    """A bundle directory holding only config.json: all that loading a spec reads."""
+    """A bundle directory holding only config.json and a reference.nc (of a vf-0.2 volume): all
+    that loading a spec reads."""
     config = Micro3DiffConfig(
         image_size=32,
         phase_names=["matrix", "inclusion"],
@@ -37,6 +41,11 @@ def write_config_bundle(path: Path, T: int = 1000) -> Path:
     )
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(config.model_dump_json())
+    labels = np.zeros((10, 10, 10), dtype=np.int8)
+    labels[:2] = 1
+    describe(make_volume(labels, phase_names=["matrix", "inclusion"]), tortuosity_axis=None).to_dataset().to_netcdf(
+        path / "reference.nc"
+    )
     return path
 
 
@@ -133,7 +142,8 @@ def test_search_space_drives_optuna(fake_shipped, tmp_path):
 
 
 def test_micro3diff_parameter_table_matches_sampling_settings():
-    assert set(GENERATOR_PARAMETERS["micro3diff"]) == set(SamplingSettings.model_fields)
+    # every setting is a parameter; the targets dict is searched as target.vf_<phase>
+    assert set(GENERATOR_PARAMETERS["micro3diff"]) - {"target.*"} == set(SamplingSettings.model_fields) - {"targets"}
     assert GENERATOR_PARAMETERS["micro3diff"]["variant"].choices == tuple(VARIANTS)
 
 
@@ -441,3 +451,16 @@ def test_an_ldm_study_searches_the_models_conditioning_targets(fake_shipped, tmp
     wrong_kind = copy.deepcopy(LDM_STUDY)
     wrong_kind["generator"]["kind"] = "micro3diff"
     assert "a model of kind ldm; use generator kind: ldm" in problems(wrong_kind, tmp_path)["generator.model"]
+
+
+def test_a_micro3diff_study_searches_vf_targets_within_the_documented_range(fake_shipped, tmp_path):
+    spec = parse_spec(VALID | {"search": {"target.vf_inclusion": {"float": [0.15, 0.25]}, "n_h": {"int": [0, 2]}},
+                               "fixed": {"variant": "anchored"}})  # fmt: skip
+    domain = spec.generator.domains()["target.vf_inclusion"]
+    assert (domain.low, domain.high) == pytest.approx((0.1, 0.3))  # vf_range (0.5, 1.5) × training vf 0.2
+    outside = VALID | {"search": {"target.vf_inclusion": {"float": [0.15, 0.45]}}, "fixed": {"variant": "anchored"}}
+    assert "upper bound must be ≤ 0.3" in problems(outside, tmp_path)["search.target.vf_inclusion.float"]
+    allowed = outside | {"generator": VALID["generator"] | {"allow_extrapolation": True}}
+    parse_spec(allowed)
+    wrong = VALID | {"fixed": {"target.vf_nothing": 0.2}}
+    assert "not a parameter of the micro3diff generator" in problems(wrong, tmp_path)["fixed.target.vf_nothing"]

@@ -90,3 +90,56 @@ def rename_state_keys(state: dict[str, Any], renames: Mapping[str, str]) -> None
             new = new.replace(old, repl)
         if new != key:
             state[new] = state.pop(key)
+
+
+class UNetTrunk(nn.Module):
+    """The part both ε-model U-Nets share, in ``dims`` dims: a stem conv; per level
+    ``num_res_blocks`` residual blocks and a stride-2 downsampling conv (not after the last
+    level); a middle of two residual blocks around optional self-attention; the mirror-image
+    decoder (one more block per level, each fed the matching skip, nearest-neighbour upsampling
+    and a conv between levels); a GroupNorm → SiLU → conv head, zero-initialised so training
+    starts at ε̂ = 0. Subclasses build their embedding first, then call :meth:`build_trunk`, and
+    run :meth:`run_trunk` with the embedding of their inputs."""
+
+    def build_trunk(
+        self, dims: int, channels: int, c0: int, mults: tuple[int, ...], blocks: int, attention: bool,
+        groups: int, dropout: float, emb_dim: int,
+    ) -> None:
+        self.stem = conv(dims, channels, c0, 3, padding=1)
+        widths = [c0 * m for m in mults]
+        self.down = nn.ModuleList()
+        skips = [c0]
+        c = c0
+        for level, width in enumerate(widths):
+            for _ in range(blocks):
+                self.down.append(ResBlock(dims, c, width, emb_dim, groups, dropout))
+                c = width
+                skips.append(c)
+            if level < len(widths) - 1:
+                self.down.append(conv(dims, c, c, 3, stride=2, padding=1))
+                skips.append(c)
+        self.mid1 = ResBlock(dims, c, c, emb_dim, groups, dropout)
+        self.mid_attn = Attention(c, groups) if attention else nn.Identity()
+        self.mid2 = ResBlock(dims, c, c, emb_dim, groups, dropout)
+        self.up = nn.ModuleList()
+        for level, width in reversed(list(enumerate(widths))):
+            for _ in range(blocks + 1):
+                self.up.append(ResBlock(dims, c + skips.pop(), width, emb_dim, groups, dropout))
+                c = width
+            if level > 0:
+                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                self.up.append(conv(dims, c, c, 3, padding=1))
+        self.head = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(), conv(dims, c, channels, 3, padding=1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def run_trunk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        hs = [h]
+        for layer in self.down:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for layer in self.up:
+            h = layer(torch.cat([h, hs.pop()], dim=1), emb) if isinstance(layer, ResBlock) else layer(h)
+        return self.head(h)

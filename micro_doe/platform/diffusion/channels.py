@@ -39,3 +39,36 @@ def to_labels(x0: torch.Tensor | np.ndarray, channel_dim: int = 0) -> np.ndarray
     else:
         labels = x.argmax(dim=channel_dim).to(torch.int8)
     return labels.numpy()
+
+
+def to_labels_at_fractions(
+    x0: torch.Tensor | np.ndarray, fractions: tuple[float, ...] | list[float], channel_dim: int = 0, iterations: int = 60
+) -> np.ndarray:
+    """Phase labels from sampled x_0 whose phase fractions are ``fractions`` (one per channel).
+
+    One channel: label 1 on the ``fractions[0]`` share of voxels with the largest x (a threshold
+    at the 1 − f quantile instead of 0). K channels: the argmax of x_c + b_c, the offsets b_c
+    found by ``iterations`` steps of b_c += (f_c − current fraction of c) · (spread of x), so the
+    fractions approach the targets (to about 1/N for N voxels) while each voxel still takes the
+    phase it leans to most, relative to the others.
+    """
+    x = torch.as_tensor(x0).detach().cpu().double().movedim(channel_dim, 0)
+    f = torch.as_tensor(list(fractions), dtype=torch.float64)
+    if x.shape[0] == 1:
+        if len(f) != 1:
+            raise ValueError(f"fractions: expected 1 value for one channel, got {len(f)}")
+        flat = x[0].flatten()
+        k = int(round(float(f[0]) * flat.numel()))
+        labels = torch.zeros(flat.numel(), dtype=torch.int8)
+        labels[flat.argsort(descending=True)[:k]] = 1
+        return labels.reshape(x.shape[1:]).numpy()
+    if len(f) != x.shape[0]:
+        raise ValueError(f"fractions: expected {x.shape[0]} values (one per channel), got {len(f)}")
+    flat = x.reshape(x.shape[0], -1)
+    step = float(flat.std())
+    offsets = torch.zeros(x.shape[0], 1, dtype=torch.float64)
+    for _ in range(iterations):
+        labels = (flat + offsets).argmax(0)
+        current = torch.bincount(labels, minlength=x.shape[0]).double() / labels.numel()
+        offsets += (f - current)[:, None] * step
+    return (flat + offsets).argmax(0).to(torch.int8).reshape(x.shape[1:]).numpy()

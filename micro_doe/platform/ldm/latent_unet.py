@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from micro_doe.platform.diffusion import NoiseSchedule, diffusion_loss
-from micro_doe.platform.diffusion.blocks import Attention, ResBlock, rename_state_keys, timestep_embedding
+from micro_doe.platform.diffusion.blocks import UNetTrunk, rename_state_keys, timestep_embedding
 
 
 class LatentUNetConfig(BaseModel):
@@ -66,7 +66,7 @@ class LatentUNetConfig(BaseModel):
         return 2 ** (len(self.channel_mults) - 1)
 
 
-class LatentUNet3D(nn.Module):
+class LatentUNet3D(UNetTrunk):
     """Conditional ε-prediction U-Net on latents; ``forward(z_t, t, context, drop_mask=None) -> ε̂``."""
 
     def __init__(self, config: LatentUNetConfig) -> None:
@@ -78,39 +78,8 @@ class LatentUNet3D(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.context_mlp = nn.Sequential(nn.Linear(config.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.null_embedding = nn.Parameter(torch.zeros(emb_dim))
-        self.stem = nn.Conv3d(config.latent_channels, c0, 3, padding=1)
-
-        widths = [c0 * m for m in config.channel_mults]
-        self.down = nn.ModuleList()
-        skips = [c0]
-        c = c0
-        for level, width in enumerate(widths):
-            for _ in range(config.num_res_blocks):
-                self.down.append(ResBlock(3, c, width, emb_dim, groups, drop))
-                c = width
-                skips.append(c)
-            if level < len(widths) - 1:
-                self.down.append(nn.Conv3d(c, c, 3, stride=2, padding=1))
-                skips.append(c)
-
-        self.mid1 = ResBlock(3, c, c, emb_dim, groups, drop)
-        self.mid_attn = Attention(c, groups) if config.attention else nn.Identity()
-        self.mid2 = ResBlock(3, c, c, emb_dim, groups, drop)
-
-        self.up = nn.ModuleList()
-        for level, width in reversed(list(enumerate(widths))):
-            for _ in range(config.num_res_blocks + 1):
-                self.up.append(ResBlock(3, c + skips.pop(), width, emb_dim, groups, drop))
-                c = width
-            if level > 0:
-                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
-                self.up.append(nn.Conv3d(c, c, 3, padding=1))
-
-        self.head = nn.Sequential(
-            nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv3d(c, config.latent_channels, 3, padding=1)
-        )
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
+        self.build_trunk(3, config.latent_channels, c0, config.channel_mults, config.num_res_blocks, config.attention,
+                         groups, drop, emb_dim)  # fmt: skip
         # Bundles written before the blocks were shared wrapped the 3D attention in ".attn".
         self._register_load_state_dict_pre_hook(lambda state, prefix, *_: rename_state_keys(state, {"mid_attn.attn.": "mid_attn."}))
 
@@ -147,19 +116,7 @@ class LatentUNet3D(nn.Module):
             raise ValueError(f"z_t: latent sides must be divisible by {side}, got {tuple(z_t.shape[2:])}")
         if t.shape != z_t.shape[:1]:
             raise ValueError(f"t: expected one step per item, shape ({z_t.shape[0]},), got {tuple(t.shape)}")
-        emb = self.embedding(t, context, drop_mask)
-        h = self.stem(z_t)
-        hs = [h]
-        for layer in self.down:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
-            hs.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
-        for layer in self.up:
-            if isinstance(layer, ResBlock):
-                h = layer(torch.cat([h, hs.pop()], dim=1), emb)
-            else:
-                h = layer(h)
-        return self.head(h)
+        return self.run_trunk(z_t, self.embedding(t, context, drop_mask))
 
 
 def conditional_diffusion_loss(

@@ -48,6 +48,9 @@ class SamplingDefaults(BaseModel):
     anchor_per_slice: float = Field(0.0, ge=0.0, le=1.0, description="anchored: pull of slice means to the volume's")
     vf_spread: bool = Field(False, description="anchored: draw each volume's target vf around the target (window spread)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="network precision (fp16: CUDA only)")
+    decode: Literal["sign", "fractions"] = Field(
+        "sign", description="x_0 to labels: sign / argmax, or at the target phase fractions (any variant)"
+    )
 
 
 class TrainingRecipe(BaseModel):

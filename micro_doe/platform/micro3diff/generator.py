@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from micro_doe.platform.bundles import GenerationError
 from micro_doe.platform.descriptors.correlation import window_fraction_std
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, Sampler, make_generator
-from micro_doe.platform.diffusion.channels import to_labels
+from micro_doe.platform.diffusion.channels import to_labels, to_labels_at_fractions
 from micro_doe.platform.diffusion.training import default_device
 from micro_doe.platform.micro3diff.bundle import Micro3DiffBundle, SamplingDefaults, load_bundle
 from micro_doe.platform.micro3diff.sampler import Anchor, DenoisingPass, sample_multiplane_batch
@@ -59,6 +59,7 @@ class SamplingSettings(BaseModel):
     anchor_per_slice: float | None = Field(None, ge=0.0, le=1.0)
     vf_spread: bool | None = None
     precision: Literal["fp32", "bf16", "fp16"] | None = None
+    decode: Literal["sign", "fractions"] | None = None
     targets: dict[str, float] = Field(default_factory=dict)
 
     def resolved(self, defaults: SamplingDefaults) -> SamplingDefaults:
@@ -152,9 +153,24 @@ class Micro3DiffGenerator:
                 drawn = min(max(f[key] + sigma * z, sigma), 1.0 - sigma)
                 others = 1.0 - f[key]
                 f = {n: drawn if n == key else f[n] * (1.0 - drawn) / others for n in names}
-            channels = [f[names[1]]] if len(names) == 2 else [f[n] for n in names]
-            out.append(Anchor(tuple(channels), s.anchor_strength, s.anchor_until, s.anchor_per_slice))
+            out.append(Anchor(self.channel_fractions(f), s.anchor_strength, s.anchor_until, s.anchor_per_slice))
         return out
+
+    def channel_fractions(self, fractions: dict[str, float]) -> tuple[float, ...]:
+        """Phase fractions in channel order: phase 1's alone for two phases (one channel), else every phase's."""
+        names = self.bundle.config.phase_names
+        return (fractions[names[1]],) if len(names) == 2 else tuple(fractions[n] for n in names)
+
+    def check(self, settings: SamplingSettings, allow_extrapolation: bool = False) -> tuple[SamplingDefaults, dict[str, float]]:
+        """The resolved settings and every phase's target fraction; ValueError for a bad request."""
+        s = settings.resolved(self.bundle.config.sampling)
+        if settings.targets and s.variant != "anchored" and s.decode != "fractions":
+            raise ValueError(
+                f"targets: the {s.variant!r} variant with sign decoding steers no volume fraction; "
+                "use the anchored variant or decode: fractions"
+            )
+        self.sampler(s)
+        return s, self.target_fractions(settings.targets, allow_extrapolation)
 
     def sample(
         self,
@@ -177,11 +193,7 @@ class Micro3DiffGenerator:
             raise ValueError(f"n: expected at least 1 volume, got {n}")
         if volumes_per_batch < 1:
             raise ValueError(f"volumes_per_batch: expected at least 1, got {volumes_per_batch}")
-        settings = settings or SamplingSettings()
-        s = settings.resolved(self.bundle.config.sampling)
-        if settings.targets and s.variant != "anchored":
-            raise ValueError(f"targets: only the anchored variant steers the volume fraction, not {s.variant!r}")
-        fractions = self.target_fractions(settings.targets, allow_extrapolation)
+        s, fractions = self.check(settings or SamplingSettings(), allow_extrapolation)
         sampler = self.sampler(s)
         channels = self.bundle.config.unet.in_channels
         kwargs = {k: v for k, v in VARIANTS[s.variant].items()}
@@ -209,13 +221,18 @@ class Micro3DiffGenerator:
                 if not bool(x0[i].isfinite().all()):
                     raise GenerationError(f"{self.model_ref}: sampling produced non-finite values (seed {sd})")
                 params: dict[str, Any] = s.model_dump() | {"model": self.model_ref, "seconds": seconds}
-                if anchors is not None:
-                    fr = anchors[i].fractions
-                    target = dict(zip(self.bundle.config.phase_names[1:] if len(fr) == 1 else self.bundle.config.phase_names, fr))
-                    params["target_fractions"] = {k: round(v, 6) for k, v in target.items()}
+                if anchors is not None or s.decode == "fractions":
+                    fr = anchors[i].fractions if anchors is not None else self.channel_fractions(fractions)
+                    names = self.bundle.config.phase_names
+                    params["target_fractions"] = {k: round(v, 6) for k, v in zip(names[1:] if len(fr) == 1 else names, fr)}
+                if s.decode == "fractions":
+                    own = anchors[i].fractions if anchors is not None else self.channel_fractions(fractions)
+                    labels = to_labels_at_fractions(x0[i], own)
+                else:
+                    labels = to_labels(x0[i], channel_dim=0)
                 volumes.append(
                     make_volume(
-                        to_labels(x0[i], channel_dim=0),
+                        labels,
                         phase_names=self.bundle.config.phase_names,
                         source=f"micro3diff:{self.bundle.name}",
                         seed=sd,

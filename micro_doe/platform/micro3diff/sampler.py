@@ -26,8 +26,10 @@ S transitions (t, t_prev) from ``sampler.pairs()``, ending with (0, -1) = the da
             plane = ("yz", "xz", "xy")[k % 3];  k += 1      # the plane rotates every pass
             eps = model on the n slices of `plane`, in forward passes of <= batch_size slices
             x = sampler.step(eps, t, t_prev, x)             # x_t -> x_t_prev
-            if moment_match is not None and t_prev >= 0:    # optional variant, not the paper's (below)
+            if moment_match is not None and t_prev >= 0:    # "moment" variant, not the paper's (below)
                 x = match_second_moment(x, abar_{t_prev} * moment_match + 1 - abar_{t_prev})
+            if anchor is not None and t_prev >= until * T:  # "anchored" variant, not the paper's (below)
+                x = anchor_moments(x, anchor, abar_{t_prev}, plane)
     return x                                                # x_0, float (C, n, n, n)
 
 So the plane counter advances once per denoising pass, harmonizing passes included: the main
@@ -78,6 +80,38 @@ handed to all modes in proportion, so the modes it keeps gain); and it keeps wha
 given, so it cannot undo a drift of the mean (of the phase fraction). It also forces every volume's
 mean square to the target, which for data that are not +-1 (e.g. Gaussian fields) removes the
 real volume-to-volume spread of the variance. It is not the paper's algorithm.
+
+Variant: moment anchoring (``anchor``, the ``anchored`` variant; not the paper's). The ``moment``
+variant keeps whatever volume mean the chain drifts to, and on binary data the mean drifts toward
+the majority phase at every pass, so the minority phase is lost even with an exact denoiser.
+The anchor fixes both moments the forward process prescribes: for a channel that is +1 on a
+phase of fraction f and -1 elsewhere, E[x_0] = 2f - 1 and E[x_0^2] = 1, so under the forward
+process every sample x_t has volume mean sqrt(abar_t)(2f - 1) and mean square 1 (up to the
+noise's O(1/sqrt(N))). After each denoising pass ending at t_prev >= max(0, until * T), channel
+by channel (:func:`anchor_moments`):
+
+    m, M = mean(x_c), mean(x_c^2)                            # over the volume
+    m' = m + λ (sqrt(abar_{t_prev}) (2 f_c - 1) - m)         # λ = 1: a hard reset
+    M' = M + λ (1 - M)
+    x_c = m' + (x_c - m) sqrt((M' - m'^2) / (M - m^2))       # now mean m', mean square M'
+    if per_slice > 0:                                        # optional, off by default
+        x_c[slice s of the pass's plane] += per_slice (m' - mean of that slice)
+
+It is placed like the moment variant's rescaling: after denoising passes (main and harmonizing),
+never after a renoise (the forward kernel already maps the targets at t_prev to those at t in
+expectation) and never after the last pass (its output is x0_hat, a posterior mean). ``f_c`` is
+the target fraction of channel c's phase: the training data's by default, a requested one to
+generate at another vf (the generator checks it against the bundle's ``vf_range``), or one drawn
+per volume from the spread of the data's window fractions (the generator's ``vf_spread``). With
+the anchor, harmonizing helps as the paper says (README, "Measured"), where without it every
+harmonizing cycle removes more of the minority phase. The anchor steers vf (and S2(0) = vf), so
+it is judged by what it does not touch: the lineal path and the size distributions.
+
+Batches of volumes (:func:`sample_multiplane_batch`) advance together: the network sees the
+slices of all of them in each forward pass, while every random draw of volume i comes from its
+own generator, so each volume is the one its seed gives alone (up to floating-point order).
+``precision`` runs only the network under autocast (bf16 on the CPU, fp16 or bf16 on CUDA); the
+volume and the sampler's arithmetic stay float32.
 
 Random numbers come from one CPU ``torch.Generator`` (from ``seed``) and are moved to the
 device, so a seed draws the same numbers on every device and for every ``batch_size``: the

@@ -24,7 +24,14 @@ import torch
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
-from micro_doe.platform.descriptors import describe, error_rate, lineal_path_along_axes, s2_along_axes
+from micro_doe.platform.descriptors import (
+    Descriptors,
+    describe,
+    error_rate,
+    lineal_path_along_axes,
+    s2_along_axes,
+    section_sizes,
+)
 from micro_doe.platform.diffusion import DDPMSampler, NoiseSchedule, diffusion_loss
 from micro_doe.platform.diffusion.channels import labels_to_channels, to_labels
 from micro_doe.platform.diffusion.training import TrainingProgress, default_device, ema_update
@@ -59,8 +66,12 @@ def training_images(data: xr.DataArray, where: str = "data") -> xr.DataArray:
     """The 2D training images of a data set, as a (sample, y, x) stack.
 
     A (sample, y, x) stack is used as it is; a (z, y, x) volume gives its z-slices
-    (Micro3Diff case I). Images must be square: multi-plane sampling fills an n×n×n cube.
+    (Micro3Diff case I), and a (sample, z, y, x) stack of volumes the z-slices of every volume.
+    Images must be square: multi-plane sampling fills an n×n×n cube.
     """
+    if data.dims == ("sample", "z", "y", "x"):
+        data = data.stack(image=("sample", "z")).transpose("image", "y", "x")
+        data = data.drop_vars(["image", "sample", "z"], errors="ignore").rename(image="sample")
     if data.dims == ("z", "y", "x"):
         data = data.rename(z="sample")
     if data.dims != ("sample", "y", "x"):
@@ -100,6 +111,14 @@ def load_training_data(
             raise ValueError(f"{path}: cropping takes one 2D image, got dims {data.dims}")
         return random_crops(data, n=n_crops, size=crop_size, seed=seed)
     return data
+
+
+def training_reference(data: xr.DataArray, stack: xr.DataArray | None = None) -> Descriptors:
+    """The bundle's reference: the data's descriptors (curves along every axis the data has),
+    with size distributions over the 2D training images themselves (the sections a model sees,
+    of the size of a generated volume's sections)."""
+    stack = training_images(data) if stack is None else stack
+    return describe(data, 1, tortuosity_axis=None, sizes=False).model_copy(update={"sizes": section_sizes(stack, 1)})
 
 
 def train_micro3diff(
@@ -165,7 +184,7 @@ def train_micro3diff(
             advance(running)
 
     seconds = time.perf_counter() - start
-    reference = describe(data, 1, tortuosity_axis=None)
+    reference = training_reference(data, stack)
     quality = _quality_check(ema, schedule, reference, stack.sizes["y"], channels, config, device)
     bundle_config = Micro3DiffConfig(
         image_size=int(stack.sizes["y"]),

@@ -5,8 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from micro_doe.platform.descriptors import SizeDistribution, describe, equivalent_diameters, local_thickness
-from micro_doe.platform.descriptors import section_sizes, size_error
+from micro_doe.platform.descriptors import (
+    SizeDistribution,
+    describe,
+    equivalent_diameters,
+    local_thickness,
+    section_sizes,
+    size_error,
+)
 from micro_doe.platform.volumes import make_volume
 
 

@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, NoiseSchedule, make_generator
-from micro_doe.platform.micro3diff.ideal_denoisers import EmpiricalDenoiser, StationaryGaussianDenoiser
-from micro_doe.platform.micro3diff.ideal_denoisers import periodic_gaussian_kernel
+from micro_doe.platform.micro3diff.ideal_denoisers import (
+    EmpiricalDenoiser,
+    StationaryGaussianDenoiser,
+    periodic_gaussian_kernel,
+)
 from micro_doe.platform.micro3diff.sampler import (
-    NORMAL_DIM,
     PLANES,
     Anchor,
     DenoisingPass,

@@ -86,7 +86,7 @@ def test_vf_targets_steer_the_anchored_variant_within_the_documented_range(gener
     assert generator.target_fractions({key: min(0.99, hi + 0.05)}, allow_extrapolation=True)
     with pytest.raises(ValueError, match="not a phase"):
         generator.target_fractions({"vf_nothing": 0.2})
-    with pytest.raises(ValueError, match="only the anchored variant"):
+    with pytest.raises(ValueError, match="steers no volume fraction"):
         generator.sample(1, SamplingSettings(n_h=0, steps=2, variant="paper", targets={key: target}))
 
 

@@ -62,6 +62,10 @@ def test_training_images_shapes_and_errors(rng):
         training_images(make_volume(rng.integers(0, 2, (8, 8))))
     with pytest.raises(ValueError, match="square"):
         training_images(make_volume(rng.integers(0, 2, (5, 8, 6))))
+    stack = make_volume(rng.integers(0, 3, (2, 5, 8, 8)), dims=("sample", "z", "y", "x"), phase_names=["a", "b", "c"])
+    images = training_images(stack)
+    assert images.dims == ("sample", "y", "x") and images.shape == (10, 8, 8)
+    assert np.array_equal(images.values[5:], stack.values[1]) and images.attrs["phase_names"] == ["a", "b", "c"]
 
 
 def test_load_training_data_from_a_folder_and_by_cropping(tmp_path, rng):
