@@ -55,7 +55,7 @@ $(MODELS)/ternary-blend-32/model.pt: install
 	$(BIN)/micro-doe data make cahn-hilliard-trajectory --shape 320 32 32 --phases 3 --steps 300 \
 		--snapshot-every 300 --seed 0 --out $(DATA)/ternary-blend-32.nc
 	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/ternary-blend-32.nc \
-		--out $(MODELS)/ternary-blend-32 --steps 5000 --seed 0 $(if $(RESUME),--resume)
+		--out $(MODELS)/ternary-blend-32 --steps 3500 --seed 0 $(if $(RESUME),--resume)
 
 # The conditional LDM: the default Cahn–Hilliard data set (17 φ × 9 χ, ≈ 3 min) and the default
 # recipe (VAE 5000, feature predictor 4000, LDM 30000 steps; ≈ 50 min on 2 cores).

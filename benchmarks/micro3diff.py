@@ -26,7 +26,7 @@ network passes per volume.
 
 ``--vf-sweep``: the anchored variant at the default setting for vf targets from 0.5× to 1.4×
 the training vf (spheres-32), each judged against fresh packings of that vf (same diameters).
-``--update-defaults`` writes the cheapest setting within 1 point (L + size error) of the best
+``--update-defaults`` writes the cheapest setting within 1 point (L + size + diameter error) of the best
 into each bundle's default sampling settings. Images go to docs/: a montage of the paper's
 algorithm against the anchored one, and error against n_h.
 """
@@ -48,8 +48,8 @@ import torch  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from micro_doe.platform.bundles import update_sampling_defaults  # noqa: E402
-from micro_doe.platform.descriptors import equivalent_diameters, section_sizes, size_error  # noqa: E402
-from micro_doe.platform.descriptors.reference_error import error_rates  # noqa: E402
+from micro_doe.platform.descriptors import equivalent_diameters, error_rate, section_sizes, size_error  # noqa: E402
+from micro_doe.platform.descriptors.reference_error import error_rates, pooled_curves  # noqa: E402
 from micro_doe.platform.micro3diff.bundle import SamplingDefaults  # noqa: E402
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings  # noqa: E402
 from micro_doe.platform.plots import slice_montage  # noqa: E402
@@ -60,6 +60,7 @@ PAPER = {"spheres": (1.88, 4.56), "polycrystal": (6.43, 5.88)}
 PAPER_PASSES = 11_000
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 ANCHORED = {"variant": "anchored"}
+DEFAULT_MODELS = ["spheres-32", "polycrystal-32", "ternary-blend-32"]
 
 
 def grid(name: str, preset: str) -> list[SamplingSettings]:
@@ -70,6 +71,9 @@ def grid(name: str, preset: str) -> list[SamplingSettings]:
     a = {"variant": "anchored", "precision": "bf16"}
     if preset == "quick":
         return [S(variant="paper", n_h=0, steps=25), S(**a, n_h=3, steps=25), S(**a, n_h=3, steps=25, decode="fractions")]
+    if preset == "lean":
+        return [S(variant="paper", n_h=0, steps=50), S(**a, n_h=0, steps=50), S(**a, n_h=10, steps=25),
+                S(**a, n_h=10, steps=25, decode="fractions")]  # fmt: skip
     core = [S(variant="paper", n_h=h, steps=50) for h in (0, 1)] + [S(variant="moment", n_h=1, steps=50)]
     core += [S(**a, n_h=0, steps=50), S(**a, n_h=3, steps=50), S(**a, n_h=10, steps=25)]
     core += [S(**a, n_h=10, steps=25, decode="fractions")]
@@ -103,6 +107,7 @@ def measure(reference, volumes: list[xr.DataArray], phase: int = 1) -> dict[str,
     }
     if reference.sizes is not None and phase == reference.phase:
         out["size_error"] = size_error(reference.sizes, sizes)
+        out["diameter_error"] = 100.0 * abs(sizes.diameter_mean - reference.sizes.diameter_mean) / reference.sizes.diameter_mean
     out.update({k: errors[k] for k in ("s2_error", "lineal_path_error") if k in errors})
     if volumes[0].ndim == 3:
         d3 = np.concatenate([equivalent_diameters(v.values == phase) for v in volumes])
@@ -156,6 +161,12 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     floor = measure(reference, floor_volumes)
     if n_phases > 2:
         floor["phases"] = {k: measure(reference, floor_volumes, phase=k) for k in range(n_phases)}
+        r_max = len(reference.s2_radial) - 1
+        truth = {k: pooled_curves(floor_volumes, r_max, phase=k)["lineal path"] for k in range(n_phases)}
+        for r in rows:  # per phase, against the true 3D windows: L error and size error
+            for k, p in r["phases"].items():
+                p["L_vs_data"] = error_rate(truth[k], pooled_curves(r["volumes"], r_max, phase=k)["lineal path"])
+                p["size_vs_data"] = size_error(floor["phases"][k]["sizes"], p["sizes"])
     judged = [r for r in rows if "size_error" in r]
     best = min(judged, key=_score)
     cheapest = min((r for r in judged if _score(r) <= _score(best) + 1.0), key=lambda r: (r["passes"], r["seconds"]))
@@ -164,7 +175,8 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
 
 
 def _score(row: dict) -> float:
-    return row["lineal_path_error"] + row["size_error"]
+    """L error + size error + diameter error (|Ø − reference Ø| in % of it): the three judges."""
+    return row["lineal_path_error"] + row["size_error"] + row["diameter_error"]
 
 
 def _label(s: SamplingDefaults) -> str:
@@ -210,7 +222,7 @@ def print_tables(results: list[dict], args: argparse.Namespace) -> None:
             print(f"| *paper, Fig. 5* (64², T = n_h·… = {PAPER_PASSES} passes, 25 volumes) | | | 10 | 1000 | {PAPER_PASSES} | "
                   f"{lp} | | | " + ("| " if three_d else "") + f"{s2} | | |")
         c = res["cheapest"]["settings"]
-        print(f"\ncheapest setting within 1 point (L + size error) of the best: {_label(c)} "
+        print(f"\ncheapest setting within 1 point (L + size + diameter error) of the best: {_label(c)} "
               f"({res['cheapest']['passes']} passes per volume, {res['cheapest']['passes'] / PAPER_PASSES:.1%} of the paper's)")
         if res["n_phases"] > 2:
             print_phases(res)
@@ -218,12 +230,13 @@ def print_tables(results: list[dict], args: argparse.Namespace) -> None:
 
 def print_phases(res: dict) -> None:
     names = res["generator"].bundle.config.phase_names
-    print(f"\nper phase, {res['name']} (vf / Ø in 2D sections / mean width; data floor: 32³ windows of the training box):\n")
+    print(f"\nper phase, {res['name']}: vf / L error % / size error % against 32³ windows of the training box "
+          "(the true 3D structure the slices came from):\n")
     print("| setting | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for r in [*res["rows"], {"settings": None, "phases": res["floor"]["phases"]}]:
         label = "*data floor*" if r["settings"] is None else _label(r["settings"]).replace(" | ", ", ")
-        cells = [f"{p['vf']:.3f} / {p['diameter']:.2f} / {p['thickness']:.2f}" for p in r["phases"].values()]
+        cells = [f"{p['vf']:.3f} / {p.get('L_vs_data', 0.0):.1f} / {p.get('size_vs_data', 0.0):.1f}" for p in r["phases"].values()]
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
@@ -249,7 +262,8 @@ def vf_sweep(args: argparse.Namespace, defaults: SamplingDefaults) -> list[dict]
     return out
 
 
-def save_figures(results: list[dict]) -> None:
+def save_figures(results: list[dict], tag: str) -> None:
+    """docs/micro3diff-montage<tag>.png and docs/micro3diff-nh-sweep<tag>.png."""
     DOCS.mkdir(exist_ok=True)
     rows, labels = [], []
     for res in results:
@@ -259,7 +273,7 @@ def save_figures(results: list[dict]) -> None:
             labels.append(f"{res['name']}: {what}\n{r['settings'].variant}, n_h={r['settings'].n_h}, S={r['settings'].steps}")
         rows.append(res["floor_volumes"][0] if res["floor_volumes"][0].ndim == 3 else res["floor_volumes"][0].isel(sample=slice(0, 32)))
         labels.append(f"{res['name']}: training data")
-    slice_montage(rows, DOCS / "micro3diff-montage.png", labels=labels,
+    slice_montage(rows, DOCS / f"micro3diff-montage{tag}.png", labels=labels,
                   title="Micro3Diff: the paper's algorithm, the anchored default, and the data (mid-slices of each plane)")
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
@@ -281,15 +295,15 @@ def save_figures(results: list[dict]) -> None:
         ax.set_title(res["name"])
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(DOCS / "micro3diff-nh-sweep.png", dpi=110)
+    fig.savefig(DOCS / f"micro3diff-nh-sweep{tag}.png", dpi=110)
     plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["spheres-32", "polycrystal-32", "ternary-blend-32"])
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     parser.add_argument("--volumes", type=int, default=4)
-    parser.add_argument("--grid", choices=("default", "core", "quick"), default="default")
+    parser.add_argument("--grid", choices=("default", "core", "lean", "quick"), default="default")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--vf-sweep", action="store_true")
     parser.add_argument("--sweep-volumes", type=int, default=3)
@@ -300,8 +314,10 @@ def main() -> None:
           f"device {'cuda' if torch.cuda.is_available() else 'cpu'}", flush=True)
     results = [run_model(name, args) for name in args.models]
     print_tables(results, args)
-    save_figures(results)
-    print(f"\nfigures: {DOCS}/micro3diff-montage.png, micro3diff-nh-sweep.png")
+    # The default model set writes the README's figures; any other set gets its own names.
+    tag = "" if args.models == DEFAULT_MODELS else "-" + "-".join(args.models)
+    save_figures(results, tag)
+    print(f"\nfigures: {DOCS}/micro3diff-montage{tag}.png, micro3diff-nh-sweep{tag}.png")
     if args.update_defaults:
         for res in results:
             c = res["cheapest"]["settings"]
