@@ -71,6 +71,8 @@ def grid(name: str, preset: str) -> list[SamplingSettings]:
     a = {"variant": "anchored", "precision": "bf16"}
     if preset == "quick":
         return [S(variant="paper", n_h=0, steps=25), S(**a, n_h=3, steps=25), S(**a, n_h=3, steps=25, decode="fractions")]
+    if preset == "figures":  # the montage's settings: the paper's, and the anchored variant at n_h 6 and 10
+        return [S(variant="paper", n_h=0, steps=50), S(**a, n_h=6, steps=25), S(**a, n_h=10, steps=25)]
     if preset == "lean":
         return [S(variant="paper", n_h=0, steps=50), S(**a, n_h=0, steps=50), S(**a, n_h=10, steps=25),
                 S(**a, n_h=10, steps=25, decode="fractions")]  # fmt: skip
@@ -249,7 +251,7 @@ def vf_sweep(args: argparse.Namespace, defaults: SamplingDefaults) -> list[dict]
     print("\n### vf targets (spheres-32, anchored at the default setting; judges: Ø and mean width against fresh packings at that vf)\n")
     print("| target vf | × training | measured vf | Ø (data) | Ø3D (data) | mean width (data) | size error % vs data at that vf |")
     print("|---:|---:|---:|---|---|---|---:|")
-    for factor in (0.5, 0.75, 1.25, 1.4):  # 1.0 is in the main table; random packing jams near 0.29 here
+    for factor in (0.5, 0.75, 1.0, 1.25, 1.4):  # random packing jams near 0.29 at this size
         target = round(train * factor, 4)
         settings = SamplingSettings(**(defaults.model_dump() | ANCHORED), targets={"vf_inclusion": target})
         volumes = generator.sample(args.sweep_volumes, settings, seed=args.seed, volumes_per_batch=4, allow_extrapolation=True)
@@ -303,15 +305,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     parser.add_argument("--volumes", type=int, default=4)
-    parser.add_argument("--grid", choices=("default", "core", "lean", "quick"), default="default")
+    parser.add_argument("--grid", choices=("default", "core", "lean", "figures", "quick"), default="default")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--vf-sweep", action="store_true")
     parser.add_argument("--sweep-volumes", type=int, default=3)
+    parser.add_argument("--vf-sweep-only", action="store_true", help="only the vf sweep, at the bundle's default")
     parser.add_argument("--update-defaults", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the rows (without volumes) to this JSON file")
     args = parser.parse_args()
     print(f"# Micro3Diff benchmark: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {'cuda' if torch.cuda.is_available() else 'cpu'}", flush=True)
+    if args.vf_sweep_only:  # the sweep alone, at spheres-32's current default setting
+        vf_sweep(args, Micro3DiffGenerator("pretrained:spheres-32").bundle.config.sampling)
+        return
     results = [run_model(name, args) for name in args.models]
     print_tables(results, args)
     # The default model set writes the README's figures; any other set gets its own names.

@@ -378,10 +378,11 @@ def _json_default(value: Any) -> Any:
 
 
 def stack_volumes(volumes: list[xr.DataArray]) -> xr.DataArray:
-    """Several volumes as one (sample, z, y, x) DataArray (attrs of the first; seeds listed)."""
+    """Several volumes as one (sample, z, y, x) DataArray (attrs of the first; seeds listed when every volume has one)."""
     if len(volumes) == 1:
         return volumes[0]
     stacked = xr.concat(volumes, dim="sample", combine_attrs="override")
-    stacked.attrs["seeds"] = [int(v.attrs["seed"]) for v in volumes]
     stacked.attrs.pop("seed", None)
+    if all("seed" in v.attrs for v in volumes):  # volumes from files or other tools may carry none
+        stacked.attrs["seeds"] = [int(v.attrs["seed"]) for v in volumes]
     return stacked.astype("int8")

@@ -57,7 +57,7 @@ def test_micro3diff_rejects_ldm_options(tmp_path, tiny_bundle, capsys):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("name", ["spheres-32", "polycrystal-32"])
+@pytest.mark.parametrize("name", ["spheres-32", "polycrystal-32", "ternary-blend-32"])
 def test_shipped_models_generate_on_a_fresh_install(tmp_path, name):
     out = tmp_path / "vol.nc"
     assert run_cli("generate", f"pretrained:{name}", "--n-h", "0", "--steps", "2", "--out", str(out), "--no-show") == 0

@@ -1,9 +1,13 @@
-"""Generators: a model bundle turned into labelled volumes (what actors and the CLI call).
+"""The Micro3Diff generator: a model bundle turned into labelled volumes (what actors and the CLI call).
 
 :class:`Micro3DiffGenerator` loads a bundle once and samples n×n×n volumes by multi-plane
 denoising (see :mod:`micro_doe.platform.micro3diff.sampler`), with the bundle's default sampling
-settings unless told otherwise. Every volume carries its sampling settings, seed, model
-and seconds spent in its attrs.
+settings unless told otherwise. Order of operations of :meth:`Micro3DiffGenerator.sample`:
+resolve the settings against the bundle's defaults and check them (targets against the bundle's
+``vf_range``); then per batch of ``volumes_per_batch`` volumes, one :class:`Anchor` per volume
+(anchored variant; with ``vf_spread`` its target drawn from the volume's own seed), one batched
+multi-plane loop, and labels by sign / argmax or at the target fractions (``decode``). Every
+volume carries its settings, target fractions, seed, model and seconds in its attrs.
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ class Micro3DiffGenerator:
         return {name: float(ref[name]) for name in self.bundle.config.phase_names}
 
     def target_fractions(self, targets: dict[str, float], allow_extrapolation: bool = False) -> dict[str, float]:
-        """Every phase's target fraction from ``{"vf_<phase>": value}`` (module doc of the class).
+        """Every phase's target fraction from ``{"vf_<phase>": value}`` (see :class:`SamplingSettings`).
 
         A target outside the bundle's ``vf_range`` (multiples of the training fraction) is
         refused unless ``allow_extrapolation``; the message names the allowed range.

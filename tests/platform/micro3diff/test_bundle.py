@@ -49,11 +49,13 @@ def test_rewrite_is_atomic_and_defaults_update(tmp_path, tiny_bundle):
 def test_shipped_bundles_are_complete_and_documented():
     from micro_doe.platform.bundles import shipped_models
 
-    assert {"spheres-32", "polycrystal-32"} <= set(shipped_models())
-    for name in ("spheres-32", "polycrystal-32"):
+    assert {"spheres-32", "polycrystal-32", "ternary-blend-32"} <= set(shipped_models())
+    for name, steps, phases in (("spheres-32", 5000, 2), ("polycrystal-32", 5000, 2), ("ternary-blend-32", 3500, 3)):
         bundle = load_bundle(f"pretrained:{name}")
         recipe = bundle.config.recipe
-        assert bundle.config.image_size == 32 and recipe.steps == 5000 and recipe.data_params
+        assert bundle.config.image_size == 32 and recipe.steps == steps and recipe.data_params
+        assert len(bundle.config.phase_names) == phases == bundle.config.unet.in_channels + (phases == 2)
         card = (bundle.path / "card.md").read_text()
         assert "wall time" in card and "final loss" in card and "S2 error rate" in card
         assert 0 < bundle.reference.volume_fraction < 1
+        assert bundle.reference.sizes is not None and bundle.reference.sizes.thickness_mean > 1

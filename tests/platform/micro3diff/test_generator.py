@@ -46,6 +46,9 @@ def test_stacking_volumes_keeps_their_seeds(generator):
     stacked = stack_volumes(volumes)
     assert stacked.dims == ("sample", "z", "y", "x") and list(stacked.attrs["seeds"]) == [0, 1]
     assert stack_volumes(volumes[:1]) is volumes[0]
+    unseeded = [v.copy() for v in volumes]
+    del unseeded[1].attrs["seed"]
+    assert "seeds" not in stack_volumes(unseeded).attrs and "seed" not in stack_volumes(unseeded).attrs
 
 
 def test_a_diverged_model_raises_a_generation_error(tmp_path, tiny_bundle):
