@@ -221,7 +221,7 @@ def print_tables(results: list[dict], args: argparse.Namespace) -> None:
         print(cells + f"{f['s2_error']:.2f} | {f['vf']:.3f} ± {f['vf_sd']:.3f} | |")
         if case:
             s2, lp = PAPER[case]
-            print(f"| *paper, Fig. 5* (64², T = n_h·… = {PAPER_PASSES} passes, 25 volumes) | | | 10 | 1000 | {PAPER_PASSES} | "
+            print(f"| *paper, Fig. 5* (64², S = T = 1000, 25 volumes) | | | 10 | 1000 | {PAPER_PASSES} | "
                   f"{lp} | | | " + ("| " if three_d else "") + f"{s2} | | |")
         c = res["cheapest"]["settings"]
         print(f"\ncheapest setting within 1 point (L + size + diameter error) of the best: {_label(c)} "

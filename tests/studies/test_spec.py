@@ -454,12 +454,12 @@ def test_an_ldm_study_searches_the_models_conditioning_targets(fake_shipped, tmp
 
 
 def test_a_micro3diff_study_searches_vf_targets_within_the_documented_range(fake_shipped, tmp_path):
-    spec = parse_spec(VALID | {"search": {"target.vf_inclusion": {"float": [0.15, 0.25]}, "n_h": {"int": [0, 2]}},
+    spec = parse_spec(VALID | {"search": {"target.vf_inclusion": {"float": [0.16, 0.25]}, "n_h": {"int": [0, 2]}},
                                "fixed": {"variant": "anchored"}})  # fmt: skip
     domain = spec.generator.domains()["target.vf_inclusion"]
-    assert (domain.low, domain.high) == pytest.approx((0.1, 0.3))  # vf_range (0.5, 1.5) × training vf 0.2
+    assert (domain.low, domain.high) == pytest.approx((0.15, 0.28))  # vf_range (0.75, 1.4) × training vf 0.2
     outside = VALID | {"search": {"target.vf_inclusion": {"float": [0.15, 0.45]}}, "fixed": {"variant": "anchored"}}
-    assert "upper bound must be ≤ 0.3" in problems(outside, tmp_path)["search.target.vf_inclusion.float"]
+    assert "upper bound must be ≤ 0.28" in problems(outside, tmp_path)["search.target.vf_inclusion.float"]
     allowed = outside | {"generator": VALID["generator"] | {"allow_extrapolation": True}}
     parse_spec(allowed)
     wrong = VALID | {"fixed": {"target.vf_nothing": 0.2}}

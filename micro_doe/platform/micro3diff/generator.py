@@ -183,7 +183,7 @@ class Micro3DiffGenerator:
         *,
         seed: int = 0,
         batch_size: int = 64,
-        volumes_per_batch: int = 8,
+        volumes_per_batch: int | None = None,
         allow_extrapolation: bool = False,
         on_pass: Callable[[DenoisingPass], None] | None = None,
     ) -> list[xr.DataArray]:
@@ -191,10 +191,13 @@ class Micro3DiffGenerator:
 
         Volumes are sampled ``volumes_per_batch`` at a time in one loop (the network sees their
         slices together, ``batch_size`` slices per forward pass); each volume's seconds are its
-        batch's wall time divided by the volumes in it.
+        batch's wall time divided by the volumes in it. Default: 8 on CUDA, 1 on the CPU, where
+        batching volumes measured no faster (``benchmarks/micro3diff_speed.py``).
         """
         if n < 1:
             raise ValueError(f"n: expected at least 1 volume, got {n}")
+        if volumes_per_batch is None:
+            volumes_per_batch = 8 if str(self.device).startswith("cuda") else 1
         if volumes_per_batch < 1:
             raise ValueError(f"volumes_per_batch: expected at least 1, got {volumes_per_batch}")
         s, fractions = self.check(settings or SamplingSettings(), allow_extrapolation)
