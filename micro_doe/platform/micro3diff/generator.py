@@ -191,13 +191,14 @@ class Micro3DiffGenerator:
 
         Volumes are sampled ``volumes_per_batch`` at a time in one loop (the network sees their
         slices together, ``batch_size`` slices per forward pass); each volume's seconds are its
-        batch's wall time divided by the volumes in it. Default: 8 on CUDA, 1 on the CPU, where
-        batching volumes measured no faster (``benchmarks/micro3diff_speed.py``).
+        batch's wall time divided by the volumes in it. Default: 8 on CUDA, 4 on the CPU (there the
+        gain of batching volumes is small and varies with the machine's load:
+        ``benchmarks/micro3diff_speed.py``).
         """
         if n < 1:
             raise ValueError(f"n: expected at least 1 volume, got {n}")
         if volumes_per_batch is None:
-            volumes_per_batch = 8 if str(self.device).startswith("cuda") else 1
+            volumes_per_batch = 8 if str(self.device).startswith("cuda") else 4
         if volumes_per_batch < 1:
             raise ValueError(f"volumes_per_batch: expected at least 1, got {volumes_per_batch}")
         s, fractions = self.check(settings or SamplingSettings(), allow_extrapolation)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from ldm_fixtures import one_torch_thread
 
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, NoiseSchedule, make_generator
 from micro_doe.platform.micro3diff.ideal_denoisers import (
@@ -32,10 +33,8 @@ N = 16
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def gaussian_model(n: int = 8, channels: int = 1) -> StationaryGaussianDenoiser:
