@@ -273,8 +273,9 @@ def save_figures(results: list[dict], tag: str) -> None:
         for r, what in ((paper, "paper (best n_h)"), (res["cheapest"], "default")):
             rows.append(r["volumes"][0])
             labels.append(f"{res['name']}: {what}\n{r['settings'].variant}, n_h={r['settings'].n_h}, S={r['settings'].steps}")
-        rows.append(res["floor_volumes"][0] if res["floor_volumes"][0].ndim == 3 else res["floor_volumes"][0].isel(sample=slice(0, 32)))
-        labels.append(f"{res['name']}: training data")
+        if res["floor_volumes"][0].dims == ("z", "y", "x"):  # 2D training images (case II) have no 3D view
+            rows.append(res["floor_volumes"][0])
+            labels.append(f"{res['name']}: training data")
     slice_montage(rows, DOCS / f"micro3diff-montage{tag}.png", labels=labels,
                   title="Micro3Diff: the paper's algorithm, the anchored default, and the data (mid-slices of each plane)")
 
