@@ -71,6 +71,9 @@ def grid(name: str, preset: str) -> list[SamplingSettings]:
     a = {"variant": "anchored", "precision": "bf16"}
     if preset == "quick":
         return [S(variant="paper", n_h=0, steps=25), S(**a, n_h=3, steps=25), S(**a, n_h=3, steps=25, decode="fractions")]
+    if preset == "options":  # the anchored variant's own options against the plain hard reset
+        return [S(**a, n_h=3, steps=25), S(**a, n_h=3, steps=25, anchor_until=0.1), S(**a, n_h=3, steps=25, anchor_per_slice=0.5),
+                S(**a, n_h=6, steps=25, vf_spread=True), S(**a, n_h=10, steps=25, decode="fractions", vf_spread=True)]  # fmt: skip
     if preset == "figures":  # the montage's settings: the paper's, and the anchored variant at n_h 6 and 10
         return [S(variant="paper", n_h=0, steps=50), S(**a, n_h=6, steps=25), S(**a, n_h=10, steps=25)]
     if preset == "lean":
@@ -306,7 +309,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     parser.add_argument("--volumes", type=int, default=4)
-    parser.add_argument("--grid", choices=("default", "core", "lean", "figures", "quick"), default="default")
+    parser.add_argument("--grid", choices=("default", "core", "lean", "figures", "options", "quick"), default="default")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--vf-sweep", action="store_true")
     parser.add_argument("--sweep-volumes", type=int, default=3)
