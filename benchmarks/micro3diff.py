@@ -74,6 +74,8 @@ def grid(name: str, preset: str) -> list[SamplingSettings]:
     if preset == "options":  # the anchored variant's own options against the plain hard reset
         return [S(**a, n_h=3, steps=25), S(**a, n_h=3, steps=25, anchor_until=0.1), S(**a, n_h=3, steps=25, anchor_per_slice=0.5),
                 S(**a, n_h=6, steps=25, vf_spread=True), S(**a, n_h=10, steps=25, decode="fractions", vf_spread=True)]  # fmt: skip
+    if preset == "calibrated":  # the anchored variant at the vf its calibration maps the target to
+        return [S(**a, n_h=h, steps=25, calibrate=c) for h in (6, 10) for c in (False, True)]
     if preset == "figures":  # the montage's settings: the paper's, and the anchored variant at n_h 6 and 10
         return [S(variant="paper", n_h=0, steps=50), S(**a, n_h=6, steps=25), S(**a, n_h=10, steps=25)]
     if preset == "lean":
@@ -272,8 +274,9 @@ def save_figures(results: list[dict], tag: str) -> None:
     DOCS.mkdir(exist_ok=True)
     rows, labels = [], []
     for res in results:
-        paper = min((r for r in res["rows"] if r["settings"].variant == "paper"), key=_score)
-        for r, what in ((paper, "paper (best n_h)"), (res["cheapest"], "default")):
+        paper = [r for r in res["rows"] if r["settings"].variant == "paper"]
+        shown = [(min(paper, key=_score), "paper (best n_h)")] if paper else []
+        for r, what in (*shown, (res["cheapest"], "best")):
             rows.append(r["volumes"][0])
             labels.append(f"{res['name']}: {what}\n{r['settings'].variant}, n_h={r['settings'].n_h}, S={r['settings'].steps}")
         if res["floor_volumes"][0].dims == ("z", "y", "x"):  # 2D training images (case II) have no 3D view
@@ -309,7 +312,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     parser.add_argument("--volumes", type=int, default=4)
-    parser.add_argument("--grid", choices=("default", "core", "lean", "figures", "options", "quick"), default="default")
+    parser.add_argument("--grid", choices=("default", "core", "lean", "figures", "options", "calibrated", "quick"), default="default")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--vf-sweep", action="store_true")
     parser.add_argument("--sweep-volumes", type=int, default=3)

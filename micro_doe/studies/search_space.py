@@ -215,6 +215,7 @@ GENERATOR_PARAMETERS: dict[str, dict[str, ParamDomain]] = {
         "vf_spread": ParamDomain("choice", choices=(False, True), description="anchored: per-volume vf spread"),  # type: ignore[arg-type]
         "precision": ParamDomain("choice", choices=("fp32", "bf16", "fp16"), description="network precision"),
         "decode": ParamDomain("choice", choices=("sign", "fractions"), description="x_0 to labels"),
+        "calibrate": ParamDomain("choice", choices=(False, True), description="anchored: calibrated vf"),  # type: ignore[arg-type]
     },
     "ldm": {
         "target.*": ParamDomain("float", description="target value of a conditioning label (target.vf_donor, ...)"),

@@ -48,6 +48,7 @@ class SamplingDefaults(BaseModel):
     anchor_per_slice: float = Field(0.0, ge=0.0, le=1.0, description="anchored: pull of slice means to the volume's")
     vf_spread: bool = Field(False, description="anchored: draw each volume's target vf around the target (window spread)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="network precision (fp16: CUDA only)")
+    calibrate: bool = Field(False, description="anchored: anchor at the fraction the bundle's vf_calibration maps the target to")
     decode: Literal["sign", "fractions"] = Field(
         "sign", description="x_0 to labels: sign / argmax, or at the target phase fractions (any variant)"
     )
@@ -83,6 +84,10 @@ class Micro3DiffConfig(BaseModel):
     recipe: TrainingRecipe
     # The default is what the spheres-32 vf sweep measured (README, "vf targets"): below 0.75× the
     # inclusions come out too small; a model trained on other data may set its own.
+    vf_calibration: list[tuple[float, float]] = Field(
+        default_factory=list,
+        description="(anchored fraction, measured vf) of the phase of interest at the default setting; empty: none",
+    )
     vf_range: tuple[float, float] = Field(
         (0.75, 1.4), description="targets of a phase's vf allowed without extrapolation, as multiples of its training vf"
     )

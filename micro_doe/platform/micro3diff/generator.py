@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,6 +65,7 @@ class SamplingSettings(BaseModel):
     vf_spread: bool | None = None
     precision: Literal["fp32", "bf16", "fp16"] | None = None
     decode: Literal["sign", "fractions"] | None = None
+    calibrate: bool | None = None
     targets: dict[str, float] = Field(default_factory=dict)
 
     def resolved(self, defaults: SamplingDefaults) -> SamplingDefaults:
@@ -133,32 +135,53 @@ class Micro3DiffGenerator:
         share = sum(train[n] for n in free)
         return given | {n: rest * train[n] / share for n in free}
 
-    def anchors(
-        self, s: SamplingDefaults, fractions: dict[str, float], seeds: list[int]
-    ) -> list[Anchor] | None:
-        """One :class:`Anchor` per volume for the ``anchored`` variant (None otherwise).
+    def volume_targets(self, s: SamplingDefaults, fractions: dict[str, float], seeds: list[int]) -> list[dict[str, float]]:
+        """Each volume's target phase fractions: ``fractions``, or with ``vf_spread`` a draw.
 
         With ``vf_spread``, volume i's fraction of the phase of interest is drawn (from its own
         seed) from N(target, σ²), σ the standard deviation of the training data's fraction in
         a window of the volume's size (:func:`window_fraction_std` of the reference's radial S2),
         clipped to [σ, 1 − σ]; the other phases share the rest in proportion.
         """
-        if s.variant != "anchored":
-            return None
-        names = self.bundle.config.phase_names
+        if not s.vf_spread:
+            return [dict(fractions) for _ in seeds]
         ref = self.bundle.reference
+        sigma = window_fraction_std(ref.s2_radial, self.size)
         out = []
         for seed in seeds:
-            f = dict(fractions)
-            if s.vf_spread:
-                sigma = window_fraction_std(ref.s2_radial, self.size)
-                z = float(torch.randn((), generator=torch.Generator().manual_seed(int(seed) + SPREAD_SEED)))
-                key = ref.phase_name
-                drawn = min(max(f[key] + sigma * z, sigma), 1.0 - sigma)
-                others = 1.0 - f[key]
-                f = {n: drawn if n == key else f[n] * (1.0 - drawn) / others for n in names}
-            out.append(Anchor(self.channel_fractions(f), s.anchor_strength, s.anchor_until, s.anchor_per_slice))
+            z = float(torch.randn((), generator=torch.Generator().manual_seed(int(seed) + SPREAD_SEED)))
+            out.append(self._with_fraction(fractions, min(max(fractions[ref.phase_name] + sigma * z, sigma), 1.0 - sigma)))
         return out
+
+    def anchors(self, s: SamplingDefaults, targets: list[dict[str, float]]) -> list[Anchor] | None:
+        """One :class:`Anchor` per volume for the ``anchored`` variant (None otherwise).
+
+        With ``calibrate`` and a bundle ``vf_calibration`` (pairs of anchored fraction and the vf
+        measured at the default setting, phase of interest), each volume is anchored at the
+        fraction the calibration maps its target to (linear interpolation): the thresholded x_0
+        comes out below the chain's anchored fraction, and this undoes the measured shortfall.
+        """
+        if s.variant != "anchored":
+            return None
+        pairs = sorted(self.bundle.config.vf_calibration, key=lambda p: p[1])
+        key = self.bundle.reference.phase_name
+        out = []
+        for target in targets:
+            if s.calibrate and pairs:
+                anchored = float(np.interp(target[key], [p[1] for p in pairs], [p[0] for p in pairs]))
+                target = self._with_fraction(target, anchored)
+            out.append(Anchor(self.channel_fractions(target), s.anchor_strength, s.anchor_until, s.anchor_per_slice))
+        return out
+
+    def _rounded(self, channel_fractions: tuple[float, ...]) -> dict[str, float]:
+        names = self.bundle.config.phase_names
+        return {k: round(v, 6) for k, v in zip(names[1:] if len(channel_fractions) == 1 else names, channel_fractions)}
+
+    def _with_fraction(self, fractions: dict[str, float], value: float) -> dict[str, float]:
+        """``fractions`` with the phase of interest at ``value``; the other phases share the rest in proportion."""
+        key = self.bundle.reference.phase_name
+        others = 1.0 - fractions[key]
+        return {n: value if n == key else f * (1.0 - value) / others for n, f in fractions.items()}
 
     def channel_fractions(self, fractions: dict[str, float]) -> tuple[float, ...]:
         """Phase fractions in channel order: phase 1's alone for two phases (one channel), else every phase's."""
@@ -208,7 +231,8 @@ class Micro3DiffGenerator:
         volumes = []
         for lo in range(0, n, volumes_per_batch):
             seeds = list(range(seed + lo, seed + min(n, lo + volumes_per_batch)))
-            anchors = self.anchors(s, fractions, seeds)
+            targets = self.volume_targets(s, fractions, seeds)
+            anchors = self.anchors(s, targets)
             start = time.perf_counter()
             x0 = sample_multiplane_batch(
                 self.bundle.model,
@@ -230,12 +254,11 @@ class Micro3DiffGenerator:
                     raise GenerationError(f"{self.model_ref}: sampling produced non-finite values (seed {sd})")
                 params: dict[str, Any] = s.model_dump() | {"model": self.model_ref, "seconds": seconds}
                 if anchors is not None or s.decode == "fractions":
-                    fr = anchors[i].fractions if anchors is not None else self.channel_fractions(fractions)
-                    names = self.bundle.config.phase_names
-                    params["target_fractions"] = {k: round(v, 6) for k, v in zip(names[1:] if len(fr) == 1 else names, fr)}
+                    params["target_fractions"] = self._rounded(self.channel_fractions(targets[i]))
+                if anchors is not None and anchors[i].fractions != self.channel_fractions(targets[i]):
+                    params["anchor_fractions"] = self._rounded(anchors[i].fractions)
                 if s.decode == "fractions":
-                    own = anchors[i].fractions if anchors is not None else self.channel_fractions(fractions)
-                    labels = to_labels_at_fractions(x0[i], own)
+                    labels = to_labels_at_fractions(x0[i], self.channel_fractions(targets[i]))
                 else:
                     labels = to_labels(x0[i], channel_dim=0)
                 volumes.append(

@@ -96,8 +96,24 @@ def test_vf_targets_steer_the_anchored_variant_within_the_documented_range(gener
 def test_vf_spread_draws_each_volumes_target_from_its_own_seed(generator):
     s = SamplingSettings(n_h=0, steps=2, variant="anchored", vf_spread=True).resolved(generator.bundle.config.sampling)
     fractions = generator.target_fractions({})
-    a = generator.anchors(s, fractions, [0, 1, 2, 3])
-    b = generator.anchors(s, fractions, [2])
-    assert a[2] == b[0] and len({x.fractions for x in a}) == 4
-    no_spread = s.model_copy(update={"vf_spread": False})
-    assert {x.fractions for x in generator.anchors(no_spread, fractions, [0, 1])} == {a[0].fractions[:0] + (fractions[generator.bundle.config.phase_names[1]],)}
+    a = generator.volume_targets(s, fractions, [0, 1, 2, 3])
+    assert generator.volume_targets(s, fractions, [2]) == [a[2]]
+    assert len({t["inclusion"] for t in a}) == 4 and all(sum(t.values()) == pytest.approx(1) for t in a)
+    assert generator.volume_targets(s.model_copy(update={"vf_spread": False}), fractions, [0, 1]) == [fractions] * 2
+
+
+def test_calibration_anchors_where_the_measured_vf_comes_out_on_target(generator):
+    train = generator.training_fractions()["inclusion"]
+    s = SamplingSettings(n_h=0, steps=2, variant="anchored", calibrate=True).resolved(generator.bundle.config.sampling)
+    targets = [generator._with_fraction(generator.training_fractions(), train)]
+    assert generator.anchors(s, targets)[0].fractions == (pytest.approx(train),)  # no calibration in the bundle
+    generator.bundle.config.vf_calibration = [(0.10, 0.08), (0.20, 0.17)]  # anchored at 0.2, 0.17 came out
+    try:
+        assert generator.anchors(s, [{"matrix": 0.83, "inclusion": 0.17}])[0].fractions == (pytest.approx(0.20),)
+        assert generator.anchors(s, [{"matrix": 0.875, "inclusion": 0.125}])[0].fractions == (pytest.approx(0.15),)
+        vol = generator.sample(1, SamplingSettings(n_h=0, steps=2, variant="anchored", calibrate=True,
+                                                   targets={"vf_inclusion": 0.125}))[0]  # fmt: skip
+        params = generator_params(vol)
+        assert params["target_fractions"] == {"inclusion": 0.125} and params["anchor_fractions"] == {"inclusion": 0.15}
+    finally:
+        generator.bundle.config.vf_calibration = []
