@@ -39,29 +39,29 @@ models: $(MODELS)/spheres-32/model.pt $(MODELS)/polycrystal-32/model.pt $(MODELS
 # Case I at half the paper's scale (32² images, Ø ~ N(7.5, 2) voxels) so a 32³ volume holds many spheres.
 $(MODELS)/spheres-32/model.pt: install
 	$(BIN)/micro-doe data make spheres --shape 300 32 32 --mean-diameter 7.5 --sd-diameter 2 \
-		--volume-fraction 0.2 --min-gap 0 --seed 0 --out $(DATA)/spheres-32.nc
+		--volume-fraction 0.2 --min-gap 0 --seed 0 --out $(DATA)/spheres-32.nc --overwrite
 	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/spheres-32.nc --out $(MODELS)/spheres-32 \
-		--steps 5000 --seed 0 $(if $(RESUME),--resume)
+		--steps 5000 --seed 0 --overwrite $(if $(RESUME),--resume)
 
 # Case II at the paper's grain sizes (6, 9, 12 px) in 32² images.
 $(MODELS)/polycrystal-32/model.pt: install
-	$(BIN)/micro-doe data make polycrystal --n-images 300 --size 32 --seed 0 --out $(DATA)/polycrystal-32.nc
+	$(BIN)/micro-doe data make polycrystal --n-images 300 --size 32 --seed 0 --out $(DATA)/polycrystal-32.nc --overwrite
 	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/polycrystal-32.nc --out $(MODELS)/polycrystal-32 \
-		--steps 5000 --seed 0 $(if $(RESUME),--resume)
+		--steps 5000 --seed 0 --overwrite $(if $(RESUME),--resume)
 
 # Three phases (acceptor, donor, mixed): z-slices of a 320×32×32 three-phase Cahn–Hilliard box
 # (χ = 4.5, 300 steps, feature size ≈ 6 voxels), the paper's stated future work.
 $(MODELS)/ternary-blend-32/model.pt: install
 	$(BIN)/micro-doe data make cahn-hilliard-trajectory --shape 320 32 32 --phases 3 --steps 300 \
-		--snapshot-every 300 --seed 0 --out $(DATA)/ternary-blend-32.nc
+		--snapshot-every 300 --seed 0 --out $(DATA)/ternary-blend-32.nc --overwrite
 	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/ternary-blend-32.nc \
-		--out $(MODELS)/ternary-blend-32 --steps 3500 --seed 0 $(if $(RESUME),--resume)
+		--out $(MODELS)/ternary-blend-32 --steps 3500 --seed 0 --overwrite $(if $(RESUME),--resume)
 
 # The conditional LDM: the default Cahn–Hilliard data set (17 φ × 9 χ, ≈ 3 min) and the default
 # recipe (VAE 5000, feature predictor 4000, LDM 30000 steps; ≈ 50 min on 2 cores).
 $(MODELS)/opv-32/model.pt: install
-	$(BIN)/micro-doe data make cahn-hilliard --seed 0 --out $(DATA)/opv-32.nc
-	$(BIN)/micro-doe train ldm --data $(DATA)/opv-32.nc --out $(MODELS)/opv-32 --seed 0 $(if $(RESUME),--resume)
+	$(BIN)/micro-doe data make cahn-hilliard --seed 0 --out $(DATA)/opv-32.nc --overwrite
+	$(BIN)/micro-doe train ldm --data $(DATA)/opv-32.nc --out $(MODELS)/opv-32 --seed 0 --overwrite $(if $(RESUME),--resume)
 
 clean:
 	rm -rf $(VENV) micro-doe-runs .pytest_cache

@@ -78,6 +78,11 @@ def grid(name: str, preset: str) -> list[SamplingSettings]:
         return [S(**a, n_h=h, steps=25, calibrate=c) for h in (6, 10) for c in (False, True)]
     if preset == "figures":  # the montage's settings: the paper's, and the anchored variant at n_h 6 and 10
         return [S(variant="paper", n_h=0, steps=50), S(**a, n_h=6, steps=25), S(**a, n_h=10, steps=25)]
+    if preset == "boundaries":  # thin phases (polycrystal-32): the default against more work and the anchor's options
+        f = a | {"decode": "fractions"}
+        return [S(**f, n_h=10, steps=25), S(**f, n_h=10, steps=50), S(**f, n_h=20, steps=25),
+                S(**f, n_h=10, steps=25, anchor_per_slice=0.5), S(**f, n_h=10, steps=25, anchor_until=0.1),
+                S(**f, n_h=10, steps=25, anchor_strength=0.5), S(**f, n_h=10, steps=25, sampler="ddim", eta=0.0)]  # fmt: skip
     if preset == "lean":
         return [S(variant="paper", n_h=0, steps=50), S(**a, n_h=0, steps=50), S(**a, n_h=10, steps=25),
                 S(**a, n_h=10, steps=25, decode="fractions")]  # fmt: skip
@@ -312,7 +317,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     parser.add_argument("--volumes", type=int, default=4)
-    parser.add_argument("--grid", choices=("default", "core", "lean", "figures", "options", "calibrated", "quick"), default="default")
+    parser.add_argument("--grid", choices=("default", "core", "lean", "boundaries", "figures", "options", "calibrated", "quick"), default="default")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--vf-sweep", action="store_true")
     parser.add_argument("--sweep-volumes", type=int, default=3)

@@ -6,8 +6,10 @@ Import order follows the architecture: actors import only :mod:`micro_doe.platfo
 from __future__ import annotations
 
 from micro_doe.actors.cluster import (
+    ClusterCapacityError,
     ClusterConnectionError,
     ClusterInfo,
+    check_capacity,
     connect,
     evaluator_options,
     generator_options,
@@ -17,6 +19,7 @@ from micro_doe.actors.evaluator import EvaluatorActor, EvaluatorPool, EvaluatorW
 from micro_doe.actors.generator import GeneratorActor, GeneratorWorker
 
 __all__ = [
+    "ClusterCapacityError",
     "ClusterConnectionError",
     "ClusterInfo",
     "EvaluatorActor",
@@ -24,6 +27,7 @@ __all__ = [
     "EvaluatorWorker",
     "GeneratorActor",
     "GeneratorWorker",
+    "check_capacity",
     "connect",
     "evaluator_options",
     "generator_options",

@@ -81,6 +81,26 @@ def shutdown() -> None:
     _started_local = None
 
 
+class ClusterCapacityError(ValueError):
+    """The study asks for more actors than the Ray instance can ever place."""
+
+
+def check_capacity(info: ClusterInfo, generators: int, evaluators: int, gpus_per_generator: float) -> None:
+    """Every actor takes one CPU (and a generator its GPU share when the cluster has GPUs);
+    a study that cannot place them all would wait forever, so refuse it before it starts."""
+    cpus = generators + evaluators
+    where = "this machine's local Ray" if info.local else f"the Ray cluster at {info.address}"
+    if cpus > info.cpus:
+        raise ClusterCapacityError(
+            f"resources: {generators} generator(s) + {evaluators} evaluator(s) need {cpus} CPUs, "
+            f"{where} has {info.cpus:g}; lower resources.evaluators or resources.generators"
+        )
+    if info.gpus > 0 and generators * gpus_per_generator > info.gpus:
+        raise ClusterCapacityError(
+            f"resources.gpus_per_generator: {generators} × {gpus_per_generator:g} GPUs exceed the {info.gpus:g} of {where}"
+        )
+
+
 def generator_options(
     resources_gpus_per_generator: float, info: ClusterInfo, *, name: str | None = None
 ) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The ``micro-doe`` command: a typer app, and the one place errors become exit codes.
 
 Bad input (a missing file, a wrong value) is reported as one line on stderr with exit
-code 2 and no traceback; set ``MICRO_DOE_DEBUG=1`` to see the traceback instead.
+code 2 and no traceback; set ``MICRO_DOE_DEBUG=1`` to see the traceback instead. Ctrl-C
+exits 130 and SIGTERM 143, both after the command has cleaned up (a study fails and
+re-queues its running trials).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from typer.exceptions import TyperException
 
 from micro_doe.cli.data import data_app
@@ -21,6 +24,7 @@ from micro_doe.cli.models import models_app
 from micro_doe.cli.run import dashboard, run
 from micro_doe.cli.studies import schema, studies
 from micro_doe.cli.train import train_app
+from micro_doe.platform.interrupts import exit_code, interrupts_raise, last_signal, was_reported
 
 app = typer.Typer(
     name="micro-doe",
@@ -41,29 +45,43 @@ app.command(help="Descriptors of a volume (vf, S2, lineal path, tortuosity, inte
     evaluate
 )
 
-# Errors that mean "the input is wrong", as opposed to a bug in micro-doe.
-USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ValidationError)
+# Errors that mean "the input is wrong" (or the machine refuses it: a read-only folder, an
+# unreachable cluster), as opposed to a bug in micro-doe.
+USER_ERRORS = (ValueError, OSError, ValidationError)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point: exit 0 on success, 2 on bad input (one line, no traceback),
+    130 on Ctrl-C and 143 on SIGTERM (after the command has cleaned up)."""
     stderr = Console(stderr=True)
-    try:
-        app(args=argv, standalone_mode=False)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except TyperException as usage:  # unknown option, missing argument: exit code 2
-        usage.show()  # type: ignore[attr-defined]
-        sys.exit(usage.exit_code)  # type: ignore[attr-defined]
-    except typer.Abort:
-        stderr.print("aborted")
-        sys.exit(130)
-    except USER_ERRORS as err:
-        if os.environ.get("MICRO_DOE_DEBUG"):
-            raise
-        stderr.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    sys.exit(0)
+    with interrupts_raise():
+        try:
+            returned = app(args=argv, standalone_mode=False)
+        except TyperException as usage:  # unknown option, missing argument: exit code 2
+            usage.show()  # type: ignore[attr-defined]
+            sys.exit(usage.exit_code)  # type: ignore[attr-defined]
+        except typer.Abort:
+            returned = 130
+        except USER_ERRORS as err:
+            if os.environ.get("MICRO_DOE_DEBUG"):
+                raise
+            stderr.print(f"[bold red]error:[/] {escape(_one_line(err))}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+    code = returned if isinstance(returned, int) and not isinstance(returned, bool) else 0
+    if code == 130:  # typer turns every KeyboardInterrupt (ours for SIGTERM too) into exit 130
+        code = exit_code(last_signal())
+        if not was_reported():
+            stderr.print(f"interrupted ({'SIGTERM' if code == 143 else 'Ctrl-C'})")
+    sys.exit(code)
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as the user should read it: pydantic's dump becomes ``field: message`` pairs."""
+    if isinstance(err, ValidationError):
+        parts = [f"{'.'.join(str(x) for x in e['loc']) or err.title}: {e['msg'].removeprefix('Value error, ')}"
+                 for e in err.errors(include_url=False)]
+        return f"{err.title}: " + "; ".join(parts)
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from micro_doe.cli.options import Overwrite
 from micro_doe.platform.descriptors import Descriptors, describe
-from micro_doe.platform.volumes import atomic_path, read_volume
+from micro_doe.platform.volumes import atomic_path, check_output_file, read_volume
 
 CURVE_LAGS = (1, 2, 4, 8, 16, 32)
 
@@ -25,8 +26,23 @@ def evaluate(
     r_max: Annotated[int | None, typer.Option(help="Largest lag of S2/L curves [voxels]; default half the size.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Grey images: label 1 above this value.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write all descriptors as JSON here.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
+    if json_out is not None:
+        check_output_file(json_out, overwrite=overwrite, option="--json")
+    if axis not in ("z", "y", "x", "none"):
+        raise ValueError(f"--axis: expected z, y, x or none, got {axis!r}")
+    if threshold is not None and volume.suffix.lower() == ".nc":
+        raise ValueError(f"--threshold: {volume} holds phase labels already; a threshold applies to grey images "
+                         "(.png, .tif, .npy) only")
     vol = read_volume(volume, threshold=threshold)
+    sides = [vol.sizes[d] for d in vol.dims if d != "sample"]
+    if min(sides) < 2:
+        raise ValueError(f"{volume}: shape {tuple(vol.shape)}; descriptors need at least 2 voxels along every axis")
+    if axis != "none" and axis not in vol.dims:
+        raise ValueError(f"--axis {axis}: {volume} has dims {vol.dims}; use one of them or 'none'")
+    if r_max is not None and not 1 <= r_max < max(sides):
+        raise ValueError(f"--r-max: expected 1 ≤ r_max < {max(vol.shape)} (the volume's largest side), got {r_max}")
     result = describe(vol, phase, periodic=periodic, r_max=r_max, tortuosity_axis=None if axis == "none" else axis)
     Console().print(descriptor_table(result, title=str(volume)))
     if json_out is not None:

@@ -13,15 +13,31 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from micro_doe.cli.evaluate import descriptor_table
 from micro_doe.cli.ldm import generate_ldm, parse_targets
+from micro_doe.cli.options import Overwrite, check_count, option_errors
 from micro_doe.platform.bundles import bundle_kind
 from micro_doe.platform.descriptors import describe
+from micro_doe.platform.diffusion.training import check_device
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
-from micro_doe.platform.volumes import stack_volumes, write_volume
+from micro_doe.platform.volumes import check_output_file, stack_volumes, write_volume
+
+MAX_VOLUMES = 10_000  # per command; a study samples more, trial by trial
+
+
+def check_generate_options(out: Path, n: int, overwrite: bool, device: str | None) -> None:
+    """What both kinds of model check before loading anything: the output file, n, the device."""
+    if out.suffix.lower() not in (".nc", ".tif", ".tiff"):
+        raise ValueError(f"--out {out}: expected a .nc or .tif file")
+    check_count(n, "--n", high=MAX_VOLUMES)
+    if n > 1 and out.suffix.lower() != ".nc":
+        raise ValueError(f"--out {out}: {n} volumes go into one .nc file; TIFF holds a single volume")
+    check_output_file(out, overwrite=overwrite)
+    check_device(device)
 
 
 def generate(
@@ -49,12 +65,11 @@ def generate(
     batch_size: Annotated[int, typer.Option(help="Micro3Diff: slices per network call (memory bound).")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     show: Annotated[bool, typer.Option(help="Print the descriptors of the first volume.")] = True,
+    overwrite: Overwrite = False,
 ) -> None:
     """Sample 3D volumes: Micro3Diff (multi-plane denoising) or the conditional LDM (--target ...)."""
-    if out.suffix.lower() not in (".nc", ".tif", ".tiff"):
-        raise ValueError(f"--out: expected a .nc or .tif file, got {out}")
-    if n > 1 and out.suffix.lower() != ".nc":
-        raise ValueError(f"--out: {n} volumes go into one .nc file; TIFF holds a single volume")
+    check_generate_options(out, n, overwrite, device)
+    check_count(batch_size, "--batch-size")
     kind = bundle_kind(model)
     micro3diff_only = {"--n-h": n_h, "--eta": eta, "--variance": variance, "--variant": variant, "--precision": precision}
     ldm_only = {"--guidance": guidance}
@@ -63,19 +78,25 @@ def generate(
         raise ValueError(f"{', '.join(wrong)}: not an option of {model}, a {kind} model")
     if kind == "ldm":
         samples = generate_ldm(model, out, target=target, n=n, steps=steps, guidance=guidance, sampler=sampler,
-                               seed=seed, allow_extrapolation=allow_extrapolation, device=device)
+                               seed=seed, allow_extrapolation=allow_extrapolation, device=device, overwrite=overwrite)
         if show:
             Console().print(descriptor_table(describe(samples[0].volume, phase=1), title=f"{out} [0]"))
         return
     targets = parse_targets(target)
     if targets and variant is None:
         variant = "anchored"  # a vf target is the anchored variant's
-    settings = SamplingSettings(
-        n_h=n_h, steps=steps, sampler=sampler, eta=eta, variance=variance, variant=variant,  # type: ignore[arg-type]
-        precision=precision, targets=targets,  # type: ignore[arg-type]
-    )
+    try:
+        settings = SamplingSettings(
+            n_h=n_h, steps=steps, sampler=sampler, eta=eta, variance=variance, variant=variant,  # type: ignore[arg-type]
+            precision=precision, targets=targets,  # type: ignore[arg-type]
+        )
+    except ValidationError as err:
+        raise option_errors(err, {"targets": "--target"}) from None
     generator = Micro3DiffGenerator(model, device=device)
-    generator.check(settings, allow_extrapolation)  # every mistake reported before sampling starts
+    try:
+        generator.check(settings, allow_extrapolation)  # every mistake reported before sampling starts
+    except ValidationError as err:
+        raise option_errors(err, {"targets": "--target"}) from None
     total = n * generator.passes_per_volume(settings)
     columns = (TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("passes"), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:

@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from micro_doe.cli.options import OptionError, Overwrite, check_count, option_errors
+from micro_doe.platform.diffusion.training import check_device
 from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample
 from micro_doe.platform.ldm.training import STAGES, LDMTrainConfig, staging_dir, train_ldm
-from micro_doe.platform.volumes import stack_volumes, write_volume
+from micro_doe.platform.volumes import check_bundle_target, stack_volumes, write_volume
 
 TRAINING_EXPERIMENT = "micro-doe-training"
 RECIPE_COLUMNS = ("phi", "chi", "time")  # shown first in the predictions table
@@ -154,14 +157,22 @@ def train_ldm_command(
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     tracking: Annotated[str | None, typer.Option(help="MLflow tracking URI: log losses there.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    overwrite: Overwrite = False,
 ) -> None:
     """Train the conditional LDM (VAE → feature predictor → latent diffusion) and write a bundle."""
     if stage not in (*STAGES, "all"):
         raise ValueError(f"--stage: expected one of {[*STAGES, 'all']}, got {stage!r}")
     if not data.is_file():
         raise FileNotFoundError(f"--data: {data}: no such file")
-    recipe = training_config(config, vae_steps=vae_steps, fp_steps=fp_steps, ldm_steps=ldm_steps,
-                             conditioning=conditioning, seed=seed)
+    try:
+        recipe = training_config(config, vae_steps=vae_steps, fp_steps=fp_steps, ldm_steps=ldm_steps,
+                                 conditioning=conditioning, seed=seed)
+    except ValidationError as err:  # the options override the config file's fields of the same name
+        where = f"--config {config}: " if config is not None else ""
+        raise OptionError(where + str(option_errors(err, {"steps": "--<stage>-steps"}))) from None
+    if stage != "vae":  # the stages that (re)write the bundle at --out
+        check_bundle_target(out, overwrite=overwrite)
+    check_device(device)
     client, run_id, logger = None, None, None
     if tracking:
         client, run_id = _open_tracking(tracking, out, recipe, stage)
@@ -169,7 +180,7 @@ def train_ldm_command(
     status = "FAILED"
     try:
         result = train_ldm(data, out, recipe, stage=stage, resume=resume, device=device,  # type: ignore[arg-type]
-                           progress=progress, on_log=logger)
+                           progress=progress, on_log=logger, overwrite=overwrite)
         status = "FINISHED"
     finally:
         if client is not None and logger is not None:
@@ -221,12 +232,16 @@ def generate_ldm(
     seed: Annotated[int, typer.Option(help="Seed of the first volume; volume i uses seed + i.")] = 0,
     allow_extrapolation: Annotated[bool, typer.Option(help="Allow targets outside the training range.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    overwrite: Overwrite = False,
 ) -> list[LDMSample]:
     """Sample volumes with targeted descriptors; print the predicted manufacturing recipe of each."""
-    if out.suffix.lower() not in (".nc", ".tif", ".tiff"):
-        raise ValueError(f"--out: expected a .nc or .tif file, got {out}")
-    if n > 1 and out.suffix.lower() != ".nc":
-        raise ValueError(f"--out: {n} volumes go into one .nc file; TIFF holds a single volume")
+    from micro_doe.cli.generate import check_generate_options
+
+    check_generate_options(out, n, overwrite, device)
+    if steps is not None:
+        check_count(steps, "--steps")
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"--guidance: expected a finite number ≥ 0 (1: no guidance), got {guidance}")
     if sampler is not None and sampler not in ("ddpm", "ddim"):
         raise ValueError(f"--sampler: expected ddpm or ddim, got {sampler!r}")
     targets = parse_targets(target)

@@ -10,8 +10,11 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
+from micro_doe.cli.options import Overwrite, option_errors
+from micro_doe.platform.diffusion.training import check_device
 from micro_doe.platform.ldm.dataset import OPVDatasetConfig, make_opv_dataset, write_opv_dataset
 
 
@@ -42,22 +45,33 @@ def opv_dataset(
     val_fraction: Annotated[float, typer.Option(help="Share of the trajectories in the validation split.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data set.")] = 0,
     device: Annotated[str, typer.Option(help="torch device of the solver: cpu or cuda.")] = "cpu",
+    overwrite: Overwrite = False,
 ) -> None:
     """Cahn–Hilliard trajectories over a (φ, χ) grid; snapshots labelled with vf, τ, interface area, φ, χ, log t."""
+    from micro_doe.cli.data import check_out, check_shape
+
+    check_out(out, overwrite)
+    if out.suffix.lower() != ".nc":
+        raise ValueError(f"--out {out}: the labelled data set is a .nc file")
     if phases not in (2, 3):
         raise ValueError(f"--phases: expected 2 or 3, got {phases}")
-    config = OPVDatasetConfig(
-        shape=shape,
-        phis=parse_grid(phis, "--phis"),
-        chis=parse_grid(chis, "--chis"),
-        n_phases=phases,  # type: ignore[arg-type]  # checked above
-        n_steps=steps,
-        snapshot_every=snapshot_every,
-        n_snapshots=snapshots,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=device,
-    )
+    check_shape(shape, "cahn-hilliard", low=4)
+    check_device(device)
+    try:
+        config = OPVDatasetConfig(
+            shape=shape,
+            phis=parse_grid(phis, "--phis"),
+            chis=parse_grid(chis, "--chis"),
+            n_phases=phases,  # type: ignore[arg-type]  # checked above
+            n_steps=steps,
+            snapshot_every=snapshot_every,
+            n_snapshots=snapshots,
+            val_fraction=val_fraction,
+            seed=seed,
+            device=device,
+        )
+    except ValidationError as err:
+        raise option_errors(err, {"n_phases": "--phases", "n_steps": "--steps", "n_snapshots": "--snapshots"}) from None
     ds = make_opv_dataset(config, progress=True)
     write_opv_dataset(ds, out)
     n_train = int((ds["split"].values == "train").sum())

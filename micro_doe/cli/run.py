@@ -13,6 +13,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from micro_doe.cli.options import check_count, check_seconds
+from micro_doe.platform.interrupts import exit_code, last_signal, mark_reported
+from micro_doe.studies.spec import MAX_TRIALS
 from micro_doe.studies.study_yaml import load_spec
 
 StudyRef = Annotated[str, typer.Argument(help="A study.yaml, or the name of a bundled study (see `micro-doe studies`).")]
@@ -24,7 +27,10 @@ def run(
     timeout: Annotated[float | None, typer.Option(help="Override the budget's timeout [s].")] = None,
 ) -> None:
     """Run (or resume) a study: locally, or on the Ray cluster at RAY_ADDRESS."""
-    spec = load_spec(study)  # every check happens here, before Ray, Optuna or MLflow start
+    if n_trials is not None:
+        check_count(n_trials, "--n-trials", high=MAX_TRIALS)
+    check_seconds(timeout, "--timeout")
+    spec = load_spec(study)  # the spec's checks; the stores' and the cluster's follow in Study.run
     from micro_doe.studies.runner import Study, StudyProgress
 
     console = Console()
@@ -36,8 +42,16 @@ def run(
         line = Text(f"trials: {p.done} done, {p.running} running, {p.failed} failed, budget {p.budget}")
         return Group(line, _trials_table(p.best[:5], objective_names, "best so far"))
 
-    with Live(view(StudyProgress(0, 0, 0, n_trials or spec.budget.n_trials)), console=console, transient=True) as live:
-        result = Study(spec).run(n_trials=n_trials, timeout_s=timeout, on_progress=lambda p: live.update(view(p)))
+    runner = Study(spec, file=study)
+    try:
+        with Live(view(StudyProgress(0, 0, 0, n_trials or spec.budget.n_trials)), console=console, transient=True) as live:
+            result = runner.run(n_trials=n_trials, timeout_s=timeout, on_progress=lambda p: live.update(view(p)))
+    except KeyboardInterrupt:
+        how = "SIGTERM" if exit_code(last_signal()) == 143 else "Ctrl-C"
+        Console(stderr=True).print(f"interrupted ({how}); {runner.completed_trials} trials complete, "
+                                   "run the same command to resume")
+        mark_reported()
+        raise
 
     if result.best_trials:
         title = "best trial" if len(objective_names) == 1 else f"Pareto front ({len(result.best_trials)} trials)"
@@ -61,6 +75,7 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
 ) -> None:
     """Start optuna-dashboard on 127.0.0.1 with the study's storage and artifact store."""
+    check_count(port, "--port", low=1, high=65535)
     spec = load_spec(study).resolved_paths(Path.cwd())
     from micro_doe.studies.dashboard import run_dashboard
 

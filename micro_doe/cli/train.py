@@ -6,11 +6,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from micro_doe.cli.ldm import train_ldm_command
+from micro_doe.cli.options import Overwrite, option_errors
+from micro_doe.platform.diffusion.training import check_device
 from micro_doe.platform.micro3diff.training import TrainConfig, load_training_data, train_micro3diff
 from micro_doe.platform.micro3diff.unet import UNetConfig
+from micro_doe.platform.volumes import check_bundle_target
 
 train_app = typer.Typer(help="Train generators on your own data.", no_args_is_help=True)
 train_app.command("ldm", help="Train the conditional latent diffusion model (VAE, feature predictor, LDM).")(
@@ -40,13 +44,32 @@ def micro3diff(
     crop_size: Annotated[int | None, typer.Option(help="One large image: cut crops of this size.")] = None,
     n_crops: Annotated[int, typer.Option(help="Number of crops when cropping.")] = 250,
     quality_images: Annotated[int, typer.Option(help="Images sampled for the card's quality check.")] = 16,
+    overwrite: Overwrite = False,
 ) -> None:
     """Train the Micro3Diff 2D denoiser and write a model bundle."""
     try:
         mults = tuple(int(m) for m in channel_mults.split(","))
     except ValueError:
         raise ValueError(f"--channel-mults: expected comma-separated integers, got {channel_mults!r}") from None
-    config = TrainConfig(
+    check_bundle_target(out, overwrite=overwrite)
+    check_device(device)
+    if not data.exists():
+        raise FileNotFoundError(f"--data {data}: no such file or folder")
+    try:
+        config = _train_config(steps, batch_size, lr, ema_decay, checkpoint_every, augment, seed, schedule,
+                               base_channels, mults, res_blocks, attention, quality_images)
+    except ValidationError as err:
+        raise option_errors(err, {"num_res_blocks": "--res-blocks", "channel_mults": "--channel-mults"}) from None
+    images = load_training_data(data, threshold=threshold, crop_size=crop_size, n_crops=n_crops, seed=seed)
+    bundle = train_micro3diff(images, out, config, resume=resume, overwrite=overwrite, device=device,
+                              data_label=str(data))
+    Console(stderr=True).print(f"wrote bundle {bundle}")
+    Console().print((bundle / "card.md").read_text())
+
+
+def _train_config(steps, batch_size, lr, ema_decay, checkpoint_every, augment, seed, schedule,  # type: ignore[no-untyped-def]
+                  base_channels, mults, res_blocks, attention, quality_images) -> TrainConfig:
+    return TrainConfig(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
@@ -58,7 +81,3 @@ def micro3diff(
         unet=UNetConfig(base_channels=base_channels, channel_mults=mults, num_res_blocks=res_blocks, attention=attention),
         quality_images=quality_images,
     )
-    images = load_training_data(data, threshold=threshold, crop_size=crop_size, n_crops=n_crops, seed=seed)
-    bundle = train_micro3diff(images, out, config, resume=resume, device=device, data_label=str(data))
-    Console(stderr=True).print(f"wrote bundle {bundle}")
-    Console().print((bundle / "card.md").read_text())

@@ -138,9 +138,73 @@ def phase_index(volume: xr.DataArray, phase: int | str) -> int:
 # ---------------------------------------------------------------- writing (atomic)
 
 
+class OutputExistsError(ValueError):
+    """An output path already holds something the program may not replace."""
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_output_file(path: str | os.PathLike[str], *, overwrite: bool = False, option: str = "--out") -> Path:
+    """Refuse an output file that exists (unless ``overwrite``), is a directory, or whose
+    folder cannot be created or written; creates nothing."""
+    target = Path(path)
+    if target.is_dir():
+        raise OutputExistsError(f"{option} {target}: is a directory; expected a file name")
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"{option} {target}: exists; pass --overwrite to replace it")
+    check_writable_folder(target.parent, option=option, what=str(target))
+    return target
+
+
+def check_writable_folder(folder: str | os.PathLike[str], *, option: str, what: str | None = None) -> None:
+    """The folder exists and is writable, or its nearest existing parent is a writable folder
+    (so that it can be created); creates nothing."""
+    here = Path(os.path.abspath(folder))
+    while not here.exists():
+        here = here.parent
+    label = f"{option} {what or folder}"
+    if not here.is_dir():
+        raise OutputExistsError(f"{label}: {here} is a file, not a folder")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise PermissionError(f"{label}: the folder {here} is not writable")
+
+
+def is_bundle_dir(path: Path) -> bool:
+    """A micro-doe model bundle: a folder whose config.json names a bundle kind."""
+    try:
+        return json.loads((path / "config.json").read_text()).get("kind") in ("micro3diff", "ldm")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_bundle_target(path: str | os.PathLike[str], *, overwrite: bool = False, option: str = "--out") -> Path:
+    """A bundle may be written to a new path, or replace an existing bundle when ``overwrite``;
+    a folder that is not a micro-doe bundle (or a file) is never replaced. Creates nothing."""
+    target = Path(path)
+    if target.exists() or target.is_symlink():
+        if not target.is_dir() or target.is_symlink():
+            raise OutputExistsError(f"{option} {target}: exists and is not a bundle folder; choose another path")
+        if not is_bundle_dir(target):
+            if not any(target.iterdir()):
+                return target  # an empty folder holds nothing to lose
+            raise OutputExistsError(
+                f"{option} {target}: the folder exists and is not a micro-doe bundle; refusing to replace it (choose another path)"
+            )
+        if not overwrite:
+            raise OutputExistsError(f"{option} {target}: a bundle already exists there; pass --overwrite to replace it")
+    check_writable_folder(target.parent, option=option, what=str(target))
+    return target
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+    The file gets the mode a plain ``open()`` would (0666 less the umask)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -148,26 +212,36 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 @contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a staging directory beside ``path``; on success it replaces ``path`` whole
-    (an existing directory is swapped out, never left half-updated)."""
+def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a staging directory beside ``path``; on success it takes ``path``'s place whole
+    (0777 less the umask, like ``mkdir``). An existing *bundle* there is swapped out only with
+    ``overwrite``; any other existing folder or file is never replaced
+    (:func:`check_bundle_target`, checked before and again at the swap)."""
     import shutil
 
     target = Path(path)
+    check_bundle_target(target, overwrite=overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield staging
+        check_bundle_target(target, overwrite=overwrite)  # nothing else moved in meanwhile
+        mode = 0o777 & ~current_umask()
+        os.chmod(staging, mode)
+        for sub in staging.rglob("*"):
+            if sub.is_dir():
+                os.chmod(sub, mode)
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / "bundle")  # the old bundle steps aside, then the new one moves in
             os.replace(staging, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -262,6 +336,9 @@ def read_volume(
     if suffix == ".nc":
         return _read_netcdf(p, variable)
     if suffix == ".npy":
+        with open(p, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise VolumeError(f"{p}: not a NumPy .npy file (no .npy header); save arrays with numpy.save")
         try:
             raw = np.load(p, allow_pickle=False)
         except Exception as err:  # numpy raises several types for corrupt files

@@ -121,11 +121,11 @@ def run_dashboard(
     when a sqlite storage file does not exist or the port is taken, ``RuntimeError`` when
     the dashboard exits with an error.
     """
-    command = dashboard_command(storage, artifact_dir, host, port, allow_remote=allow_remote)
     db = sqlite_path(storage)
     if db is not None and not db.exists():  # the dashboard does not create tables: it would just crash
         raise ValueError(f"{db}: no Optuna storage there yet; run the study first (or check the storage URL)")
     _check_port_free(host, port)
+    command = dashboard_command(storage, artifact_dir, host, port, allow_remote=allow_remote)
     shown = f"[{host}]" if ":" in host else host
     print(f"optuna-dashboard: http://{shown}:{port}/dashboard  (Ctrl-C to stop)", flush=True)
     process = subprocess.Popen(command)

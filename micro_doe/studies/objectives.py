@@ -322,6 +322,9 @@ def resolve_objective(name: str) -> Objective:
         raise UnknownObjectiveError(f"objective {name!r}: expected 'module:function'")
     try:
         module = importlib.import_module(module_name)
+    except SystemExit as err:  # a module that exits on import would end the whole study silently
+        msg = f"objective {name!r}: importing module {module_name!r} called sys.exit({err.code!r})"
+        raise UnknownObjectiveError(msg) from None
     except Exception as err:  # an import that fails for any reason is a bad reference
         reason = f"{type(err).__name__}: {err}"
         raise UnknownObjectiveError(f"objective {name!r}: cannot import module {module_name!r} ({reason})") from None

@@ -32,7 +32,9 @@ study at a time.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -45,12 +47,23 @@ import optuna
 import ray
 from optuna.trial import TrialState
 
-from micro_doe.actors import EvaluatorPool, GeneratorActor, connect, evaluator_options, generator_options
+from micro_doe.actors import (
+    ClusterInfo,
+    EvaluatorPool,
+    GeneratorActor,
+    check_capacity,
+    connect,
+    evaluator_options,
+    generator_options,
+)
 from micro_doe.platform.bundles import load_reference
 from micro_doe.platform.descriptors import Descriptors
+from micro_doe.platform.interrupts import interrupts_deferred, interrupts_raise, last_signal
 from micro_doe.studies.objectives import Sample, evaluate_objectives, trial_metrics
+from micro_doe.studies.preflight import check_before_start
 from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_storage import (
+    claim_requeued_trial,
     counted_trials,
     enqueue_initial_design,
     open_study,
@@ -140,15 +153,17 @@ class _Trial:
 class Study:
     """A design-of-experiments study: ``Study(spec).run()`` or ``Study.from_yaml(path).run()``."""
 
-    def __init__(self, spec: StudySpec, base_dir: str | Path | None = None) -> None:
+    def __init__(self, spec: StudySpec, base_dir: str | Path | None = None, *, file: str = "<study>") -> None:
         self.spec = spec.resolved_paths(Path(base_dir) if base_dir is not None else Path.cwd())
+        self.file = file  # named in error messages
         self.objectives = self.spec.resolved_objectives()
         self.driver_id = uuid.uuid4().hex
+        self.completed_trials = 0  # COMPLETE trials in the storage when the last run() ended
 
     @classmethod
     def from_yaml(cls, ref: str | Path, overrides: dict[str, Any] | None = None) -> Study:
         """Load a study.yaml (or a bundled study by name); relative paths are relative to the cwd."""
-        return cls(load_spec(ref, overrides))
+        return cls(load_spec(ref, overrides), file=str(ref))
 
     # ------------------------------------------------------------------ run
 
@@ -163,17 +178,37 @@ class Study:
         """Run (or resume) the study until its budget is used; return every trial and the Pareto front.
 
         ``pipelining=False`` waits for each trial's evaluation before the next generation
-        (the benchmark's reference; never faster).
+        (the benchmark's reference; never faster). Ctrl-C or SIGTERM fail and re-queue the
+        running trials, stop the actors, and raise :class:`~micro_doe.platform.interrupts.Interrupted`.
         """
-        from micro_doe.studies.dashboard import artifact_store, upload_trial_image
-        from micro_doe.studies.mlflow_runs import StudyTracker
-
         default_env()
         spec = self.spec
         budget = n_trials if n_trials is not None else spec.budget.n_trials
         timeout = timeout_s if timeout_s is not None else spec.budget.timeout_s
         start = time.perf_counter()
+        if budget < 1 or (timeout is not None and not (math.isfinite(timeout) and timeout > 0)):
+            raise ValueError(f"n_trials must be ≥ 1 and timeout_s a positive number of seconds, got {budget}, {timeout}")
+        check_before_start(spec, self.file)  # stores, drivers, folders, registered models: creates nothing
+        # Then Ray: an unreachable cluster, or one too small for the actors, creates no store either.
+        info = connect()
+        r = spec.resources
+        check_capacity(info, r.generators, r.evaluators, r.gpus_per_generator)
+        with interrupts_raise():  # after ray.init, which sets its own SIGTERM handler (sys.exit)
+            return self._run(budget, timeout, start, info, on_progress, pipelining)
 
+    def _run(
+        self,
+        budget: int,
+        timeout: float | None,
+        start: float,
+        info: ClusterInfo,
+        on_progress: Callable[[StudyProgress], None] | None,
+        pipelining: bool,
+    ) -> StudyResult:
+        from micro_doe.studies.dashboard import artifact_store, upload_trial_image
+        from micro_doe.studies.mlflow_runs import StudyTracker
+
+        spec = self.spec
         study = open_study(spec)
         requeue_stale_trials(study, self.driver_id, OWNER_ATTR, SEED_ATTR, REASON_ATTR)
         enqueue_initial_design(study, spec)
@@ -183,7 +218,6 @@ class Study:
         parent = tracker.start_invocation(spec.model_dump(mode="json", by_alias=True), {"driver": self.driver_id})
         reference = self._reference()
 
-        info = connect()
         prefix = f"micro-doe:{spec.name}:{self.driver_id[:8]}"
         generators = [
             GeneratorActor.options(
@@ -260,8 +294,10 @@ class Study:
                     report()
         except KeyboardInterrupt:
             status = "KILLED"
-            for ctx in list(generating.values()) + evaluating:
-                self._fail(study, tracker, ctx, "interrupted (Ctrl-C); re-queued for the next run", reference, requeue=True)
+            how = "SIGTERM" if last_signal() == signal.SIGTERM else "Ctrl-C"
+            with interrupts_deferred():  # a second Ctrl-C must not cut the bookkeeping short
+                for ctx in list(generating.values()) + evaluating:
+                    self._fail(study, tracker, ctx, f"interrupted ({how}); re-queued for the next run", reference, requeue=True)
             raise
         except BaseException:
             status = "FAILED"
@@ -274,6 +310,7 @@ class Study:
             except Exception:  # noqa: BLE001 — Ray itself may be gone; nothing left to free
                 log.warning("could not stop the study's actors", exc_info=True)
             summary = {"completed": sum(t.state == TrialState.COMPLETE for t in study.trials)}
+            self.completed_trials = summary["completed"]
             tracker.finish_invocation(status, summary)
 
         end = time.perf_counter()
@@ -282,7 +319,7 @@ class Study:
     # ------------------------------------------------------------------ steps
 
     def _ask(self, study: optuna.Study, generator: int) -> _Trial:
-        trial = study.ask()
+        trial = claim_requeued_trial(study) or study.ask()  # re-queued trials before any other
         params = {name: p.suggest(trial, name) for name, p in self.spec.search.items()}
         params.update(self.spec.fixed)
         seed = trial.user_attrs.get(SEED_ATTR)

@@ -34,6 +34,11 @@ from micro_doe.studies.search_space import ParamSpec, Scalar, find_domain
 if TYPE_CHECKING:
     import optuna
 
+MAX_NAME_LENGTH = 100
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+MAX_TRIALS = 1_000_000
+MAX_SAMPLES_PER_TRIAL = 1_000
+
 
 # ============================================================================ objectives, constraints
 
@@ -142,18 +147,18 @@ class BudgetSpec(BaseModel):
     """When the study stops: after ``n_trials`` trials or ``timeout_s`` seconds, whichever first."""
 
     model_config = ConfigDict(extra="forbid")
-    n_trials: int = Field(ge=1)
-    timeout_s: float | None = Field(None, gt=0, description="wall-clock limit in seconds")
+    n_trials: int = Field(ge=1, le=MAX_TRIALS)
+    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="wall-clock limit in seconds")
 
 
 class ResourcesSpec(BaseModel):
     """Ray actors: generators (one trial in flight each) and an evaluator pool."""
 
     model_config = ConfigDict(extra="forbid")
-    generators: int = Field(1, ge=1)
-    evaluators: int = Field(1, ge=1)
+    generators: int = Field(1, ge=1, le=1024)
+    evaluators: int = Field(1, ge=1, le=4096)
     gpus_per_generator: float = Field(
-        1.0, gt=0, description="GPUs per generator actor, used only when the cluster has GPUs"
+        1.0, gt=0, le=64, allow_inf_nan=False, description="GPUs per generator actor, used only when the cluster has GPUs"
     )
 
 
@@ -178,6 +183,8 @@ class EvaluationSpec(BaseModel):
 
 
 def _slug(v: str) -> str:
+    if len(v) > MAX_NAME_LENGTH:  # MLflow keeps names (and the run names made from them) short
+        raise ValueError(f"at most {MAX_NAME_LENGTH} characters, got {len(v)}")
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", v):
         raise ValueError(f"expected lowercase letters, digits, '-' and '_', starting with a letter or digit; got {v!r}")
     return v
@@ -205,7 +212,7 @@ class StudySpec(BaseModel):
     generator: GeneratorSpec
     search: dict[str, ParamSpec] = Field(description="generator parameters Optuna varies")
     fixed: dict[str, Scalar] = Field(default_factory=dict, description="generator parameters held constant")
-    samples_per_trial: int = Field(2, ge=1, description="volumes generated and evaluated per trial")
+    samples_per_trial: int = Field(2, ge=1, le=MAX_SAMPLES_PER_TRIAL, description="volumes generated and evaluated per trial")
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     constraints: list[ConstraintSpec] = Field(default_factory=list)
     sampler: SamplerSpec = Field(default_factory=TPESamplerSpec)
@@ -250,6 +257,15 @@ class StudySpec(BaseModel):
     def _nonempty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
+        return v
+
+    @field_validator("tracking")
+    @classmethod
+    def _tracking(cls, v: str) -> str:
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*):", v)
+        if not scheme or scheme.group(1).split("+")[0].lower() not in TRACKING_SCHEMES:
+            raise ValueError(f"{v!r} is not a tracking URI MLflow can open; expected sqlite:///PATH, "
+                             "postgresql://…, http(s)://HOST:PORT or file:///PATH")
         return v
 
     @model_validator(mode="after")

@@ -103,6 +103,21 @@ def requeue_stale_trials(study: optuna.Study, driver: str, owner_attr: str, seed
     return len(stale)
 
 
+def claim_requeued_trial(study: optuna.Study) -> optuna.trial.Trial | None:
+    """The oldest WAITING trial that re-queues an interrupted one, set RUNNING; ``None`` if none.
+
+    ``study.ask()`` takes WAITING trials in creation order, so an interrupted trial re-queued
+    behind a not-yet-run initial design would wait for all of it (and never run under a small
+    budget). Claiming goes through the storage's compare-and-set, as ``ask()`` does, so two
+    drivers never claim the same trial.
+    """
+    storage = study._storage
+    for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        if "requeued_from" in t.user_attrs and storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+            return optuna.trial.Trial(study, t._trial_id)
+    return None
+
+
 def counted_trials(study: optuna.Study, reason_attr: str) -> int:
     """Trials that use up the budget: COMPLETE ones, and FAIL ones that were not re-queued."""
     return sum(

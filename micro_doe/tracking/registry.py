@@ -238,6 +238,15 @@ def default_cache_dir() -> Path:
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "micro-doe") / "models"
 
 
+def resolve_model_version(ref: str, tracking_uri: str | None = None) -> Any:
+    """The registered model version a ``models:/`` reference names now (nothing downloaded,
+    no folder created); ``ValueError`` naming the reference when there is none."""
+    name, alias, version = parse_model_ref(ref)
+    uri = absolute_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
+                                create_parent=False)
+    return _model_version(mlflow_client(uri), ref, name, alias, version, uri)
+
+
 def resolve_model(ref: str, tracking_uri: str | None = None, cache_dir: Path | None = None) -> str:
     """A ``models:/`` reference → a local bundle directory; anything else returned unchanged.
 

@@ -134,3 +134,45 @@ def test_make_volume_validates_its_arguments():
         make_volume(np.array([[0, 1, 2]]), phase_names=["a", "b"])
     with pytest.raises(VolumeError, match="voxel_size"):
         make_volume(np.zeros((2, 2)), voxel_size=0)
+
+
+def test_a_bundle_never_replaces_what_micro_doe_did_not_write(tmp_path):
+    from micro_doe.platform.volumes import OutputExistsError, atomic_directory
+
+    def write(target, overwrite=False, text="new"):  # type: ignore[no-untyped-def]
+        with atomic_directory(target, overwrite=overwrite) as staging:
+            (staging / "config.json").write_text('{"kind": "micro3diff"}')
+            (staging / "card.md").write_text(text)
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("years of work")
+    with pytest.raises(OutputExistsError, match="not a micro-doe bundle"):
+        write(folder, overwrite=True)  # not even with overwrite
+    assert (folder / "thesis.txt").read_text() == "years of work" and len(list(folder.iterdir())) == 1
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputExistsError, match="not a bundle folder"):
+        write(tmp_path / "afile", overwrite=True)
+
+    bundle = tmp_path / "bundle"
+    write(bundle, text="first")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        write(bundle, text="second")
+    assert (bundle / "card.md").read_text() == "first"
+    write(bundle, overwrite=True, text="second")
+    assert (bundle / "card.md").read_text() == "second"
+    (tmp_path / "empty").mkdir()
+    write(tmp_path / "empty")  # an empty folder holds nothing to lose
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "bundle", "empty", "results"]  # no staging left
+
+
+def test_check_output_file_refuses_existing_files_unless_overwrite(tmp_path):
+    from micro_doe.platform.volumes import OutputExistsError, check_output_file
+
+    (tmp_path / "v.nc").write_text("x")
+    with pytest.raises(OutputExistsError, match="--out .*v.nc: exists; pass --overwrite"):
+        check_output_file(tmp_path / "v.nc")
+    assert check_output_file(tmp_path / "v.nc", overwrite=True) == tmp_path / "v.nc"
+    with pytest.raises(OutputExistsError, match="is a file, not a folder"):
+        check_output_file(tmp_path / "v.nc" / "inner.nc")
+    assert not (tmp_path / "new").exists() and check_output_file(tmp_path / "new" / "a.nc")

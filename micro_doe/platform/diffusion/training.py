@@ -13,6 +13,21 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str | None, option: str = "--device") -> str | None:
+    """``None`` (the default device), ``cpu``, or ``cuda[:N]`` on a machine that has it."""
+    if device is None or device == "cpu":
+        return device
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"{option}: expected cpu, cuda or cuda:N, got {device!r}")
+    if not torch.cuda.is_available():
+        build = "a CPU-only torch build" if torch.version.cuda is None else "no visible GPU"
+        raise ValueError(f"{option} {device}: CUDA is not available on this machine ({build}); use --device cpu")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"{option} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema <- decay·ema + (1 − decay)·model for parameters; buffers are copied."""

@@ -217,13 +217,16 @@ def write_ldm_bundle(
     state_dicts: dict[str, dict[str, torch.Tensor]],
     reference: xr.Dataset,
     card: str,
+    *,
+    overwrite: bool = False,
 ) -> Path:
-    """Write a bundle directory atomically (replacing an existing bundle at ``out``)."""
+    """Write a bundle directory atomically. An existing bundle at ``out`` is replaced only
+    with ``overwrite``; a folder that is not a bundle never is."""
     missing = [k for k in NETWORKS if k not in state_dicts]
     if missing:
         raise BundleError(f"{out}: state_dicts lacks {missing}; expected {list(NETWORKS)}")
     target = Path(out)
-    with atomic_directory(target) as staging:
+    with atomic_directory(target, overwrite=overwrite) as staging:
         (staging / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
         weights = {k: {n: t.detach().cpu() for n, t in state_dicts[k].items()} for k in NETWORKS}
         torch.save(weights, staging / "model.pt")

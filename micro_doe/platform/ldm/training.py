@@ -91,6 +91,7 @@ from micro_doe.platform.ldm.train_ldm_stage import _train_ldm
 from micro_doe.platform.ldm.train_loop import _finish, _load_checkpoint, _LoopState, _optimise, _save_checkpoint
 from micro_doe.platform.ldm.train_vae import _reconstruction, _train_vae
 from micro_doe.platform.ldm.vae import VAE3DConfig
+from micro_doe.platform.volumes import check_bundle_target
 
 __all__ = [
     "DEFAULT_CONDITIONING",
@@ -128,6 +129,7 @@ def train_ldm(
     progress: bool = True,
     on_log: OnLog | None = None,
     data_label: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Train ``stage`` (or all three in turn) on an OPV data set; return the bundle path
     (stages "ldm" and "all", and "fp" when a diffusion model of the same VAE is already
@@ -136,10 +138,13 @@ def train_ldm(
 
     ``dataset``: an OPV data set (:mod:`micro_doe.platform.ldm.dataset`) or its NetCDF path;
     ``on_log(stage, step, loss)`` is called after every optimiser step (e.g. MLflow);
-    ``device``: cuda when available unless given.
+    ``device``: cuda when available unless given. ``out`` is checked before training starts:
+    new, an empty folder, or (with ``overwrite``) an existing bundle.
     """
     if stage not in (*STAGES, "all"):
         raise ValueError(f"stage: expected one of {[*STAGES, 'all']}, got {stage!r}")
+    if stage != "vae":  # the stages that (re)write the bundle at OUT; "vae" writes only OUT.staging
+        check_bundle_target(out, overwrite=overwrite)
     run = _Run.open(dataset, Path(out), config, device or default_device(), progress, on_log, data_label)
     stages = STAGES if stage == "all" else (stage,)
     has_checkpoint = {s: run.checkpoint(s).exists() for s in stages}
@@ -148,7 +153,7 @@ def train_ldm(
     for s in stages:
         {"vae": _train_vae, "fp": _train_fp, "ldm": _train_ldm}[s](run, resume and has_checkpoint[s])
     if "ldm" in stages or (stage == "fp" and _has_ldm_of_current_vae(run)):
-        return _write_bundle(run)
+        return _write_bundle(run, overwrite)
     return run.work
 
 
@@ -163,7 +168,7 @@ def _has_ldm_of_current_vae(run: _Run) -> bool:
 # ---------------------------------------------------------------- the bundle and its card
 
 
-def _write_bundle(run: _Run) -> Path:
+def _write_bundle(run: _Run, overwrite: bool) -> Path:
     (vae_sd, vae), (fp_sd, fp), (ldm_sd, ldm) = (run.previous(s) for s in STAGES)
     if fp.upstream != vae.weights:
         raise ValueError("stage fp was trained on other VAE weights than the current ones; train stage 'fp' again")
@@ -210,7 +215,7 @@ def _write_bundle(run: _Run) -> Path:
     counts = {"vae": _count(vae_sd), "fp": _count(fp_sd), "ldm": _count(ldm_sd)}
     card = ldm_card(run.out.name, config, counts)
     weights = {"vae": vae_sd, "fp": fp_sd, "ldm": ldm_sd}
-    return write_ldm_bundle(run.out, config, weights, reference_labels(run.ds), card)
+    return write_ldm_bundle(run.out, config, weights, reference_labels(run.ds), card, overwrite=overwrite)
 
 
 def _duration(seconds: float) -> str:

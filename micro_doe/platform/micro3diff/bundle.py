@@ -144,10 +144,13 @@ def write_bundle(
     state_dict: dict[str, torch.Tensor],
     reference: Descriptors,
     card: str,
+    *,
+    overwrite: bool = False,
 ) -> Path:
-    """Write a bundle directory atomically (replacing an existing bundle at ``out``)."""
+    """Write a bundle directory atomically. An existing bundle at ``out`` is replaced only
+    with ``overwrite``; a folder that is not a bundle never is."""
     target = Path(out)
-    with atomic_directory(target) as staging:
+    with atomic_directory(target, overwrite=overwrite) as staging:
         (staging / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
         torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, staging / "model.pt")
         reference.to_dataset().to_netcdf(staging / "reference.nc", engine="netcdf4")

@@ -39,7 +39,13 @@ from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig, TrainingRecip
 from micro_doe.platform.micro3diff.sampler import sample_2d
 from micro_doe.platform.micro3diff.unet import UNet2D, UNetConfig, parameter_count
 from micro_doe.platform.synthetic.augment import dihedral
-from micro_doe.platform.volumes import atomic_path, generator_params, phase_names
+from micro_doe.platform.volumes import (
+    OutputExistsError,
+    atomic_path,
+    check_bundle_target,
+    generator_params,
+    phase_names,
+)
 
 
 class TrainConfig(BaseModel):
@@ -80,6 +86,14 @@ def training_images(data: xr.DataArray, where: str = "data") -> xr.DataArray:
     if data.sizes["y"] != data.sizes["x"]:
         raise ValueError(f"{where}: images must be square for multi-plane sampling, got {data.sizes['y']}×{data.sizes['x']}")
     return data
+
+
+def check_training_phases(data: xr.DataArray, where: str = "data") -> None:
+    """Training data must hold at least two phases (a one-phase set teaches the model nothing)."""
+    labels = np.unique(data.values)
+    if labels.size < 2:
+        raise ValueError(f"{where}: every image is one phase (label {int(labels[0]) if labels.size else '-'}); "
+                         "training needs at least two phases (check the threshold)")
 
 
 def load_training_data(
@@ -127,13 +141,25 @@ def train_micro3diff(
     config: TrainConfig = TrainConfig(),
     *,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     data_label: str = "array",
     progress: bool = True,
     on_log: Callable[[int, float], None] | None = None,
 ) -> Path:
-    """Train a Micro3Diff denoiser on ``data`` and write a bundle to ``out``; return its path."""
+    """Train a Micro3Diff denoiser on ``data`` and write a bundle to ``out``; return its path.
+
+    Checked before training starts: ``out`` is new, an empty folder, or (with ``overwrite``)
+    an existing bundle; an existing checkpoint ``OUT.checkpoint.pt`` is continued with
+    ``resume`` or restarted with ``overwrite``, never silently replaced.
+    """
     out = Path(out)
+    check_bundle_target(out, overwrite=overwrite)
+    checkpoint = out.with_name(out.name + ".checkpoint.pt")
+    if checkpoint.exists() and not (resume or overwrite):
+        raise OutputExistsError(f"{checkpoint}: a checkpoint of an earlier run exists; pass --resume to continue it "
+                                "or --overwrite to start over")
+    check_training_phases(data, data_label)
     device = device or default_device()
     stack = training_images(data, data_label)
     names = phase_names(data)
@@ -149,7 +175,6 @@ def train_micro3diff(
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     state = {"step": 0, "seconds": 0.0, "losses": []}
-    checkpoint = out.with_name(out.name + ".checkpoint.pt")
     if resume and checkpoint.exists():
         state = _load_checkpoint(checkpoint, config, model, ema, optimiser, generator)
     elif resume:
@@ -207,7 +232,7 @@ def train_micro3diff(
         ),
     )
     card = _card(out.name, data, bundle_config, parameter_count(model), seconds, running, quality, device)
-    return write_bundle(out, bundle_config, ema.state_dict(), reference, card)
+    return write_bundle(out, bundle_config, ema.state_dict(), reference, card, overwrite=overwrite)
 
 
 def _random_dihedral(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -94,7 +94,7 @@ def _train_resumed(dataset, tmp_path, bundle, stage, steps):  # type: ignore[no-
         _copy_staging(bundle, a), _copy_staging(bundle, b)
     train_ldm(dataset, a, tiny(**kwargs), stage=stage, device="cpu", progress=False)
     train_ldm(dataset, b, tiny(**{stage: steps}), stage=stage, device="cpu", progress=False)
-    train_ldm(dataset, b, tiny(**kwargs), stage=stage, resume=True, device="cpu", progress=False)
+    train_ldm(dataset, b, tiny(**kwargs), stage=stage, resume=True, overwrite=True, device="cpu", progress=False)
     load = lambda root: torch.load(staging_dir(root) / f"{stage}.pt", weights_only=True)  # noqa: E731
     summary = lambda root: json.loads((staging_dir(root) / f"{stage}.json").read_text())  # noqa: E731
     return load(a), load(b), summary(a), summary(b)
@@ -127,7 +127,7 @@ def test_stages_must_share_their_vae_and_predictions_conditioning_trains(dataset
         train_ldm(dataset, out, tiny(seed=3), stage="ldm", device="cpu", progress=False)
     train_ldm(dataset, out, tiny(seed=3), stage="fp", device="cpu", progress=False)
     written = train_ldm(dataset, out, tiny(seed=3, condition_on="predictions"), stage="ldm", device="cpu",
-                        progress=False)
+                        progress=False, overwrite=True)
     config = LDMConfig.model_validate_json((written / "config.json").read_text())
     assert config.condition_on == "predictions" and config.stages["ldm"].extra["fp_weights"] == config.stages[
         "fp"].weights
@@ -309,7 +309,9 @@ def test_the_benchmark_prints_its_table_on_a_tiny_model(bundle, tmp_path):
 def test_retraining_the_feature_predictor_rewrites_the_bundle(dataset, bundle, tmp_path):
     copy = shutil.copytree(bundle, tmp_path / "b")  # the bundle alone: earlier stages come from it
     before = load_ldm_bundle(copy)
-    written = train_ldm(dataset, copy, tiny(fp=6), stage="fp", device="cpu", progress=False)
+    with pytest.raises(ValueError, match="pass --overwrite"):  # never replaced silently
+        train_ldm(dataset, copy, tiny(fp=6), stage="fp", device="cpu", progress=False)
+    written = train_ldm(dataset, copy, tiny(fp=6), stage="fp", overwrite=True, device="cpu", progress=False)
     assert written == copy
     after = load_ldm_bundle(copy)
     assert after.config.stages["fp"].steps == 6 and before.config.stages["fp"].steps == 4

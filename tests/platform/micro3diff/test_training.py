@@ -37,14 +37,20 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path, sphere_slices
     straight = train_micro3diff(sphere_slices, tmp_path / "a", tiny_config(steps=10), device="cpu", progress=False)
     train_micro3diff(sphere_slices, tmp_path / "b", tiny_config(steps=5), device="cpu", progress=False)
     resumed = train_micro3diff(
-        sphere_slices, tmp_path / "b", tiny_config(steps=10), resume=True, device="cpu", progress=False
+        sphere_slices, tmp_path / "b", tiny_config(steps=10), resume=True, overwrite=True, device="cpu", progress=False
     )
     a = torch.load(straight / "model.pt", weights_only=True)
     b = torch.load(resumed / "model.pt", weights_only=True)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="different recipe"):
-        train_micro3diff(sphere_slices, tmp_path / "b", tiny_config(lr=1e-3), resume=True, device="cpu", progress=False)
+        train_micro3diff(sphere_slices, tmp_path / "b", tiny_config(lr=1e-3), resume=True, overwrite=True, device="cpu",
+                         progress=False)
+    with pytest.raises(ValueError, match="pass --overwrite"):  # the bundle of the first run is never replaced silently
+        train_micro3diff(sphere_slices, tmp_path / "b", tiny_config(steps=12), resume=True, device="cpu", progress=False)
+    (tmp_path / "b2.checkpoint.pt").write_bytes((tmp_path / "b.checkpoint.pt").read_bytes())
+    with pytest.raises(ValueError, match="pass --resume to continue it or --overwrite"):  # an earlier run's checkpoint
+        train_micro3diff(sphere_slices, tmp_path / "b2", tiny_config(steps=12), device="cpu", progress=False)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train_micro3diff(sphere_slices, tmp_path / "c", tiny_config(), resume=True, device="cpu", progress=False)
 

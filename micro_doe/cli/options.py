@@ -1,0 +1,95 @@
+"""What several commands share: the ``--overwrite`` option, option checks that run before any
+work starts, and pydantic errors translated to the option that caused them."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never a folder micro-doe did not write).")]
+
+
+class OptionError(ValueError):
+    """A command-line option with a value the command cannot use; the message names it."""
+
+
+def option_errors(err: ValidationError, options: Mapping[str, str] | None = None) -> OptionError:
+    """One line naming the option of every field pydantic refused: ``--steps: must be ≥ 1``.
+
+    ``options`` maps field names to option names; other fields become ``--field-name``.
+    """
+    parts = []
+    for e in err.errors(include_url=False):
+        field = next((str(x) for x in reversed(e["loc"]) if isinstance(x, str)), "")
+        option = (options or {}).get(field) or "--" + field.replace("_", "-")
+        message = str(e["msg"]).removeprefix("Value error, ")
+        value = e.get("input")
+        shown = f" (got {value!r})" if isinstance(value, (int, float, str)) and not isinstance(value, bool) else ""
+        parts.append(f"{option}: {message}{shown}")
+    return OptionError("; ".join(dict.fromkeys(parts)))
+
+
+def check_count(value: int, option: str, *, low: int = 1, high: int | None = None) -> int:
+    """An integer option within [low, high]."""
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise OptionError(f"{option}: expected an integer {bound}, got {value}")
+    return value
+
+
+def check_seconds(value: float | None, option: str) -> float | None:
+    """A positive, finite number of seconds (or none)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise OptionError(f"{option}: expected a positive, finite number of seconds, got {value}")
+    return value
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (MemAvailable on Linux; free pages elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(needed: float, option: str, fraction: float = 0.8) -> None:
+    """Refuse work whose estimated memory exceeds ``fraction`` of what is available now."""
+    available = available_memory()
+    if needed > fraction * available:
+        raise OptionError(f"{option}: needs about {_bytes(needed)} of memory; this machine has {_bytes(available)} available")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+@contextmanager
+def parameters_as_options(*names: str) -> Iterator[None]:
+    """Inside: a ``ValueError`` whose message names a Python parameter (``mean_diameter``) is
+    re-raised naming the command-line option instead (``--mean-diameter``); ``"name=--option"``
+    gives the option explicitly."""
+    try:
+        yield
+    except ValueError as err:
+        text = str(err)
+        for item in names:
+            name, _, option = item.partition("=")
+            text = re.sub(rf"(?<![\w-]){name}(?!\w)", option or "--" + name.replace("_", "-"), text)
+        if text == str(err):
+            raise
+        raise OptionError(text) from None

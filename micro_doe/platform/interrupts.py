@@ -1,0 +1,86 @@
+"""Ctrl-C and SIGTERM as one exception, so an interrupted run cleans up the same way for both.
+
+:func:`interrupts_raise` installs handlers (main thread only) that record the signal and
+raise :class:`Interrupted`, a ``KeyboardInterrupt``: code that already cleans up after Ctrl-C
+(fail and re-queue running trials, stop actors) does so for SIGTERM too. The exit code a
+shell expects is ``128 + signal``: 130 for SIGINT, 143 for SIGTERM (:func:`exit_code`).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_state: dict[str, int | bool | None] = {"signal": None, "reported": False}
+
+
+class Interrupted(KeyboardInterrupt):
+    """The process was asked to stop (SIGINT or SIGTERM); ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise(signum: int, frame: object) -> None:
+    _state["signal"] = signum
+    raise Interrupted(signum)
+
+
+@contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """While inside: SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (a no-op
+    elsewhere). Libraries that install their own handlers (``ray.init`` does for SIGTERM) can be
+    overridden by entering this again after them; each exit restores what was there before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, _raise)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def last_signal() -> int | None:
+    """The signal that last interrupted this process through :func:`interrupts_raise`."""
+    return _state["signal"]  # type: ignore[return-value]
+
+
+def mark_reported() -> None:
+    """The interrupt was reported to the user already (no second message needed)."""
+    _state["reported"] = True
+
+
+def was_reported() -> bool:
+    return bool(_state["reported"])
+
+
+def exit_code(signum: int | None) -> int:
+    """128 + the signal number (130 when unknown: Ctrl-C)."""
+    return 128 + (signum or signal.SIGINT)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """While inside (main thread): SIGINT/SIGTERM are recorded, not raised; the first one is
+    raised on leaving. For short bookkeeping that must finish (telling a trial FAIL)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if pending:
+        _raise(pending[0], None)

@@ -1,0 +1,150 @@
+"""Every check a study can make before anything exists on disk or on the cluster.
+
+:func:`check_before_start` runs after the spec has validated (:func:`~micro_doe.studies.study_yaml.load_spec`)
+and before Ray, Optuna or MLflow create anything. It reads only:
+
+1. ``storage``: a database URL SQLAlchemy knows, whose driver is installed; a sqlite file
+   in a folder that exists and is writable, or can be created; a server that answers;
+2. ``tracking``: a URI MLflow can open (``sqlite:///``, ``postgresql://``, ``http(s)://``,
+   ``file:///`` …), checked the same way;
+3. ``artifacts``: a writable folder (or one that can be created), or a URI;
+4. ``generator.model`` as ``models:/NAME@ALIAS``: the registry exists and holds it.
+
+Each problem raises :class:`~micro_doe.studies.study_yaml.SpecError` naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from micro_doe.studies.spec import TRACKING_SCHEMES, StudySpec
+from micro_doe.studies.study_yaml import SpecError
+
+CONNECT_TIMEOUT_S = 10
+DRIVER_HINTS = {"postgresql": "psycopg2-binary (or postgresql+psycopg:// with psycopg)", "mysql": "pymysql (mysql+pymysql://)"}
+
+
+def check_before_start(spec: StudySpec, file: str = "<study>") -> None:
+    """Raise :class:`SpecError` for the first field that cannot work (module doc); create nothing."""
+    problems = []
+    for field, check in (("storage", _check_database), ("tracking", _check_tracking), ("artifacts", _check_artifacts)):
+        message = check(getattr(spec, field))
+        if message:
+            problems.append((field, message))
+    if not problems and spec.generator.model.startswith("models:/"):
+        message = _check_registered(spec.generator.model, spec.tracking)
+        if message:
+            problems.append(("generator.model", message))
+    if problems:
+        raise SpecError(file, problems)
+
+
+def _check_database(url: str) -> str | None:
+    """A SQLAlchemy URL with its driver installed; a sqlite file that can be written."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return f"{url!r} is not a database URL (expected e.g. sqlite:///runs/optuna.db or postgresql://user@host/db)"
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        return f"unknown database kind {parsed.drivername!r} in {url!r} (sqlite, postgresql, mysql …)"
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        backend = parsed.get_backend_name()
+        hint = DRIVER_HINTS.get(backend, f"the driver of {parsed.drivername}")
+        return f"the database driver for {parsed.drivername} is not installed ({err.name or err}); pip install {hint}"
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            return None
+        problem = _check_file(Path(database))
+        if problem is None and Path(database).is_file() and Path(database).stat().st_size:
+            with open(database, "rb") as f:
+                if f.read(16) != b"SQLite format 3\x00":
+                    problem = f"{database} exists and is not a SQLite database"
+        return problem
+    return _check_server(url, parsed.get_backend_name())
+
+
+def _check_server(url: str, backend: str) -> str | None:
+    """A database server answers (connecting creates nothing there)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    timeout = {"connect_timeout": CONNECT_TIMEOUT_S} if backend in ("postgresql", "mysql") else {}
+    engine = create_engine(url, connect_args=timeout)
+    try:
+        with engine.connect():
+            return None
+    except SQLAlchemyError as err:
+        cause = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        return f"cannot connect to {engine.url.render_as_string(hide_password=True)} ({cause})"
+    finally:
+        engine.dispose()
+
+
+def _check_tracking(uri: str) -> str | None:
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*):", uri)
+    base = scheme.group(1).split("+")[0].lower() if scheme else ""
+    if base not in TRACKING_SCHEMES:
+        return (f"{uri!r} is not a tracking URI MLflow can open; expected sqlite:///PATH, postgresql://…, "
+                "http(s)://HOST:PORT or file:///PATH")
+    if base in ("sqlite", "postgresql", "mysql", "mssql"):
+        return _check_database(uri)
+    if base == "file":
+        return _check_folder(Path(uri.removeprefix("file://")))
+    return None
+
+
+def _check_artifacts(location: str) -> str | None:
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", location):
+        return _check_folder(Path(location.removeprefix("file://"))) if location.startswith("file://") else None
+    return _check_folder(Path(location))
+
+
+def _check_file(path: Path) -> str | None:
+    """An existing writable file, or a new one in a folder that exists writable or can be made."""
+    if path.exists():
+        if path.is_dir():
+            return f"{path} is a folder; expected a database file"
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"{path} is not writable"
+        return None
+    return _check_folder(path.parent)
+
+
+def _check_folder(folder: Path) -> str | None:
+    here = Path(os.path.abspath(folder))
+    while not here.exists():
+        here = here.parent
+    if not here.is_dir():
+        return f"{here} is a file, so the folder {folder} cannot be created"
+    if not os.access(here, os.W_OK | os.X_OK):
+        return f"the folder {here} is not writable"
+    return None
+
+
+def _check_registered(ref: str, tracking: str) -> str | None:
+    """The registry exists (without creating a database) and holds the model, alias or version."""
+    from micro_doe.tracking.registry import parse_model_ref, resolve_model_version, sqlite_path
+
+    try:
+        parse_model_ref(ref)
+    except ValueError as err:
+        return str(err)
+    db = sqlite_path(tracking)
+    if db is not None and not db.exists():
+        return (f"{ref}: there is no model registry at {tracking} yet "
+                "(register a bundle first: micro-doe models register BUNDLE --name NAME)")
+    try:
+        resolve_model_version(ref, tracking)
+    except ValueError as err:
+        return str(err)
+    return None

@@ -1,0 +1,93 @@
+"""Ctrl-C and SIGTERM on a real ``micro-doe run`` (a local Ray instance, sqlite stores): the
+driver exits 130 / 143 with one line, fails and re-queues the running trial, and a rerun
+runs that trial's parameters and seed before anything else."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from micro_doe.studies.runner import Study
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def write_study(tmp_path, model) -> str:  # type: ignore[no-untyped-def]
+    spec = {
+        "name": "interrupted",
+        "generator": {"kind": "micro3diff", "model": str(model)},
+        "search": {"n_h": {"int": [2, 3]}, "steps": {"int": [6, 8]}},
+        "samples_per_trial": 2,
+        "objectives": [{"name": "s2_error"}],
+        # A two-point initial design: the interrupted first trial is re-queued *behind* the
+        # second Sobol point, so running it first is the runner's doing, not Optuna's order.
+        "sampler": {"kind": "tpe", "seed": 0, "initial_design": {"kind": "sobol", "n": 2}},
+        "budget": {"n_trials": 4},
+        "resources": {"generators": 1, "evaluators": 1},
+        "storage": f"sqlite:///{tmp_path}/optuna.db",
+        "tracking": f"sqlite:///{tmp_path}/mlflow.db",
+        "artifacts": f"{tmp_path}/artifacts",
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def wait_for_running_trial(storage: str, driver: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and driver.poll() is None:
+        time.sleep(0.3)
+        try:
+            trials = optuna.load_study(study_name="interrupted", storage=storage).get_trials(deepcopy=False)
+        except Exception:  # noqa: BLE001 — the study does not exist yet
+            continue
+        if any(t.state == TrialState.RUNNING for t in trials):
+            time.sleep(1.0)  # inside the generator call
+            return
+    pytest.fail(f"no trial started (driver exit code {driver.poll()})")
+
+
+@pytest.mark.parametrize(("signum", "code", "how"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_an_interrupted_run_exits_with_the_signal_code_and_resumes_requeued_first(signum, code, how, tmp_path, tiny_bundle):
+    path = write_study(tmp_path, tiny_bundle)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    driver = subprocess.Popen([sys.executable, "-m", "micro_doe.cli.app", "run", path], env=env, text=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_for_running_trial(storage, driver)
+        driver.send_signal(signum)  # the driver only, as `kill` or a scheduler would
+        _, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+    assert driver.returncode == code, err
+    assert re.search(rf"interrupted \({how}\); \d+ trials complete, run the same command to resume", err), err
+    assert "Traceback" not in err and "*** " not in err and "core dumped" not in err.lower(), err
+
+    study = optuna.load_study(study_name="interrupted", storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]  # nothing left hanging
+    interrupted = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("requeued")]
+    assert len(interrupted) == 1 and how in interrupted[0].user_attrs["fail_reason"]
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert waiting and waiting[0].user_attrs.get("initial_design") == "sobol"  # queued before the re-queued one
+
+    done_before = {t.number for t in trials if t.state == TrialState.COMPLETE}
+    Study.from_yaml(path).run(n_trials=len(done_before) + 1)  # room for exactly one more trial
+    complete = optuna.load_study(study_name="interrupted", storage=storage).get_trials(states=(TrialState.COMPLETE,))
+    new = [t for t in complete if t.number not in done_before]
+    assert len(new) == 1
+    assert new[0].user_attrs["requeued_from"] == interrupted[0].number
+    assert new[0].params == interrupted[0].params and new[0].user_attrs["seed"] == interrupted[0].user_attrs["seed"]
