@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from micro_doe.cli.evaluate import descriptor_table
 from micro_doe.cli.ldm import generate_ldm, parse_targets
-from micro_doe.cli.options import Overwrite, check_count, option_errors
+from micro_doe.cli.options import Overwrite, check_count, option_errors, parameters_as_options
 from micro_doe.platform.bundles import bundle_kind
 from micro_doe.platform.descriptors import describe
 from micro_doe.platform.diffusion.training import check_device
@@ -94,7 +94,10 @@ def generate(
         raise option_errors(err, {"targets": "--target"}) from None
     generator = Micro3DiffGenerator(model, device=device)
     try:
-        generator.check(settings, allow_extrapolation)  # every mistake reported before sampling starts
+        names = ("variant", "sampler", "steps", "n_h", "eta", "variance", "precision", "target",
+                 "allow extrapolation=pass --allow-extrapolation")
+        with parameters_as_options(*names):
+            generator.check(settings, allow_extrapolation)  # every mistake reported before sampling starts
     except ValidationError as err:
         raise option_errors(err, {"targets": "--target"}) from None
     total = n * generator.passes_per_volume(settings)

@@ -173,6 +173,13 @@ def train_ldm_command(
     if stage != "vae":  # the stages that (re)write the bundle at --out
         check_bundle_target(out, overwrite=overwrite)
     check_device(device)
+    if tracking:
+        from micro_doe.tracking.registry import check_tracking_uri
+
+        try:
+            check_tracking_uri(tracking)
+        except ValueError as err:
+            raise OptionError(f"--tracking: {err}") from None
     client, run_id, logger = None, None, None
     if tracking:
         client, run_id = _open_tracking(tracking, out, recipe, stage)

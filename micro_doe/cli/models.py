@@ -17,6 +17,7 @@ from rich.table import Table
 from micro_doe.tracking.registry import (
     DEFAULT_TRACKING_URI,
     absolute_tracking_uri,
+    check_tracking_uri,
     list_models,
     register_bundle,
     sqlite_path,
@@ -37,7 +38,7 @@ Tracking = Annotated[
 @models_app.command("list")
 def list_command(tracking: Tracking = DEFAULT_TRACKING_URI) -> None:
     """Registered models: versions, aliases, latest version and the card's first line."""
-    uri = absolute_tracking_uri(tracking, create_parent=False)
+    uri = absolute_tracking_uri(_checked(tracking), create_parent=False)
     db = sqlite_path(uri)
     rows = [] if db is not None and not db.exists() else list_models(uri)
     console = Console()
@@ -73,9 +74,16 @@ def register(
     tracking: Tracking = DEFAULT_TRACKING_URI,
 ) -> None:
     """Validate a bundle, log it to MLflow and register it as a new model version."""
-    uri = absolute_tracking_uri(tracking)
+    uri = absolute_tracking_uri(_checked(tracking), create_parent=False)  # created once the bundle checks out
     version = register_bundle(bundle, name, alias=alias, tracking_uri=uri)
     ref = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
     Console().print(
         f"registered {escape(name)} version {version}  →  model: {escape(ref)}  (tracking: {escape(uri)})"
     )
+
+
+def _checked(tracking: str) -> str:
+    try:
+        return check_tracking_uri(tracking)
+    except ValueError as err:
+        raise ValueError(f"--tracking: {err}") from None

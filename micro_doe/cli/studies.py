@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from micro_doe.platform.volumes import atomic_path
+from micro_doe.cli.options import Overwrite
+from micro_doe.platform.volumes import atomic_path, check_output_file
 from micro_doe.studies.study_yaml import SpecError, bundled_studies, load_spec, study_json_schema
 
 
@@ -20,8 +21,11 @@ def schema(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the schema to this file instead of printing it.")
     ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Print (or write) the JSON Schema of study.yaml, for editors and validators."""
+    if out is not None:
+        check_output_file(out, overwrite=overwrite)
     text = json.dumps(study_json_schema(), indent=2, ensure_ascii=False) + "\n"
     if out is None:
         typer.echo(text, nl=False)

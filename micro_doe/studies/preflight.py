@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from micro_doe.studies.spec import TRACKING_SCHEMES, StudySpec
+from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_yaml import SpecError
 
 CONNECT_TIMEOUT_S = 10
@@ -91,11 +91,13 @@ def _check_server(url: str, backend: str) -> str | None:
 
 
 def _check_tracking(uri: str) -> str | None:
-    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*):", uri)
-    base = scheme.group(1).split("+")[0].lower() if scheme else ""
-    if base not in TRACKING_SCHEMES:
-        return (f"{uri!r} is not a tracking URI MLflow can open; expected sqlite:///PATH, postgresql://…, "
-                "http(s)://HOST:PORT or file:///PATH")
+    from micro_doe.tracking.registry import check_tracking_uri
+
+    try:
+        check_tracking_uri(uri)
+    except ValueError as err:
+        return str(err)
+    base = uri.split(":", 1)[0].split("+")[0].lower()
     if base in ("sqlite", "postgresql", "mysql", "mssql"):
         return _check_database(uri)
     if base == "file":

@@ -30,12 +30,12 @@ from micro_doe.studies.objectives import (
     resolve_objective,
 )
 from micro_doe.studies.search_space import ParamSpec, Scalar, find_domain
+from micro_doe.tracking.registry import check_tracking_uri
 
 if TYPE_CHECKING:
     import optuna
 
 MAX_NAME_LENGTH = 100
-TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
 MAX_TRIALS = 1_000_000
 MAX_SAMPLES_PER_TRIAL = 1_000
 
@@ -262,11 +262,7 @@ class StudySpec(BaseModel):
     @field_validator("tracking")
     @classmethod
     def _tracking(cls, v: str) -> str:
-        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*):", v)
-        if not scheme or scheme.group(1).split("+")[0].lower() not in TRACKING_SCHEMES:
-            raise ValueError(f"{v!r} is not a tracking URI MLflow can open; expected sqlite:///PATH, "
-                             "postgresql://…, http(s)://HOST:PORT or file:///PATH")
-        return v
+        return check_tracking_uri(v)
 
     @model_validator(mode="after")
     def _check(self) -> StudySpec:

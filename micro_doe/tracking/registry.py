@@ -56,6 +56,20 @@ def import_mlflow() -> Any:
     return mlflow
 
 
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+
+
+def check_tracking_uri(uri: str) -> str:
+    """A URI with a scheme MLflow 3 can track to (``sqlite:///…``, ``postgresql://…``,
+    ``http(s)://…``, ``file:///…``); ``ValueError`` otherwise. Plain paths are refused: MLflow 3
+    keeps the file store in maintenance mode, and ``sqlite//x`` is a typo, not a folder."""
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*):", uri)
+    if not scheme or scheme.group(1).split("+")[0].lower() not in TRACKING_SCHEMES:
+        raise ValueError(f"{uri!r} is not a tracking URI MLflow can open; expected sqlite:///PATH, "
+                         "postgresql://…, http(s)://HOST:PORT or file:///PATH")
+    return uri
+
+
 def absolute_tracking_uri(uri: str, *, create_parent: bool = True) -> str:
     """A sqlite URI with an absolute path (parent folder created); other URIs unchanged.
 

@@ -76,6 +76,15 @@ CASES = [
     ("generate-over-a-file", ["generate", "pretrained:spheres-32", "--out", "{existing.nc}"], "--overwrite"),
     ("generate-suffix", ["generate", "pretrained:spheres-32", "--out", "g.txt"], "--out g.txt"),
     ("generate-no-model", ["generate", "nowhere", "--out", "g.nc"], "nowhere: not a model bundle"),
+    ("generate-variant", ["generate", "pretrained:spheres-32", "--out", "g.nc", "--variant", "foo"], "--variant"),
+    ("generate-vf-out-of-range", ["generate", "pretrained:spheres-32", "--out", "g.nc", "--target", "vf_inclusion=0.9"],
+     "--allow-extrapolation"),
+    ("generate-target-syntax", ["generate", "pretrained:spheres-32", "--out", "g.nc", "--target", "vf_inclusion"], "--target"),
+    # ---- models, schema
+    ("models-list-tracking", ["models", "list", "--tracking", "sqlite//x"], "--tracking: 'sqlite//x'"),
+    ("models-register-no-bundle", ["models", "register", "nowhere", "--name", "x"], "nowhere: not a model bundle"),
+    ("models-register-bad-name", ["models", "register", "pretrained:spheres-32", "--name", "bad name!"], "model name"),
+    ("schema-over-a-file", ["schema", "--out", "{existing.nc}"], "--overwrite"),
     # ---- train
     ("train-into-a-folder-of-files", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "{results}"],
      "not a micro-doe bundle"),
@@ -85,6 +94,7 @@ CASES = [
     ("train-steps-0", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "m", "--steps", "0"], "--steps"),
     ("train-cuda", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "m", "--device", "cuda"], "--device"),
     ("train-ldm-over-folder", ["train", "ldm", "--data", "{spheres.nc}", "--out", "{results}"], "not a micro-doe bundle"),
+    ("train-ldm-tracking", ["train", "ldm", "--data", "{spheres.nc}", "--out", "m", "--tracking", "mlruns"], "--tracking"),
     # ---- evaluate
     ("evaluate-one-voxel", ["evaluate", "{voxel.nc}"], "voxel.nc: shape (1, 1, 1)"),
     ("evaluate-text-npy", ["evaluate", "{text.npy}"], "text.npy: not a NumPy .npy file"),
@@ -200,7 +210,7 @@ def test_more_actors_than_cpus_is_refused_before_any_store(tmp_path, monkeypatch
 
 def test_the_table_covers_every_command() -> None:
     commands = {c[1][0] if c[1][0] != "data" else " ".join(c[1][:3]) for c in CASES}
-    assert {"run", "generate", "train", "evaluate", "data make spheres", "data make cahn-hilliard"} <= commands
+    assert {"run", "generate", "train", "evaluate", "models", "data make spheres", "data make cahn-hilliard"} <= commands
     assert len(CASES) >= 40
     assert len({c[0] for c in CASES}) == len(CASES)
 
