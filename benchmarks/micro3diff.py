@@ -78,9 +78,9 @@ def grid(name: str, preset: str) -> list[SamplingSettings]:
         return [S(**a, n_h=h, steps=25, calibrate=c) for h in (6, 10) for c in (False, True)]
     if preset == "figures":  # the montage's settings: the paper's, and the anchored variant at n_h 6 and 10
         return [S(variant="paper", n_h=0, steps=50), S(**a, n_h=6, steps=25), S(**a, n_h=10, steps=25)]
-    if preset == "boundaries":  # thin phases (polycrystal-32): the default against more work and the anchor's options
+    if preset == "boundaries":  # thin phases (polycrystal-32): n_h × S, and the anchor's options at n_h 10
         f = a | {"decode": "fractions"}
-        return [S(**f, n_h=10, steps=25), S(**f, n_h=10, steps=50), S(**f, n_h=20, steps=25),
+        return [*(S(**f, n_h=h, steps=25) for h in (10, 20, 30, 40)), S(**f, n_h=10, steps=50), S(**f, n_h=40, steps=15),
                 S(**f, n_h=10, steps=25, anchor_per_slice=0.5), S(**f, n_h=10, steps=25, anchor_until=0.1),
                 S(**f, n_h=10, steps=25, anchor_strength=0.5), S(**f, n_h=10, steps=25, sampler="ddim", eta=0.0)]  # fmt: skip
     if preset == "lean":
@@ -89,6 +89,8 @@ def grid(name: str, preset: str) -> list[SamplingSettings]:
     core = [S(variant="paper", n_h=h, steps=50) for h in (0, 1)] + [S(variant="moment", n_h=1, steps=50)]
     core += [S(**a, n_h=0, steps=50), S(**a, n_h=3, steps=50), S(**a, n_h=10, steps=25)]
     core += [S(**a, n_h=10, steps=25, decode="fractions")]
+    if name.startswith("polycrystal"):  # thin boundaries need more harmonizing (the "boundaries" preset)
+        core += [S(**a, n_h=h, steps=25, decode="fractions") for h in (20, 40)]
     if not name.startswith("spheres") or preset == "core":
         return core
     return core + [

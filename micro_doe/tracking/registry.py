@@ -34,6 +34,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from micro_doe.platform.volumes import current_umask
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -295,6 +297,7 @@ def resolve_model(ref: str, tracking_uri: str | None = None, cache_dir: Path | N
         if found is None:
             raise ValueError(f"{ref}: version {mv.version} of {name!r} ({mv.source}) is not a model bundle")
         bundle_dir = found if found.is_dir() else found.parent
+        os.chmod(bundle_dir, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide it from the team
         try:
             os.rename(bundle_dir, target)
         except OSError:

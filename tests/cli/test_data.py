@@ -42,6 +42,6 @@ def test_make_crops_of_one_image(tmp_path, rng):
 
 def test_bad_parameters_exit_2(tmp_path, capsys):
     assert run_cli("data", "make", "spheres", "--volume-fraction", "0.9", "--out", str(tmp_path / "x.nc")) == 2
-    assert "volume_fraction" in capsys.readouterr().err
+    assert "--volume-fraction" in capsys.readouterr().err
     assert run_cli("data", "make", "cahn-hilliard-trajectory", "--phases", "4", "--out", str(tmp_path / "x.nc")) == 2
     assert not (tmp_path / "x.nc").exists()

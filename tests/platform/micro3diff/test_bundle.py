@@ -36,8 +36,8 @@ def test_weights_load_only_plain_tensors(tmp_path, tiny_bundle):
 def test_rewrite_is_atomic_and_defaults_update(tmp_path, tiny_bundle):
     bundle = load_bundle(tiny_bundle)
     target = tmp_path / "again"
-    for _ in range(2):  # writing over an existing bundle replaces it whole
-        write_bundle(target, bundle.config, bundle.model.state_dict(), bundle.reference, "card")
+    for again in (False, True):  # writing over an existing bundle (with overwrite) replaces it whole
+        write_bundle(target, bundle.config, bundle.model.state_dict(), bundle.reference, "card", overwrite=again)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
     update_sampling_defaults(target, SamplingDefaults(n_h=3, steps=20, variant="average"))
     reloaded = load_bundle(target)
