@@ -80,7 +80,7 @@ def grid(name: str, preset: str) -> list[SamplingSettings]:
         return [S(variant="paper", n_h=0, steps=50), S(**a, n_h=6, steps=25), S(**a, n_h=10, steps=25)]
     if preset == "boundaries":  # thin phases (polycrystal-32): n_h × S, and the anchor's options at n_h 10
         f = a | {"decode": "fractions"}
-        return [*(S(**f, n_h=h, steps=25) for h in (10, 20, 30, 40)), S(**f, n_h=10, steps=50), S(**f, n_h=40, steps=15),
+        return [*(S(**f, n_h=h, steps=25) for h in (10, 20, 30, 40)), S(**f, n_h=10, steps=50), S(**f, n_h=40, steps=15), S(**f, n_h=60, steps=15),
                 S(**f, n_h=10, steps=25, anchor_per_slice=0.5), S(**f, n_h=10, steps=25, anchor_until=0.1),
                 S(**f, n_h=10, steps=25, anchor_strength=0.5), S(**f, n_h=10, steps=25, sampler="ddim", eta=0.0)]  # fmt: skip
     if preset == "lean":
@@ -206,6 +206,8 @@ def _label(s: SamplingDefaults) -> str:
             extra.append("vf spread")
         if s.decode == "fractions":
             extra.append("decode at vf")
+        if s.calibrate:
+            extra.append("calibrated")
     sampler = s.sampler if s.sampler == "ddpm" else f"ddim η={s.eta:g}"
     return f"{s.variant}{' (' + ', '.join(extra) + ')' if extra else ''} | {sampler} | {s.precision} | {s.n_h} | {s.steps}"
 
@@ -292,27 +294,48 @@ def save_figures(results: list[dict], tag: str) -> None:
     slice_montage(rows, DOCS / f"micro3diff-montage{tag}.png", labels=labels,
                   title="Micro3Diff: the paper's algorithm, the anchored default, and the data (mid-slices of each plane)")
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
-    for ax, res in zip(axes[0], results):
-        plain = [r for r in res["rows"] if r["settings"].sampler == "ddpm" and r["settings"].decode == "sign"
-                 and r["settings"].anchor_strength == 1.0 and not r["settings"].anchor_until
-                 and not r["settings"].anchor_per_slice and not r["settings"].vf_spread
-                 and r["settings"].precision == ("bf16" if r["settings"].variant == "anchored" else "fp32")]
+    nh_sweep_figure([(res["name"], res["rows"], res["floor"]["lineal_path_error"]) for res in results],
+                    DOCS / f"micro3diff-nh-sweep{tag}.png")
+
+
+def nh_sweep_figure(models: list[tuple[str, list[dict], float]], path: Path) -> None:
+    """L and size error against n_h per (variant, S), for the plain setting of each variant
+    (DDPM, no anchor options; the first row of each (variant, S, n_h) where the grid repeats
+    one); the L data floor dotted. ``models``: (name, rows, floor L error)."""
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
+    for ax, (name, rows, floor) in zip(axes[0], models):
+        plain: dict[tuple[str, int, int], dict] = {}
+        for r in rows:
+            s = r["settings"]
+            if (s.sampler == "ddpm" and s.anchor_strength == 1.0 and not s.anchor_until and not s.anchor_per_slice
+                    and not s.vf_spread):
+                plain.setdefault((s.variant, s.steps, s.n_h), r)
         for variant, steps, style in (("paper", 50, "o-"), ("anchored", 50, "s-"), ("anchored", 25, "^-")):
-            pts = sorted((r["settings"].n_h, r["lineal_path_error"], r["size_error"]) for r in plain
-                         if r["settings"].variant == variant and r["settings"].steps == steps)
+            pts = sorted((h, r["lineal_path_error"], r["size_error"]) for (v, st, h), r in plain.items()
+                         if v == variant and st == steps)
             if not pts:
                 continue
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{variant} S={steps}: L error")
             ax.plot([p[0] for p in pts], [p[2] for p in pts], style.replace("-", "--"), label=f"{variant} S={steps}: size error")
-        ax.axhline(res["floor"]["lineal_path_error"], color="k", lw=0.8, ls=":", label="L data floor")
+        ax.axhline(floor, color="k", lw=0.8, ls=":", label="L data floor")
         ax.set_xlabel("n_h (harmonizing cycles per step)")
         ax.set_ylabel("error [%]")
-        ax.set_title(res["name"])
+        ax.set_title(name)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(DOCS / f"micro3diff-nh-sweep{tag}.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def replot(json_path: Path, tag: str) -> None:
+    """The n_h figure again from a run's ``--json`` rows (settings, errors, and each model's floor)."""
+    data = json.loads(json_path.read_text())
+    models = []
+    for name in dict.fromkeys(r["model"] for r in data):
+        rows = [r | {"settings": SamplingDefaults(**r["settings"])} for r in data if r["model"] == name and r.get("settings")]
+        floor = next(r["lineal_path_error"] for r in data if r["model"] == name and r.get("floor"))
+        models.append((name, rows, floor))
+    nh_sweep_figure(models, DOCS / f"micro3diff-nh-sweep{tag}.png")
 
 
 def main() -> None:
@@ -326,9 +349,13 @@ def main() -> None:
     parser.add_argument("--vf-sweep-only", action="store_true", help="only the vf sweep, at the bundle's default")
     parser.add_argument("--update-defaults", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the rows (without volumes) to this JSON file")
+    parser.add_argument("--replot", type=Path, help="only redraw the n_h figure from a --json file of the default models")
     args = parser.parse_args()
     print(f"# Micro3Diff benchmark: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {'cuda' if torch.cuda.is_available() else 'cpu'}", flush=True)
+    if args.replot:
+        replot(args.replot, "")
+        return
     if args.vf_sweep_only:  # the sweep alone, at spheres-32's current default setting
         vf_sweep(args, Micro3DiffGenerator("pretrained:spheres-32").bundle.config.sampling)
         return
@@ -348,6 +375,8 @@ def main() -> None:
     if args.json:
         rows = [{"model": res["name"], "settings": r["settings"].model_dump(), "passes": r["passes"], "seconds": r["seconds"],
                  **{k: v for k, v in r.items() if isinstance(v, float)}} for res in results for r in res["rows"]]
+        rows += [{"model": res["name"], "floor": True, **{k: v for k, v in res["floor"].items() if isinstance(v, float)}}
+                 for res in results]
         args.json.write_text(json.dumps(rows, indent=1))
 
 

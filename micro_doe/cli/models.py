@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from micro_doe.platform.bundles import shipped_summaries
 from micro_doe.tracking.registry import (
     DEFAULT_TRACKING_URI,
     absolute_tracking_uri,
@@ -37,11 +38,18 @@ Tracking = Annotated[
 
 @models_app.command("list")
 def list_command(tracking: Tracking = DEFAULT_TRACKING_URI) -> None:
-    """Registered models: versions, aliases, latest version and the card's first line."""
+    """The models shipped with micro-doe (pretrained:NAME), then the registry's: versions,
+    aliases, latest version and the card's first line."""
     uri = absolute_tracking_uri(_checked(tracking), create_parent=False)
     db = sqlite_path(uri)
     rows = [] if db is not None and not db.exists() else list_models(uri)
     console = Console()
+    shipped = Table(title="shipped with micro-doe (use as model: pretrained:NAME)", title_justify="left")
+    for column in ("model", "kind", "size", "phases", "description"):
+        shipped.add_column(column, no_wrap=column in ("model", "kind", "size"), style="dim" if column == "description" else None)
+    for s in shipped_summaries():
+        shipped.add_row(*(escape(s[k]) for k in ("ref", "kind", "size", "phases", "description")))
+    console.print(shipped)
     if not rows:
         console.print(
             f"no models registered in {escape(uri)}; add one with: micro-doe models register BUNDLE --name NAME"

@@ -3,7 +3,8 @@ to a directory, which kind of bundle it holds, its reference descriptors and its
 sampling settings; and the errors of loading and sampling.
 
 A bundle is a directory with ``config.json`` (its ``kind``: "micro3diff" or "ldm"), the
-weights, ``reference.nc`` (the training data's descriptors) and ``card.md``. Shipped bundles
+weights, ``reference.nc`` (the training data's descriptors), ``card.md`` and, for Micro3Diff,
+``examples.nc`` (a few training images, for montages). Shipped bundles
 live in ``micro_doe/platform/models/NAME`` and are named ``pretrained:NAME``; each generator
 package (:mod:`~micro_doe.platform.micro3diff.bundle`, :mod:`~micro_doe.platform.ldm.bundle`)
 loads and writes its own kind.
@@ -68,6 +69,42 @@ def shipped_models() -> list[str]:
     if not SHIPPED_DIR.exists():
         return []
     return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").exists())
+
+
+def shipped_summaries() -> list[dict[str, str]]:
+    """One row per shipped bundle: ``ref`` (pretrained:NAME), ``kind``, ``size`` (e.g. 32³),
+    ``phases`` and ``description`` (the card's first line after its title); read from
+    config.json and card.md only, no weights loaded."""
+    rows = []
+    for name in shipped_models():
+        path = SHIPPED_DIR / name
+        config = json.loads((path / "config.json").read_text())
+        side = config.get("volume_size") or config.get("image_size")
+        card = (path / "card.md").read_text() if (path / "card.md").exists() else ""
+        lines = [ln.strip() for ln in card.splitlines() if ln.strip() and not ln.startswith("#")]
+        rows.append({
+            "ref": f"{PRETRAINED_PREFIX}{name}",
+            "kind": str(config.get("kind", "micro3diff")),
+            "size": f"{side}³" if side else "?",
+            "phases": ", ".join(config.get("phase_names", [])),
+            "description": lines[0] if lines else "",
+        })
+    return rows
+
+
+EXAMPLES_FILE = "examples.nc"
+N_EXAMPLES = 8
+
+
+def load_examples(ref: str | os.PathLike[str]) -> xr.DataArray | None:
+    """A few of the training images (``examples.nc``: a (sample, y, x) stack), shown beside
+    generated slices; ``None`` for a bundle written without them."""
+    path = resolve_bundle_path(ref) / EXAMPLES_FILE
+    if not path.exists():
+        return None
+    from micro_doe.platform.volumes import read_volume
+
+    return read_volume(path)
 
 
 def load_reference(ref: str | os.PathLike[str]) -> Descriptors:

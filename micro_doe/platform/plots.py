@@ -1,4 +1,4 @@
-"""Pictures a person would rather see than read: slice montages and S2/L curves.
+"""Pictures a person would rather see than read: slice montages, S2/L curves, Pareto fronts.
 
 Headless (matplotlib's Agg backend); every figure is written atomically as PNG.
 """
@@ -25,34 +25,60 @@ def slice_montage(
     *,
     title: str = "",
     labels: Sequence[str] | None = None,
+    reference: xr.DataArray | None = None,
+    reference_label: str = "training data",
 ) -> Path:
-    """One row per volume: its middle xy, xz and yz slices (z, y, x volumes), phase labels in grey."""
+    """One row per volume: its middle xy, xz and yz slices (z, y, x volumes), phase labels in grey,
+    with a legend naming each grey level's phase (from the volumes' ``phase_names``).
+
+    ``reference``: a training image (y, x) or volume (z, y, x) shown as the first row, so the
+    generated slices are read against the data they should resemble."""
     vols = [volumes] if isinstance(volumes, xr.DataArray) else list(volumes)
     if not vols:
         raise ValueError("slice_montage: no volumes given")
-    fig, axes = plt.subplots(len(vols), 3, figsize=(6.6, 2.3 * len(vols)), squeeze=False)
-    for row, vol in enumerate(vols):
-        if vol.dims != ("z", "y", "x"):
-            raise ValueError(f"slice_montage: expected (z, y, x) volumes, got dims {vol.dims}")
-        k = max(int(vol.max()), 1)
-        mids = {d: vol.sizes[d] // 2 for d in vol.dims}
-        views = {
-            f"xy (z={mids['z']})": vol.isel(z=mids["z"]),
-            f"xz (y={mids['y']})": vol.isel(y=mids["y"]),
-            f"yz (x={mids['x']})": vol.isel(x=mids["x"]),
-        }
-        for col, (name, image) in enumerate(views.items()):
+    rows: list[tuple[xr.DataArray, str]] = []
+    if reference is not None:
+        rows.append((reference, reference_label))
+    rows += [(v, labels[i] if labels is not None else "") for i, v in enumerate(vols)]
+    # A legend only when every row shares one set of phase names (a montage may mix models).
+    named = [tuple(v.attrs.get("phase_names") or ()) for v, _ in rows]
+    names = list(named[-1]) if len(set(named)) == 1 else []
+    k = max([max(int(v.max()), 1) for v, _ in rows] + [len(names) - 1])
+    fig, axes = plt.subplots(len(rows), 3, figsize=(6.6, 2.3 * len(rows) + (0.35 if names else 0)), squeeze=False)
+    for row, (vol, label) in enumerate(rows):
+        if vol.dims == ("y", "x"):  # a 2D training image: one panel
+            views = {"training image (2D)": vol}
+        elif vol.dims == ("z", "y", "x"):
+            mids = {d: vol.sizes[d] // 2 for d in vol.dims}
+            views = {
+                f"xy (z={mids['z']})": vol.isel(z=mids["z"]),
+                f"xz (y={mids['y']})": vol.isel(y=mids["y"]),
+                f"yz (x={mids['x']})": vol.isel(x=mids["x"]),
+            }
+        else:
+            raise ValueError(f"slice_montage: expected (z, y, x) volumes or a (y, x) image, got dims {vol.dims}")
+        for col in range(3):
             ax = axes[row, col]
-            ax.imshow(image.values, cmap="gray", vmin=0, vmax=k, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if row == 0:
+            if col >= len(views):
+                ax.axis("off")
+                continue
+            name, image = list(views.items())[col]
+            ax.imshow(image.values, cmap="gray", vmin=0, vmax=k, interpolation="nearest")
+            if row == 0 or (reference is not None and row == 1):
                 ax.set_title(name, fontsize=9)
-        if labels is not None:
-            axes[row, 0].set_ylabel(labels[row], fontsize=8)
+        if label:
+            axes[row, 0].set_ylabel(label, fontsize=8)
+    if names:
+        from matplotlib.patches import Patch
+
+        grey = plt.get_cmap("gray")
+        handles = [Patch(facecolor=grey(i / k), edgecolor="k", label=f"{i}: {n}") for i, n in enumerate(names)]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 if names else 0, 1, 1))
     return _save(fig, path)
 
 
@@ -89,3 +115,42 @@ def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> Path:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def pareto_plot(
+    values: np.ndarray,
+    feasible: Sequence[bool],
+    pareto: Sequence[bool],
+    names: Sequence[str],
+    directions: Sequence[str],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+) -> Path:
+    """Every pair of objectives (rows of ``values`` are trials): Pareto trials filled and joined,
+    other feasible trials open circles, infeasible ones grey crosses. One objective: its value
+    against trial order, with the best feasible value so far."""
+    values = np.asarray(values, dtype=float).reshape(len(feasible), -1)
+    feasible_mask, pareto_mask = np.asarray(feasible, bool), np.asarray(pareto, bool)
+    k = values.shape[1]
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)] or [(0, None)]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.3 * len(pairs), 3.6), squeeze=False)
+    for ax, (i, j) in zip(axes[0], pairs):
+        xs = values[:, i] if j is not None else np.arange(len(values), dtype=float)
+        ys = values[:, j] if j is not None else values[:, i]
+        other = feasible_mask & ~pareto_mask
+        ax.scatter(xs[~feasible_mask], ys[~feasible_mask], marker="x", color="0.6", label="infeasible")
+        ax.scatter(xs[other], ys[other], facecolors="none", edgecolors="C0", label="feasible")
+        order = np.argsort(xs[pareto_mask])
+        ax.plot(xs[pareto_mask][order], ys[pareto_mask][order], "o-", color="C3", label="Pareto front" if j is not None else "best")
+        if j is None:
+            ax.set_xlabel("trial (in order of completion)")
+            ax.set_ylabel(f"{names[i]} ({directions[i]})")
+        else:
+            ax.set_xlabel(f"{names[i]} ({directions[i]})")
+            ax.set_ylabel(f"{names[j]} ({directions[j]})")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

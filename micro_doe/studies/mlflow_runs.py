@@ -41,7 +41,7 @@ import numpy as np
 import xarray as xr
 
 from micro_doe.platform.descriptors import Descriptors
-from micro_doe.tracking.registry import absolute_tracking_uri, ensure_experiment, mlflow_client
+from micro_doe.tracking.registry import absolute_tracking_uri, ensure_experiment, mlflow_client, ui_hint
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,35 @@ class StudyTracker:
         self.experiment_id = ensure_experiment(self.client, experiment, location)
         self.driver = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.parent_run_id: str | None = None
+        self.trial_runs: dict[int, str] = {}  # trial number → its run id (this invocation's)
+        self.example_image: xr.DataArray | None = None  # a training image shown atop every montage
 
     @property
     def run_url_hint(self) -> str:
-        """How to look at the runs (the MLflow UI, bound to this machine only)."""
-        return f"mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1"
+        """How to look at the runs: ``mlflow ui`` bound to this machine for a database store,
+        the server's own UI for a tracking server."""
+        return ui_hint(self.tracking_uri, self.experiment_id)
+
+    def describe_experiment(self, objectives: Sequence[tuple[str, str]], glossary: Mapping[str, str]) -> None:
+        """What the MLflow UI shows about the experiment: the model-training kind (runs, not
+        traces), the first objective as its primary metric, and a description (the tag
+        ``mlflow.note.content``) with the objectives and every metric's definition and unit,
+        since MLflow has no per-metric descriptions."""
+        lines = [f"**micro-doe study `{self.experiment}`**: one run per `micro-doe run` (parent), one child run per trial.",
+                 "", "Objectives: " + ", ".join(f"`{n}` ({d})" for n, d in objectives), "", "| metric | definition |",
+                 "|---|---|"]
+        lines += [f"| `{name}` | {text} |" for name, text in glossary.items()]
+        lines += ["| `trial_seconds` | wall time of the trial, generation to logging [s] |",
+                  "| `predicted.<name>` | mean over the samples of a model's prediction (the LDM's recipe) |"]
+        tags = {
+            "mlflow.experimentKind": "custom_model_development",
+            "mlflow.note.content": _clip("\n".join(lines), MAX_TAG_LENGTH),
+        }
+        if objectives:
+            tags |= {"mlflow.experiment.primaryMetric.name": objectives[0][0],
+                     "mlflow.experiment.primaryMetric.greaterIsBetter": str(objectives[0][1] == "maximize").lower()}
+        for key, value in tags.items():
+            self.client.set_experiment_tag(self.experiment_id, key, value)
 
     # ------------------------------------------------------------ invocation (parent run)
 
@@ -107,6 +131,72 @@ class StudyTracker:
         finally:
             self.client.set_terminated(run_id, status.upper())
 
+    def log_outcome(self, trials: Sequence[Mapping[str, Any]], names: Sequence[str], directions: Sequence[str]) -> dict[str, float]:
+        """What the study found so far, on the parent run: ``pareto.csv`` (the Pareto trials'
+        numbers, parameters and values), ``pareto.png`` (objective pairs; feasible, infeasible
+        and Pareto trials marked), the tag ``micro_doe.pareto`` ("true"/"false") on every
+        finished trial's run of the experiment, and the returned summary: counts of complete,
+        feasible, failed and Pareto trials and the best feasible value of each objective.
+
+        ``trials``: one mapping per finished trial with ``number``, ``state`` ("COMPLETE"/"FAIL"),
+        ``values``, ``params``, ``feasible`` and ``pareto``.
+        """
+        from micro_doe.platform.plots import pareto_plot
+
+        complete = [t for t in trials if t["state"] == "COMPLETE" and t.get("values")]
+        pareto = [t for t in complete if t["pareto"]]
+        summary: dict[str, float] = {
+            "trials_complete": len(complete),
+            "trials_feasible": sum(bool(t["feasible"]) for t in complete),
+            "trials_failed": sum(t["state"] == "FAIL" for t in trials),
+            "trials_pareto": len(pareto),
+        }
+        for i, (name, direction) in enumerate(zip(names, directions)):
+            feasible = [t["values"][i] for t in complete if t["feasible"]]
+            if feasible:
+                summary[f"best_{name}"] = float(min(feasible) if direction == "minimize" else max(feasible))
+        run_id = self.parent_run_id
+        if run_id is None:
+            return summary
+        note = [f"**{len(complete)} trials complete** ({summary['trials_feasible']} feasible), "
+                f"{summary['trials_failed']} failed, **{len(pareto)} on the Pareto front** "
+                "(tag `micro_doe.pareto = true`; table `pareto.csv`, plot `pareto.png`).", ""]
+        note += [f"- best feasible `{n}` ({d}): {summary[f'best_{n}']:.4g}" for n, d in zip(names, directions)
+                 if f"best_{n}" in summary]
+        self.client.set_tag(run_id, "mlflow.note.content", _clip("\n".join(note), MAX_TAG_LENGTH))
+        with tempfile.TemporaryDirectory(prefix="micro-doe-outcome-") as tmp:
+            out = Path(tmp)
+            params = sorted({k for t in pareto for k in t["params"]})
+            lines = [",".join(["trial", *names, *params])]
+            lines += [",".join([str(t["number"]), *(f"{v:.6g}" for v in t["values"]), *(str(t["params"].get(p, "")) for p in params)])
+                      for t in sorted(pareto, key=lambda t: t["number"])]
+            (out / "pareto.csv").write_text("\n".join(lines) + "\n")
+            if complete:
+                try:
+                    pareto_plot(np.array([t["values"] for t in complete]), [t["feasible"] for t in complete],
+                                [t["pareto"] for t in complete], names, directions, out / "pareto.png",
+                                title=f"{self.experiment}: {len(pareto)} Pareto trials of {len(complete)}")
+                except Exception as err:  # noqa: BLE001 — a picture never stops a study
+                    self.client.set_tag(run_id, "warning.pareto.png", _clip(f"{type(err).__name__}: {err}", MAX_TAG_LENGTH))
+            self.client.log_artifacts(run_id, tmp)
+        on_front = {int(t["number"]) for t in pareto}
+        for run in self._trial_runs_of_experiment():
+            number = int(run.data.tags.get("optuna_trial_number", -1))
+            flag = "true" if number in on_front else "false"
+            if run.data.tags.get("micro_doe.pareto") != flag:
+                self.client.set_tag(run.info.run_id, "micro_doe.pareto", flag)
+        return summary
+
+    def _trial_runs_of_experiment(self) -> list[Any]:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string="tags.`micro_doe.role` = 'trial' "
+                                           "and attributes.status = 'FINISHED'", max_results=1000, page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
     # ------------------------------------------------------------ trials (child runs)
 
     def log_trial(
@@ -122,12 +212,14 @@ class StudyTracker:
         state: str,
         reason: str | None = None,
         seconds: float | None = None,
+        started_at: float | None = None,
     ) -> str:
         """One child run for a finished trial (see the module docstring); returns its run id.
 
         ``state``: FINISHED/COMPLETE/PRUNED end the run FINISHED, FAIL/FAILED end it FAILED
-        (Optuna's ``TrialState`` works too). Artifact failures become ``warning.*`` tags; only
-        a failing tracking store raises.
+        (Optuna's ``TrialState`` works too). ``started_at`` (seconds since the epoch) is the
+        trial's real start, so the run shows the trial's duration, not the logging's. Artifact
+        failures become ``warning.*`` tags; only a failing tracking store raises.
         """
         state_name = str(getattr(state, "name", state)).upper()
         if state_name not in _FINISHED | _FAILED:
@@ -142,7 +234,8 @@ class StudyTracker:
         }
         if self.parent_run_id is not None:
             tags[PARENT_TAG] = self.parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number}", tags=tags)
+        start_ms = int(1000 * started_at) if started_at is not None else None
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number}", tags=tags, start_time=start_ms)
         run_id = run.info.run_id
         status = "FAILED" if state_name in _FAILED else "FINISHED"
         try:
@@ -165,8 +258,16 @@ class StudyTracker:
             status = "FAILED"
             raise
         finally:
-            self.client.set_terminated(run_id, status)
+            self.client.set_terminated(run_id, status, end_time=self._trial_end_ms(started_at, seconds))
+        self.trial_runs[trial_number] = run_id
         return run_id
+
+    @staticmethod
+    def _trial_end_ms(started_at: float | None, seconds: float | None) -> int | None:
+        """When the trial ended (its start plus its duration), else now (MLflow's default)."""
+        if started_at is None or seconds is None:
+            return None
+        return int(1000 * (started_at + seconds))
 
     def _log_trial_artifacts(
         self,
@@ -229,15 +330,17 @@ class StudyTracker:
     def montage_png(
         self, volumes: xr.DataArray | Sequence[xr.DataArray], path: str | os.PathLike[str], *, title: str = ""
     ) -> Path:
-        """Middle xy/xz/yz slices, one row per volume (a ``sample`` dim is split into rows).
-        The same picture goes to MLflow and to the Optuna dashboard."""
+        """Middle xy/xz/yz slices, one row per volume (a ``sample`` dim is split into rows), below
+        a training image when :attr:`example_image` is set, with a phase legend. The same picture
+        goes to MLflow and to the Optuna dashboard."""
         from micro_doe.platform.plots import slice_montage
 
         vols = [volumes] if isinstance(volumes, xr.DataArray) else list(volumes)
         rows: list[xr.DataArray] = []
         for v in vols:
             rows += [v.isel(sample=i) for i in range(v.sizes["sample"])] if "sample" in v.dims else [v]
-        return slice_montage(rows, path, title=title, labels=[f"sample {i}" for i in range(len(rows))])
+        return slice_montage(rows, path, title=title, labels=[f"sample {i}" for i in range(len(rows))],
+                             reference=self.example_image)
 
     # ------------------------------------------------------------ recovery
 

@@ -8,7 +8,8 @@ One trial, top to bottom:
 3. the ``EvaluatorPool`` describes every volume (vf, S2, L, τ, interface area);
 4. objectives and constraint metrics are computed from the samples
    (:mod:`micro_doe.studies.objectives`); constraints are stored with
-   ``trial.set_constraint`` (feasible when ≤ 0);
+   :func:`~micro_doe.studies.study_storage.set_constraints` (feasible when ≤ 0), in the form
+   both Optuna's samplers and optuna-dashboard read;
 5. an MLflow child run gets the parameters, values, metrics and artifacts, the Optuna
    artifact store the slice montage (shown by optuna-dashboard), then ``study.tell``.
 
@@ -59,15 +60,18 @@ from micro_doe.actors import (
 from micro_doe.platform.bundles import load_reference
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.platform.interrupts import interrupts_deferred, interrupts_raise, last_signal
-from micro_doe.studies.objectives import Sample, evaluate_objectives, trial_metrics
+from micro_doe.studies.objectives import METRICS, Sample, evaluate_objectives, trial_metrics
 from micro_doe.studies.preflight import check_before_start
 from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_storage import (
+    CONSTRAINTS_KEY,
     claim_requeued_trial,
     counted_trials,
+    describe_study,
     enqueue_initial_design,
     open_study,
     requeue_stale_trials,
+    set_constraints,
 )
 from micro_doe.studies.study_yaml import load_spec
 
@@ -116,6 +120,7 @@ class StudyResult:
     seconds: float
     generator_busy_seconds: float
     startup_seconds: float
+    mlflow_hint: str = ""  # how to open the study's experiment in the MLflow UI
 
     @property
     def busy_fraction(self) -> float:
@@ -134,7 +139,10 @@ class StudyResult:
         return f"micro-doe dashboard {self.name}  # or: optuna-dashboard {self.storage} --host 127.0.0.1"
 
     def mlflow_command(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.tracking} --host 127.0.0.1"
+        """``mlflow ui …`` for a database store; the server's URL for a tracking server."""
+        from micro_doe.tracking.registry import ui_hint
+
+        return self.mlflow_hint or ui_hint(self.tracking)
 
 
 @dataclass
@@ -143,6 +151,7 @@ class _Trial:
     params: dict[str, Any]
     seed: int
     started: float
+    started_at: float  # wall clock [s since the epoch], for MLflow's run times
     generator: int
     volumes: list[Any] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
@@ -210,13 +219,16 @@ class Study:
 
         spec = self.spec
         study = open_study(spec)
+        describe_study(study, spec, [o.name for o, _ in self.objectives])
         requeue_stale_trials(study, self.driver_id, OWNER_ATTR, SEED_ATTR, REASON_ATTR)
         enqueue_initial_design(study, spec)
         store = artifact_store(Path(spec.artifacts) / "optuna")
         tracker = StudyTracker(spec.tracking, spec.name, spec.artifacts)
         tracker.fail_stale_runs()
+        tracker.describe_experiment([(o.name, d) for o, d in self.objectives], METRICS)
         parent = tracker.start_invocation(spec.model_dump(mode="json", by_alias=True), {"driver": self.driver_id})
         reference = self._reference()
+        tracker.example_image = self._example_image()
 
         prefix = f"micro-doe:{spec.name}:{self.driver_id[:8]}"
         generators = [
@@ -309,12 +321,19 @@ class Study:
                 pool.kill()
             except Exception:  # noqa: BLE001 — Ray itself may be gone; nothing left to free
                 log.warning("could not stop the study's actors", exc_info=True)
-            summary = {"completed": sum(t.state == TrialState.COMPLETE for t in study.trials)}
+            summary: dict[str, Any] = {"completed": sum(t.state == TrialState.COMPLETE for t in study.trials)}
             self.completed_trials = summary["completed"]
+            try:
+                names = [o.name for o, _ in self.objectives]
+                summary |= tracker.log_outcome(_outcome(study), names, [d for _, d in self.objectives])
+            except Exception:  # noqa: BLE001 — the trials are safe in both stores; the summary is extra
+                log.warning("could not log the study's outcome to MLflow", exc_info=True)
             tracker.finish_invocation(status, summary)
 
         end = time.perf_counter()
-        return self._result(study, parent, end - start, busy, (first_submit or end) - start)
+        result = self._result(study, parent, end - start, busy, (first_submit or end) - start)
+        result.mlflow_hint = tracker.run_url_hint
+        return result
 
     # ------------------------------------------------------------------ steps
 
@@ -327,7 +346,7 @@ class Study:
             seed = (self.spec.sampler.seed or 0) * 1_000_003 + trial.number * 1_000
             trial.set_user_attr(SEED_ATTR, seed)
         trial.set_user_attr(OWNER_ATTR, self.driver_id)
-        return _Trial(trial, params, int(seed), time.perf_counter(), generator)
+        return _Trial(trial, params, int(seed), time.perf_counter(), time.time(), generator)
 
     @staticmethod
     def _check_volumes(volumes: list[Any]) -> None:
@@ -347,10 +366,10 @@ class Study:
             # Constraints may name registered objectives that are not objectives of this study.
             extra = evaluate_objectives([(o, o.direction) for o in self.spec.constraint_objectives()], samples)
             metrics = trial_metrics(samples) | extra | values
-            for c in self.spec.constraints:
-                if c.metric not in metrics:
-                    raise ValueError(f"constraint metric {c.metric!r} was not measured")
-                ctx.trial.set_constraint(c.metric, c.violation(metrics[c.metric]))
+            missing = [c.metric for c in self.spec.constraints if c.metric not in metrics]
+            if missing:
+                raise ValueError(f"constraint metric {missing[0]!r} was not measured")
+            set_constraints(study, ctx.trial, [(c.describe(), c.violation(metrics[c.metric])) for c in self.spec.constraints])
         except Exception as err:  # noqa: BLE001
             self._fail(study, tracker, ctx, _reason(err), reference)
             return
@@ -370,6 +389,7 @@ class Study:
             predicted=ctx.predicted,
             state="FINISHED",
             seconds=time.perf_counter() - ctx.started,
+            started_at=ctx.started_at,
         )
         study.tell(ctx.trial, [values[o.name] for o, _ in self.objectives])
 
@@ -389,6 +409,7 @@ class Study:
                 state="FAILED",
                 reason=reason,
                 seconds=time.perf_counter() - ctx.started,
+                started_at=ctx.started_at,
             )
         finally:
             study.tell(ctx.trial, state=TrialState.FAIL)
@@ -409,6 +430,16 @@ class Study:
         if self.spec.generator.kind == "ldm":
             return None
         return load_reference(resolve_model(self.spec.generator.model, self.spec.tracking))
+
+    def _example_image(self) -> Any:
+        """One training image of a Micro3Diff bundle (None for an LDM or a bundle without examples)."""
+        from micro_doe.platform.bundles import load_examples
+        from micro_doe.tracking.registry import resolve_model
+
+        if self.spec.generator.kind == "ldm":
+            return None
+        examples = load_examples(resolve_model(self.spec.generator.model, self.spec.tracking))
+        return None if examples is None else examples.isel(sample=0)
 
     def _progress(self, study: optuna.Study, budget: int, running: int) -> StudyProgress:
         trials = study.get_trials(deepcopy=False)
@@ -443,8 +474,26 @@ def _best(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
+def _outcome(study: optuna.Study) -> list[dict[str, Any]]:
+    """Finished trials as :meth:`StudyTracker.log_outcome` takes them (re-queued failures left out)."""
+    front = {t.number for t in _best(study)}
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        if t.user_attrs.get("requeued"):
+            continue
+        rows.append({
+            "number": t.number,
+            "state": t.state.name,
+            "values": list(t.values) if t.values else None,
+            "params": dict(t.params),
+            "feasible": _record(t).violation <= 0.0,
+            "pareto": t.number in front,
+        })
+    return rows
+
+
 def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
-    violation = sum(max(0.0, float(v)) for k, v in t.system_attrs.items() if k.startswith("constraints:"))
+    violation = sum(max(0.0, float(v)) for v in t.system_attrs.get(CONSTRAINTS_KEY, ()))
     values = list(t.values) if t.values else None
     return TrialRecord(t.number, t.state.name, dict(t.params), values, t.user_attrs.get(REASON_ATTR), violation)
 

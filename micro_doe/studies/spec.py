@@ -89,6 +89,12 @@ class ConstraintSpec(BaseModel):
             raise ValueError(f"min: must be ≤ max, got min {self.min:g} > max {self.max:g}")
         return self
 
+    def describe(self) -> str:
+        """``0.1 ≤ vf ≤ 0.3``, ``vf_error ≤ 0.05`` or ``tortuosity ≥ 1.2``."""
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g} ≤ {self.metric} ≤ {self.max:g}"
+        return f"{self.metric} ≤ {self.max:g}" if self.max is not None else f"{self.metric} ≥ {self.min:g}"
+
     def violation(self, value: float) -> float:
         """Optuna's convention: ≤ 0 when ``value`` is within the bounds, else how far outside."""
         gaps = [value - self.max] if self.max is not None else []

@@ -44,8 +44,52 @@ def open_study(spec: StudySpec) -> optuna.Study:
     return study
 
 
+def describe_study(study: optuna.Study, spec: StudySpec, objective_names: list[str]) -> None:
+    """What optuna-dashboard shows about the study: objective names (axis titles, columns) and
+    user attributes: the generator, the model, the objectives with their directions, the
+    constraints, and a hash of the spec (a changed spec under the same name shows)."""
+    import hashlib
+    import json
+
+    study.set_metric_names(objective_names)
+    text = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True)
+    attrs = {
+        "generator": spec.generator.kind,
+        "model": spec.generator.model,
+        "objectives": ", ".join(f"{n} ({d})" for n, d in zip(objective_names, spec.directions())),
+        "constraints": ", ".join(c.describe() for c in spec.constraints) or "none",
+        "samples_per_trial": spec.samples_per_trial,
+        "spec_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
+    }
+    for key, value in attrs.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+
+
+CONSTRAINTS_KEY = "constraints"  # the list Optuna's samplers and optuna-dashboard both read
+
+
+def set_constraints(study: optuna.Study, trial: optuna.trial.Trial, constraints: list[tuple[str, float]]) -> None:
+    """Store a RUNNING trial's constraint values (feasible when every value ≤ 0).
+
+    Optuna 5 reads constraints from the system attr ``constraints`` (a list, the form its
+    deprecated ``constraints_func`` writes) and from ``constraints:<name>`` (what
+    ``Trial.set_constraint`` writes); optuna-dashboard 0.21 reads only the list. So the list is
+    written, once (writing both would count every constraint twice), in the spec's order; the
+    readable side, ``constraint: <bound>`` = value and ``feasible``, goes to user attrs, which
+    the dashboard shows on the trial page and as columns.
+    """
+    values = [float(v) for _, v in constraints]
+    if not constraints:
+        return
+    study._storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, values)
+    for name, value in constraints:
+        trial.set_user_attr(f"constraint: {name}", value)
+    trial.set_user_attr("feasible", all(v <= 0.0 for v in values))
+
+
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded. Constraints reach every sampler through trial.set_constraint."""
+    """The spec's sampler, seeded. Constraints reach every sampler through :func:`set_constraints`."""
     s = spec.sampler
     if s.kind == "tpe":
         return optuna.samplers.TPESampler(seed=s.seed, multivariate=True)

@@ -72,6 +72,16 @@ def check_tracking_uri(uri: str) -> str:
     return uri
 
 
+def ui_hint(uri: str, experiment_id: str | None = None) -> str:
+    """How a person opens the MLflow UI for a store: a tracking server is its own UI (open its
+    URL); a database store is served locally with ``mlflow ui`` on 127.0.0.1. The experiment's
+    link asks for the runs ("machine learning") view: MLflow 3.17 opens the traces view otherwise."""
+    page = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else ""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri.rstrip('/')}{page} (the tracking server serves the UI)"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1, then open http://127.0.0.1:5000{page}"
+
+
 def absolute_tracking_uri(uri: str, *, create_parent: bool = True) -> str:
     """A sqlite URI with an absolute path (parent folder created); other URIs unchanged.
 

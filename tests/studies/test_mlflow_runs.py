@@ -49,7 +49,9 @@ def test_invocation_and_trials_are_logged(store, trial_volumes, tmp_path, monkey
     uri, root = store
     volumes, reference = trial_volumes
     tracker = StudyTracker(uri, "track-e2e", root / "artifacts")
-    assert tracker.run_url_hint.endswith("--host 127.0.0.1") and tracker.tracking_uri in tracker.run_url_hint
+    hint = tracker.run_url_hint
+    assert "--host 127.0.0.1" in hint and tracker.tracking_uri in hint
+    assert hint.endswith(f"/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning")
     parent = tracker.start_invocation(SPEC, tags={"study": "quick"})
     predicted = [{"phi": 0.41}, {"phi": 0.52}]
     ok = tracker.log_trial(
@@ -158,3 +160,38 @@ def test_fail_stale_runs(store):
     tracker.finish_invocation()
     client.set_terminated(live, "KILLED")
     assert client.get_run(mine).info.status == "FINISHED"
+
+
+def test_the_parent_run_tells_what_the_study_found_and_trials_keep_their_real_times(store, tmp_path):
+    import time
+
+    from mlflow import MlflowClient
+
+    from micro_doe.studies.mlflow_runs import StudyTracker
+
+    uri, root = store
+    tracker = StudyTracker(uri, "outcome", root / "artifacts")
+    parent = tracker.start_invocation(SPEC)
+    started = time.time() - 60.0  # a trial that started a minute before it was logged, and took 12 s
+    runs = {}
+    for number, values in ((0, [1.0, 5.0]), (1, [2.0, 1.0]), (2, [3.0, 3.0]), (3, [0.5, 0.5])):
+        runs[number] = tracker.log_trial(trial_number=number, params={"n_h": number}, values=dict(zip("ab", values)),
+                                         metrics={}, volumes=[], reference=None, predicted=[], state="COMPLETE",
+                                         seconds=12.0, started_at=started)
+    rows = [{"number": n, "state": "COMPLETE", "values": v, "params": {"n_h": n}, "feasible": n != 3, "pareto": n in (0, 1)}
+            for n, v in ((0, [1.0, 5.0]), (1, [2.0, 1.0]), (2, [3.0, 3.0]), (3, [0.5, 0.5]))]
+    rows.append({"number": 4, "state": "FAIL", "values": None, "params": {"n_h": 4}, "feasible": False, "pareto": False})
+    summary = tracker.log_outcome(rows, ["a", "b"], ["minimize", "minimize"])
+    tracker.finish_invocation(summary=summary)
+
+    assert summary == {"trials_complete": 4, "trials_feasible": 3, "trials_failed": 1, "trials_pareto": 2,
+                       "best_a": 1.0, "best_b": 1.0}  # the infeasible trial 3 is never "best"
+    client = MlflowClient(tracker.tracking_uri)
+    info = client.get_run(runs[0]).info
+    assert info.start_time == int(1000 * started) and info.end_time == int(1000 * (started + 12.0))
+    assert {n: client.get_run(r).data.tags["micro_doe.pareto"] for n, r in runs.items()} == {
+        0: "true", 1: "true", 2: "false", 3: "false"}
+    table = Path(client.download_artifacts(parent, "pareto.csv", str(tmp_path))).read_text().splitlines()
+    assert table == ["trial,a,b,n_h", "0,1,5,0", "1,2,1,1"]
+    assert Path(client.download_artifacts(parent, "pareto.png", str(tmp_path))).read_bytes()[:8] == PNG
+    assert client.get_run(parent).data.metrics["trials_pareto"] == 2

@@ -123,6 +123,9 @@ def test_models_cli_register_and_list(store, tiny_bundle, tmp_path):
     listed = runner.invoke(models_app, ["list", "--tracking", store], env={"COLUMNS": "200"})
     assert listed.exit_code == 0, listed.output
     assert "cli-model" in listed.output and "@champion → v1" in listed.output
+    for shipped in ("pretrained:spheres-32", "pretrained:opv-32"):  # what a new user has, beside the registry
+        assert shipped in listed.output
+    assert "micro3diff" in listed.output and "ldm" in listed.output and "32³" in listed.output
     missing = f"sqlite:///{tmp_path / 'none.db'}"
     empty = runner.invoke(models_app, ["list", "--tracking", missing], env={"COLUMNS": "200"})
     assert empty.exit_code == 0 and "no models registered" in empty.output

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
-from micro_doe.platform.bundles import BundleError, bundle_kind, load_reference, resolve_bundle_path
+from micro_doe.platform.bundles import EXAMPLES_FILE, BundleError, bundle_kind, load_reference, resolve_bundle_path
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.platform.diffusion import NoiseSchedule
 from micro_doe.platform.micro3diff.unet import UNet2D, UNetConfig
-from micro_doe.platform.volumes import atomic_directory
+from micro_doe.platform.volumes import atomic_directory, write_netcdf
 
 
 class SamplingDefaults(BaseModel):
@@ -145,6 +146,7 @@ def write_bundle(
     reference: Descriptors,
     card: str,
     *,
+    examples: xr.DataArray | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a bundle directory atomically. An existing bundle at ``out`` is replaced only
@@ -155,6 +157,8 @@ def write_bundle(
         torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, staging / "model.pt")
         reference.to_dataset().to_netcdf(staging / "reference.nc", engine="netcdf4")
         (staging / "card.md").write_text(card)
+        if examples is not None:  # a few training images, shown beside generated slices
+            write_netcdf(examples, staging / EXAMPLES_FILE)
     return target
 
 

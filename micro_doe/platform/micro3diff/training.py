@@ -24,6 +24,7 @@ import torch
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
+from micro_doe.platform.bundles import N_EXAMPLES
 from micro_doe.platform.descriptors import (
     Descriptors,
     describe,
@@ -232,7 +233,8 @@ def train_micro3diff(
         ),
     )
     card = _card(out.name, data, bundle_config, parameter_count(model), seconds, running, quality, device)
-    return write_bundle(out, bundle_config, ema.state_dict(), reference, card, overwrite=overwrite)
+    examples = stack.isel(sample=slice(0, N_EXAMPLES)).astype("int8")
+    return write_bundle(out, bundle_config, ema.state_dict(), reference, card, examples=examples, overwrite=overwrite)
 
 
 def _random_dihedral(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

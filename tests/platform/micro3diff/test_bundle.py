@@ -47,7 +47,7 @@ def test_rewrite_is_atomic_and_defaults_update(tmp_path, tiny_bundle):
 
 
 def test_shipped_bundles_are_complete_and_documented():
-    from micro_doe.platform.bundles import shipped_models
+    from micro_doe.platform.bundles import load_examples, shipped_models
 
     assert {"spheres-32", "polycrystal-32", "ternary-blend-32"} <= set(shipped_models())
     for name, steps, phases in (("spheres-32", 5000, 2), ("polycrystal-32", 5000, 2), ("ternary-blend-32", 3500, 3)):
@@ -59,3 +59,7 @@ def test_shipped_bundles_are_complete_and_documented():
         assert "wall time" in card and "final loss" in card and "S2 error rate" in card
         assert 0 < bundle.reference.volume_fraction < 1
         assert bundle.reference.sizes is not None and bundle.reference.sizes.thickness_mean > 1
+        examples = load_examples(f"pretrained:{name}")  # training images, shown atop study montages
+        assert examples.dims == ("sample", "y", "x") and examples.shape[1:] == (32, 32)
+        assert examples.attrs["phase_names"] == bundle.config.phase_names
+        assert abs(float((examples.values == 1).mean()) - bundle.reference.volume_fraction) < 0.15

@@ -20,7 +20,7 @@ def tiny_config(**overrides) -> TrainConfig:  # type: ignore[no-untyped-def]
 
 
 def test_bundle_holds_config_weights_reference_and_card(tiny_bundle, sphere_slices):
-    assert sorted(p.name for p in tiny_bundle.iterdir()) == ["card.md", "config.json", "model.pt", "reference.nc"]
+    assert sorted(p.name for p in tiny_bundle.iterdir()) == ["card.md", "config.json", "examples.nc", "model.pt", "reference.nc"]
     config = Micro3DiffConfig.model_validate_json((tiny_bundle / "config.json").read_text())
     assert config.image_size == 16 and config.phase_names == ["matrix", "inclusion"]
     assert config.recipe.steps == 12 and config.recipe.data_seed == 1 and config.recipe.n_images == 40

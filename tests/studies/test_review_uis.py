@@ -1,0 +1,136 @@
+"""What a person reviewing a study sees, read through the real servers' own HTTP APIs: a small
+study runs (local Ray, sqlite stores), then optuna-dashboard and ``mlflow server`` start on
+127.0.0.1 and are asked what their UIs show: objective names, constraints and feasibility,
+study attributes, Pareto tags, real trial durations, the experiment's kind and description."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+
+import pytest
+import yaml
+
+from micro_doe.studies.dashboard import dashboard_command
+from micro_doe.studies.runner import Study
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@contextmanager
+def server(command: list[str], probe: str, timeout: float = 90):  # type: ignore[no-untyped-def]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                _get(probe)
+                break
+            except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"{command[0]} did not answer: {process.stderr.read().decode()[-2000:]}") from None
+                time.sleep(0.3)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory, tiny_bundle):
+    root = tmp_path_factory.mktemp("review")
+    spec = {
+        "name": "review",
+        "generator": {"kind": "micro3diff", "model": str(tiny_bundle)},
+        "search": {"n_h": {"int": [0, 1]}, "steps": {"int": [2, 4]}},
+        "samples_per_trial": 1,
+        "objectives": [{"name": "s2_error"}, {"name": "seconds_per_volume"}],
+        "constraints": [{"metric": "vf_error", "max": 0.05}],
+        "sampler": {"kind": "tpe", "seed": 0},
+        "budget": {"n_trials": 4},
+        "storage": f"sqlite:///{root}/optuna.db",
+        "tracking": f"sqlite:///{root}/mlflow.db",
+        "artifacts": f"{root}/artifacts",
+    }
+    (root / "study.yaml").write_text(yaml.safe_dump(spec))
+    result = Study.from_yaml(root / "study.yaml").run()
+    return root, result
+
+
+def test_optuna_dashboard_shows_names_constraints_feasibility_and_attributes(finished_study):
+    root, result = finished_study
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with server(dashboard_command(f"sqlite:///{root}/optuna.db", root / "artifacts" / "optuna", port=port),
+                f"{base}/api/studies"):
+        (summary,) = _get(f"{base}/api/studies")["study_summaries"]
+        attrs = {a["key"]: a["value"] for a in summary["user_attrs"]}
+        assert attrs["generator"] == "micro3diff" and attrs["constraints"] == "vf_error ≤ 0.05"
+        assert attrs["objectives"] == "s2_error (minimize), seconds_per_volume (minimize)"
+        detail = _get(f"{base}/api/studies/{summary['study_id']}")
+        assert detail["objective_names"] == ["s2_error", "seconds_per_volume"]
+        trials = [t for t in detail["trials"] if t["state"] == "Complete"]
+        assert len(trials) == 4
+        for t in trials:
+            (violation,) = t["constraints"]  # what the dashboard colours feasible / infeasible by
+            shown = {a["key"]: a["value"] for a in t["user_attrs"]}
+            assert shown["feasible"] == str(violation <= 0.0)
+            assert float(shown["constraint: vf_error ≤ 0.05"]) == pytest.approx(violation)
+            assert [a["mimetype"] for a in t["artifacts"]] == ["image/png"]
+        feasible_front = {t.number for t in result.best_trials}
+        assert {t["number"] for t in detail["best_trials"]} >= feasible_front
+
+
+def test_mlflow_server_shows_durations_pareto_tags_and_descriptions(finished_study):
+    root, result = finished_study
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    api = f"{base}/api/2.0/mlflow"
+    with server(command, f"{api}/experiments/get-by-name?experiment_name=review"):
+        experiment = _get(f"{api}/experiments/get-by-name?experiment_name=review")["experiment"]
+        tags = {t["key"]: t["value"] for t in experiment["tags"]}
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+        assert "`lineal_path_error`" in tags["mlflow.note.content"] and "[s]" in tags["mlflow.note.content"]
+        runs = _get(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+        by_role: dict[str, list] = {}
+        for run in runs:
+            run_tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+            by_role.setdefault(run_tags["micro_doe.role"], []).append((run, run_tags))
+        (parent, parent_tags), = by_role["invocation"]
+        metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+        assert metrics["trials_complete"] == 4 and metrics["trials_pareto"] == len(result.best_trials)
+        assert "Pareto front" in parent_tags["mlflow.note.content"]
+        pareto = {int(tags["optuna_trial_number"]) for _, tags in by_role["trial"] if tags["micro_doe.pareto"] == "true"}
+        assert pareto == {t.number for t in result.best_trials}
+        for run, _ in by_role["trial"]:  # the run spans the trial, not the few ms of logging it
+            seconds = next(m["value"] for m in run["data"]["metrics"] if m["key"] == "trial_seconds")
+            duration = (int(run["info"]["end_time"]) - int(run["info"]["start_time"])) / 1000
+            assert duration == pytest.approx(seconds, abs=0.01)
+        artifacts = _get(f"{api}/artifacts/list?run_id={parent['info']['run_id']}")
+        assert {"pareto.csv", "pareto.png", "summary.json"} <= {f["path"] for f in artifacts["files"]}
