@@ -111,7 +111,7 @@ def main() -> None:
                                                "filter": "tags.`micro_doe.pareto` = 'true'"})["runs"]
         ids = json.dumps([r["info"]["run_id"] for r in runs_found])
         shoot(chromium, f"{mlflow_url}/#/compare-runs?runs={urllib.request.quote(ids)}&experiments="
-              f"{urllib.request.quote(json.dumps([experiment]))}", DOCS / "ui-mlflow-compare.png")
+              f"{urllib.request.quote(json.dumps([experiment]))}&workflowType=machine_learning", DOCS / "ui-mlflow-compare.png")
     finally:
         for process in (dash, mlf):
             process.terminate()
