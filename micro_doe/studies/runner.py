@@ -26,8 +26,14 @@ its reason in the ``fail_reason`` user attribute and in MLflow; the study goes o
 trials left RUNNING by a driver that died, tells them FAIL ("driver died"), marks them
 ``requeued`` and enqueues their parameters (and seed) again. Budgets count COMPLETE trials
 and FAIL trials that were not re-queued, so a resumed study ends with exactly
-``n_trials`` counted trials, none lost and none counted twice. Only one driver may run a
-study at a time.
+``n_trials`` counted trials, none lost and none counted twice. Re-queued trials run before
+any other.
+
+**One driver per study.** A driver takes the study's lease
+(:func:`~micro_doe.studies.study_storage.acquire_lease`) before it touches any trial and
+renews it while it runs; a second driver is refused (``StudyBusyError``, exit 2) instead of
+failing the first one's live trials. A dead driver's lease expires after 60 s, or at once
+when it ran on the same host.
 """
 
 from __future__ import annotations
@@ -65,11 +71,14 @@ from micro_doe.studies.preflight import check_before_start
 from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_storage import (
     CONSTRAINTS_KEY,
+    acquire_lease,
     claim_requeued_trial,
     counted_trials,
     describe_study,
     enqueue_initial_design,
     open_study,
+    release_lease,
+    renew_lease,
     requeue_stale_trials,
     set_constraints,
 )
@@ -214,11 +223,27 @@ class Study:
         on_progress: Callable[[StudyProgress], None] | None,
         pipelining: bool,
     ) -> StudyResult:
+        study = open_study(self.spec)
+        acquire_lease(study, self.driver_id)  # before touching any trial: one driver per study
+        try:
+            return self._drive(study, budget, timeout, start, info, on_progress, pipelining)
+        finally:
+            release_lease(study, self.driver_id)
+
+    def _drive(
+        self,
+        study: optuna.Study,
+        budget: int,
+        timeout: float | None,
+        start: float,
+        info: ClusterInfo,
+        on_progress: Callable[[StudyProgress], None] | None,
+        pipelining: bool,
+    ) -> StudyResult:
         from micro_doe.studies.dashboard import artifact_store, upload_trial_image
         from micro_doe.studies.mlflow_runs import StudyTracker
 
         spec = self.spec
-        study = open_study(spec)
         describe_study(study, spec, [o.name for o, _ in self.objectives])
         requeue_stale_trials(study, self.driver_id, OWNER_ATTR, SEED_ATTR, REASON_ATTR)
         enqueue_initial_design(study, spec)
@@ -260,7 +285,9 @@ class Study:
 
         try:
             report()
+            renewed = time.time()
             while True:
+                renewed = renew_lease(study, self.driver_id, renewed)
                 timed_out = timeout is not None and time.perf_counter() - start > timeout
                 # Hand out trials to idle generators, unless evaluation is backed up.
                 while idle and not timed_out and remaining() > 0 and backlog_ok(len(generating), len(evaluating)):

@@ -1,7 +1,11 @@
-"""The Optuna side of a study: storage, sampler, initial design, resume bookkeeping."""
+"""The Optuna side of a study: storage, sampler, initial design, resume bookkeeping, and the
+lease that lets one driver at a time run a study."""
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +164,79 @@ def claim_requeued_trial(study: optuna.Study) -> optuna.trial.Trial | None:
         if "requeued_from" in t.user_attrs and storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
             return optuna.trial.Trial(study, t._trial_id)
     return None
+
+
+LEASE_ATTR = "micro_doe:driver_lease"
+LEASE_TTL_S = 60.0  # a lease not renewed for this long belongs to a dead driver
+LEASE_RENEW_S = 10.0
+
+
+class StudyBusyError(ValueError):
+    """Another live driver is running this study."""
+
+
+def acquire_lease(study: optuna.Study, driver: str, *, settle_s: float = 1.0) -> None:
+    """Make ``driver`` the one driver of ``study``, or raise :class:`StudyBusyError`.
+
+    The lease (a study system attr: driver id, host, pid, heartbeat) is free when absent,
+    released, not renewed for :data:`LEASE_TTL_S`, or held by a dead process on this host.
+    Storages offer no compare-and-set on attributes, so the lease is written, then read back
+    after ``settle_s``: of two drivers starting together, the last writer keeps it and the
+    other stops before touching any trial.
+    """
+    held = _lease(study)
+    if held is not None and held.get("driver") != driver and _live(held):
+        raise StudyBusyError(_busy_message(study, held))
+    study._storage.set_study_system_attr(study._study_id, LEASE_ATTR, _my_lease(driver))
+    time.sleep(settle_s)
+    held = _lease(study)
+    if held is None or held.get("driver") != driver:
+        raise StudyBusyError(_busy_message(study, held or {}) + " (both started at once; this one yields)")
+
+
+def renew_lease(study: optuna.Study, driver: str, last: float) -> float:
+    """Refresh the heartbeat every :data:`LEASE_RENEW_S`; returns when it was last written."""
+    now = time.time()
+    if now - last < LEASE_RENEW_S:
+        return last
+    study._storage.set_study_system_attr(study._study_id, LEASE_ATTR, _my_lease(driver))
+    return now
+
+
+def release_lease(study: optuna.Study, driver: str) -> None:
+    """Give the study back (only a lease this driver still holds)."""
+    held = _lease(study)
+    if held is not None and held.get("driver") == driver:
+        study._storage.set_study_system_attr(study._study_id, LEASE_ATTR, None)
+
+
+def _lease(study: optuna.Study) -> dict | None:
+    value = study._storage.get_study_system_attrs(study._study_id).get(LEASE_ATTR)
+    return value if isinstance(value, dict) else None
+
+
+def _my_lease(driver: str) -> dict:
+    return {"driver": driver, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+
+
+def _live(lease: dict) -> bool:
+    if time.time() - float(lease.get("heartbeat", 0.0)) > LEASE_TTL_S:
+        return False
+    if lease.get("host") == socket.gethostname():  # on this host a dead pid frees it at once
+        try:
+            os.kill(int(lease.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError, OSError):
+            return True
+    return True
+
+
+def _busy_message(study: optuna.Study, lease: dict) -> str:
+    age = time.time() - float(lease.get("heartbeat", time.time()))
+    return (f"study {study.study_name!r} is being run by another driver (host {lease.get('host', '?')}, "
+            f"pid {lease.get('pid', '?')}, seen {age:.0f} s ago); wait for it to finish or stop it — "
+            f"a driver that died frees the study after {LEASE_TTL_S:.0f} s, or at once on the same host")
 
 
 def counted_trials(study: optuna.Study, reason_attr: str) -> int:

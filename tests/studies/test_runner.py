@@ -251,3 +251,39 @@ def test_an_ldm_study_searches_targets_and_logs_the_predicted_recipes(tmp_path, 
         mean_phi = sum(p["phi"] for p in predicted) / 2
         assert run.data.metrics["predicted.phi"] == pytest.approx(mean_phi)
         assert 0 <= float(run.data.params["target.vf_donor"]) - lo <= hi - lo
+
+
+def test_a_second_driver_is_refused_while_the_first_runs(tmp_path, tiny_bundle):
+    from micro_doe.studies.study_storage import StudyBusyError
+
+    path = write_study(tmp_path, tiny_bundle, budget={"n_trials": 6},  # long enough to be caught running
+                       search={"n_h": {"int": [3, 4]}, "steps": {"int": [20, 30]}})
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "micro_doe.cli.app", "run", path], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            time.sleep(0.5)
+            try:
+                trials = optuna.load_study(study_name="e2e", storage=storage).get_trials(deepcopy=False)
+            except Exception:  # noqa: BLE001 — not created yet
+                continue
+            if any(t.state == TrialState.RUNNING for t in trials):
+                break
+        else:
+            pytest.fail("the first driver never ran a trial")
+        with pytest.raises(StudyBusyError, match="being run by another driver"):
+            Study.from_yaml(path).run()
+        first.wait(timeout=240)  # ... which finishes its study undisturbed
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=30)
+    assert first.returncode == 0
+    study = optuna.load_study(study_name="e2e", storage=storage)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 6
+    assert not study.get_trials(states=(TrialState.FAIL, TrialState.RUNNING))
+    lease = study._storage.get_study_system_attrs(study._study_id)["micro_doe:driver_lease"]
+    assert lease is None  # released: the next run starts at once
