@@ -40,7 +40,10 @@ def run(
 
     def view(p: StudyProgress) -> Group:
         line = Text(f"trials: {p.done} done, {p.running} running, {p.failed} failed, budget {p.budget}")
-        return Group(line, _trials_table(p.best[:5], objective_names, "best so far"))
+        parts = [line, _trials_table(p.best[:5], objective_names, "best so far")]
+        if p.note:
+            parts.insert(1, Text(p.note, style="yellow"))
+        return Group(*parts)
 
     runner = Study(spec, file=study)
     try:

@@ -29,6 +29,11 @@ and FAIL trials that were not re-queued, so a resumed study ends with exactly
 ``n_trials`` counted trials, none lost and none counted twice. Re-queued trials run before
 any other.
 
+**Timeout and stalls.** ``timeout_s`` bounds the whole run: trials in flight when it passes
+are failed and re-queued, so they run first next time. When no trial moves for 60 s (a lost
+node, a cluster without room for a restarting actor) the progress display and the log say
+so, with Ray's free resources.
+
 **One driver per study.** A driver takes the study's lease
 (:func:`~micro_doe.studies.study_storage.acquire_lease`) before it touches any trial and
 renews it while it runs; a second driver is refused (``StudyBusyError``, exit 2) instead of
@@ -85,6 +90,7 @@ from micro_doe.studies.study_storage import (
 from micro_doe.studies.study_yaml import load_spec
 
 log = logging.getLogger("micro_doe.studies")
+STALL_WARNING_S = 60.0  # no event for this long: tell the user what Ray is waiting for
 OWNER_ATTR = "driver"
 SEED_ATTR = "seed"
 REASON_ATTR = "fail_reason"
@@ -111,6 +117,7 @@ class StudyProgress:
     running: int
     budget: int
     best: list[TrialRecord] = field(default_factory=list)
+    note: str = ""  # e.g. that nothing has happened for a while, and what Ray is waiting for
 
 
 @dataclass
@@ -279,16 +286,29 @@ class Study:
                 return n_evaluating <= len(generators)
             return n_generating == 0 and n_evaluating == 0
 
-        def report() -> None:
+        def report(note: str = "") -> None:
             if on_progress is not None:
-                on_progress(self._progress(study, budget, len(generating) + len(evaluating)))
+                progress = self._progress(study, budget, len(generating) + len(evaluating))
+                progress.note = note
+                on_progress(progress)
 
         try:
             report()
             renewed = time.time()
+            last_event = time.perf_counter()
             while True:
                 renewed = renew_lease(study, self.driver_id, renewed)
                 timed_out = timeout is not None and time.perf_counter() - start > timeout
+                if timed_out and (generating or evaluating):
+                    # timeout_s bounds the whole run: trials still in flight are failed and
+                    # re-queued (the next run starts with them), never left RUNNING or lost.
+                    for ctx in list(generating.values()) + evaluating:
+                        self._fail(study, tracker, ctx, f"timeout_s ({timeout:g} s) reached; re-queued for the next run",
+                                   reference, requeue=True)
+                    generating.clear()
+                    evaluating.clear()
+                    report()
+                    break
                 # Hand out trials to idle generators, unless evaluation is backed up.
                 while idle and not timed_out and remaining() > 0 and backlog_ok(len(generating), len(evaluating)):
                     g = idle.pop(0)
@@ -303,7 +323,14 @@ class Study:
                 pending = list(generating) + [r for ctx in evaluating for r in ctx.eval_refs]
                 ready, _ = ray.wait(pending, num_returns=1, timeout=5.0)
                 if not ready:
+                    quiet = time.perf_counter() - last_event
+                    if quiet > STALL_WARNING_S:  # say so instead of stalling silently (a lost node, a full cluster)
+                        note = _stall_note(quiet)
+                        log.warning(note)
+                        report(note)
+                        last_event = time.perf_counter()  # again after another STALL_WARNING_S
                     continue
+                last_event = time.perf_counter()
                 if ready[0] in generating:
                     ctx = generating.pop(ready[0])
                     idle.append(ctx.generator)
@@ -499,6 +526,18 @@ def _best(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         return list(study.best_trials)
     except ValueError:
         return []
+
+
+def _stall_note(seconds: float) -> str:
+    """What to tell a user when no trial has moved for ``seconds``: Ray's free resources."""
+    try:
+        free = ray.available_resources()
+        total = ray.cluster_resources()
+        shown = ", ".join(f"{k} {free.get(k, 0):g}/{total[k]:g}" for k in ("CPU", "GPU") if k in total)
+    except Exception:  # noqa: BLE001 — the note must never fail the study
+        shown = "unknown"
+    return (f"no trial has progressed for {seconds:.0f} s; Ray's free resources: {shown}. An actor may be "
+            "waiting for a node (a lost node restarts its actors elsewhere once there is room): see `ray status`")
 
 
 def _outcome(study: optuna.Study) -> list[dict[str, Any]]:

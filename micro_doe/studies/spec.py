@@ -150,7 +150,8 @@ SamplerSpec = Annotated[
 
 
 class BudgetSpec(BaseModel):
-    """When the study stops: after ``n_trials`` trials or ``timeout_s`` seconds, whichever first."""
+    """When the study stops: after ``n_trials`` trials or ``timeout_s`` seconds, whichever first
+    (trials still in flight at the timeout are failed and re-queued: the next run starts with them)."""
 
     model_config = ConfigDict(extra="forbid")
     n_trials: int = Field(ge=1, le=MAX_TRIALS)

@@ -287,3 +287,20 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path, tiny_bundle):
     assert not study.get_trials(states=(TrialState.FAIL, TrialState.RUNNING))
     lease = study._storage.get_study_system_attrs(study._study_id)["micro_doe:driver_lease"]
     assert lease is None  # released: the next run starts at once
+
+
+def test_timeout_bounds_the_run_and_requeues_trials_in_flight(tmp_path, tiny_bundle):
+    # One trial takes far longer than the timeout: it must be re-queued at the limit, not awaited.
+    path = write_study(tmp_path, tiny_bundle, budget={"n_trials": 2, "timeout_s": 12}, constraints=[],
+                       search={"n_h": {"int": [4, 5]}}, fixed={"steps": 900}, sampler={"kind": "random", "seed": 0})
+    start = time.perf_counter()
+    result = Study.from_yaml(path).run()
+    elapsed = time.perf_counter() - start
+    assert elapsed < 12 + 25, elapsed  # a trial alone takes about a minute here
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    requeued = [t for t in study.get_trials(states=(TrialState.FAIL,)) if t.user_attrs.get("requeued")]
+    assert requeued and all("timeout_s (12 s) reached" in t.user_attrs["fail_reason"] for t in requeued)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs["requeued_from"] for t in waiting] == [t.number for t in requeued]  # first in line next time
+    assert not result.completed
