@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from micro_doe.cli.options import OptionError, Overwrite, check_count, option_errors
+from micro_doe.cli.options import OptionError, Overwrite, check_count, option_errors, tracking_option
 from micro_doe.platform.diffusion.training import check_device
 from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample
 from micro_doe.platform.ldm.training import STAGES, LDMTrainConfig, staging_dir, train_ldm
@@ -174,12 +174,7 @@ def train_ldm_command(
         check_bundle_target(out, overwrite=overwrite)
     check_device(device)
     if tracking:
-        from micro_doe.tracking.registry import check_tracking_uri
-
-        try:
-            check_tracking_uri(tracking)
-        except ValueError as err:
-            raise OptionError(f"--tracking: {err}") from None
+        tracking_option(tracking)
     client, run_id, logger = None, None, None
     if tracking:
         client, run_id = _open_tracking(tracking, out, recipe, stage)

@@ -14,11 +14,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from micro_doe.cli.options import tracking_option
 from micro_doe.platform.bundles import shipped_summaries
 from micro_doe.tracking.registry import (
     DEFAULT_TRACKING_URI,
     absolute_tracking_uri,
-    check_tracking_uri,
     list_models,
     register_bundle,
     sqlite_path,
@@ -40,7 +40,7 @@ Tracking = Annotated[
 def list_command(tracking: Tracking = DEFAULT_TRACKING_URI) -> None:
     """The models shipped with micro-doe (pretrained:NAME), then the registry's: versions,
     aliases, latest version and the card's first line."""
-    uri = absolute_tracking_uri(_checked(tracking), create_parent=False)
+    uri = absolute_tracking_uri(tracking_option(tracking), create_parent=False)
     db = sqlite_path(uri)
     rows = [] if db is not None and not db.exists() else list_models(uri)
     console = Console()
@@ -82,16 +82,10 @@ def register(
     tracking: Tracking = DEFAULT_TRACKING_URI,
 ) -> None:
     """Validate a bundle, log it to MLflow and register it as a new model version."""
-    uri = absolute_tracking_uri(_checked(tracking), create_parent=False)  # created once the bundle checks out
+    uri = absolute_tracking_uri(tracking_option(tracking), create_parent=False)  # created once the bundle checks out
     version = register_bundle(bundle, name, alias=alias, tracking_uri=uri)
     ref = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
     Console().print(
         f"registered {escape(name)} version {version}  →  model: {escape(ref)}  (tracking: {escape(uri)})"
     )
 
-
-def _checked(tracking: str) -> str:
-    try:
-        return check_tracking_uri(tracking)
-    except ValueError as err:
-        raise ValueError(f"--tracking: {err}") from None

@@ -36,6 +36,16 @@ def option_errors(err: ValidationError, options: Mapping[str, str] | None = None
     return OptionError("; ".join(dict.fromkeys(parts)))
 
 
+def tracking_option(uri: str) -> str:
+    """``--tracking``: a URI MLflow can open (:func:`~micro_doe.tracking.registry.check_tracking_uri`)."""
+    from micro_doe.tracking.registry import check_tracking_uri
+
+    try:
+        return check_tracking_uri(uri)
+    except ValueError as err:
+        raise OptionError(f"--tracking: {err}") from None
+
+
 def check_count(value: int, option: str, *, low: int = 1, high: int | None = None) -> int:
     """An integer option within [low, high]."""
     if value < low or (high is not None and value > high):

@@ -56,8 +56,18 @@ def micro3diff(
     if not data.exists():
         raise FileNotFoundError(f"--data {data}: no such file or folder")
     try:
-        config = _train_config(steps, batch_size, lr, ema_decay, checkpoint_every, augment, seed, schedule,
-                               base_channels, mults, res_blocks, attention, quality_images)
+        config = TrainConfig(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            ema_decay=ema_decay,
+            checkpoint_every=checkpoint_every,
+            augment=augment,
+            seed=seed,
+            schedule=schedule,  # type: ignore[arg-type]
+            unet=UNetConfig(base_channels=base_channels, channel_mults=mults, num_res_blocks=res_blocks, attention=attention),
+            quality_images=quality_images,
+        )
     except ValidationError as err:
         raise option_errors(err, {"num_res_blocks": "--res-blocks", "channel_mults": "--channel-mults"}) from None
     images = load_training_data(data, threshold=threshold, crop_size=crop_size, n_crops=n_crops, seed=seed)
@@ -66,18 +76,3 @@ def micro3diff(
     Console(stderr=True).print(f"wrote bundle {bundle}")
     Console().print((bundle / "card.md").read_text())
 
-
-def _train_config(steps, batch_size, lr, ema_decay, checkpoint_every, augment, seed, schedule,  # type: ignore[no-untyped-def]
-                  base_channels, mults, res_blocks, attention, quality_images) -> TrainConfig:
-    return TrainConfig(
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        ema_decay=ema_decay,
-        checkpoint_every=checkpoint_every,
-        augment=augment,
-        seed=seed,
-        schedule=schedule,  # type: ignore[arg-type]
-        unet=UNetConfig(base_channels=base_channels, channel_mults=mults, num_res_blocks=res_blocks, attention=attention),
-        quality_images=quality_images,
-    )

@@ -30,21 +30,29 @@ def _raise(signum: int, frame: object) -> None:
 
 
 @contextmanager
-def interrupts_raise() -> Iterator[None]:
-    """While inside: SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (a no-op
-    elsewhere). Libraries that install their own handlers (``ray.init`` does for SIGTERM) can be
-    overridden by entering this again after them; each exit restores what was there before."""
+def _handled_by(handler: object) -> Iterator[None]:
+    """While inside (main thread only; a no-op elsewhere): SIGINT and SIGTERM go to ``handler``;
+    leaving restores what was there before."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in previous:
-        signal.signal(s, _raise)
+        signal.signal(s, handler)  # type: ignore[arg-type]
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+@contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """While inside: SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (a no-op
+    elsewhere). Libraries that install their own handlers (``ray.init`` does for SIGTERM) can be
+    overridden by entering this again after them; each exit restores what was there before."""
+    with _handled_by(_raise):
+        yield
 
 
 def last_signal() -> int | None:
@@ -70,17 +78,8 @@ def exit_code(signum: int | None) -> int:
 def interrupts_deferred() -> Iterator[None]:
     """While inside (main thread): SIGINT/SIGTERM are recorded, not raised; the first one is
     raised on leaving. For short bookkeeping that must finish (telling a trial FAIL)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     pending: list[int] = []
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in previous:
-        signal.signal(s, lambda signum, frame: pending.append(signum))
-    try:
+    with _handled_by(lambda signum, frame: pending.append(signum)):
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     if pending:
         _raise(pending[0], None)

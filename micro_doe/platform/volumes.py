@@ -161,13 +161,13 @@ def check_output_file(path: str | os.PathLike[str], *, overwrite: bool = False, 
     return target
 
 
-def check_writable_folder(folder: str | os.PathLike[str], *, option: str, what: str | None = None) -> None:
+def check_writable_folder(folder: str | os.PathLike[str], *, option: str = "", what: str | None = None) -> None:
     """The folder exists and is writable, or its nearest existing parent is a writable folder
-    (so that it can be created); creates nothing."""
+    (so that it can be created); creates nothing. The message starts with ``option what``."""
     here = Path(os.path.abspath(folder))
     while not here.exists():
         here = here.parent
-    label = f"{option} {what or folder}"
+    label = " ".join(part for part in (option, what or str(folder)) if part)
     if not here.is_dir():
         raise OutputExistsError(f"{label}: {here} is a file, not a folder")
     if not os.access(here, os.W_OK | os.X_OK):

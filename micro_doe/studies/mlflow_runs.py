@@ -65,7 +65,6 @@ class StudyTracker:
         self.experiment_id = ensure_experiment(self.client, experiment, location)
         self.driver = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.parent_run_id: str | None = None
-        self.trial_runs: dict[int, str] = {}  # trial number → its run id (this invocation's)
         self.example_image: xr.DataArray | None = None  # a training image shown atop every montage
 
     @property
@@ -259,7 +258,6 @@ class StudyTracker:
             raise
         finally:
             self.client.set_terminated(run_id, status, end_time=self._trial_end_ms(started_at, seconds))
-        self.trial_runs[trial_number] = run_id
         return run_id
 
     @staticmethod

@@ -5,8 +5,8 @@ and before Ray, Optuna or MLflow create anything. It reads only:
 
 1. ``storage``: a database URL SQLAlchemy knows, whose driver is installed; a sqlite file
    in a folder that exists and is writable, or can be created; a server that answers;
-2. ``tracking``: a URI MLflow can open (``sqlite:///``, ``postgresql://``, ``http(s)://``,
-   ``file:///`` …), checked the same way;
+2. ``tracking``: the store behind the URI (its scheme is checked when the spec validates),
+   checked the same way;
 3. ``artifacts``: a writable folder (or one that can be created), or a URI;
 4. ``generator.model`` as ``models:/NAME@ALIAS``: the registry exists and holds it.
 
@@ -19,6 +19,7 @@ import os
 import re
 from pathlib import Path
 
+from micro_doe.platform.volumes import OutputExistsError, check_writable_folder
 from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_yaml import SpecError
 
@@ -91,12 +92,7 @@ def _check_server(url: str, backend: str) -> str | None:
 
 
 def _check_tracking(uri: str) -> str | None:
-    from micro_doe.tracking.registry import check_tracking_uri
-
-    try:
-        check_tracking_uri(uri)
-    except ValueError as err:
-        return str(err)
+    """The store behind a tracking URI (its scheme was checked when the spec validated)."""
     base = uri.split(":", 1)[0].split("+")[0].lower()
     if base in ("sqlite", "postgresql", "mysql", "mssql"):
         return _check_database(uri)
@@ -123,13 +119,10 @@ def _check_file(path: Path) -> str | None:
 
 
 def _check_folder(folder: Path) -> str | None:
-    here = Path(os.path.abspath(folder))
-    while not here.exists():
-        here = here.parent
-    if not here.is_dir():
-        return f"{here} is a file, so the folder {folder} cannot be created"
-    if not os.access(here, os.W_OK | os.X_OK):
-        return f"the folder {here} is not writable"
+    try:
+        check_writable_folder(folder)
+    except (OutputExistsError, PermissionError) as err:
+        return str(err)
     return None
 
 

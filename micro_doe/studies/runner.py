@@ -219,23 +219,12 @@ class Study:
         r = spec.resources
         check_capacity(info, r.generators, r.evaluators, r.gpus_per_generator)
         with interrupts_raise():  # after ray.init, which sets its own SIGTERM handler (sys.exit)
-            return self._run(budget, timeout, start, info, on_progress, pipelining)
-
-    def _run(
-        self,
-        budget: int,
-        timeout: float | None,
-        start: float,
-        info: ClusterInfo,
-        on_progress: Callable[[StudyProgress], None] | None,
-        pipelining: bool,
-    ) -> StudyResult:
-        study = open_study(self.spec)
-        acquire_lease(study, self.driver_id)  # before touching any trial: one driver per study
-        try:
-            return self._drive(study, budget, timeout, start, info, on_progress, pipelining)
-        finally:
-            release_lease(study, self.driver_id)
+            study = open_study(spec)
+            acquire_lease(study, self.driver_id)  # before touching any trial: one driver per study
+            try:
+                return self._drive(study, budget, timeout, start, info, on_progress, pipelining)
+            finally:
+                release_lease(study, self.driver_id)
 
     def _drive(
         self,

@@ -8,12 +8,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import optuna
 import pytest
 import yaml
+from live_processes import start_driver, wait_for_trials
 from optuna.trial import TrialState
 
 from micro_doe.studies.runner import Study
@@ -42,30 +42,14 @@ def write_study(tmp_path, model) -> str:  # type: ignore[no-untyped-def]
     return str(path)
 
 
-def wait_for_running_trial(storage: str, driver: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and driver.poll() is None:
-        time.sleep(0.3)
-        try:
-            trials = optuna.load_study(study_name="interrupted", storage=storage).get_trials(deepcopy=False)
-        except Exception:  # noqa: BLE001 — the study does not exist yet
-            continue
-        if any(t.state == TrialState.RUNNING for t in trials):
-            time.sleep(1.0)  # inside the generator call
-            return
-    pytest.fail(f"no trial started (driver exit code {driver.poll()})")
-
-
 @pytest.mark.parametrize(("signum", "code", "how"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_an_interrupted_run_exits_with_the_signal_code_and_resumes_requeued_first(signum, code, how, tmp_path, tiny_bundle):
     path = write_study(tmp_path, tiny_bundle)
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    env = os.environ | {"PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    driver = subprocess.Popen([sys.executable, "-m", "micro_doe.cli.app", "run", path], env=env, text=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    driver = start_driver(path, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_running_trial(storage, driver)
+        wait_for_trials(storage, "interrupted", driver, lambda trials: any(t.state == TrialState.RUNNING for t in trials))
+        time.sleep(1.0)  # inside the generator call
         driver.send_signal(signum)  # the driver only, as `kill` or a scheduler would
         _, err = driver.communicate(timeout=120)
     finally:

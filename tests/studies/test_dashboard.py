@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
+from live_processes import free_port, get_json, serving
 
 from micro_doe.studies.dashboard import artifact_store, dashboard_command, upload_trial_image
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
 
 
 def test_command_binds_loopback_unless_told(tmp_path):
@@ -58,26 +45,13 @@ def test_dashboard_serves_trials_with_images(tmp_path):
         upload_trial_image(study, trial, png, store)
         study.tell(trial, float(i))
 
-    port = _free_port()
-    process = subprocess.Popen(
-        dashboard_command(storage, tmp_path / "artifacts", port=port),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                studies = _get(f"{base}/api/studies")["study_summaries"]
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"dashboard did not answer: {process.stderr.read().decode()[-2000:]}")
-                time.sleep(0.25)
+    with serving(dashboard_command(storage, tmp_path / "artifacts", port=port), f"{base}/api/studies", timeout=30):
+        studies = get_json(f"{base}/api/studies")["study_summaries"]
         assert [s["study_name"] for s in studies] == ["dash"]
-        assert _get(f"{base}/api/meta")["artifact_is_available"] is True
-        detail = _get(f"{base}/api/studies/{studies[0]['study_id']}")
+        assert get_json(f"{base}/api/meta")["artifact_is_available"] is True
+        detail = get_json(f"{base}/api/studies/{studies[0]['study_id']}")
         assert [t["state"] for t in detail["trials"]] == ["Complete", "Complete"]
         for trial in detail["trials"]:
             (artifact,) = trial["artifacts"]
@@ -86,21 +60,13 @@ def test_dashboard_serves_trials_with_images(tmp_path):
             with urllib.request.urlopen(url, timeout=5) as response:
                 assert response.headers["Content-Type"] == "image/png"
                 assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        process.stderr.close()
 
 
 def test_run_dashboard_refuses_missing_storage_and_taken_port(tmp_path):
     from micro_doe.studies.dashboard import run_dashboard
 
     with pytest.raises(ValueError, match="no Optuna storage"):
-        run_dashboard(f"sqlite:///{tmp_path / 'missing.db'}", tmp_path / "art", port=_free_port())
+        run_dashboard(f"sqlite:///{tmp_path / 'missing.db'}", tmp_path / "art", port=free_port())
     assert not (tmp_path / "missing.db").exists()
     (tmp_path / "o.db").touch()
     with socket.socket() as taken:

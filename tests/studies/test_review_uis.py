@@ -5,59 +5,16 @@ study attributes, Pareto tags, real trial durations, the experiment's kind and d
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from contextlib import contextmanager
 
 import pytest
 import yaml
+from live_processes import free_port, get_json, serving
 
 from micro_doe.studies.dashboard import dashboard_command
 from micro_doe.studies.runner import Study
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, body: dict | None = None) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-@contextmanager
-def server(command: list[str], probe: str, timeout: float = 90):  # type: ignore[no-untyped-def]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                _get(probe)
-                break
-            except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"{command[0]} did not answer: {process.stderr.read().decode()[-2000:]}") from None
-                time.sleep(0.3)
-        yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        process.stderr.close()
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +40,15 @@ def finished_study(tmp_path_factory, tiny_bundle):
 
 def test_optuna_dashboard_shows_names_constraints_feasibility_and_attributes(finished_study):
     root, result = finished_study
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with server(dashboard_command(f"sqlite:///{root}/optuna.db", root / "artifacts" / "optuna", port=port),
+    with serving(dashboard_command(f"sqlite:///{root}/optuna.db", root / "artifacts" / "optuna", port=port),
                 f"{base}/api/studies"):
-        (summary,) = _get(f"{base}/api/studies")["study_summaries"]
+        (summary,) = get_json(f"{base}/api/studies")["study_summaries"]
         attrs = {a["key"]: a["value"] for a in summary["user_attrs"]}
         assert attrs["generator"] == "micro3diff" and attrs["constraints"] == "vf_error ≤ 0.05"
         assert attrs["objectives"] == "s2_error (minimize), seconds_per_volume (minimize)"
-        detail = _get(f"{base}/api/studies/{summary['study_id']}")
+        detail = get_json(f"{base}/api/studies/{summary['study_id']}")
         assert detail["objective_names"] == ["s2_error", "seconds_per_volume"]
         trials = [t for t in detail["trials"] if t["state"] == "Complete"]
         assert len(trials) == 4
@@ -107,17 +64,17 @@ def test_optuna_dashboard_shows_names_constraints_feasibility_and_attributes(fin
 
 def test_mlflow_server_shows_durations_pareto_tags_and_descriptions(finished_study):
     root, result = finished_study
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     api = f"{base}/api/2.0/mlflow"
-    with server(command, f"{api}/experiments/get-by-name?experiment_name=review"):
-        experiment = _get(f"{api}/experiments/get-by-name?experiment_name=review")["experiment"]
+    with serving(command, f"{api}/experiments/get-by-name?experiment_name=review"):
+        experiment = get_json(f"{api}/experiments/get-by-name?experiment_name=review")["experiment"]
         tags = {t["key"]: t["value"] for t in experiment["tags"]}
         assert tags["mlflow.experimentKind"] == "custom_model_development"
         assert "`lineal_path_error`" in tags["mlflow.note.content"] and "[s]" in tags["mlflow.note.content"]
-        runs = _get(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+        runs = get_json(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
         by_role: dict[str, list] = {}
         for run in runs:
             run_tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
@@ -132,5 +89,5 @@ def test_mlflow_server_shows_durations_pareto_tags_and_descriptions(finished_stu
             seconds = next(m["value"] for m in run["data"]["metrics"] if m["key"] == "trial_seconds")
             duration = (int(run["info"]["end_time"]) - int(run["info"]["start_time"])) / 1000
             assert duration == pytest.approx(seconds, abs=0.01)
-        artifacts = _get(f"{api}/artifacts/list?run_id={parent['info']['run_id']}")
+        artifacts = get_json(f"{api}/artifacts/list?run_id={parent['info']['run_id']}")
         assert {"pareto.csv", "pareto.png", "summary.json"} <= {f["path"] for f in artifacts["files"]}

@@ -18,6 +18,7 @@ import pytest
 import ray
 import torch
 import yaml
+from live_processes import start_driver, wait_for_trials
 from optuna.trial import TrialState
 
 from micro_doe.platform.volumes import read_volume
@@ -126,22 +127,10 @@ def test_a_driver_killed_mid_study_resumes_without_losing_or_double_counting(tmp
     path = write_study(tmp_path, tiny_bundle, budget={"n_trials": 4},
                        search={"n_h": {"int": [2, 3]}, "steps": {"int": [6, 8]}})
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    driver = subprocess.Popen([sys.executable, "-m", "micro_doe.cli.app", "run", path], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = start_driver(path)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            time.sleep(0.5)
-            try:
-                trials = optuna.load_study(study_name="e2e", storage=storage).get_trials(deepcopy=False)
-            except Exception:  # noqa: BLE001 — not created yet
-                continue
-            states = [t.state for t in trials]
-            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
-                break
-        else:
-            pytest.fail("the driver never had a completed and a running trial")
+        wait_for_trials(storage, "e2e", driver, lambda trials: {TrialState.COMPLETE, TrialState.RUNNING}
+                        <= {t.state for t in trials})
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started
     finally:
         driver.wait(timeout=30)
@@ -259,21 +248,9 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path, tiny_bundle):
     path = write_study(tmp_path, tiny_bundle, budget={"n_trials": 6},  # long enough to be caught running
                        search={"n_h": {"int": [3, 4]}, "steps": {"int": [20, 30]}})
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "micro_doe.cli.app", "run", path], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = start_driver(path)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            time.sleep(0.5)
-            try:
-                trials = optuna.load_study(study_name="e2e", storage=storage).get_trials(deepcopy=False)
-            except Exception:  # noqa: BLE001 — not created yet
-                continue
-            if any(t.state == TrialState.RUNNING for t in trials):
-                break
-        else:
-            pytest.fail("the first driver never ran a trial")
+        wait_for_trials(storage, "e2e", first, lambda trials: any(t.state == TrialState.RUNNING for t in trials))
         with pytest.raises(StudyBusyError, match="being run by another driver"):
             Study.from_yaml(path).run()
         first.wait(timeout=240)  # ... which finishes its study undisturbed
