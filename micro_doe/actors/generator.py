@@ -30,9 +30,10 @@ import torch
 
 from micro_doe.actors.cluster import in_actor, restarted
 from micro_doe.platform.ldm.generator import LDMGenerator
+from micro_doe.platform.ldm.verify import VerifySettings
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
 
-SPEC_KEYS = {"kind", "model", "device", "batch_size", "allow_extrapolation", "tracking_uri", "size"}
+SPEC_KEYS = {"kind", "model", "device", "batch_size", "allow_extrapolation", "tracking_uri", "size", "verify"}
 KINDS = ("micro3diff", "ldm")
 REGISTRY_PREFIX = "models:/"
 TARGET_PARAM = "target."
@@ -59,8 +60,9 @@ class GeneratorWorker:
 
     ``spec``: ``{"kind": "micro3diff" | "ldm", "model": "pretrained:NAME" | bundle path |
     "models:/NAME@ALIAS", "device": None | "cpu" | "cuda", "tracking_uri": str | None}``
-    plus ``"batch_size": int`` (micro3diff) and ``"allow_extrapolation": bool`` (targets beyond the
-    model's documented range);
+    plus ``"batch_size": int`` (micro3diff: slices per pass; ldm: candidates denoised together),
+    ``"allow_extrapolation": bool`` (targets beyond the model's documented range) and, for the
+    LDM, ``"verify": {"tolerance", "max_candidates"}`` (verified generation);
     optional ``"size"`` is checked against the model's.
     A bundle path is opened by the actor's process (a local instance shares the driver's
     working directory; on a cluster use a shared filesystem or ``models:/…``).
@@ -87,6 +89,9 @@ class GeneratorWorker:
             path = resolve_model(path, spec.get("tracking_uri"))
         self.device = choose_device(spec.get("device"))
         self.allow_extrapolation = bool(spec.get("allow_extrapolation", False))
+        self.verify = None if spec.get("verify") is None else VerifySettings.model_validate(spec["verify"])
+        if self.verify is not None and kind != "ldm":
+            raise ValueError("generator spec: verify is an option of the ldm kind")
         start = time.perf_counter()
         self.generator: Micro3DiffGenerator | LDMGenerator
         if kind == "ldm":
@@ -138,7 +143,7 @@ class GeneratorWorker:
         if isinstance(self.generator, LDMGenerator):
             params = dict(params) | {"allow_extrapolation": self.allow_extrapolation}
             try:
-                out = self.generator.sample(params, n, seed)
+                out = self.generator.sample(params, n, seed, verify=self.verify, batch_size=self.batch_size)
             except ValueError as err:  # pydantic's ValidationError: re-raised plain so it pickles through Ray
                 raise ValueError(f"{self.kind}: {err}") from None
             return out | {"busy_seconds": time.perf_counter() - start, "device": self.device}

@@ -3,7 +3,9 @@
 One command for both kinds of bundle (config.json's ``kind``): Micro3Diff takes the
 multi-plane options (``--n-h``, ``--variant``, ``--precision``, ...) and ``--target
 vf_<phase>=VALUE`` (the anchored variant's volume fraction); the conditional LDM takes
-``--target NAME=VALUE`` (one per conditioning label) and ``--guidance``. Both take
+``--target NAME=VALUE`` (any subset of its conditioning labels for a model trained with
+label dropout, else one per label), ``--guidance``, ``--guidance-rescale``,
+``--feature-guidance`` and verified generation (``--tolerance``, ``--max-candidates``). Both take
 ``--allow-extrapolation``. An option of the other kind is an error, not silently ignored.
 """
 
@@ -23,6 +25,8 @@ from micro_doe.cli.options import Overwrite, check_count, option_errors, paramet
 from micro_doe.platform.bundles import bundle_kind
 from micro_doe.platform.descriptors import describe
 from micro_doe.platform.diffusion.training import check_device
+from micro_doe.platform.ldm.generator import DEFAULT_BATCH_SIZE
+from micro_doe.platform.ldm.verify import DEFAULT_MAX_CANDIDATES, DEFAULT_TOLERANCE
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
 from micro_doe.platform.volumes import check_output_file, stack_volumes, write_volume
 
@@ -60,25 +64,48 @@ def generate(
         ),
     ] = None,
     guidance: Annotated[float | None, typer.Option(help="LDM: classifier-free guidance w (1: none).")] = None,
+    guidance_rescale: Annotated[float | None, typer.Option(help="LDM: guidance rescale φ in [0, 1] (0: none).")] = None,
+    feature_guidance: Annotated[
+        float | None, typer.Option(help="LDM: feature-predictor gradient guidance scale (0: none).")
+    ] = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(help=f"LDM, verified generation: max |measured − target| per label on the vf / 1/τ scale "
+                          f"(default {DEFAULT_TOLERANCE} when --max-candidates is given)."),
+    ] = None,
+    max_candidates: Annotated[
+        int | None,
+        typer.Option(help=f"LDM, verified generation: candidates per volume (default {DEFAULT_MAX_CANDIDATES} "
+                          "when --tolerance is given)."),
+    ] = None,
     allow_extrapolation: Annotated[bool, typer.Option(help="Allow targets outside the model's documented range.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the first volume; volume i uses seed + i.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Micro3Diff: slices per network call (memory bound).")] = 64,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Micro3Diff: slices per network call (default 64); LDM: candidates denoised "
+                                      f"together (default {DEFAULT_BATCH_SIZE}).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     show: Annotated[bool, typer.Option(help="Print the descriptors of the first volume.")] = True,
     overwrite: Overwrite = False,
 ) -> None:
     """Sample 3D volumes: Micro3Diff (multi-plane denoising) or the conditional LDM (--target ...)."""
     check_generate_options(out, n, overwrite, device)
-    check_count(batch_size, "--batch-size")
+    if batch_size is not None:
+        check_count(batch_size, "--batch-size", high=4096)
     kind = bundle_kind(model)
     micro3diff_only = {"--n-h": n_h, "--eta": eta, "--variance": variance, "--variant": variant, "--precision": precision}
-    ldm_only = {"--guidance": guidance}
+    ldm_only = {"--guidance": guidance, "--guidance-rescale": guidance_rescale, "--feature-guidance": feature_guidance,
+                "--tolerance": tolerance, "--max-candidates": max_candidates}
     wrong = [name for name, value in (micro3diff_only if kind == "ldm" else ldm_only).items() if value is not None]
     if wrong:
         raise ValueError(f"{', '.join(wrong)}: not an option of {model}, a {kind} model")
     if kind == "ldm":
-        samples = generate_ldm(model, out, target=target, n=n, steps=steps, guidance=guidance, sampler=sampler,
-                               seed=seed, allow_extrapolation=allow_extrapolation, device=device, overwrite=overwrite)
+        samples = generate_ldm(
+            model, out, target=target, n=n, steps=steps, guidance=guidance, sampler=sampler, seed=seed,
+            allow_extrapolation=allow_extrapolation, device=device, overwrite=overwrite,
+            guidance_rescale=guidance_rescale, feature_guidance=feature_guidance, tolerance=tolerance,
+            max_candidates=max_candidates, batch_size=batch_size or DEFAULT_BATCH_SIZE,
+        )  # fmt: skip
         if show:
             Console().print(descriptor_table(describe(samples[0].volume, phase=1), title=f"{out} [0]"))
         return
@@ -105,7 +132,7 @@ def generate(
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("sampling", total=total)
         volumes = generator.sample(
-            n, settings, seed=seed, batch_size=batch_size, allow_extrapolation=allow_extrapolation,
+            n, settings, seed=seed, batch_size=batch_size or 64, allow_extrapolation=allow_extrapolation,
             on_pass=lambda p: bar.advance(task, p.x.shape[0]),
         )
     write_volume(stack_volumes(volumes), out)

@@ -18,12 +18,14 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from micro_doe.cli.options import OptionError, Overwrite, check_count, option_errors, tracking_option
 from micro_doe.platform.diffusion.training import check_device
-from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample
+from micro_doe.platform.ldm.generator import DEFAULT_BATCH_SIZE, LDMGenerator, LDMSample
 from micro_doe.platform.ldm.training import STAGES, LDMTrainConfig, staging_dir, train_ldm
+from micro_doe.platform.ldm.verify import DEFAULT_MAX_CANDIDATES, DEFAULT_TOLERANCE, VerifySettings
 from micro_doe.platform.volumes import check_bundle_target, stack_volumes, write_volume
 
 TRAINING_EXPERIMENT = "micro-doe-training"
@@ -219,6 +221,24 @@ def predictions_table(samples: list[LDMSample], title: str = "") -> Table:
     return table
 
 
+def verification_table(samples: list[LDMSample], title: str = "") -> Table:
+    """One row per verified sample: measured value of each target, candidates, within tolerance."""
+    names = list(samples[0].targets)
+    table = Table(title=title or "measured by the evaluators")
+    table.add_column("seed", justify="right")
+    for name in names:
+        table.add_column(f"{name} (target {samples[0].targets[name]:.4g})", justify="right")
+    table.add_column("candidates", justify="right")
+    table.add_column("met", justify="center")
+    for s in samples:
+        v = s.verification
+        if v is None:
+            continue
+        table.add_row(str(s.seed), *(f"{v.measured[n]:.4g}" for n in names), str(v.candidates),
+                      "yes" if v.met else "[red]no[/red]")  # fmt: skip
+    return table
+
+
 def generate_ldm(
     model: Annotated[str, typer.Argument(help="An LDM bundle: pretrained:NAME or a directory.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file: .nc (any n) or .tif (n = 1).")],
@@ -235,25 +255,72 @@ def generate_ldm(
     allow_extrapolation: Annotated[bool, typer.Option(help="Allow targets outside the training range.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     overwrite: Overwrite = False,
+    guidance_rescale: Annotated[float | None, typer.Option(help="Guidance rescale φ in [0, 1] (0: none).")] = None,
+    feature_guidance: Annotated[
+        float | None, typer.Option(help="Feature-predictor gradient guidance scale (0: none).")
+    ] = None,
+    tolerance: Annotated[
+        float | None, typer.Option(help=f"Verify: max |measured − target| per label, vf and 1/τ (default {DEFAULT_TOLERANCE}).")
+    ] = None,
+    max_candidates: Annotated[
+        int | None, typer.Option(help=f"Verify: candidates per volume (default {DEFAULT_MAX_CANDIDATES}).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Candidates denoised together.")] = DEFAULT_BATCH_SIZE,
 ) -> list[LDMSample]:
-    """Sample volumes with targeted descriptors; print the predicted manufacturing recipe of each."""
+    """Sample volumes with targeted descriptors; print the predicted manufacturing recipe of each.
+
+    ``--tolerance`` or ``--max-candidates`` turns on verified generation: each volume is
+    measured and kept only within tolerance of every target (else the closest, marked)."""
     from micro_doe.cli.generate import check_generate_options
 
     check_generate_options(out, n, overwrite, device)
     if steps is not None:
         check_count(steps, "--steps")
+    check_count(batch_size, "--batch-size", high=1024)
     if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
         raise ValueError(f"--guidance: expected a finite number ≥ 0 (1: no guidance), got {guidance}")
+    if guidance_rescale is not None and not 0 <= guidance_rescale <= 1:
+        raise ValueError(f"--guidance-rescale: expected a number in [0, 1], got {guidance_rescale}")
+    if feature_guidance is not None and not (math.isfinite(feature_guidance) and feature_guidance >= 0):
+        raise ValueError(f"--feature-guidance: expected a finite number ≥ 0, got {feature_guidance}")
     if sampler is not None and sampler not in ("ddpm", "ddim"):
         raise ValueError(f"--sampler: expected ddpm or ddim, got {sampler!r}")
+    verify = None
+    if tolerance is not None or max_candidates is not None:
+        if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
+            raise ValueError(f"--tolerance: expected a positive number, got {tolerance}")
+        if max_candidates is not None:
+            check_count(max_candidates, "--max-candidates", high=1024)
+        given = {"tolerance": tolerance, "max_candidates": max_candidates}
+        verify = VerifySettings(**{k: v for k, v in given.items() if v is not None})
     targets = parse_targets(target)
     generator = LDMGenerator(model, device=device)
-    samples = generator.generate(targets, n, steps=steps, guidance=guidance, sampler=sampler,  # type: ignore[arg-type]
-                                 seed=seed, allow_extrapolation=allow_extrapolation)
+    checked = generator.check_targets(targets, allow_extrapolation)  # every mistake reported before sampling
+    if verify is not None:
+        generator.check_verify(verify, checked)
+    total = n if verify is None else None  # verified: candidates until each volume is accepted
+    columns = (TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("candidates"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("sampling", total=total)
+        samples = generator.generate(
+            targets, n, steps=steps, guidance=guidance, sampler=sampler, seed=seed,  # type: ignore[arg-type]
+            allow_extrapolation=allow_extrapolation, guidance_rescale=guidance_rescale,
+            feature_guidance=feature_guidance, verify=verify, batch_size=batch_size,
+            on_candidates=lambda k: bar.advance(task, k),
+        )  # fmt: skip
     stacked = stack_volumes([s.volume for s in samples])
-    if n > 1:
+    if n > 1:  # one entry per volume (a stack keeps the first volume's attrs otherwise)
         stacked.attrs["predicted"] = json.dumps([s.predicted for s in samples])
+        if verify is not None:
+            stacked.attrs["verification"] = json.dumps([s.verification.as_attrs() for s in samples])  # type: ignore[union-attr]
     write_volume(stacked, out)
-    Console(stderr=True).print(f"wrote {out} ({n} × {generator.size}³, targets {json.dumps(targets)})")
+    note = ""
+    if verify is not None:
+        met = sum(s.verification.met for s in samples)  # type: ignore[union-attr]
+        spent = sum(s.verification.candidates for s in samples)  # type: ignore[union-attr]
+        note = f"; {met}/{n} within tolerance, {spent} candidates"
+    Console(stderr=True).print(f"wrote {out} ({n} × {generator.size}³, targets {json.dumps(targets)}{note})")
     Console().print(predictions_table(samples, title=f"{out}: predicted recipe and descriptors"))
+    if verify is not None:
+        Console().print(verification_table(samples, title=f"{out}: measured (verified generation)"))
     return samples

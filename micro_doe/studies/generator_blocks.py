@@ -27,6 +27,8 @@ from micro_doe.platform.bundles import (
     shipped_models,
 )
 from micro_doe.platform.ldm.bundle import LDMConfig
+from micro_doe.platform.ldm.generator import DEFAULT_BATCH_SIZE
+from micro_doe.platform.ldm.verify import VerifySettings
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
 from micro_doe.studies.search_space import GENERATOR_PARAMETERS, ParamDomain
 
@@ -146,15 +148,22 @@ class Micro3DiffGeneratorSpec(_BundleGeneratorSpec):
 
 class LDMGeneratorSpec(_BundleGeneratorSpec):
     """A conditional latent diffusion model (searchable: ``target.<label>`` for each of the
-    model's conditioning labels, ``guidance``, ``steps``, ``sampler``).
+    model's conditioning labels, ``guidance``, ``guidance_rescale``, ``feature_guidance``,
+    ``steps``, ``sampler``, and the verification's ``tolerance`` and ``max_candidates``).
 
-    Every conditioning label needs a target (searched or fixed). Targets must lie in the
-    training range of their label (the bundle's ``label_ranges``) unless
-    ``allow_extrapolation`` is true.
+    A model trained with label dropout takes any subset of its labels (the rest are free);
+    otherwise every conditioning label needs a target (searched or fixed). Targets must lie
+    in the training range of their label (the bundle's ``label_ranges``) unless
+    ``allow_extrapolation`` is true. ``verify``: return only volumes whose measured labels
+    are within tolerance of the targets (or the closest candidate, marked), see
+    :mod:`micro_doe.platform.ldm.verify`; a searched or fixed ``tolerance`` /
+    ``max_candidates`` overrides the block's.
     """
 
     kind: Literal["ldm"]
     allow_extrapolation: bool = Field(False, description="allow targets outside the training data's range")
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=1024, description="candidates denoised together")
+    verify: VerifySettings | None = Field(None, description="verified generation: {tolerance, max_candidates}")
 
     @classmethod
     def _config_class(cls) -> type[LDMConfig]:
@@ -182,7 +191,9 @@ class LDMGeneratorSpec(_BundleGeneratorSpec):
 
     def required_parameters(self) -> list[str]:
         config = self.bundle_config()
-        return [] if config is None else [f"target.{name}" for name in config.conditioning]
+        if config is None or config.unet.label_dropout > 0:  # any subset of targets is a condition
+            return []
+        return [f"target.{name}" for name in config.conditioning]
 
 
 def _read_config(ref: str, config_class: type[Micro3DiffConfig] | type[LDMConfig]) -> Any:

@@ -461,10 +461,19 @@ def _alive_here(driver: str, host: str) -> bool:
 def predicted_means(predicted: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """``{"predicted.<name>": mean}`` over the samples' finite predictions (the LDM's φ, χ,
     annealing time, descriptors), so runs can be compared and charted in the MLflow UI;
-    every sample's own values are in ``predicted.json``."""
+    every sample's own values are in ``predicted.json``.
+
+    Verified generation's ``verify.*`` values keep their names: ``verify.met`` (share of the
+    volumes within tolerance), ``verify.candidates`` (mean candidates per volume),
+    ``verify.distance``, ``verify.measured.<label>``, plus ``verify.acceptance_rate`` =
+    volumes within tolerance / candidates spent."""
     columns: dict[str, list[float]] = {}
     for row in predicted:
         for name, value in row.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 columns.setdefault(name, []).append(float(value))
-    return {f"predicted.{name}": sum(v) / len(v) for name, v in columns.items()}
+    out = {(name if name.startswith("verify.") else f"predicted.{name}"): sum(v) / len(v)
+           for name, v in columns.items()}  # fmt: skip
+    if columns.get("verify.candidates"):
+        out["verify.acceptance_rate"] = sum(columns["verify.met"]) / sum(columns["verify.candidates"])
+    return out

@@ -220,8 +220,12 @@ GENERATOR_PARAMETERS: dict[str, dict[str, ParamDomain]] = {
     "ldm": {
         "target.*": ParamDomain("float", description="target value of a conditioning label (target.vf_donor, ...)"),
         "guidance": ParamDomain("float", low=0.0, description="classifier-free guidance weight w (1: none)"),
+        "guidance_rescale": ParamDomain("float", low=0.0, high=1.0, description="guidance rescale φ (0: none)"),
+        "feature_guidance": ParamDomain("float", low=0.0, description="feature-predictor gradient guidance (0: none)"),
         "steps": ParamDomain("int", low=1, description="sampling steps S, at most the model's T"),
         "sampler": ParamDomain("choice", choices=("ddpm", "ddim"), description="denoising sampler"),
+        "tolerance": ParamDomain("float", low=1e-6, high=1.0, description="verify: max |measured − target| (vf, 1/τ)"),
+        "max_candidates": ParamDomain("int", low=1, high=1024, description="verify: candidates per returned volume"),
     },
 }
 

@@ -200,6 +200,7 @@ def load_spec(ref: str | os.PathLike[str], overrides: Mapping[str, Any] | None =
 _UNION_TAGS: dict[str, type[BaseModel]] = {
     **PARAM_KINDS,
     "micro3diff": Micro3DiffGeneratorSpec,
+    "ldm": LDMGeneratorSpec,
     "tpe": TPESamplerSpec,
     "gp": GPSamplerSpec,
     "nsga2": NSGA2SamplerSpec,

@@ -144,6 +144,23 @@ def test_an_ldm_worker_returns_volumes_with_their_predicted_recipes(tiny_ldm_bun
         worker.sample(params | {"n_h": 1}, 1, 0)
 
 
+def test_an_ldm_worker_verifies_and_batches(tiny_ldm_bundle):
+    spec = {"kind": "ldm", "model": str(tiny_ldm_bundle), "device": "cpu", "batch_size": 4,
+            "verify": {"tolerance": 1e-9, "max_candidates": 3}}  # fmt: skip
+    worker = GeneratorWorker(spec)
+    vf = worker.generator.bundle.config.condition_medians["vf_donor"]
+    params = {"target.vf_donor": vf, "steps": 2, "sampler": "ddim"}  # τ left free: an any-subset model
+    out = worker.sample(params, 2, 5)
+    for row, volume in zip(out["predicted"], out["volumes"]):  # nothing meets 1e-9: 3 candidates, closest kept
+        assert row["verify.met"] == 0.0 and row["verify.candidates"] == 3.0
+        assert row["verify.measured.vf_donor"] == pytest.approx(float((volume.values == 1).mean()))
+    loose = worker.sample(params | {"tolerance": 1.0}, 2, 5)  # a searched tolerance overrides the block's
+    assert [r["verify.candidates"] for r in loose["predicted"]] == [1.0, 1.0]
+    assert [v.attrs["seed"] for v in loose["volumes"]] == [5, 6]
+    with pytest.raises(ValueError, match="verify is an option of the ldm kind"):
+        GeneratorWorker({"kind": "micro3diff", "model": "pretrained:spheres-32", "verify": {"tolerance": 0.1}})
+
+
 def test_generator_loads_once_and_samples(generator, actor_bundle):
     first = ray.get(generator.info.remote())
     assert first["pid"] != os.getpid() and not first["restarted"]

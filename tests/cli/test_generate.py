@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from micro_doe.cli.app import main
@@ -49,6 +51,22 @@ def test_generate_with_targets_from_an_ldm_bundle(tmp_path, tiny_ldm_bundle, cap
                    "--out", str(tmp_path / "x.nc")) == 0  # fmt: skip
     assert run_cli("generate", str(tiny_ldm_bundle), *targets, "--n-h", "1", "--out", str(tmp_path / "y.nc")) == 2
     assert "--n-h: not an option of" in capsys.readouterr().err
+
+
+def test_verified_generation_from_the_command_line(tmp_path, tiny_ldm_bundle, capsys):
+    from micro_doe.platform.ldm.bundle import load_ldm_bundle
+
+    vf = load_ldm_bundle(tiny_ldm_bundle).config.condition_medians["vf_donor"]
+    out = tmp_path / "v.nc"
+    args = ("generate", str(tiny_ldm_bundle), "--target", f"vf_donor={vf}", "--steps", "2", "--n", "2")  # τ free
+    assert run_cli(*args, "--tolerance", "1e-9", "--max-candidates", "3", "--batch-size", "4", "--out", str(out)) == 0
+    captured = capsys.readouterr()
+    assert "0/2 within tolerance, 6 candidates" in captured.err
+    assert "measured (verified generation)" in captured.out and "candidates" in captured.out
+    verification = json.loads(read_volume(out).attrs["verification"])
+    assert [(v["met"], v["candidates"]) for v in verification] == [(False, 3), (False, 3)]
+    assert run_cli(*args, "--tolerance", "1.0", "--out", str(tmp_path / "w.nc")) == 0
+    assert "2/2 within tolerance, 2 candidates" in capsys.readouterr().err
 
 
 def test_micro3diff_rejects_ldm_options(tmp_path, tiny_bundle, capsys):

@@ -242,6 +242,34 @@ def test_an_ldm_study_searches_targets_and_logs_the_predicted_recipes(tmp_path, 
         assert 0 <= float(run.data.params["target.vf_donor"]) - lo <= hi - lo
 
 
+def test_an_ldm_study_verifies_its_volumes_and_logs_what_it_spent(tmp_path, tiny_ldm_bundle, monkeypatch):
+    from micro_doe.platform.ldm.bundle import load_ldm_bundle
+
+    config = load_ldm_bundle(tiny_ldm_bundle).config
+    lo, hi = config.label_ranges["vf_donor"]
+    path = write_study(
+        tmp_path, str(tiny_ldm_bundle),
+        generator={"kind": "ldm", "model": str(tiny_ldm_bundle), "verify": {"max_candidates": 2}},
+        search={"target.vf_donor": {"float": [lo, hi]}, "tolerance": {"float": [1e-6, 1.0]}},  # τ free
+        fixed={"steps": 2, "sampler": "ddim"},
+        objectives=[{"name": "interfacial_area"}], evaluation={"phase": "donor", "tortuosity_axis": None},
+        budget={"n_trials": 2},
+    )  # fmt: skip
+    result = Study.from_yaml(path).run()
+    assert len(result.trials) == 2
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    children = [r for r in mlflow.search_runs(experiment_names=["e2e"], output_format="list")
+                if "mlflow.parentRunId" in r.data.tags]  # fmt: skip
+    assert len(children) == 2
+    for run in children:
+        m = run.data.metrics
+        if "verify.candidates" not in m:  # a failed trial (one-phase volume of the tiny model) logs no samples
+            continue
+        assert 1.0 <= m["verify.candidates"] <= 2.0 and 0.0 <= m["verify.met"] <= 1.0
+        assert m["verify.acceptance_rate"] == pytest.approx(m["verify.met"] / m["verify.candidates"])
+        assert "verify.measured.vf_donor" in m and "predicted.phi" in m
+
+
 def test_a_second_driver_is_refused_while_the_first_runs(tmp_path, tiny_bundle):
     from micro_doe.studies.study_storage import StudyBusyError
 

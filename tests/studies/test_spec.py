@@ -52,10 +52,13 @@ def write_config_bundle(path: Path, T: int = 1000) -> Path:
 OPV_RANGES = {"vf_donor": (0.15, 0.85), "tau_donor": (1.1, 3.0), "tau_acceptor": (1.1, 3.0)}
 
 
-def write_ldm_config_bundle(path: Path, trained: Path) -> Path:
-    """A config-only LDM bundle: the tiny trained bundle's config.json with OPV_RANGES as training ranges."""
+def write_ldm_config_bundle(path: Path, trained: Path, label_dropout: float | None = None) -> Path:
+    """A config-only LDM bundle: the tiny trained bundle's config.json with OPV_RANGES as training ranges
+    (and another label dropout, if given)."""
     config = json.loads((trained / "config.json").read_text())
     config["label_ranges"] = config["label_ranges"] | OPV_RANGES
+    if label_dropout is not None:
+        config["unet"]["label_dropout"] = label_dropout
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config))
     return path
@@ -428,16 +431,28 @@ LDM_STUDY: dict[str, Any] = VALID | {
 }
 
 
-def test_an_ldm_study_searches_the_models_conditioning_targets(fake_shipped, tmp_path):
+def test_an_ldm_study_searches_the_models_conditioning_targets(fake_shipped, tmp_path, tiny_ldm_bundle):
     spec = load_spec(write_study(tmp_path, LDM_STUDY))
     domains = spec.generator.domains()
-    assert {"target.vf_donor", "target.tau_donor", "target.tau_acceptor", "guidance", "steps", "sampler"} == set(domains)
+    assert {"target.vf_donor", "target.tau_donor", "target.tau_acceptor", "guidance", "guidance_rescale",
+            "feature_guidance", "steps", "sampler", "tolerance", "max_candidates"} == set(domains)
     assert (domains["target.vf_donor"].low, domains["target.vf_donor"].high) == OPV_RANGES["vf_donor"]
     assert spec.directions() == ["maximize", "minimize"]
 
     missing = copy.deepcopy(LDM_STUDY)
     del missing["fixed"]["target.tau_acceptor"]
+    assert load_spec(write_study(tmp_path, missing)).generator.required_parameters() == []  # any subset: τ_acc free
+    full = write_ldm_config_bundle(tmp_path / "opv-full", tiny_ldm_bundle, label_dropout=0.0)
+    missing["generator"]["model"] = str(full)  # trained without label dropout: every label is required
     assert "target.tau_acceptor: required" in problems(missing, tmp_path)["search"]
+    verified = copy.deepcopy(LDM_STUDY)
+    verified["generator"]["verify"] = {"tolerance": 0.05, "max_candidates": 4}
+    verified["search"]["tolerance"] = {"float": [0.02, 0.1]}
+    block = load_spec(write_study(tmp_path, verified)).generator
+    assert (block.verify.tolerance, block.verify.max_candidates, block.batch_size) == (0.05, 4, 16)
+    verified["generator"]["verify"] = {"tolerance": 0.05, "max_candidates": 0, "retries": 1}
+    found = problems(verified, tmp_path)
+    assert any("max_candidates" in k for k in found) and any("retries" in k for k in found), found
     outside = copy.deepcopy(LDM_STUDY)
     outside["search"]["target.vf_donor"] = {"float": [0.3, 0.95]}
     assert "upper bound must be ≤ 0.85" in problems(outside, tmp_path)["search.target.vf_donor.float"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from micro_doe.platform.ldm.feature_predictor import FeaturePredictor, FeaturePredictorConfig, Normaliser, r2_scores
 from micro_doe.platform.ldm.latent_unet import LatentUNet3D, LatentUNetConfig, conditional_diffusion_loss
-from micro_doe.platform.ldm.sampling import decode_volumes, guided_eps, sample_latents
+from micro_doe.platform.ldm.sampling import decode_volumes, feature_guide, guided_eps, sample_latents
 from micro_doe.platform.ldm.vae import VAE3D, VAE3DConfig, VAELoss, kl_divergence, labels_to_input, vae_loss
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "VAELoss",
     "conditional_diffusion_loss",
     "decode_volumes",
+    "feature_guide",
     "guided_eps",
     "kl_divergence",
     "labels_to_input",

@@ -65,6 +65,10 @@ class LDMSamplingDefaults(BaseModel):
     steps: int = Field(1000, ge=1, description="sampling steps S (respaced); the paper samples all 1000")
     sampler: Literal["ddpm", "ddim"] = Field("ddpm", description="ddpm (posterior variance) or ddim (η = 0)")
     guidance: float = Field(1.0, ge=0.0, description="classifier-free guidance weight w (1: plain conditional)")
+    guidance_rescale: float = Field(0.0, ge=0.0, le=1.0, description="guidance rescale φ (0: plain guidance)")
+    feature_guidance: float = Field(
+        0.0, ge=0.0, description="scale of the feature predictor's gradient guidance on the latent (0: none)"
+    )
 
 
 class StageSummary(BaseModel):

@@ -1,19 +1,26 @@
 """Conditional generation from an LDM bundle: targets in, volumes and predicted recipes out.
 
-    targets {name: value} ──check──► Normaliser ──► context (1, F)
-      │ sample_latents (DDPM / DDIM over S steps, guidance w), seed per sample
+    targets {name: value} ──check──► Normaliser ──► context (1, F), NaN for free labels
+      │ sample_latents (DDPM / DDIM over S steps, guidance w, rescale φ, optional
+      │ feature-predictor guidance), one torch generator per candidate, in batches
       ▼
-    z0 ──/ latent_scale──► VAE decoder ──► int8 volume (z, y, x)
+    z0 ──/ latent_scale──► VAE decoder ──► int8 volume (z, y, x) ──► [verify: measure]
                        └──► feature predictor ──► predicted descriptors and recipe
 
-**Targets.** Exactly the bundle's conditioning labels (e.g. ``vf_donor``, ``tau_donor``,
+**Targets.** The bundle's conditioning labels (e.g. ``vf_donor``, ``tau_donor``,
 ``tau_acceptor``), in physical units (τ ≥ 1, or ``inf`` for "not percolating" when the
-training data held non-percolating samples). Unknown names and missing names are errors
-(there is no default: a silently filled-in τ could contradict the given volume fraction;
-the messages quote the training medians as a starting point). A value outside the
-training range of its label (``LDMConfig.label_ranges``) is a ``ValueError`` naming the
-target and the range unless ``allow_extrapolation=True``. The check is per label: a
-combination of in-range values can still be one the training data never held.
+training data held non-percolating samples). Unknown names are errors. A model trained with
+``label_dropout`` (any-subset conditioning) accepts any non-empty subset, the other labels
+free (marginalised over the training data); a model trained without it needs every label
+(the message quotes the training medians). A value outside the training range of its
+label (``LDMConfig.label_ranges``) is a ``ValueError`` naming the target and the range
+unless ``allow_extrapolation=True``. The check is per given label: a combination of
+in-range values can still be one the training data never held.
+
+**Verified generation** (``verify``, :mod:`~micro_doe.platform.ldm.verify`): candidates are
+measured by the evaluators that labelled the training data, and a sample is the first
+candidate whose requested labels are all within tolerance, or the closest one, marked as
+not meeting it. Without ``verify`` every sample is candidate 0.
 
 **Predictions.** The feature predictor's de-normalised outputs on the sample's own latent
 (z0 / latent_scale, the μ it was trained on): descriptors (vf, τ, interfacial area) and the
@@ -21,9 +28,11 @@ manufacturing parameters φ (initial donor fraction), χ (Flory–Huggins) and `
 plus ``time = 10**log_time`` (annealing time, the solver's nondimensional units). A
 predicted 1/τ ≤ 0 is reported as τ = inf (not percolating).
 
-**Seeds.** Sample i of a call uses seed ``seed + i`` and is generated alone, so each
-sample is reproducible by itself (:meth:`LDMGenerator.sample` is a pure function of
-``(params, n, seed)``, as a Ray actor needs).
+**Seeds and batches.** Sample i of a call uses seed ``seed + i`` (candidate j > 0:
+:func:`~micro_doe.platform.ldm.verify.candidate_seed`), each with its own torch generator,
+and up to ``batch_size`` candidates are denoised together: each sample is reproducible
+alone and does not depend on the batch size beyond float round-off
+(:meth:`LDMGenerator.sample` is a pure function of ``(params, n, seed)``, as a Ray actor needs).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,10 +54,19 @@ from micro_doe.platform.bundles import GenerationError
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, Sampler
 from micro_doe.platform.diffusion.training import default_device
 from micro_doe.platform.ldm.bundle import LDMBundle, LDMSamplingDefaults, load_ldm_bundle
-from micro_doe.platform.ldm.sampling import decode_volumes, sample_latents
+from micro_doe.platform.ldm.sampling import decode_volumes, feature_guide, sample_latents
+from micro_doe.platform.ldm.verify import (
+    Verification,
+    VerifySettings,
+    candidate_seed,
+    distance,
+    measurable,
+    measure,
+)
 from micro_doe.platform.volumes import make_volume
 
 TARGET_PREFIX = "target."
+DEFAULT_BATCH_SIZE = 16  # candidates denoised together (latents are tiny: memory is not the limit)
 RANGE_TOLERANCE = 1e-9  # relative slack on the training range (float round-off of stored bounds)
 
 
@@ -59,6 +77,8 @@ class LDMSamplingSettings(BaseModel):
     steps: int | None = Field(None, ge=1)
     sampler: Literal["ddpm", "ddim"] | None = None
     guidance: float | None = Field(None, ge=0.0)
+    guidance_rescale: float | None = Field(None, ge=0.0, le=1.0)
+    feature_guidance: float | None = Field(None, ge=0.0)
 
     def resolved(self, defaults: LDMSamplingDefaults) -> LDMSamplingDefaults:
         return LDMSamplingDefaults.model_validate(
@@ -71,10 +91,12 @@ class LDMSample:
     """One generated microstructure.
 
     ``volume``: int8 (z, y, x) phase labels (attrs: ``targets``, ``settings``, ``predicted``
-    as JSON, ``model``, ``seed``, ``generator_params``); ``predicted``: the feature
-    predictor's outputs in physical units plus ``time``; ``seconds``: wall time of this
-    sample; ``data_config``: the training data set's config (what
-    :func:`~micro_doe.platform.ldm.recipe.check_recipe` simulates with).
+    and, when verified, ``verification`` as JSON, ``model``, ``seed``, ``generator_params``);
+    ``predicted``: the feature predictor's outputs in physical units plus ``time``;
+    ``seconds``: wall time of this sample, its share of every batch it took part in
+    (all its candidates); ``data_config``: the training data set's config (what
+    :func:`~micro_doe.platform.ldm.recipe.check_recipe` simulates with); ``verification``:
+    what verified generation measured and spent (None without ``verify``).
     """
 
     volume: xr.DataArray
@@ -84,6 +106,7 @@ class LDMSample:
     seed: int
     model: str
     data_config: dict[str, Any] = field(default_factory=dict)
+    verification: Verification | None = None
 
 
 class LDMGenerator:
@@ -107,26 +130,34 @@ class LDMGenerator:
     def conditioning(self) -> list[str]:
         return list(self.bundle.config.conditioning)
 
+    @property
+    def any_subset(self) -> bool:
+        """Whether the model was trained with label dropout, so any subset of labels may be given."""
+        return self.bundle.config.unet.label_dropout > 0
+
     def target_ranges(self) -> dict[str, tuple[float, float]]:
         """The training range (finite min, max) of every conditioning label."""
         ranges = self.bundle.config.label_ranges
         return {n: tuple(ranges[n]) for n in self.conditioning if n in ranges}  # type: ignore[misc]
 
     def check_targets(self, targets: Mapping[str, float], allow_extrapolation: bool = False) -> dict[str, float]:
-        """Validated targets as floats, in conditioning order (module docstring for the rules)."""
+        """Validated targets as floats, in conditioning order (module docstring for the rules);
+        free labels (any-subset models) are left out."""
         config = self.bundle.config
         allowed = self.conditioning
         unknown = sorted(set(targets) - set(allowed))
         if unknown:
             raise ValueError(f"targets: unknown names {unknown}; this model is conditioned on {allowed}")
         missing = [n for n in allowed if n not in targets]
-        if missing:
+        if not targets:
+            raise ValueError(f"targets: give at least one of {allowed}")
+        if missing and not self.any_subset:
             medians = ", ".join(f"{n}={config.condition_medians.get(n, math.nan):.4g}" for n in missing)
-            raise ValueError(f"targets: missing {missing}; give every conditioning label {allowed} "
-                             f"(training medians: {medians})")
+            raise ValueError(f"targets: missing {missing}; this model was trained without label dropout, so give "
+                             f"every conditioning label {allowed} (training medians: {medians})")
         inverse = set(self.bundle.condition_normaliser.inverse)
         checked: dict[str, float] = {}
-        for name in allowed:
+        for name in (n for n in allowed if n in targets):
             try:
                 value = float(targets[name])
             except (TypeError, ValueError):
@@ -153,9 +184,28 @@ class LDMGenerator:
                              "study: allow_extrapolation: true)")
 
     def context(self, targets: Mapping[str, float]) -> torch.Tensor:
-        """Normalised conditioning vector (1, F) of checked targets."""
-        values = torch.tensor([[targets[n] for n in self.conditioning]], dtype=torch.float64)
+        """Normalised conditioning vector (1, F) of checked targets; NaN for free labels."""
+        values = torch.tensor([[targets.get(n, math.nan) for n in self.conditioning]], dtype=torch.float64)
         return self.bundle.condition_normaliser.transform(values).float()
+
+    def check_verify(self, verify: VerifySettings, targets: Mapping[str, float]) -> dict[str, float]:
+        """The tolerance of every given target; a label the evaluators cannot measure → ValueError."""
+        phases = list(self.bundle.config.phase_names)
+        unmeasurable = [n for n in targets if not measurable(n, phases)]
+        if unmeasurable:
+            raise ValueError(f"verify: labels {unmeasurable} cannot be measured on volumes with phases {phases}")
+        return verify.tolerances(list(targets))
+
+    def _feature_guide(self, targets: Mapping[str, float], rows: int, scale: float):  # type: ignore[no-untyped-def]
+        """:func:`~micro_doe.platform.ldm.sampling.feature_guide` towards the given targets."""
+        b = self.bundle
+        names = list(b.feature_normaliser.names)
+        row = torch.tensor([[targets.get(n, math.nan) for n in names]], dtype=torch.float64)
+        wanted = b.feature_normaliser.transform(row).float()
+        given = torch.isfinite(wanted)
+        schedule = b.config.noise_schedule()
+        return feature_guide(b.fp, wanted.nan_to_num(0.0).repeat(rows, 1).to(self.device),
+                             given.repeat(rows, 1).to(self.device), schedule.alpha_bar, b.config.latent_scale, scale)
 
     def sampler(self, settings: LDMSamplingDefaults) -> Sampler:
         schedule = self.bundle.config.noise_schedule()
@@ -193,30 +243,86 @@ class LDMGenerator:
         sampler: Literal["ddpm", "ddim"] | None = None,
         seed: int = 0,
         allow_extrapolation: bool = False,
+        guidance_rescale: float | None = None,
+        feature_guidance: float | None = None,
+        verify: VerifySettings | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        on_candidates: Callable[[int], None] | None = None,
     ) -> list[LDMSample]:
-        """``n`` samples conditioned on ``targets``; sample i from seed ``seed + i``."""
+        """``n`` samples conditioned on ``targets``; sample i from seed ``seed + i`` (module docstring).
+
+        ``verify``: measure candidates and return, per sample, the first within tolerance
+        (or the closest, marked); ``batch_size``: candidates denoised together;
+        ``on_candidates(k)``: called after each batch of k candidates (progress).
+        """
         if n < 1:
             raise ValueError(f"n: expected at least 1 sample, got {n}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
         checked = self.check_targets(targets, allow_extrapolation)
-        settings = LDMSamplingSettings(steps=steps, sampler=sampler, guidance=guidance).resolved(
-            self.bundle.config.sampling
-        )
+        settings = LDMSamplingSettings(
+            steps=steps, sampler=sampler, guidance=guidance, guidance_rescale=guidance_rescale,
+            feature_guidance=feature_guidance,
+        ).resolved(self.bundle.config.sampling)  # fmt: skip
+        tolerances = self.check_verify(verify, checked) if verify is not None else {}
+        max_candidates = verify.max_candidates if verify is not None else 1
         diffusion = self.sampler(settings)
         context = self.context(checked)
         config = self.bundle.config
+        axis = config.tortuosity_axis
+
+        # candidates[i]: (j, labels, predicted, measured, distance) in j order; seconds[i]: its share of batches
+        candidates: list[list[tuple[int, np.ndarray, dict[str, float], dict[str, float], float]]] = [[] for _ in range(n)]
+        seconds = [0.0] * n
+        chosen: dict[int, int] = {}  # sample → index into candidates[sample]
+        drawn = [0] * n
+        while len(chosen) < n:
+            pending = [i for i in range(n) if i not in chosen]
+            per = max(1, batch_size // len(pending)) if verify is not None else 1
+            jobs = [(i, j) for i in pending for j in range(drawn[i], min(drawn[i] + per, max_candidates))]
+            for lo in range(0, len(jobs), batch_size):
+                batch = jobs[lo : lo + batch_size]
+                start = time.perf_counter()
+                generators = [torch.Generator().manual_seed(candidate_seed(seed + i, j)) for i, j in batch]
+                guide = (self._feature_guide(checked, len(batch), settings.feature_guidance)
+                         if settings.feature_guidance > 0 else None)  # fmt: skip
+                z0 = sample_latents(
+                    self.bundle.unet, diffusion, context.repeat(len(batch), 1), config.latent_shape(),
+                    guidance=settings.guidance, rescale=settings.guidance_rescale, guide=guide,
+                    generators=generators, device=self.device,
+                )  # fmt: skip
+                if not bool(torch.isfinite(z0).all()):
+                    raise GenerationError(f"{self.model_ref}: sampling produced non-finite latents (seed {seed})")
+                labels = decode_volumes(self.bundle.vae, z0, latent_scale=config.latent_scale, device=self.device)
+                predicted = self.predict(z0)
+                for k, (i, j) in enumerate(batch):
+                    measured, dist = {}, 0.0
+                    if verify is not None:
+                        volume = make_volume(labels[k], phase_names=config.phase_names)
+                        measured = measure(volume, list(checked), axis)
+                        dist = distance(measured, checked, tolerances)
+                    candidates[i].append((j, labels[k], predicted[k], measured, dist))
+                share = (time.perf_counter() - start) / len(batch)
+                for i, _ in batch:
+                    seconds[i] += share
+                if on_candidates is not None:
+                    on_candidates(len(batch))
+            for i in pending:
+                drawn[i] = min(drawn[i] + per, max_candidates)
+                met = [k for k, c in enumerate(candidates[i]) if c[4] <= 1.0]
+                if met:
+                    chosen[i] = min(met, key=lambda k: candidates[i][k][0])
+                elif drawn[i] >= max_candidates:
+                    chosen[i] = min(range(len(candidates[i])), key=lambda k: (candidates[i][k][4], candidates[i][k][0]))
         samples = []
         for i in range(n):
-            start = time.perf_counter()
-            z0 = sample_latents(
-                self.bundle.unet, diffusion, context, config.latent_shape(),
-                guidance=settings.guidance, seed=seed + i, device=self.device,
-            )  # fmt: skip
-            if not bool(torch.isfinite(z0).all()):
-                raise GenerationError(f"{self.model_ref}: sampling produced non-finite latents (seed {seed + i})")
-            labels = decode_volumes(self.bundle.vae, z0, latent_scale=config.latent_scale, device=self.device)[0]
-            predicted = self.predict(z0)[0]
-            seconds = time.perf_counter() - start
-            samples.append(self._sample(labels, predicted, seconds, checked, settings, seed + i))
+            j, labels_i, predicted_i, measured, dist = candidates[i][chosen[i]]
+            verification = None
+            if verify is not None:
+                verification = Verification(met=dist <= 1.0, candidates=j + 1 if dist <= 1.0 else drawn[i],
+                                            measured=measured, distance=dist, tolerance=tolerances)  # fmt: skip
+            samples.append(self._sample(labels_i, predicted_i, seconds[i], checked, settings,
+                                        candidate_seed(seed + i, j), verification))  # fmt: skip
         return samples
 
     def _sample(
@@ -227,8 +333,11 @@ class LDMGenerator:
         targets: dict[str, float],
         settings: LDMSamplingDefaults,
         seed: int,
+        verification: Verification | None = None,
     ) -> LDMSample:
         params = settings.model_dump() | {"targets": targets, "model": self.model_ref, "seconds": seconds}
+        if verification is not None:
+            params["verification"] = verification.as_attrs()
         volume = make_volume(
             labels, phase_names=self.bundle.config.phase_names, source=f"ldm:{self.bundle.name}", seed=seed,
             params=params,
@@ -237,29 +346,59 @@ class LDMGenerator:
             targets=json.dumps(targets), settings=settings.model_dump_json(), model=self.model_ref,
             predicted=json.dumps(predicted),
         )  # fmt: skip
+        if verification is not None:
+            volume.attrs["verification"] = json.dumps(verification.as_attrs())
         data_config = dict(self.bundle.config.recipe.data_config)
-        return LDMSample(volume, predicted, seconds, dict(targets), seed, self.model_ref, data_config)
+        return LDMSample(volume, predicted, seconds, dict(targets), seed, self.model_ref, data_config, verification)
 
-    def sample(self, params: Mapping[str, Any], n: int, seed: int) -> dict[str, Any]:
+    def sample(
+        self,
+        params: Mapping[str, Any],
+        n: int,
+        seed: int,
+        verify: VerifySettings | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> dict[str, Any]:
         """The actor-facing call: ``params`` holds ``target.<name>`` values and optionally
-        ``guidance``, ``steps``, ``sampler``, ``allow_extrapolation``.
+        ``guidance``, ``guidance_rescale``, ``feature_guidance``, ``steps``, ``sampler``,
+        ``allow_extrapolation``, and ``tolerance`` / ``max_candidates`` (which override
+        ``verify``'s, and turn verification on when ``verify`` is None).
 
-        Returns ``{"volumes", "seconds", "predicted"}``, one entry per sample (sample i from seed ``seed + i``).
+        Returns ``{"volumes", "seconds", "predicted"}``, one entry per sample (sample i from
+        seed ``seed + i``). With verification each ``predicted`` row also holds
+        ``verify.met`` (1 or 0), ``verify.candidates``, ``verify.distance`` and
+        ``verify.measured.<label>``.
         """
-        settings_keys = {"guidance", "steps", "sampler", "allow_extrapolation"}
+        settings_keys = {"guidance", "guidance_rescale", "feature_guidance", "steps", "sampler", "allow_extrapolation"}
+        verify_keys = {"tolerance", "max_candidates"}
         targets: dict[str, float] = {}
         settings: dict[str, Any] = {}
+        overrides: dict[str, Any] = {}
         for key, value in params.items():
             if key.startswith(TARGET_PREFIX):
                 targets[key[len(TARGET_PREFIX) :]] = value
             elif key in settings_keys:
                 settings[key] = value
+            elif key in verify_keys:
+                overrides[key] = value
             else:
-                allowed = sorted(settings_keys | {TARGET_PREFIX + n for n in self.conditioning})
+                allowed = sorted(settings_keys | verify_keys | {TARGET_PREFIX + n for n in self.conditioning})
                 raise ValueError(f"ldm: unknown generator parameter {key!r}; expected some of {allowed}")
-        samples = self.generate(targets, n, seed=seed, **settings)
+        if overrides:
+            base = verify.model_dump() if verify is not None else {}
+            verify = VerifySettings.model_validate(base | overrides)
+        samples = self.generate(targets, n, seed=seed, verify=verify, batch_size=batch_size, **settings)
+        predicted = []
+        for s in samples:
+            row = dict(s.predicted)
+            if s.verification is not None:
+                v = s.verification
+                row |= {"verify.met": float(v.met), "verify.candidates": float(v.candidates),
+                        "verify.distance": v.distance}  # fmt: skip
+                row |= {f"verify.measured.{k}": value for k, value in v.measured.items()}
+            predicted.append(row)
         return {
             "volumes": [s.volume for s in samples],
             "seconds": [s.seconds for s in samples],
-            "predicted": [s.predicted for s in samples],
+            "predicted": predicted,
         }

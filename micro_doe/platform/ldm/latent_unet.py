@@ -6,12 +6,15 @@
 - ``t``: integer training steps (B,) in 0..T-1 (the conventions of ``diffusion.py``).
 - ``context``: the conditioning vector (B, F) in normalised units (the feature predictor's
   outputs / :class:`~micro_doe.platform.ldm.feature_predictor.Normaliser` of user targets);
-  None means every row is unconditional.
+  None means every row is unconditional. NaN marks a label that is not given (free): only a
+  model trained with ``label_dropout`` > 0 accepts it (others raise ``ValueError``).
 - ``drop_mask``: bool (B,); True rows ignore their context and use a learned null embedding.
 
 Embedding: emb = MLP(sinusoidal(t)) + MLP(context), or MLP(sinusoidal(t)) + null for dropped
 rows (``null_embedding``, a learned vector initialised to zero), so a dropped row's output does
-not depend on its context at all. emb is added inside every residual block, encoder and decoder
+not depend on its context at all. With ``label_dropout`` > 0 the context MLP reads
+(values with free labels set to 0, given-mask) — 2F numbers — so "free" is never confused
+with a label whose normalised value is 0. emb is added inside every residual block, encoder and decoder
 (the paper embeds the condition "within both the embedding and decoder layers").
 
 Architecture: the Micro3Diff 2D U-Net in 3D, from the same blocks
@@ -23,6 +26,10 @@ Classifier-free guidance (Ho & Salimans 2022): training drops the condition of e
 probability ``cfg_dropout`` (:func:`conditional_diffusion_loss`), so one network learns both
 ε(z_t, t, c) and ε(z_t, t, ∅); :mod:`~micro_doe.platform.ldm.sampling` mixes them.
 ``cfg_dropout = 0`` trains the paper's plain conditional model (no unconditional branch).
+
+Any subset of labels (an extension of the paper): ``label_dropout`` p additionally frees each
+label of each kept item independently with probability p, so every subset of labels is a
+condition the network was trained on, and the free labels are marginalised over the data.
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ class LatentUNetConfig(BaseModel):
     cfg_dropout: float = Field(
         0.1, ge=0.0, lt=1.0, description="training probability of replacing an item's context by the null context"
     )
+    label_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="training probability of freeing each label of an item (any-subset conditioning)"
+    )
 
     @model_validator(mode="after")
     def _groups_divide_widths(self) -> LatentUNetConfig:
@@ -76,7 +86,8 @@ class LatentUNet3D(UNetTrunk):
         emb_dim = 4 * c0
         self.t_dim = c0
         self.time_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.context_mlp = nn.Sequential(nn.Linear(config.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        context_inputs = 2 * config.context_dim if config.label_dropout > 0 else config.context_dim
+        self.context_mlp = nn.Sequential(nn.Linear(context_inputs, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.null_embedding = nn.Parameter(torch.zeros(emb_dim))
         self.build_trunk(3, config.latent_channels, c0, config.channel_mults, config.num_res_blocks, config.attention,
                          groups, drop, emb_dim)  # fmt: skip
@@ -94,13 +105,24 @@ class LatentUNet3D(UNetTrunk):
             return emb + null
         if context.shape != (b, self.config.context_dim):
             raise ValueError(f"context: expected shape ({b}, {self.config.context_dim}), got {tuple(context.shape)}")
-        ctx = self.context_mlp(context.to(emb.dtype))
+        ctx = self.context_mlp(self.context_inputs(context.to(emb.dtype)))
         if drop_mask is None:
             return emb + ctx
         if drop_mask.shape != (b,) or drop_mask.dtype != torch.bool:
             raise ValueError(f"drop_mask: expected a bool tensor of shape ({b},), got {drop_mask.dtype} "
                              f"{tuple(drop_mask.shape)}")
         return emb + torch.where(drop_mask.to(emb.device)[:, None], null, ctx)
+
+    def context_inputs(self, context: torch.Tensor) -> torch.Tensor:
+        """What the context MLP reads: the context, or (context with NaN → 0, given-mask) for
+        a model trained with ``label_dropout``."""
+        free = torch.isnan(context)
+        if self.config.label_dropout == 0:
+            if bool(free.any()):
+                raise ValueError("context: this model was trained without label_dropout, so every label must be "
+                                 "given (no NaN)")
+            return context
+        return torch.cat([context.masked_fill(free, 0.0), (~free).to(context.dtype)], dim=1)
 
     def forward(
         self,
@@ -131,9 +153,11 @@ def conditional_diffusion_loss(
 
     ``z0`` (B, C, d, d, d) clean latents, ``context`` (B, F). Each item's context is dropped
     (replaced by the null embedding) independently with probability ``cfg_dropout``
-    (default: ``model.config.cfg_dropout``); then t ~ U{0..T-1}, ε ~ N(0, I) and
-    z_t = sqrt(abar_t) z0 + sqrt(1 − abar_t) ε as in ``diffusion_loss``. Random numbers, in
-    this order: the drop mask, t, ε, all from ``generator``.
+    (default: ``model.config.cfg_dropout``); with ``model.config.label_dropout`` p > 0 each
+    label of each item is then freed (set to NaN) with probability p; then t ~ U{0..T-1},
+    ε ~ N(0, I) and z_t = sqrt(abar_t) z0 + sqrt(1 − abar_t) ε as in ``diffusion_loss``.
+    Random numbers, in this order: the drop mask, the label mask (only when p > 0), t, ε, all
+    from ``generator``.
     """
     p = model.config.cfg_dropout if cfg_dropout is None else float(cfg_dropout)
     if not 0.0 <= p < 1.0:
@@ -142,4 +166,7 @@ def conditional_diffusion_loss(
         raise ValueError(f"context: {context.shape[0]} rows for {z0.shape[0]} latents")
     device = generator.device if generator is not None else z0.device
     drop_mask = (torch.rand(z0.shape[0], generator=generator, device=device) < p).to(z0.device)
+    if model.config.label_dropout > 0:
+        free = (torch.rand(context.shape, generator=generator, device=device) < model.config.label_dropout)
+        context = context.masked_fill(free.to(context.device), float("nan"))
     return diffusion_loss(lambda z_t, t: model(z_t, t, context, drop_mask), z0, schedule, generator)

@@ -87,6 +87,9 @@ class LDMStage(StageConfig):
     ema_decay: float = Field(0.995, ge=0, lt=1)
     augment: bool = Field(True, description="train on the latents of all 16 symmetric copies of each volume")
     cfg_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="probability of training an item unconditionally")
+    label_dropout: float = Field(
+        0.25, ge=0.0, lt=1.0, description="probability of freeing each label of an item: any subset is a condition"
+    )
     T: int = Field(1000, ge=2, description="diffusion steps of the linear β schedule (1e-4 … 1e-2)")
     base_channels: int = Field(32, ge=1)
     channel_mults: tuple[int, ...] = Field((1, 2), min_length=1)
@@ -100,6 +103,7 @@ class LDMStage(StageConfig):
             latent_channels=latent_channels, context_dim=context_dim, base_channels=self.base_channels,
             channel_mults=self.channel_mults, num_res_blocks=self.num_res_blocks, attention=self.attention,
             groups=self.groups, dropout=self.dropout, cfg_dropout=self.cfg_dropout,
+            label_dropout=self.label_dropout,
         )  # fmt: skip
 
 

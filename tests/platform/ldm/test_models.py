@@ -27,6 +27,7 @@ from micro_doe.platform.ldm import (
     VAE3DConfig,
     conditional_diffusion_loss,
     decode_volumes,
+    feature_guide,
     guided_eps,
     kl_divergence,
     labels_to_input,
@@ -279,6 +280,47 @@ def test_conditional_diffusion_loss_drops_the_condition() -> None:
         loss(ctx_a, 1.0)
 
 
+def subset_unet(label_dropout: float = 0.3) -> LatentUNet3D:
+    torch.manual_seed(1)
+    config = LatentUNetConfig(latent_channels=2, context_dim=F_CTX, base_channels=8, groups=4,
+                              label_dropout=label_dropout)  # fmt: skip
+    model = LatentUNet3D(config)
+    torch.nn.init.normal_(model.head[-1].weight, std=0.1)
+    return model.eval()
+
+
+def test_free_labels_are_ignored_and_distinct_from_zero() -> None:
+    model = subset_unet()
+    torch.manual_seed(7)
+    z, t = torch.randn(2, *LATENT), torch.tensor([100, 700])
+    ctx = torch.randn(2, F_CTX)
+    free = ctx.clone()
+    free[:, 1] = math.nan
+    with torch.no_grad():
+        out_free = model(z, t, free)
+        zero = free.nan_to_num(0.0)
+        assert torch.isfinite(out_free).all()
+        assert not torch.allclose(out_free, model(z, t, zero))  # "free" is not "normalised value 0"
+        assert not torch.allclose(out_free, model(z, t, ctx))
+    with pytest.raises(ValueError, match="label_dropout"):
+        tiny_unet()(z, t, free)  # a model trained on full conditions refuses free labels
+
+
+def test_label_dropout_frees_labels_in_training() -> None:
+    model = subset_unet(0.5)
+    z0 = torch.randn(8, *LATENT)
+    ctx_a = torch.randn(8, F_CTX)
+
+    def loss(ctx: torch.Tensor, m: LatentUNet3D) -> float:
+        return conditional_diffusion_loss(m, z0, ctx, SCHEDULE, 0.0, torch.Generator().manual_seed(5)).item()
+
+    assert math.isfinite(loss(ctx_a, model))
+    # freeing labels changes the loss of the same draw: labels were actually masked
+    assert loss(ctx_a, model) != loss(ctx_a, subset_unet(0.999999))
+    all_free = subset_unet(0.999999)
+    assert loss(ctx_a, all_free) == loss(torch.randn(8, F_CTX), all_free)
+
+
 # ---------------------------------------------------------------- guidance and sampling
 
 
@@ -296,6 +338,45 @@ def test_guidance_convention_on_the_models_outputs() -> None:
         w = 3.0
         expected = uncond + w * (cond - uncond)
         assert torch.allclose(guided_eps(model, z, 700, ctx, w), expected, atol=1e-5)
+
+
+def test_guidance_rescale_matches_the_conditional_spread() -> None:
+    model = tiny_unet()
+    torch.manual_seed(8)
+    z, ctx = torch.randn(3, *LATENT), torch.randn(3, F_CTX)
+    t = torch.full((3,), 500)
+    with torch.no_grad():
+        cond = model(z, t, ctx)
+        plain = guided_eps(model, z, 500, ctx, 4.0)
+        full = guided_eps(model, z, 500, ctx, 4.0, rescale=1.0)
+        half = guided_eps(model, z, 500, ctx, 4.0, rescale=0.5)
+    dims = (1, 2, 3, 4)
+    assert torch.allclose(full.std(dim=dims), cond.std(dim=dims), rtol=1e-4)
+    assert not torch.allclose(plain.std(dim=dims), cond.std(dim=dims), rtol=1e-2)  # guidance did inflate it
+    assert torch.allclose(half, 0.5 * full + 0.5 * plain, atol=1e-6)
+    with pytest.raises(ValueError, match="rescale"):
+        guided_eps(model, z, 500, ctx, 4.0, rescale=1.5)
+
+
+def test_feature_guide_pulls_the_prediction_towards_the_target() -> None:
+    torch.manual_seed(9)
+    fp = FeaturePredictor(FeaturePredictorConfig(latent_dim=2 * 4**3, outputs=("a", "b"), hidden=(8,)))
+    fp.eval()
+    alpha_bar = SCHEDULE.alpha_bar
+    z, eps = torch.randn(2, *LATENT), torch.randn(2, *LATENT)
+    targets = torch.tensor([[2.0, 0.0], [-2.0, 0.0]])
+    given = torch.tensor([[True, False], [True, False]])
+
+    def miss(e: torch.Tensor) -> torch.Tensor:
+        abar = alpha_bar(300)
+        x0 = (z - math.sqrt(1 - abar) * e) / math.sqrt(abar)
+        with torch.no_grad():
+            return (fp(x0 / 0.5)[:, 0] - targets[:, 0]).abs()
+
+    guide = feature_guide(fp, targets, given, alpha_bar, 0.5, scale=0.05)
+    assert (miss(guide(z, eps, 300)) < miss(eps)).all()
+    untouched = feature_guide(fp, targets, torch.zeros_like(given), alpha_bar, 0.5, scale=0.05)
+    assert torch.equal(untouched(z, eps, 300), eps)  # nothing requested: no pull
 
 
 def test_same_seed_same_latents_and_volumes() -> None:

@@ -21,11 +21,13 @@ from ldm_fixtures import tiny_ldm_recipe as tiny  # the recipe of the tiny_ldm_b
 
 from micro_doe.cli.ldm import generate_ldm, parse_targets, train_ldm_command
 from micro_doe.platform.bundles import BundleError
+from micro_doe.platform.descriptors import volume_fraction
 from micro_doe.platform.ldm.bundle import LDMConfig, load_ldm_bundle
 from micro_doe.platform.ldm.dataset import split, trajectory_seed
 from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample
 from micro_doe.platform.ldm.recipe import check_recipe
 from micro_doe.platform.ldm.training import LDMTrainConfig, staging_dir, train_ldm
+from micro_doe.platform.ldm.verify import VerifySettings, candidate_seed
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -168,7 +170,8 @@ def test_generate_returns_volumes_and_predictions_reproducibly(generator):
     for s in samples:
         assert s.volume.dims == ("z", "y", "x") and s.volume.shape == (16, 16, 16) and s.volume.dtype == np.int8
         assert json.loads(s.volume.attrs["targets"]) == targets and s.volume.attrs["model"] == generator.model_ref
-        assert json.loads(s.volume.attrs["settings"]) == {"steps": 4, "sampler": "ddpm", "guidance": 1.0}
+        assert json.loads(s.volume.attrs["settings"]) == {"steps": 4, "sampler": "ddpm", "guidance": 1.0,
+                                                          "guidance_rescale": 0.0, "feature_guidance": 0.0}
         keys = set(generator.bundle.config.fp.outputs) | {"time"}
         assert set(s.predicted) == keys and s.predicted["time"] == pytest.approx(10 ** s.predicted["log_time"])
         assert s.seconds > 0 and s.data_config["snapshot_every"] == 20
@@ -189,12 +192,89 @@ def test_targets_are_checked_against_the_training_range(generator):
     with pytest.raises(ValueError, match=r"unknown names \['vf_mixed'\]; this model is conditioned on \['vf_donor', "
                                          r"'tau_donor', 'tau_acceptor'\]"):
         generator.generate(medians(generator) | {"vf_mixed": 0.1}, steps=2)
-    with pytest.raises(ValueError, match=r"missing \['tau_acceptor'\].*training medians: tau_acceptor="):
-        generator.generate({"vf_donor": 0.5, "tau_donor": 2.0}, steps=2)
+    with pytest.raises(ValueError, match="give at least one of"):
+        generator.generate({}, steps=2)
     with pytest.raises(ValueError, match="tau_donor: expected a positive number or inf"):
         generator.generate(medians(generator) | {"tau_donor": -1.0}, steps=2, allow_extrapolation=True)
     with pytest.raises(ValueError, match="training range"):  # no non-percolating training sample: inf is outside
         generator.generate(medians(generator) | {"tau_donor": math.inf}, steps=2)
+
+
+@pytest.fixture(scope="module")
+def full_conditions_generator(dataset, bundle, tmp_path_factory) -> LDMGenerator:
+    """The tiny bundle with its diffusion model retrained without label dropout (the paper's model)."""
+    copy = shutil.copytree(bundle, tmp_path_factory.mktemp("full") / "b")
+    recipe = tiny()
+    recipe.ldm = recipe.ldm.model_copy(update={"label_dropout": 0.0})
+    train_ldm(dataset, copy, recipe, stage="ldm", device="cpu", progress=False, overwrite=True)
+    return LDMGenerator(copy, device="cpu")
+
+
+def test_any_subset_of_targets(generator, full_conditions_generator):
+    assert generator.any_subset and not full_conditions_generator.any_subset
+    vf = medians(generator)["vf_donor"]
+    context = generator.context(generator.check_targets({"vf_donor": vf}))
+    assert not torch.isnan(context[0, 0]) and torch.isnan(context[0, 1:]).all()
+    one = generator.generate({"vf_donor": vf}, n=1, steps=3, seed=2)[0]
+    assert json.loads(one.volume.attrs["targets"]) == {"vf_donor": vf}
+    full = generator.generate(medians(generator), n=1, steps=3, seed=2)[0]
+    assert not np.array_equal(one.volume.values, full.volume.values) or one.predicted != full.predicted
+    lo, hi = generator.bundle.config.label_ranges["tau_donor"]
+    with pytest.raises(ValueError, match="tau_donor = 50 is outside the training range"):  # ranges per given label
+        generator.generate({"tau_donor": 50.0}, steps=2)
+    with pytest.raises(ValueError, match=r"missing \['tau_acceptor'\]; this model was trained without label "
+                                         r"dropout.*training medians: tau_acceptor="):
+        full_conditions_generator.generate({"vf_donor": 0.5, "tau_donor": 2.0}, steps=2)
+    assert len(full_conditions_generator.generate(medians(generator), steps=2)) == 1
+
+
+def test_batched_samples_equal_samples_made_alone(generator):
+    targets = medians(generator)
+    batched = generator.generate(targets, n=3, steps=3, seed=10, batch_size=3)
+    for i, sample in enumerate(batched):
+        alone = generator.generate(targets, n=1, steps=3, seed=10 + i, batch_size=1)[0]
+        np.testing.assert_array_equal(sample.volume.values, alone.volume.values)
+        assert sample.predicted == pytest.approx(alone.predicted, rel=1e-4, abs=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        generator.generate(targets, steps=2, batch_size=0)
+
+
+def test_verified_generation(generator):
+    targets = {"vf_donor": medians(generator)["vf_donor"]}
+    loose = generator.generate(targets, n=2, steps=3, seed=4, verify=VerifySettings(tolerance=1.0))
+    plain = generator.generate(targets, n=2, steps=3, seed=4)
+    for v, p in zip(loose, plain):  # everything is within 1.0 of a vf: candidate 0, the plain sample
+        assert v.verification.met and v.verification.candidates == 1 and v.seed == p.seed
+        np.testing.assert_array_equal(v.volume.values, p.volume.values)
+        assert v.verification.measured["vf_donor"] == pytest.approx(volume_fraction(v.volume, "donor"))
+    strict = VerifySettings(tolerance=1e-9, max_candidates=3)
+    tight = generator.generate(targets, n=2, steps=3, seed=4, verify=strict, batch_size=16)
+    for i, sample in enumerate(tight):  # none can meet 1e-9: the closest of the 3 candidates, marked
+        v = sample.verification
+        assert not v.met and v.candidates == 3
+        attrs = json.loads(sample.volume.attrs["verification"])
+        assert attrs["met"] is False and attrs["candidates"] == 3 and attrs["measured"] == v.measured
+        errors = []
+        for j in range(3):
+            alone = generator.generate(targets, n=1, steps=3, seed=candidate_seed(4 + i, j))[0]
+            errors.append(abs(volume_fraction(alone.volume, "donor") - targets["vf_donor"]))
+        assert abs(v.measured["vf_donor"] - targets["vf_donor"]) == pytest.approx(min(errors))
+    one_by_one = generator.generate(targets, n=2, steps=3, seed=4, verify=strict, batch_size=1)
+    assert [s.seed for s in one_by_one] == [s.seed for s in tight]  # the batch size does not choose
+    with pytest.raises(ValueError, match="tolerance: labels \['tau_donor'\] are not requested"):
+        generator.generate(targets, steps=2, verify=VerifySettings(tolerance={"tau_donor": 0.1}))
+    with pytest.raises(ValueError, match="max_candidates"):
+        VerifySettings(max_candidates=0)
+
+
+def test_guidance_rescale_and_feature_guidance_change_the_sample(generator):
+    targets = medians(generator)
+    base = generator.generate(targets, steps=3, seed=1, guidance=3.0)[0]
+    rescaled = generator.generate(targets, steps=3, seed=1, guidance=3.0, guidance_rescale=0.7)[0]
+    pulled = generator.generate(targets, steps=3, seed=1, guidance=3.0, feature_guidance=5.0)[0]
+    assert rescaled.predicted != base.predicted and pulled.predicted != base.predicted  # (the formulas: test_models)
+    assert json.loads(pulled.volume.attrs["settings"])["feature_guidance"] == 5.0
+    assert json.loads(rescaled.volume.attrs["settings"])["guidance_rescale"] == 0.7
 
 
 def test_actor_facing_sample_call(generator):
@@ -204,6 +284,10 @@ def test_actor_facing_sample_call(generator):
     assert int(result["volumes"][1].attrs["seed"]) == 6 and "phi" in result["predicted"][0]
     with pytest.raises(ValueError, match="unknown generator parameter 'n_h'"):
         generator.sample(params | {"n_h": 1}, n=1, seed=0)
+    verified = generator.sample(params | {"tolerance": 1.0}, n=2, seed=5, verify=VerifySettings(max_candidates=2))
+    row = verified["predicted"][0]
+    assert row["verify.met"] == 1.0 and row["verify.candidates"] == 1.0 and "verify.measured.vf_donor" in row
+    assert int(verified["volumes"][1].attrs["seed"]) == 6
 
 
 # ---------------------------------------------------------------- recipe check
@@ -289,20 +373,24 @@ def test_the_benchmark_prints_its_table_on_a_tiny_model(bundle, tmp_path):
     model = shutil.copytree(bundle, tmp_path / "model")  # the benchmark rewrites its card and defaults
     done = subprocess.run(
         [sys.executable, str(script), "--model", str(model), "--conditions", "1", "--per-condition", "2",
-         "--steps", "2", "--guidance", "1", "3", "--recipe-checks", "1", "--no-images", "--json", str(out),
-         "--update-card", "--update-defaults"],
+         "--steps", "2", "--variants", "w=1", "w=3,rescale=0.5", "w=2,fg=1", "--max-candidates", "2",
+         "--recipe-checks", "1", "--no-images", "--json", str(out), "--update-card", "--update-defaults"],
         capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "requested vs measured" in done.stdout and "recipe check" in done.stdout
+    assert "requested vs measured" in done.stdout and "recipe check" in done.stdout and "untouched" in done.stdout
     report = json.loads(out.read_text())
-    assert set(report["by_guidance"]) == {"1.0", "3.0"} and report["targets"] == 1
+    assert set(report["variants"]) == {"w=1", "w=3,rescale=0.5", "w=2,fg=1"} and report["targets"] == 1
+    assert report["best"] in report["variants"]
+    assert 1 <= report["verified"]["cost"]["candidates_per_volume"] <= 2
+    assert any("alone" in k for k in report["subset"])  # the tiny model was trained with label dropout
     assert all(v > 0 for v in report["volumes_per_second"].values())
     assert report["recipe_check"]["floor"] >= 0 and math.isfinite(report["recipe_check"]["generated"])
     card = (model / "card.md").read_text()
-    assert card.count("## Measured") == 1 and "| w = 3.0: requested vs measured |" in card
+    assert card.count("## Measured") == 1 and "| w=2,fg=1: requested vs measured |" in card
+    assert "R² interfacial area (untouched)" in card
     sampling = LDMConfig.model_validate_json((model / "config.json").read_text()).sampling
-    assert (sampling.steps, sampling.sampler) == (2, "ddim") and sampling.guidance in (1.0, 3.0)
+    assert (sampling.steps, sampling.sampler) == (2, "ddim") and sampling.guidance in (1.0, 3.0, 2.0)
     assert f"Default sampling: ddim, 2 steps, guidance {sampling.guidance}" in card
 
 
