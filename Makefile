@@ -34,7 +34,7 @@ bench: install
 MODELS := micro_doe/platform/models
 DATA   := micro-doe-runs/data
 models: $(MODELS)/spheres-32/model.pt $(MODELS)/polycrystal-32/model.pt $(MODELS)/ternary-blend-32/model.pt \
-	$(MODELS)/opv-32/model.pt
+	$(MODELS)/opv-32/model.pt $(MODELS)/opv-ternary-32/model.pt
 
 # Case I at half the paper's scale (32² images, Ø ~ N(7.5, 2) voxels) so a 32³ volume holds many spheres.
 $(MODELS)/spheres-32/model.pt: install
@@ -58,10 +58,17 @@ $(MODELS)/ternary-blend-32/model.pt: install
 		--out $(MODELS)/ternary-blend-32 --steps 3500 --seed 0 --overwrite $(if $(RESUME),--resume)
 
 # The conditional LDM: the default Cahn–Hilliard data set (17 φ × 9 χ, ≈ 3 min) and the default
-# recipe (VAE 5000, feature predictor 4000, LDM 30000 steps; ≈ 50 min on 2 cores).
+# recipe (VAE 5000, feature predictor 4000, LDM 30000 steps with label dropout; ≈ 50 min on 2 cores).
 $(MODELS)/opv-32/model.pt: install
 	$(BIN)/micro-doe data make cahn-hilliard --seed 0 --out $(DATA)/opv-32.nc --overwrite
 	$(BIN)/micro-doe train ldm --data $(DATA)/opv-32.nc --out $(MODELS)/opv-32 --seed 0 --overwrite $(if $(RESUME),--resume)
+
+# The paper's three-phase case: donor, acceptor and a mixed phase (φ_mixed = 0.3), conditioned on
+# vf_donor, vf_mixed, τ_donor and τ_acceptor; the same grid and recipe (≈ 3 min + ≈ 60 min).
+$(MODELS)/opv-ternary-32/model.pt: install
+	$(BIN)/micro-doe data make cahn-hilliard --phases 3 --seed 0 --out $(DATA)/opv-ternary-32.nc --overwrite
+	$(BIN)/micro-doe train ldm --data $(DATA)/opv-ternary-32.nc --out $(MODELS)/opv-ternary-32 \
+		--conditioning vf_donor,vf_mixed,tau_donor,tau_acceptor --seed 0 --overwrite $(if $(RESUME),--resume)
 
 clean:
 	rm -rf $(VENV) micro-doe-runs .pytest_cache

@@ -32,9 +32,10 @@ from micro_doe.actors.cluster import in_actor, restarted
 from micro_doe.platform.ldm.generator import LDMGenerator
 from micro_doe.platform.ldm.verify import VerifySettings
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
+from micro_doe.platform.synthetic.anneal import AnnealedFilmGenerator
 
-SPEC_KEYS = {"kind", "model", "device", "batch_size", "allow_extrapolation", "tracking_uri", "size", "verify"}
-KINDS = ("micro3diff", "ldm")
+SPEC_KEYS = {"kind", "model", "device", "batch_size", "allow_extrapolation", "tracking_uri", "size", "verify", "phases"}
+KINDS = ("micro3diff", "ldm", "cahn-hilliard")
 REGISTRY_PREFIX = "models:/"
 TARGET_PARAM = "target."
 
@@ -75,9 +76,12 @@ class GeneratorWorker:
         kind = spec.get("kind", "micro3diff")
         if kind not in KINDS:
             raise ValueError(f"generator spec: kind {kind!r} is not supported here; expected one of {list(KINDS)}")
+        self.kind = kind
+        if kind == "cahn-hilliard":  # the forward route: a solver, no model to load
+            self._init_solver(spec)
+            return
         if not spec.get("model"):
             raise ValueError("generator spec: 'model' is required (pretrained:NAME, bundle path, models:/NAME@ALIAS)")
-        self.kind = kind
         self.model_ref = str(spec["model"])
         self.batch_size = 64 if spec.get("batch_size") is None else int(spec["batch_size"])
         if self.batch_size < 1:
@@ -93,7 +97,7 @@ class GeneratorWorker:
         if self.verify is not None and kind != "ldm":
             raise ValueError("generator spec: verify is an option of the ldm kind")
         start = time.perf_counter()
-        self.generator: Micro3DiffGenerator | LDMGenerator
+        self.generator: Micro3DiffGenerator | LDMGenerator | AnnealedFilmGenerator
         if kind == "ldm":
             self.generator = LDMGenerator(path, device=self.device)
         else:
@@ -102,6 +106,17 @@ class GeneratorWorker:
         size = spec.get("size")
         if size is not None and int(size) != self.generator.size:
             raise ValueError(f"generator spec: size {size} but {self.model_ref} makes {self.generator.size}³ volumes")
+
+    def _init_solver(self, spec: dict[str, Any]) -> None:
+        extra = sorted(k for k in ("model", "verify", "allow_extrapolation") if spec.get(k))
+        if extra:
+            raise ValueError(f"generator spec: {extra} are not options of the cahn-hilliard kind")
+        self.device = choose_device(spec.get("device"))
+        start = time.perf_counter()
+        self.generator = AnnealedFilmGenerator(int(spec.get("size") or 32), int(spec.get("phases") or 2), self.device)
+        self.model_ref = f"cahn-hilliard:{self.generator.n_phases}-phase"
+        self.batch_size, self.allow_extrapolation, self.verify = 1, False, None
+        self.load_seconds = time.perf_counter() - start
 
     def info(self) -> dict[str, Any]:
         """Where this worker lives and what it holds."""
@@ -140,6 +155,9 @@ class GeneratorWorker:
         start = time.perf_counter()
         if n < 1:
             raise ValueError(f"n: expected at least 1 volume, got {n}")
+        if isinstance(self.generator, AnnealedFilmGenerator):
+            return self.generator.sample(params, n, seed) | {"busy_seconds": time.perf_counter() - start,
+                                                             "device": self.device}  # fmt: skip
         if isinstance(self.generator, LDMGenerator):
             params = dict(params) | {"allow_extrapolation": self.allow_extrapolation}
             try:

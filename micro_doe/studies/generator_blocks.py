@@ -1,8 +1,8 @@
 """The ``generator`` block of a study: which model generates the volumes and how it is
 referenced (:func:`check_model_ref`: ``pretrained:NAME``, ``models:/NAME@ALIAS`` or a bundle
 directory relative to the study.yaml's folder, made absolute on load), one spec class per
-generator kind (:class:`Micro3DiffGeneratorSpec`, :class:`LDMGeneratorSpec`) and their union
-:data:`GeneratorSpec`.
+generator kind (:class:`Micro3DiffGeneratorSpec`, :class:`LDMGeneratorSpec`, and the
+model-free :class:`CahnHilliardGeneratorSpec`) and their union :data:`GeneratorSpec`.
 
 Every kind has the same methods: ``bundle_config()`` (None for a registry model, which is
 only fetched when the study starts), ``domains()`` (what ``search``/``fixed`` may name),
@@ -30,6 +30,7 @@ from micro_doe.platform.ldm.bundle import LDMConfig
 from micro_doe.platform.ldm.generator import DEFAULT_BATCH_SIZE
 from micro_doe.platform.ldm.verify import VerifySettings
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
+from micro_doe.platform.synthetic.cahn_hilliard import PHASE_NAMES
 from micro_doe.studies.search_space import GENERATOR_PARAMETERS, ParamDomain
 
 MODEL_REGISTRY_PREFIX = "models:/"
@@ -196,6 +197,46 @@ class LDMGeneratorSpec(_BundleGeneratorSpec):
         return [f"target.{name}" for name in config.conditioning]
 
 
+class CahnHilliardGeneratorSpec(BaseModel):
+    """The forward route: the project's Cahn–Hilliard solver anneals one film per volume from
+    the searched recipe (searchable: ``phi``, ``chi``, ``time``, and ``phi_mixed`` for three
+    phases; ``phi``, ``chi`` and ``time`` must be searched or fixed). No model: see
+    :mod:`micro_doe.platform.synthetic.anneal`."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["cahn-hilliard"]
+    size: int = Field(32, ge=8, le=256, description="box side of the films [voxels]")
+    phases: Literal[2, 3] = Field(2, description="2: donor/acceptor; 3: with a mixed phase")
+    device: str | None = Field(None, description="torch device of the solver (cpu, cuda, cuda:N)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"cpu|cuda(:[0-9]+)?", v):
+            raise ValueError(f"expected cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @property
+    def model(self) -> str:
+        """What generates, in words (there is no model to load)."""
+        return f"cahn-hilliard solver, {self.phases} phases, {self.size}³"
+
+    def bundle_config(self) -> None:
+        return None
+
+    def domains(self) -> dict[str, ParamDomain]:
+        table = dict(GENERATOR_PARAMETERS[self.kind])
+        if self.phases == 2:
+            del table["phi_mixed"]
+        return table
+
+    def required_parameters(self) -> list[str]:
+        return ["phi", "chi", "time"]
+
+    def phase_names(self) -> list[str]:
+        return list(PHASE_NAMES[self.phases])
+
+
 def _read_config(ref: str, config_class: type[Micro3DiffConfig] | type[LDMConfig]) -> Any:
     path = resolve_bundle_path(ref) / "config.json"
     kind = bundle_kind(ref)
@@ -211,4 +252,6 @@ def _read_config(ref: str, config_class: type[Micro3DiffConfig] | type[LDMConfig
 # Add a kind: a _BundleGeneratorSpec subclass with kind: Literal["NAME"], its parameters in
 # GENERATOR_PARAMETERS["NAME"] (search_space.py), a member of this union, and a branch in
 # micro_doe.actors.generator.GeneratorWorker.
-GeneratorSpec = Annotated[Union[Micro3DiffGeneratorSpec, LDMGeneratorSpec], Field(discriminator="kind")]
+GeneratorSpec = Annotated[
+    Union[Micro3DiffGeneratorSpec, LDMGeneratorSpec, CahnHilliardGeneratorSpec], Field(discriminator="kind")
+]

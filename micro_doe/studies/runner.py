@@ -467,19 +467,20 @@ class Study:
     def _reference(self) -> Descriptors | None:
         """The model's training-data reference, for error-rate objectives (read on the driver;
         the network itself is only loaded by the generator actors). An LDM bundle has none:
-        its samples are judged against their requested targets."""
+        its samples are judged against their requested targets, and the Cahn–Hilliard solver
+        has no training data."""
         from micro_doe.tracking.registry import resolve_model
 
-        if self.spec.generator.kind == "ldm":
+        if self.spec.generator.kind != "micro3diff":
             return None
         return load_reference(resolve_model(self.spec.generator.model, self.spec.tracking))
 
     def _example_image(self) -> Any:
-        """One training image of a Micro3Diff bundle (None for an LDM or a bundle without examples)."""
+        """One training image of a Micro3Diff bundle (None for other kinds or a bundle without examples)."""
         from micro_doe.platform.bundles import load_examples
         from micro_doe.tracking.registry import resolve_model
 
-        if self.spec.generator.kind == "ldm":
+        if self.spec.generator.kind != "micro3diff":
             return None
         examples = load_examples(resolve_model(self.spec.generator.model, self.spec.tracking))
         return None if examples is None else examples.isel(sample=0)

@@ -227,6 +227,12 @@ GENERATOR_PARAMETERS: dict[str, dict[str, ParamDomain]] = {
         "tolerance": ParamDomain("float", low=1e-6, high=1.0, description="verify: max |measured − target| (vf, 1/τ)"),
         "max_candidates": ParamDomain("int", low=1, high=1024, description="verify: candidates per returned volume"),
     },
+    "cahn-hilliard": {
+        "phi": ParamDomain("float", low=0.01, high=0.99, description="initial donor share of donor + acceptor"),
+        "chi": ParamDomain("float", low=0.0, high=10.0, description="donor–acceptor Flory–Huggins χ"),
+        "time": ParamDomain("int", low=1, high=100_000, description="annealing time, solver steps (dt = 1)"),
+        "phi_mixed": ParamDomain("float", low=0.01, high=0.9, description="three phases: initial mixed fraction"),
+    },
 }
 
 

@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from micro_doe.studies.generator_blocks import (
+    CahnHilliardGeneratorSpec,
     GeneratorSpec,
     LDMGeneratorSpec,
     Micro3DiffGeneratorSpec,
@@ -201,6 +202,7 @@ _UNION_TAGS: dict[str, type[BaseModel]] = {
     **PARAM_KINDS,
     "micro3diff": Micro3DiffGeneratorSpec,
     "ldm": LDMGeneratorSpec,
+    "cahn-hilliard": CahnHilliardGeneratorSpec,
     "tpe": TPESamplerSpec,
     "gp": GPSamplerSpec,
     "nsga2": NSGA2SamplerSpec,

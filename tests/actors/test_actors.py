@@ -161,6 +161,18 @@ def test_an_ldm_worker_verifies_and_batches(tiny_ldm_bundle):
         GeneratorWorker({"kind": "micro3diff", "model": "pretrained:spheres-32", "verify": {"tolerance": 0.1}})
 
 
+def test_a_cahn_hilliard_worker_anneals_films_from_recipes():
+    worker = GeneratorWorker({"kind": "cahn-hilliard", "size": 12, "phases": 2, "device": "cpu"})
+    assert worker.info()["model"] == "cahn-hilliard:2-phase" and worker.info()["size"] == 12
+    out = worker.sample({"phi": 0.4, "chi": 3.5, "time": 80}, 2, 7)
+    assert set(out) == {"volumes", "seconds", "predicted", "busy_seconds", "device"}
+    assert [v.attrs["seed"] for v in out["volumes"]] == [7, 8] and out["volumes"][0].shape == (12, 12, 12)
+    with pytest.raises(ValueError, match="unknown generator parameters"):
+        worker.sample({"phi": 0.4, "chi": 3.5, "time": 80, "n_h": 2}, 1, 0)
+    with pytest.raises(ValueError, match=r"\['model'\] are not options of the cahn-hilliard kind"):
+        GeneratorWorker({"kind": "cahn-hilliard", "model": "pretrained:opv-32"})
+
+
 def test_generator_loads_once_and_samples(generator, actor_bundle):
     first = ray.get(generator.info.remote())
     assert first["pid"] != os.getpid() and not first["restarted"]

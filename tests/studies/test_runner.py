@@ -309,3 +309,23 @@ def test_timeout_bounds_the_run_and_requeues_trials_in_flight(tmp_path, tiny_bun
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert [t.user_attrs["requeued_from"] for t in waiting] == [t.number for t in requeued]  # first in line next time
     assert not result.completed
+
+
+def test_a_recipe_study_anneals_films_in_the_generator_actor(tmp_path, monkeypatch):
+    path = write_study(
+        tmp_path, "unused",
+        generator={"kind": "cahn-hilliard", "size": 12},
+        search={"phi": {"float": [0.35, 0.65]}, "time": {"int": [40, 120]}}, fixed={"chi": 3.5},
+        objectives=[{"name": "interfacial_area", "direction": "maximize"}, {"name": "transport_tortuosity"}],
+        constraints=[{"metric": "volume_fraction", "min": 0.2, "max": 0.8}],
+        evaluation={"phase": "donor", "tortuosity_axis": "z"}, budget={"n_trials": 2},
+    )  # fmt: skip
+    result = Study.from_yaml(path).run()
+    assert [t.state for t in result.trials] == ["COMPLETE", "COMPLETE"], [t.reason for t in result.trials]
+    for trial in result.trials:
+        assert 0.35 <= trial.params["phi"] <= 0.65 and 40 <= trial.params["time"] <= 120
+        assert trial.values[0] > 0  # a separated film has donor–acceptor interface
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    children = [r for r in mlflow.search_runs(experiment_names=["e2e"], output_format="list")
+                if "mlflow.parentRunId" in r.data.tags]  # fmt: skip
+    assert len(children) == 2 and all("interfacial_area" in r.data.metrics for r in children)

@@ -64,6 +64,17 @@ def write_ldm_config_bundle(path: Path, trained: Path, label_dropout: float | No
     return path
 
 
+def write_ternary_config_bundle(path: Path, trained: Path) -> Path:
+    """A config-only three-phase LDM bundle (the tiny bundle's config with a mixed phase and vf_mixed)."""
+    write_ldm_config_bundle(path, trained)
+    config = json.loads((path / "config.json").read_text())
+    config["phase_names"] = ["acceptor", "donor", "mixed"]
+    config["conditioning"] = ["vf_donor", "vf_mixed", "tau_donor", "tau_acceptor"]
+    config["label_ranges"]["vf_mixed"] = (0.08, 0.33)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
 @pytest.fixture
 def fake_shipped(tmp_path_factory, monkeypatch, tiny_ldm_bundle) -> Path:
     """A shipped-models folder with config-only spheres-32, polycrystal-32 (T = 1000) and opv-32 (an LDM)."""
@@ -71,6 +82,7 @@ def fake_shipped(tmp_path_factory, monkeypatch, tiny_ldm_bundle) -> Path:
     write_config_bundle(root / "spheres-32")
     write_config_bundle(root / "polycrystal-32")
     write_ldm_config_bundle(root / "opv-32", tiny_ldm_bundle)
+    write_ternary_config_bundle(root / "opv-ternary-32", tiny_ldm_bundle)
     monkeypatch.setattr(bundle_module, "SHIPPED_DIR", root)
     return root
 
@@ -247,7 +259,7 @@ INVALID = {
     "variant fixed unknown": (_set("fixed/variant", "fancy"), "fixed.variant", "not one of"),
     "float range for int parameter": (_set("search/n_h", {"float": [0, 2]}), "search.n_h.float", "takes integers"),
     "searched and fixed": (_set("fixed/n_h", 1), "fixed.n_h", "either searched or fixed"),
-    "missing model": (_set("generator/model", "pretrained:nope"), "generator.model", "shipped models: opv-32, polycrystal-32, spheres-32"),
+    "missing model": (_set("generator/model", "pretrained:nope"), "generator.model", "shipped models: opv-32, opv-ternary-32, polycrystal-32, spheres-32"),
     "missing model path": (_set("generator/model", "no/such/bundle"), "generator.model", "no such bundle directory"),
     "bad registry ref": (_set("generator/model", "models:/spheres"), "generator.model", "models:/NAME@ALIAS"),
     "unknown generator kind": (_set("generator/kind", "gan"), "generator.kind", "unknown kind 'gan'"),
@@ -359,7 +371,7 @@ def test_missing_file_and_unknown_name(tmp_path):
 
 def test_bundled_studies_are_listed_and_validate(fake_shipped):
     studies = bundled_studies()
-    assert {"quickstart", "micro3diff-tuning", "opv-design"} <= set(studies)
+    assert {"quickstart", "micro3diff-tuning", "opv-design", "opv-ternary-design", "opv-recipes"} <= set(studies)
     for name, path in studies.items():
         spec = load_spec(path)
         assert spec.name == name, f"{path}: name should match the file name"
@@ -371,6 +383,8 @@ def test_bundled_studies_are_listed_and_validate(fake_shipped):
     assert worst * 0.1 * quick.budget.n_trials <= 300  # ≈ 0.1 s per pass of 32 slices on a CPU core
     tuning = load_spec("micro3diff-tuning")
     assert tuning.resources.generators == 4 and tuning.samples_per_trial == 8
+    ternary = load_spec("opv-ternary-design")
+    assert "target.tau_donor" not in ternary.search and ternary.generator.verify.max_candidates == 8
 
 
 @pytest.mark.skipif("spheres-32" not in shipped_models(), reason="the shipped spheres-32 model is not installed yet")
@@ -466,6 +480,31 @@ def test_an_ldm_study_searches_the_models_conditioning_targets(fake_shipped, tmp
     wrong_kind = copy.deepcopy(LDM_STUDY)
     wrong_kind["generator"]["kind"] = "micro3diff"
     assert "a model of kind ldm; use generator kind: ldm" in problems(wrong_kind, tmp_path)["generator.model"]
+
+
+def test_a_cahn_hilliard_study_searches_the_recipe(fake_shipped, tmp_path):
+    study = {"name": "recipes", "generator": {"kind": "cahn-hilliard", "size": 16},
+             "search": {"phi": {"float": [0.3, 0.7]}, "chi": {"float": [2.6, 4.2]}}, "fixed": {"time": 200},
+             "objectives": [{"name": "interfacial_area", "direction": "maximize"}],
+             "evaluation": {"phase": "donor"}, "budget": {"n_trials": 4}}  # fmt: skip
+    spec = load_spec(write_study(tmp_path, study))
+    assert set(spec.generator.domains()) == {"phi", "chi", "time"} and spec.generator.phase_names() == ["acceptor", "donor"]
+    assert spec.generator.model == "cahn-hilliard solver, 2 phases, 16³"
+    missing = copy.deepcopy(study)
+    del missing["fixed"]
+    assert "time: required" in problems(missing, tmp_path)["search"]
+    two = copy.deepcopy(study) | {"fixed": {"time": 200, "phi_mixed": 0.2}}
+    assert "not a parameter of the cahn-hilliard generator" in problems(two, tmp_path)["fixed.phi_mixed"]
+    three = copy.deepcopy(two)
+    three["generator"]["phases"] = 3
+    assert load_spec(write_study(tmp_path, three)).generator.phase_names()[2] == "mixed"
+    bad = copy.deepcopy(study)
+    bad["generator"] |= {"model": "pretrained:opv-32", "size": 4}
+    found = problems(bad, tmp_path)
+    assert "unknown key" in found["generator.model"] and "greater than or equal to 8" in found["generator.size"]
+    outside = copy.deepcopy(study)
+    outside["search"]["phi"] = {"float": [0.0, 0.7]}
+    assert "search.phi.float" in problems(outside, tmp_path)
 
 
 def test_a_micro3diff_study_searches_vf_targets_within_the_documented_range(fake_shipped, tmp_path):

@@ -277,6 +277,26 @@ def test_guidance_rescale_and_feature_guidance_change_the_sample(generator):
     assert json.loads(rescaled.volume.attrs["settings"])["guidance_rescale"] == 0.7
 
 
+def test_three_phases_train_generate_and_verify_the_mixed_fraction(tmp_path):
+    """The three-phase case (donor, acceptor, mixed) end to end at tiny size: labels include
+    vf_mixed, the model conditions on it, and verification measures it."""
+    from ldm_fixtures import TINY_OPV_DATA
+
+    from micro_doe.platform.ldm.dataset import OPVDatasetConfig, make_opv_dataset
+
+    data = make_opv_dataset(OPVDatasetConfig(**(TINY_OPV_DATA | {"n_phases": 3, "chis": [3.5, 4.0]})))
+    assert list(data.attrs["phase_names"]) == ["acceptor", "donor", "mixed"] and "vf_mixed" in data
+    conditioning = ("vf_donor", "vf_mixed", "tau_donor", "tau_acceptor")
+    bundle = train_ldm(data, tmp_path / "ternary", tiny(conditioning=conditioning), device="cpu", progress=False)
+    generator = LDMGenerator(bundle, device="cpu")
+    assert generator.conditioning == list(conditioning) and generator.bundle.config.phase_names[2] == "mixed"
+    vf_mixed = generator.bundle.config.condition_medians["vf_mixed"]
+    sample = generator.generate({"vf_mixed": vf_mixed}, steps=2, verify=VerifySettings(tolerance=1.0))[0]
+    assert set(np.unique(sample.volume.values)) <= {0, 1, 2}
+    assert sample.verification.met
+    assert sample.verification.measured["vf_mixed"] == pytest.approx(float((sample.volume.values == 2).mean()))
+
+
 def test_actor_facing_sample_call(generator):
     params = {f"target.{k}": v for k, v in medians(generator).items()} | {"steps": 2, "guidance": 1.5}
     result = generator.sample(params, n=2, seed=5)
