@@ -61,11 +61,19 @@ class StudyTracker:
         self.experiment = experiment
         self.artifact_root = Path(artifact_root).expanduser().resolve()
         self.client = mlflow_client(self.tracking_uri)
-        location = (self.artifact_root / _safe_path(experiment)).as_uri()
-        self.experiment_id = ensure_experiment(self.client, experiment, location)
+        self.experiment_id = ensure_experiment(self.client, experiment, self.artifact_location(experiment))
         self.driver = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.parent_run_id: str | None = None
         self.example_image: xr.DataArray | None = None  # a training image shown atop every montage
+
+    def artifact_location(self, experiment: str) -> str | None:
+        """Where a new experiment keeps its artifacts: for a tracking server, its own default
+        (``mlflow-artifacts:/…`` — every driver and worker uploads through the server, which
+        stores under its ``--artifacts-destination``; no ``file://`` path of one machine's
+        disk); for a database store, ``ARTIFACTS/<experiment>`` beside the study."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return (self.artifact_root / _safe_path(experiment)).as_uri()
 
     @property
     def run_url_hint(self) -> str:

@@ -18,7 +18,7 @@ import pytest
 import ray
 import torch
 import yaml
-from live_processes import start_driver, wait_for_trials
+from live_processes import free_port, get_json, serving, start_driver, wait_for_trials
 from optuna.trial import TrialState
 
 from micro_doe.platform.volumes import read_volume
@@ -329,3 +329,24 @@ def test_a_recipe_study_anneals_films_in_the_generator_actor(tmp_path, monkeypat
     children = [r for r in mlflow.search_runs(experiment_names=["e2e"], output_format="list")
                 if "mlflow.parentRunId" in r.data.tags]  # fmt: skip
     assert len(children) == 2 and all("interfacial_area" in r.data.metrics for r in children)
+
+
+def test_with_a_tracking_server_every_artifact_goes_through_it(tmp_path, tiny_bundle):
+    """Proxied artifact access: the experiment stores mlflow-artifacts:/ URIs, the server writes
+    under its --artifacts-destination, and the driver's disk holds no MLflow artifacts."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    destination = tmp_path / "server-artifacts"
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+               "--artifacts-destination", str(destination), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]  # fmt: skip
+    api = f"{base}/api/2.0/mlflow"
+    with serving(command, f"{api}/experiments/get-by-name?experiment_name=Default"):
+        path = write_study(tmp_path, tiny_bundle, tracking=base, budget={"n_trials": 1})
+        result = Study.from_yaml(path).run()
+        assert len(result.completed) == 1
+        experiment = get_json(f"{api}/experiments/get-by-name?experiment_name=e2e")["experiment"]
+    assert experiment["artifact_location"].startswith("mlflow-artifacts:")
+    stored = {p.name for p in destination.rglob("*") if p.is_file()}
+    assert any(name.endswith(".nc") for name in stored) and any(name.endswith(".png") for name in stored), stored
+    assert not (tmp_path / "artifacts" / "e2e").exists()  # nothing of MLflow's on the driver's disk
