@@ -34,11 +34,15 @@ are failed and re-queued, so they run first next time. When no trial moves for 6
 node, a cluster without room for a restarting actor) the progress display and the log say
 so, with Ray's free resources.
 
-**One driver per study.** A driver takes the study's lease
-(:func:`~micro_doe.studies.study_storage.acquire_lease`) before it touches any trial and
-renews it while it runs; a second driver is refused (``StudyBusyError``, exit 2) instead of
-failing the first one's live trials. A dead driver's lease expires after 60 s, or at once
-when it ran on the same host.
+**Several drivers per study.** Each driver holds its own lease (a heartbeat in the storage,
+:func:`~micro_doe.studies.study_storage.acquire_lease`) taken before it touches any trial,
+renewed while it runs and released at the end; stale-trial detection fails only trials of
+drivers whose lease is gone (expired after 60 s, released, or, on the same host, a dead
+process), never a live driver's. The budget is shared: a driver asks for a trial only while
+fewer than ``n_trials`` trials of any driver use the budget, and a trial that started after
+the budget was taken (two drivers asking at once) gets no slot
+(:func:`~micro_doe.studies.study_storage.claim_budget_slot`): it is marked surplus, counts
+nowhere, and its point goes back to the queue if it came from there.
 """
 
 from __future__ import annotations
@@ -77,15 +81,17 @@ from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_storage import (
     CONSTRAINTS_KEY,
     acquire_lease,
+    claim_budget_slot,
     claim_requeued_trial,
-    counted_trials,
     describe_study,
     enqueue_initial_design,
     open_study,
     release_lease,
+    release_surplus_trial,
     renew_lease,
     requeue_stale_trials,
     set_constraints,
+    trials_using_budget,
 )
 from micro_doe.studies.study_yaml import load_spec
 
@@ -220,7 +226,7 @@ class Study:
         check_capacity(info, r.generators, r.evaluators, r.gpus_per_generator)
         with interrupts_raise():  # after ray.init, which sets its own SIGTERM handler (sys.exit)
             study = open_study(spec)
-            acquire_lease(study, self.driver_id)  # before touching any trial: one driver per study
+            acquire_lease(study, self.driver_id)  # before touching any trial
             try:
                 return self._drive(study, budget, timeout, start, info, on_progress, pipelining)
             finally:
@@ -266,9 +272,8 @@ class Study:
         status = "FINISHED"
         first_submit: float | None = None
 
-        def remaining() -> int:
-            in_flight = len(generating) + len(evaluating)
-            return budget - counted_trials(study, REASON_ATTR) - in_flight
+        def remaining() -> int:  # every driver's trials: finished ones that count and running ones
+            return budget - trials_using_budget(study)
 
         def backlog_ok(n_generating: int, n_evaluating: int) -> bool:
             if pipelining:  # one trial per generator may wait for evaluation while the next generates
@@ -301,7 +306,10 @@ class Study:
                 # Hand out trials to idle generators, unless evaluation is backed up.
                 while idle and not timed_out and remaining() > 0 and backlog_ok(len(generating), len(evaluating)):
                     g = idle.pop(0)
-                    ctx = self._ask(study, g)
+                    ctx = self._ask(study, g, budget)
+                    if ctx is None:  # another driver took the last slot first
+                        idle.append(g)
+                        break
                     ref = generators[g].sample.remote(ctx.params, spec.samples_per_trial, ctx.seed)
                     generating[ref] = ctx
                     log.debug("trial %d: generating on generator %d %s", ctx.trial.number, g, ctx.params)
@@ -380,9 +388,15 @@ class Study:
 
     # ------------------------------------------------------------------ steps
 
-    def _ask(self, study: optuna.Study, generator: int) -> _Trial:
+    def _ask(self, study: optuna.Study, generator: int, budget: int) -> _Trial | None:
+        """The next trial (re-queued ones first), or None when it got no budget slot."""
         trial = claim_requeued_trial(study) or study.ask()  # re-queued trials before any other
         params = {name: p.suggest(trial, name) for name, p in self.spec.search.items()}
+        if not claim_budget_slot(study, trial, budget):
+            queued = {k: v for k, v in trial.user_attrs.items() if k in ("requeued_from", "initial_design", SEED_ATTR)}
+            from_queue = "fixed_params" in study._storage.get_trial(trial._trial_id).system_attrs
+            release_surplus_trial(study, trial, params, queued, from_queue, REASON_ATTR)
+            return None
         params.update(self.spec.fixed)
         seed = trial.user_attrs.get(SEED_ATTR)
         if seed is None:  # a fresh trial; a re-queued one keeps the seed it had

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from pathlib import Path
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from micro_doe.studies.spec import StudySpec
+from micro_doe.tracking.registry import sqlite_creation_lock, sqlite_path
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -22,23 +23,24 @@ def open_study(spec: StudySpec) -> optuna.Study:
     """Create or load the study in its RDB storage; sqlite gets WAL and a generous lock timeout."""
     url = spec.storage
     engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_path(url)
+    if db is not None:
         engine_kwargs = {"connect_args": {"timeout": 30}}
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    if url.startswith("sqlite:///"):
-        from sqlalchemy import text
+    with sqlite_creation_lock(db) if db is not None else nullcontext():  # several drivers may start at once
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        if db is not None:
+            from sqlalchemy import text
 
-        with storage.engine.connect() as conn:  # readers never block the writer; persists in the file
-            conn.execute(text("PRAGMA journal_mode=WAL"))
-    directions = spec.directions()
-    study = optuna.create_study(
-        storage=storage,
-        study_name=spec.name,
-        directions=directions,
-        sampler=make_sampler(spec),
-        load_if_exists=True,
-    )
+            with storage.engine.connect() as conn:  # readers never block the writer; persists in the file
+                conn.execute(text("PRAGMA journal_mode=WAL"))
+        directions = spec.directions()
+        study = optuna.create_study(
+            storage=storage,
+            study_name=spec.name,
+            directions=directions,
+            sampler=make_sampler(spec),
+            load_if_exists=True,
+        )
     found = [d.name.lower() for d in study.directions]
     if found != directions:  # load_if_exists ignores `directions` for an existing study
         raise ValueError(
@@ -95,8 +97,8 @@ def set_constraints(study: optuna.Study, trial: optuna.trial.Trial, constraints:
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     """The spec's sampler, seeded. Constraints reach every sampler through :func:`set_constraints`."""
     s = spec.sampler
-    if s.kind == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True)
+    if s.kind == "tpe":  # constant liar: trials in flight (several generators or drivers) repel new points
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True)
     if s.kind == "gp":
         return optuna.samplers.GPSampler(seed=s.seed)
     if s.kind == "nsga2":
@@ -136,9 +138,12 @@ def _from_unit(dist: optuna.distributions.BaseDistribution, u: float) -> Any:
 
 
 def requeue_stale_trials(study: optuna.Study, driver: str, owner_attr: str, seed_attr: str, reason_attr: str) -> int:
-    """Trials left RUNNING by a driver that died: FAIL them ("driver died", marked requeued)
-    and enqueue their parameters and seed again. Returns how many."""
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.user_attrs.get(owner_attr) != driver]
+    """Trials left RUNNING by a driver that died (its lease expired, released or absent; never a
+    live driver's): FAIL them ("driver died", marked requeued) and enqueue their parameters and
+    seed again. Returns how many."""
+    leases = live_drivers(study)
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+             if t.user_attrs.get(owner_attr) != driver and t.user_attrs.get(owner_attr) not in leases]  # fmt: skip
     for t in stale:
         # The trial object of a dead driver is gone: write through the storage, then tell by number.
         study._storage.set_trial_user_attr(t._trial_id, reason_attr, "driver died; parameters re-queued")
@@ -166,32 +171,20 @@ def claim_requeued_trial(study: optuna.Study) -> optuna.trial.Trial | None:
     return None
 
 
-LEASE_ATTR = "micro_doe:driver_lease"
+LEASE_PREFIX = "micro_doe:lease:"  # one study system attr per driver: {host, pid, heartbeat}
 LEASE_TTL_S = 60.0  # a lease not renewed for this long belongs to a dead driver
 LEASE_RENEW_S = 10.0
 
 
-class StudyBusyError(ValueError):
-    """Another live driver is running this study."""
+def acquire_lease(study: optuna.Study, driver: str) -> None:
+    """Register ``driver`` as running ``study`` (a heartbeat in the storage).
 
-
-def acquire_lease(study: optuna.Study, driver: str, *, settle_s: float = 1.0) -> None:
-    """Make ``driver`` the one driver of ``study``, or raise :class:`StudyBusyError`.
-
-    The lease (a study system attr: driver id, host, pid, heartbeat) is free when absent,
-    released, not renewed for :data:`LEASE_TTL_S`, or held by a dead process on this host.
-    Storages offer no compare-and-set on attributes, so the lease is written, then read back
-    after ``settle_s``: of two drivers starting together, the last writer keeps it and the
-    other stops before touching any trial.
+    Several drivers may run one study (e.g. one per node of a cluster): each holds its own
+    lease, renews it while it runs and releases it at the end. Stale-trial detection
+    (:func:`requeue_stale_trials`) fails only trials whose driver has no live lease, and the
+    budget is shared through :func:`claim_budget_slot`.
     """
-    held = _lease(study)
-    if held is not None and held.get("driver") != driver and _live(held):
-        raise StudyBusyError(_busy_message(study, held))
-    study._storage.set_study_system_attr(study._study_id, LEASE_ATTR, _my_lease(driver))
-    time.sleep(settle_s)
-    held = _lease(study)
-    if held is None or held.get("driver") != driver:
-        raise StudyBusyError(_busy_message(study, held or {}) + " (both started at once; this one yields)")
+    study._storage.set_study_system_attr(study._study_id, LEASE_PREFIX + driver, _my_lease())
 
 
 def renew_lease(study: optuna.Study, driver: str, last: float) -> float:
@@ -199,24 +192,25 @@ def renew_lease(study: optuna.Study, driver: str, last: float) -> float:
     now = time.time()
     if now - last < LEASE_RENEW_S:
         return last
-    study._storage.set_study_system_attr(study._study_id, LEASE_ATTR, _my_lease(driver))
+    study._storage.set_study_system_attr(study._study_id, LEASE_PREFIX + driver, _my_lease())
     return now
 
 
 def release_lease(study: optuna.Study, driver: str) -> None:
-    """Give the study back (only a lease this driver still holds)."""
-    held = _lease(study)
-    if held is not None and held.get("driver") == driver:
-        study._storage.set_study_system_attr(study._study_id, LEASE_ATTR, None)
+    """Mark this driver's lease released (a released lease is never live)."""
+    study._storage.set_study_system_attr(study._study_id, LEASE_PREFIX + driver, None)
 
 
-def _lease(study: optuna.Study) -> dict | None:
-    value = study._storage.get_study_system_attrs(study._study_id).get(LEASE_ATTR)
-    return value if isinstance(value, dict) else None
+def live_drivers(study: optuna.Study) -> set[str]:
+    """Ids of the drivers whose lease is live (renewed within :data:`LEASE_TTL_S`, and on this
+    host held by a running process)."""
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    return {key[len(LEASE_PREFIX) :] for key, lease in attrs.items()
+            if key.startswith(LEASE_PREFIX) and isinstance(lease, dict) and _live(lease)}  # fmt: skip
 
 
-def _my_lease(driver: str) -> dict:
-    return {"driver": driver, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+def _my_lease() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
 
 
 def _live(lease: dict) -> bool:
@@ -232,16 +226,43 @@ def _live(lease: dict) -> bool:
     return True
 
 
-def _busy_message(study: optuna.Study, lease: dict) -> str:
-    age = time.time() - float(lease.get("heartbeat", time.time()))
-    return (f"study {study.study_name!r} is being run by another driver (host {lease.get('host', '?')}, "
-            f"pid {lease.get('pid', '?')}, seen {age:.0f} s ago); wait for it to finish or stop it — "
-            f"a driver that died frees the study after {LEASE_TTL_S:.0f} s, or at once on the same host")
+SURPLUS_ATTR = "surplus"  # a trial started after the budget was taken by other drivers' trials
 
 
-def counted_trials(study: optuna.Study, reason_attr: str) -> int:
-    """Trials that use up the budget: COMPLETE ones, and FAIL ones that were not re-queued."""
-    return sum(
-        t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and not t.user_attrs.get("requeued"))
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-    )
+def _uses_budget(t: optuna.trial.FrozenTrial) -> bool:
+    """COMPLETE, RUNNING, or FAIL that was neither re-queued nor surplus."""
+    if t.state in (TrialState.COMPLETE, TrialState.RUNNING):
+        return True
+    return t.state == TrialState.FAIL and not t.user_attrs.get("requeued") and not t.user_attrs.get(SURPLUS_ATTR)
+
+
+def trials_using_budget(study: optuna.Study) -> int:
+    """Trials that hold a budget slot, every driver's: finished ones that count and running ones."""
+    return sum(_uses_budget(t) for t in study.get_trials(deepcopy=False))
+
+
+def claim_budget_slot(study: optuna.Study, trial: optuna.trial.Trial, budget: int) -> bool:
+    """Whether ``trial`` (just started: RUNNING) fits in the budget; run it only then.
+
+    Slots go by start order: the trial's slot is the number of budget-using trials that
+    started before it (``datetime_start``, then trial number). Each driver checks after its
+    trial is RUNNING in the storage, so of two trials started at once the later one sees the
+    earlier one and only it can be over: two drivers never overrun the budget. A trial over
+    the budget is released by :func:`release_surplus_trial`.
+    """
+    mine = study._storage.get_trial(trial._trial_id)
+    key = (mine.datetime_start, mine.number)
+    earlier = sum(_uses_budget(t) and (t.datetime_start, t.number) < key
+                  for t in study.get_trials(deepcopy=False) if t.datetime_start is not None)  # fmt: skip
+    return earlier < budget
+
+
+def release_surplus_trial(study: optuna.Study, trial: optuna.trial.Trial, params: dict, user_attrs: dict,
+                          from_queue: bool, reason_attr: str) -> None:
+    """FAIL a trial that did not get a budget slot (marked surplus: it counts nowhere); a trial
+    taken from the queue (initial design, re-queued) is enqueued again so its point is not lost."""
+    trial.set_user_attr(SURPLUS_ATTR, True)
+    trial.set_user_attr(reason_attr, "the budget was taken by other drivers' trials; not run")
+    study.tell(trial, state=TrialState.FAIL)
+    if from_queue:
+        study.enqueue_trial(params, user_attrs=user_attrs)

@@ -30,6 +30,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,14 +107,39 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(absolute_tracking_uri(uri, create_parent=False)[len("sqlite:///") :].split("?", 1)[0])
 
 
+@contextmanager
+def sqlite_creation_lock(db: Path) -> Iterator[None]:
+    """Serialise the first open of a sqlite database across processes (two drivers starting
+    on a new store would both create its tables, and one would fail): an exclusive
+    ``flock`` on ``DB.lock`` beside it, a file this program creates and keeps."""
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @lru_cache(maxsize=8)
 def mlflow_client(tracking_uri: str) -> MlflowClient:
     """One ``MlflowClient`` per store and process (the first open of a new sqlite store
-    creates its tables, which takes seconds). The registry URI is the tracking URI."""
+    creates its tables, which takes seconds, one process at a time). The registry URI is
+    the tracking URI."""
     import_mlflow()
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    with sqlite_creation_lock(db):
+        # The tracking and the registry store each create or migrate the tables when first made: both now.
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    return client
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
