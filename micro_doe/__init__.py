@@ -12,7 +12,8 @@ The public API, imported lazily so ``import micro_doe`` stays fast::
     print(result.best_trials)
 
     ldm = md.LDMGenerator("pretrained:opv-32")       # targeted volumes and their predicted recipe
-    (sample,) = ldm.generate({"vf_donor": 0.45, "tau_donor": 1.4, "tau_acceptor": 1.5}, n=1, seed=0)
+    (sample,) = ldm.generate({"vf_donor": 0.45, "tau_donor": 1.4}, n=1, seed=0,  # τ_acceptor left free
+                             verify=md.VerifySettings(tolerance=0.03))         # measured within 0.03
     print(sample.predicted["phi"], sample.predicted["chi"], sample.predicted["time"])
     print(md.check_recipe(sample).summary_error)    # simulate that recipe, compare descriptors
 """
@@ -37,6 +38,8 @@ _EXPORTS = {
     "write_netcdf": "micro_doe.platform.volumes",
     "Micro3DiffGenerator": "micro_doe.platform.micro3diff.generator",
     "LDMGenerator": "micro_doe.platform.ldm.generator",
+    "VerifySettings": "micro_doe.platform.ldm.verify",
+    "AnnealedFilmGenerator": "micro_doe.platform.synthetic.anneal",
     "check_recipe": "micro_doe.platform.ldm.recipe",
 }
 __all__ = sorted(_EXPORTS)
