@@ -13,7 +13,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from micro_doe.studies.spec import StudySpec
+from micro_doe.studies.spec import SamplerSpec, StudySpec
 from micro_doe.tracking.registry import sqlite_creation_lock, sqlite_path
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -38,7 +38,7 @@ def open_study(spec: StudySpec) -> optuna.Study:
             storage=storage,
             study_name=spec.name,
             directions=directions,
-            sampler=make_sampler(spec),
+            sampler=make_sampler(spec.sampler),
             load_if_exists=True,
         )
     found = [d.name.lower() for d in study.directions]
@@ -94,9 +94,14 @@ def set_constraints(study: optuna.Study, trial: optuna.trial.Trial, constraints:
     trial.set_user_attr("feasible", all(v <= 0.0 for v in values))
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded. Constraints reach every sampler through :func:`set_constraints`."""
-    s = spec.sampler
+def make_sampler(s: SamplerSpec) -> optuna.samplers.BaseSampler:
+    """The study's ``sampler:`` block as an Optuna sampler, seeded.
+
+    Constraints reach the samplers that use them through :func:`set_constraints` (Optuna 5
+    reads them from every trial, no ``constraints_func`` needed): TPE (infeasible trials
+    ranked by total violation), GP (constrained expected improvement) and NSGA-II
+    (constrained domination). Random search ignores them.
+    """
     if s.kind == "tpe":  # constant liar: trials in flight (several generators or drivers) repel new points
         return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True)
     if s.kind == "gp":
