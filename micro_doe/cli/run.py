@@ -39,7 +39,8 @@ def run(
                   f"objectives {', '.join(objective_names)}, storage {escape(spec.storage)}")
 
     def view(p: StudyProgress) -> Group:
-        line = Text(f"trials: {p.done} done, {p.running} running, {p.failed} failed, budget {p.budget}")
+        pruned = f", {p.pruned} pruned" if p.pruned else ""
+        line = Text(f"trials: {p.done} done, {p.running} running, {p.failed} failed{pruned}, budget {p.budget}")
         parts = [line, _trials_table(p.best[:5], objective_names, "best so far")]
         if p.note:
             parts.insert(1, Text(p.note, style="yellow"))

@@ -156,6 +156,7 @@ class StudyTracker:
             "trials_complete": len(complete),
             "trials_feasible": sum(bool(t["feasible"]) for t in complete),
             "trials_failed": sum(t["state"] == "FAIL" for t in trials),
+            "trials_pruned": sum(t["state"] == "PRUNED" for t in trials),
             "trials_pareto": len(pareto),
         }
         for i, (name, direction) in enumerate(zip(names, directions)):
@@ -166,7 +167,7 @@ class StudyTracker:
         if run_id is None:
             return summary
         note = [f"**{len(complete)} trials complete** ({summary['trials_feasible']} feasible), "
-                f"{summary['trials_failed']} failed, **{len(pareto)} on the Pareto front** "
+                f"{summary['trials_failed']} failed, {summary['trials_pruned']} pruned, **{len(pareto)} on the Pareto front** "
                 "(tag `micro_doe.pareto = true`; table `pareto.csv`, plot `pareto.png`).", ""]
         note += [f"- best feasible `{n}` ({d}): {summary[f'best_{n}']:.4g}" for n, d in zip(names, directions)
                  if f"best_{n}" in summary]

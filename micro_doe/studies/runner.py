@@ -85,6 +85,7 @@ from micro_doe.studies.study_storage import (
     claim_requeued_trial,
     describe_study,
     enqueue_initial_design,
+    open_pruning_study,
     open_study,
     release_lease,
     release_surplus_trial,
@@ -123,7 +124,8 @@ class StudyProgress:
     running: int
     budget: int
     best: list[TrialRecord] = field(default_factory=list)
-    note: str = ""  # e.g. that nothing has happened for a while, and what Ray is waiting for
+    note: str = ""
+    pruned: int = 0  # e.g. that nothing has happened for a while, and what Ray is waiting for
 
 
 @dataclass
@@ -157,6 +159,10 @@ class StudyResult:
     def failed(self) -> list[TrialRecord]:
         return [t for t in self.trials if t.state == "FAIL"]
 
+    @property
+    def pruned(self) -> list[TrialRecord]:
+        return [t for t in self.trials if t.state == "PRUNED"]
+
     def dashboard_command(self) -> str:
         return f"micro-doe dashboard {self.name}  # or: optuna-dashboard {self.storage} --host 127.0.0.1"
 
@@ -178,7 +184,9 @@ class _Trial:
     volumes: list[Any] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     predicted: list[dict[str, float]] = field(default_factory=list)
-    eval_refs: list[Any] = field(default_factory=list)
+    descriptors: list[dict[str, Any]] = field(default_factory=list)  # of the volumes evaluated so far
+    eval_refs: list[Any] = field(default_factory=list)  # evaluations of the latest batch of volumes
+    reporter: optuna.trial.Trial | None = None  # where intermediate values go (pruning), once reported
 
 
 class Study:
@@ -256,6 +264,7 @@ class Study:
         parent = tracker.start_invocation(spec.model_dump(mode="json", by_alias=True), {"driver": self.driver_id})
         reference = self._reference()
         tracker.example_image = self._example_image()
+        pruning = open_pruning_study(spec, study) if spec.pruner is not None else None
 
         prefix = f"micro-doe:{spec.name}:{self.driver_id[:8]}"
         generators = [
@@ -268,6 +277,7 @@ class Study:
         idle = list(range(len(generators)))
         generating: dict[Any, _Trial] = {}
         evaluating: list[_Trial] = []
+        continuing: list[_Trial] = []  # pruning: trials that passed a decision and wait for a generator
         busy = 0.0
         status = "FINISHED"
         first_submit: float | None = None
@@ -282,7 +292,7 @@ class Study:
 
         def report(note: str = "") -> None:
             if on_progress is not None:
-                progress = self._progress(study, budget, len(generating) + len(evaluating))
+                progress = self._progress(study, budget, len(generating) + len(evaluating) + len(continuing))
                 progress.note = note
                 on_progress(progress)
 
@@ -293,29 +303,35 @@ class Study:
             while True:
                 renewed = renew_lease(study, self.driver_id, renewed)
                 timed_out = timeout is not None and time.perf_counter() - start > timeout
-                if timed_out and (generating or evaluating):
+                if timed_out and (generating or evaluating or continuing):
                     # timeout_s bounds the whole run: trials still in flight are failed and
                     # re-queued (the next run starts with them), never left RUNNING or lost.
-                    for ctx in list(generating.values()) + evaluating:
+                    for ctx in list(generating.values()) + evaluating + continuing:
                         self._fail(study, tracker, ctx, f"timeout_s ({timeout:g} s) reached; re-queued for the next run",
-                                   reference, requeue=True)
+                                   reference, requeue=True, pruning=pruning)
                     generating.clear()
                     evaluating.clear()
+                    continuing.clear()
                     report()
                     break
-                # Hand out trials to idle generators, unless evaluation is backed up.
+                # Trials that survived a pruning decision go on first, then new ones, unless
+                # evaluation is backed up.
+                while idle and continuing and not timed_out:
+                    ctx = continuing.pop(0)
+                    ctx.generator = idle.pop(0)
+                    generating[self._submit(generators[ctx.generator], ctx)] = ctx
                 while idle and not timed_out and remaining() > 0 and backlog_ok(len(generating), len(evaluating)):
                     g = idle.pop(0)
                     ctx = self._ask(study, g, budget)
                     if ctx is None:  # another driver took the last slot first
                         idle.append(g)
                         break
-                    ref = generators[g].sample.remote(ctx.params, spec.samples_per_trial, ctx.seed)
+                    ref = self._submit(generators[g], ctx)
                     generating[ref] = ctx
                     log.debug("trial %d: generating on generator %d %s", ctx.trial.number, g, ctx.params)
                     if first_submit is None:
                         first_submit = time.perf_counter()
-                if not generating and not evaluating:
+                if not generating and not evaluating and not continuing:
                     break
                 pending = list(generating) + [r for ctx in evaluating for r in ctx.eval_refs]
                 ready, _ = ray.wait(pending, num_returns=1, timeout=5.0)
@@ -336,14 +352,16 @@ class Study:
                         busy += float(out.get("busy_seconds", sum(out["seconds"])))
                         self._check_volumes(out["volumes"])
                     except Exception as err:  # noqa: BLE001 — any failure ends this trial, not the study
-                        self._fail(study, tracker, ctx, _reason(err), reference)
+                        self._fail(study, tracker, ctx, _reason(err), reference, pruning=pruning)
                         report()
                         continue
-                    ctx.volumes, ctx.seconds, ctx.predicted = out["volumes"], out["seconds"], out["predicted"]
+                    ctx.volumes += out["volumes"]
+                    ctx.seconds += out["seconds"]
+                    ctx.predicted += out["predicted"]
                     e = spec.evaluation
                     ctx.eval_refs = [
                         pool.submit(v, phase=e.phase, tortuosity_axis=e.tortuosity_axis, periodic=e.periodic)
-                        for v in ctx.volumes
+                        for v in out["volumes"]
                     ]
                     evaluating.append(ctx)
                     log.debug("trial %d: generated in %.2f s, evaluating", ctx.trial.number, sum(ctx.seconds))
@@ -352,15 +370,28 @@ class Study:
                     if len(done) < len(ctx.eval_refs):
                         continue
                     evaluating.remove(ctx)
+                    try:
+                        ctx.descriptors += ray.get(ctx.eval_refs)
+                    except Exception as err:  # noqa: BLE001
+                        self._fail(study, tracker, ctx, _reason(err), reference, pruning=pruning)
+                        report()
+                        continue
+                    if pruning is not None and len(ctx.volumes) < spec.samples_per_trial:
+                        decision = self._decide(study, tracker, ctx, reference, pruning)
+                        if decision == "continue":
+                            continuing.append(ctx)
+                        report()
+                        continue
                     log.debug("trial %d: evaluated, finishing", ctx.trial.number)
-                    self._finish(study, tracker, store, upload_trial_image, ctx, reference)
+                    self._finish(study, tracker, store, upload_trial_image, ctx, reference, pruning)
                     report()
         except KeyboardInterrupt:
             status = "KILLED"
             how = "SIGTERM" if last_signal() == signal.SIGTERM else "Ctrl-C"
             with interrupts_deferred():  # a second Ctrl-C must not cut the bookkeeping short
-                for ctx in list(generating.values()) + evaluating:
-                    self._fail(study, tracker, ctx, f"interrupted ({how}); re-queued for the next run", reference, requeue=True)
+                for ctx in list(generating.values()) + evaluating + continuing:
+                    self._fail(study, tracker, ctx, f"interrupted ({how}); re-queued for the next run", reference,
+                               requeue=True, pruning=pruning)
             raise
         except BaseException:
             status = "FAILED"
@@ -405,6 +436,60 @@ class Study:
         trial.set_user_attr(OWNER_ATTR, self.driver_id)
         return _Trial(trial, params, int(seed), time.perf_counter(), time.time(), generator)
 
+    def _submit(self, generator: Any, ctx: _Trial) -> Any:
+        """Ask ``generator`` for the trial's next volumes: all of them, or with a pruner the next
+        ``every``; volume i of a trial always comes from seed ``seed + i``."""
+        done = len(ctx.volumes)
+        n = self.spec.samples_per_trial - done
+        if self.spec.pruner is not None:
+            n = min(n, self.spec.pruner.every)
+        return generator.sample.remote(ctx.params, n, ctx.seed + done)
+
+    def _samples(self, ctx: _Trial, reference: Any) -> list[Sample]:
+        descriptors = [Descriptors.model_validate(d) for d in ctx.descriptors]
+        return [Sample(volume=v, descriptors=d, params=ctx.params, predicted=p, seconds=s, reference=reference)
+                for v, d, p, s in zip(ctx.volumes, descriptors, ctx.predicted, ctx.seconds)]  # fmt: skip
+
+    def _decide(self, study, tracker, ctx: _Trial, reference, pruning: optuna.Study) -> str:  # type: ignore[no-untyped-def]
+        """Report the running mean of the first objective over the volumes so far (step = their
+        number) and let the pruner decide: "continue", or "pruned" (the trial is then told
+        PRUNED and logged to MLflow with its volumes), or "failed"."""
+        try:
+            first, direction = self.objectives[0]
+            value = evaluate_objectives([(first, direction)], self._samples(ctx, reference))[first.name]
+            if ctx.reporter is None:
+                ctx.reporter = ctx.trial if pruning is study else pruning.ask()
+                if ctx.reporter is not ctx.trial:
+                    ctx.reporter.set_user_attr("trial", ctx.trial.number)
+            ctx.reporter.report(value, step=len(ctx.volumes))
+            if not ctx.reporter.should_prune():
+                return "continue"
+        except Exception as err:  # noqa: BLE001
+            self._fail(study, tracker, ctx, _reason(err), reference, pruning=pruning)
+            return "failed"
+        self._prune(study, tracker, ctx, reference, pruning, value)
+        return "pruned"
+
+    def _prune(self, study, tracker, ctx: _Trial, reference, pruning: optuna.Study, value: float) -> None:  # type: ignore[no-untyped-def]
+        ctx.trial.set_user_attr("pruned_after_volumes", len(ctx.volumes))
+        samples = self._samples(ctx, reference)
+        try:
+            values = evaluate_objectives(self.objectives, samples)
+            metrics = trial_metrics(samples) | values
+        except Exception:  # noqa: BLE001 — the decision stands; the run just shows less
+            values, metrics = {self.objectives[0][0].name: value}, {}
+        try:
+            tracker.log_trial(
+                trial_number=ctx.trial.number, params=ctx.params | {"seed": ctx.seed}, values=values,
+                metrics=metrics, volumes=ctx.volumes, reference=reference, predicted=ctx.predicted,
+                state="PRUNED", seconds=time.perf_counter() - ctx.started, started_at=ctx.started_at,
+            )  # fmt: skip
+        finally:
+            study.tell(ctx.trial, state=TrialState.PRUNED)
+            if ctx.reporter is not None and ctx.reporter is not ctx.trial:
+                pruning.tell(ctx.reporter, state=TrialState.PRUNED)
+        log.debug("trial %d: pruned after %d volumes", ctx.trial.number, len(ctx.volumes))
+
     @staticmethod
     def _check_volumes(volumes: list[Any]) -> None:
         for i, vol in enumerate(volumes):
@@ -412,13 +497,9 @@ class Study:
             if labels.size < 2:
                 raise ValueError(f"sample {i} is all one phase (label {int(labels[0])}): an unusable volume")
 
-    def _finish(self, study, tracker, store, upload, ctx: _Trial, reference) -> None:  # type: ignore[no-untyped-def]
+    def _finish(self, study, tracker, store, upload, ctx: _Trial, reference, pruning=None) -> None:  # type: ignore[no-untyped-def]
         try:
-            descriptors = [Descriptors.model_validate(d) for d in ray.get(ctx.eval_refs)]
-            samples = [
-                Sample(volume=v, descriptors=d, params=ctx.params, predicted=p, seconds=s, reference=reference)
-                for v, d, p, s in zip(ctx.volumes, descriptors, ctx.predicted, ctx.seconds)
-            ]
+            samples = self._samples(ctx, reference)
             values = evaluate_objectives(self.objectives, samples)
             # Constraints may name registered objectives that are not objectives of this study.
             extra = evaluate_objectives([(o, o.direction) for o in self.spec.constraint_objectives()], samples)
@@ -428,7 +509,7 @@ class Study:
                 raise ValueError(f"constraint metric {missing[0]!r} was not measured")
             set_constraints(study, ctx.trial, [(c.describe(), c.violation(metrics[c.metric])) for c in self.spec.constraints])
         except Exception as err:  # noqa: BLE001
-            self._fail(study, tracker, ctx, _reason(err), reference)
+            self._fail(study, tracker, ctx, _reason(err), reference, pruning=pruning)
             return
         png = Path(self.spec.artifacts) / "montages" / f"trial-{ctx.trial.number}.png"
         try:
@@ -449,8 +530,10 @@ class Study:
             started_at=ctx.started_at,
         )
         study.tell(ctx.trial, [values[o.name] for o, _ in self.objectives])
+        if ctx.reporter is not None and ctx.reporter is not ctx.trial and pruning is not None:
+            pruning.tell(ctx.reporter, values[self.objectives[0][0].name])
 
-    def _fail(self, study, tracker, ctx: _Trial, reason: str, reference, requeue: bool = False) -> None:  # type: ignore[no-untyped-def]
+    def _fail(self, study, tracker, ctx: _Trial, reason: str, reference, requeue: bool = False, pruning=None) -> None:  # type: ignore[no-untyped-def]
         ctx.trial.set_user_attr(REASON_ATTR, reason)
         if requeue:
             ctx.trial.set_user_attr("requeued", True)
@@ -470,6 +553,8 @@ class Study:
             )
         finally:
             study.tell(ctx.trial, state=TrialState.FAIL)
+            if ctx.reporter is not None and ctx.reporter is not ctx.trial and pruning is not None:
+                pruning.tell(ctx.reporter, state=TrialState.FAIL)
             if requeue:
                 study.enqueue_trial(ctx.trial.params, user_attrs={SEED_ATTR: ctx.seed, "requeued_from": ctx.trial.number})
 
@@ -502,9 +587,11 @@ class Study:
     def _progress(self, study: optuna.Study, budget: int, running: int) -> StudyProgress:
         trials = study.get_trials(deepcopy=False)
         done = sum(t.state == TrialState.COMPLETE for t in trials)
-        failed = sum(t.state == TrialState.FAIL and not t.user_attrs.get("requeued") for t in trials)
+        failed = sum(t.state == TrialState.FAIL and not t.user_attrs.get("requeued") and not t.user_attrs.get("surplus")
+                     for t in trials)  # fmt: skip
+        pruned = sum(t.state == TrialState.PRUNED for t in trials)
         best = [_record(t) for t in _best(study)] if done else []
-        return StudyProgress(done=done, failed=failed, running=running, budget=budget, best=best)
+        return StudyProgress(done=done, failed=failed, running=running, budget=budget, best=best, pruned=pruned)
 
     def _result(self, study: optuna.Study, parent: str | None, seconds: float, busy: float, startup: float) -> StudyResult:
         spec = self.spec
@@ -548,8 +635,8 @@ def _outcome(study: optuna.Study) -> list[dict[str, Any]]:
     """Finished trials as :meth:`StudyTracker.log_outcome` takes them (re-queued failures left out)."""
     front = {t.number for t in _best(study)}
     rows = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-        if t.user_attrs.get("requeued"):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
+        if t.user_attrs.get("requeued") or t.user_attrs.get("surplus"):
             continue
         rows.append({
             "number": t.number,

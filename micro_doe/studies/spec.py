@@ -149,6 +149,44 @@ SamplerSpec = Annotated[
 ]
 
 
+class _PrunerBase(BaseModel):
+    """Early stopping: a trial generates ``every`` volumes at a time and, after each batch, reports
+    the running mean of its first objective; the pruner may stop it there."""
+
+    model_config = ConfigDict(extra="forbid")
+    every: int = Field(1, ge=1, description="volumes generated between two pruning decisions")
+
+
+class MedianPrunerSpec(_PrunerBase):
+    """Optuna's MedianPruner: stop when the running mean is worse than the median of earlier
+    trials at the same number of volumes."""
+
+    kind: Literal["median"] = "median"
+    n_startup_trials: int = Field(4, ge=0, description="complete trials before any pruning")
+    n_warmup_steps: int = Field(0, ge=0, description="volumes a trial always generates")
+
+
+class SuccessiveHalvingPrunerSpec(_PrunerBase):
+    """Optuna's SuccessiveHalvingPruner (asynchronous successive halving), rungs in volumes."""
+
+    kind: Literal["successive_halving"] = "successive_halving"
+    min_resource: int = Field(1, ge=1, description="volumes before the first rung")
+    reduction_factor: int = Field(2, ge=2, description="1/reduction_factor of the trials reach the next rung")
+
+
+class HyperbandPrunerSpec(_PrunerBase):
+    """Optuna's HyperbandPruner, resources in volumes up to ``samples_per_trial``."""
+
+    kind: Literal["hyperband"] = "hyperband"
+    min_resource: int = Field(1, ge=1, description="volumes before the first rung")
+    reduction_factor: int = Field(2, ge=2)
+
+
+PrunerSpec = Annotated[
+    Union[MedianPrunerSpec, SuccessiveHalvingPrunerSpec, HyperbandPrunerSpec], Field(discriminator="kind")
+]
+
+
 class BudgetSpec(BaseModel):
     """When the study stops: after ``n_trials`` trials or ``timeout_s`` seconds, whichever first
     (trials still in flight at the timeout are failed and re-queued: the next run starts with them)."""
@@ -223,6 +261,7 @@ class StudySpec(BaseModel):
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     constraints: list[ConstraintSpec] = Field(default_factory=list)
     sampler: SamplerSpec = Field(default_factory=TPESamplerSpec)
+    pruner: PrunerSpec | None = Field(None, description="stop hopeless trials early (median, successive_halving, hyperband)")
     budget: BudgetSpec
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
@@ -298,6 +337,9 @@ class StudySpec(BaseModel):
         for name in self.generator.required_parameters():
             if name not in self.search and name not in self.fixed:
                 problems.append(("search", f"{name}: required by this {kind} model; search it or fix it"))
+        if self.pruner is not None and self.pruner.every >= self.samples_per_trial:
+            problems.append(("pruner.every", f"must be less than samples_per_trial ({self.samples_per_trial}), "
+                                             "or no trial could be stopped early"))
 
         names = [o.name for o in self.objectives]
         for i, name in enumerate(names):

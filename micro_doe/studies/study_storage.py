@@ -39,6 +39,7 @@ def open_study(spec: StudySpec) -> optuna.Study:
             study_name=spec.name,
             directions=directions,
             sampler=make_sampler(spec.sampler),
+            pruner=make_pruner(spec),
             load_if_exists=True,
         )
     found = [d.name.lower() for d in study.directions]
@@ -92,6 +93,38 @@ def set_constraints(study: optuna.Study, trial: optuna.trial.Trial, constraints:
     for name, value in constraints:
         trial.set_user_attr(f"constraint: {name}", value)
     trial.set_user_attr("feasible", all(v <= 0.0 for v in values))
+
+
+PRUNING_SUFFIX = ":pruning"  # the single-objective companion study of a multi-objective one
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The ``pruner:`` block as an Optuna pruner; steps are volumes generated so far."""
+    p = spec.pruner
+    if p is None:
+        return optuna.pruners.NopPruner()
+    if p.kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    if p.kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+    return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=spec.samples_per_trial,
+                                          reduction_factor=p.reduction_factor)  # fmt: skip
+
+
+def open_pruning_study(spec: StudySpec, study: optuna.Study) -> optuna.Study:
+    """Where a trial's intermediate values go and its pruner decides.
+
+    Optuna 5 refuses ``Trial.report`` and ``should_prune`` in multi-objective studies, and its
+    pruners read ``study.direction``; so a study with several objectives prunes on its
+    *first* objective through a single-objective companion study ``NAME:pruning`` in the same
+    storage (one companion trial per trial, told COMPLETE, PRUNED or FAIL with it). A
+    single-objective study prunes on itself.
+    """
+    if len(study.directions) == 1:
+        return study
+    return optuna.create_study(storage=study._storage, study_name=spec.name + PRUNING_SUFFIX,
+                               direction=spec.directions()[0], pruner=make_pruner(spec),
+                               sampler=optuna.samplers.RandomSampler(), load_if_exists=True)  # fmt: skip
 
 
 def make_sampler(s: SamplerSpec) -> optuna.samplers.BaseSampler:
@@ -235,8 +268,8 @@ SURPLUS_ATTR = "surplus"  # a trial started after the budget was taken by other 
 
 
 def _uses_budget(t: optuna.trial.FrozenTrial) -> bool:
-    """COMPLETE, RUNNING, or FAIL that was neither re-queued nor surplus."""
-    if t.state in (TrialState.COMPLETE, TrialState.RUNNING):
+    """COMPLETE, PRUNED, RUNNING, or FAIL that was neither re-queued nor surplus."""
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return True
     return t.state == TrialState.FAIL and not t.user_attrs.get("requeued") and not t.user_attrs.get(SURPLUS_ATTR)
 

@@ -47,13 +47,17 @@ from micro_doe.studies.spec import (
     ConstraintSpec,
     EvaluationSpec,
     GPSamplerSpec,
+    HyperbandPrunerSpec,
     InitialDesign,
+    MedianPrunerSpec,
     NSGA2SamplerSpec,
     ObjectiveSpec,
+    PrunerSpec,
     RandomSamplerSpec,
     ResourcesSpec,
     SamplerSpec,
     StudySpec,
+    SuccessiveHalvingPrunerSpec,
     TPESamplerSpec,
 )
 
@@ -207,6 +211,9 @@ _UNION_TAGS: dict[str, type[BaseModel]] = {
     "gp": GPSamplerSpec,
     "nsga2": NSGA2SamplerSpec,
     "random": RandomSamplerSpec,
+    "median": MedianPrunerSpec,
+    "successive_halving": SuccessiveHalvingPrunerSpec,
+    "hyperband": HyperbandPrunerSpec,
 }
 
 
@@ -314,6 +321,7 @@ __all__ = [
     "ObjectiveSpec",
     "ParamDomain",
     "ParamSpec",
+    "PrunerSpec",
     "RandomSamplerSpec",
     "ResourcesSpec",
     "SamplerSpec",

@@ -184,7 +184,7 @@ def test_the_parent_run_tells_what_the_study_found_and_trials_keep_their_real_ti
     summary = tracker.log_outcome(rows, ["a", "b"], ["minimize", "minimize"])
     tracker.finish_invocation(summary=summary)
 
-    assert summary == {"trials_complete": 4, "trials_feasible": 3, "trials_failed": 1, "trials_pareto": 2,
+    assert summary == {"trials_complete": 4, "trials_feasible": 3, "trials_failed": 1, "trials_pruned": 0, "trials_pareto": 2,
                        "best_a": 1.0, "best_b": 1.0}  # the infeasible trial 3 is never "best"
     client = MlflowClient(tracker.tracking_uri)
     info = client.get_run(runs[0]).info

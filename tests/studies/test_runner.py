@@ -353,3 +353,45 @@ def test_with_a_tracking_server_every_artifact_goes_through_it(tmp_path, tiny_bu
     stored = {p.name for p in destination.rglob("*") if p.is_file()}
     assert any(name.endswith(".nc") for name in stored) and any(name.endswith(".png") for name in stored), stored
     assert not (tmp_path / "artifacts" / "e2e").exists()  # nothing of MLflow's on the driver's disk
+
+
+def test_a_pruner_stops_hopeless_trials_and_records_them(tmp_path, tiny_bundle, monkeypatch):
+    """Two objectives (Optuna prunes single-objective studies only: a companion study takes the
+    first objective's running means). The first objective is the trial's `steps` (2, 10, 6, 9, 12, 7 from
+    the seeded random sampler), so every
+    trial with more steps than the first complete one is hopeless at its first decision."""
+    (tmp_path / "prune_objectives.py").write_text(textwrap.dedent('''
+        import micro_doe as md
+
+        @md.objective(direction="minimize")
+        def steps_taken(sample: md.Sample) -> float:
+            return float(sample.params["steps"])
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = write_study(
+        tmp_path, tiny_bundle, samples_per_trial=3, constraints=[], budget={"n_trials": 6},
+        objectives=[{"name": "prune_objectives:steps_taken"}, {"name": "seconds_per_volume"}],
+        search={"steps": {"int": [2, 12]}}, fixed={"n_h": 0},
+        sampler={"kind": "random", "seed": 7}, pruner={"kind": "median", "n_startup_trials": 1, "every": 1},
+    )  # fmt: skip
+    result = Study.from_yaml(path).run()
+    assert len(result.completed) + len(result.pruned) == 6 and not result.failed
+    assert result.pruned, [(t.params, t.state) for t in result.trials]
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{tmp_path}/optuna.db")
+    companion = optuna.load_study(study_name="e2e:pruning", storage=f"sqlite:///{tmp_path}/optuna.db")
+    by_trial = {t.user_attrs["trial"]: t for t in companion.trials}
+    best_complete = min(t.params["steps"] for t in result.completed)
+    for t in study.get_trials(states=(TrialState.PRUNED,)):
+        shadow = by_trial[t.number]
+        assert shadow.state == TrialState.PRUNED and t.user_attrs["pruned_after_volumes"] < 3
+        assert shadow.intermediate_values[t.user_attrs["pruned_after_volumes"]] == t.params["steps"]
+        assert t.params["steps"] > best_complete  # only worse-than-median trials are stopped
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    runs = {int(r.data.tags["optuna_trial_number"]): r
+            for r in mlflow.search_runs(experiment_names=["e2e"], output_format="list")
+            if "optuna_trial_number" in r.data.tags}  # fmt: skip
+    for t in result.pruned:
+        run = runs[t.number]
+        assert run.data.tags["optuna_state"] == "PRUNED" and run.info.status == "FINISHED"
+        logged = {k: v for k, v in run.data.metrics.items() if k.endswith("steps_taken")}
+        assert list(logged.values()) == [t.params["steps"]], run.data.metrics

@@ -518,3 +518,14 @@ def test_a_micro3diff_study_searches_vf_targets_within_the_documented_range(fake
     parse_spec(allowed)
     wrong = VALID | {"fixed": {"target.vf_nothing": 0.2}}
     assert "not a parameter of the micro3diff generator" in problems(wrong, tmp_path)["fixed.target.vf_nothing"]
+
+
+def test_the_pruner_block(fake_shipped, tmp_path):
+    for kind in ("median", "successive_halving", "hyperband"):
+        spec = load_spec(write_study(tmp_path, VALID | {"pruner": {"kind": kind, "every": 1}}))
+        assert spec.pruner.kind == kind
+    assert load_spec(write_study(tmp_path, VALID)).pruner is None
+    assert "samples_per_trial (2)" in problems(VALID | {"pruner": {"kind": "median", "every": 2}}, tmp_path)["pruner.every"]
+    assert "unknown kind 'asha'" in problems(VALID | {"pruner": {"kind": "asha"}}, tmp_path)["pruner.kind"]
+    found = problems(VALID | {"pruner": {"kind": "hyperband", "reduction_factor": 1, "patience": 3}}, tmp_path)
+    assert "greater than or equal to 2" in found["pruner.reduction_factor"] and "unknown key" in found["pruner.patience"]
