@@ -137,9 +137,10 @@ def voxel_disagreement(volumes: list[np.ndarray]) -> float:
 
 
 def parse_variant(text: str) -> dict[str, float]:
-    """``"w=4,rescale=0.7,fg=2"`` → generate() keyword arguments."""
+    """``"w=4,rescale=0.7,fg=2"`` → generate() keyword arguments; what a variant does not name is
+    off (w = 1, φ = 0, fg = 0), never the bundle's default, so a row means what its label says."""
     keys = {"w": "guidance", "rescale": "guidance_rescale", "fg": "feature_guidance"}
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"guidance": 1.0, "guidance_rescale": 0.0, "feature_guidance": 0.0}
     for item in text.split(","):
         key, sep, value = item.partition("=")
         if not sep or key.strip() not in keys:

@@ -251,6 +251,9 @@ def ldm_card(name: str, config: LDMConfig, parameters: dict[str, int]) -> str:
             f"{c['batch_size']}, AdamW lr {c['lr']}, {_duration(summary.seconds)} on {summary.device} "
             f"({summary.threads} threads, {per_step:.3f} s/step), final loss (running mean) {summary.final_loss:.4f}"
         )
+    lines.append(f"- condition dropout: the whole condition with p = {config.unet.cfg_dropout}, each label with "
+                 f"p = {config.unet.label_dropout}"
+                 + (" (any subset of the labels is a condition)" if config.unet.label_dropout > 0 else ""))
     vae_extra = config.stages["vae"].extra if "vae" in config.stages else {}
     if "voxel_accuracy" in vae_extra:
         lines.append(f"- VAE reconstruction ({vae_extra.get('reconstruction_split')}): voxel accuracy "
