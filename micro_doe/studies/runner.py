@@ -599,7 +599,8 @@ class Study:
             name=spec.name,
             directions=[d for _, d in self.objectives],
             objective_names=[o.name for o, _ in self.objectives],
-            trials=[_record(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()],
+            trials=[_record(t) for t in study.get_trials(deepcopy=False)
+                    if t.state.is_finished() and not t.user_attrs.get("surplus")],  # surplus: never run
             best_trials=[_record(t) for t in _best(study)],
             storage=spec.storage,
             tracking=spec.tracking,
