@@ -115,7 +115,6 @@ class GeneratorWorker:
         start = time.perf_counter()
         self.generator = AnnealedFilmGenerator(int(spec.get("size") or 32), int(spec.get("phases") or 2), self.device)
         self.model_ref = f"cahn-hilliard:{self.generator.n_phases}-phase"
-        self.batch_size, self.allow_extrapolation, self.verify = 1, False, None
         self.load_seconds = time.perf_counter() - start
 
     def info(self) -> dict[str, Any]:

@@ -70,6 +70,16 @@ def check_model_ref(ref: str, base: Path) -> str:
     return str(path)
 
 
+def check_device_name(v: str | None, mps: bool) -> str | None:
+    """A torch device name of a generator block: cpu, cuda, cuda:N (and mps when allowed), or None."""
+    pattern, names = r"cpu|cuda(:[0-9]+)?", "cpu, cuda or cuda:N"
+    if mps:
+        pattern, names = pattern + "|mps", "cpu, cuda, cuda:N or mps"
+    if v is not None and not re.fullmatch(pattern, v):
+        raise ValueError(f"expected {names}, got {v!r}")
+    return v
+
+
 class _BundleGeneratorSpec(BaseModel):
     """What every generator kind has: a model reference and a torch device."""
 
@@ -93,9 +103,7 @@ class _BundleGeneratorSpec(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"cpu|cuda(:[0-9]+)?|mps", v):
-            raise ValueError(f"expected cpu, cuda, cuda:N or mps, got {v!r}")
-        return v
+        return check_device_name(v, mps=True)
 
     @classmethod
     def _config_class(cls) -> type[Micro3DiffConfig] | type[LDMConfig]:
@@ -212,9 +220,7 @@ class CahnHilliardGeneratorSpec(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"cpu|cuda(:[0-9]+)?", v):
-            raise ValueError(f"expected cpu, cuda or cuda:N, got {v!r}")
-        return v
+        return check_device_name(v, mps=False)  # the solver runs on CPU or CUDA
 
     @property
     def model(self) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -116,5 +116,4 @@ class Verification:
     tolerance: dict[str, float]
 
     def as_attrs(self) -> dict[str, Any]:
-        return {"met": self.met, "candidates": self.candidates, "measured": self.measured,
-                "distance": self.distance, "tolerance": self.tolerance}  # fmt: skip
+        return asdict(self)
