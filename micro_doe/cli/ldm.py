@@ -57,6 +57,7 @@ def training_config(
     fp_steps: int | None = None,
     ldm_steps: int | None = None,
     conditioning: str | None = None,
+    fp_outputs: str | None = None,
     seed: int | None = None,
 ) -> LDMTrainConfig:
     """An LDMTrainConfig from a JSON file (or the defaults), with the command-line overrides applied."""
@@ -71,11 +72,13 @@ def training_config(
     for stage, steps in (("vae", vae_steps), ("fp", fp_steps), ("ldm", ldm_steps)):
         if steps is not None:
             data.setdefault(stage, {})["steps"] = steps
-    if conditioning is not None:
-        names = tuple(n.strip() for n in conditioning.split(",") if n.strip())
-        if not names:
-            raise ValueError(f"--conditioning: expected comma-separated label names, got {conditioning!r}")
-        data["conditioning"] = names
+    for option, field, text in (("--conditioning", "conditioning", conditioning), ("--fp-outputs", "fp_outputs",
+                                                                                   fp_outputs)):
+        if text is not None:
+            names = tuple(n.strip() for n in text.split(",") if n.strip())
+            if not names:
+                raise ValueError(f"{option}: expected comma-separated label names, got {text!r}")
+            data[field] = names
     if seed is not None:
         data["seed"] = seed
     return LDMTrainConfig.model_validate(data)
@@ -153,6 +156,11 @@ def train_ldm_command(
     fp_steps: Annotated[int | None, typer.Option(help="Feature-predictor steps.")] = None,
     ldm_steps: Annotated[int | None, typer.Option(help="Latent diffusion steps.")] = None,
     conditioning: Annotated[str | None, typer.Option(help="Conditioning labels, comma-separated.")] = None,
+    fp_outputs: Annotated[
+        str | None,
+        typer.Option(help="Feature-predictor outputs, comma-separated (default: the conditioning labels, "
+                     "interfacial_area, phi, chi, log_time; add phi_mixed for data with --phi-mixed low:high)."),
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="LDMTrainConfig as JSON (options above override it).")] = None,
     seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in OUT.staging.")] = False,
@@ -168,10 +176,10 @@ def train_ldm_command(
         raise FileNotFoundError(f"--data: {data}: no such file")
     try:
         recipe = training_config(config, vae_steps=vae_steps, fp_steps=fp_steps, ldm_steps=ldm_steps,
-                                 conditioning=conditioning, seed=seed)
+                                 conditioning=conditioning, fp_outputs=fp_outputs, seed=seed)
     except ValidationError as err:  # the options override the config file's fields of the same name
         where = f"--config {config}: " if config is not None else ""
-        raise OptionError(where + str(option_errors(err, {"steps": "--<stage>-steps"}))) from None
+        raise OptionError(where + str(option_errors(err, {"steps": "--<stage>-steps", "fp_outputs": "--fp-outputs"}))) from None
     if stage != "vae":  # the stages that (re)write the bundle at --out
         check_bundle_target(out, overwrite=overwrite)
     check_device(device)

@@ -28,8 +28,15 @@ def option_errors(err: ValidationError, options: Mapping[str, str] | None = None
     parts = []
     for e in err.errors(include_url=False):
         field = next((str(x) for x in reversed(e["loc"]) if isinstance(x, str)), "")
-        option = (options or {}).get(field) or "--" + field.replace("_", "-")
         message = str(e["msg"]).removeprefix("Value error, ")
+        if not field:  # a model-level check: its message may start with "field: …"
+            head, _, rest = message.partition(": ")
+            if rest and head.isidentifier():
+                field, message = head, rest
+        if not field:
+            parts.append(message)
+            continue
+        option = (options or {}).get(field) or "--" + field.replace("_", "-")
         value = e.get("input")
         shown = f" (got {value!r})" if isinstance(value, (int, float, str)) and not isinstance(value, bool) else ""
         parts.append(f"{option}: {message}{shown}")

@@ -33,12 +33,26 @@ def parse_grid(text: str, option: str) -> list[float]:
         raise ValueError(f"{option}: expected {expected}, got {text!r}") from None
 
 
+def parse_phi_mixed(text: str) -> tuple[float, tuple[float, float] | None]:
+    """``--phi-mixed``: one fraction ``"0.3"``, or ``"low:high"`` (one uniform draw per trajectory)."""
+    try:
+        if ":" in text:
+            low, high = (float(v) for v in text.split(":"))
+            return 0.3, (low, high)
+        return float(text), None
+    except ValueError:
+        raise ValueError(f"--phi-mixed: expected a fraction such as 0.3 or a range 'low:high', got {text!r}") from None
+
+
 def opv_dataset(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output NetCDF file (.nc).")],
     shape: Annotated[tuple[int, int, int], typer.Option(help="Box z y x (voxels); z: film normal.")] = (32, 32, 32),
     phis: Annotated[str, typer.Option(help="Donor fractions φ: 'start:stop:n' or 'a,b,c'.")] = "0.3:0.7:17",
     chis: Annotated[str, typer.Option(help="Flory–Huggins χ values (> 2): 'start:stop:n' or 'a,b,c'.")] = "2.6:4.2:9",
     phases: Annotated[int, typer.Option(help="2 (donor/acceptor) or 3 (with a mixed phase).")] = 2,
+    phi_mixed: Annotated[
+        str, typer.Option(help="3 phases: initial mixed fraction, or 'low:high' to draw one per trajectory.")
+    ] = "0.3",
     steps: Annotated[int, typer.Option(help="Time steps per trajectory.")] = 1000,
     snapshot_every: Annotated[int, typer.Option(help="Record the compositions every this many steps.")] = 10,
     snapshots: Annotated[int, typer.Option(help="Separated snapshots kept per trajectory, log-spaced in time.")] = 10,
@@ -57,12 +71,17 @@ def opv_dataset(
         raise ValueError(f"--phases: expected 2 or 3, got {phases}")
     check_shape(shape, "cahn-hilliard", low=4)
     check_device(device)
+    mixed, mixed_range = parse_phi_mixed(phi_mixed)
+    if phases == 2 and phi_mixed != "0.3":
+        raise ValueError(f"--phi-mixed: only for --phases 3 (two phases have no mixed component), got {phi_mixed!r}")
     try:
         config = OPVDatasetConfig(
             shape=shape,
             phis=parse_grid(phis, "--phis"),
             chis=parse_grid(chis, "--chis"),
             n_phases=phases,  # type: ignore[arg-type]  # checked above
+            phi_mixed=mixed,
+            phi_mixed_range=mixed_range,
             n_steps=steps,
             snapshot_every=snapshot_every,
             n_snapshots=snapshots,
@@ -71,7 +90,10 @@ def opv_dataset(
             device=device,
         )
     except ValidationError as err:
-        raise option_errors(err, {"n_phases": "--phases", "n_steps": "--steps", "n_snapshots": "--snapshots"}) from None
+        raise option_errors(err, {
+            "n_phases": "--phases", "n_steps": "--steps", "n_snapshots": "--snapshots", "phi_mixed": "--phi-mixed",
+            "phi_mixed_range": "--phi-mixed",
+        }) from None
     ds = make_opv_dataset(config, progress=True)
     write_opv_dataset(ds, out)
     n_train = int((ds["split"].values == "train").sum())

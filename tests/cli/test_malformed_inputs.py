@@ -123,6 +123,16 @@ CASES = [
     ("crops-of-a-volume", ["data", "make", "crops", "--image", "{spheres.nc}", "--out", "c.nc"], "--image"),
     ("cahn-hilliard-shape", ["data", "make", "cahn-hilliard", "--shape", "2", "2", "2", "--out", "o.nc"], "--shape"),
     ("cahn-hilliard-phases", ["data", "make", "cahn-hilliard", "--phases", "4", "--out", "o.nc"], "--phases"),
+    ("cahn-hilliard-phi-mixed-range", ["data", "make", "cahn-hilliard", "--phases", "3", "--phi-mixed", "0.5:0.2",
+                                       "--out", "o.nc"], "--phi-mixed: expected 0 < low < high < 1"),
+    ("cahn-hilliard-phi-mixed-two-phases", ["data", "make", "cahn-hilliard", "--phi-mixed", "0.2", "--out", "o.nc"],
+     "--phi-mixed: only for --phases 3"),
+    ("cahn-hilliard-phi-mixed-text", ["data", "make", "cahn-hilliard", "--phases", "3", "--phi-mixed", "a:b",
+                                      "--out", "o.nc"], "--phi-mixed: expected a fraction"),
+    ("cahn-hilliard-snapshot-every", ["data", "make", "cahn-hilliard", "--steps", "20", "--snapshot-every", "30",
+                                      "--out", "o.nc"], "--snapshot-every: must be <= n_steps = 20"),
+    ("train-ldm-fp-outputs", ["train", "ldm", "--data", "{spheres.nc}", "--out", "m", "--fp-outputs", "phi"],
+     "--fp-outputs: must include every conditioning label"),
 ]
 
 

@@ -51,6 +51,11 @@ defined value, :func:`~micro_doe.platform.descriptors.tortuosity`) and
 trajectories that gave samples puts ``round(val_fraction · n)`` of them (at least one when
 ``val_fraction > 0`` and n ≥ 2; never all) in ``"val"``.
 
+**Three phases.** The third (mixed) component starts at the fraction ``phi_mixed`` in every
+trajectory, or, with ``phi_mixed_range = (low, high)``, at a fraction drawn uniformly from
+[low, high) for each trajectory (seeded by ``SeedSequence([seed, 2, i])``), so that vf_mixed
+varies across the data set and can be a condition; the per-sample label ``phi_mixed`` holds it.
+
 **Seeds.** Trajectory ``i`` starts from noise seeded by
 ``SeedSequence([seed, 0, i])``; the split uses ``SeedSequence([seed, 1])``. The same config
 gives the identical data set (the solver runs in float32; on one device and one torch build
@@ -89,7 +94,8 @@ from micro_doe.platform.volumes import make_volume, write_netcdf
 
 SPLITS = ("train", "val")
 TRANSPORT_PHASES = ("donor", "acceptor")  # phases whose tortuosity is a label
-_SEED_TRAJECTORY, _SEED_SPLIT = 0, 1  # SeedSequence streams
+OPTIONAL_LABELS = ("phi_mixed",)  # data sets written before it was a label lack it (the config holds it)
+_SEED_TRAJECTORY, _SEED_SPLIT, _SEED_PHI_MIXED = 0, 1, 2  # SeedSequence streams
 
 
 class OPVDatasetError(ValueError):
@@ -111,6 +117,9 @@ class OPVDatasetConfig(BaseModel):
     )
     n_phases: Literal[2, 3] = Field(2, description="2: donor/acceptor; 3: with a mixed interphase")
     phi_mixed: float = Field(0.3, gt=0.0, lt=1.0, description="initial fraction of the third component (3 phases)")
+    phi_mixed_range: tuple[float, float] | None = Field(
+        None, description="3 phases: draw each trajectory's φ_mixed uniformly from [low, high) instead (module docstring)"
+    )
     n_steps: int = Field(1000, ge=1, description="time steps per trajectory (dt = 1)")
     snapshot_every: int = Field(10, ge=1, description="the solver records the compositions every this many steps")
     n_snapshots: int | None = Field(10, ge=1, description="snapshots kept per trajectory (log-spaced); None: all")
@@ -152,15 +161,20 @@ class OPVDatasetConfig(BaseModel):
     @model_validator(mode="after")
     def _grid_can_separate(self) -> OPVDatasetConfig:
         if self.snapshot_every > self.n_steps:
-            raise ValueError(f"snapshot_every must be <= n_steps={self.n_steps}, got {self.snapshot_every}")
+            raise ValueError(f"snapshot_every: must be <= n_steps = {self.n_steps}, got {self.snapshot_every}")
+        if self.phi_mixed_range is not None:
+            low, high = self.phi_mixed_range
+            if self.n_phases != 3:
+                raise ValueError("phi_mixed_range: only for n_phases=3 (two phases have no mixed component)")
+            if not 0.0 < low < high < 1.0:
+                raise ValueError(f"phi_mixed_range: expected 0 < low < high < 1, got ({low}, {high})")
         unstable = 0
-        for phi in self.phis:
-            for chi in self.chis:
-                try:
-                    params = trajectory_params(self, phi, chi)
-                except ValueError as err:
-                    raise ValueError(f"phis/chis: grid point φ={phi}, χ={chi} is not a valid blend ({err})") from None
-                unstable += homogeneous_curvature(params) < 0
+        for trajectory, (phi, chi) in enumerate((p, c) for p in self.phis for c in self.chis):
+            try:
+                params = trajectory_params(self, phi, chi, trajectory)
+            except ValueError as err:
+                raise ValueError(f"phis/chis: grid point φ={phi}, χ={chi} is not a valid blend ({err})") from None
+            unstable += homogeneous_curvature(params) < 0
         if not unstable:
             raise ValueError(
                 "phis/chis: no grid point lies inside the spinodal (every (φ, χ) blend is stable against "
@@ -176,11 +190,20 @@ def _check_grid(name: str, values: list[float]) -> None:
         raise ValueError(f"{name}: the grid has repeated values {sorted(values)}")
 
 
-def trajectory_params(config: OPVDatasetConfig, phi: float, chi: float) -> CahnHilliardParams:
-    """Solver parameters of one grid point (the solver's defaults otherwise)."""
+def trajectory_params(config: OPVDatasetConfig, phi: float, chi: float, trajectory: int) -> CahnHilliardParams:
+    """Solver parameters of trajectory ``trajectory`` at grid point (φ, χ) (the solver's defaults otherwise)."""
     if config.n_phases == 3:
-        return CahnHilliardParams.three_phase(phi=phi, chi=chi, phi_mixed=config.phi_mixed)
+        return CahnHilliardParams.three_phase(phi=phi, chi=chi, phi_mixed=trajectory_phi_mixed(config, trajectory))
     return CahnHilliardParams(phi=phi, chi=chi)
+
+
+def trajectory_phi_mixed(config: OPVDatasetConfig, trajectory: int) -> float:
+    """Initial mixed fraction of trajectory ``trajectory``: ``phi_mixed``, or its seeded draw from the range."""
+    if config.phi_mixed_range is None:
+        return config.phi_mixed
+    low, high = config.phi_mixed_range
+    u = np.random.default_rng(np.random.SeedSequence([config.seed, _SEED_PHI_MIXED, trajectory])).random()
+    return round(float(low + (high - low) * u), 6)
 
 
 def trajectory_seed(seed: int, trajectory: int) -> int:
@@ -226,6 +249,8 @@ def label_definitions(n_phases: int, axis: str = "z") -> dict[str, dict[str, str
         trajectory={"definition": "id of the (φ, χ) grid point: i_phi · len(chis) + i_chi", "units": "1"},
         split={"definition": "'train' or 'val', assigned by trajectory", "units": ""},
     )
+    if n_phases == 3:
+        defs["phi_mixed"] = {"definition": "initial fraction φ_mixed of the third (mixed) component", "units": "1"}
     return defs
 
 
@@ -288,7 +313,7 @@ def make_opv_dataset(config: OPVDatasetConfig, progress: bool = False) -> xr.Dat
     skipped: list[dict[str, Any]] = []
     runnable = []
     for trajectory, phi, chi in grid:
-        if homogeneous_curvature(trajectory_params(config, phi, chi)) >= 0:
+        if homogeneous_curvature(trajectory_params(config, phi, chi, trajectory)) >= 0:
             skipped.append({"trajectory": trajectory, "phi": phi, "chi": chi, "reason": "outside the spinodal"})
         else:
             runnable.append((trajectory, phi, chi))
@@ -297,7 +322,7 @@ def make_opv_dataset(config: OPVDatasetConfig, progress: bool = False) -> xr.Dat
     rows: list[dict[str, Any]] = []
     with _progress_bar(progress, len(runnable), "OPV data set: trajectories") as advance:
         for trajectory, phi, chi in runnable:
-            params = trajectory_params(config, phi, chi)
+            params = trajectory_params(config, phi, chi, trajectory)
             run = cahn_hilliard_fields(
                 config.shape,
                 params,
@@ -320,6 +345,8 @@ def make_opv_dataset(config: OPVDatasetConfig, progress: bool = False) -> xr.Dat
                     segregation=float(s[k]), phi=phi, chi=chi, step=int(run.steps[k]), time=time,
                     log_time=math.log10(time), trajectory=trajectory,
                 )  # fmt: skip
+                if config.n_phases == 3:
+                    row["phi_mixed"] = params.phi_mixed
                 volumes.append(labels[k])
                 rows.append(row)
             advance()
@@ -380,7 +407,7 @@ def _val_trajectories(ids: np.ndarray, seed: int, val_fraction: float) -> np.nda
 
 def required_variables(phase_names: list[str]) -> list[str]:
     """The variables an OPV data set must hold, given its phase names."""
-    labels = list(label_definitions(len(phase_names)))
+    labels = [n for n in label_definitions(len(phase_names)) if n not in OPTIONAL_LABELS]
     return ["phase", *(f"vf_{name}" for name in phase_names), *(v for v in labels if not v.startswith("vf_"))]
 
 

@@ -12,7 +12,8 @@ every ``snapshot_every`` steps of the data set (dt = 1), so t is rounded to the 
 snapshot time ``k · snapshot_every`` (k ≥ 1), capped at the data set's ``n_steps``.
 φ is clipped to [0.01, 0.99] (a valid blend); χ is used as predicted. Three-phase data use
 :meth:`~micro_doe.platform.synthetic.cahn_hilliard.CahnHilliardParams.three_phase` with the
-data set's ``phi_mixed``. ``repeats`` realisations run from seeds ``seed, seed + 1, …``.
+predicted ``phi_mixed`` (clipped to [0.01, 0.9]) when the model predicts it (data made with a
+``phi_mixed_range``), else the data set's fixed ``phi_mixed``. ``repeats`` realisations run from seeds ``seed, seed + 1, …``.
 
 **Compared descriptors** (dimensionless or per voxel): ``vf_<phase>`` for every phase,
 ``inv_tau_donor`` and ``inv_tau_acceptor`` (1/τ along the data set's tortuosity axis; 0 for a
@@ -49,6 +50,7 @@ from micro_doe.platform.ldm.generator import LDMSample
 from micro_doe.platform.synthetic.cahn_hilliard import CahnHilliardParams, cahn_hilliard
 
 PHI_CLIP = (0.01, 0.99)
+PHI_MIXED_CLIP = (0.01, 0.9)  # the study search space's domain of phi_mixed
 TRANSPORT = ("donor", "acceptor")
 
 
@@ -118,7 +120,11 @@ def recipe_params(sample: LDMSample) -> tuple[CahnHilliardParams, int, list[str]
         raise ValueError(f"sample.predicted: chi must be finite, got {chi}")
     n_phases = len(sample.volume.attrs["phase_names"])
     if n_phases == 3:
-        params = CahnHilliardParams.three_phase(phi=phi, chi=chi, phi_mixed=float(data.get("phi_mixed", 0.3)))
+        mixed = float(p.get("phi_mixed", data.get("phi_mixed", 0.3)))
+        clipped = min(max(mixed, PHI_MIXED_CLIP[0]), PHI_MIXED_CLIP[1])
+        if clipped != mixed:
+            notes.append(f"phi_mixed {mixed:.4g} clipped to {clipped}")
+        params = CahnHilliardParams.three_phase(phi=phi, chi=chi, phi_mixed=clipped)
     else:
         params = CahnHilliardParams(phi=phi, chi=chi)
     every = int(data.get("snapshot_every", 1))
@@ -166,6 +172,8 @@ def check_recipe(
     summary = float(np.mean([d.symmetric for d in differences.values()]))
     recipe = {"phi": params.phi, "chi": params.chi, "steps": steps, "time": steps * params.dt, "shape": list(shape),
               "seeds": list(range(seed, seed + repeats)), "n_phases": params.n_phases}
+    if params.n_phases == 3:
+        recipe["phi_mixed"] = params.phi_mixed
     assert volume is not None
     return RecipeCheck(
         predicted=dict(sample.predicted), simulated_recipe=recipe, differences=differences, summary_error=summary,

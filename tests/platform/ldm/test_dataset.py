@@ -70,7 +70,7 @@ def test_labels_equal_the_evaluators(ds: xr.Dataset) -> None:
 
 def test_manufacturing_labels_match_the_cahn_hilliard_run(ds: xr.Dataset, config: opv.OPVDatasetConfig) -> None:
     trajectory = 3  # φ = 0.5 (i_phi 1), χ = 4.0 (i_chi 1)
-    params = opv.trajectory_params(config, 0.5, 4.0)
+    params = opv.trajectory_params(config, 0.5, 4.0, trajectory)
     run = cahn_hilliard(
         config.shape, params, config.n_steps, config.snapshot_every, seed=opv.trajectory_seed(config.seed, trajectory)
     )
@@ -155,6 +155,28 @@ def test_three_phase_dataset_has_vf_mixed() -> None:
     np.testing.assert_allclose(ds["vf_acceptor"] + ds["vf_donor"] + ds["vf_mixed"], 1.0)
     assert float(ds["vf_mixed"][-1]) > 0.05 and set(np.unique(ds["phase"][-1])) == {0, 1, 2}
     assert "vf_mixed" in json.loads(ds.attrs["labels"]) and (ds["split"] == "train").all()  # one trajectory
+    assert np.all(ds["phi_mixed"].values == 0.3)  # the fixed fraction is a label too
+
+
+def test_a_phi_mixed_range_varies_the_mixed_phase_per_trajectory() -> None:
+    common = dict(shape=(12, 12, 12), phis=[0.45, 0.55], chis=[4.5, 5.0], n_phases=3, n_steps=60, snapshot_every=10)
+    config = opv.OPVDatasetConfig(**common, n_snapshots=1, phi_mixed_range=(0.1, 0.45))
+    drawn = [opv.trajectory_phi_mixed(config, t) for t in range(4)]
+    assert all(0.1 <= v < 0.45 for v in drawn) and len(set(drawn)) == 4  # one draw per trajectory
+    assert drawn == [opv.trajectory_phi_mixed(config.model_copy(update={"n_steps": 80}), t) for t in range(4)]
+    assert drawn != [opv.trajectory_phi_mixed(config.model_copy(update={"seed": 1}), t) for t in range(4)]
+    ds = opv.make_opv_dataset(config)
+    for t, one in ds.groupby("trajectory"):
+        assert np.all(one["phi_mixed"].values == drawn[int(t)])
+        params = opv.trajectory_params(config, float(one["phi"][0]), float(one["chi"][0]), int(t))
+        assert params.phi_mixed == drawn[int(t)]
+    # More of the third component at the start leaves more mixed voxels at the end.
+    order = np.argsort(ds["phi_mixed"].values)
+    assert ds["vf_mixed"].values[order[-1]] > ds["vf_mixed"].values[order[0]]
+    with pytest.raises(ValidationError, match="phi_mixed_range: expected 0 < low < high < 1"):
+        opv.OPVDatasetConfig(**common, phi_mixed_range=(0.4, 0.2))
+    with pytest.raises(ValidationError, match="phi_mixed_range: only for n_phases=3"):
+        opv.OPVDatasetConfig(**TINY, phi_mixed_range=(0.1, 0.2))
 
 
 def test_snapshots_are_log_spaced_from_the_first_separated_one() -> None:

@@ -25,9 +25,10 @@ from micro_doe.platform.descriptors import volume_fraction
 from micro_doe.platform.ldm.bundle import LDMConfig, load_ldm_bundle
 from micro_doe.platform.ldm.dataset import split, trajectory_seed
 from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample
-from micro_doe.platform.ldm.recipe import check_recipe
+from micro_doe.platform.ldm.recipe import check_recipe, recipe_params
 from micro_doe.platform.ldm.training import LDMTrainConfig, staging_dir, train_ldm
 from micro_doe.platform.ldm.verify import VerifySettings, candidate_seed
+from micro_doe.platform.volumes import make_volume
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -341,6 +342,18 @@ def test_check_recipe_of_a_generated_sample(generator):
     result = check_recipe(sample, shape=(16, 16, 16))
     assert result.simulated_recipe["steps"] % 20 == 0 and 20 <= result.simulated_recipe["steps"] <= 200
     assert math.isfinite(result.summary_error) and result.simulated_volume.shape == (16, 16, 16)
+
+
+def test_a_three_phase_recipe_uses_the_predicted_phi_mixed() -> None:
+    volume = make_volume(np.zeros((8, 8, 8), dtype=np.int8), phase_names=["acceptor", "donor", "mixed"])
+    data = {"phi_mixed": 0.3, "snapshot_every": 10, "n_steps": 100}
+    predicted = {"phi": 0.5, "chi": 4.5, "time": 50.0}
+    fixed = LDMSample(volume, predicted, 0.0, {}, 0, "x", data)
+    assert recipe_params(fixed)[0].phi_mixed == 0.3  # a model that does not predict it: the data set's
+    params, steps, notes = recipe_params(LDMSample(volume, predicted | {"phi_mixed": 0.2}, 0.0, {}, 0, "x", data))
+    assert params.phi_mixed == 0.2 and steps == 50 and notes == []
+    params, _, notes = recipe_params(LDMSample(volume, predicted | {"phi_mixed": 0.95}, 0.0, {}, 0, "x", data))
+    assert params.phi_mixed == 0.9 and notes == ["phi_mixed 0.95 clipped to 0.9"]
 
 
 # ---------------------------------------------------------------- command line
