@@ -6,10 +6,12 @@ Import order follows the architecture: actors import only :mod:`micro_doe.platfo
 from __future__ import annotations
 
 from micro_doe.actors.cluster import (
+    CapacityLostError,
     ClusterCapacityError,
     ClusterConnectionError,
     ClusterInfo,
     check_capacity,
+    check_workers,
     connect,
     evaluator_options,
     generator_options,
@@ -17,8 +19,10 @@ from micro_doe.actors.cluster import (
 )
 from micro_doe.actors.evaluator import EvaluatorActor, EvaluatorPool, EvaluatorWorker
 from micro_doe.actors.generator import GeneratorActor, GeneratorWorker
+from micro_doe.actors.health import ActorHealth, actor_state, is_actor_failure
 
 __all__ = [
+    "CapacityLostError",
     "ClusterCapacityError",
     "ClusterConnectionError",
     "ClusterInfo",
@@ -28,8 +32,12 @@ __all__ = [
     "GeneratorActor",
     "GeneratorWorker",
     "check_capacity",
+    "check_workers",
     "connect",
     "evaluator_options",
     "generator_options",
+    "ActorHealth",
+    "actor_state",
+    "is_actor_failure",
     "shutdown",
 ]

@@ -6,14 +6,19 @@ token authentication off: a local instance uses Ray's default (token auth on, th
 from ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``); a cluster uses
 whatever ``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN`` the environment has. An unreachable cluster
 raises :class:`ClusterConnectionError` at once instead of letting ``ray.init`` retry for
-minutes.
+minutes, and so does a missing or refused token (one GCS request, under a second).
+:func:`check_workers` checks that every node imports the driver's micro_doe version.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,6 +61,7 @@ def connect(num_cpus: int | None = None) -> ClusterInfo:
     address = os.environ.get("RAY_ADDRESS", "").strip()
     if address:
         _check_reachable(address)
+        _check_token(address)
         try:
             ray.init(address=address, log_to_driver=False)
         except (ConnectionError, RuntimeError, TimeoutError, ray.exceptions.AuthenticationError) as err:
@@ -83,6 +89,10 @@ def shutdown() -> None:
 
 class ClusterCapacityError(ValueError):
     """The study asks for more actors than the Ray instance can ever place."""
+
+
+class CapacityLostError(ClusterCapacityError):
+    """Every generator (or every evaluator) of a running study was lost with its node."""
 
 
 def check_capacity(info: ClusterInfo, generators: int, evaluators: int, gpus_per_generator: float) -> None:
@@ -178,6 +188,96 @@ def _check_reachable(address: str) -> None:
         except OSError as err:
             errors.append(f"{candidate}:{port}: {err}")
     raise ClusterConnectionError(_unreachable_message(address, "; ".join(errors)))
+
+
+def _check_token(address: str) -> None:
+    """Ask the GCS once with this process's token (under a second): ``ray.init`` itself
+    retries a refused token for about 20 s and prints a long traceback."""
+    if address.startswith("ray://") or _host_port(address) is None:
+        return  # Ray Client and "auto" authenticate their own way
+    from ray._raylet import GcsClient
+
+    try:
+        with _stderr_silenced():  # the C++ client logs each refusal to fd 2
+            GcsClient(address=address).internal_kv_get(b"session_name", namespace=None, timeout=PROBE_TIMEOUT_S)
+    except ray.exceptions.AuthenticationError:
+        has_token = any(os.environ.get(v) for v in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"))
+        has_token = has_token or (Path.home() / ".ray" / "auth_token").exists()
+        what = "refused this driver's token" if has_token else "needs a token and this driver has none"
+        raise ClusterConnectionError(
+            f"the Ray cluster at RAY_ADDRESS={address} {what}: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+            "RAY_AUTH_TOKEN_PATH) to the cluster's token (`ray get-auth-token` on the head prints it)"
+        ) from None
+    except Exception:  # noqa: BLE001 — anything else is ray.init's to report
+        return
+
+
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (native code writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def check_workers(info: ClusterInfo, timeout_s: float = 120.0) -> None:
+    """Every live node of a cluster imports micro_doe at the driver's version, or a one-line
+    :class:`ClusterConnectionError` names the nodes that do not (checked before a study creates
+    anything; actors would otherwise die on their first call). Local instances are skipped."""
+    if info.local:
+        return
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from micro_doe import __version__
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    probe = ray.remote(num_cpus=0, max_retries=0)(_package_version)
+    refs = {
+        n["NodeManagerAddress"]: probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote()
+        for n in nodes
+    }
+    reports: dict[str, str | BaseException] = {}
+    for host, ref in refs.items():
+        try:
+            reports[host] = ray.get(ref, timeout=timeout_s)
+        except Exception as err:  # noqa: BLE001 — reported below, node by node
+            reports[host] = err
+    problem = worker_package_problem(reports, __version__)
+    if problem:
+        raise ClusterConnectionError(problem)
+
+
+def worker_package_problem(reports: dict[str, str | BaseException], version: str) -> str | None:
+    """One line naming the nodes whose workers lack micro_doe ``version`` (None when all have it).
+
+    ``reports``: node address → the version its worker imported, or the error it raised."""
+    bad = []
+    for host, got in sorted(reports.items()):
+        if isinstance(got, BaseException):
+            text = str(got)
+            missing = "No module named 'micro_doe'" in text or "ModuleNotFoundError" in text
+            bad.append(f"{host}: " + ("micro_doe is not installed" if missing else
+                                      f"the check failed ({type(got).__name__}: {text.strip().splitlines()[-1][:120]})"))
+        elif got != version:
+            bad.append(f"{host}: micro_doe {got}")
+    if not bad:
+        return None
+    return (f"the Ray workers must run micro_doe {version} like this driver; " + "; ".join(bad)
+            + ". Install the same micro-doe on every node (or use the project's container image, deploy/README.md)")
+
+
+def _package_version() -> str:
+    import micro_doe
+
+    return str(micro_doe.__version__)
 
 
 def _unreachable_message(address: str, cause: object) -> str:

@@ -74,23 +74,62 @@ class EvaluatorPool:
             EvaluatorActor.options(**opts, **({"name": f"{name}-{i}"} if name else {})).remote() for i in range(n)
         ]
         self._next = 0
+        self._assigned: dict[ray.ObjectRef, Any] = {}  # call in flight → its actor
+        self._suspended: list[Any] = []  # out of the rotation until they answer again
 
     def __len__(self) -> int:
-        return len(self._actors)
+        """Actors in the pool, suspended ones included."""
+        return len(self._actors) + len(self._suspended)
 
     def submit(self, volume: xr.DataArray | ray.ObjectRef, **kwargs: Any) -> ray.ObjectRef:
-        """Describe ``volume`` (a DataArray, or an ObjectRef to one) on the next actor in turn."""
-        if not self._actors:
-            raise RuntimeError("evaluator pool: already killed")
-        actor = self._actors[self._next % len(self._actors)]
+        """Describe ``volume`` (a DataArray, or an ObjectRef to one) on the next actor in turn
+        (a suspended one only when every actor is suspended: the call waits for it)."""
+        rotation = self._actors or self._suspended
+        if not rotation:
+            raise RuntimeError("evaluator pool: no actor left (killed or removed)")
+        actor = rotation[self._next % len(rotation)]
         self._next += 1
-        return actor.describe.remote(volume, **kwargs)
+        ref = actor.describe.remote(volume, **kwargs)
+        self._assigned[ref] = actor
+        return ref
 
     def actors(self) -> list:
-        return list(self._actors)
+        """Every actor of the pool, suspended ones included."""
+        return self._actors + self._suspended
+
+    def actor_of(self, ref: ray.ObjectRef) -> Any | None:
+        """The actor a call in flight went to (None once forgotten)."""
+        return self._assigned.get(ref)
+
+    def forget(self, refs: list[ray.ObjectRef]) -> None:
+        """Drop the record of calls that are done (or given up)."""
+        for ref in refs:
+            self._assigned.pop(ref, None)
+
+    def suspend(self, actor: Any) -> None:
+        """Take ``actor`` out of the rotation (its process or node failed) until :meth:`restore`."""
+        if actor in self._actors:
+            self._actors.remove(actor)
+            self._suspended.append(actor)
+
+    def restore(self, actor: Any) -> None:
+        """Put a suspended ``actor`` back in the rotation."""
+        if actor in self._suspended:
+            self._suspended.remove(actor)
+            self._actors.append(actor)
+
+    def remove(self, actor: Any) -> list[ray.ObjectRef]:
+        """Take ``actor`` out of the pool and stop it for good; return its calls in flight."""
+        self._actors = [a for a in self._actors if a != actor]
+        self._suspended = [a for a in self._suspended if a != actor]
+        ray.kill(actor, no_restart=True)
+        orphans = [ref for ref, a in self._assigned.items() if a == actor]
+        self.forget(orphans)
+        return orphans
 
     def kill(self) -> None:
         """Stop every actor for good (no restart); calls in flight fail with ``RayActorError``."""
-        for actor in self._actors:
+        for actor in self._actors + self._suspended:
             ray.kill(actor, no_restart=True)
-        self._actors = []
+        self._actors, self._suspended = [], []
+        self._assigned.clear()

@@ -34,6 +34,14 @@ are failed and re-queued, so they run first next time. When no trial moves for 6
 node, a cluster without room for a restarting actor) the progress display and the log say
 so, with Ray's free resources.
 
+**Lost nodes.** A call that fails because its actor's process or node died (after Ray's own
+restart and retry) fails its trial with that reason and re-queues it, and the actor takes no
+work until it answers a probe again (:class:`~micro_doe.actors.ActorHealth`). An actor that
+stays unanswering, or waits for a node, for longer than ``resources.placement_timeout_s``,
+or that Ray gave up, is lost: its trials are re-queued and the study goes on with the actors
+left. When no generator or no evaluator is left, every trial in flight is re-queued and the
+run stops with :class:`~micro_doe.actors.CapacityLostError`.
+
 **Several drivers per study.** Each driver holds its own lease (a heartbeat in the storage,
 :func:`~micro_doe.studies.study_storage.acquire_lease`) taken before it touches any trial,
 renewed while it runs and released at the end; stale-trial detection fails only trials of
@@ -64,13 +72,17 @@ import ray
 from optuna.trial import TrialState
 
 from micro_doe.actors import (
+    ActorHealth,
+    CapacityLostError,
     ClusterInfo,
     EvaluatorPool,
     GeneratorActor,
     check_capacity,
+    check_workers,
     connect,
     evaluator_options,
     generator_options,
+    is_actor_failure,
 )
 from micro_doe.platform.bundles import load_reference
 from micro_doe.platform.descriptors import Descriptors
@@ -232,6 +244,7 @@ class Study:
         info = connect()
         r = spec.resources
         check_capacity(info, r.generators, r.evaluators, r.gpus_per_generator)
+        check_workers(info)  # a cluster's nodes run this micro_doe, or nothing is created
         with interrupts_raise():  # after ray.init, which sets its own SIGTERM handler (sys.exit)
             study = open_study(spec)
             acquire_lease(study, self.driver_id)  # before touching any trial
@@ -275,6 +288,8 @@ class Study:
         ]
         pool = EvaluatorPool(spec.resources.evaluators, evaluator_options(name=f"{prefix}:evaluator"))
         idle = list(range(len(generators)))
+        live = set(idle)  # generators not lost with their node
+        health = ActorHealth(spec.resources.placement_timeout_s)
         generating: dict[Any, _Trial] = {}
         evaluating: list[_Trial] = []
         continuing: list[_Trial] = []  # pruning: trials that passed a decision and wait for a generator
@@ -287,7 +302,7 @@ class Study:
 
         def backlog_ok(n_generating: int, n_evaluating: int) -> bool:
             if pipelining:  # one trial per generator may wait for evaluation while the next generates
-                return n_evaluating <= len(generators)
+                return n_evaluating <= len(live)
             return n_generating == 0 and n_evaluating == 0
 
         def report(note: str = "") -> None:
@@ -296,12 +311,62 @@ class Study:
                 progress.note = note
                 on_progress(progress)
 
+        def check_actors() -> None:
+            """Actors back from quarantine take work again; lost ones (no node, or dead, within
+            placement_timeout_s) take their trials with them (failed and re-queued); with no
+            generator or no evaluator left the run stops."""
+            actors = {("generator", i): generators[i] for i in live}
+            actors |= {("evaluator", a._actor_id.hex()): a for a in pool.actors()}
+            recovered, lost = health.poll(actors)
+            for key in recovered:
+                if key[0] == "generator":
+                    idle.append(key[1])
+                else:
+                    pool.restore(actors[key])
+                log.info("%s actor %s answers again", *key)
+            for key, why in lost:
+                kind = key[0]
+                reason = f"{kind} actor lost: {why}; re-queued"
+                if kind == "generator":
+                    live.discard(key[1])
+                    if key[1] in idle:
+                        idle.remove(key[1])
+                    ray.kill(generators[key[1]], no_restart=True)
+                    hit = [ref for ref, ctx in generating.items() if ctx.generator == key[1]]
+                    victims = [generating.pop(ref) for ref in hit]
+                else:
+                    orphans = set(pool.remove(actors[key]))
+                    victims = [ctx for ctx in evaluating if orphans & set(ctx.eval_refs)]
+                    for ctx in victims:
+                        evaluating.remove(ctx)
+                        pool.forget(ctx.eval_refs)
+                for ctx in victims:
+                    self._fail(study, tracker, ctx, reason, reference, requeue=True, pruning=pruning)
+                note = (f"{kind} actor lost ({why}); {len(victims)} trial(s) re-queued; "
+                        f"going on with {len(live)} generator(s) and {len(pool)} evaluator(s)")
+                log.warning(note)
+                report(note)
+            if live and len(pool):
+                return
+            gone = "generator" if not live else "evaluator"
+            for ctx in list(generating.values()) + evaluating + continuing:
+                self._fail(study, tracker, ctx, f"the study lost every {gone}; re-queued for the next run", reference,
+                           requeue=True, pruning=pruning)
+            for in_flight in (generating, evaluating, continuing):
+                in_flight.clear()
+            raise CapacityLostError(
+                f"resources: every {gone} actor was lost (its node died, and no node took it within "
+                f"resources.placement_timeout_s = {spec.resources.placement_timeout_s:g} s; {_free_resources()}); "
+                "the trials in flight were re-queued: run the study again once the cluster has room"
+            )
+
         try:
             report()
             renewed = time.time()
             last_event = time.perf_counter()
             while True:
                 renewed = renew_lease(study, self.driver_id, renewed)
+                check_actors()
                 timed_out = timeout is not None and time.perf_counter() - start > timeout
                 if timed_out and (generating or evaluating or continuing):
                     # timeout_s bounds the whole run: trials still in flight are failed and
@@ -332,9 +397,13 @@ class Study:
                     if first_submit is None:
                         first_submit = time.perf_counter()
                 if not generating and not evaluating and not continuing:
-                    break
+                    if not (health.quarantined and remaining() > 0):
+                        break
+                    # every free generator is in quarantine: wait for it to answer, or to be lost
                 pending = list(generating) + [r for ctx in evaluating for r in ctx.eval_refs]
-                ready, _ = ray.wait(pending, num_returns=1, timeout=5.0)
+                ready, _ = ray.wait(pending + health.probe_refs(), num_returns=1, timeout=5.0)
+                if ready and ready[0] not in generating and not any(ready[0] in c.eval_refs for c in evaluating):
+                    continue  # a probe: check_actors reads it
                 if not ready:
                     quiet = time.perf_counter() - last_event
                     if quiet > STALL_WARNING_S:  # say so instead of stalling silently (a lost node, a full cluster)
@@ -346,12 +415,23 @@ class Study:
                 last_event = time.perf_counter()
                 if ready[0] in generating:
                     ctx = generating.pop(ready[0])
-                    idle.append(ctx.generator)
                     try:
                         out = ray.get(ready[0])
+                    except Exception as err:  # noqa: BLE001 — any failure ends this trial, not the study
+                        if is_actor_failure(err):  # its process or node died: not the trial's fault
+                            health.fail(("generator", ctx.generator), err)
+                            self._fail(study, tracker, ctx, f"generator actor unavailable ({_reason(err)}); re-queued",
+                                       reference, requeue=True, pruning=pruning)
+                        else:
+                            idle.append(ctx.generator)
+                            self._fail(study, tracker, ctx, _reason(err), reference, pruning=pruning)
+                        report()
+                        continue
+                    idle.append(ctx.generator)
+                    try:
                         busy += float(out.get("busy_seconds", sum(out["seconds"])))
                         self._check_volumes(out["volumes"])
-                    except Exception as err:  # noqa: BLE001 — any failure ends this trial, not the study
+                    except Exception as err:  # noqa: BLE001
                         self._fail(study, tracker, ctx, _reason(err), reference, pruning=pruning)
                         report()
                         continue
@@ -371,11 +451,15 @@ class Study:
                         continue
                     evaluating.remove(ctx)
                     try:
-                        ctx.descriptors += ray.get(ctx.eval_refs)
+                        ctx.descriptors += self._described(ctx.eval_refs, pool, health)
                     except Exception as err:  # noqa: BLE001
-                        self._fail(study, tracker, ctx, _reason(err), reference, pruning=pruning)
+                        requeue = is_actor_failure(err)  # its process or node died: not the trial's fault
+                        reason = f"evaluator actor unavailable ({_reason(err)}); re-queued" if requeue else _reason(err)
+                        self._fail(study, tracker, ctx, reason, reference, requeue=requeue, pruning=pruning)
                         report()
                         continue
+                    finally:
+                        pool.forget(ctx.eval_refs)
                     if pruning is not None and len(ctx.volumes) < spec.samples_per_trial:
                         decision = self._decide(study, tracker, ctx, reference, pruning)
                         if decision == "continue":
@@ -444,6 +528,22 @@ class Study:
         if self.spec.pruner is not None:
             n = min(n, self.spec.pruner.every)
         return generator.sample.remote(ctx.params, n, ctx.seed + done)
+
+    @staticmethod
+    def _described(refs: list[Any], pool: EvaluatorPool, health: ActorHealth) -> list[dict[str, Any]]:
+        """The descriptors of finished evaluation calls; an actor failure suspends its actor
+        (quarantine, :class:`~micro_doe.actors.ActorHealth`) and is raised."""
+        out = []
+        for ref in refs:
+            try:
+                out.append(ray.get(ref))
+            except Exception as err:
+                actor = pool.actor_of(ref)
+                if is_actor_failure(err) and actor is not None:
+                    pool.suspend(actor)
+                    health.fail(("evaluator", actor._actor_id.hex()), err)
+                raise
+        return out
 
     def _samples(self, ctx: _Trial, reference: Any) -> list[Sample]:
         descriptors = [Descriptors.model_validate(d) for d in ctx.descriptors]
@@ -620,16 +720,22 @@ def _best(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def _stall_note(seconds: float) -> str:
-    """What to tell a user when no trial has moved for ``seconds``: Ray's free resources."""
+def _free_resources() -> str:
+    """Ray's free resources as ``free resources: CPU 0/2, GPU 0/1`` (never raises)."""
     try:
         free = ray.available_resources()
         total = ray.cluster_resources()
         shown = ", ".join(f"{k} {free.get(k, 0):g}/{total[k]:g}" for k in ("CPU", "GPU") if k in total)
     except Exception:  # noqa: BLE001 — the note must never fail the study
         shown = "unknown"
-    return (f"no trial has progressed for {seconds:.0f} s; Ray's free resources: {shown}. An actor may be "
-            "waiting for a node (a lost node restarts its actors elsewhere once there is room): see `ray status`")
+    return f"Ray's free resources: {shown}"
+
+
+def _stall_note(seconds: float) -> str:
+    """What to tell a user when no trial has moved for ``seconds``: Ray's free resources."""
+    return (f"no trial has progressed for {seconds:.0f} s; {_free_resources()}. An actor may be waiting for a "
+            "node (a lost node restarts its actors elsewhere once there is room, or after "
+            "resources.placement_timeout_s the study goes on without it): see `ray status`")
 
 
 def _outcome(study: optuna.Study) -> list[dict[str, Any]]:

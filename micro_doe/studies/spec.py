@@ -205,6 +205,11 @@ class ResourcesSpec(BaseModel):
     gpus_per_generator: float = Field(
         1.0, gt=0, le=64, allow_inf_nan=False, description="GPUs per generator actor, used only when the cluster has GPUs"
     )
+    placement_timeout_s: float = Field(
+        120.0, gt=0, allow_inf_nan=False,
+        description="seconds an actor may wait for a node after its process or node died; then its trial is "
+        "failed and re-queued and the study goes on without it (or stops when no generator or evaluator is left)",
+    )
 
 
 class EvaluationSpec(BaseModel):

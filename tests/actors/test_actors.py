@@ -26,6 +26,7 @@ from micro_doe.actors import (
     evaluator_options,
     generator_options,
 )
+from micro_doe.actors.cluster import worker_package_problem
 from micro_doe.platform.bundles import GenerationError
 from micro_doe.platform.descriptors.describe import describe
 from micro_doe.platform.synthetic import spherical_inclusions
@@ -105,6 +106,30 @@ def test_an_unreachable_ray_address_fails_fast_and_says_why():
     assert "ClusterConnectionError" in done.stderr
     assert "RAY_ADDRESS=127.0.0.1:1" in done.stderr
     assert "RAY_AUTH_MODE=token" in done.stderr and "RAY_AUTH_TOKEN" in done.stderr
+
+
+def test_a_refused_token_fails_in_one_line_before_anything_is_created(ray_info, actor_bundle, tmp_path):
+    from study_fixtures import write_study
+
+    study = write_study(tmp_path, actor_bundle)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    env = dict(os.environ, RAY_ADDRESS=ray_info.address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64,
+               OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true")  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "micro_doe.cli.app", "run", study], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert f"RAY_ADDRESS={ray_info.address} refused this driver's token" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no store, no folder
+
+
+def test_worker_package_problems_name_each_node():
+    assert worker_package_problem({"10.0.0.1": "0.1.0", "10.0.0.2": "0.1.0"}, "0.1.0") is None
+    missing = ModuleNotFoundError("No module named 'micro_doe'")
+    line = worker_package_problem({"10.0.0.1": "0.1.0", "10.0.0.2": missing, "10.0.0.3": "0.0.9"}, "0.1.0")
+    assert line is not None and "\n" not in line
+    assert "10.0.0.2: micro_doe is not installed" in line and "10.0.0.3: micro_doe 0.0.9" in line
+    assert "10.0.0.1" not in line
 
 
 # --- generator ----------------------------------------------------------------------------

@@ -20,31 +20,13 @@ import torch
 import yaml
 from live_processes import free_port, get_json, serving, start_driver, wait_for_trials
 from optuna.trial import TrialState
+from study_fixtures import write_study
 
 from micro_doe.platform.volumes import read_volume
 from micro_doe.studies.runner import Study
 from micro_doe.studies.study_yaml import load_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-def write_study(tmp_path, model, **overrides) -> str:  # type: ignore[no-untyped-def]
-    spec = {
-        "name": "e2e",
-        "generator": {"kind": "micro3diff", "model": str(model)},
-        "search": {"n_h": {"int": [0, 1]}, "steps": {"int": [2, 4]}},
-        "samples_per_trial": 2,
-        "objectives": [{"name": "s2_error"}, {"name": "seconds_per_volume"}],
-        "constraints": [{"metric": "vf_error", "max": 0.5}],
-        "sampler": {"kind": "tpe", "seed": 0, "initial_design": {"kind": "sobol", "n": 2}},
-        "budget": {"n_trials": 3},
-        "storage": f"sqlite:///{tmp_path}/optuna.db",
-        "tracking": f"sqlite:///{tmp_path}/mlflow.db",
-        "artifacts": f"{tmp_path}/artifacts",
-    } | overrides
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return str(path)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,145 @@
+"""A study on a real multi-node Ray cluster (``ray.cluster_utils.Cluster``: one raylet process
+per node on this machine) whose nodes die mid-study: trials are re-queued, never lost or
+counted twice, and the study goes on with what is left or stops with a clear message."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+
+import optuna
+import pytest
+import ray
+from optuna.trial import TrialState
+from ray.cluster_utils import Cluster
+from study_fixtures import write_study
+
+from micro_doe.actors import ActorHealth, CapacityLostError, actor_state, shutdown
+from micro_doe.studies.runner import Study
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def cluster():  # type: ignore[no-untyped-def]
+    """A head without CPUs and three 1-CPU workers: each actor gets a node of its own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # kept: Ray caches the token in-process
+        shutdown()  # a local instance another test module left behind
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+        for _ in range(3):
+            c.add_node(num_cpus=1)
+        c.wait_for_nodes()
+        ray.init(address=c.address, log_to_driver=False)
+        mp.setenv("RAY_ADDRESS", c.address)  # a cluster: the study checks every node's micro_doe first
+        try:
+            yield c
+        finally:
+            shutdown()
+            c.shutdown()
+
+
+def remove_node_of(cluster: Cluster, kind: str) -> str:
+    """Kill the worker node that runs the study's ``kind`` actor (the first one found)."""
+    from ray._private.state import state
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f":{kind}" in a["name"]]
+    table = state.actor_table(ray.get_actor(names[0])._actor_id.hex())
+    node_id = table["Address"]["NodeID"]
+    worker = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+    cluster.remove_node(worker, allow_graceful=False)
+    return names[0]
+
+
+def test_actor_health_quarantines_probes_and_gives_up(cluster):
+    @ray.remote(num_cpus=1)
+    class Sleeper:
+        def ping(self) -> int:
+            return 1
+
+    placed, healthy = Sleeper.remote(), Sleeper.remote()
+    ray.get([placed.ping.remote(), healthy.ping.remote()])
+    never = Sleeper.options(num_cpus=8).remote()  # no node has 8 CPUs: pending creation forever
+    health = ActorHealth(wait_s=5.0, probe_every_s=0.0, check_every_s=0.0)
+    actors = {"placed": placed, "healthy": healthy, "never": never}
+    assert health.poll(actors, now=0.0) == ([], [])
+    # A failed call quarantines an actor; its probe answers, so it is back.
+    health.fail("healthy", ray.exceptions.ActorUnavailableError("node gone", None), now=0.0)
+    assert health.quarantined == {"healthy": 0.0} and health.poll(actors, now=0.5) == ([], [])
+    ray.wait(health.probe_refs(), num_returns=1, timeout=30)
+    assert health.poll(actors, now=1.0) == (["healthy"], []) and not health.quarantined
+    # Ray gives an actor up: lost at once, and reported once; one never placed is not judged.
+    ray.kill(placed, no_restart=True)
+    deadline = time.monotonic() + 30
+    while actor_state(placed) != "DEAD" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    recovered, lost = health.poll(actors, now=2.0)
+    assert recovered == [] and [k for k, _ in lost] == ["placed"] and "Ray gave it up" in lost[0][1]
+    assert health.poll(actors, now=100.0) == ([], [])
+    # Quarantined without an answer for wait_s: lost.
+    health.fail("never", ray.exceptions.ActorUnavailableError("no node", None), now=100.0)
+    assert health.poll(actors, now=101.0)[1] == []
+    assert [k for k, _ in health.poll(actors, now=106.0)[1]] == ["never"]
+    ray.kill(never, no_restart=True)
+    ray.kill(healthy, no_restart=True)
+
+
+def test_lost_nodes_requeue_their_trials_and_the_budget_stays_exact(tmp_path, tiny_bundle, cluster):
+    path = write_study(
+        tmp_path, tiny_bundle, budget={"n_trials": 4}, constraints=[],
+        search={"n_h": {"int": [2, 3]}, "steps": {"int": [6, 8]}},
+        resources={"generators": 1, "evaluators": 2, "placement_timeout_s": 3},
+    )  # fmt: skip
+    killed: list[str] = []
+    notes: list[str] = []
+
+    def kill_after_first_trial(kind: str):  # type: ignore[no-untyped-def]
+        first: list[int] = []
+
+        def on_progress(progress) -> None:  # type: ignore[no-untyped-def]
+            first[:] = first or [progress.done]  # counted trials when this run started
+            if progress.note:
+                notes.append(progress.note)
+            if not killed and progress.done > first[0]:
+                killed.append(remove_node_of(cluster, kind))
+
+        return on_progress
+
+    # 1. The generator's node dies: no node is left for it, so the run stops with the trial in
+    #    flight re-queued.
+    with pytest.raises(CapacityLostError, match="every generator actor was lost"):
+        Study.from_yaml(path).run(on_progress=kill_after_first_trial("generator"))
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    trials = optuna.load_study(study_name="e2e", storage=storage).get_trials()
+    assert killed and not [t for t in trials if t.state == TrialState.RUNNING]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all(t.user_attrs.get("requeued") for t in failed)
+    assert all("generator actor" in t.user_attrs["fail_reason"] or "lost every generator" in t.user_attrs["fail_reason"]
+               for t in failed), [t.user_attrs["fail_reason"] for t in failed]  # fmt: skip
+
+    n_run1 = len(trials)
+
+    # 2. A node joins; the rerun starts with the re-queued trials, loses an evaluator's node
+    #    on the way and goes on with the other evaluator.
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    killed.clear()
+    result = Study.from_yaml(path).run(on_progress=kill_after_first_trial("evaluator"))
+    assert killed  # and the run finished on the evaluator left
+    trials = optuna.load_study(study_name="e2e", storage=storage).get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    counted_failures = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("requeued")]
+    assert len(complete) == 4 == len(result.completed) and not counted_failures
+    assert not counted_failures and not [t for t in trials if t.state == TrialState.RUNNING]
+    for t in trials[n_run1:]:  # run 2's failures: only trials whose evaluator's node died
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs.get("requeued") and "evaluator actor" in t.user_attrs["fail_reason"], t.user_attrs
+    seeds = [t.user_attrs["seed"] for t in complete]
+    assert len(set(seeds)) == len(seeds)  # nothing ran twice
+    for t in (t for t in trials if t.user_attrs.get("requeued")):  # every re-queued trial ran again
+        again = [c for c in complete if c.user_attrs.get("requeued_from") == t.number]
+        assert len(again) == 1 and again[0].params == t.params and again[0].user_attrs["seed"] == t.user_attrs["seed"]
