@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build; on a GPU machine install a CUDA torch into the venv first (see README).
 TORCH  ?= torch==2.13.0
 
-.PHONY: install quickstart test bench models clean
+.PHONY: install quickstart test bench models constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,12 @@ $(MODELS)/opv-ternary-32/model.pt: install
 		--conditioning vf_donor,vf_mixed,tau_donor,tau_acceptor \
 		--fp-outputs vf_donor,vf_mixed,tau_donor,tau_acceptor,interfacial_area,phi,chi,log_time,phi_mixed \
 		--seed 0 --overwrite $(if $(RESUME),--resume)
+
+# The container image's pins (deploy/constraints.txt): the environment the tests passed in.
+constraints: install
+	{ echo "# The environment the test suite passed in (pip freeze of the project's venv), minus torch:"; \
+	  echo "# each image target brings its own torch build. Regenerate: make constraints"; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v -iE "^(torch|micro-doe|micro_doe|-e )"; } > deploy/constraints.txt
 
 clean:
 	rm -rf $(VENV) micro-doe-runs .pytest_cache
