@@ -401,7 +401,11 @@ class Study:
                         break
                     # every free generator is in quarantine: wait for it to answer, or to be lost
                 pending = list(generating) + [r for ctx in evaluating for r in ctx.eval_refs]
-                ready, _ = ray.wait(pending + health.probe_refs(), num_returns=1, timeout=5.0)
+                waiting = pending + health.probe_refs()
+                if not waiting:  # only actors in quarantine whose next probe is not due yet
+                    time.sleep(0.5)
+                    continue
+                ready, _ = ray.wait(waiting, num_returns=1, timeout=5.0)
                 if ready and ready[0] not in generating and not any(ready[0] in c.eval_refs for c in evaluating):
                     continue  # a probe: check_actors reads it
                 if not ready:
