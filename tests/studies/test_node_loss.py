@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -27,8 +28,9 @@ def cluster():  # type: ignore[no-untyped-def]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
-            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # kept: Ray caches the token in-process
+        home_token = Path.home() / ".ray" / "auth_token"  # as tests/actors/conftest.py: Ray caches the token
+        if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or home_token.exists()):
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # kept for the process: Ray caches it
         shutdown()  # a local instance another test module left behind
         c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
         for _ in range(3):
