@@ -70,7 +70,7 @@ def write_ternary_config_bundle(path: Path, trained: Path) -> Path:
     config = json.loads((path / "config.json").read_text())
     config["phase_names"] = ["acceptor", "donor", "mixed"]
     config["conditioning"] = ["vf_donor", "vf_mixed", "tau_donor", "tau_acceptor"]
-    config["label_ranges"]["vf_mixed"] = (0.0, 0.6)  # the shipped data vary φ_mixed
+    config["label_ranges"]["vf_mixed"] = (0.08, 0.33)
     (path / "config.json").write_text(json.dumps(config))
     return path
 
