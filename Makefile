@@ -73,7 +73,7 @@ $(MODELS)/opv-ternary-32/model.pt: install
 # The container image's pins (deploy/constraints.txt): the environment the tests passed in.
 constraints: install
 	{ echo "# The environment the test suite passed in (pip freeze of the project's venv), minus torch:"; \
-	  echo "# each image target brings its own torch build. Regenerate: make constraints"; \
+	  echo "# each image flavour brings its own torch build. Regenerate: make constraints"; \
 	  $(BIN)/pip freeze --exclude-editable | grep -v -iE "^(torch|micro-doe|micro_doe|-e )"; } > deploy/constraints.txt
 
 clean:

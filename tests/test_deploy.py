@@ -53,6 +53,6 @@ def test_the_image_pins_the_tested_environment():
                 if "==" in line and not line.startswith("#"))  # fmt: skip
     for package in ("ray", "optuna", "mlflow", "numpy", "xarray"):
         assert pins[package] == version(package), package
-    assert "torch" not in pins  # each image target brings its own torch build
+    assert "torch" not in pins  # each image flavour brings its own torch build
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert f"torch=={version('torch').split('+')[0]}" in dockerfile and "--constraint constraints.txt" in dockerfile

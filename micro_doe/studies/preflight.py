@@ -34,11 +34,6 @@ def check_before_start(spec: StudySpec, file: str = "<study>") -> None:
         message = check(getattr(spec, field))
         if message:
             problems.append((field, message))
-    for field, path in _local_paths(spec):
-        if not any(f == field for f, _ in problems) and _in_job_working_dir(path):
-            problems.append((field, f"{path} lies in the copy Ray made of `ray job submit --working-dir` (deleted "
-                                    "with the job, so the study could not resume); give an absolute path outside "
-                                    "it, a database server or a tracking server"))
     if not problems and spec.generator.model.startswith("models:/"):
         message = _check_registered(spec.generator.model, spec.tracking)
         if message:
@@ -47,32 +42,15 @@ def check_before_start(spec: StudySpec, file: str = "<study>") -> None:
         raise SpecError(file, problems)
 
 
-def _local_paths(spec: StudySpec) -> list[tuple[str, Path]]:
-    """The files and folders of this machine a study writes: sqlite stores, file tracking, artifacts."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    paths = []
-    for field in ("storage", "tracking"):
-        url = getattr(spec, field)
-        if url.startswith("file:"):
-            paths.append((field, Path(url.removeprefix("file://"))))
-            continue
-        try:
-            parsed = make_url(url)
-        except ArgumentError:
-            continue
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            paths.append((field, Path(parsed.database)))
-    if not re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", spec.artifacts) or spec.artifacts.startswith("file://"):
-        paths.append(("artifacts", Path(spec.artifacts.removeprefix("file://"))))
-    return paths
-
-
 def _in_job_working_dir(path: Path) -> bool:
     """Whether ``path`` lies in Ray's per-job copy of a ``--working-dir`` (``…/runtime_resources/working_dir_files/…``)."""
     parts = path.resolve().parts
     return "runtime_resources" in parts and "working_dir_files" in parts
+
+
+def _job_copy_message(path: Path) -> str:
+    return (f"{path} lies in the copy Ray made of `ray job submit --working-dir` (deleted with the job, so the "
+            "study could not resume); give an absolute path outside it, a database server or a tracking server")
 
 
 def _check_database(url: str) -> str | None:
@@ -142,6 +120,8 @@ def _check_artifacts(location: str) -> str | None:
 
 def _check_file(path: Path) -> str | None:
     """An existing writable file, or a new one in a folder that exists writable or can be made."""
+    if _in_job_working_dir(path):
+        return _job_copy_message(path)
     if path.exists():
         if path.is_dir():
             return f"{path} is a folder; expected a database file"
@@ -152,6 +132,8 @@ def _check_file(path: Path) -> str | None:
 
 
 def _check_folder(folder: Path) -> str | None:
+    if _in_job_working_dir(folder):
+        return _job_copy_message(folder)
     try:
         check_writable_folder(folder)
     except (OutputExistsError, PermissionError) as err:

@@ -406,7 +406,7 @@ class Study:
                     time.sleep(0.5)
                     continue
                 ready, _ = ray.wait(waiting, num_returns=1, timeout=5.0)
-                if ready and ready[0] not in generating and not any(ready[0] in c.eval_refs for c in evaluating):
+                if ready and ready[0] not in pending:
                     continue  # a probe: check_actors reads it
                 if not ready:
                     quiet = time.perf_counter() - last_event
