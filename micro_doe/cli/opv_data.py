@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -33,13 +33,14 @@ def parse_grid(text: str, option: str) -> list[float]:
         raise ValueError(f"{option}: expected {expected}, got {text!r}") from None
 
 
-def parse_phi_mixed(text: str) -> tuple[float, tuple[float, float] | None]:
-    """``--phi-mixed``: one fraction ``"0.3"``, or ``"low:high"`` (one uniform draw per trajectory)."""
+def parse_phi_mixed(text: str) -> dict[str, Any]:
+    """``--phi-mixed`` as OPVDatasetConfig fields: one fraction ``"0.3"`` (``phi_mixed``), or
+    ``"low:high"`` (``phi_mixed_range``: one uniform draw per trajectory)."""
     try:
         if ":" in text:
             low, high = (float(v) for v in text.split(":"))
-            return 0.3, (low, high)
-        return float(text), None
+            return {"phi_mixed_range": (low, high)}
+        return {"phi_mixed": float(text)}
     except ValueError:
         raise ValueError(f"--phi-mixed: expected a fraction such as 0.3 or a range 'low:high', got {text!r}") from None
 
@@ -51,8 +52,9 @@ def opv_dataset(
     chis: Annotated[str, typer.Option(help="Flory–Huggins χ values (> 2): 'start:stop:n' or 'a,b,c'.")] = "2.6:4.2:9",
     phases: Annotated[int, typer.Option(help="2 (donor/acceptor) or 3 (with a mixed phase).")] = 2,
     phi_mixed: Annotated[
-        str, typer.Option(help="3 phases: initial mixed fraction, or 'low:high' to draw one per trajectory.")
-    ] = "0.3",
+        str | None,
+        typer.Option(help="3 phases: initial mixed fraction (default 0.3), or 'low:high' to draw one per trajectory."),
+    ] = None,
     steps: Annotated[int, typer.Option(help="Time steps per trajectory.")] = 1000,
     snapshot_every: Annotated[int, typer.Option(help="Record the compositions every this many steps.")] = 10,
     snapshots: Annotated[int, typer.Option(help="Separated snapshots kept per trajectory, log-spaced in time.")] = 10,
@@ -71,8 +73,8 @@ def opv_dataset(
         raise ValueError(f"--phases: expected 2 or 3, got {phases}")
     check_shape(shape, "cahn-hilliard", low=4)
     check_device(device)
-    mixed, mixed_range = parse_phi_mixed(phi_mixed)
-    if phases == 2 and phi_mixed != "0.3":
+    mixed = parse_phi_mixed(phi_mixed) if phi_mixed is not None else {}
+    if phases == 2 and mixed:
         raise ValueError(f"--phi-mixed: only for --phases 3 (two phases have no mixed component), got {phi_mixed!r}")
     try:
         config = OPVDatasetConfig(
@@ -80,8 +82,7 @@ def opv_dataset(
             phis=parse_grid(phis, "--phis"),
             chis=parse_grid(chis, "--chis"),
             n_phases=phases,  # type: ignore[arg-type]  # checked above
-            phi_mixed=mixed,
-            phi_mixed_range=mixed_range,
+            **mixed,
             n_steps=steps,
             snapshot_every=snapshot_every,
             n_snapshots=snapshots,
