@@ -70,6 +70,12 @@ def tune_anchor(model: str, trials: int, root: str) -> tuple[float, float, int]:
             self.config = new_config
             return True  # reuse the actor and its loaded model
 
+        def save_checkpoint(self, checkpoint_dir):  # type: ignore[no-untyped-def]
+            return {"seed": self.seed}  # all a trial carries between calls
+
+        def load_checkpoint(self, checkpoint):  # type: ignore[no-untyped-def]
+            self.seed = checkpoint["seed"]
+
         def step(self):  # type: ignore[no-untyped-def]
             params = dict(self.config) | study.fixed
             self.seed += 1000
@@ -92,12 +98,13 @@ def tune_anchor(model: str, trials: int, root: str) -> tuple[float, float, int]:
         param_space=space,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=1,
                                     reuse_actors=True),
-        run_config=tune.RunConfig(storage_path=root, name="tune-anchor", stop={"training_iteration": 1}, verbose=0),
+        run_config=tune.RunConfig(storage_path=root, name="tune-anchor", stop={"training_iteration": 1}, verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)),
     )  # fmt: skip
     start = time.perf_counter()
     results = tuner.fit()
     wall = time.perf_counter() - start
-    busy = float(sum(r.metrics.get("busy", 0.0) for r in results if r.metrics))
+    busy = float(sum(r.metrics.get("busy", 0.0) for r in results if r.metrics and r.error is None))
     return wall, busy, sum(1 for r in results if r.metrics and r.error is None)
 
 
