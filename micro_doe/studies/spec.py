@@ -123,6 +123,10 @@ class TPESamplerSpec(_SamplerBase):
     """Optuna's TPESampler (single- or multi-objective)."""
 
     kind: Literal["tpe"] = "tpe"
+    constant_liar: bool = Field(
+        True, description="treat trials in flight as bad results, so that several generators (or drivers) are not "
+        "handed near-duplicate points (benchmarks/parallel_proposals.py measures it)",
+    )
 
 
 class GPSamplerSpec(_SamplerBase):

@@ -136,7 +136,7 @@ def make_sampler(s: SamplerSpec) -> optuna.samplers.BaseSampler:
     (constrained domination). Random search ignores them.
     """
     if s.kind == "tpe":  # constant liar: trials in flight (several generators or drivers) repel new points
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True)
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=s.constant_liar)
     if s.kind == "gp":
         return optuna.samplers.GPSampler(seed=s.seed)
     if s.kind == "nsga2":

@@ -31,3 +31,32 @@ def test_constraints_steer_tpe_gp_and_nsga2_but_not_random_search():
     random = feasible_in_tail(RandomSamplerSpec(seed=0))
     for spec in (TPESamplerSpec(seed=0), GPSamplerSpec(seed=0), NSGA2SamplerSpec(seed=0, population_size=8)):
         assert feasible_in_tail(spec) >= random + 3, spec.kind
+
+
+def close_to_trials_in_flight(sampler_spec, in_flight: int = 4, trials: int = 40, close: float = 0.1) -> int:
+    """Pipelined as the runner with several generators: ``in_flight`` trials asked before the
+    oldest is told. How many proposals (after TPE's 10 random start-up trials) land within
+    ``close`` (unit square, /√2) of a trial still in flight."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(sampler_spec))
+    running, count = [], 0
+    for i in range(trials):
+        if len(running) == in_flight:
+            trial = running.pop(0)
+            x, y = trial.params["x"], trial.params["y"]
+            study.tell(trial, [x + (y - 0.5) ** 2, (1.0 - x) + (y - 0.5) ** 2])
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1),
+                           "y": optuna.distributions.FloatDistribution(0, 1)})  # fmt: skip
+        p = (trial.params["x"], trial.params["y"])
+        if i >= 10 and any(((p[0] - q.params["x"]) ** 2 + (p[1] - q.params["y"]) ** 2) ** 0.5 / 2**0.5 < close
+                           for q in running):  # fmt: skip
+            count += 1
+        running.append(trial)
+    return count
+
+
+def test_constant_liar_keeps_tpe_proposals_away_from_trials_in_flight():
+    with_liar = sum(close_to_trials_in_flight(TPESamplerSpec(seed=s)) for s in range(2))
+    without = sum(close_to_trials_in_flight(TPESamplerSpec(seed=s, constant_liar=False)) for s in range(2))
+    assert TPESamplerSpec().constant_liar  # the default
+    assert with_liar + 5 <= without, (with_liar, without)
