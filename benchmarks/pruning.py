@@ -1,0 +1,114 @@
+"""Does pruning save generator time without losing the Pareto front? micro3diff-tuning, CPU-sized.
+
+    python benchmarks/pruning.py [--trials 16] [--seeds 2] [--samples 4] [--pruners median successive_halving]
+
+``micro3diff-tuning`` is a 200-trial GPU study. Here it runs at a size 2 CPU cores finish:
+the same objectives, model (``pretrained:spheres-32``), variants and decode options, with
+``n_h`` in [0, 1], ``steps`` in [10, 30], ``samples_per_trial`` volumes a trial and the budget
+given, on one generator and one evaluator. Each pruner is run beside the reference without
+one, with the same sampler seeds, in this run. A pruned trial counts toward the budget.
+
+Pruning decides on the running mean of the first objective (lineal-path error) after every
+volume (``every: 1``), after 4 complete trials. **Judges:**
+- generator time: the generator actors' busy seconds, summed over the study;
+- the final front: the hypervolume of the complete trials' front in (lineal-path error,
+  size error), against a fixed reference point (100 %, 100 %). The front is what the study
+  optimises; ``seconds_per_volume``, its third objective, is left out of the judge because
+  it is wall time and moves with the machine's load;
+- size error alone (the best complete trial's), which the pruner never reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna._hypervolume import compute_hypervolume
+from rich.console import Console
+from rich.table import Table
+
+from micro_doe.studies.runner import Study
+from micro_doe.studies.study_yaml import load_spec
+
+REFERENCE = np.array([100.0, 100.0])  # lineal-path error %, size error %
+PRUNERS = {
+    "median": {"kind": "median", "n_startup_trials": 4, "n_warmup_steps": 0},
+    "successive_halving": {"kind": "successive_halving", "min_resource": 1, "reduction_factor": 2},
+    "hyperband": {"kind": "hyperband", "min_resource": 1, "reduction_factor": 2},
+}
+
+
+def run(pruner: str | None, seed: int, trials: int, samples: int, root: Path) -> dict:
+    name = f"prune-{pruner or 'none'}-{seed}"
+    overrides = {
+        "name": name,
+        "search": {
+            "n_h": {"int": [0, 1]},
+            "steps": {"int": [10, 30], "log": True},
+            "variant": {"categorical": ["paper", "moment", "anchored"]},
+            "anchor_strength": {"float": [0.25, 1.0]},
+            "anchor_until": {"float": [0.0, 0.3]},
+            "decode": {"categorical": ["sign", "fractions"]},
+            "vf_spread": {"categorical": [False, True]},
+        },
+        "generator": {"kind": "micro3diff", "model": "pretrained:spheres-32", "batch_size": samples},
+        "samples_per_trial": samples,
+        "sampler": {"kind": "tpe", "seed": seed, "initial_design": {"kind": "sobol", "n": 4}},
+        "budget": {"n_trials": trials, "timeout_s": None},
+        "resources": {"generators": 1, "evaluators": 1},
+        "pruner": None if pruner is None else PRUNERS[pruner] | {"every": 1},
+        "storage": f"sqlite:///{root}/optuna.db",
+        "tracking": f"sqlite:///{root}/mlflow.db",
+        "artifacts": str(root / "artifacts"),
+    }
+    spec = load_spec("micro3diff-tuning", overrides)
+    result = Study(spec).run()
+    study = optuna.load_study(study_name=name, storage=spec.storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    points = np.array([t.values[:2] for t in complete if np.all(np.array(t.values[:2]) <= REFERENCE)])
+    return {
+        "busy": result.generator_busy_seconds,
+        "hypervolume": float(compute_hypervolume(points, REFERENCE)) if len(points) else 0.0,
+        "best_size_error": min((t.values[1] for t in complete), default=float("nan")),
+        "complete": len(complete),
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--pruners", nargs="+", default=["median"], choices=list(PRUNERS))
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    console = Console(width=140)
+    rows: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="micro-doe-pruning-") as tmp:
+        for seed in range(args.seeds):
+            for pruner in [None, *args.pruners]:
+                r = run(pruner, seed, args.trials, args.samples, Path(tmp))
+                rows.setdefault(pruner or "none (reference)", []).append(r)
+                console.print(f"{pruner or 'none'} seed {seed}: {r}")
+    table = Table(title=f"micro3diff-tuning on CPU: {args.trials} trials × {args.samples} volumes, {args.seeds} seeds "
+                        f"(same seeds per row); front judged in (lineal-path %, size %) against {tuple(REFERENCE)}")  # fmt: skip
+    for column in ("pruner", "generator busy [s]", "saved vs none", "pruned trials", "front hypervolume",
+                   "best size error [%] (pruner-blind)"):  # fmt: skip
+        table.add_column(column, justify="right")
+    base = rows["none (reference)"]
+    for label, rs in rows.items():
+        busy = np.array([r["busy"] for r in rs])
+        saved = 1 - busy.sum() / sum(r["busy"] for r in base)
+        table.add_row(label, f"{busy.mean():.0f}", "—" if rs is base else f"{100 * saved:.0f} %",
+                      f"{np.mean([r['pruned'] for r in rs]):.1f}",
+                      " / ".join(f"{r['hypervolume']:.0f}" for r in rs),
+                      " / ".join(f"{r['best_size_error']:.1f}" for r in rs))  # fmt: skip
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
