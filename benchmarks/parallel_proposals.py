@@ -34,8 +34,8 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
-from micro_doe.studies.spec import GPSamplerSpec, NSGA2SamplerSpec, RandomSamplerSpec, TPESamplerSpec
-from micro_doe.studies.study_storage import make_sampler
+from micro_doe.studies.spec import StudySpec
+from micro_doe.studies.study_storage import enqueue_initial_design, make_sampler
 from micro_doe.studies.study_yaml import load_spec
 
 NEAR, CLOSE = 0.05, 0.10
@@ -64,12 +64,12 @@ def dtlz2(x: np.ndarray) -> list[float]:
     return [(1 + g) * np.cos(x[0] * np.pi / 2), (1 + g) * np.sin(x[0] * np.pi / 2)]
 
 
-def pipelined_distances(sampler_spec, space, k: int, trials: int, sobol: int) -> list[float]:
-    """Run a pipelined ask/tell study with k trials in flight; nearest-in-flight distance per proposal."""
-    study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(sampler_spec))
-    if sobol:
-        for row in _sobol(space, sobol, sampler_spec.seed):
-            study.enqueue_trial(row)
+def pipelined_distances(spec: StudySpec, k: int, trials: int) -> list[float]:
+    """Run the study's sampler and Sobol start pipelined, k trials in flight, on an in-memory
+    study; the nearest-in-flight distance of each sampler proposal."""
+    space = {name: p.distribution() for name, p in spec.search.items()}
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(spec.sampler))
+    sobol = enqueue_initial_design(study, spec)
     running: list[tuple[optuna.trial.Trial, np.ndarray]] = []
     distances = []
     for i in range(trials):
@@ -82,20 +82,6 @@ def pipelined_distances(sampler_spec, space, k: int, trials: int, sobol: int) ->
             distances.append(nearest_in_flight(x, [q for _, q in running]))
         running.append((trial, x))
     return distances
-
-
-def _sobol(space, n: int, seed: int | None) -> list[dict]:
-    from scipy.stats import qmc
-
-    rows = qmc.Sobol(d=len(space), scramble=True, seed=seed).random(n)
-    out = []
-    for u in rows:
-        row = {}
-        for (name, dist), ui in zip(space.items(), u):
-            lo, hi = float(dist.low), float(dist.high)
-            row[name] = float(np.exp(np.log(lo) + ui * np.log(hi / lo))) if dist.log else lo + ui * (hi - lo)
-        out.append(row)
-    return out
 
 
 def study_distances(trials: list[optuna.trial.FrozenTrial], space) -> list[float]:
@@ -132,14 +118,13 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     console = Console(width=140)
 
-    design = load_spec("opv-design")
-    space = {name: p.distribution() for name, p in design.search.items()}
+    sobol = {"initial_design": {"kind": "sobol", "n": 4}}
     samplers = {
-        "TPE, constant liar (default)": lambda s: TPESamplerSpec(seed=s),
-        "TPE, no constant liar": lambda s: TPESamplerSpec(seed=s, constant_liar=False),
-        "GP (conditions on running trials)": lambda s: GPSamplerSpec(seed=s),
-        "NSGA-II (population 8)": lambda s: NSGA2SamplerSpec(seed=s, population_size=8),
-        "random (reference)": lambda s: RandomSamplerSpec(seed=s),
+        "TPE, constant liar (default)": {"kind": "tpe"} | sobol,
+        "TPE, no constant liar": {"kind": "tpe", "constant_liar": False} | sobol,
+        "GP (conditions on running trials)": {"kind": "gp"} | sobol,
+        "NSGA-II (population 8)": {"kind": "nsga2", "population_size": 8} | sobol,
+        "random (reference)": {"kind": "random"} | sobol,
     }
     table = Table(title=f"Part 1, the sampler alone: opv-design's space, DTLZ2 landscape, {args.trials} trials "
                         f"(4 Sobol + {args.trials - 4} proposals) × {args.seeds} seeds. Each cell: near-duplicate "
@@ -148,10 +133,11 @@ def main() -> None:
     table.add_column("sampler")
     for k in args.in_flight:
         table.add_column(f"{k} in flight", justify="right")
-    for label, make in samplers.items():
+    for label, sampler in samplers.items():
         cells = []
         for k in args.in_flight:
-            d = [x for seed in range(args.seeds) for x in pipelined_distances(make(seed), space, k, args.trials, 4)]
+            specs = [load_spec("opv-design", {"sampler": sampler | {"seed": seed}}) for seed in range(args.seeds)]
+            d = [x for spec in specs for x in pipelined_distances(spec, k, args.trials)]
             cells.append(summarize(d))
         table.add_row(label, *cells)
         console.print(f"done: {label}")

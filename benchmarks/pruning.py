@@ -45,15 +45,7 @@ def run(pruner: str | None, seed: int, trials: int, samples: int, root: Path) ->
     name = f"prune-{pruner or 'none'}-{seed}"
     overrides = {
         "name": name,
-        "search": {
-            "n_h": {"int": [0, 1]},
-            "steps": {"int": [10, 30], "log": True},
-            "variant": {"categorical": ["paper", "moment", "anchored"]},
-            "anchor_strength": {"float": [0.25, 1.0]},
-            "anchor_until": {"float": [0.0, 0.3]},
-            "decode": {"categorical": ["sign", "fractions"]},
-            "vf_spread": {"categorical": [False, True]},
-        },
+        "search": {"n_h": {"int": [0, 1]}, "steps": {"int": [10, 30]}},  # deep-merged: the rest as bundled
         "generator": {"kind": "micro3diff", "model": "pretrained:spheres-32", "batch_size": samples},
         "samples_per_trial": samples,
         "sampler": {"kind": "tpe", "seed": seed, "initial_design": {"kind": "sobol", "n": 4}},
