@@ -2,7 +2,8 @@
 
     python benchmarks/ldm.py [--model pretrained:opv-32] [--conditions 50] [--per-condition 4]
                              [--steps 50] [--sampler ddim] [--variants w=1 w=4 w=4,rescale=0.7 w=2,fg=2]
-                             [--tolerance 0.03] [--max-candidates 8] [--recipe-checks 20]
+                             [--tolerance 0.03] [--max-candidates 8] [--correct [--round-size 4]]
+                             [--recipe-checks 20]
 
 **Targets.** ``--conditions`` label tuples of the model's conditioning (e.g. vf_donor,
 τ_donor, τ_acceptor) taken from *validation* snapshots of the training data (reference.nc):
@@ -28,6 +29,10 @@ target (normalised Euclidean distance) — what picking from the data set would 
 **Verified** (:mod:`micro_doe.platform.ldm.verify`): the best raw variant (highest mean
 steered R²) again with ``--tolerance`` and ``--max-candidates``: candidates per returned
 volume, share within tolerance, seconds per returned volume.
+
+``--correct`` adds the same verification with request correction (the ``correct`` variant of
+:mod:`~micro_doe.platform.ldm.verify`: later rounds conditioned on the request shifted by the
+measured miss), on the same budget of candidates.
 
 **Any subset.** For a model trained with label dropout: the first label alone as target
 (the others free), raw and verified, R² of that label.
@@ -287,6 +292,10 @@ def report_rows(report: dict, names: list[str]) -> list[tuple[str, list[str]]]:
     v = report["verified"]
     rows.append((f"verified ({report['best']}, tol {report['tolerance']}, ≤ {report['max_candidates']}): requested vs "
                  "measured", [f"{v['requested'][n]:.3f}" for n in names] + [f"{v['untouched']['interfacial_area']:.3f}"]))
+    if "verified_corrected" in report:
+        c = report["verified_corrected"]
+        rows.append((f"verified + request correction (round {report['round_size']}): requested vs measured",
+                     [f"{c['requested'][n]:.3f}" for n in names] + [f"{c['untouched']['interfacial_area']:.3f}"]))
     for key, sub in report.get("subset", {}).items():
         rows.append((f"{key}", [f"{sub['requested'][names[0]]:.3f}"] + [""] * len(names)))
     return rows
@@ -304,7 +313,12 @@ def markdown_report(report: dict, names: list[str], command: str) -> str:
     v, rc, speed_ = report["verified"]["cost"], report["recipe_check"], report["volumes_per_second"]
     lines += ["", f"- verified: {v['candidates_per_volume']:.2f} candidates per returned volume, "
               f"{100 * v['met']:.0f} % within tolerance, {v['seconds_per_volume']:.2f} s per returned volume; "
-              f"raw: {report['variants'][report['best']]['cost']['seconds_per_volume']:.2f} s",
+              f"raw: {report['variants'][report['best']]['cost']['seconds_per_volume']:.2f} s"]
+    if "verified_corrected" in report:
+        c = report["verified_corrected"]["cost"]
+        lines += [f"- verified + request correction: {c['candidates_per_volume']:.2f} candidates per returned volume, "
+                  f"{100 * c['met']:.0f} % within tolerance, {c['seconds_per_volume']:.2f} s per returned volume"]
+    lines += [
               "- voxel disagreement between volumes of one target: "
               + ", ".join(f"{k}: {a['diversity']['voxel_disagreement']:.3f}" for k, a in report["variants"].items()),
               f"- recipe check ({report['best']}), median summary error: generated {rc['generated']:.3f}, "
@@ -334,6 +348,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["w=1", "w=4", "w=4,rescale=0.7", "w=2,fg=2"])
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
     parser.add_argument("--max-candidates", type=int, default=DEFAULT_MAX_CANDIDATES)
+    parser.add_argument("--correct", action="store_true", help="also verify with request correction (same budget)")
+    parser.add_argument("--round-size", type=int, default=4, help="candidates per round of request correction")
     parser.add_argument("--recipe-checks", type=int, default=20)
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--no-images", action="store_true")
@@ -360,6 +376,11 @@ def main() -> None:
     verify = VerifySettings(tolerance=args.tolerance, max_candidates=args.max_candidates)
     verified_rows = run_grid(*grid, variants[best], f"verified {best}", console, verify=verify)
     report["verified"] = accuracy(verified_rows, names)
+    if args.correct:
+        corrected = verify.model_copy(update={"correct": True, "round_size": args.round_size})
+        report["round_size"] = args.round_size
+        rows = run_grid(*grid, variants[best], f"verified + correction {best}", console, verify=corrected)
+        report["verified_corrected"] = accuracy(rows, names)
     if generator.any_subset and len(names) > 1:
         first = [names[0]]
         for kind, v in (("raw", None), ("verified", verify)):

@@ -1,7 +1,11 @@
 """Does the search earn its keep? Hypervolume against trials for each sampler, against random search.
 
     python benchmarks/search.py [--studies opv-design opv-recipes] [--samplers tpe gp nsga2 random]
-                                [--seeds 5] [--trials 12] [--json FILE] [--plot docs/search-hypervolume.png]
+                                [--seeds 5] [--trials 12] [--samples-per-trial N] [--json FILE]
+                                [--plot docs/search-hypervolume.png]
+
+A sampler ``tpe:startup=10`` (or ``gp:…``) keeps Optuna's 10 random start-up trials instead
+of handing over to the model right after the 4-point Sobol start (the default).
 
 Each bundled fast study runs with every sampler and seed (``sampler.seed`` = seed, the same
 Sobol start of ``initial_design`` for all but random search, which takes none), on the same
@@ -62,18 +66,32 @@ def hypervolume_history(trials: list[optuna.trial.FrozenTrial], directions: list
     return out
 
 
-def run_one(study: str, sampler: str, seed: int, trials: int, root: Path) -> tuple[list[float], float]:
-    name = f"{study}-{sampler}-{seed}"
+def sampler_block(sampler: str, seed: int) -> dict:
+    """``kind`` or ``kind:startup=N`` (TPE/GP with ``n_startup_trials`` N instead of the
+    default, the Sobol start's 4) as a study's ``sampler:`` block."""
+    kind, _, option = sampler.partition(":")
+    block = {"kind": kind, "seed": seed, "initial_design": None if kind == "random" else {"kind": "sobol", "n": 4}}
+    if kind == "nsga2":
+        block["population_size"] = 6
+    if option:
+        key, _, value = option.partition("=")
+        if key != "startup" or kind not in ("tpe", "gp"):
+            raise SystemExit(f"--samplers: {sampler!r}: the only option is tpe:startup=N or gp:startup=N")
+        block["n_startup_trials"] = int(value)
+    return block
+
+
+def run_one(study: str, sampler: str, seed: int, trials: int, root: Path,
+            samples_per_trial: int | None = None) -> tuple[list[float], float]:  # fmt: skip
+    name = f"{study}-{sampler.replace(':', '-').replace('=', '')}-{seed}"
     overrides = {
         "name": name,
-        "sampler": {"kind": sampler, "seed": seed}
-        | {"initial_design": None if sampler == "random" else {"kind": "sobol", "n": 4}}
-        | ({"population_size": 6} if sampler == "nsga2" else {}),
+        "sampler": sampler_block(sampler, seed),
         "budget": {"n_trials": trials, "timeout_s": None},
         "storage": f"sqlite:///{root}/optuna.db",
         "tracking": f"sqlite:///{root}/mlflow.db",
         "artifacts": str(root / "artifacts"),
-    }
+    } | ({"samples_per_trial": samples_per_trial} if samples_per_trial else {})
     spec = load_spec(study, overrides)
     start = time.perf_counter()
     Study(spec).run()
@@ -93,18 +111,21 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", default=["tpe", "gp", "nsga2", "random"])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--samples-per-trial", type=int, help="override the studies' samples_per_trial")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "search-hypervolume.png")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     console = Console(width=140)
-    report: dict = {"trials": args.trials, "seeds": args.seeds, "studies": {}}
+    report: dict = {"trials": args.trials, "seeds": args.seeds, "samples_per_trial": args.samples_per_trial,
+                    "studies": {}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="micro-doe-search-") as tmp:
         for study in args.studies:
             runs: dict[str, list[list[float]]] = {}
             for sampler in args.samplers:
                 for seed in range(args.seeds):
-                    history, seconds = run_one(study, sampler, seed, args.trials, Path(tmp) / study)
+                    history, seconds = run_one(study, sampler, seed, args.trials, Path(tmp) / study,
+                                               args.samples_per_trial)  # fmt: skip
                     runs.setdefault(sampler, []).append(history)
                     console.print(f"{study} {sampler} seed {seed}: final hypervolume {history[-1]:.4g} ({seconds:.0f} s)")
             best = max(h[-1] for hs in runs.values() for h in hs)

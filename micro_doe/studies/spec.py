@@ -119,7 +119,20 @@ class _SamplerBase(BaseModel):
     initial_design: InitialDesign | None = None
 
 
-class TPESamplerSpec(_SamplerBase):
+class _ModelSamplerBase(_SamplerBase):
+    n_startup_trials: int | None = Field(
+        None, ge=0, description="trials sampled at random before the model takes over; default: the initial "
+        "design's n when there is one (the Sobol points are the start), else Optuna's 10",
+    )
+
+    def startup_trials(self) -> int:
+        """``n_startup_trials``, or its default (above)."""
+        if self.n_startup_trials is not None:
+            return self.n_startup_trials
+        return self.initial_design.n if self.initial_design is not None else 10
+
+
+class TPESamplerSpec(_ModelSamplerBase):
     """Optuna's TPESampler (single- or multi-objective)."""
 
     kind: Literal["tpe"] = "tpe"
@@ -129,7 +142,7 @@ class TPESamplerSpec(_SamplerBase):
     )
 
 
-class GPSamplerSpec(_SamplerBase):
+class GPSamplerSpec(_ModelSamplerBase):
     """Optuna's GPSampler (Gaussian-process Bayesian optimisation)."""
 
     kind: Literal["gp"] = "gp"

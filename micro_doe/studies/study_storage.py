@@ -134,11 +134,16 @@ def make_sampler(s: SamplerSpec) -> optuna.samplers.BaseSampler:
     reads them from every trial, no ``constraints_func`` needed): TPE (infeasible trials
     ranked by total violation), GP (constrained expected improvement) and NSGA-II
     (constrained domination). Random search ignores them.
+
+    TPE and GP sample at random for their first ``n_startup_trials`` trials; by default that is
+    the Sobol initial design itself, so the model takes over right after it
+    (``benchmarks/search.py`` measures the choice).
     """
     if s.kind == "tpe":  # constant liar: trials in flight (several generators or drivers) repel new points
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=s.constant_liar)
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=s.constant_liar,
+                                          n_startup_trials=s.startup_trials())  # fmt: skip
     if s.kind == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed)
+        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup_trials())
     if s.kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=getattr(s, "population_size", 50))
     return optuna.samplers.RandomSampler(seed=s.seed)

@@ -60,3 +60,24 @@ def test_constant_liar_keeps_tpe_proposals_away_from_trials_in_flight():
     without = sum(close_to_trials_in_flight(TPESamplerSpec(seed=s, constant_liar=False)) for s in range(2))
     assert TPESamplerSpec().constant_liar  # the default
     assert with_liar + 5 <= without, (with_liar, without)
+
+
+def distance_after_start(sampler_spec, seeds: range = range(3)) -> float:
+    """Minimise (x − 0.8)² on [0, 1]: the mean |x − 0.8| of trials 5–10, just after a 4-trial start."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    gaps = []
+    for seed in seeds:
+        study = optuna.create_study(sampler=make_sampler(sampler_spec.model_copy(update={"seed": seed})))
+        study.optimize(lambda t: (t.suggest_float("x", 0.0, 1.0) - 0.8) ** 2, n_trials=10)
+        gaps += [abs(t.params["x"] - 0.8) for t in study.trials[4:]]
+    return sum(gaps) / len(gaps)
+
+
+# TPE models four trials weakly (one "good", three "bad"), a GP strongly.
+@pytest.mark.parametrize(("kind", "factor"), [(TPESamplerSpec, 0.85), (GPSamplerSpec, 0.5)])
+def test_model_samplers_take_over_right_after_the_initial_design(kind, factor):  # type: ignore[no-untyped-def]
+    start = {"initial_design": {"kind": "sobol", "n": 4}}
+    default = kind.model_validate(start)
+    assert default.startup_trials() == 4 and kind().startup_trials() == 10  # Optuna's default without a design
+    optuna_default = kind.model_validate(start | {"n_startup_trials": 10})
+    assert distance_after_start(default) < factor * distance_after_start(optuna_default)

@@ -20,7 +20,8 @@ in-range values can still be one the training data never held.
 **Verified generation** (``verify``, :mod:`~micro_doe.platform.ldm.verify`): candidates are
 measured by the evaluators that labelled the training data, and a sample is the first
 candidate whose requested labels are all within tolerance, or the closest one, marked as
-not meeting it. Without ``verify`` every sample is candidate 0.
+not meeting it. Without ``verify`` every sample is candidate 0. With ``verify.correct`` later
+rounds of candidates are conditioned on a request corrected by the measured miss.
 
 **Predictions.** The feature predictor's de-normalised outputs on the sample's own latent
 (z0 / latent_scale, the μ it was trained on): descriptors (vf, τ, interfacial area) and the
@@ -59,6 +60,7 @@ from micro_doe.platform.ldm.verify import (
     Verification,
     VerifySettings,
     candidate_seed,
+    corrected_request,
     distance,
     measurable,
     measure,
@@ -196,16 +198,16 @@ class LDMGenerator:
             raise ValueError(f"verify: labels {unmeasurable} cannot be measured on volumes with phases {phases}")
         return verify.tolerances(list(targets))
 
-    def _feature_guide(self, targets: Mapping[str, float], rows: int, scale: float):  # type: ignore[no-untyped-def]
-        """:func:`~micro_doe.platform.ldm.sampling.feature_guide` towards the given targets."""
+    def _feature_guide(self, requests: list[Mapping[str, float]], scale: float):  # type: ignore[no-untyped-def]
+        """:func:`~micro_doe.platform.ldm.sampling.feature_guide` towards one request per latent."""
         b = self.bundle
         names = list(b.feature_normaliser.names)
-        row = torch.tensor([[targets.get(n, math.nan) for n in names]], dtype=torch.float64)
-        wanted = b.feature_normaliser.transform(row).float()
+        rows = torch.tensor([[r.get(n, math.nan) for n in names] for r in requests], dtype=torch.float64)
+        wanted = b.feature_normaliser.transform(rows).float()
         given = torch.isfinite(wanted)
         schedule = b.config.noise_schedule()
-        return feature_guide(b.fp, wanted.nan_to_num(0.0).repeat(rows, 1).to(self.device),
-                             given.repeat(rows, 1).to(self.device), schedule.alpha_bar, b.config.latent_scale, scale)
+        return feature_guide(b.fp, wanted.nan_to_num(0.0).to(self.device), given.to(self.device),
+                             schedule.alpha_bar, b.config.latent_scale, scale)  # fmt: skip
 
     def sampler(self, settings: LDMSamplingDefaults) -> Sampler:
         schedule = self.bundle.config.noise_schedule()
@@ -266,10 +268,16 @@ class LDMGenerator:
         ).resolved(self.bundle.config.sampling)  # fmt: skip
         tolerances = self.check_verify(verify, checked) if verify is not None else {}
         max_candidates = verify.max_candidates if verify is not None else 1
+        correct = verify is not None and verify.correct
         diffusion = self.sampler(settings)
-        context = self.context(checked)
         config = self.bundle.config
         axis = config.tortuosity_axis
+        ranges = None if allow_extrapolation else {k: tuple(v) for k, v in config.label_ranges.items()}
+        # requests[i][r]: what round r of sample i is conditioned on (one round without correction)
+        requests: list[list[dict[str, float]]] = [[dict(checked)] for _ in range(n)]
+
+        def request(i: int, j: int) -> dict[str, float]:
+            return requests[i][j // verify.round_size] if correct else checked  # type: ignore[union-attr]
 
         # candidates[i]: (j, labels, predicted, measured, distance) in j order; seconds[i]: its share of batches
         candidates: list[list[tuple[int, np.ndarray, dict[str, float], dict[str, float], float]]] = [[] for _ in range(n)]
@@ -278,16 +286,17 @@ class LDMGenerator:
         drawn = [0] * n
         while len(chosen) < n:
             pending = [i for i in range(n) if i not in chosen]
-            per = max(1, batch_size // len(pending)) if verify is not None else 1
+            per = (verify.round_size if correct else max(1, batch_size // len(pending))) if verify is not None else 1
             jobs = [(i, j) for i in pending for j in range(drawn[i], min(drawn[i] + per, max_candidates))]
             for lo in range(0, len(jobs), batch_size):
                 batch = jobs[lo : lo + batch_size]
                 start = time.perf_counter()
                 generators = [torch.Generator().manual_seed(candidate_seed(seed + i, j)) for i, j in batch]
-                guide = (self._feature_guide(checked, len(batch), settings.feature_guidance)
-                         if settings.feature_guidance > 0 else None)  # fmt: skip
+                wanted = [request(i, j) for i, j in batch]
+                guide = self._feature_guide(wanted, settings.feature_guidance) if settings.feature_guidance > 0 else None
+                context = torch.cat([self.context(r) for r in wanted])
                 z0 = sample_latents(
-                    self.bundle.unet, diffusion, context.repeat(len(batch), 1), config.latent_shape(),
+                    self.bundle.unet, diffusion, context, config.latent_shape(),
                     guidance=settings.guidance, rescale=settings.guidance_rescale, guide=guide,
                     generators=generators, device=self.device,
                 )  # fmt: skip
@@ -308,12 +317,16 @@ class LDMGenerator:
                 if on_candidates is not None:
                     on_candidates(len(batch))
             for i in pending:
-                drawn[i] = min(drawn[i] + per, max_candidates)
+                before, drawn[i] = drawn[i], min(drawn[i] + per, max_candidates)
                 met = [k for k, c in enumerate(candidates[i]) if c[4] <= 1.0]
                 if met:
                     chosen[i] = min(met, key=lambda k: candidates[i][k][0])
                 elif drawn[i] >= max_candidates:
                     chosen[i] = min(range(len(candidates[i])), key=lambda k: (candidates[i][k][4], candidates[i][k][0]))
+                elif correct:
+                    round_measured = [c[3] for c in candidates[i] if before <= c[0] < drawn[i]]
+                    requests[i].append(corrected_request(requests[i][-1], checked, round_measured, ranges,
+                                                         frozenset(config.infinite_labels)))  # fmt: skip
         samples = []
         for i in range(n):
             j, labels_i, predicted_i, measured, dist = candidates[i][chosen[i]]
@@ -321,6 +334,8 @@ class LDMGenerator:
             if verify is not None:
                 verification = Verification(met=dist <= 1.0, candidates=j + 1 if dist <= 1.0 else drawn[i],
                                             measured=measured, distance=dist, tolerance=tolerances)  # fmt: skip
+                if correct:
+                    verification.request, verification.rounds = request(i, j), len(requests[i])
             samples.append(self._sample(labels_i, predicted_i, seconds[i], checked, settings,
                                         candidate_seed(seed + i, j), verification))  # fmt: skip
         return samples

@@ -16,6 +16,18 @@ candidate j = 0, 1, … of sample i is drawn from seed :func:`candidate_seed` ``
 and sample i returns its lowest-j candidate within tolerance; if none of ``max_candidates``
 is, the candidate of least distance (lowest j on ties), marked as not meeting the tolerance.
 The result does not depend on the batch size.
+
+**Request correction** (``correct: true``, a named variant; off by default): the model's
+response to a label is biased and compressed (e.g. a requested vf_mixed of 0.35 comes out
+near 0.30), so drawing more candidates at the same request rarely gets within tolerance.
+With correction, candidates come in rounds of ``round_size``; after a round in which none met
+the tolerance, the request of that sample moves by the round's mean miss,
+
+    request_{r+1} = clip(request_r + mean_j (target − measured_j))   (model scale, per label)
+
+clipped to the training range, and the next round is conditioned on it. The *target* is
+unchanged: candidates are still judged against it. Each sample corrects on its own
+candidates only, so it stays reproducible alone and independent of the batch size.
 """
 
 from __future__ import annotations
@@ -44,6 +56,9 @@ class VerifySettings(BaseModel):
         DEFAULT_TOLERANCE, description="max |measured − target| per label (vf, 1/τ scale); a number or {label: number}"
     )
     max_candidates: int = Field(DEFAULT_MAX_CANDIDATES, ge=1, le=1024, description="candidates per returned volume")
+    correct: bool = Field(False, description="request correction: after each round without a match, shift the "
+                          "request by the round's mean miss (module docstring)")
+    round_size: int = Field(4, ge=1, le=1024, description="candidates per round of request correction")
 
     def tolerances(self, names: list[str]) -> dict[str, float]:
         """The tolerance of each requested label; unknown names or non-positive values → ValueError."""
@@ -97,6 +112,34 @@ def distance(measured: Mapping[str, float], targets: Mapping[str, float], tolera
     return max(abs(model_scale(n, measured[n]) - model_scale(n, targets[n])) / tolerances[n] for n in targets)
 
 
+def from_model_scale(name: str, value: float) -> float:
+    """The inverse of :func:`model_scale`: τ = 1/value (value ≤ 0 → inf) for ``tau_*``."""
+    return (math.inf if value <= 0 else 1.0 / value) if name.startswith("tau_") else float(value)
+
+
+def corrected_request(
+    request: Mapping[str, float],
+    targets: Mapping[str, float],
+    measured: list[Mapping[str, float]],
+    ranges: Mapping[str, tuple[float, float]] | None = None,
+    infinite_ok: frozenset[str] = frozenset(),
+) -> dict[str, float]:
+    """The next round's request: ``request`` + mean over ``measured`` of (target − measured) on
+    the model scale, per label, clipped to ``ranges`` (physical (min, max); a τ label in
+    ``infinite_ok`` may reach 1/τ = 0, i.e. inf). ``ranges=None``: no clipping."""
+    out: dict[str, float] = {}
+    for name, target in targets.items():
+        miss = float(np.mean([model_scale(name, target) - model_scale(name, m[name]) for m in measured]))
+        value = model_scale(name, request[name]) + miss
+        if ranges is not None and name in ranges:
+            lo, hi = ranges[name]
+            if name.startswith("tau_"):  # τ in [lo, hi] ↔ 1/τ in [1/hi, 1/lo]
+                lo, hi = (0.0 if name in infinite_ok else 1.0 / hi), 1.0 / lo
+            value = min(max(value, lo), hi)
+        out[name] = from_model_scale(name, value)
+    return out
+
+
 def candidate_seed(sample_seed: int, j: int) -> int:
     """Seed of candidate j of the sample with seed ``sample_seed``: the sample seed itself for
     j = 0, else a 63-bit seed from ``SeedSequence([sample_seed, j])`` (independent streams)."""
@@ -114,6 +157,8 @@ class Verification:
     measured: dict[str, float]
     distance: float
     tolerance: dict[str, float]
+    request: dict[str, float] | None = None  # with correction: what the returned candidate was conditioned on
+    rounds: int | None = None  # with correction: rounds of candidates drawn
 
     def as_attrs(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,7 +27,7 @@ from micro_doe.platform.ldm.dataset import split, trajectory_seed
 from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample
 from micro_doe.platform.ldm.recipe import check_recipe, recipe_params
 from micro_doe.platform.ldm.training import LDMTrainConfig, staging_dir, train_ldm
-from micro_doe.platform.ldm.verify import VerifySettings, candidate_seed
+from micro_doe.platform.ldm.verify import VerifySettings, candidate_seed, corrected_request
 from micro_doe.platform.volumes import make_volume
 
 
@@ -266,6 +266,40 @@ def test_verified_generation(generator):
         generator.generate(targets, steps=2, verify=VerifySettings(tolerance={"tau_donor": 0.1}))
     with pytest.raises(ValueError, match="max_candidates"):
         VerifySettings(max_candidates=0)
+
+
+def test_corrected_request_moves_by_the_mean_miss_on_the_model_scale():
+    targets = {"vf_donor": 0.3, "tau_donor": 2.0}
+    measured = [{"vf_donor": 0.25, "tau_donor": 4.0}, {"vf_donor": 0.27, "tau_donor": math.inf}]
+    # vf: 0.3 + mean(0.05, 0.03); 1/τ: 0.5 + mean(0.5 − 0.25, 0.5 − 0) = 0.875
+    out = corrected_request(targets, targets, measured)
+    assert out == pytest.approx({"vf_donor": 0.34, "tau_donor": 1 / 0.875})
+    clipped = corrected_request(targets, targets, measured, ranges={"vf_donor": (0.1, 0.32), "tau_donor": (1.5, 3.0)})
+    assert clipped == pytest.approx({"vf_donor": 0.32, "tau_donor": 1.5})  # 1/τ ≤ 1/1.5
+    lower = corrected_request({"tau_donor": 3.0}, {"tau_donor": 3.0}, [{"tau_donor": 1.1}], ranges={"tau_donor": (1.5, 3.0)},
+                              infinite_ok=frozenset({"tau_donor"}))  # fmt: skip
+    assert lower["tau_donor"] == math.inf  # 1/3 − (1/1.1 − 1/3) < 0: clipped to 1/τ = 0, not percolating
+
+
+def test_request_correction_conditions_later_rounds_on_the_corrected_request(generator):
+    targets = {"vf_donor": medians(generator)["vf_donor"]}
+    strict = VerifySettings(tolerance=1e-9, max_candidates=6, correct=True, round_size=2)
+    samples = generator.generate(targets, n=2, steps=3, seed=8, verify=strict, batch_size=16)
+    for i, sample in enumerate(samples):
+        v = sample.verification
+        assert not v.met and v.candidates == 6 and v.rounds == 3
+        # the returned candidate is a plain sample at the request its round was conditioned on
+        j = next(j for j in range(6) if candidate_seed(8 + i, j) == sample.seed)
+        if j < 2:
+            assert v.request == targets
+        alone = generator.generate(v.request, n=1, steps=3, seed=sample.seed)[0]
+        np.testing.assert_array_equal(alone.volume.values, sample.volume.values)
+        assert json.loads(sample.volume.attrs["verification"])["request"] == v.request
+    later = [s.verification.request for s in samples if s.verification.request != targets]
+    assert later, "no sample returned a candidate of a corrected round"  # (or the test seed needs changing)
+    one_by_one = generator.generate(targets, n=2, steps=3, seed=8, verify=strict, batch_size=1)
+    assert [s.seed for s in one_by_one] == [s.seed for s in samples]  # rounds do not depend on the batch size
+    assert [s.verification.request for s in one_by_one] == [s.verification.request for s in samples]
 
 
 def test_guidance_rescale_and_feature_guidance_change_the_sample(generator):
