@@ -78,6 +78,10 @@ def generate(
         typer.Option(help=f"LDM, verified generation: candidates per volume (default {DEFAULT_MAX_CANDIDATES} "
                           "when --tolerance is given)."),
     ] = None,
+    correct_requests: Annotated[
+        bool, typer.Option(help="LDM, verified generation with request correction: later rounds of candidates "
+                                "conditioned on the request shifted by the measured miss.")
+    ] = False,
     allow_extrapolation: Annotated[bool, typer.Option(help="Allow targets outside the model's documented range.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the first volume; volume i uses seed + i.")] = 0,
     batch_size: Annotated[
@@ -95,7 +99,8 @@ def generate(
     kind = bundle_kind(model)
     micro3diff_only = {"--n-h": n_h, "--eta": eta, "--variance": variance, "--variant": variant, "--precision": precision}
     ldm_only = {"--guidance": guidance, "--guidance-rescale": guidance_rescale, "--feature-guidance": feature_guidance,
-                "--tolerance": tolerance, "--max-candidates": max_candidates}
+                "--tolerance": tolerance, "--max-candidates": max_candidates,
+                "--correct-requests": True if correct_requests else None}
     wrong = [name for name, value in (micro3diff_only if kind == "ldm" else ldm_only).items() if value is not None]
     if wrong:
         raise ValueError(f"{', '.join(wrong)}: not an option of {model}, a {kind} model")
@@ -105,6 +110,7 @@ def generate(
             allow_extrapolation=allow_extrapolation, device=device, overwrite=overwrite,
             guidance_rescale=guidance_rescale, feature_guidance=feature_guidance, tolerance=tolerance,
             max_candidates=max_candidates, batch_size=batch_size or DEFAULT_BATCH_SIZE,
+            correct_requests=correct_requests,
         )  # fmt: skip
         if show:
             Console().print(descriptor_table(describe(samples[0].volume, phase=1), title=f"{out} [0]"))

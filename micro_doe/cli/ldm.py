@@ -274,11 +274,16 @@ def generate_ldm(
         int | None, typer.Option(help=f"Verify: candidates per volume (default {DEFAULT_MAX_CANDIDATES}).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Candidates denoised together.")] = DEFAULT_BATCH_SIZE,
+    correct_requests: Annotated[
+        bool, typer.Option(help="Verify with request correction: rounds of 4 candidates, each later round "
+                                "conditioned on the request shifted by the measured miss.")
+    ] = False,
 ) -> list[LDMSample]:
     """Sample volumes with targeted descriptors; print the predicted manufacturing recipe of each.
 
-    ``--tolerance`` or ``--max-candidates`` turns on verified generation: each volume is
-    measured and kept only within tolerance of every target (else the closest, marked)."""
+    ``--tolerance``, ``--max-candidates`` or ``--correct-requests`` turns on verified
+    generation: each volume is measured and kept only within tolerance of every target (else
+    the closest, marked)."""
     from micro_doe.cli.generate import check_generate_options
 
     check_generate_options(out, n, overwrite, device)
@@ -294,13 +299,13 @@ def generate_ldm(
     if sampler is not None and sampler not in ("ddpm", "ddim"):
         raise ValueError(f"--sampler: expected ddpm or ddim, got {sampler!r}")
     verify = None
-    if tolerance is not None or max_candidates is not None:
+    if tolerance is not None or max_candidates is not None or correct_requests:
         if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
             raise ValueError(f"--tolerance: expected a positive number, got {tolerance}")
         if max_candidates is not None:
             check_count(max_candidates, "--max-candidates", high=1024)
         given = {"tolerance": tolerance, "max_candidates": max_candidates}
-        verify = VerifySettings(**{k: v for k, v in given.items() if v is not None})
+        verify = VerifySettings(**{k: v for k, v in given.items() if v is not None}, correct=correct_requests)
     targets = parse_targets(target)
     generator = LDMGenerator(model, device=device)
     checked = generator.check_targets(targets, allow_extrapolation)  # every mistake reported before sampling

@@ -172,7 +172,7 @@ class LDMGeneratorSpec(_BundleGeneratorSpec):
     kind: Literal["ldm"]
     allow_extrapolation: bool = Field(False, description="allow targets outside the training data's range")
     batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=1024, description="candidates denoised together")
-    verify: VerifySettings | None = Field(None, description="verified generation: {tolerance, max_candidates}")
+    verify: VerifySettings | None = Field(None, description="verified generation: {tolerance, max_candidates, correct, round_size}")
 
     @classmethod
     def _config_class(cls) -> type[LDMConfig]:

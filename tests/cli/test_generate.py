@@ -67,6 +67,11 @@ def test_verified_generation_from_the_command_line(tmp_path, tiny_ldm_bundle, ca
     assert [(v["met"], v["candidates"]) for v in verification] == [(False, 3), (False, 3)]
     assert run_cli(*args, "--tolerance", "1.0", "--out", str(tmp_path / "w.nc")) == 0
     assert "2/2 within tolerance, 2 candidates" in capsys.readouterr().err
+    corrected = tmp_path / "c.nc"
+    assert run_cli(*args, "--tolerance", "1e-9", "--max-candidates", "8", "--correct-requests", "--out",
+                   str(corrected)) == 0  # fmt: skip
+    rounds = [(v["rounds"], v["candidates"]) for v in json.loads(read_volume(corrected).attrs["verification"])]
+    assert rounds == [(2, 8), (2, 8)]  # two rounds of 4 candidates, the second at a corrected request
 
 
 def test_micro3diff_rejects_ldm_options(tmp_path, tiny_bundle, capsys):
