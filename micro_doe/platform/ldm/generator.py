@@ -382,7 +382,8 @@ class LDMGenerator:
         Returns ``{"volumes", "seconds", "predicted"}``, one entry per sample (sample i from
         seed ``seed + i``). With verification each ``predicted`` row also holds
         ``verify.met`` (1 or 0), ``verify.candidates``, ``verify.distance`` and
-        ``verify.measured.<label>``.
+        ``verify.measured.<label>``; with request correction also ``verify.rounds`` and
+        ``verify.request.<label>``.
         """
         settings_keys = {"guidance", "guidance_rescale", "feature_guidance", "steps", "sampler", "allow_extrapolation"}
         verify_keys = {"tolerance", "max_candidates"}
@@ -411,6 +412,9 @@ class LDMGenerator:
                 row |= {"verify.met": float(v.met), "verify.candidates": float(v.candidates),
                         "verify.distance": v.distance}  # fmt: skip
                 row |= {f"verify.measured.{k}": value for k, value in v.measured.items()}
+                if v.request is not None:  # request correction: rounds drawn, and the request of the returned one
+                    row |= {"verify.rounds": float(v.rounds or 0)}
+                    row |= {f"verify.request.{k}": value for k, value in v.request.items()}
             predicted.append(row)
         return {
             "volumes": [s.volume for s in samples],

@@ -343,6 +343,10 @@ def test_actor_facing_sample_call(generator):
     row = verified["predicted"][0]
     assert row["verify.met"] == 1.0 and row["verify.candidates"] == 1.0 and "verify.measured.vf_donor" in row
     assert int(verified["volumes"][1].attrs["seed"]) == 6
+    corrected = generator.sample(params | {"tolerance": 1e-9}, n=1, seed=5,
+                                 verify=VerifySettings(max_candidates=4, correct=True, round_size=2))  # fmt: skip
+    row = corrected["predicted"][0]
+    assert row["verify.rounds"] == 2.0 and {f"verify.request.{k}" for k in medians(generator)} <= set(row)
 
 
 # ---------------------------------------------------------------- recipe check
