@@ -59,6 +59,7 @@ def training_config(
     conditioning: str | None = None,
     fp_outputs: str | None = None,
     seed: int | None = None,
+    label_dropout: float | None = None,
 ) -> LDMTrainConfig:
     """An LDMTrainConfig from a JSON file (or the defaults), with the command-line overrides applied."""
     data: dict[str, Any] = {}
@@ -81,6 +82,8 @@ def training_config(
             data[field] = names
     if seed is not None:
         data["seed"] = seed
+    if label_dropout is not None:
+        data.setdefault("ldm", {})["label_dropout"] = label_dropout
     return LDMTrainConfig.model_validate(data)
 
 
@@ -163,6 +166,10 @@ def train_ldm_command(
     ] = None,
     config: Annotated[Path | None, typer.Option(help="LDMTrainConfig as JSON (options above override it).")] = None,
     seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
+    label_dropout: Annotated[
+        float | None, typer.Option(help="LDM: probability in [0, 1) of freeing each label of a training item "
+                                        "(any subset becomes a condition; 0: every label required).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in OUT.staging.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     tracking: Annotated[str | None, typer.Option(help="MLflow tracking URI: log losses there.")] = None,
@@ -176,10 +183,12 @@ def train_ldm_command(
         raise FileNotFoundError(f"--data: {data}: no such file")
     try:
         recipe = training_config(config, vae_steps=vae_steps, fp_steps=fp_steps, ldm_steps=ldm_steps,
-                                 conditioning=conditioning, fp_outputs=fp_outputs, seed=seed)
+                                 conditioning=conditioning, fp_outputs=fp_outputs, seed=seed,
+                                 label_dropout=label_dropout)  # fmt: skip
     except ValidationError as err:  # the options override the config file's fields of the same name
         where = f"--config {config}: " if config is not None else ""
-        raise OptionError(where + str(option_errors(err, {"steps": "--<stage>-steps", "fp_outputs": "--fp-outputs"}))) from None
+        raise OptionError(where + str(option_errors(err, {"steps": "--<stage>-steps", "fp_outputs": "--fp-outputs",
+                                                            "label_dropout": "--label-dropout"}))) from None
     if stage != "vae":  # the stages that (re)write the bundle at --out
         check_bundle_target(out, overwrite=overwrite)
     check_device(device)

@@ -131,6 +131,8 @@ CASES = [
                                       "--out", "o.nc"], "--phi-mixed: expected a fraction"),
     ("cahn-hilliard-snapshot-every", ["data", "make", "cahn-hilliard", "--steps", "20", "--snapshot-every", "30",
                                       "--out", "o.nc"], "--snapshot-every: must be <= n_steps = 20"),
+    ("train-ldm-label-dropout", ["train", "ldm", "--data", "{spheres.nc}", "--out", "m", "--label-dropout", "1.5"],
+     "--label-dropout"),
     ("train-ldm-fp-outputs", ["train", "ldm", "--data", "{spheres.nc}", "--out", "m", "--fp-outputs", "phi"],
      "--fp-outputs: must include every conditioning label"),
 ]
