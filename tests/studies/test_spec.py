@@ -383,6 +383,7 @@ def test_bundled_studies_are_listed_and_validate(fake_shipped):
     assert worst * 0.1 * quick.budget.n_trials <= 300  # ≈ 0.1 s per pass of 32 slices on a CPU core
     tuning = load_spec("micro3diff-tuning")
     assert tuning.resources.generators == 4 and tuning.samples_per_trial == 8
+    assert load_spec("opv-design").sampler.kind == "gp"  # chosen by benchmarks/search.py
     ternary = load_spec("opv-ternary-design")
     assert "target.tau_donor" not in ternary.search and ternary.generator.verify.max_candidates == 16
     assert ternary.generator.verify.correct  # the model under-delivers vf_mixed: request correction
