@@ -77,7 +77,12 @@ from micro_doe.platform.ldm.dataset import snapshot_labels  # noqa: E402
 from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample  # noqa: E402
 from micro_doe.platform.ldm.recipe import check_recipe  # noqa: E402
 from micro_doe.platform.ldm.sampling import decode_volumes, sample_latents  # noqa: E402
-from micro_doe.platform.ldm.verify import DEFAULT_MAX_CANDIDATES, DEFAULT_TOLERANCE, VerifySettings  # noqa: E402
+from micro_doe.platform.ldm.verify import (  # noqa: E402
+    DEFAULT_MAX_CANDIDATES,
+    DEFAULT_ROUND_SIZE,
+    DEFAULT_TOLERANCE,
+    VerifySettings,
+)
 from micro_doe.platform.plots import slice_montage  # noqa: E402
 from micro_doe.platform.synthetic.cahn_hilliard import CahnHilliardParams, cahn_hilliard  # noqa: E402
 from micro_doe.platform.volumes import atomic_path  # noqa: E402
@@ -318,8 +323,7 @@ def markdown_report(report: dict, names: list[str], command: str) -> str:
         c = report["verified_corrected"]["cost"]
         lines += [f"- verified + request correction: {c['candidates_per_volume']:.2f} candidates per returned volume, "
                   f"{100 * c['met']:.0f} % within tolerance, {c['seconds_per_volume']:.2f} s per returned volume"]
-    lines += [
-              "- voxel disagreement between volumes of one target: "
+    lines += ["- voxel disagreement between volumes of one target: "
               + ", ".join(f"{k}: {a['diversity']['voxel_disagreement']:.3f}" for k, a in report["variants"].items()),
               f"- recipe check ({report['best']}), median summary error: generated {rc['generated']:.3f}, "
               f"true-recipe floor {rc['floor']:.3f} (ratio {rc['generated'] / rc['floor']:.2f})",
@@ -349,7 +353,7 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
     parser.add_argument("--max-candidates", type=int, default=DEFAULT_MAX_CANDIDATES)
     parser.add_argument("--correct", action="store_true", help="also verify with request correction (same budget)")
-    parser.add_argument("--round-size", type=int, default=4, help="candidates per round of request correction")
+    parser.add_argument("--round-size", type=int, default=DEFAULT_ROUND_SIZE, help="candidates per round of request correction")
     parser.add_argument("--recipe-checks", type=int, default=20)
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--no-images", action="store_true")

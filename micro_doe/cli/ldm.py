@@ -25,7 +25,7 @@ from micro_doe.cli.options import OptionError, Overwrite, check_count, option_er
 from micro_doe.platform.diffusion.training import check_device
 from micro_doe.platform.ldm.generator import DEFAULT_BATCH_SIZE, LDMGenerator, LDMSample
 from micro_doe.platform.ldm.training import STAGES, LDMTrainConfig, staging_dir, train_ldm
-from micro_doe.platform.ldm.verify import DEFAULT_MAX_CANDIDATES, DEFAULT_TOLERANCE, VerifySettings
+from micro_doe.platform.ldm.verify import DEFAULT_MAX_CANDIDATES, DEFAULT_ROUND_SIZE, DEFAULT_TOLERANCE, VerifySettings
 from micro_doe.platform.volumes import check_bundle_target, stack_volumes, write_volume
 
 TRAINING_EXPERIMENT = "micro-doe-training"
@@ -284,8 +284,8 @@ def generate_ldm(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Candidates denoised together.")] = DEFAULT_BATCH_SIZE,
     correct_requests: Annotated[
-        bool, typer.Option(help="Verify with request correction: rounds of 4 candidates, each later round "
-                                "conditioned on the request shifted by the measured miss.")
+        bool, typer.Option(help=f"Verify with request correction: rounds of {DEFAULT_ROUND_SIZE} candidates, each "
+                                "later round conditioned on the request shifted by the measured miss.")
     ] = False,
 ) -> list[LDMSample]:
     """Sample volumes with targeted descriptors; print the predicted manufacturing recipe of each.

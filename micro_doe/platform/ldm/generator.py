@@ -187,7 +187,11 @@ class LDMGenerator:
 
     def context(self, targets: Mapping[str, float]) -> torch.Tensor:
         """Normalised conditioning vector (1, F) of checked targets; NaN for free labels."""
-        values = torch.tensor([[targets.get(n, math.nan) for n in self.conditioning]], dtype=torch.float64)
+        return self.contexts([targets])
+
+    def contexts(self, requests: list[Mapping[str, float]]) -> torch.Tensor:
+        """:meth:`context` of each request, one row per request (B, F), normalised together."""
+        values = torch.tensor([[r.get(n, math.nan) for n in self.conditioning] for r in requests], dtype=torch.float64)
         return self.bundle.condition_normaliser.transform(values).float()
 
     def check_verify(self, verify: VerifySettings, targets: Mapping[str, float]) -> dict[str, float]:
@@ -273,6 +277,7 @@ class LDMGenerator:
         config = self.bundle.config
         axis = config.tortuosity_axis
         ranges = None if allow_extrapolation else {k: tuple(v) for k, v in config.label_ranges.items()}
+        infinite_ok = frozenset(config.infinite_labels)
         # requests[i][r]: what round r of sample i is conditioned on (one round without correction)
         requests: list[list[dict[str, float]]] = [[dict(checked)] for _ in range(n)]
 
@@ -286,7 +291,12 @@ class LDMGenerator:
         drawn = [0] * n
         while len(chosen) < n:
             pending = [i for i in range(n) if i not in chosen]
-            per = (verify.round_size if correct else max(1, batch_size // len(pending))) if verify is not None else 1
+            if correct:  # whole rounds, so a round's request never depends on the batch size
+                per = verify.round_size  # type: ignore[union-attr]
+            elif verify is not None:
+                per = max(1, batch_size // len(pending))
+            else:
+                per = 1
             jobs = [(i, j) for i in pending for j in range(drawn[i], min(drawn[i] + per, max_candidates))]
             for lo in range(0, len(jobs), batch_size):
                 batch = jobs[lo : lo + batch_size]
@@ -294,9 +304,8 @@ class LDMGenerator:
                 generators = [torch.Generator().manual_seed(candidate_seed(seed + i, j)) for i, j in batch]
                 wanted = [request(i, j) for i, j in batch]
                 guide = self._feature_guide(wanted, settings.feature_guidance) if settings.feature_guidance > 0 else None
-                context = torch.cat([self.context(r) for r in wanted])
                 z0 = sample_latents(
-                    self.bundle.unet, diffusion, context, config.latent_shape(),
+                    self.bundle.unet, diffusion, self.contexts(wanted), config.latent_shape(),
                     guidance=settings.guidance, rescale=settings.guidance_rescale, guide=guide,
                     generators=generators, device=self.device,
                 )  # fmt: skip
@@ -325,8 +334,7 @@ class LDMGenerator:
                     chosen[i] = min(range(len(candidates[i])), key=lambda k: (candidates[i][k][4], candidates[i][k][0]))
                 elif correct:
                     round_measured = [c[3] for c in candidates[i] if before <= c[0] < drawn[i]]
-                    requests[i].append(corrected_request(requests[i][-1], checked, round_measured, ranges,
-                                                         frozenset(config.infinite_labels)))  # fmt: skip
+                    requests[i].append(corrected_request(requests[i][-1], checked, round_measured, ranges, infinite_ok))
         samples = []
         for i in range(n):
             j, labels_i, predicted_i, measured, dist = candidates[i][chosen[i]]
@@ -413,7 +421,7 @@ class LDMGenerator:
                         "verify.distance": v.distance}  # fmt: skip
                 row |= {f"verify.measured.{k}": value for k, value in v.measured.items()}
                 if v.request is not None:  # request correction: rounds drawn, and the request of the returned one
-                    row |= {"verify.rounds": float(v.rounds or 0)}
+                    row |= {"verify.rounds": float(v.rounds)}  # type: ignore[arg-type]  # set with request
                     row |= {f"verify.request.{k}": value for k, value in v.request.items()}
             predicted.append(row)
         return {

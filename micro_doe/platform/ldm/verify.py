@@ -45,6 +45,7 @@ from micro_doe.platform.descriptors import interfacial_area, tortuosity, volume_
 
 DEFAULT_TOLERANCE = 0.03  # on the model scale: vf and 1/τ both live in [0, 1]
 DEFAULT_MAX_CANDIDATES = 8
+DEFAULT_ROUND_SIZE = 4  # candidates per round of request correction
 
 
 class VerifySettings(BaseModel):
@@ -58,7 +59,7 @@ class VerifySettings(BaseModel):
     max_candidates: int = Field(DEFAULT_MAX_CANDIDATES, ge=1, le=1024, description="candidates per returned volume")
     correct: bool = Field(False, description="request correction: after each round without a match, shift the "
                           "request by the round's mean miss (module docstring)")
-    round_size: int = Field(4, ge=1, le=1024, description="candidates per round of request correction")
+    round_size: int = Field(DEFAULT_ROUND_SIZE, ge=1, le=1024, description="candidates per round of request correction")
 
     def tolerances(self, names: list[str]) -> dict[str, float]:
         """The tolerance of each requested label; unknown names or non-positive values → ValueError."""
