@@ -1,6 +1,7 @@
 """Does pruning save generator time without losing the Pareto front? micro3diff-tuning, CPU-sized.
 
     python benchmarks/pruning.py [--trials 16] [--seeds 2] [--samples 4] [--pruners median successive_halving]
+                                 [--every 1] [--min-resource 1] [--reduction-factor 2] [--json FILE]
 
 ``micro3diff-tuning`` is a 200-trial GPU study. Here it runs at a size 2 CPU cores finish:
 the same objectives, model (``pretrained:spheres-32``), variants and decode options, with
@@ -9,7 +10,10 @@ given, on one generator and one evaluator. Each pruner is run beside the referen
 one, with the same sampler seeds, in this run. A pruned trial counts toward the budget.
 
 Pruning decides on the running mean of the first objective (lineal-path error) after every
-volume (``every: 1``), after 4 complete trials. **Judges:**
+``--every`` volumes (a trial's volumes are generated in batches of that size; the reference
+arm generates all of them in one batch); the median pruner after 4 complete trials, successive
+halving and Hyperband with rungs at ``--min-resource`` · ``--reduction-factor``^k volumes.
+**Judges:**
 - generator time: the generator actors' busy seconds, summed over the study;
 - the final front: the hypervolume of the complete trials' front in (lineal-path error,
   size error), against a fixed reference point (100 %, 100 %). The front is what the study
@@ -21,6 +25,7 @@ volume (``every: 1``), after 4 complete trials. **Judges:**
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -41,8 +46,17 @@ PRUNERS = {
 }
 
 
-def run(pruner: str | None, seed: int, trials: int, samples: int, root: Path) -> dict:
-    name = f"prune-{pruner or 'none'}-{seed}"
+def pruner_block(pruner: str | None, every: int, min_resource: int, reduction_factor: int) -> dict | None:
+    """The ``pruner:`` block of one arm (``None``: the reference without pruning)."""
+    if pruner is None:
+        return None
+    block = PRUNERS[pruner] | {"every": every}
+    if "min_resource" in block:
+        block |= {"min_resource": min_resource, "reduction_factor": reduction_factor}
+    return block
+
+
+def run(pruner: dict | None, name: str, seed: int, trials: int, samples: int, root: Path) -> dict:
     overrides = {
         "name": name,
         "search": {"n_h": {"int": [0, 1]}, "steps": {"int": [10, 30]}},  # deep-merged: the rest as bundled
@@ -51,7 +65,7 @@ def run(pruner: str | None, seed: int, trials: int, samples: int, root: Path) ->
         "sampler": {"kind": "tpe", "seed": seed, "initial_design": {"kind": "sobol", "n": 4}},
         "budget": {"n_trials": trials, "timeout_s": None},
         "resources": {"generators": 1, "evaluators": 1},
-        "pruner": None if pruner is None else PRUNERS[pruner] | {"every": 1},
+        "pruner": pruner,
         "storage": f"sqlite:///{root}/optuna.db",
         "tracking": f"sqlite:///{root}/mlflow.db",
         "artifacts": str(root / "artifacts"),
@@ -76,6 +90,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--pruners", nargs="+", default=["median"], choices=list(PRUNERS))
+    parser.add_argument("--every", type=int, default=1, help="volumes between two pruning decisions")
+    parser.add_argument("--min-resource", type=int, default=1, help="successive halving / Hyperband: first rung")
+    parser.add_argument("--reduction-factor", type=int, default=2, help="successive halving / Hyperband")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     console = Console(width=140)
@@ -83,11 +101,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="micro-doe-pruning-") as tmp:
         for seed in range(args.seeds):
             for pruner in [None, *args.pruners]:
-                r = run(pruner, seed, args.trials, args.samples, Path(tmp))
+                block = pruner_block(pruner, args.every, args.min_resource, args.reduction_factor)
+                name = f"prune-{pruner or 'none'}-{seed}"
+                r = run(block, name, seed, args.trials, args.samples, Path(tmp))
                 rows.setdefault(pruner or "none (reference)", []).append(r)
                 console.print(f"{pruner or 'none'} seed {seed}: {r}")
     table = Table(title=f"micro3diff-tuning on CPU: {args.trials} trials × {args.samples} volumes, {args.seeds} seeds "
-                        f"(same seeds per row); front judged in (lineal-path %, size %) against {tuple(REFERENCE)}")  # fmt: skip
+                        f"(same seeds per row), decisions every {args.every} volumes; front judged in (lineal-path %, size %) against {tuple(REFERENCE)}")  # fmt: skip
     for column in ("pruner", "generator busy [s]", "saved vs none", "pruned trials", "front hypervolume",
                    "best size error [%] (pruner-blind)"):  # fmt: skip
         table.add_column(column, justify="right")
@@ -100,6 +120,10 @@ def main() -> None:
                       " / ".join(f"{r['hypervolume']:.0f}" for r in rs),
                       " / ".join(f"{r['best_size_error']:.1f}" for r in rs))  # fmt: skip
     console.print(table)
+    if args.json:
+        blocks = {p: pruner_block(p, args.every, args.min_resource, args.reduction_factor) for p in args.pruners}
+        args.json.write_text(json.dumps({"trials": args.trials, "seeds": args.seeds, "samples": args.samples,
+                                         "pruners": blocks, "runs": rows}, indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":
