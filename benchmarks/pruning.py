@@ -13,6 +13,8 @@ Pruning decides on the running mean of the first objective (lineal-path error) a
 ``--every`` volumes (a trial's volumes are generated in batches of that size; the reference
 arm generates all of them in one batch); the median pruner after 4 complete trials, successive
 halving and Hyperband with rungs at ``--min-resource`` · ``--reduction-factor``^k volumes.
+Pareto halving (micro-doe's variant) has the same rungs but ranks the running means of all
+three objectives (lineal-path error, size error, seconds per volume) by Pareto dominance.
 **Judges:**
 - generator time: the generator actors' busy seconds, summed over the study;
 - the final front: the hypervolume of the complete trials' front in (lineal-path error,
@@ -43,6 +45,7 @@ PRUNERS = {
     "median": {"kind": "median", "n_startup_trials": 4, "n_warmup_steps": 0},
     "successive_halving": {"kind": "successive_halving", "min_resource": 1, "reduction_factor": 2},
     "hyperband": {"kind": "hyperband", "min_resource": 1, "reduction_factor": 2},
+    "pareto_halving": {"kind": "pareto_halving", "min_resource": 1, "reduction_factor": 2},
 }
 
 

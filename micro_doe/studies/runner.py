@@ -88,6 +88,7 @@ from micro_doe.platform.bundles import load_reference
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.platform.interrupts import interrupts_deferred, interrupts_raise, last_signal
 from micro_doe.studies.objectives import METRICS, Sample, evaluate_objectives, trial_metrics
+from micro_doe.studies.pareto_pruner import RUNNING_MEANS
 from micro_doe.studies.preflight import check_before_start
 from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_storage import (
@@ -199,6 +200,7 @@ class _Trial:
     descriptors: list[dict[str, Any]] = field(default_factory=list)  # of the volumes evaluated so far
     eval_refs: list[Any] = field(default_factory=list)  # evaluations of the latest batch of volumes
     reporter: optuna.trial.Trial | None = None  # where intermediate values go (pruning), once reported
+    running_means: dict[str, list[float]] = field(default_factory=dict)  # pareto_halving: step → every objective
 
 
 class Study:
@@ -556,15 +558,23 @@ class Study:
 
     def _decide(self, study, tracker, ctx: _Trial, reference, pruning: optuna.Study) -> str:  # type: ignore[no-untyped-def]
         """Report the running mean of the first objective over the volumes so far (step = their
-        number) and let the pruner decide: "continue", or "pruned" (the trial is then told
-        PRUNED and logged to MLflow with its volumes), or "failed"."""
+        number; for ``pareto_halving`` every objective's, as the user attribute
+        :data:`~micro_doe.studies.pareto_pruner.RUNNING_MEANS`) and let the pruner decide:
+        "continue", or "pruned" (the trial is then told PRUNED and logged to MLflow with its
+        volumes), or "failed"."""
         try:
             first, direction = self.objectives[0]
-            value = evaluate_objectives([(first, direction)], self._samples(ctx, reference))[first.name]
+            pareto = self.spec.pruner.kind == "pareto_halving"
+            judged = self.objectives if pareto else [(first, direction)]
+            values = evaluate_objectives(judged, self._samples(ctx, reference))
+            value = values[first.name]
             if ctx.reporter is None:
                 ctx.reporter = ctx.trial if pruning is study else pruning.ask()
                 if ctx.reporter is not ctx.trial:
                     ctx.reporter.set_user_attr("trial", ctx.trial.number)
+            if pareto:
+                ctx.running_means[str(len(ctx.volumes))] = [float(values[o.name]) for o, _ in judged]
+                ctx.reporter.set_user_attr(RUNNING_MEANS, ctx.running_means)
             ctx.reporter.report(value, step=len(ctx.volumes))
             if not ctx.reporter.should_prune():
                 return "continue"

@@ -199,8 +199,18 @@ class HyperbandPrunerSpec(_PrunerBase):
     reduction_factor: int = Field(2, ge=2)
 
 
+class ParetoHalvingPrunerSpec(_PrunerBase):
+    """Successive halving on the Pareto rank of *every* objective's running mean, rungs in
+    volumes (:mod:`micro_doe.studies.pareto_pruner`; micro-doe's variant, not Optuna's)."""
+
+    kind: Literal["pareto_halving"] = "pareto_halving"
+    min_resource: int = Field(1, ge=1, description="volumes before the first rung")
+    reduction_factor: int = Field(2, ge=2, description="1/reduction_factor of the trials reach the next rung")
+
+
 PrunerSpec = Annotated[
-    Union[MedianPrunerSpec, SuccessiveHalvingPrunerSpec, HyperbandPrunerSpec], Field(discriminator="kind")
+    Union[MedianPrunerSpec, SuccessiveHalvingPrunerSpec, HyperbandPrunerSpec, ParetoHalvingPrunerSpec],
+    Field(discriminator="kind"),
 ]
 
 
@@ -283,7 +293,7 @@ class StudySpec(BaseModel):
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     constraints: list[ConstraintSpec] = Field(default_factory=list)
     sampler: SamplerSpec = Field(default_factory=TPESamplerSpec)
-    pruner: PrunerSpec | None = Field(None, description="stop hopeless trials early (median, successive_halving, hyperband)")
+    pruner: PrunerSpec | None = Field(None, description="stop hopeless trials early (median, successive_halving, hyperband, pareto_halving)")
     budget: BudgetSpec
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)

@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from micro_doe.studies.pareto_pruner import ParetoHalvingPruner
 from micro_doe.studies.spec import SamplerSpec, StudySpec
 from micro_doe.tracking.registry import sqlite_creation_lock, sqlite_path
 
@@ -107,6 +108,8 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
     if p.kind == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+    if p.kind == "pareto_halving":
+        return ParetoHalvingPruner(spec.directions(), min_resource=p.min_resource, reduction_factor=p.reduction_factor)
     return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=spec.samples_per_trial,
                                           reduction_factor=p.reduction_factor)  # fmt: skip
 

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from study_fixtures import write_study
 
 from micro_doe.platform.volumes import read_volume
+from micro_doe.studies.pareto_pruner import RUNNING_MEANS
 from micro_doe.studies.runner import Study
 from micro_doe.studies.study_yaml import load_spec
 
@@ -335,6 +336,43 @@ def test_with_a_tracking_server_every_artifact_goes_through_it(tmp_path, tiny_bu
     stored = {p.name for p in destination.rglob("*") if p.is_file()}
     assert any(name.endswith(".nc") for name in stored) and any(name.endswith(".png") for name in stored), stored
     assert not (tmp_path / "artifacts" / "e2e").exists()  # nothing of MLflow's on the driver's disk
+
+
+def test_pareto_halving_stops_only_dominated_trials(tmp_path, tiny_bundle, monkeypatch):
+    """Steps 2, 10, 6, 9, 12, 7 (the seeded random sampler, as above). Objectives (both
+    minimised): steps, and steps for even / −steps for odd counts. An odd trial is never
+    dominated (its second objective is negative, every even one's positive), though a pruner
+    on the first objective alone would stop 9 and 7; an even trial above 2 is dominated by
+    the trial with 2 steps."""
+    (tmp_path / "pareto_objectives.py").write_text(textwrap.dedent('''
+        import micro_doe as md
+
+        @md.objective(direction="minimize")
+        def steps_taken(sample: md.Sample) -> float:
+            return float(sample.params["steps"])
+
+        @md.objective(direction="minimize")
+        def odd_steps_negated(sample: md.Sample) -> float:
+            steps = sample.params["steps"]
+            return float(steps if steps % 2 == 0 else -steps)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = write_study(
+        tmp_path, tiny_bundle, samples_per_trial=3, constraints=[], budget={"n_trials": 6},
+        objectives=[{"name": "pareto_objectives:steps_taken"}, {"name": "pareto_objectives:odd_steps_negated"}],
+        search={"steps": {"int": [2, 12]}}, fixed={"n_h": 0}, sampler={"kind": "random", "seed": 7},
+        pruner={"kind": "pareto_halving", "min_resource": 1, "reduction_factor": 2, "every": 1},
+    )  # fmt: skip
+    result = Study.from_yaml(path).run()
+    assert len(result.completed) + len(result.pruned) == 6 and not result.failed
+    steps = sorted(t.params["steps"] for t in result.trials)
+    pruned = {t.params["steps"] for t in result.pruned}
+    assert pruned and all(s % 2 == 0 and s > min(steps) for s in pruned), (steps, pruned)
+    assert all(t.params["steps"] not in pruned for t in result.completed if t.params["steps"] % 2)
+    companion = optuna.load_study(study_name="e2e:pruning", storage=f"sqlite:///{tmp_path}/optuna.db")
+    for t in companion.trials:  # every objective's running mean, per step
+        means = t.user_attrs[RUNNING_MEANS]
+        assert means and all(len(v) == 2 for v in means.values()), means
 
 
 def test_a_pruner_stops_hopeless_trials_and_records_them(tmp_path, tiny_bundle, monkeypatch):

@@ -523,7 +523,7 @@ def test_a_micro3diff_study_searches_vf_targets_within_the_documented_range(fake
 
 
 def test_the_pruner_block(fake_shipped, tmp_path):
-    for kind in ("median", "successive_halving", "hyperband"):
+    for kind in ("median", "successive_halving", "hyperband", "pareto_halving"):
         spec = load_spec(write_study(tmp_path, VALID | {"pruner": {"kind": kind, "every": 1}}))
         assert spec.pruner.kind == kind
     assert load_spec(write_study(tmp_path, VALID)).pruner is None

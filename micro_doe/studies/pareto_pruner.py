@@ -1,0 +1,87 @@
+"""Pareto successive halving: asynchronous successive halving that ranks by every objective.
+
+Optuna's pruners judge one value per step, so a multi-objective study pruned through them is
+pruned on its first objective alone: a trial that is poor on it but good on another is
+stopped although it would have joined the Pareto front. This pruner ranks trials the way the
+front is built, after the multi-objective ASHA of Schmucker et al. (2021):
+
+1. A trial reports, at each step (volumes so far), the running mean of *every* objective,
+   stored as the user attribute :data:`RUNNING_MEANS` (``{"step": [value, ...]}``, in the
+   study's objective order); the runner writes it before asking :meth:`prune`.
+2. Rungs sit at ``min_resource · reduction_factor**k`` steps. A trial is judged once per rung,
+   at its first report at or past the rung, against every trial (any state) that reported
+   the same step: the *competitors*, itself included.
+3. Competitors are ranked by non-dominated sorting of their running means (rank 0: the
+   non-dominated ones; rank 1: non-dominated once rank 0 is removed; ...), every objective
+   as a loss.
+4. With n competitors, the trial goes on when fewer than ``max(1, n // reduction_factor)``
+   competitors have a strictly better rank; otherwise it is pruned. So with one objective
+   this is successive halving on that objective (ties kept), and a trial on the current
+   front is never pruned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial
+
+RUNNING_MEANS = "running_means"
+
+
+def domination_ranks(losses: np.ndarray) -> np.ndarray:
+    """Non-dominated sorting of ``losses`` (n points × m objectives, smaller is better): rank 0
+    for the points no other point dominates, rank 1 for those only rank-0 points dominate, ...
+    (a dominates b: a ≤ b everywhere and a < b somewhere)."""
+    n = len(losses)
+    dominated_by = np.zeros((n, n), dtype=bool)  # [i, j]: j dominates i
+    for i in range(n):
+        dominated_by[i] = np.all(losses <= losses[i], axis=1) & np.any(losses < losses[i], axis=1)
+    ranks = np.full(n, -1)
+    rank, remaining = 0, np.ones(n, dtype=bool)
+    while remaining.any():
+        front = remaining & ~(dominated_by & remaining[None, :]).any(axis=1)
+        ranks[front] = rank
+        remaining &= ~front
+        rank += 1
+    return ranks
+
+
+class ParetoHalvingPruner(optuna.pruners.BasePruner):
+    """Successive halving on Pareto rank (module docstring). ``directions``: the objectives'
+    directions, in the order of the running means the trials store."""
+
+    def __init__(self, directions: Sequence[str], min_resource: int = 1, reduction_factor: int = 2) -> None:
+        if min_resource < 1 or reduction_factor < 2:
+            raise ValueError(f"min_resource must be ≥ 1 and reduction_factor ≥ 2, got {min_resource}, {reduction_factor}")
+        self._sign = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
+        self._min_resource = min_resource
+        self._reduction_factor = reduction_factor
+
+    def _rungs_passed(self, step: int) -> int:
+        """How many rungs lie at or below ``step``."""
+        count, rung = 0, self._min_resource
+        while rung <= step:
+            count, rung = count + 1, rung * self._reduction_factor
+        return count
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        earlier = [s for s in trial.intermediate_values if s < step]
+        if self._rungs_passed(step) == self._rungs_passed(max(earlier, default=0)):
+            return False  # no rung between the previous report and this one
+        key = str(step)
+        own = trial.user_attrs.get(RUNNING_MEANS, {}).get(key)
+        if own is None:
+            raise ValueError(f"trial {trial.number} reported step {step} without its running means ({RUNNING_MEANS!r})")
+        others = [t.user_attrs[RUNNING_MEANS][key] for t in study.get_trials(deepcopy=False)
+                  if t.number != trial.number and key in t.user_attrs.get(RUNNING_MEANS, {})]  # fmt: skip
+        losses = self._sign * np.array([own, *others], dtype=float)
+        losses = np.where(np.isnan(losses), np.inf, losses)  # an objective that could not be measured is worst
+        ranks = domination_ranks(losses)
+        promoted = max(1, len(losses) // self._reduction_factor)
+        return int(np.sum(ranks < ranks[0])) >= promoted

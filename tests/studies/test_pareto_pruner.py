@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+
+from micro_doe.studies.pareto_pruner import RUNNING_MEANS, ParetoHalvingPruner, domination_ranks
+
+
+def test_domination_ranks_peel_fronts():
+    losses = np.array([[1, 5], [2, 4], [3, 3], [2, 6], [4, 7], [1, 5]], dtype=float)
+    # [1,5] twice: equal points do not dominate each other; [2,6] is dominated by [1,5] only
+    # (and [2,4]); [4,7] by everything before it.
+    assert domination_ranks(losses).tolist() == [0, 0, 0, 1, 2, 0]
+    assert domination_ranks(np.array([[3.0], [1.0], [2.0], [1.0]])).tolist() == [2, 0, 1, 0]
+
+
+def report(study: optuna.Study, pruner, means: dict[int, list[float]]) -> list[bool]:
+    """A companion trial that reports ``means`` step by step; the pruner's decision at each step."""
+    trial = study.ask()
+    stored, decisions = {}, []
+    for step, values in means.items():
+        stored[str(step)] = values
+        trial.set_user_attr(RUNNING_MEANS, stored)
+        trial.report(values[0], step=step)  # Optuna's own pruners read this (the first objective)
+        decisions.append(pruner.prune(study, study._storage.get_trial(trial._trial_id)))
+    return decisions
+
+
+def test_a_trial_good_on_another_objective_survives_where_successive_halving_stops_it():
+    pareto, halving = ParetoHalvingPruner(["minimize", "minimize"]), optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    ours, optunas = optuna.create_study(direction="minimize"), optuna.create_study(direction="minimize")
+    decisions = []
+    for point in ([1, 5], [2, 4], [3, 3], [4, 1], [5, 6], [6, 0.5]):
+        # the same trials, judged by this pruner on both objectives and by Optuna's on the first
+        decisions.append((report(ours, pareto, {1: point})[0], report(optunas, halving, {1: point})[0]))
+    assert [ours for ours, _ in decisions] == [False, False, False, False, True, False]
+    assert decisions[4] == (True, True)  # [5, 6] is dominated by all four before it: both stop it
+    assert decisions[5] == (False, True)  # worst first objective, best second: only Optuna's stops it
+
+
+def test_rungs_directions_and_missing_means():
+    pruner = ParetoHalvingPruner(["maximize", "minimize"], min_resource=2, reduction_factor=2)
+    study = optuna.create_study(direction="maximize")
+    assert report(study, pruner, {1: [9, 0], 2: [9, 0], 3: [9, 0], 4: [9, 0]}) == [False] * 4
+    # Dominated (less of the maximised objective, more of the minimised one): judged at the
+    # rungs 2 and 4 only, so step 1 and step 3 never stop it.
+    assert report(study, pruner, {1: [1, 5], 3: [1, 5]}) == [False, True]  # 3: first report past rung 2
+    assert report(study, pruner, {1: [1, 5]}) == [False]
+    trial = study.ask()
+    trial.report(1.0, step=2)
+    with pytest.raises(ValueError, match="without its running means"):
+        pruner.prune(study, study._storage.get_trial(trial._trial_id))
+    with pytest.raises(ValueError, match="reduction_factor"):
+        ParetoHalvingPruner(["minimize"], reduction_factor=1)
