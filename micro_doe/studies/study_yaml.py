@@ -52,6 +52,7 @@ from micro_doe.studies.spec import (
     MedianPrunerSpec,
     NSGA2SamplerSpec,
     ObjectiveSpec,
+    ParetoHalvingPrunerSpec,
     PrunerSpec,
     RandomSamplerSpec,
     ResourcesSpec,
@@ -214,6 +215,7 @@ _UNION_TAGS: dict[str, type[BaseModel]] = {
     "median": MedianPrunerSpec,
     "successive_halving": SuccessiveHalvingPrunerSpec,
     "hyperband": HyperbandPrunerSpec,
+    "pareto_halving": ParetoHalvingPrunerSpec,
 }
 
 

@@ -531,3 +531,5 @@ def test_the_pruner_block(fake_shipped, tmp_path):
     assert "unknown kind 'asha'" in problems(VALID | {"pruner": {"kind": "asha"}}, tmp_path)["pruner.kind"]
     found = problems(VALID | {"pruner": {"kind": "hyperband", "reduction_factor": 1, "patience": 3}}, tmp_path)
     assert "greater than or equal to 2" in found["pruner.reduction_factor"] and "unknown key" in found["pruner.patience"]
+    found = problems(VALID | {"pruner": {"kind": "pareto_halving", "reduction_factor": 1, "n_startup_trials": 3}}, tmp_path)
+    assert "greater than or equal to 2" in found["pruner.reduction_factor"] and "unknown key" in found["pruner.n_startup_trials"]
