@@ -101,10 +101,10 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     console = Console(width=140)
     rows: dict[str, list[dict]] = {}
+    blocks = {p: pruner_block(p, args.every, args.min_resource, args.reduction_factor) for p in [None, *args.pruners]}
     with tempfile.TemporaryDirectory(prefix="micro-doe-pruning-") as tmp:
         for seed in range(args.seeds):
-            for pruner in [None, *args.pruners]:
-                block = pruner_block(pruner, args.every, args.min_resource, args.reduction_factor)
+            for pruner, block in blocks.items():
                 name = f"prune-{pruner or 'none'}-{seed}"
                 r = run(block, name, seed, args.trials, args.samples, Path(tmp))
                 rows.setdefault(pruner or "none (reference)", []).append(r)
@@ -124,9 +124,9 @@ def main() -> None:
                       " / ".join(f"{r['best_size_error']:.1f}" for r in rs))  # fmt: skip
     console.print(table)
     if args.json:
-        blocks = {p: pruner_block(p, args.every, args.min_resource, args.reduction_factor) for p in args.pruners}
         args.json.write_text(json.dumps({"trials": args.trials, "seeds": args.seeds, "samples": args.samples,
-                                         "pruners": blocks, "runs": rows}, indent=1))  # fmt: skip
+                                         "pruners": {p: b for p, b in blocks.items() if p is not None},
+                                         "runs": rows}, indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":

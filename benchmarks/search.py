@@ -119,8 +119,9 @@ def summary(runs: dict[str, list[list[float]]], budget: int) -> dict:
             "ratio_to_random": {s: float(np.mean(v)) / random_mean for s, v in needed.items()}}  # fmt: skip
 
 
-def summary_table(study: str, runs: dict[str, list[list[float]]], budget: int, seeds: int) -> Table:
-    r = summary(runs, budget)
+def summary_table(study: str, runs: dict[str, list[list[float]]], r: dict, seeds: int) -> Table:
+    """The printed table of one :func:`summary` ``r`` of ``runs``."""
+    budget = r["budget"]
     table = Table(title=f"{study}: {seeds} seeds × {budget} trials; 90 % of the best hypervolume of any run = "
                         f"{0.9 * r['best_hypervolume']:.4g} (reference point {REFERENCE[study]})")  # fmt: skip
     for column in ("sampler", "final hypervolume (mean ± std)", "trials to 90 % (mean)", "ratio to random"):
@@ -157,10 +158,11 @@ def main() -> None:
                                                args.samples_per_trial)  # fmt: skip
                     runs.setdefault(sampler, []).append(history)
                     console.print(f"{study} {sampler} seed {seed}: final hypervolume {history[-1]:.4g} ({seconds:.0f} s)")
-            report["studies"][study] = {"reference": REFERENCE[study], "histories": runs} | summary(runs, args.trials)
-            report["studies"][study]["shorter_budgets"] = {n: summary(runs, n) for n in args.also_at if n < args.trials}
-            for n in [*report["studies"][study]["shorter_budgets"], args.trials]:
-                console.print(summary_table(study, runs, n, args.seeds))
+            full = summary(runs, args.trials)
+            shorter = {n: summary(runs, n) for n in args.also_at if n < args.trials}
+            report["studies"][study] = {"reference": REFERENCE[study], "histories": runs, **full, "shorter_budgets": shorter}
+            for r in [*shorter.values(), full]:
+                console.print(summary_table(study, runs, r, args.seeds))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     fig, axes = plt.subplots(1, len(report["studies"]), figsize=(5.5 * len(report["studies"]), 4), squeeze=False)
