@@ -20,10 +20,19 @@ as a loss: maximised ones negated), against a fixed reference point per study
 Printed per study and sampler: the final hypervolume (mean ± std over seeds), and the number
 of trials needed to reach 90 % of the best hypervolume found by *any* run of that study
 (a run that never reaches it counts as budget + 1), as a ratio to random search's (< 1:
-faster than random). ``--also-at N`` judges the first N trials of every run as a budget of its
+faster than random). A random run that never arrives is charged only budget + 1, so that
+ratio is capped by the budget, and a mean over runs some of which never arrive is only a
+lower bound. Two more columns therefore: the median over runs (exact whenever more than half
+arrive) and its ratio to random search's median *estimated from its pooled trials*: random
+search's trials are independent and identically distributed, so every ordering of all its
+runs' trials pooled (seeds × budget) is itself a valid random-search run, and the median
+trials-to-90 % over many random orderings of the pool estimates what random search needs
+beyond one run's budget ("<": the whole pool never arrives, so random search's median is
+only bounded below by the pool's size + 1). ``--also-at N`` judges the first N trials of every run as a budget of its
 own (the 90 % level recomputed on them), so one long run also gives the shorter budgets'
 numbers, and shows how much the budget + 1 charged to a run that never arrives caps a ratio.
-The plot shows the mean hypervolume against trials.
+The plot shows the mean hypervolume against trials. ``--from-json FILE`` re-prints the tables
+and the plot of an earlier run's JSON without running anything.
 """
 
 from __future__ import annotations
@@ -54,20 +63,55 @@ REFERENCE = {
 }
 
 
-def hypervolume_history(trials: list[optuna.trial.FrozenTrial], directions: list[str], reference) -> list[float]:
-    """Hypervolume of the feasible front of the first k trials, k = 1..len(trials) (trial-number order)."""
+def loss_points(trials: list[optuna.trial.FrozenTrial], directions: list[str], reference) -> list[list[float] | None]:
+    """Per trial (trial-number order): its objectives as losses (maximised ones negated) when it
+    is complete, feasible and dominates the reference point; None otherwise (it adds no volume)."""
     sign = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
     ref = np.asarray(reference, dtype=float)
-    points: list[np.ndarray] = []
-    out = []
+    out: list[list[float] | None] = []
     for t in sorted(trials, key=lambda t: t.number):
         feasible = all(v <= 0 for v in t.system_attrs.get("constraints", ()))
-        if t.state == optuna.trial.TrialState.COMPLETE and t.values and feasible:
-            loss = sign * np.asarray(t.values, dtype=float)
-            if np.all(loss <= ref):
-                points.append(loss)
-        out.append(float(compute_hypervolume(np.array(points), ref)) if points else 0.0)
+        complete = t.state == optuna.trial.TrialState.COMPLETE and t.values
+        loss = sign * np.asarray(t.values, dtype=float) if complete else None
+        out.append(loss.tolist() if loss is not None and feasible and np.all(loss <= ref) else None)
     return out
+
+
+def prefix_hypervolume(points: list[list[float] | None], n: int, reference) -> float:
+    """Hypervolume of the front of the first n of ``points`` against ``reference``."""
+    kept = [p for p in points[:n] if p is not None]
+    return float(compute_hypervolume(np.array(kept), np.asarray(reference, dtype=float))) if kept else 0.0
+
+
+def hypervolume_history(points: list[list[float] | None], reference) -> list[float]:
+    """Hypervolume of the feasible front of the first k trials, k = 1..len(points)."""
+    return [prefix_hypervolume(points, k, reference) for k in range(1, len(points) + 1)]
+
+
+def pooled_random_trials_to_reach(pool: list[list[float] | None], level: float, reference,
+                                  orderings: int = 2000, seed: int = 0) -> dict:  # fmt: skip
+    """Random search's trials to reach ``level``, estimated from its pooled i.i.d. trials.
+
+    Every ordering of the pool is a random-search run of len(pool) trials; for each of
+    ``orderings`` random orderings the first prefix whose hypervolume reaches ``level`` is
+    found by bisection (hypervolume only grows with the prefix). Returns the mean and median
+    over orderings, the pool size and the whole pool's hypervolume; ``never`` is True when the whole pool stays below the
+    level (mean and median are then len(pool) + 1, lower bounds)."""
+    n = len(pool)
+    whole = prefix_hypervolume(pool, n, reference)
+    if whole < level:
+        return {"mean": float(n + 1), "median": float(n + 1), "pool": n, "never": True, "pool_hypervolume": whole}
+    rng = np.random.default_rng(seed)
+    needed = []
+    for _ in range(orderings):
+        order = [pool[i] for i in rng.permutation(n)]
+        lo, hi = 1, n  # the answer lies in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if prefix_hypervolume(order, mid, reference) >= level else (mid + 1, hi)
+        needed.append(lo)
+    return {"mean": float(np.mean(needed)), "median": float(np.median(needed)), "pool": n, "never": False,
+            "pool_hypervolume": whole}  # fmt: skip
 
 
 def sampler_block(sampler: str, seed: int) -> dict:
@@ -86,7 +130,7 @@ def sampler_block(sampler: str, seed: int) -> dict:
 
 
 def run_one(study: str, sampler: str, seed: int, trials: int, root: Path,
-            samples_per_trial: int | None = None) -> tuple[list[float], float]:  # fmt: skip
+            samples_per_trial: int | None = None) -> tuple[list[list[float] | None], float]:  # fmt: skip
     name = f"{study}-{sampler.replace(':', '-').replace('=', '')}-{seed}"
     overrides = {
         "name": name,
@@ -101,36 +145,106 @@ def run_one(study: str, sampler: str, seed: int, trials: int, root: Path,
     Study(spec).run()
     seconds = time.perf_counter() - start
     loaded = optuna.load_study(study_name=name, storage=spec.storage)
-    history = hypervolume_history(loaded.trials, spec.directions(), REFERENCE[study])
-    return history, seconds
+    return loss_points(loaded.trials, spec.directions(), REFERENCE[study]), seconds
 
 
 def trials_to_reach(history: list[float], level: float, budget: int) -> int:
     return next((k + 1 for k, hv in enumerate(history) if hv >= level), budget + 1)
 
 
-def summary(runs: dict[str, list[list[float]]], budget: int) -> dict:
-    """Trials to 90 % of the best hypervolume of any run, and their ratio to random search's,
-    on the first ``budget`` trials of every run (a run that never reaches it counts budget + 1)."""
+def summary(runs: dict[str, list[list[float]]], budget: int, points: dict[str, list[list]] | None = None,
+            reference=None) -> dict:  # fmt: skip
+    """Trials to 90 % of the best hypervolume of any run on the first ``budget`` trials of every
+    run (a run that never reaches it counts budget + 1), their mean's ratio to random search's,
+    their median (None when half or more never arrive), and, with the runs' ``points``, random
+    search's median estimated from its pooled trials (:func:`pooled_random_trials_to_reach`)
+    and every other sampler's median ratio to it."""
     best = max(h[budget - 1] for hs in runs.values() for h in hs)
     needed = {s: [trials_to_reach(h[:budget], 0.9 * best, budget) for h in hs] for s, hs in runs.items()}
     random_mean = float(np.mean(needed["random"])) if "random" in needed else float("nan")
-    return {"budget": budget, "best_hypervolume": best, "trials_to_90": needed,
-            "ratio_to_random": {s: float(np.mean(v)) / random_mean for s, v in needed.items()}}  # fmt: skip
+    out = {"budget": budget, "best_hypervolume": best, "trials_to_90": needed,
+           "ratio_to_random": {s: float(np.mean(v)) / random_mean for s, v in needed.items()},
+           "median_trials_to_90": {s: float(np.median(v)) if np.median(v) <= budget else None
+                                   for s, v in needed.items()}}  # fmt: skip
+    if points and "random" in points:
+        pool = [p for run in points["random"] for p in run[:budget]]
+        pooled = pooled_random_trials_to_reach(pool, 0.9 * best, reference)
+        out["random_pooled"] = pooled
+        out["median_ratio_to_random_pooled"] = {
+            s: m / pooled["median"] if m is not None else None
+            for s, m in out["median_trials_to_90"].items() if s != "random"}  # fmt: skip
+    return out
 
 
 def summary_table(study: str, runs: dict[str, list[list[float]]], r: dict, seeds: int) -> Table:
     """The printed table of one :func:`summary` ``r`` of ``runs``."""
     budget = r["budget"]
     table = Table(title=f"{study}: {seeds} seeds × {budget} trials; 90 % of the best hypervolume of any run = "
-                        f"{0.9 * r['best_hypervolume']:.4g} (reference point {REFERENCE[study]})")  # fmt: skip
-    for column in ("sampler", "final hypervolume (mean ± std)", "trials to 90 % (mean)", "ratio to random"):
+                        f"{0.9 * r['best_hypervolume']:.4g} (reference point {tuple(REFERENCE[study])})")  # fmt: skip
+    pooled = r.get("random_pooled")
+    columns = ["sampler", "final hypervolume (mean ± std)", "runs reaching 90 %",
+               "trials to 90 %: mean (budget + 1 if never)", "ratio to random", "median trials to 90 %"]  # fmt: skip
+    if pooled:
+        columns.append(f"median ratio to random (pooled, {pooled['pool']} trials)")
+    for column in columns:
         table.add_column(column, justify="right")
     for s, hs in runs.items():
         finals = [h[budget - 1] for h in hs]
-        table.add_row(s, f"{np.mean(finals):.4g} ± {np.std(finals):.2g}", f"{np.mean(r['trials_to_90'][s]):.1f}",
-                      f"{r['ratio_to_random'][s]:.2f}")  # fmt: skip
+        median = r["median_trials_to_90"][s]
+        row = [s, f"{np.mean(finals):.4g} ± {np.std(finals):.2g}",
+               f"{sum(n <= budget for n in r['trials_to_90'][s])} of {len(hs)}",
+               f"{np.mean(r['trials_to_90'][s]):.1f}", f"{r['ratio_to_random'][s]:.2f}",
+               f"{median:.0f}" if median is not None else f"> {budget}"]  # fmt: skip
+        if pooled and s == "random":
+            row[-1] += (f" (pooled: {'> ' if pooled['never'] else ''}{pooled['median']:.0f}; "
+                        f"all {pooled['pool']} together: {pooled['pool_hypervolume']:.4g})")  # fmt: skip
+            row.append("1.00")
+        elif pooled:
+            ratio = r["median_ratio_to_random_pooled"][s]
+            row.append("—" if ratio is None else f"{'< ' if pooled['never'] else ''}{ratio:.2f}")
+        table.add_row(*row)
     return table
+
+
+def run_all(args: argparse.Namespace, console: Console) -> dict:
+    """Every study × sampler × seed, in this run; prints each run and the tables."""
+    report: dict = {"trials": args.trials, "seeds": args.seeds, "samples_per_trial": args.samples_per_trial,
+                    "studies": {}}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="micro-doe-search-") as tmp:
+        for study in args.studies:
+            runs: dict[str, list[list[float]]] = {}
+            points: dict[str, list[list]] = {}
+            for sampler in args.samplers:
+                for seed in range(args.seeds):
+                    run_points, seconds = run_one(study, sampler, seed, args.trials, Path(tmp) / study,
+                                                  args.samples_per_trial)  # fmt: skip
+                    history = hypervolume_history(run_points, REFERENCE[study])
+                    points.setdefault(sampler, []).append(run_points)
+                    runs.setdefault(sampler, []).append(history)
+                    console.print(f"{study} {sampler} seed {seed}: final hypervolume {history[-1]:.4g} ({seconds:.0f} s)")
+            full = summary(runs, args.trials, points, REFERENCE[study])
+            shorter = {n: summary(runs, n, points, REFERENCE[study]) for n in args.also_at if n < args.trials}
+            report["studies"][study] = {"reference": REFERENCE[study], "histories": runs, "points": points, **full,
+                                        "shorter_budgets": shorter}  # fmt: skip
+            for r in [*shorter.values(), full]:
+                console.print(summary_table(study, runs, r, args.seeds))
+    return report
+
+
+def rerun_from_json(path: Path, also_at: list[int], console: Console) -> dict:
+    """An earlier run's report, its summaries recomputed from its points and its tables printed."""
+    report = json.loads(path.read_text())
+    for study, saved in report["studies"].items():
+        if "points" not in saved:
+            raise SystemExit(f"--from-json {path}: study {study!r} has no 'points' (written before they were saved)")
+        ref = saved["reference"]
+        runs = {s: [hypervolume_history(run, ref) for run in ps] for s, ps in saved["points"].items()}
+        full = summary(runs, report["trials"], saved["points"], ref)
+        shorter = {n: summary(runs, n, saved["points"], ref) for n in also_at if n < report["trials"]}
+        saved |= {"histories": runs, **full, "shorter_budgets": shorter}
+        for r in [*shorter.values(), full]:
+            console.print(summary_table(study, runs, r, report["seeds"]))
+    return report
 
 
 def main() -> None:
@@ -143,26 +257,12 @@ def main() -> None:
     parser.add_argument("--also-at", type=int, nargs="*", default=[],
                         help="also judge the first N trials of every run as a budget of N (e.g. 40 of 80)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--from-json", type=Path, help="re-print the tables and plot of an earlier run's JSON")
     parser.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "search-hypervolume.png")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     console = Console(width=140)
-    report: dict = {"trials": args.trials, "seeds": args.seeds, "samples_per_trial": args.samples_per_trial,
-                    "studies": {}}  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="micro-doe-search-") as tmp:
-        for study in args.studies:
-            runs: dict[str, list[list[float]]] = {}
-            for sampler in args.samplers:
-                for seed in range(args.seeds):
-                    history, seconds = run_one(study, sampler, seed, args.trials, Path(tmp) / study,
-                                               args.samples_per_trial)  # fmt: skip
-                    runs.setdefault(sampler, []).append(history)
-                    console.print(f"{study} {sampler} seed {seed}: final hypervolume {history[-1]:.4g} ({seconds:.0f} s)")
-            full = summary(runs, args.trials)
-            shorter = {n: summary(runs, n) for n in args.also_at if n < args.trials}
-            report["studies"][study] = {"reference": REFERENCE[study], "histories": runs, **full, "shorter_budgets": shorter}
-            for r in [*shorter.values(), full]:
-                console.print(summary_table(study, runs, r, args.seeds))
+    report = rerun_from_json(args.from_json, args.also_at, console) if args.from_json else run_all(args, console)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     fig, axes = plt.subplots(1, len(report["studies"]), figsize=(5.5 * len(report["studies"]), 4), squeeze=False)
