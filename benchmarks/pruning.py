@@ -14,7 +14,8 @@ Pruning decides on the running mean of the first objective (lineal-path error) a
 arm generates all of them in one batch); the median pruner after 4 complete trials, successive
 halving and Hyperband with rungs at ``--min-resource`` · ``--reduction-factor``^k volumes.
 Pareto halving (micro-doe's variant) has the same rungs but ranks the running means of all
-three objectives (lineal-path error, size error, seconds per volume) by Pareto dominance.
+three objectives (lineal-path error, size error, seconds per volume) by Pareto dominance;
+``--pareto-objectives lineal_path_error size_error`` ranks only those (its ``objectives:``).
 **Judges:**
 - generator time: the generator actors' busy seconds, summed over the study;
 - the final front: the hypervolume of the complete trials' front in (lineal-path error,
@@ -50,13 +51,16 @@ PRUNERS = {
 }
 
 
-def pruner_block(pruner: str | None, every: int, min_resource: int, reduction_factor: int) -> dict | None:
+def pruner_block(pruner: str | None, every: int, min_resource: int, reduction_factor: int,
+                 pareto_objectives: list[str] | None = None) -> dict | None:  # fmt: skip
     """The ``pruner:`` block of one arm (``None``: the reference without pruning)."""
     if pruner is None:
         return None
     block = PRUNERS[pruner] | {"every": every}
     if "min_resource" in block:
         block |= {"min_resource": min_resource, "reduction_factor": reduction_factor}
+    if pruner == "pareto_halving" and pareto_objectives:
+        block["objectives"] = pareto_objectives
     return block
 
 
@@ -97,12 +101,14 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="volumes between two pruning decisions")
     parser.add_argument("--min-resource", type=int, default=1, help="successive halving / Hyperband: first rung")
     parser.add_argument("--reduction-factor", type=int, default=2, help="successive halving / Hyperband")
+    parser.add_argument("--pareto-objectives", nargs="+", help="pareto_halving: rank only these objectives")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     console = Console(width=140)
     rows: dict[str, list[dict]] = {}
-    blocks = {p: pruner_block(p, args.every, args.min_resource, args.reduction_factor) for p in [None, *args.pruners]}
+    blocks = {p: pruner_block(p, args.every, args.min_resource, args.reduction_factor, args.pareto_objectives)
+              for p in [None, *args.pruners]}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="micro-doe-pruning-") as tmp:
         for seed in range(args.seeds):
             for pruner, block in blocks.items():

@@ -13,7 +13,8 @@ front is built, after the multi-objective ASHA of Schmucker et al. (2021):
    the same step: the *competitors*, itself included.
 3. Competitors are ranked by non-dominated sorting of their running means (rank 0: the
    non-dominated ones; rank 1: non-dominated once rank 0 is removed; ...), every objective
-   as a loss.
+   as a loss; or only the objectives in ``ranked`` (their indices), e.g. to leave out a
+   wall-time objective whose fastest trials are always non-dominated.
 4. With n competitors, the trial goes on when fewer than ``max(1, n // reduction_factor)``
    competitors have a strictly better rank; otherwise it is pruned. So with one objective
    this is successive halving on that objective (ties kept), and a trial on the current
@@ -51,12 +52,17 @@ def domination_ranks(losses: np.ndarray) -> np.ndarray:
 
 class ParetoHalvingPruner(optuna.pruners.BasePruner):
     """Successive halving on Pareto rank (module docstring). ``directions``: the objectives'
-    directions, in the order of the running means the trials store."""
+    directions, in the order of the running means the trials store; ``ranked``: the indices
+    of the objectives to rank by (all if None)."""
 
-    def __init__(self, directions: Sequence[str], min_resource: int = 1, reduction_factor: int = 2) -> None:
+    def __init__(self, directions: Sequence[str], min_resource: int = 1, reduction_factor: int = 2,
+                 ranked: Sequence[int] | None = None) -> None:  # fmt: skip
         if min_resource < 1 or reduction_factor < 2:
             raise ValueError(f"min_resource must be ≥ 1 and reduction_factor ≥ 2, got {min_resource}, {reduction_factor}")
-        self._sign = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
+        self._ranked = list(range(len(directions))) if ranked is None else list(ranked)
+        if not self._ranked or any(not 0 <= i < len(directions) for i in self._ranked):
+            raise ValueError(f"ranked must be indices of the {len(directions)} objectives, got {ranked}")
+        self._sign = np.array([1.0 if d == "minimize" else -1.0 for d in directions])[self._ranked]
         self._min_resource = min_resource
         self._reduction_factor = reduction_factor
 
@@ -80,7 +86,7 @@ class ParetoHalvingPruner(optuna.pruners.BasePruner):
             raise ValueError(f"trial {trial.number} reported step {step} without its running means ({RUNNING_MEANS!r})")
         others = [t.user_attrs[RUNNING_MEANS][key] for t in study.get_trials(deepcopy=False)
                   if t.number != trial.number and key in t.user_attrs.get(RUNNING_MEANS, {})]  # fmt: skip
-        losses = self._sign * np.array([own, *others], dtype=float)
+        losses = self._sign * np.array([own, *others], dtype=float)[:, self._ranked]
         losses = np.where(np.isnan(losses), np.inf, losses)  # an objective that could not be measured is worst
         ranks = domination_ranks(losses)
         promoted = max(1, len(losses) // self._reduction_factor)

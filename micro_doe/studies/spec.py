@@ -200,12 +200,16 @@ class HyperbandPrunerSpec(_PrunerBase):
 
 
 class ParetoHalvingPrunerSpec(_PrunerBase):
-    """Successive halving on the Pareto rank of *every* objective's running mean, rungs in
-    volumes (:mod:`micro_doe.studies.pareto_pruner`; micro-doe's variant, not Optuna's)."""
+    """Successive halving on the Pareto rank of every objective's running mean (or only of those
+    in ``objectives``), rungs in volumes (:mod:`micro_doe.studies.pareto_pruner`; micro-doe's
+    variant, not Optuna's)."""
 
     kind: Literal["pareto_halving"] = "pareto_halving"
     min_resource: int = Field(1, ge=1, description="volumes before the first rung")
     reduction_factor: int = Field(2, ge=2, description="1/reduction_factor of the trials reach the next rung")
+    objectives: list[str] | None = Field(
+        None, min_length=1, description="the objectives to rank by (names from objectives:); all of them if not given"
+    )
 
 
 PrunerSpec = Annotated[
@@ -369,6 +373,13 @@ class StudySpec(BaseModel):
         for name in self.generator.required_parameters():
             if name not in self.search and name not in self.fixed:
                 problems.append(("search", f"{name}: required by this {kind} model; search it or fix it"))
+        ranked = getattr(self.pruner, "objectives", None) or []
+        known = [o.name for o in self.objectives]
+        for i, name in enumerate(ranked):
+            if name not in known:
+                problems.append((f"pruner.objectives[{i}]", f"{name!r} is not one of the study's objectives ({', '.join(known)})"))
+            elif name in ranked[:i]:
+                problems.append((f"pruner.objectives[{i}]", f"{name!r} is listed twice"))
         if self.pruner is not None and self.pruner.every >= self.samples_per_trial:
             problems.append(("pruner.every", f"must be less than samples_per_trial ({self.samples_per_trial}), "
                                              "or no trial could be stopped early"))

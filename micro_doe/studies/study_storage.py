@@ -109,7 +109,10 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     if p.kind == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
     if p.kind == "pareto_halving":
-        return ParetoHalvingPruner(spec.directions(), min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+        names = spec.objective_names()
+        ranked = [names.index(n) for n in p.objectives] if p.objectives else None
+        return ParetoHalvingPruner(spec.directions(), min_resource=p.min_resource, reduction_factor=p.reduction_factor,
+                                   ranked=ranked)  # fmt: skip
     return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=spec.samples_per_trial,
                                           reduction_factor=p.reduction_factor)  # fmt: skip
 

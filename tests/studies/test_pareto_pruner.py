@@ -53,3 +53,17 @@ def test_rungs_directions_and_missing_means():
         pruner.prune(study, study._storage.get_trial(trial._trial_id))
     with pytest.raises(ValueError, match="reduction_factor"):
         ParetoHalvingPruner(["minimize"], reduction_factor=1)
+
+
+def test_ranking_only_some_objectives():
+    # The third objective (say, seconds per volume) makes [5, 6, 0.1] non-dominated: ranked on
+    # all three it survives, ranked on the first two it is stopped.
+    directions = ["minimize", "minimize", "minimize"]
+    every, first_two = ParetoHalvingPruner(directions), ParetoHalvingPruner(directions, ranked=[0, 1])
+    for pruner, stopped in ((every, False), (first_two, True)):
+        study = optuna.create_study(direction="minimize")
+        for point in ([1, 5, 9], [2, 4, 9], [3, 3, 9]):
+            report(study, pruner, {1: point})
+        assert report(study, pruner, {1: [5, 6, 0.1]}) == [stopped]
+    with pytest.raises(ValueError, match="indices of the 3 objectives"):
+        ParetoHalvingPruner(directions, ranked=[3])

@@ -533,3 +533,10 @@ def test_the_pruner_block(fake_shipped, tmp_path):
     assert "greater than or equal to 2" in found["pruner.reduction_factor"] and "unknown key" in found["pruner.patience"]
     found = problems(VALID | {"pruner": {"kind": "pareto_halving", "reduction_factor": 1, "n_startup_trials": 3}}, tmp_path)
     assert "greater than or equal to 2" in found["pruner.reduction_factor"] and "unknown key" in found["pruner.n_startup_trials"]
+    names = [o["name"] for o in VALID["objectives"]]
+    spec = load_spec(write_study(tmp_path, VALID | {"pruner": {"kind": "pareto_halving", "objectives": names[:1]}}))
+    assert spec.pruner.objectives == names[:1]
+    found = problems(VALID | {"pruner": {"kind": "pareto_halving", "objectives": ["size_error", names[0], names[0]]}}, tmp_path)
+    assert "'size_error' is not one of the study's objectives" in found["pruner.objectives[0]"]
+    assert "listed twice" in found["pruner.objectives[2]"]
+    assert "at least 1 item" in problems(VALID | {"pruner": {"kind": "pareto_halving", "objectives": []}}, tmp_path)["pruner.objectives"]
