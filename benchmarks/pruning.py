@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--pareto-objectives", nargs="+", help="pareto_halving: rank only these objectives")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
+    if args.pareto_objectives and "pareto_halving" not in args.pruners:
+        parser.error("--pareto-objectives: only pareto_halving ranks objectives; add it to --pruners")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     console = Console(width=140)
     rows: dict[str, list[dict]] = {}

@@ -2,8 +2,8 @@
 
     python benchmarks/search.py [--studies opv-design opv-recipes] [--samplers tpe gp nsga2 random]
                                 [--seeds 5] [--trials 12] [--samples-per-trial N] [--also-at 40]
-                                [--json FILE]
-                                [--plot docs/search-hypervolume.png]
+                                [--json FILE] [--plot docs/search-hypervolume.png]
+    python benchmarks/search.py --from-json FILE [--plot PNG] [--json FILE]
 
 A sampler ``tpe:startup=10`` (or ``gp:…``) keeps Optuna's 10 random start-up trials instead
 of handing over to the model right after the 4-point Sobol start (the default).
@@ -156,7 +156,7 @@ def summary(runs: dict[str, list[list[float]]], budget: int, points: dict[str, l
             reference=None) -> dict:  # fmt: skip
     """Trials to 90 % of the best hypervolume of any run on the first ``budget`` trials of every
     run (a run that never reaches it counts budget + 1), their mean's ratio to random search's,
-    their median (None when half or more never arrive), and, with the runs' ``points``, random
+    their median (None unless more than half arrive: only then is it exact), and, with the runs' ``points``, random
     search's median estimated from its pooled trials (:func:`pooled_random_trials_to_reach`)
     and every other sampler's median ratio to it."""
     best = max(h[budget - 1] for hs in runs.values() for h in hs)
@@ -164,7 +164,7 @@ def summary(runs: dict[str, list[list[float]]], budget: int, points: dict[str, l
     random_mean = float(np.mean(needed["random"])) if "random" in needed else float("nan")
     out = {"budget": budget, "best_hypervolume": best, "trials_to_90": needed,
            "ratio_to_random": {s: float(np.mean(v)) / random_mean for s, v in needed.items()},
-           "median_trials_to_90": {s: float(np.median(v)) if np.median(v) <= budget else None
+           "median_trials_to_90": {s: float(np.median(v)) if 2 * sum(n <= budget for n in v) > len(v) else None
                                    for s, v in needed.items()}}  # fmt: skip
     if points and "random" in points:
         pool = [p for run in points["random"] for p in run[:budget]]
@@ -176,11 +176,11 @@ def summary(runs: dict[str, list[list[float]]], budget: int, points: dict[str, l
     return out
 
 
-def summary_table(study: str, runs: dict[str, list[list[float]]], r: dict, seeds: int) -> Table:
+def summary_table(study: str, runs: dict[str, list[list[float]]], r: dict, seeds: int, reference) -> Table:
     """The printed table of one :func:`summary` ``r`` of ``runs``."""
     budget = r["budget"]
     table = Table(title=f"{study}: {seeds} seeds × {budget} trials; 90 % of the best hypervolume of any run = "
-                        f"{0.9 * r['best_hypervolume']:.4g} (reference point {tuple(REFERENCE[study])})")  # fmt: skip
+                        f"{0.9 * r['best_hypervolume']:.4g} (reference point {tuple(reference)})")  # fmt: skip
     pooled = r.get("random_pooled")
     columns = ["sampler", "final hypervolume (mean ± std)", "runs reaching 90 %",
                "trials to 90 %: mean (budget + 1 if never)", "ratio to random", "median trials to 90 %"]  # fmt: skip
@@ -201,9 +201,23 @@ def summary_table(study: str, runs: dict[str, list[list[float]]], r: dict, seeds
             row.append("1.00")
         elif pooled:
             ratio = r["median_ratio_to_random_pooled"][s]
-            row.append("—" if ratio is None else f"{'< ' if pooled['never'] else ''}{ratio:.2f}")
+            row.append("—" if ratio is None else f"{'< ' if pooled['never'] else ''}{ratio:.3f}")
         table.add_row(*row)
     return table
+
+
+def censoring_bound(r: dict) -> str | None:
+    """A bound that needs no pooling, when no random run reaches the level within the budget:
+    were random search's median ≤ budget, each of its n runs would miss with probability
+    ≤ 1/2, all n with ≤ 2^-n. So at that confidence its median is > budget, and every
+    sampler's median ratio is below its median / (budget + 1)."""
+    budget, needed = r["budget"], r["trials_to_90"].get("random")
+    if not needed or any(n <= budget for n in needed):
+        return None
+    bounds = ", ".join(f"{s} < {m / (budget + 1):.2f}" for s, m in r["median_trials_to_90"].items()
+                       if s != "random" and m is not None)  # fmt: skip
+    return (f"No random run reaches the level in {budget} trials (probability ≤ 2^-{len(needed)} = "
+            f"{0.5 ** len(needed):.3f} were its median ≤ {budget}); so median ratio to random: {bounds or 'no sampler has a median'}")
 
 
 def run_all(args: argparse.Namespace, console: Console) -> dict:
@@ -222,28 +236,35 @@ def run_all(args: argparse.Namespace, console: Console) -> dict:
                     points.setdefault(sampler, []).append(run_points)
                     runs.setdefault(sampler, []).append(history)
                     console.print(f"{study} {sampler} seed {seed}: final hypervolume {history[-1]:.4g} ({seconds:.0f} s)")
-            full = summary(runs, args.trials, points, REFERENCE[study])
-            shorter = {n: summary(runs, n, points, REFERENCE[study]) for n in args.also_at if n < args.trials}
-            report["studies"][study] = {"reference": REFERENCE[study], "histories": runs, "points": points, **full,
-                                        "shorter_budgets": shorter}  # fmt: skip
-            for r in [*shorter.values(), full]:
-                console.print(summary_table(study, runs, r, args.seeds))
+            report["studies"][study] = judged(study, points, REFERENCE[study], args.trials, args.also_at, args.seeds,
+                                              console)  # fmt: skip
     return report
 
 
+def judged(study: str, points: dict[str, list[list]], reference, budget: int, also_at: list[int], seeds: int,
+           console: Console) -> dict:  # fmt: skip
+    """One study's saved record: its points, histories and summaries at ``budget`` and at each
+    shorter budget in ``also_at``; prints their tables."""
+    runs = {s: [hypervolume_history(run, reference) for run in ps] for s, ps in points.items()}
+    full = summary(runs, budget, points, reference)
+    shorter = {n: summary(runs, n, points, reference) for n in also_at if n < budget}
+    for r in [*shorter.values(), full]:
+        console.print(summary_table(study, runs, r, seeds, reference))
+        if (note := censoring_bound(r)) is not None:
+            console.print(note)
+    return {"reference": list(reference), "histories": runs, "points": points, **full, "shorter_budgets": shorter}
+
+
 def rerun_from_json(path: Path, also_at: list[int], console: Console) -> dict:
-    """An earlier run's report, its summaries recomputed from its points and its tables printed."""
+    """An earlier run's report, rebuilt from its points (its shorter budgets too, unless
+    ``also_at`` names others), its tables printed."""
     report = json.loads(path.read_text())
-    for study, saved in report["studies"].items():
+    for study, saved in list(report["studies"].items()):
         if "points" not in saved:
             raise SystemExit(f"--from-json {path}: study {study!r} has no 'points' (written before they were saved)")
-        ref = saved["reference"]
-        runs = {s: [hypervolume_history(run, ref) for run in ps] for s, ps in saved["points"].items()}
-        full = summary(runs, report["trials"], saved["points"], ref)
-        shorter = {n: summary(runs, n, saved["points"], ref) for n in also_at if n < report["trials"]}
-        saved |= {"histories": runs, **full, "shorter_budgets": shorter}
-        for r in [*shorter.values(), full]:
-            console.print(summary_table(study, runs, r, report["seeds"]))
+        shorter = also_at or [int(n) for n in saved.get("shorter_budgets", {})]
+        report["studies"][study] = judged(study, saved["points"], saved["reference"], report["trials"], shorter,
+                                          report["seeds"], console)  # fmt: skip
     return report
 
 
@@ -257,14 +278,17 @@ def main() -> None:
     parser.add_argument("--also-at", type=int, nargs="*", default=[],
                         help="also judge the first N trials of every run as a budget of N (e.g. 40 of 80)")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--from-json", type=Path, help="re-print the tables and plot of an earlier run's JSON")
-    parser.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "search-hypervolume.png")
+    parser.add_argument("--from-json", type=Path, help="re-print the tables (and, with --plot, the plot) of an earlier run's JSON")
+    parser.add_argument("--plot", type=Path, help="default: docs/search-hypervolume.png, none with --from-json")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     console = Console(width=140)
     report = rerun_from_json(args.from_json, args.also_at, console) if args.from_json else run_all(args, console)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
+    if args.plot is None and args.from_json:
+        return
+    args.plot = args.plot or Path(__file__).resolve().parent.parent / "docs" / "search-hypervolume.png"
     fig, axes = plt.subplots(1, len(report["studies"]), figsize=(5.5 * len(report["studies"]), 4), squeeze=False)
     for ax, (study, r) in zip(axes[0], report["studies"].items()):
         for s, hs in r["histories"].items():

@@ -60,8 +60,9 @@ class ParetoHalvingPruner(optuna.pruners.BasePruner):
         if min_resource < 1 or reduction_factor < 2:
             raise ValueError(f"min_resource must be ≥ 1 and reduction_factor ≥ 2, got {min_resource}, {reduction_factor}")
         self._ranked = list(range(len(directions))) if ranked is None else list(ranked)
-        if not self._ranked or any(not 0 <= i < len(directions) for i in self._ranked):
-            raise ValueError(f"ranked must be indices of the {len(directions)} objectives, got {ranked}")
+        bad = any(not 0 <= i < len(directions) for i in self._ranked) or len(set(self._ranked)) != len(self._ranked)
+        if not self._ranked or bad:
+            raise ValueError(f"ranked must be distinct indices of the {len(directions)} objectives, got {ranked}")
         self._sign = np.array([1.0 if d == "minimize" else -1.0 for d in directions])[self._ranked]
         self._min_resource = min_resource
         self._reduction_factor = reduction_factor

@@ -65,5 +65,6 @@ def test_ranking_only_some_objectives():
         for point in ([1, 5, 9], [2, 4, 9], [3, 3, 9]):
             report(study, pruner, {1: point})
         assert report(study, pruner, {1: [5, 6, 0.1]}) == [stopped]
-    with pytest.raises(ValueError, match="indices of the 3 objectives"):
-        ParetoHalvingPruner(directions, ranked=[3])
+    for bad in ([3], [0, 0], []):
+        with pytest.raises(ValueError, match="distinct indices of the 3 objectives"):
+            ParetoHalvingPruner(directions, ranked=bad)
