@@ -24,7 +24,7 @@ StudyRef = Annotated[str, typer.Argument(help="A study.yaml, or the name of a bu
 def run(
     study: StudyRef,
     n_trials: Annotated[int | None, typer.Option(help="Override the budget's number of trials.")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Override the budget's timeout [s].")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Override the budget's timeout, in seconds.")] = None,
 ) -> None:
     """Run (or resume) a study: locally, or on the Ray cluster at RAY_ADDRESS."""
     if n_trials is not None:
@@ -58,14 +58,14 @@ def run(
         raise
 
     if result.best_trials:
-        title = "best trial" if len(objective_names) == 1 else f"Pareto front ({len(result.best_trials)} trials)"
+        title = "best trial" if len(objective_names) == 1 else f"Pareto front ({len(result.best_trials)} trial{'s' * (len(result.best_trials) != 1)})"
         console.print(_trials_table(result.best_trials, objective_names, title))
     elif result.completed:
         closest = sorted(result.completed, key=lambda t: t.violation)[:5]
         bounds = ", ".join(f"{c.metric} ≤ {c.max}" if c.max is not None else f"{c.metric} ≥ {c.min}" for c in spec.constraints)
         console.print(f"[yellow]no trial satisfies the constraints ({escape(bounds)}); the closest:[/]")
         console.print(_trials_table(closest, objective_names, "least constraint violation"))
-    console.print(f"{len(result.completed)} completed, {len(result.failed)} failed in {result.seconds:.0f} s "
+    console.print(f"{len(result.completed)} completed, {len(result.pruned)} pruned, {len(result.failed)} failed in {result.seconds:.0f} s "
                   f"(generator busy {result.generator_busy_seconds:.0f} s)")
     for t in result.failed[-3:]:
         console.print(f"  trial {t.number} failed: {escape(t.reason or '?')}", style="yellow")

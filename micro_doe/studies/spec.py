@@ -208,8 +208,15 @@ class ParetoHalvingPrunerSpec(_PrunerBase):
     min_resource: int = Field(1, ge=1, description="volumes before the first rung")
     reduction_factor: int = Field(2, ge=2, description="1/reduction_factor of the trials reach the next rung")
     objectives: list[str] | None = Field(
-        None, min_length=1, description="the objectives to rank by (names from objectives:); all of them if not given"
+        None, description="the objectives to rank by (names from objectives:); all of them if not given"
     )
+
+    @field_validator("objectives")
+    @classmethod
+    def _some(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("is empty: name at least one objective, or leave the key out to rank by all of them")
+        return v
 
 
 PrunerSpec = Annotated[
@@ -380,6 +387,10 @@ class StudySpec(BaseModel):
                 problems.append((f"pruner.objectives[{i}]", f"{name!r} is not one of the study's objectives ({', '.join(known)})"))
             elif name in ranked[:i]:
                 problems.append((f"pruner.objectives[{i}]", f"{name!r} is listed twice"))
+        min_resource = getattr(self.pruner, "min_resource", None)
+        if min_resource is not None and min_resource >= self.samples_per_trial:
+            problems.append(("pruner.min_resource", f"must be less than samples_per_trial ({self.samples_per_trial}): "
+                                                    "the first rung comes after min_resource volumes"))
         if self.pruner is not None and self.pruner.every >= self.samples_per_trial:
             problems.append(("pruner.every", f"must be less than samples_per_trial ({self.samples_per_trial}), "
                                              "or no trial could be stopped early"))

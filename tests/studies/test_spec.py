@@ -539,4 +539,7 @@ def test_the_pruner_block(fake_shipped, tmp_path):
     found = problems(VALID | {"pruner": {"kind": "pareto_halving", "objectives": ["size_error", names[0], names[0]]}}, tmp_path)
     assert "'size_error' is not one of the study's objectives" in found["pruner.objectives[0]"]
     assert "listed twice" in found["pruner.objectives[2]"]
-    assert "at least 1 item" in problems(VALID | {"pruner": {"kind": "pareto_halving", "objectives": []}}, tmp_path)["pruner.objectives"]
+    assert "leave the key out" in problems(VALID | {"pruner": {"kind": "pareto_halving", "objectives": []}}, tmp_path)["pruner.objectives"]
+    for kind in ("successive_halving", "hyperband", "pareto_halving"):
+        found = problems(VALID | {"pruner": {"kind": kind, "min_resource": 2}}, tmp_path)  # samples_per_trial is 2
+        assert "less than samples_per_trial (2)" in found["pruner.min_resource"]
