@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,3 +259,9 @@ def test_trial_metrics(spheres):
     without_ref = trial_metrics([make_sample(vols[0], descs[0], None)])
     assert not {"s2_error", "lineal_path_error", "vf_error"} & set(without_ref)
     assert all(objectives_module.is_known_metric(k) for k in metrics)
+
+
+def test_readme_lists_every_builtin_objective():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    listed = readme[readme.index("Built-ins:"):].split("\n\n")[0]
+    assert [n for n in objectives_module.BUILTIN_OBJECTIVES if f"`{n}`" not in listed] == []
