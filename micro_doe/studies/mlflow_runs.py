@@ -51,6 +51,7 @@ MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
 MAX_TAG_LENGTH = 8000  # ... and for a tag value
 _FINISHED = {"COMPLETE", "FINISHED", "PRUNED"}
 _FAILED = {"FAIL", "FAILED"}
+_OPTUNA_STATE = {"FINISHED": "COMPLETE", "FAILED": "FAIL"}  # MLflow's run status → Optuna's trial state
 
 
 class StudyTracker:
@@ -237,7 +238,7 @@ class StudyTracker:
         tags = {
             "micro_doe.role": "trial",
             "optuna_trial_number": str(trial_number),
-            "optuna_state": state_name,
+            "optuna_state": _OPTUNA_STATE.get(state_name, state_name),  # Optuna's word, whichever was given
             DRIVER_TAG: self.driver,
         }
         if self.parent_run_id is not None:

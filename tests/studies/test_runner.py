@@ -410,6 +410,7 @@ def test_a_pruner_stops_hopeless_trials_and_records_them(tmp_path, tiny_bundle, 
     runs = {int(r.data.tags["optuna_trial_number"]): r
             for r in mlflow.search_runs(experiment_names=["e2e"], output_format="list")
             if "optuna_trial_number" in r.data.tags}  # fmt: skip
+    assert {runs[t.number].data.tags["optuna_state"] for t in result.completed} == {"COMPLETE"}
     for t in result.pruned:
         run = runs[t.number]
         assert run.data.tags["optuna_state"] == "PRUNED" and run.info.status == "FINISHED"
