@@ -3,6 +3,7 @@ lease that lets one driver at a time run a study."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import time
@@ -189,20 +190,36 @@ def _from_unit(dist: optuna.distributions.BaseDistribution, u: float) -> Any:
 def requeue_stale_trials(study: optuna.Study, driver: str, owner_attr: str, seed_attr: str, reason_attr: str) -> int:
     """Trials left RUNNING by a driver that died (its lease expired, released or absent; never a
     live driver's): FAIL them ("driver died", marked requeued) and enqueue their parameters and
-    seed again. Returns how many."""
+    seed again. Returns how many.
+
+    A trial with no owner yet was just asked by some driver that has not written its name; it
+    is stale only once it is older than :data:`LEASE_TTL_S`. A trial that finishes while this
+    runs (another driver re-queued or told it first) is left alone."""
     leases = live_drivers(study)
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-             if t.user_attrs.get(owner_attr) != driver and t.user_attrs.get(owner_attr) not in leases]  # fmt: skip
+    now = datetime.datetime.now()  # Optuna stores naive local times
+    stale = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get(owner_attr)
+        if owner is None:
+            age = (now - t.datetime_start).total_seconds() if t.datetime_start else float("inf")
+            if age > LEASE_TTL_S:
+                stale.append(t)
+        elif owner != driver and owner not in leases:
+            stale.append(t)
+    requeued = 0
     for t in stale:
-        # The trial object of a dead driver is gone: write through the storage, then tell by number.
-        study._storage.set_trial_user_attr(t._trial_id, reason_attr, "driver died; parameters re-queued")
-        study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
-        study.tell(t.number, state=TrialState.FAIL)
+        try:  # the trial object of a dead driver is gone: write through the storage, then tell by number
+            study._storage.set_trial_user_attr(t._trial_id, reason_attr, "driver died; parameters re-queued")
+            study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
+            study.tell(t.number, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            continue  # finished meanwhile (Optuna: "Cannot tell a COMPLETE trial"): not ours to re-queue
         attrs = {"requeued_from": t.number}
         if seed_attr in t.user_attrs:
             attrs[seed_attr] = t.user_attrs[seed_attr]
         study.enqueue_trial(t.params, user_attrs=attrs)
-    return len(stale)
+        requeued += 1
+    return requeued
 
 
 def claim_requeued_trial(study: optuna.Study) -> optuna.trial.Trial | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from micro_doe.studies import study_storage
 from micro_doe.studies.spec import GPSamplerSpec, NSGA2SamplerSpec, RandomSamplerSpec, TPESamplerSpec
-from micro_doe.studies.study_storage import make_sampler, set_constraints
+from micro_doe.studies.study_storage import acquire_lease, make_sampler, requeue_stale_trials, set_constraints
 
 TRIALS, TAIL = 24, 12
 
@@ -81,3 +82,20 @@ def test_model_samplers_take_over_right_after_the_initial_design(kind, factor): 
     assert default.startup_trials() == 4 and kind().startup_trials() == 10  # Optuna's default without a design
     optuna_default = kind.model_validate(start | {"n_startup_trials": 10})
     assert distance_after_start(default) < factor * distance_after_start(optuna_default)
+
+
+def test_a_just_asked_trial_without_an_owner_is_not_requeued_by_another_driver(tmp_path, monkeypatch):
+    """Two drivers starting together: driver A has asked a trial but not yet written its name
+    when driver B sweeps for stale trials. B must leave it alone until it is older than the
+    lease's time to live."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db")
+    acquire_lease(study, "b")
+    fresh = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    assert requeue_stale_trials(study, "b", "driver", "seed", "fail_reason") == 0
+    assert study.trials[fresh.number].state == optuna.trial.TrialState.RUNNING
+    monkeypatch.setattr(study_storage, "LEASE_TTL_S", -1.0)  # now every ownerless trial is old enough
+    acquire_lease(study, "b")
+    assert requeue_stale_trials(study, "b", "driver", "seed", "fail_reason") == 1
+    failed, queued = study.trials
+    assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["requeued"] is True
+    assert queued.state == optuna.trial.TrialState.WAITING and queued.user_attrs["requeued_from"] == fresh.number
