@@ -64,7 +64,11 @@ def pruner_block(pruner: str | None, every: int, min_resource: int, reduction_fa
     return block
 
 
-def run(pruner: dict | None, name: str, seed: int, trials: int, samples: int, root: Path) -> dict:
+QUALITY_OBJECTIVES = [{"name": "lineal_path_error", "direction": "minimize"}, {"name": "size_error", "direction": "minimize"}]
+
+
+def run(pruner: dict | None, name: str, seed: int, trials: int, samples: int, root: Path,
+        without_time: bool = False) -> dict:  # fmt: skip
     overrides = {
         "name": name,
         "search": {"n_h": {"int": [0, 1]}, "steps": {"int": [10, 30]}},  # deep-merged: the rest as bundled
@@ -78,6 +82,8 @@ def run(pruner: dict | None, name: str, seed: int, trials: int, samples: int, ro
         "tracking": f"sqlite:///{root}/mlflow.db",
         "artifacts": str(root / "artifacts"),
     }
+    if without_time:  # no wall-time objective: TPE's proposals, and so the reference arm, repeat across runs
+        overrides["objectives"] = QUALITY_OBJECTIVES
     spec = load_spec("micro3diff-tuning", overrides)
     result = Study(spec).run()
     study = optuna.load_study(study_name=name, storage=spec.storage)
@@ -102,6 +108,8 @@ def main() -> None:
     parser.add_argument("--min-resource", type=int, default=1, help="successive halving / Hyperband: first rung")
     parser.add_argument("--reduction-factor", type=int, default=2, help="successive halving / Hyperband")
     parser.add_argument("--pareto-objectives", nargs="+", help="pareto_halving: rank only these objectives")
+    parser.add_argument("--without-time", action="store_true",
+                        help="drop seconds_per_volume from the study's objectives, so every arm's proposals repeat across runs")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     if args.pareto_objectives and "pareto_halving" not in args.pruners:
@@ -115,7 +123,7 @@ def main() -> None:
         for seed in range(args.seeds):
             for pruner, block in blocks.items():
                 name = f"prune-{pruner or 'none'}-{seed}"
-                r = run(block, name, seed, args.trials, args.samples, Path(tmp))
+                r = run(block, name, seed, args.trials, args.samples, Path(tmp), args.without_time)
                 rows.setdefault(pruner or "none (reference)", []).append(r)
                 console.print(f"{pruner or 'none'} seed {seed}: {r}")
     table = Table(title=f"micro3diff-tuning on CPU: {args.trials} trials × {args.samples} volumes, {args.seeds} seeds "
@@ -134,6 +142,7 @@ def main() -> None:
     console.print(table)
     if args.json:
         args.json.write_text(json.dumps({"trials": args.trials, "seeds": args.seeds, "samples": args.samples,
+                                         "without_time": args.without_time,
                                          "pruners": {p: b for p, b in blocks.items() if p is not None},
                                          "runs": rows}, indent=1))  # fmt: skip
 
