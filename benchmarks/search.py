@@ -28,7 +28,10 @@ search's trials are independent and identically distributed, so every ordering o
 runs' trials pooled (seeds × budget) is itself a valid random-search run, and the median
 trials-to-90 % over many random orderings of the pool estimates what random search needs
 beyond one run's budget ("<": the whole pool never arrives, so random search's median is
-only bounded below by the pool's size + 1). ``--also-at N`` judges the first N trials of every run as a budget of its
+only bounded below by the pool's size + 1). When no random run arrives, a line below the
+table gives the bound that needs no pooling (:func:`censoring_bound`).
+
+``--also-at N`` judges the first N trials of every run as a budget of its
 own (the 90 % level recomputed on them), so one long run also gives the shorter budgets'
 numbers, and shows how much the budget + 1 charged to a run that never arrives caps a ratio.
 The plot shows the mean hypervolume against trials. ``--from-json FILE`` re-prints the tables
@@ -95,8 +98,8 @@ def pooled_random_trials_to_reach(pool: list[list[float] | None], level: float, 
     Every ordering of the pool is a random-search run of len(pool) trials; for each of
     ``orderings`` random orderings the first prefix whose hypervolume reaches ``level`` is
     found by bisection (hypervolume only grows with the prefix). Returns the mean and median
-    over orderings, the pool size and the whole pool's hypervolume; ``never`` is True when the whole pool stays below the
-    level (mean and median are then len(pool) + 1, lower bounds)."""
+    over orderings, the pool size and the whole pool's hypervolume; ``never`` is True when the
+    whole pool stays below the level (mean and median are then len(pool) + 1, lower bounds)."""
     n = len(pool)
     whole = prefix_hypervolume(pool, n, reference)
     if whole < level:
@@ -156,8 +159,8 @@ def summary(runs: dict[str, list[list[float]]], budget: int, points: dict[str, l
             reference=None) -> dict:  # fmt: skip
     """Trials to 90 % of the best hypervolume of any run on the first ``budget`` trials of every
     run (a run that never reaches it counts budget + 1), their mean's ratio to random search's,
-    their median (None unless more than half arrive: only then is it exact), and, with the runs' ``points``, random
-    search's median estimated from its pooled trials (:func:`pooled_random_trials_to_reach`)
+    their median (None unless more than half arrive: only then is it exact), and, with the
+    runs' ``points``, random search's median estimated from its pooled trials (:func:`pooled_random_trials_to_reach`)
     and every other sampler's median ratio to it."""
     best = max(h[budget - 1] for hs in runs.values() for h in hs)
     needed = {s: [trials_to_reach(h[:budget], 0.9 * best, budget) for h in hs] for s, hs in runs.items()}
@@ -226,16 +229,14 @@ def run_all(args: argparse.Namespace, console: Console) -> dict:
                     "studies": {}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="micro-doe-search-") as tmp:
         for study in args.studies:
-            runs: dict[str, list[list[float]]] = {}
             points: dict[str, list[list]] = {}
             for sampler in args.samplers:
                 for seed in range(args.seeds):
                     run_points, seconds = run_one(study, sampler, seed, args.trials, Path(tmp) / study,
                                                   args.samples_per_trial)  # fmt: skip
-                    history = hypervolume_history(run_points, REFERENCE[study])
                     points.setdefault(sampler, []).append(run_points)
-                    runs.setdefault(sampler, []).append(history)
-                    console.print(f"{study} {sampler} seed {seed}: final hypervolume {history[-1]:.4g} ({seconds:.0f} s)")
+                    final = prefix_hypervolume(run_points, len(run_points), REFERENCE[study])
+                    console.print(f"{study} {sampler} seed {seed}: final hypervolume {final:.4g} ({seconds:.0f} s)")
             report["studies"][study] = judged(study, points, REFERENCE[study], args.trials, args.also_at, args.seeds,
                                               console)  # fmt: skip
     return report

@@ -94,7 +94,6 @@ def test_a_just_asked_trial_without_an_owner_is_not_requeued_by_another_driver(t
     assert requeue_stale_trials(study, "b", "driver", "seed", "fail_reason") == 0
     assert study.trials[fresh.number].state == optuna.trial.TrialState.RUNNING
     monkeypatch.setattr(study_storage, "LEASE_TTL_S", -1.0)  # now every ownerless trial is old enough
-    acquire_lease(study, "b")
     assert requeue_stale_trials(study, "b", "driver", "seed", "fail_reason") == 1
     failed, queued = study.trials
     assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["requeued"] is True
