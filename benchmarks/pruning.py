@@ -1,7 +1,8 @@
 """Does pruning save generator time without losing the Pareto front? micro3diff-tuning, CPU-sized.
 
     python benchmarks/pruning.py [--trials 16] [--seeds 2] [--samples 4] [--pruners median successive_halving]
-                                 [--every 1] [--min-resource 1] [--reduction-factor 2] [--json FILE]
+                                 [--every 1] [--min-resource 1] [--reduction-factor 2] [--margin 0]
+                                 [--without-time] [--json FILE]
 
 ``micro3diff-tuning`` is a 200-trial GPU study. Here it runs at a size 2 CPU cores finish:
 the same objectives, model (``pretrained:spheres-32``), variants and decode options, with
@@ -15,9 +16,13 @@ arm generates all of them in one batch); the median pruner after 4 complete tria
 halving and Hyperband with rungs at ``--min-resource`` · ``--reduction-factor``^k volumes.
 Pareto halving (micro-doe's variant) has the same rungs but ranks the running means of all
 three objectives (lineal-path error, size error, seconds per volume) by Pareto dominance;
-``--pareto-objectives lineal_path_error size_error`` ranks only those (its ``objectives:``).
+``--pareto-objectives lineal_path_error size_error`` ranks only those (its ``objectives:``);
+``--margin Z`` gives the judged trial Z standard errors of benefit of the doubt (its ``margin:``).
 **Judges:**
-- generator time: the generator actors' busy seconds, summed over the study;
+- generator time: the generator actors' busy seconds, summed over the study; and, as a count
+  the machine's load cannot move, the denoiser's slice evaluations, Σ over trials of
+  (n_h + 1) · steps · 32 slices · volumes generated (the sampler's own count, see
+  :mod:`micro_doe.platform.micro3diff.sampler`);
 - the final front: the hypervolume of the complete trials' front in (lineal-path error,
   size error), against a fixed reference point (100 %, 100 %). The front is what the study
   optimises; ``seconds_per_volume``, its third objective, is left out of the judge because
@@ -51,17 +56,50 @@ PRUNERS = {
 }
 
 
-def pruner_block(pruner: str | None, every: int, min_resource: int, reduction_factor: int,
-                 pareto_objectives: list[str] | None = None) -> dict | None:  # fmt: skip
-    """The ``pruner:`` block of one arm (``None``: the reference without pruning)."""
-    if pruner is None:
+def pruner_block(arm: str | None, every: int, min_resource: int, reduction_factor: int,
+                 pareto_objectives: list[str] | None = None, margin: float = 0.0) -> dict | None:  # fmt: skip
+    """The ``pruner:`` block of one arm (``None``: the reference without pruning). ``arm`` is a
+    pruner's name, optionally with its own settings: ``pareto_halving:reduction_factor=3,margin=1``."""
+    if arm is None:
         return None
+    pruner, _, own = arm.partition(":")
     block = PRUNERS[pruner] | {"every": every}
     if "min_resource" in block:
         block |= {"min_resource": min_resource, "reduction_factor": reduction_factor}
     if pruner == "pareto_halving" and pareto_objectives:
         block["objectives"] = pareto_objectives
+    if pruner == "pareto_halving" and margin:
+        block["margin"] = margin
+    for setting in filter(None, own.split(",")):
+        key, _, value = setting.partition("=")
+        block[key] = float(value) if key == "margin" else int(value)
     return block
+
+
+def arm(text: str) -> str:
+    """argparse type of one ``--pruners`` entry: NAME or NAME:key=value,..."""
+    name, _, own = text.partition(":")
+    if name not in PRUNERS:
+        raise argparse.ArgumentTypeError(f"{name!r}: expected one of {', '.join(PRUNERS)}")
+    for setting in filter(None, own.split(",")):
+        key, eq, value = setting.partition("=")
+        if not eq or key not in {"min_resource", "reduction_factor", "margin", "every", "n_startup_trials"}:
+            raise argparse.ArgumentTypeError(f"{setting!r} in {text!r}: expected key=value with key one of "
+                                             "min_resource, reduction_factor, margin, every, n_startup_trials")  # fmt: skip
+    return text
+
+
+SIZE = 32  # the slices of one plane of a pretrained:spheres-32 volume
+
+
+def volumes_generated(trial: optuna.trial.FrozenTrial, samples: int) -> int:
+    """Volumes a finished trial generated: all of them, or as many as it had when pruned."""
+    return int(trial.user_attrs.get("pruned_after_volumes", samples))
+
+
+def slice_evaluations(trial: optuna.trial.FrozenTrial, samples: int) -> int:
+    """The denoiser's 2D slice evaluations for a trial: (n_h + 1) · steps · size per volume."""
+    return (trial.params["n_h"] + 1) * trial.params["steps"] * SIZE * volumes_generated(trial, samples)
 
 
 QUALITY_OBJECTIVES = [{"name": "lineal_path_error", "direction": "minimize"}, {"name": "size_error", "direction": "minimize"}]
@@ -89,13 +127,46 @@ def run(pruner: dict | None, name: str, seed: int, trials: int, samples: int, ro
     study = optuna.load_study(study_name=name, storage=spec.storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     points = np.array([t.values[:2] for t in complete if np.all(np.array(t.values[:2]) <= REFERENCE)])
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     return {
         "busy": result.generator_busy_seconds,
+        "slice_evaluations": sum(slice_evaluations(t, samples) for t in finished),
         "hypervolume": float(compute_hypervolume(points, REFERENCE)) if len(points) else 0.0,
         "best_size_error": min((t.values[1] for t in complete), default=float("nan")),
         "complete": len(complete),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+        "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials),
+        "trials": [{"number": t.number, "state": t.state.name, "params": t.params, "volumes": volumes_generated(t, samples),
+                    "values": t.values} for t in finished],  # fmt: skip
     }
+
+
+def print_table(record: dict, console: Console) -> None:
+    """The saved time and the fronts of every arm against the reference arm, seed by seed."""
+    rows = record["runs"]
+    table = Table(title=f"micro3diff-tuning on CPU: {record['trials']} trials × {record['samples']} volumes, "
+                        f"{len(rows['none (reference)'])} seeds (same seeds per row), decisions every {record.get('every', '?')} volumes; "
+                        f"front judged in (lineal-path %, size %) against {tuple(REFERENCE.tolist())}")  # fmt: skip
+    for column in ("pruner", "generator busy [s]", "saved: busy s", "saved: slice evaluations", "pruned trials",
+                   "front hypervolume per seed", "front: mean vs reference", "seeds with front lost",
+                   "best size error [%]"):  # fmt: skip
+        table.add_column(column, justify="right", no_wrap=column == "pruner")
+    base = rows["none (reference)"]
+    for label, rs in rows.items():
+        is_base, rs = rs is base, rs[: len(base)]
+        busy = np.array([r["busy"] for r in rs])
+        saved = 1 - busy.sum() / sum(r["busy"] for r in base[: len(rs)])
+        counted = all("slice_evaluations" in r for r in rs + base)  # runs saved before it was counted lack it
+        slices = counted and 1 - sum(r["slice_evaluations"] for r in rs) / sum(r["slice_evaluations"] for r in base[: len(rs)])
+        hv, ref_hv = np.array([r["hypervolume"] for r in rs]), np.array([r["hypervolume"] for r in base[: len(rs)]])
+        lost = int(np.sum(hv < ref_hv - 1e-9))
+        table.add_row(label, f"{busy.mean():.0f}", "—" if is_base else f"{100 * saved:.0f} %",
+                      "—" if is_base or not counted else f"{100 * slices:.0f} %", f"{np.mean([r['pruned'] for r in rs]):.1f}",
+                      " / ".join(f"{h:.0f}" for h in hv), "—" if is_base else f"{100 * (hv.mean() / ref_hv.mean() - 1):+.1f} %",
+                      "—" if is_base else f"{lost} of {len(rs)}",
+                      " / ".join(f"{r['best_size_error']:.1f}" for r in rs))  # fmt: skip
+    console.print(table)
+    console.print("Best size error: the best complete trial's; blind for Optuna's pruners, read by pareto_halving.")
 
 
 def main() -> None:
@@ -103,48 +174,43 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--pruners", nargs="+", default=["median"], choices=list(PRUNERS))
+    parser.add_argument("--pruners", nargs="+", default=["median"], type=arm,
+                        help=f"arms, each NAME or NAME:key=value,... (NAME one of {', '.join(PRUNERS)}), e.g. "
+                             "pareto_halving:reduction_factor=3,margin=1")  # fmt: skip
     parser.add_argument("--every", type=int, default=1, help="volumes between two pruning decisions")
     parser.add_argument("--min-resource", type=int, default=1, help="successive halving / Hyperband: first rung")
     parser.add_argument("--reduction-factor", type=int, default=2, help="successive halving / Hyperband")
     parser.add_argument("--pareto-objectives", nargs="+", help="pareto_halving: rank only these objectives")
+    parser.add_argument("--margin", type=float, default=0.0, help="pareto_halving: benefit of the doubt, in standard errors")
     parser.add_argument("--without-time", action="store_true",
                         help="drop seconds_per_volume from the study's objectives, so every arm's proposals repeat across runs")
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--json", type=Path, help="also write the numbers here (rewritten after every seed)")
+    parser.add_argument("--from-json", type=Path, help="print the table of a saved run instead of running")
     args = parser.parse_args()
-    if args.pareto_objectives and "pareto_halving" not in args.pruners:
+    console = Console(width=160)
+    if args.from_json:
+        print_table(json.loads(args.from_json.read_text()), console)
+        return
+    if args.pareto_objectives and not any(a.startswith("pareto_halving") for a in args.pruners):
         parser.error("--pareto-objectives: only pareto_halving ranks objectives; add it to --pruners")
+    if args.margin and not any(a.startswith("pareto_halving") for a in args.pruners):
+        parser.error("--margin: only pareto_halving takes a margin; add it to --pruners")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    console = Console(width=140)
-    rows: dict[str, list[dict]] = {}
-    blocks = {p: pruner_block(p, args.every, args.min_resource, args.reduction_factor, args.pareto_objectives)
+    blocks = {p: pruner_block(p, args.every, args.min_resource, args.reduction_factor, args.pareto_objectives, args.margin)
               for p in [None, *args.pruners]}  # fmt: skip
+    record = {"trials": args.trials, "seeds": args.seeds, "samples": args.samples, "every": args.every,
+              "without_time": args.without_time, "pruners": {p: b for p, b in blocks.items() if p is not None},
+              "runs": {}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="micro-doe-pruning-") as tmp:
         for seed in range(args.seeds):
-            for pruner, block in blocks.items():
-                name = f"prune-{pruner or 'none'}-{seed}"
+            for i, (pruner, block) in enumerate(blocks.items()):
+                name = f"prune-{i}-{seed}"
                 r = run(block, name, seed, args.trials, args.samples, Path(tmp), args.without_time)
-                rows.setdefault(pruner or "none (reference)", []).append(r)
-                console.print(f"{pruner or 'none'} seed {seed}: {r}")
-    table = Table(title=f"micro3diff-tuning on CPU: {args.trials} trials × {args.samples} volumes, {args.seeds} seeds "
-                        f"(same seeds per row), decisions every {args.every} volumes; front judged in (lineal-path %, size %) against {tuple(REFERENCE.tolist())}")  # fmt: skip
-    for column in ("pruner", "generator busy [s]", "saved vs none", "pruned trials", "front hypervolume",
-                   "best size error [%] (blind to all but pareto_halving)"):  # fmt: skip
-        table.add_column(column, justify="right")
-    base = rows["none (reference)"]
-    for label, rs in rows.items():
-        busy = np.array([r["busy"] for r in rs])
-        saved = 1 - busy.sum() / sum(r["busy"] for r in base)
-        table.add_row(label, f"{busy.mean():.0f}", "—" if rs is base else f"{100 * saved:.0f} %",
-                      f"{np.mean([r['pruned'] for r in rs]):.1f}",
-                      " / ".join(f"{r['hypervolume']:.0f}" for r in rs),
-                      " / ".join(f"{r['best_size_error']:.1f}" for r in rs))  # fmt: skip
-    console.print(table)
-    if args.json:
-        args.json.write_text(json.dumps({"trials": args.trials, "seeds": args.seeds, "samples": args.samples,
-                                         "without_time": args.without_time,
-                                         "pruners": {p: b for p, b in blocks.items() if p is not None},
-                                         "runs": rows}, indent=1))  # fmt: skip
+                record["runs"].setdefault(pruner or "none (reference)", []).append(r)
+                console.print(f"{pruner or 'none'} seed {seed}: " + str({k: v for k, v in r.items() if k != "trials"}))
+            if args.json:  # after every seed, so a long run interrupted keeps what it measured
+                args.json.write_text(json.dumps(record, indent=1))
+    print_table(record, console)
 
 
 if __name__ == "__main__":

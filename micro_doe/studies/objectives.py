@@ -369,12 +369,20 @@ def evaluate_objectives(
     ``{objective name: mean}`` in the given order. A NaN, or an infinity from anything but
     the built-in ``tortuosity``, raises ``ValueError`` naming the objective and sample.
     """
+    return {name: float(np.mean(values)) for name, values in per_sample_objectives(objectives, samples).items()}
+
+
+def per_sample_objectives(
+    objectives: Sequence[tuple[Objective, Direction] | Objective], samples: Sequence[Sample]
+) -> dict[str, list[float]]:
+    """Each objective's value on each sample, ``{objective name: [value per sample]}`` in the
+    given order (what :func:`evaluate_objectives` averages; the same checks)."""
     if not samples:
         raise ValueError("evaluate_objectives: no samples given")
-    out: dict[str, float] = {}
+    out: dict[str, list[float]] = {}
     for item in objectives:
         obj = item[0] if isinstance(item, tuple) else item
-        out[obj.name] = float(np.mean([_value(obj, s, i) for i, s in enumerate(samples)]))
+        out[obj.name] = [_value(obj, s, i) for i, s in enumerate(samples)]
     return out
 
 

@@ -87,8 +87,8 @@ from micro_doe.actors import (
 from micro_doe.platform.bundles import load_reference
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.platform.interrupts import interrupts_deferred, interrupts_raise, last_signal
-from micro_doe.studies.objectives import METRICS, Sample, evaluate_objectives, trial_metrics
-from micro_doe.studies.pareto_pruner import RUNNING_MEANS
+from micro_doe.studies.objectives import METRICS, Sample, evaluate_objectives, per_sample_objectives, trial_metrics
+from micro_doe.studies.pareto_pruner import RUNNING_ERRORS, RUNNING_MEANS, standard_error
 from micro_doe.studies.preflight import check_before_start
 from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_storage import (
@@ -201,6 +201,7 @@ class _Trial:
     eval_refs: list[Any] = field(default_factory=list)  # evaluations of the latest batch of volumes
     reporter: optuna.trial.Trial | None = None  # where intermediate values go (pruning), once reported
     running_means: dict[str, list[float]] = field(default_factory=dict)  # pareto_halving: step → every objective
+    running_errors: dict[str, list[float]] = field(default_factory=dict)  # ... and their standard errors
 
 
 class Study:
@@ -559,14 +560,16 @@ class Study:
     def _decide(self, study, tracker, ctx: _Trial, reference, pruning: optuna.Study) -> str:  # type: ignore[no-untyped-def]
         """Report the running mean of the first objective over the volumes so far (step = their
         number; for ``pareto_halving`` every objective's, as the user attribute
-        :data:`~micro_doe.studies.pareto_pruner.RUNNING_MEANS`) and let the pruner decide:
+        :data:`~micro_doe.studies.pareto_pruner.RUNNING_MEANS`, with their standard errors from
+        two volumes on, :data:`~micro_doe.studies.pareto_pruner.RUNNING_ERRORS`) and let the pruner decide:
         "continue", or "pruned" (the trial is then told PRUNED and logged to MLflow with its
         volumes), or "failed"."""
         try:
             first, direction = self.objectives[0]
             pareto = self.spec.pruner.kind == "pareto_halving"
             judged = self.objectives if pareto else [(first, direction)]
-            values = evaluate_objectives(judged, self._samples(ctx, reference))
+            per_sample = per_sample_objectives(judged, self._samples(ctx, reference))
+            values = {name: float(np.mean(v)) for name, v in per_sample.items()}
             value = values[first.name]
             if ctx.reporter is None:
                 ctx.reporter = ctx.trial if pruning is study else pruning.ask()
@@ -575,6 +578,9 @@ class Study:
             if pareto:
                 ctx.running_means[str(len(ctx.volumes))] = [float(values[o.name]) for o, _ in judged]
                 ctx.reporter.set_user_attr(RUNNING_MEANS, ctx.running_means)
+                if len(ctx.volumes) > 1:  # a standard error needs two volumes (margin: min_resource ≥ 2)
+                    ctx.running_errors[str(len(ctx.volumes))] = [standard_error(per_sample[o.name]) for o, _ in judged]
+                    ctx.reporter.set_user_attr(RUNNING_ERRORS, ctx.running_errors)
             ctx.reporter.report(value, step=len(ctx.volumes))
             if not ctx.reporter.should_prune():
                 return "continue"

@@ -210,6 +210,11 @@ class ParetoHalvingPrunerSpec(_PrunerBase):
     objectives: list[str] | None = Field(
         None, description="the objectives to rank by (names from objectives:); all of them if not given"
     )
+    margin: float = Field(
+        0.0, ge=0, allow_inf_nan=False,
+        description="benefit of the doubt, in standard errors: a trial is ranked with its running means "
+                    "moved that many standard errors towards better (needs min_resource >= 2)",
+    )  # fmt: skip
 
     @field_validator("objectives")
     @classmethod
@@ -217,6 +222,13 @@ class ParetoHalvingPrunerSpec(_PrunerBase):
         if v is not None and not v:
             raise ValueError("is empty: name at least one objective, or leave the key out to rank by all of them")
         return v
+
+    @model_validator(mode="after")
+    def _margin_needs_two_volumes(self) -> ParetoHalvingPrunerSpec:
+        if self.margin > 0 and self.min_resource < 2:
+            raise ValueError(f"margin: {self.margin} needs min_resource >= 2 (a standard error needs two volumes), "
+                             f"got min_resource: {self.min_resource}")  # fmt: skip
+        return self
 
 
 PrunerSpec = Annotated[

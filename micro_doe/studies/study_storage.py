@@ -7,6 +7,7 @@ import datetime
 import os
 import socket
 import time
+import warnings
 from contextlib import nullcontext
 from typing import Any
 
@@ -60,7 +61,9 @@ def describe_study(study: optuna.Study, spec: StudySpec, objective_names: list[s
     import hashlib
     import json
 
-    study.set_metric_names(objective_names)
+    with warnings.catch_warnings():  # experimental since Optuna 3.2 and still so; we rely on it knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(objective_names)
     text = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True)
     attrs = {
         "generator": spec.generator.kind,
@@ -113,7 +116,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         names = spec.objective_names()
         ranked = [names.index(n) for n in p.objectives] if p.objectives else None
         return ParetoHalvingPruner(spec.directions(), min_resource=p.min_resource, reduction_factor=p.reduction_factor,
-                                   ranked=ranked)  # fmt: skip
+                                   ranked=ranked, margin=p.margin)  # fmt: skip
     return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=spec.samples_per_trial,
                                           reduction_factor=p.reduction_factor)  # fmt: skip
 

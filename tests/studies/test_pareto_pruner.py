@@ -4,7 +4,13 @@ import numpy as np
 import optuna
 import pytest
 
-from micro_doe.studies.pareto_pruner import RUNNING_MEANS, ParetoHalvingPruner, domination_ranks
+from micro_doe.studies.pareto_pruner import (
+    RUNNING_ERRORS,
+    RUNNING_MEANS,
+    ParetoHalvingPruner,
+    domination_ranks,
+    standard_error,
+)
 
 
 def test_domination_ranks_peel_fronts():
@@ -15,13 +21,16 @@ def test_domination_ranks_peel_fronts():
     assert domination_ranks(np.array([[3.0], [1.0], [2.0], [1.0]])).tolist() == [2, 0, 1, 0]
 
 
-def report(study: optuna.Study, pruner, means: dict[int, list[float]]) -> list[bool]:
-    """A companion trial that reports ``means`` step by step; the pruner's decision at each step."""
+def report(study: optuna.Study, pruner, means: dict[int, list[float]], errors: dict[int, list[float]] | None = None) -> list[bool]:
+    """A companion trial that reports ``means`` (and their standard ``errors``) step by step; the
+    pruner's decision at each step."""
     trial = study.ask()
     stored, decisions = {}, []
     for step, values in means.items():
         stored[str(step)] = values
         trial.set_user_attr(RUNNING_MEANS, stored)
+        if errors is not None:
+            trial.set_user_attr(RUNNING_ERRORS, {str(s): e for s, e in errors.items() if s <= step})
         trial.report(values[0], step=step)  # Optuna's own pruners read this (the first objective)
         decisions.append(pruner.prune(study, study._storage.get_trial(trial._trial_id)))
     return decisions
@@ -68,3 +77,32 @@ def test_ranking_only_some_objectives():
     for bad in ([3], [0, 0], []):
         with pytest.raises(ValueError, match="distinct indices of the 3 objectives"):
             ParetoHalvingPruner(directions, ranked=bad)
+
+
+def test_standard_error():
+    assert standard_error([1.0, 3.0]) == pytest.approx(1.0)  # std (ddof 1) √2, over √2
+    assert standard_error([2.0, 2.0, 2.0]) == 0.0
+    assert np.isnan(standard_error([1.0])) and np.isnan(standard_error([1.0, np.inf]))
+
+
+def test_a_margin_keeps_a_trial_dominated_within_its_noise():
+    """Competitors [1, 1], [2, 2], [4, 4]. [3, 3] is dominated by two of them: successive halving
+    on Pareto rank (4 competitors, 2 go on) stops it. With standard errors (1.5, 1.5) and
+    margin 1 it is ranked as [1.5, 1.5], dominated by [1, 1] alone, and goes on; with errors
+    (0.5, 0.5) it is ranked as [2.5, 2.5] and still stopped. A NaN or infinite standard error
+    gives its objective no benefit of the doubt."""
+    directions = ["minimize", "minimize"]
+    for margin, errors, stopped in ((0.0, [1.5, 1.5], True), (1.0, [1.5, 1.5], False), (1.0, [0.5, 0.5], True),
+                                    (1.0, [np.nan, 0.5], True), (2.0, [np.inf, 0.5], True)):  # fmt: skip
+        pruner = ParetoHalvingPruner(directions, min_resource=2, margin=margin)
+        study = optuna.create_study(direction="minimize")
+        for point in ([1, 1], [2, 2], [4, 4]):
+            report(study, pruner, {2: point}, {2: [0.0, 0.0]})
+        assert report(study, pruner, {2: [3, 3]}, {2: errors}) == [stopped], (margin, errors)
+    pruner = ParetoHalvingPruner(directions, min_resource=2, margin=1.0)
+    study = optuna.create_study(direction="minimize")
+    with pytest.raises(ValueError, match="without the standard errors"):
+        report(study, pruner, {2: [1, 1]})
+    for bad in (-1.0, np.inf, np.nan):
+        with pytest.raises(ValueError, match="margin must be a finite number"):
+            ParetoHalvingPruner(directions, margin=bad)

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from study_fixtures import write_study
 
 from micro_doe.platform.volumes import read_volume
-from micro_doe.studies.pareto_pruner import RUNNING_MEANS
+from micro_doe.studies.pareto_pruner import RUNNING_ERRORS, RUNNING_MEANS
 from micro_doe.studies.runner import Study
 from micro_doe.studies.study_yaml import load_spec
 
@@ -373,6 +373,10 @@ def test_pareto_halving_stops_only_dominated_trials(tmp_path, tiny_bundle, monke
     for t in companion.trials:  # every objective's running mean, per step
         means = t.user_attrs[RUNNING_MEANS]
         assert means and all(len(v) == 2 for v in means.values()), means
+        # from two volumes on, their standard errors: 0, as every volume of a trial scores the same
+        errors = t.user_attrs.get(RUNNING_ERRORS, {})
+        assert set(errors) == {k for k in means if int(k) >= 2}, (means, errors)
+        assert all(v == [0.0, 0.0] for v in errors.values()), errors
 
 
 def test_a_pruner_stops_hopeless_trials_and_records_them(tmp_path, tiny_bundle, monkeypatch):

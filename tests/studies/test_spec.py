@@ -540,6 +540,9 @@ def test_the_pruner_block(fake_shipped, tmp_path):
     assert "'size_error' is not one of the study's objectives" in found["pruner.objectives[0]"]
     assert "listed twice" in found["pruner.objectives[2]"]
     assert "leave the key out" in problems(VALID | {"pruner": {"kind": "pareto_halving", "objectives": []}}, tmp_path)["pruner.objectives"]
+    found = problems(VALID | {"pruner": {"kind": "pareto_halving", "margin": 1.0}}, tmp_path)
+    assert "1.0 needs min_resource >= 2" in found["pruner.margin"], found
+    assert "greater than or equal to 0" in problems(VALID | {"pruner": {"kind": "pareto_halving", "margin": -1}}, tmp_path)["pruner.margin"]
     for kind in ("successive_halving", "hyperband", "pareto_halving"):
         found = problems(VALID | {"pruner": {"kind": kind, "min_resource": 2}}, tmp_path)  # samples_per_trial is 2
         assert "less than samples_per_trial (2)" in found["pruner.min_resource"]

@@ -98,3 +98,17 @@ def test_a_just_asked_trial_without_an_owner_is_not_requeued_by_another_driver(t
     failed, queued = study.trials
     assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["requeued"] is True
     assert queued.state == optuna.trial.TrialState.WAITING and queued.user_attrs["requeued_from"] == fresh.number
+
+
+def test_describing_a_study_names_its_objectives_without_an_experimental_warning():
+    import warnings
+
+    from micro_doe.studies.study_yaml import load_spec
+
+    spec = load_spec("micro3diff-tuning")
+    study = optuna.create_study(directions=spec.directions())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study_storage.describe_study(study, spec, spec.objective_names())
+    assert study.metric_names == spec.objective_names()
+    assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)], caught
