@@ -2,7 +2,13 @@
 
     python benchmarks/pruning.py [--trials 16] [--seeds 2] [--samples 4] [--pruners median successive_halving]
                                  [--every 1] [--min-resource 1] [--reduction-factor 2] [--margin 0]
-                                 [--without-time] [--json FILE]
+                                 [--pareto-objectives NAME ...] [--without-time] [--json FILE]
+    python benchmarks/pruning.py --from-json FILE   # the table of a saved run
+
+An arm may carry its own settings: ``--pruners successive_halving
+pareto_halving:reduction_factor=3,margin=1``. The seeds are not a paired comparison once a
+trial is pruned: TPE then sees a different history, so the arms explore different trials
+and a front can grow or shrink by luck; hence several seeds, and their mean.
 
 ``micro3diff-tuning`` is a 200-trial GPU study. Here it runs at a size 2 CPU cores finish:
 the same objectives, model (``pretrained:spheres-32``), variants and decode options, with
@@ -45,6 +51,7 @@ from rich.console import Console
 from rich.table import Table
 
 from micro_doe.studies.runner import Study
+from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_yaml import load_spec
 
 REFERENCE = np.array([100.0, 100.0])  # lineal-path error %, size error %
@@ -72,7 +79,7 @@ def pruner_block(arm: str | None, every: int, min_resource: int, reduction_facto
         block["margin"] = margin
     for setting in filter(None, own.split(",")):
         key, _, value = setting.partition("=")
-        block[key] = float(value) if key == "margin" else int(value)
+        block[key] = float(value) if key == "margin" else int(value)  # arm() checked the numbers
     return block
 
 
@@ -86,6 +93,10 @@ def arm(text: str) -> str:
         if not eq or key not in {"min_resource", "reduction_factor", "margin", "every", "n_startup_trials"}:
             raise argparse.ArgumentTypeError(f"{setting!r} in {text!r}: expected key=value with key one of "
                                              "min_resource, reduction_factor, margin, every, n_startup_trials")  # fmt: skip
+        try:
+            float(value) if key == "margin" else int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{setting!r} in {text!r}: expected a number") from None
     return text
 
 
@@ -98,15 +109,17 @@ def volumes_generated(trial: optuna.trial.FrozenTrial, samples: int) -> int:
 
 
 def slice_evaluations(trial: optuna.trial.FrozenTrial, samples: int) -> int:
-    """The denoiser's 2D slice evaluations for a trial: (n_h + 1) · steps · size per volume."""
+    """The denoiser's 2D slice evaluations for a trial: (n_h + 1) · steps · size per volume (a failed
+    trial, shown in the table, is not counted)."""
     return (trial.params["n_h"] + 1) * trial.params["steps"] * SIZE * volumes_generated(trial, samples)
 
 
 QUALITY_OBJECTIVES = [{"name": "lineal_path_error", "direction": "minimize"}, {"name": "size_error", "direction": "minimize"}]
 
 
-def run(pruner: dict | None, name: str, seed: int, trials: int, samples: int, root: Path,
-        without_time: bool = False) -> dict:  # fmt: skip
+def study_spec(pruner: dict | None, name: str, seed: int, trials: int, samples: int, root: Path,
+               without_time: bool = False) -> StudySpec:  # fmt: skip
+    """The benchmark's micro3diff-tuning: the bundled study at CPU size (module docstring)."""
     overrides = {
         "name": name,
         "search": {"n_h": {"int": [0, 1]}, "steps": {"int": [10, 30]}},  # deep-merged: the rest as bundled
@@ -122,7 +135,12 @@ def run(pruner: dict | None, name: str, seed: int, trials: int, samples: int, ro
     }
     if without_time:  # no wall-time objective: TPE's proposals, and so the reference arm, repeat across runs
         overrides["objectives"] = QUALITY_OBJECTIVES
-    spec = load_spec("micro3diff-tuning", overrides)
+    return load_spec("micro3diff-tuning", overrides)
+
+
+def run(pruner: dict | None, name: str, seed: int, trials: int, samples: int, root: Path,
+        without_time: bool = False) -> dict:  # fmt: skip
+    spec = study_spec(pruner, name, seed, trials, samples, root, without_time)
     result = Study(spec).run()
     study = optuna.load_study(study_name=name, storage=spec.storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -147,8 +165,8 @@ def print_table(record: dict, console: Console) -> None:
     table = Table(title=f"micro3diff-tuning on CPU: {record['trials']} trials × {record['samples']} volumes, "
                         f"{len(rows['none (reference)'])} seeds (same seeds per row), decisions every {record.get('every', '?')} volumes; "
                         f"front judged in (lineal-path %, size %) against {tuple(REFERENCE.tolist())}")  # fmt: skip
-    for column in ("pruner", "generator busy [s]", "saved: busy s", "saved: slice evaluations", "pruned trials",
-                   "front hypervolume per seed", "front: mean vs reference", "seeds with front lost",
+    for column in ("pruner", "generator busy [s]", "saved: busy s", "saved: slice evaluations", "pruned (failed) trials",
+                   "front hypervolume per seed", "front: mean vs reference", "seeds with a smaller front",
                    "best size error [%]"):  # fmt: skip
         table.add_column(column, justify="right", no_wrap=column == "pruner")
     base = rows["none (reference)"]
@@ -161,8 +179,8 @@ def print_table(record: dict, console: Console) -> None:
         hv, ref_hv = np.array([r["hypervolume"] for r in rs]), np.array([r["hypervolume"] for r in base[: len(rs)]])
         lost = int(np.sum(hv < ref_hv - 1e-9))
         table.add_row(label, f"{busy.mean():.0f}", "—" if is_base else f"{100 * saved:.0f} %",
-                      "—" if is_base or not counted else f"{100 * slices:.0f} %", f"{np.mean([r['pruned'] for r in rs]):.1f}",
-                      " / ".join(f"{h:.0f}" for h in hv), "—" if is_base else f"{100 * (hv.mean() / ref_hv.mean() - 1):+.1f} %",
+                      "—" if is_base or not counted else f"{100 * slices:.0f} %", f"{np.mean([r['pruned'] for r in rs]):.1f} ({np.mean([r.get('failed', 0) for r in rs]):.1f})",
+                      " / ".join(f"{h:.0f}" for h in hv), "—" if is_base or not ref_hv.mean() else f"{100 * (hv.mean() / ref_hv.mean() - 1):+.1f} %",
                       "—" if is_base else f"{lost} of {len(rs)}",
                       " / ".join(f"{r['best_size_error']:.1f}" for r in rs))  # fmt: skip
     console.print(table)
@@ -198,6 +216,11 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     blocks = {p: pruner_block(p, args.every, args.min_resource, args.reduction_factor, args.pareto_objectives, args.margin)
               for p in [None, *args.pruners]}  # fmt: skip
+    for p, block in blocks.items():  # every arm's study is checked before the first one runs
+        try:
+            study_spec(block, "check", 0, args.trials, args.samples, Path(tempfile.gettempdir()), args.without_time)
+        except Exception as err:  # noqa: BLE001 — the spec's own message names the field
+            parser.error(f"--pruners {p}: {err}")
     record = {"trials": args.trials, "seeds": args.seeds, "samples": args.samples, "every": args.every,
               "without_time": args.without_time, "pruners": {p: b for p, b in blocks.items() if p is not None},
               "runs": {}}  # fmt: skip

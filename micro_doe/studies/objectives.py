@@ -378,7 +378,7 @@ def per_sample_objectives(
     """Each objective's value on each sample, ``{objective name: [value per sample]}`` in the
     given order (what :func:`evaluate_objectives` averages; the same checks)."""
     if not samples:
-        raise ValueError("evaluate_objectives: no samples given")
+        raise ValueError("objectives: no samples given")
     out: dict[str, list[float]] = {}
     for item in objectives:
         obj = item[0] if isinstance(item, tuple) else item

@@ -24,9 +24,10 @@ front is built, after the multi-objective ASHA of Schmucker et al. (2021):
 trial the benefit of the doubt: its losses are lowered by z standard errors of its running
 means (the sample standard deviation over its volumes, divided by √volumes), stored as
 :data:`RUNNING_ERRORS` beside the means, before it is ranked against the competitors' plain
-means. A trial judged on two noisy volumes is then stopped only when it is dominated by
-more than the noise; with z = 0 the rule is the one above. An objective whose standard error
-is not finite (e.g. an infinite tortuosity) gets no margin.
+means. It is a heuristic allowance for noise, not a confidence level: two volumes estimate a
+standard error poorly, and the competitors' own noise is not counted. With z = 0 the rule is
+the one above. An objective without a standard error (e.g. an infinite tortuosity) gets no
+margin. A standard error needs two volumes, so z > 0 needs ``min_resource`` ≥ 2.
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ RUNNING_MEANS = "running_means"
 RUNNING_ERRORS = "running_standard_errors"  # {"step": [standard error of each running mean]}
 
 
-def standard_error(values: Sequence[float]) -> float:
+def standard_error(values: Sequence[float]) -> float | None:
     """The standard error of the mean of ``values``: sample standard deviation (ddof 1) / √n;
-    NaN for fewer than two values, and for non-finite ones."""
+    None (stored as JSON null) for fewer than two values, and when one is not finite."""
     v = np.asarray(values, dtype=float)
     if len(v) < 2 or not np.all(np.isfinite(v)):
-        return float("nan")
+        return None
     return float(v.std(ddof=1) / np.sqrt(len(v)))
 
 
@@ -80,6 +81,8 @@ class ParetoHalvingPruner(optuna.pruners.BasePruner):
             raise ValueError(f"min_resource must be ≥ 1 and reduction_factor ≥ 2, got {min_resource}, {reduction_factor}")
         if not (np.isfinite(margin) and margin >= 0):
             raise ValueError(f"margin must be a finite number of standard errors ≥ 0, got {margin}")
+        if margin > 0 and min_resource < 2:
+            raise ValueError(f"margin > 0 needs min_resource ≥ 2 (a standard error needs two volumes), got {min_resource}")
         self._margin = float(margin)
         self._ranked = list(range(len(directions))) if ranked is None else list(ranked)
         bad = any(not 0 <= i < len(directions) for i in self._ranked) or len(set(self._ranked)) != len(self._ranked)
@@ -116,7 +119,7 @@ class ParetoHalvingPruner(optuna.pruners.BasePruner):
             if errors is None:
                 raise ValueError(f"trial {trial.number} reported step {step} without the standard errors "
                                  f"of its running means ({RUNNING_ERRORS!r}), which margin > 0 needs")  # fmt: skip
-            errors = np.array(errors, dtype=float)[self._ranked]
+            errors = np.array(errors, dtype=float)[self._ranked]  # None (no standard error) → NaN
             losses[0] -= self._margin * np.where(np.isfinite(errors), errors, 0.0)
         ranks = domination_ranks(losses)
         promoted = max(1, len(losses) // self._reduction_factor)

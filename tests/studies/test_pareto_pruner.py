@@ -82,23 +82,26 @@ def test_ranking_only_some_objectives():
 def test_standard_error():
     assert standard_error([1.0, 3.0]) == pytest.approx(1.0)  # std (ddof 1) √2, over √2
     assert standard_error([2.0, 2.0, 2.0]) == 0.0
-    assert np.isnan(standard_error([1.0])) and np.isnan(standard_error([1.0, np.inf]))
+    assert standard_error([1.0]) is None and standard_error([1.0, np.inf]) is None  # JSON null in storage
 
 
 def test_a_margin_keeps_a_trial_dominated_within_its_noise():
     """Competitors [1, 1], [2, 2], [4, 4]. [3, 3] is dominated by two of them: successive halving
     on Pareto rank (4 competitors, 2 go on) stops it. With standard errors (1.5, 1.5) and
     margin 1 it is ranked as [1.5, 1.5], dominated by [1, 1] alone, and goes on; with errors
-    (0.5, 0.5) it is ranked as [2.5, 2.5] and still stopped. A NaN or infinite standard error
-    gives its objective no benefit of the doubt."""
-    directions = ["minimize", "minimize"]
+    (0.5, 0.5) it is ranked as [2.5, 2.5] and still stopped. A missing (None) or infinite
+    standard error gives its objective no benefit of the doubt. Only the judged trial is
+    moved: the competitors' large errors change nothing. The same with the first objective
+    maximised (values negated): the margin moves it up."""
     for margin, errors, stopped in ((0.0, [1.5, 1.5], True), (1.0, [1.5, 1.5], False), (1.0, [0.5, 0.5], True),
-                                    (1.0, [np.nan, 0.5], True), (2.0, [np.inf, 0.5], True)):  # fmt: skip
-        pruner = ParetoHalvingPruner(directions, min_resource=2, margin=margin)
-        study = optuna.create_study(direction="minimize")
-        for point in ([1, 1], [2, 2], [4, 4]):
-            report(study, pruner, {2: point}, {2: [0.0, 0.0]})
-        assert report(study, pruner, {2: [3, 3]}, {2: errors}) == [stopped], (margin, errors)
+                                    (1.0, [None, 0.5], True), (2.0, [np.inf, 0.5], True)):  # fmt: skip
+        for directions, sign in ((["minimize", "minimize"], 1), (["maximize", "minimize"], -1)):
+            pruner = ParetoHalvingPruner(directions, min_resource=2, margin=margin)
+            study = optuna.create_study(direction=directions[0])
+            for point in ([1, 1], [2, 2], [4, 4]):
+                report(study, pruner, {2: [sign * point[0], point[1]]}, {2: [9.0, 9.0]})
+            assert report(study, pruner, {2: [sign * 3, 3]}, {2: errors}) == [stopped], (margin, errors, directions)
+    directions = ["minimize", "minimize"]
     pruner = ParetoHalvingPruner(directions, min_resource=2, margin=1.0)
     study = optuna.create_study(direction="minimize")
     with pytest.raises(ValueError, match="without the standard errors"):
@@ -106,3 +109,5 @@ def test_a_margin_keeps_a_trial_dominated_within_its_noise():
     for bad in (-1.0, np.inf, np.nan):
         with pytest.raises(ValueError, match="margin must be a finite number"):
             ParetoHalvingPruner(directions, margin=bad)
+    with pytest.raises(ValueError, match="needs min_resource ≥ 2"):
+        ParetoHalvingPruner(directions, min_resource=1, margin=1.0)

@@ -21,8 +21,10 @@ from micro_doe.platform.micro3diff.generator import VARIANTS, SamplingSettings
 from micro_doe.platform.micro3diff.unet import UNetConfig
 from micro_doe.platform.volumes import make_volume
 from micro_doe.studies import objectives as objectives_module
+from micro_doe.studies.pareto_pruner import ParetoHalvingPruner
 from micro_doe.studies.search_space import GENERATOR_PARAMETERS, IntParam
 from micro_doe.studies.spec import StudySpec
+from micro_doe.studies.study_storage import make_pruner
 from micro_doe.studies.study_yaml import SpecError, bundled_studies, load_spec, parse_spec, study_json_schema
 
 
@@ -543,6 +545,10 @@ def test_the_pruner_block(fake_shipped, tmp_path):
     found = problems(VALID | {"pruner": {"kind": "pareto_halving", "margin": 1.0}}, tmp_path)
     assert "1.0 needs min_resource >= 2" in found["pruner.margin"], found
     assert "greater than or equal to 0" in problems(VALID | {"pruner": {"kind": "pareto_halving", "margin": -1}}, tmp_path)["pruner.margin"]
+    assert "finite number" in problems(VALID | {"pruner": {"kind": "pareto_halving", "margin": float("inf")}}, tmp_path)["pruner.margin"]
+    margined = {"samples_per_trial": 4, "pruner": {"kind": "pareto_halving", "min_resource": 2, "margin": 1.5, "every": 2}}
+    pruner = make_pruner(load_spec(write_study(tmp_path, VALID | margined)))
+    assert isinstance(pruner, ParetoHalvingPruner) and pruner._margin == 1.5  # the spec's margin reaches the pruner
     for kind in ("successive_halving", "hyperband", "pareto_halving"):
         found = problems(VALID | {"pruner": {"kind": kind, "min_resource": 2}}, tmp_path)  # samples_per_trial is 2
         assert "less than samples_per_trial (2)" in found["pruner.min_resource"]
