@@ -50,7 +50,7 @@ from optuna._hypervolume import compute_hypervolume
 from rich.console import Console
 from rich.table import Table
 
-from micro_doe.studies.runner import Study
+from micro_doe.studies.runner import SEED_ATTR, Study, trial_seed
 from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_yaml import load_spec
 
@@ -144,19 +144,51 @@ def run(pruner: dict | None, name: str, seed: int, trials: int, samples: int, ro
     result = Study(spec).run()
     study = optuna.load_study(study_name=name, storage=spec.storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    points = np.array([t.values[:2] for t in complete if np.all(np.array(t.values[:2]) <= REFERENCE)])
     finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     return {
         "busy": result.generator_busy_seconds,
         "slice_evaluations": sum(slice_evaluations(t, samples) for t in finished),
-        "hypervolume": float(compute_hypervolume(points, REFERENCE)) if len(points) else 0.0,
+        "hypervolume": front_hypervolume([t.values for t in complete]),
         "best_size_error": min((t.values[1] for t in complete), default=float("nan")),
         "complete": len(complete),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials),
         "trials": [{"number": t.number, "state": t.state.name, "params": t.params, "volumes": volumes_generated(t, samples),
-                    "values": t.values} for t in finished],  # fmt: skip
+                    "seed": t.user_attrs[SEED_ATTR], "values": t.values} for t in finished],  # fmt: skip
     }
+
+
+def front_hypervolume(points: list[list[float]]) -> float:
+    """The hypervolume of ``points`` (lineal-path %, size %) inside the reference box."""
+    inside = np.array([p[:2] for p in points if np.all(np.array(p[:2]) <= REFERENCE)])
+    return float(compute_hypervolume(inside, REFERENCE)) if len(inside) else 0.0
+
+
+def audit(r: dict, name: str, seed: int, samples: int, root: Path, without_time: bool) -> dict:
+    """Would any trial the pruner stopped have joined the arm's final front? Each pruned trial is
+    run again to completion, unpruned, with its own parameters and volume seeds (so its first
+    volumes are the ones it was judged on), in a study of its own; then the arm's front is
+    rebuilt with those completed trials added. A pruned trial that is non-dominated there was
+    front lost to pruning; the hypervolume gained is how much."""
+    pruned = [t for t in r["trials"] if t["state"] == "PRUNED"]
+    complete = [t["values"] for t in r["trials"] if t["state"] == "COMPLETE"]
+    if not pruned:
+        return {"pruned": 0, "would_join": 0, "hypervolume_with_pruned": r["hypervolume"]}
+    spec = study_spec(None, name, seed, len(pruned), samples, root, without_time)
+    spec = spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"initial_design": None})})
+    study = optuna.create_study(study_name=name, storage=spec.storage, directions=spec.directions())
+    for t in pruned:  # run in this order; each keeps the seeds it had
+        study.enqueue_trial(t["params"], user_attrs={SEED_ATTR: t.get("seed", trial_seed(seed, t["number"]))})
+    Study(spec).run()
+    finished = optuna.load_study(study_name=name, storage=spec.storage).trials
+    rerun = [t.values for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(rerun) != len(pruned):
+        raise RuntimeError(f"audit {name}: {len(rerun)} of {len(pruned)} pruned trials completed on a rerun")
+    points = np.array([p[:2] for p in complete + rerun], dtype=float)
+    joins = [i for i, p in enumerate(points[len(complete):]) if not any(
+        np.all(q <= p) and np.any(q < p) for q in points)]  # fmt: skip
+    return {"pruned": len(pruned), "would_join": len(joins), "values": rerun,
+            "hypervolume_with_pruned": front_hypervolume(complete + rerun)}
 
 
 def print_table(record: dict, console: Console) -> None:
@@ -184,7 +216,32 @@ def print_table(record: dict, console: Console) -> None:
                       "—" if is_base else f"{lost} of {len(rs)}",
                       " / ".join(f"{r['best_size_error']:.1f}" for r in rs))  # fmt: skip
     console.print(table)
+    audited = {label: [r["audit"] for r in rs if "audit" in r] for label, rs in rows.items() if label != "none (reference)"}
+    if any(audited.values()):
+        table = Table(title="Audit: every pruned trial run again to completion (same parameters and volume seeds), "
+                            "then added to its arm's front")  # fmt: skip
+        for column in ("pruner", "seeds audited", "pruned trials", "would have joined the front", "front hypervolume: arm → with them"):
+            table.add_column(column, justify="right", no_wrap=column == "pruner")
+        for label, audits in audited.items():
+            hv = [(r["hypervolume"], r["audit"]["hypervolume_with_pruned"]) for r in rows[label] if "audit" in r]
+            table.add_row(label, str(len(audits)), str(sum(a["pruned"] for a in audits)),
+                          str(sum(a["would_join"] for a in audits)), " / ".join(f"{a:.0f} → {b:.0f}" for a, b in hv))  # fmt: skip
+        console.print(table)
     console.print("Best size error: the best complete trial's; blind for Optuna's pruners, read by pareto_halving.")
+
+
+def merged(records: list[dict]) -> dict:
+    """Runs of the same benchmark on different seeds as one record (every run needs the same
+    arms, and the same trials, samples and decisions)."""
+    first = records[0]
+    for other in records[1:]:
+        same = ("trials", "samples", "every", "without_time", "pruners")
+        if any(other.get(k) != first.get(k) for k in same) or set(other["runs"]) != set(first["runs"]):
+            raise SystemExit(f"--from-json: the runs differ in {', '.join(same)} or their arms; cannot merge them")
+    seeds = [s for r in records for s in (r["seeds"] if isinstance(r["seeds"], list) else range(r["seeds"]))]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--from-json: a seed appears in two runs ({sorted(seeds)})")
+    return first | {"seeds": seeds, "runs": {arm: [x for r in records for x in r["runs"][arm]] for arm in first["runs"]}}
 
 
 def main() -> None:
@@ -203,11 +260,30 @@ def main() -> None:
     parser.add_argument("--without-time", action="store_true",
                         help="drop seconds_per_volume from the study's objectives, so every arm's proposals repeat across runs")
     parser.add_argument("--json", type=Path, help="also write the numbers here (rewritten after every seed)")
-    parser.add_argument("--from-json", type=Path, help="print the table of a saved run instead of running")
+    parser.add_argument("--audit-arms", nargs="+", help="with --from-json --audit: audit only these arms (their labels)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … first-seed + seeds − 1")
+    parser.add_argument("--audit", action="store_true",
+                        help="run every pruned trial again to completion: would it have joined the front? (with "
+                             "--from-json: audit the saved runs, and write them with their audits to --json)")
+    parser.add_argument("--from-json", type=Path, nargs="+",
+                        help="print the table of saved runs instead of running (several: their seeds side by side)")
     args = parser.parse_args()
     console = Console(width=160)
     if args.from_json:
-        print_table(json.loads(args.from_json.read_text()), console)
+        record = merged([json.loads(path.read_text()) for path in args.from_json])
+        if args.audit:
+            if not args.json:
+                parser.error("--from-json … --audit: name the file for the audited runs with --json")
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            with tempfile.TemporaryDirectory(prefix="micro-doe-pruning-audit-") as tmp:
+                for i, (label, rs) in enumerate(record["runs"].items()):
+                    for seed, r in zip(record["seeds"], rs):
+                        if label != "none (reference)" and "audit" not in r and (not args.audit_arms or label in args.audit_arms):
+                            r["audit"] = audit(r, f"audit-{i}-{seed}", seed, record["samples"], Path(tmp),
+                                               record["without_time"])  # fmt: skip
+                            console.print(f"audit {label} seed {seed}: " + str({k: v for k, v in r["audit"].items() if k != "values"}))
+                            args.json.write_text(json.dumps(record, indent=1))
+        print_table(record, console)
         return
     if args.pareto_objectives and not any(a.startswith("pareto_halving") for a in args.pruners):
         parser.error("--pareto-objectives: only pareto_halving ranks objectives; add it to --pruners")
@@ -221,14 +297,17 @@ def main() -> None:
             study_spec(block, "check", 0, args.trials, args.samples, Path(tempfile.gettempdir()), args.without_time)
         except Exception as err:  # noqa: BLE001 — the spec's own message names the field
             parser.error(f"--pruners {p}: {err}")
-    record = {"trials": args.trials, "seeds": args.seeds, "samples": args.samples, "every": args.every,
+    record = {"trials": args.trials, "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
+              "samples": args.samples, "every": args.every,
               "without_time": args.without_time, "pruners": {p: b for p, b in blocks.items() if p is not None},
               "runs": {}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="micro-doe-pruning-") as tmp:
-        for seed in range(args.seeds):
+        for seed in record["seeds"]:
             for i, (pruner, block) in enumerate(blocks.items()):
                 name = f"prune-{i}-{seed}"
                 r = run(block, name, seed, args.trials, args.samples, Path(tmp), args.without_time)
+                if args.audit and block is not None:
+                    r["audit"] = audit(r, f"audit-{i}-{seed}", seed, args.samples, Path(tmp), args.without_time)
                 record["runs"].setdefault(pruner or "none (reference)", []).append(r)
                 console.print(f"{pruner or 'none'} seed {seed}: " + str({k: v for k, v in r.items() if k != "trials"}))
             if args.json:  # after every seed, so a long run interrupted keeps what it measured

@@ -116,6 +116,12 @@ SEED_ATTR = "seed"
 REASON_ATTR = "fail_reason"
 
 
+def trial_seed(sampler_seed: int | None, number: int) -> int:
+    """The seed of a fresh trial's first volume (volume i: seed + i); 1 000 volumes a trial
+    before two trials' seeds could meet."""
+    return (sampler_seed or 0) * 1_000_003 + number * 1_000
+
+
 @dataclass
 class TrialRecord:
     """A finished trial as the result reports it."""
@@ -522,7 +528,7 @@ class Study:
         params.update(self.spec.fixed)
         seed = trial.user_attrs.get(SEED_ATTR)
         if seed is None:  # a fresh trial; a re-queued one keeps the seed it had
-            seed = (self.spec.sampler.seed or 0) * 1_000_003 + trial.number * 1_000
+            seed = trial_seed(self.spec.sampler.seed, trial.number)
             trial.set_user_attr(SEED_ATTR, seed)
         trial.set_user_attr(OWNER_ATTR, self.driver_id)
         return _Trial(trial, params, int(seed), time.perf_counter(), time.time(), generator)
