@@ -191,6 +191,13 @@ def audit(r: dict, name: str, seed: int, samples: int, root: Path, without_time:
             "hypervolume_with_pruned": front_hypervolume(complete + rerun)}
 
 
+def mean_and_error(differences: np.ndarray) -> str:
+    """Per-seed differences in % as "mean ± standard error" (the error only with two seeds or more)."""
+    if len(differences) < 2:
+        return f"{differences.mean():+.1f} %"
+    return f"{differences.mean():+.1f} % ± {differences.std(ddof=1) / np.sqrt(len(differences)):.1f} %"
+
+
 def print_table(record: dict, console: Console) -> None:
     """The saved time and the fronts of every arm against the reference arm, seed by seed."""
     rows = record["runs"]
@@ -198,7 +205,7 @@ def print_table(record: dict, console: Console) -> None:
                         f"{len(rows['none (reference)'])} seeds (same seeds per row), decisions every {record.get('every', '?')} volumes; "
                         f"front judged in (lineal-path %, size %) against {tuple(REFERENCE.tolist())}")  # fmt: skip
     for column in ("pruner", "generator busy [s]", "saved: busy s", "saved: slice evaluations", "pruned (failed) trials",
-                   "front hypervolume per seed", "front: mean vs reference", "seeds with a smaller front",
+                   "front hypervolume per seed", "front: mean vs reference ± s.e.", "seeds with a smaller front",
                    "best size error [%]"):  # fmt: skip
         table.add_column(column, justify="right", no_wrap=column == "pruner")
     base = rows["none (reference)"]
@@ -212,7 +219,7 @@ def print_table(record: dict, console: Console) -> None:
         lost = int(np.sum(hv < ref_hv - 1e-9))
         table.add_row(label, f"{busy.mean():.0f}", "—" if is_base else f"{100 * saved:.0f} %",
                       "—" if is_base or not counted else f"{100 * slices:.0f} %", f"{np.mean([r['pruned'] for r in rs]):.1f} ({np.mean([r.get('failed', 0) for r in rs]):.1f})",
-                      " / ".join(f"{h:.0f}" for h in hv), "—" if is_base or not ref_hv.mean() else f"{100 * (hv.mean() / ref_hv.mean() - 1):+.1f} %",
+                      " / ".join(f"{h:.0f}" for h in hv), "—" if is_base or not ref_hv.mean() else mean_and_error(100 * (hv - ref_hv) / ref_hv.mean()),
                       "—" if is_base else f"{lost} of {len(rs)}",
                       " / ".join(f"{r['best_size_error']:.1f}" for r in rs))  # fmt: skip
     console.print(table)
