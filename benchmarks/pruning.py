@@ -50,6 +50,7 @@ from optuna._hypervolume import compute_hypervolume
 from rich.console import Console
 from rich.table import Table
 
+from micro_doe.studies.pareto_pruner import domination_ranks
 from micro_doe.studies.runner import SEED_ATTR, Study, trial_seed
 from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_yaml import load_spec
@@ -63,13 +64,43 @@ PRUNERS = {
 }
 
 
+ARM_SETTINGS = ("min_resource", "reduction_factor", "margin", "every", "n_startup_trials")
+
+
+def parse_arm(text: str) -> tuple[str, dict[str, int | float]]:
+    """One ``--pruners`` entry, NAME or NAME:key=value,..., as (NAME, its own settings); a
+    ValueError names what is wrong."""
+    name, _, own = text.partition(":")
+    if name not in PRUNERS:
+        raise ValueError(f"{name!r}: expected one of {', '.join(PRUNERS)}")
+    settings: dict[str, int | float] = {}
+    for setting in filter(None, own.split(",")):
+        key, eq, value = setting.partition("=")
+        if not eq or key not in ARM_SETTINGS:
+            raise ValueError(f"{setting!r} in {text!r}: expected key=value with key one of {', '.join(ARM_SETTINGS)}")
+        try:
+            settings[key] = float(value) if key == "margin" else int(value)
+        except ValueError:
+            raise ValueError(f"{setting!r} in {text!r}: expected a number") from None
+    return name, settings
+
+
+def arm(text: str) -> str:
+    """argparse type of one ``--pruners`` entry (:func:`parse_arm`); the entry is the arm's label."""
+    try:
+        parse_arm(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def pruner_block(arm: str | None, every: int, min_resource: int, reduction_factor: int,
                  pareto_objectives: list[str] | None = None, margin: float = 0.0) -> dict | None:  # fmt: skip
     """The ``pruner:`` block of one arm (``None``: the reference without pruning). ``arm`` is a
     pruner's name, optionally with its own settings: ``pareto_halving:reduction_factor=3,margin=1``."""
     if arm is None:
         return None
-    pruner, _, own = arm.partition(":")
+    pruner, own = parse_arm(arm)
     block = PRUNERS[pruner] | {"every": every}
     if "min_resource" in block:
         block |= {"min_resource": min_resource, "reduction_factor": reduction_factor}
@@ -77,27 +108,7 @@ def pruner_block(arm: str | None, every: int, min_resource: int, reduction_facto
         block["objectives"] = pareto_objectives
     if pruner == "pareto_halving" and margin:
         block["margin"] = margin
-    for setting in filter(None, own.split(",")):
-        key, _, value = setting.partition("=")
-        block[key] = float(value) if key == "margin" else int(value)  # arm() checked the numbers
-    return block
-
-
-def arm(text: str) -> str:
-    """argparse type of one ``--pruners`` entry: NAME or NAME:key=value,..."""
-    name, _, own = text.partition(":")
-    if name not in PRUNERS:
-        raise argparse.ArgumentTypeError(f"{name!r}: expected one of {', '.join(PRUNERS)}")
-    for setting in filter(None, own.split(",")):
-        key, eq, value = setting.partition("=")
-        if not eq or key not in {"min_resource", "reduction_factor", "margin", "every", "n_startup_trials"}:
-            raise argparse.ArgumentTypeError(f"{setting!r} in {text!r}: expected key=value with key one of "
-                                             "min_resource, reduction_factor, margin, every, n_startup_trials")  # fmt: skip
-        try:
-            float(value) if key == "margin" else int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{setting!r} in {text!r}: expected a number") from None
-    return text
+    return block | own
 
 
 SIZE = 32  # the slices of one plane of a pretrained:spheres-32 volume
@@ -184,10 +195,9 @@ def audit(r: dict, name: str, seed: int, samples: int, root: Path, without_time:
     rerun = [t.values for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
     if len(rerun) != len(pruned):
         raise RuntimeError(f"audit {name}: {len(rerun)} of {len(pruned)} pruned trials completed on a rerun")
-    points = np.array([p[:2] for p in complete + rerun], dtype=float)
-    joins = [i for i, p in enumerate(points[len(complete):]) if not any(
-        np.all(q <= p) and np.any(q < p) for q in points)]  # fmt: skip
-    return {"pruned": len(pruned), "would_join": len(joins), "values": rerun,
+    ranks = domination_ranks(np.array([p[:2] for p in complete + rerun], dtype=float))
+    joins = int(np.sum(ranks[len(complete):] == 0))  # non-dominated among the arm's trials and the reruns
+    return {"pruned": len(pruned), "would_join": joins, "values": rerun,
             "hypervolume_with_pruned": front_hypervolume(complete + rerun)}
 
 

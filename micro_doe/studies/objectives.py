@@ -369,7 +369,12 @@ def evaluate_objectives(
     ``{objective name: mean}`` in the given order. A NaN, or an infinity from anything but
     the built-in ``tortuosity``, raises ``ValueError`` naming the objective and sample.
     """
-    return {name: float(np.mean(values)) for name, values in per_sample_objectives(objectives, samples).items()}
+    return means_over_samples(per_sample_objectives(objectives, samples))
+
+
+def means_over_samples(per_sample: dict[str, list[float]]) -> dict[str, float]:
+    """A trial's value of each objective: the mean of its per-sample values."""
+    return {name: float(np.mean(values)) for name, values in per_sample.items()}
 
 
 def per_sample_objectives(

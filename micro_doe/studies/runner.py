@@ -87,7 +87,14 @@ from micro_doe.actors import (
 from micro_doe.platform.bundles import load_reference
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.platform.interrupts import interrupts_deferred, interrupts_raise, last_signal
-from micro_doe.studies.objectives import METRICS, Sample, evaluate_objectives, per_sample_objectives, trial_metrics
+from micro_doe.studies.objectives import (
+    METRICS,
+    Sample,
+    evaluate_objectives,
+    means_over_samples,
+    per_sample_objectives,
+    trial_metrics,
+)
 from micro_doe.studies.pareto_pruner import RUNNING_ERRORS, RUNNING_MEANS, standard_error
 from micro_doe.studies.preflight import check_before_start
 from micro_doe.studies.spec import StudySpec
@@ -207,7 +214,7 @@ class _Trial:
     eval_refs: list[Any] = field(default_factory=list)  # evaluations of the latest batch of volumes
     reporter: optuna.trial.Trial | None = None  # where intermediate values go (pruning), once reported
     running_means: dict[str, list[float]] = field(default_factory=dict)  # pareto_halving: step → every objective
-    running_errors: dict[str, list[float]] = field(default_factory=dict)  # ... and their standard errors
+    running_errors: dict[str, list[float | None]] = field(default_factory=dict)  # ... and their standard errors
 
 
 class Study:
@@ -575,7 +582,7 @@ class Study:
             pareto = self.spec.pruner.kind == "pareto_halving"
             judged = self.objectives if pareto else [(first, direction)]
             per_sample = per_sample_objectives(judged, self._samples(ctx, reference))
-            values = {name: float(np.mean(v)) for name, v in per_sample.items()}
+            values = means_over_samples(per_sample)
             value = values[first.name]
             if ctx.reporter is None:
                 ctx.reporter = ctx.trial if pruning is study else pruning.ask()
