@@ -8,7 +8,10 @@
 An arm may carry its own settings: ``--pruners successive_halving
 pareto_halving:reduction_factor=3,margin=1``. The seeds are not a paired comparison once a
 trial is pruned: TPE then sees a different history, so the arms explore different trials
-and a front can grow or shrink by luck; hence several seeds, and their mean.
+and a front can grow or shrink by luck; hence several seeds, and their mean. An arm with
+``learn_from_pruned=1`` (a sampler setting, not the pruner's) lets TPE see each pruned trial
+as complete with the values measured on its volumes, which keeps its history closer to the
+reference's (:mod:`micro_doe.studies.pruned_observations`).
 
 ``micro3diff-tuning`` is a 200-trial GPU study. Here it runs at a size 2 CPU cores finish:
 the same objectives, model (``pretrained:spheres-32``), variants and decode options, with
@@ -64,7 +67,7 @@ PRUNERS = {
 }
 
 
-ARM_SETTINGS = ("min_resource", "reduction_factor", "margin", "every", "n_startup_trials")
+ARM_SETTINGS = ("min_resource", "reduction_factor", "margin", "every", "n_startup_trials", "learn_from_pruned")
 
 
 def parse_arm(text: str) -> tuple[str, dict[str, int | float]]:
@@ -101,6 +104,7 @@ def pruner_block(arm: str | None, every: int, min_resource: int, reduction_facto
     if arm is None:
         return None
     pruner, own = parse_arm(arm)
+    own.pop("learn_from_pruned", None)  # the sampler's setting (learns_from_pruned), not the pruner's
     block = PRUNERS[pruner] | {"every": every}
     if "min_resource" in block:
         block |= {"min_resource": min_resource, "reduction_factor": reduction_factor}
@@ -109,6 +113,12 @@ def pruner_block(arm: str | None, every: int, min_resource: int, reduction_facto
     if pruner == "pareto_halving" and margin:
         block["margin"] = margin
     return block | own
+
+
+def learns_from_pruned(arm: str | None) -> bool:
+    """Whether an arm's TPE sees pruned trials as complete ones with their partial values
+    (``learn_from_pruned=1``; :mod:`micro_doe.studies.pruned_observations`)."""
+    return arm is not None and bool(parse_arm(arm)[1].get("learn_from_pruned", 0))
 
 
 SIZE = 32  # the slices of one plane of a pretrained:spheres-32 volume
@@ -129,14 +139,15 @@ QUALITY_OBJECTIVES = [{"name": "lineal_path_error", "direction": "minimize"}, {"
 
 
 def study_spec(pruner: dict | None, name: str, seed: int, trials: int, samples: int, root: Path,
-               without_time: bool = False) -> StudySpec:  # fmt: skip
+               without_time: bool = False, learn_from_pruned: bool = False) -> StudySpec:  # fmt: skip
     """The benchmark's micro3diff-tuning: the bundled study at CPU size (module docstring)."""
     overrides = {
         "name": name,
         "search": {"n_h": {"int": [0, 1]}, "steps": {"int": [10, 30]}},  # deep-merged: the rest as bundled
         "generator": {"kind": "micro3diff", "model": "pretrained:spheres-32", "batch_size": samples},
         "samples_per_trial": samples,
-        "sampler": {"kind": "tpe", "seed": seed, "initial_design": {"kind": "sobol", "n": 4}},
+        "sampler": {"kind": "tpe", "seed": seed, "initial_design": {"kind": "sobol", "n": 4},
+                    "learn_from_pruned": learn_from_pruned},
         "budget": {"n_trials": trials, "timeout_s": None},
         "resources": {"generators": 1, "evaluators": 1},
         "pruner": pruner,
@@ -150,8 +161,8 @@ def study_spec(pruner: dict | None, name: str, seed: int, trials: int, samples: 
 
 
 def run(pruner: dict | None, name: str, seed: int, trials: int, samples: int, root: Path,
-        without_time: bool = False) -> dict:  # fmt: skip
-    spec = study_spec(pruner, name, seed, trials, samples, root, without_time)
+        without_time: bool = False, learn_from_pruned: bool = False) -> dict:  # fmt: skip
+    spec = study_spec(pruner, name, seed, trials, samples, root, without_time, learn_from_pruned)
     result = Study(spec).run()
     study = optuna.load_study(study_name=name, storage=spec.storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -311,7 +322,8 @@ def main() -> None:
               for p in [None, *args.pruners]}  # fmt: skip
     for p, block in blocks.items():  # every arm's study is checked before the first one runs
         try:
-            study_spec(block, "check", 0, args.trials, args.samples, Path(tempfile.gettempdir()), args.without_time)
+            study_spec(block, "check", 0, args.trials, args.samples, Path(tempfile.gettempdir()), args.without_time,
+                       learns_from_pruned(p))  # fmt: skip
         except Exception as err:  # noqa: BLE001 — the spec's own message names the field
             parser.error(f"--pruners {p}: {err}")
     record = {"trials": args.trials, "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
@@ -322,7 +334,7 @@ def main() -> None:
         for seed in record["seeds"]:
             for i, (pruner, block) in enumerate(blocks.items()):
                 name = f"prune-{i}-{seed}"
-                r = run(block, name, seed, args.trials, args.samples, Path(tmp), args.without_time)
+                r = run(block, name, seed, args.trials, args.samples, Path(tmp), args.without_time, learns_from_pruned(pruner))
                 if args.audit and block is not None:
                     r["audit"] = audit(r, f"audit-{i}-{seed}", seed, args.samples, Path(tmp), args.without_time)
                 record["runs"].setdefault(pruner or "none (reference)", []).append(r)

@@ -86,7 +86,11 @@ from micro_doe.actors import (
 )
 from micro_doe.platform.bundles import load_reference
 from micro_doe.platform.descriptors import Descriptors
-from micro_doe.platform.interrupts import interrupts_deferred, interrupts_raise, last_signal
+from micro_doe.platform.interrupts import (
+    interrupts_deferred,
+    interrupts_raise,
+    last_signal,
+)
 from micro_doe.studies.objectives import (
     METRICS,
     Sample,
@@ -95,8 +99,13 @@ from micro_doe.studies.objectives import (
     per_sample_objectives,
     trial_metrics,
 )
-from micro_doe.studies.pareto_pruner import RUNNING_ERRORS, RUNNING_MEANS, standard_error
+from micro_doe.studies.pareto_pruner import (
+    RUNNING_ERRORS,
+    RUNNING_MEANS,
+    standard_error,
+)
 from micro_doe.studies.preflight import check_before_start
+from micro_doe.studies.pruned_observations import PARTIAL_VALUES
 from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_storage import (
     CONSTRAINTS_KEY,
@@ -608,7 +617,12 @@ class Study:
         samples = self._samples(ctx, reference)
         try:
             values = evaluate_objectives(self.objectives, samples)
-            metrics = trial_metrics(samples) | values
+            ctx.trial.set_user_attr(PARTIAL_VALUES, [float(values[o.name]) for o, _ in self.objectives])
+            extra = evaluate_objectives([(o, o.direction) for o in self.spec.constraint_objectives()], samples)
+            metrics = trial_metrics(samples) | extra | values
+            if all(c.metric in metrics for c in self.spec.constraints):  # as measured on its volumes
+                set_constraints(study, ctx.trial, [(c.describe(), c.violation(metrics[c.metric]))
+                                                   for c in self.spec.constraints])  # fmt: skip
         except Exception:  # noqa: BLE001 — the decision stands; the run just shows less
             values, metrics = {self.objectives[0][0].name: value}, {}
         try:

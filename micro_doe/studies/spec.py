@@ -125,6 +125,12 @@ class _ModelSamplerBase(_SamplerBase):
         "design's n when there is one (the Sobol points are the start), else Optuna's 10",
     )
 
+    learn_from_pruned: bool = Field(
+        False, description="the model sees a pruned trial as complete, with the objective values of the volumes it "
+        "generated before it was stopped (stored state stays PRUNED); otherwise Optuna's treatment: a multi-objective "
+        "study ranks all pruned trials alike, after the complete ones (benchmarks/pruning.py measures both)",
+    )
+
     def startup_trials(self) -> int:
         """``n_startup_trials``, or its default (above)."""
         if self.n_startup_trials is not None:

@@ -16,7 +16,8 @@ import optuna
 from optuna.trial import TrialState
 
 from micro_doe.studies.pareto_pruner import ParetoHalvingPruner
-from micro_doe.studies.spec import SamplerSpec, StudySpec
+from micro_doe.studies.pruned_observations import LearnFromPruned
+from micro_doe.studies.spec import GPSamplerSpec, SamplerSpec, StudySpec, TPESamplerSpec
 from micro_doe.tracking.registry import sqlite_creation_lock, sqlite_path
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -145,15 +146,21 @@ def make_sampler(s: SamplerSpec) -> optuna.samplers.BaseSampler:
     ranked by total violation), GP (constrained expected improvement) and NSGA-II
     (constrained domination). Random search ignores them.
 
+    With ``learn_from_pruned``, TPE and GP see pruned trials as complete ones with the values
+    measured before they were stopped (:mod:`micro_doe.studies.pruned_observations`).
+
     TPE and GP sample at random for their first ``n_startup_trials`` trials; by default that is
     the Sobol initial design itself, so the model takes over right after it
     (``benchmarks/search.py`` measures the choice).
     """
-    if s.kind == "tpe":  # constant liar: trials in flight (several generators or drivers) repel new points
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=s.constant_liar,
-                                          n_startup_trials=s.startup_trials())  # fmt: skip
-    if s.kind == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup_trials())
+    if isinstance(s, (TPESamplerSpec, GPSamplerSpec)):
+        model: optuna.samplers.BaseSampler
+        if isinstance(s, TPESamplerSpec):  # constant liar: trials in flight (several generators/drivers) repel new points
+            model = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=s.constant_liar,
+                                               n_startup_trials=s.startup_trials())  # fmt: skip
+        else:
+            model = optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup_trials())
+        return LearnFromPruned(model) if s.learn_from_pruned else model
     if s.kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=getattr(s, "population_size", 50))
     return optuna.samplers.RandomSampler(seed=s.seed)

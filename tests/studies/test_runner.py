@@ -24,6 +24,7 @@ from study_fixtures import write_study
 
 from micro_doe.platform.volumes import read_volume
 from micro_doe.studies.pareto_pruner import RUNNING_ERRORS, RUNNING_MEANS
+from micro_doe.studies.pruned_observations import PARTIAL_VALUES
 from micro_doe.studies.runner import Study
 from micro_doe.studies.study_yaml import load_spec
 
@@ -393,8 +394,8 @@ def test_a_pruner_stops_hopeless_trials_and_records_them(tmp_path, tiny_bundle, 
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     path = write_study(
-        tmp_path, tiny_bundle, samples_per_trial=3, constraints=[], budget={"n_trials": 6},
-        objectives=[{"name": "prune_objectives:steps_taken"}, {"name": "seconds_per_volume"}],
+        tmp_path, tiny_bundle, samples_per_trial=3, constraints=[{"metric": "prune_objectives:steps_taken", "max": 5}],
+        objectives=[{"name": "prune_objectives:steps_taken"}, {"name": "seconds_per_volume"}], budget={"n_trials": 6},
         search={"steps": {"int": [2, 12]}}, fixed={"n_h": 0},
         sampler={"kind": "random", "seed": 7}, pruner={"kind": "median", "n_startup_trials": 1, "every": 1},
     )  # fmt: skip
@@ -410,6 +411,10 @@ def test_a_pruner_stops_hopeless_trials_and_records_them(tmp_path, tiny_bundle, 
         assert shadow.state == TrialState.PRUNED and t.user_attrs["pruned_after_volumes"] < 3
         assert shadow.intermediate_values[t.user_attrs["pruned_after_volumes"]] == t.params["steps"]
         assert t.params["steps"] > best_complete  # only worse-than-median trials are stopped
+        # what its volumes measured, for a sampler that learns from pruned trials, and its constraint
+        partial = t.user_attrs[PARTIAL_VALUES]
+        assert partial[0] == t.params["steps"] and len(partial) == 2 and partial[1] > 0, partial
+        assert t.constraints == {"0": t.params["steps"] - 5}
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     runs = {int(r.data.tags["optuna_trial_number"]): r
             for r in mlflow.search_runs(experiment_names=["e2e"], output_format="list")

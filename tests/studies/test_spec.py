@@ -267,6 +267,9 @@ INVALID = {
     "unknown generator kind": (_set("generator/kind", "gan"), "generator.kind", "unknown kind 'gan'"),
     "model of another kind": (_set("generator/kind", "ldm"), "generator.model", "a model of kind micro3diff; use generator kind: micro3diff"),
     "unknown sampler kind": (_set("sampler/kind", "cma"), "sampler.kind", "'tpe', 'gp', 'nsga2', 'random'"),
+    "learn_from_pruned on nsga2": (
+        lambda d: d.update(sampler={"kind": "nsga2", "learn_from_pruned": True}), "sampler.learn_from_pruned", "unknown key"
+    ),
     "unknown objective": (_set("objectives/0/name", "sharpness"), "objectives[0].name", "known objectives: s2_error, lineal_path_error"),
     "bad direction": (_set("objectives/0/direction", "up"), "objectives[0].direction", "'minimize' or 'maximize'"),
     "duplicate objective": (_set("objectives/1/name", "s2_error"), "objectives[1].name", "listed twice"),
