@@ -212,6 +212,13 @@ def audit(r: dict, name: str, seed: int, samples: int, root: Path, without_time:
             "hypervolume_with_pruned": front_hypervolume(complete + rerun)}
 
 
+def same_proposals(r: dict, reference: dict) -> int:
+    """How many of an arm's trials TPE proposed exactly as in the reference arm (same number,
+    same parameters): the part of the search path pruning left unchanged."""
+    proposed = {t["number"]: t["params"] for t in reference["trials"]}
+    return sum(proposed.get(t["number"]) == t["params"] for t in r["trials"])
+
+
 def mean_and_error(differences: np.ndarray) -> str:
     """Per-seed differences in % as "mean ± standard error" (the error only with two seeds or more)."""
     if len(differences) < 2:
@@ -227,7 +234,7 @@ def print_table(record: dict, console: Console) -> None:
                         f"front judged in (lineal-path %, size %) against {tuple(REFERENCE.tolist())}")  # fmt: skip
     for column in ("pruner", "generator busy [s]", "saved: busy s", "saved: slice evaluations", "pruned (failed) trials",
                    "front hypervolume per seed", "front: mean vs reference ± s.e.", "seeds with a smaller front",
-                   "best size error [%]"):  # fmt: skip
+                   "trials proposed as in the reference", "best size error [%]"):  # fmt: skip
         table.add_column(column, justify="right", no_wrap=column == "pruner")
     base = rows["none (reference)"]
     for label, rs in rows.items():
@@ -242,6 +249,7 @@ def print_table(record: dict, console: Console) -> None:
                       "—" if is_base or not counted else f"{100 * slices:.0f} %", f"{np.mean([r['pruned'] for r in rs]):.1f} ({np.mean([r.get('failed', 0) for r in rs]):.1f})",
                       " / ".join(f"{h:.0f}" for h in hv), "—" if is_base or not ref_hv.mean() else mean_and_error(100 * (hv - ref_hv) / ref_hv.mean()),
                       "—" if is_base else f"{lost} of {len(rs)}",
+                      "—" if is_base else " / ".join(str(same_proposals(r, b)) for r, b in zip(rs, base)),
                       " / ".join(f"{r['best_size_error']:.1f}" for r in rs))  # fmt: skip
     console.print(table)
     audited = {label: [r["audit"] for r in rs if "audit" in r] for label, rs in rows.items() if label != "none (reference)"}

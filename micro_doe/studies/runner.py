@@ -86,11 +86,7 @@ from micro_doe.actors import (
 )
 from micro_doe.platform.bundles import load_reference
 from micro_doe.platform.descriptors import Descriptors
-from micro_doe.platform.interrupts import (
-    interrupts_deferred,
-    interrupts_raise,
-    last_signal,
-)
+from micro_doe.platform.interrupts import interrupts_deferred, interrupts_raise, last_signal
 from micro_doe.studies.objectives import (
     METRICS,
     Sample,
@@ -99,11 +95,7 @@ from micro_doe.studies.objectives import (
     per_sample_objectives,
     trial_metrics,
 )
-from micro_doe.studies.pareto_pruner import (
-    RUNNING_ERRORS,
-    RUNNING_MEANS,
-    standard_error,
-)
+from micro_doe.studies.pareto_pruner import RUNNING_ERRORS, RUNNING_MEANS, standard_error
 from micro_doe.studies.preflight import check_before_start
 from micro_doe.studies.pruned_observations import PARTIAL_VALUES
 from micro_doe.studies.spec import StudySpec
