@@ -67,7 +67,7 @@ PRUNERS = {
 }
 
 
-ARM_SETTINGS = ("min_resource", "reduction_factor", "margin", "every", "n_startup_trials", "learn_from_pruned")
+ARM_SETTINGS = ("min_resource", "reduction_factor", "margin", "every", "n_startup_trials", "learn_from_pruned", "in_order")
 
 
 def parse_arm(text: str) -> tuple[str, dict[str, int | float]]:

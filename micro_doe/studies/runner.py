@@ -216,6 +216,7 @@ class _Trial:
     reporter: optuna.trial.Trial | None = None  # where intermediate values go (pruning), once reported
     running_means: dict[str, list[float]] = field(default_factory=dict)  # pareto_halving: step → every objective
     running_errors: dict[str, list[float | None]] = field(default_factory=dict)  # ... and their standard errors
+    reported: float = math.nan  # the running mean of the first objective last reported to the pruner
 
 
 class Study:
@@ -310,6 +311,10 @@ class Study:
         generating: dict[Any, _Trial] = {}
         evaluating: list[_Trial] = []
         continuing: list[_Trial] = []  # pruning: trials that passed a decision and wait for a generator
+        # pruner.in_order: pruned trials told only once the next trial has been asked
+        to_prune: list[_Trial] = []
+        in_order = spec.pruner is not None and spec.pruner.in_order
+        asked: list[int] = []  # trial numbers, in the order this driver asked them
         busy = 0.0
         status = "FINISHED"
         first_submit: float | None = None
@@ -321,6 +326,14 @@ class Study:
             if pipelining:  # one trial per generator may wait for evaluation while the next generates
                 return n_evaluating <= len(live)
             return n_generating == 0 and n_evaluating == 0
+
+        def history_settled() -> bool:
+            """in_order: ask only once every trial but the last `generators` asked is finished, so
+            the sampler sees the same finished trials whatever the evaluators' speed."""
+            if not in_order:
+                return True
+            newest = set(asked[-len(generators):])
+            return all(ctx.trial.number in newest for ctx in [*generating.values(), *evaluating, *continuing, *to_prune])
 
         def report(note: str = "") -> None:
             if on_progress is not None:
@@ -402,17 +415,21 @@ class Study:
                     ctx = continuing.pop(0)
                     ctx.generator = idle.pop(0)
                     generating[self._submit(generators[ctx.generator], ctx)] = ctx
-                while idle and not timed_out and remaining() > 0 and backlog_ok(len(generating), len(evaluating)):
+                while (idle and not timed_out and remaining() > 0 and backlog_ok(len(generating), len(evaluating))
+                       and history_settled()):  # fmt: skip
                     g = idle.pop(0)
                     ctx = self._ask(study, g, budget)
                     if ctx is None:  # another driver took the last slot first
                         idle.append(g)
                         break
+                    asked.append(ctx.trial.number)
                     ref = self._submit(generators[g], ctx)
                     generating[ref] = ctx
                     log.debug("trial %d: generating on generator %d %s", ctx.trial.number, g, ctx.params)
                     if first_submit is None:
                         first_submit = time.perf_counter()
+                while to_prune:  # in order: the next trial was asked with these still running, as without pruning
+                    self._prune(study, tracker, to_prune.pop(0), reference, pruning)
                 if not generating and not evaluating and not continuing:
                     if not (health.quarantined and remaining() > 0):
                         break
@@ -448,14 +465,16 @@ class Study:
                             self._fail(study, tracker, ctx, _reason(err), reference, pruning=pruning)
                         report()
                         continue
-                    idle.append(ctx.generator)
                     try:
                         busy += float(out.get("busy_seconds", sum(out["seconds"])))
                         self._check_volumes(out["volumes"])
                     except Exception as err:  # noqa: BLE001
+                        idle.append(ctx.generator)
                         self._fail(study, tracker, ctx, _reason(err), reference, pruning=pruning)
                         report()
                         continue
+                    if not (in_order and len(ctx.volumes) + len(out["volumes"]) < spec.samples_per_trial):
+                        idle.append(ctx.generator)  # in order, it waits for the trial's decision instead
                     ctx.volumes += out["volumes"]
                     ctx.seconds += out["seconds"]
                     ctx.predicted += out["predicted"]
@@ -483,8 +502,18 @@ class Study:
                         pool.forget(ctx.eval_refs)
                     if pruning is not None and len(ctx.volumes) < spec.samples_per_trial:
                         decision = self._decide(study, tracker, ctx, reference, pruning)
-                        if decision == "continue":
+                        held = in_order and ctx.generator in live  # its generator waited for this decision
+                        if decision == "continue" and held:
+                            generating[self._submit(generators[ctx.generator], ctx)] = ctx
+                        elif decision == "continue":
                             continuing.append(ctx)
+                        else:
+                            if held:
+                                idle.append(ctx.generator)
+                            if decision == "prune" and in_order:
+                                to_prune.append(ctx)
+                            elif decision == "prune":
+                                self._prune(study, tracker, ctx, reference, pruning)
                         report()
                         continue
                     log.debug("trial %d: evaluated, finishing", ctx.trial.number)
@@ -502,6 +531,11 @@ class Study:
             status = "FAILED"
             raise
         finally:
+            while to_prune:  # decided before the run stopped (interrupt, timeout, lost capacity): they stay pruned
+                try:
+                    self._prune(study, tracker, to_prune.pop(0), reference, pruning)
+                except Exception:  # noqa: BLE001 — the run's own error, if any, is the one to raise
+                    log.warning("could not tell a pruned trial", exc_info=True)
             try:
                 for actor in generators:
                     ray.kill(actor, no_restart=True)
@@ -576,8 +610,8 @@ class Study:
         number; for ``pareto_halving`` every objective's, as the user attribute
         :data:`~micro_doe.studies.pareto_pruner.RUNNING_MEANS`, with their standard errors from
         two volumes on, :data:`~micro_doe.studies.pareto_pruner.RUNNING_ERRORS`) and let the pruner decide:
-        "continue", or "pruned" (the trial is then told PRUNED and logged to MLflow with its
-        volumes), or "failed"."""
+        "continue", "prune" (the caller then tells it PRUNED with :meth:`_prune`, at once or, with
+        ``pruner.in_order``, once the next trial is asked), or "failed" (told FAIL here)."""
         try:
             first, direction = self.objectives[0]
             pareto = self.spec.pruner.kind == "pareto_halving"
@@ -596,15 +630,18 @@ class Study:
                     ctx.running_errors[str(len(ctx.volumes))] = [standard_error(per_sample[o.name]) for o, _ in judged]
                     ctx.reporter.set_user_attr(RUNNING_ERRORS, ctx.running_errors)
             ctx.reporter.report(value, step=len(ctx.volumes))
+            ctx.reported = value
             if not ctx.reporter.should_prune():
                 return "continue"
         except Exception as err:  # noqa: BLE001
             self._fail(study, tracker, ctx, _reason(err), reference, pruning=pruning)
             return "failed"
-        self._prune(study, tracker, ctx, reference, pruning, value)
-        return "pruned"
+        return "prune"
 
-    def _prune(self, study, tracker, ctx: _Trial, reference, pruning: optuna.Study, value: float) -> None:  # type: ignore[no-untyped-def]
+    def _prune(self, study, tracker, ctx: _Trial, reference, pruning: optuna.Study) -> None:  # type: ignore[no-untyped-def]
+        """Tell the trial PRUNED (and its companion trial), after logging it to MLflow with its
+        volumes and storing the objectives measured on them (:data:`PARTIAL_VALUES`) and its
+        constraints."""
         ctx.trial.set_user_attr("pruned_after_volumes", len(ctx.volumes))
         samples = self._samples(ctx, reference)
         try:
@@ -616,7 +653,7 @@ class Study:
                 set_constraints(study, ctx.trial, [(c.describe(), c.violation(metrics[c.metric]))
                                                    for c in self.spec.constraints])  # fmt: skip
         except Exception:  # noqa: BLE001 — the decision stands; the run just shows less
-            values, metrics = {self.objectives[0][0].name: value}, {}
+            values, metrics = {self.objectives[0][0].name: ctx.reported}, {}
         try:
             tracker.log_trial(
                 trial_number=ctx.trial.number, params=ctx.params | {"seed": ctx.seed}, values=values,

@@ -178,6 +178,12 @@ class _PrunerBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     every: int = Field(1, ge=1, description="volumes generated between two pruning decisions")
+    in_order: bool = Field(
+        False, description="a trial keeps its generator until each decision, and a pruned trial is told only once "
+        "the next trial has been asked: the sampler is then asked for every trial with the same trials finished as "
+        "without a pruner (exactly so with one generator), so pruning leaves the search path as it was unless a pruned "
+        "trial would have been among the sampler's best; costs each decision's evaluation time in wall time",
+    )
 
 
 class MedianPrunerSpec(_PrunerBase):

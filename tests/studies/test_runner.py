@@ -380,6 +380,49 @@ def test_pareto_halving_stops_only_dominated_trials(tmp_path, tiny_bundle, monke
         assert all(v == [0.0, 0.0] for v in errors.values()), errors
 
 
+def test_pruning_in_order_leaves_the_search_path_unchanged(tmp_path, tiny_bundle, monkeypatch):
+    """One generator, TPE: with ``pruner.in_order`` the sampler is asked for every trial with the
+    same trials finished whether or not the pruner stops any, so it proposes the same trials.
+    The reference is the same study whose median pruner never prunes (n_startup_trials beyond
+    the budget): every decision is made, none stops a trial. (Against a study without a
+    pruner the same holds when evaluating a trial takes less time than generating the next,
+    as at the benchmark's sizes, not at this test's tiny ones.) The objectives read the
+    parameters alone, so the trials that run to the end score the same in both studies."""
+    (tmp_path / "path_objectives.py").write_text(textwrap.dedent('''
+        import micro_doe as md
+
+        @md.objective(direction="minimize")
+        def steps_above_four(sample: md.Sample) -> float:
+            return float(abs(sample.params["steps"] - 4))
+
+        @md.objective(direction="minimize")
+        def few_steps(sample: md.Sample) -> float:
+            return float(sample.params["steps"])
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    proposed = {}
+    for label, startup in (("reference", 100), ("in order", 1)):
+        pruner = {"kind": "median", "n_startup_trials": startup, "every": 1, "in_order": True}
+        folder = tmp_path / label.replace(" ", "-")
+        folder.mkdir()
+        path = write_study(
+            folder, tiny_bundle, samples_per_trial=3, constraints=[], budget={"n_trials": 9}, pruner=pruner,
+            objectives=[{"name": "path_objectives:steps_above_four"}, {"name": "path_objectives:few_steps"}],
+            search={"steps": {"int": [2, 12]}}, fixed={"n_h": 0},
+            sampler={"kind": "tpe", "seed": 3, "initial_design": {"kind": "sobol", "n": 2}},
+        )  # fmt: skip
+        result = Study.from_yaml(path).run()
+        assert not result.failed
+        proposed[label] = [t.params["steps"] for t in sorted(result.trials, key=lambda t: t.number)]
+        assert bool(result.pruned) == (label == "in order"), proposed  # the pruner did stop trials
+        trials = sorted(optuna.load_study(study_name="e2e", storage=f"sqlite:///{folder}/optuna.db").trials,
+                        key=lambda t: t.number)  # fmt: skip
+        for k in range(1, len(trials) - 1):  # trial k + 1 was asked once trials 0 … k − 1 were told, before trial k was
+            asked = trials[k + 1].datetime_start
+            assert all(t.datetime_complete <= asked for t in trials[:k]) and trials[k].datetime_complete > asked, (label, k)
+    assert proposed["in order"] == proposed["reference"]
+
+
 def test_a_pruner_stops_hopeless_trials_and_records_them(tmp_path, tiny_bundle, monkeypatch):
     """Two objectives (Optuna prunes single-objective studies only: a companion study takes the
     first objective's running means). The first objective is the trial's `steps` (2, 10, 6, 9, 12, 7 from
