@@ -6,12 +6,16 @@
     python benchmarks/pruning.py --from-json FILE   # the table of a saved run
 
 An arm may carry its own settings: ``--pruners successive_halving
-pareto_halving:reduction_factor=3,margin=1``. The seeds are not a paired comparison once a
-trial is pruned: TPE then sees a different history, so the arms explore different trials
-and a front can grow or shrink by luck; hence several seeds, and their mean. An arm with
-``learn_from_pruned=1`` (a sampler setting, not the pruner's) lets TPE see each pruned trial
-as complete with the values measured on its volumes, which keeps its history closer to the
-reference's (:mod:`micro_doe.studies.pruned_observations`).
+pareto_halving:reduction_factor=3,margin=1,in_order=1``. Without ``in_order`` the seeds are
+not a paired comparison once a trial is pruned: the runner interleaves the batches of trials
+that survived a decision with new trials, so TPE is asked with other trials finished and
+proposes other trials, and a front can grow or shrink by luck; hence several seeds, and
+their mean. With ``in_order=1`` (the pruner's ``in_order``, see :mod:`micro_doe.studies.runner`)
+TPE is asked for each trial with the same trials finished as in the reference arm, so the
+arms propose the same trials until a pruned trial would have ranked among TPE's best (the
+column "trials proposed as in the reference" counts them). ``learn_from_pruned=1`` (a sampler
+setting) lets TPE see each pruned trial as complete with the values measured on its volumes
+(:mod:`micro_doe.studies.pruned_observations`).
 
 ``micro3diff-tuning`` is a 200-trial GPU study. Here it runs at a size 2 CPU cores finish:
 the same objectives, model (``pretrained:spheres-32``), variants and decode options, with
@@ -169,6 +173,7 @@ def run(pruner: dict | None, name: str, seed: int, trials: int, samples: int, ro
     finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     return {
         "busy": result.generator_busy_seconds,
+        "wall": result.seconds - result.startup_seconds,  # after Ray, actors and model are up
         "slice_evaluations": sum(slice_evaluations(t, samples) for t in finished),
         "hypervolume": front_hypervolume([t.values for t in complete]),
         "best_size_error": min((t.values[1] for t in complete), default=float("nan")),
@@ -232,7 +237,7 @@ def print_table(record: dict, console: Console) -> None:
     table = Table(title=f"micro3diff-tuning on CPU: {record['trials']} trials × {record['samples']} volumes, "
                         f"{len(rows['none (reference)'])} seeds (same seeds per row), decisions every {record.get('every', '?')} volumes; "
                         f"front judged in (lineal-path %, size %) against {tuple(REFERENCE.tolist())}")  # fmt: skip
-    for column in ("pruner", "generator busy [s]", "saved: busy s", "saved: slice evaluations", "pruned (failed) trials",
+    for column in ("pruner", "generator busy [s]", "wall [s]", "saved: busy s", "saved: slice evaluations", "pruned (failed) trials",
                    "front hypervolume per seed", "front: mean vs reference ± s.e.", "seeds with a smaller front",
                    "trials proposed as in the reference", "best size error [%]"):  # fmt: skip
         table.add_column(column, justify="right", no_wrap=column == "pruner")
@@ -245,7 +250,8 @@ def print_table(record: dict, console: Console) -> None:
         slices = counted and 1 - sum(r["slice_evaluations"] for r in rs) / sum(r["slice_evaluations"] for r in base[: len(rs)])
         hv, ref_hv = np.array([r["hypervolume"] for r in rs]), np.array([r["hypervolume"] for r in base[: len(rs)]])
         lost = int(np.sum(hv < ref_hv - 1e-9))
-        table.add_row(label, f"{busy.mean():.0f}", "—" if is_base else f"{100 * saved:.0f} %",
+        wall = f"{np.mean([r['wall'] for r in rs]):.0f}" if all("wall" in r for r in rs) else "—"  # older runs lack it
+        table.add_row(label, f"{busy.mean():.0f}", wall, "—" if is_base else f"{100 * saved:.0f} %",
                       "—" if is_base or not counted else f"{100 * slices:.0f} %", f"{np.mean([r['pruned'] for r in rs]):.1f} ({np.mean([r.get('failed', 0) for r in rs]):.1f})",
                       " / ".join(f"{h:.0f}" for h in hv), "—" if is_base or not ref_hv.mean() else mean_and_error(100 * (hv - ref_hv) / ref_hv.mean()),
                       "—" if is_base else f"{lost} of {len(rs)}",
@@ -304,7 +310,7 @@ def main() -> None:
     parser.add_argument("--from-json", type=Path, nargs="+",
                         help="print the table of saved runs instead of running (several: their seeds side by side)")
     args = parser.parse_args()
-    console = Console(width=160)
+    console = Console(width=220)
     if args.from_json:
         record = merged([json.loads(path.read_text()) for path in args.from_json])
         if args.audit:

@@ -1,12 +1,13 @@
 """Let a model-based sampler learn from pruned trials: it sees each one as complete, with the
 objective values of the volumes it generated before it was stopped.
 
-Why: in a multi-objective study Optuna 5 keeps no intermediate values on a trial, so TPE ranks
-every pruned trial alike, after all complete ones, and GP leaves them out. Once a trial is
-pruned the sampler's history differs from the one it would have had without pruning, and it
-proposes different trials. Yet a pruned trial was measured on some volumes, and TPE's
-proposal depends only on which trials fall in its "good" and "bad" groups; a partial mean
-usually puts a trial in the group its full mean would have, so the search keeps its course.
+Why: a pruned trial was measured on some volumes, yet in a multi-objective study Optuna 5
+keeps no intermediate values on it, so TPE ranks every pruned trial alike, after all complete
+ones, and GP leaves pruned trials out altogether. With this view both rank a pruned trial
+by what its volumes measured. For TPE that matters only when a pruned trial would rank
+among its "good" group (in multi-objective studies the best ceil(n/10) trials); a trial
+pruned for looking worse rarely does, so TPE's proposals then do not change
+(``benchmarks/pruning.py``, arms with ``learn_from_pruned=1``).
 
 How:
 1. When the runner prunes a trial it stores the objectives' means over the volumes generated

@@ -18,6 +18,16 @@ are back it gets the next trial, while the evaluators work on the previous one. 
 as many trials wait for evaluation as there are generators (backpressure), so a slow
 evaluator pool slows the study instead of piling up volumes.
 
+**Pruning.** With a pruner a trial generates ``every`` volumes at a time; after each batch is
+evaluated the pruner decides, and a trial that goes on waits for a free generator (its own
+was handed the next trial meanwhile). So pruning changes *when* the sampler is asked, and
+with it the finished trials it sees and the trials it proposes. ``pruner.in_order`` keeps
+the order of a study without a pruner: a trial keeps its generator through its decisions,
+the next trial is asked only once every earlier trial but the newest is told, and a pruned
+trial is told only after the next one is asked. Each decision then costs its evaluation
+time in wall time, but the sampler proposes the trials it would have without the pruner,
+unless a pruned trial would have ranked among its best.
+
 **Failures.** A trial whose generation or evaluation fails for good (after Ray's actor
 restart and task retry), or whose volume is unusable (all one phase), is told FAIL with
 its reason in the ``fail_reason`` user attribute and in MLflow; the study goes on.
