@@ -224,6 +224,16 @@ def same_proposals(r: dict, reference: dict) -> int:
     return sum(proposed.get(t["number"]) == t["params"] for t in r["trials"])
 
 
+def front_trials_pruned(r: dict, reference: dict) -> int:
+    """How many trials on the reference arm's front the arm pruned, counting only trials it
+    proposed as the reference did (same number, same parameters): with ``in_order`` the paired
+    cost of its pruning decisions."""
+    complete = [t for t in reference["trials"] if t["state"] == "COMPLETE"]
+    ranks = domination_ranks(np.array([t["values"][:2] for t in complete], dtype=float))
+    front = {t["number"]: t["params"] for t, rank in zip(complete, ranks) if rank == 0}
+    return sum(t["state"] == "PRUNED" and front.get(t["number"]) == t["params"] for t in r["trials"])
+
+
 def mean_and_error(differences: np.ndarray) -> str:
     """Per-seed differences in % as "mean ± standard error" (the error only with two seeds or more)."""
     if len(differences) < 2:
@@ -239,7 +249,8 @@ def print_table(record: dict, console: Console) -> None:
                         f"front judged in (lineal-path %, size %) against {tuple(REFERENCE.tolist())}")  # fmt: skip
     for column in ("pruner", "generator busy [s]", "wall [s]", "saved: busy s", "saved: slice evaluations", "pruned (failed) trials",
                    "front hypervolume per seed", "front: mean vs reference ± s.e.", "seeds with a smaller front",
-                   "trials proposed as in the reference", "best size error [%]"):  # fmt: skip
+                   "trials proposed as in the reference", "reference front trials pruned",
+                   "best size error [%]"):  # fmt: skip
         table.add_column(column, justify="right", no_wrap=column == "pruner")
     base = rows["none (reference)"]
     for label, rs in rows.items():
@@ -256,6 +267,7 @@ def print_table(record: dict, console: Console) -> None:
                       " / ".join(f"{h:.0f}" for h in hv), "—" if is_base or not ref_hv.mean() else mean_and_error(100 * (hv - ref_hv) / ref_hv.mean()),
                       "—" if is_base else f"{lost} of {len(rs)}",
                       "—" if is_base else " / ".join(str(same_proposals(r, b)) for r, b in zip(rs, base)),
+                      "—" if is_base else " / ".join(str(front_trials_pruned(r, b)) for r, b in zip(rs, base)),
                       " / ".join(f"{r['best_size_error']:.1f}" for r in rs))  # fmt: skip
     console.print(table)
     audited = {label: [r["audit"] for r in rs if "audit" in r] for label, rs in rows.items() if label != "none (reference)"}
