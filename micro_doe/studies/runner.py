@@ -495,6 +495,8 @@ class Study:
                     ]
                     evaluating.append(ctx)
                     log.debug("trial %d: generated in %.2f s, evaluating", ctx.trial.number, sum(ctx.seconds))
+                    if in_order:  # ask the next trial (loop top) before this one can be told, however fast its evaluation
+                        continue
                 for ctx in list(evaluating):
                     done, _ = ray.wait(ctx.eval_refs, num_returns=len(ctx.eval_refs), timeout=0)
                     if len(done) < len(ctx.eval_refs):
