@@ -659,11 +659,9 @@ class Study:
         try:
             values = evaluate_objectives(self.objectives, samples)
             ctx.trial.set_user_attr(PARTIAL_VALUES, [float(values[o.name]) for o, _ in self.objectives])
-            extra = evaluate_objectives([(o, o.direction) for o in self.spec.constraint_objectives()], samples)
-            metrics = trial_metrics(samples) | extra | values
+            metrics = self._metrics(samples, values)
             if all(c.metric in metrics for c in self.spec.constraints):  # as measured on its volumes
-                set_constraints(study, ctx.trial, [(c.describe(), c.violation(metrics[c.metric]))
-                                                   for c in self.spec.constraints])  # fmt: skip
+                set_constraints(study, ctx.trial, self._constraints(metrics))
         except Exception:  # noqa: BLE001 — the decision stands; the run just shows less
             values, metrics = {self.objectives[0][0].name: ctx.reported}, {}
         try:
@@ -678,6 +676,20 @@ class Study:
                 pruning.tell(ctx.reporter, state=TrialState.PRUNED)
         log.debug("trial %d: pruned after %d volumes", ctx.trial.number, len(ctx.volumes))
 
+    def _metrics(self, samples: list[Sample], values: dict[str, float]) -> dict[str, float]:
+        """Every metric of a trial's samples: the trial metrics, the objectives that constraints
+        name (registered ones need not be objectives of this study), and the objective ``values``."""
+        extra = evaluate_objectives([(o, o.direction) for o in self.spec.constraint_objectives()], samples)
+        return trial_metrics(samples) | extra | values
+
+    def _constraints(self, metrics: dict[str, float]) -> list[tuple[str, float]]:
+        """Each constraint's description and violation (≤ 0: feasible); a ValueError names a
+        constraint metric that was not measured."""
+        missing = [c.metric for c in self.spec.constraints if c.metric not in metrics]
+        if missing:
+            raise ValueError(f"constraint metric {missing[0]!r} was not measured")
+        return [(c.describe(), c.violation(metrics[c.metric])) for c in self.spec.constraints]
+
     @staticmethod
     def _check_volumes(volumes: list[Any]) -> None:
         for i, vol in enumerate(volumes):
@@ -689,13 +701,8 @@ class Study:
         try:
             samples = self._samples(ctx, reference)
             values = evaluate_objectives(self.objectives, samples)
-            # Constraints may name registered objectives that are not objectives of this study.
-            extra = evaluate_objectives([(o, o.direction) for o in self.spec.constraint_objectives()], samples)
-            metrics = trial_metrics(samples) | extra | values
-            missing = [c.metric for c in self.spec.constraints if c.metric not in metrics]
-            if missing:
-                raise ValueError(f"constraint metric {missing[0]!r} was not measured")
-            set_constraints(study, ctx.trial, [(c.describe(), c.violation(metrics[c.metric])) for c in self.spec.constraints])
+            metrics = self._metrics(samples, values)
+            set_constraints(study, ctx.trial, self._constraints(metrics))
         except Exception as err:  # noqa: BLE001
             self._fail(study, tracker, ctx, _reason(err), reference, pruning=pruning)
             return
