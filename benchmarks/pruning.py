@@ -58,7 +58,7 @@ from rich.console import Console
 from rich.table import Table
 
 from micro_doe.studies.pareto_pruner import domination_ranks
-from micro_doe.studies.runner import SEED_ATTR, Study, trial_seed
+from micro_doe.studies.runner import SEED_ATTR, VALUES_PER_VOLUME, Study, trial_seed
 from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_yaml import load_spec
 
@@ -181,7 +181,8 @@ def run(pruner: dict | None, name: str, seed: int, trials: int, samples: int, ro
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials),
         "trials": [{"number": t.number, "state": t.state.name, "params": t.params, "volumes": volumes_generated(t, samples),
-                    "seed": t.user_attrs[SEED_ATTR], "values": t.values} for t in finished],  # fmt: skip
+                    "seed": t.user_attrs[SEED_ATTR], "values": t.values,
+                    "values_per_volume": t.user_attrs.get(VALUES_PER_VOLUME)} for t in finished],  # fmt: skip
     }
 
 
@@ -303,9 +304,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--pruners", nargs="+", default=["median"], type=arm,
+    parser.add_argument("--pruners", nargs="*", default=["median"], type=arm,
                         help=f"arms, each NAME or NAME:key=value,... (NAME one of {', '.join(PRUNERS)}), e.g. "
-                             "pareto_halving:reduction_factor=3,margin=1")  # fmt: skip
+                             "pareto_halving:reduction_factor=3,margin=1; none given: the reference arm alone "
+                             "(its volumes' values are what benchmarks/pruning_screen.py replays)")  # fmt: skip
     parser.add_argument("--every", type=int, default=1, help="volumes between two pruning decisions")
     parser.add_argument("--min-resource", type=int, default=1, help="successive halving / Hyperband: first rung")
     parser.add_argument("--reduction-factor", type=int, default=2, help="successive halving / Hyperband")

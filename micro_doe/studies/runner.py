@@ -28,6 +28,9 @@ trial is told only after the next one is asked. Each decision then costs its eva
 time in wall time, but the sampler proposes the trials it would have without the pruner,
 unless a pruned trial would have ranked among its best.
 
+**Per volume.** A complete or pruned trial stores each objective's value on each of its
+volumes in the ``values_per_volume`` user attribute; its values are their means.
+
 **Failures.** A trial whose generation or evaluation fails for good (after Ray's actor
 restart and task retry), or whose volume is unusable (all one phase), is told FAIL with
 its reason in the ``fail_reason`` user attribute and in MLflow; the study goes on.
@@ -132,6 +135,7 @@ STALL_WARNING_S = 60.0  # no event for this long: tell the user what Ray is wait
 OWNER_ATTR = "driver"
 SEED_ATTR = "seed"
 REASON_ATTR = "fail_reason"
+VALUES_PER_VOLUME = "values_per_volume"  # {objective name: [its value on volume 0, 1, ...]}
 
 
 def trial_seed(sampler_seed: int | None, number: int) -> int:
@@ -652,13 +656,15 @@ class Study:
 
     def _prune(self, study, tracker, ctx: _Trial, reference, pruning: optuna.Study) -> None:  # type: ignore[no-untyped-def]
         """Tell the trial PRUNED (and its companion trial), after logging it to MLflow with its
-        volumes and storing the objectives measured on them (:data:`PARTIAL_VALUES`) and its
-        constraints."""
+        volumes and storing the objectives measured on them (:data:`PARTIAL_VALUES`, and per volume
+        :data:`VALUES_PER_VOLUME`) and its constraints."""
         ctx.trial.set_user_attr("pruned_after_volumes", len(ctx.volumes))
         samples = self._samples(ctx, reference)
         try:
-            values = evaluate_objectives(self.objectives, samples)
+            per_volume = per_sample_objectives(self.objectives, samples)
+            values = means_over_samples(per_volume)
             ctx.trial.set_user_attr(PARTIAL_VALUES, [float(values[o.name]) for o, _ in self.objectives])
+            ctx.trial.set_user_attr(VALUES_PER_VOLUME, per_volume)
             metrics = self._metrics(samples, values)
             if all(c.metric in metrics for c in self.spec.constraints):  # as measured on its volumes
                 set_constraints(study, ctx.trial, self._constraints(metrics))
@@ -700,9 +706,11 @@ class Study:
     def _finish(self, study, tracker, store, upload, ctx: _Trial, reference, pruning=None) -> None:  # type: ignore[no-untyped-def]
         try:
             samples = self._samples(ctx, reference)
-            values = evaluate_objectives(self.objectives, samples)
+            per_volume = per_sample_objectives(self.objectives, samples)
+            values = means_over_samples(per_volume)
             metrics = self._metrics(samples, values)
             set_constraints(study, ctx.trial, self._constraints(metrics))
+            ctx.trial.set_user_attr(VALUES_PER_VOLUME, per_volume)  # the spread behind each mean
         except Exception as err:  # noqa: BLE001
             self._fail(study, tracker, ctx, _reason(err), reference, pruning=pruning)
             return

@@ -13,6 +13,7 @@ import threading
 import time
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 import ray
@@ -25,7 +26,7 @@ from study_fixtures import write_study
 from micro_doe.platform.volumes import read_volume
 from micro_doe.studies.pareto_pruner import RUNNING_ERRORS, RUNNING_MEANS
 from micro_doe.studies.pruned_observations import PARTIAL_VALUES
-from micro_doe.studies.runner import Study
+from micro_doe.studies.runner import VALUES_PER_VOLUME, Study
 from micro_doe.studies.study_yaml import load_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -458,6 +459,13 @@ def test_a_pruner_stops_hopeless_trials_and_records_them(tmp_path, tiny_bundle, 
         partial = t.user_attrs[PARTIAL_VALUES]
         assert partial[0] == t.params["steps"] and len(partial) == 2 and partial[1] > 0, partial
         assert t.constraints == {"0": t.params["steps"] - 5}
+        per_volume = t.user_attrs[VALUES_PER_VOLUME]  # one value per volume it generated
+        assert per_volume["prune_objectives:steps_taken"] == [t.params["steps"]] * t.user_attrs["pruned_after_volumes"]
+        assert np.mean(per_volume["seconds_per_volume"]) == pytest.approx(partial[1])
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):  # the values are the means of the per-volume ones
+        per_volume = t.user_attrs[VALUES_PER_VOLUME]
+        assert [len(v) for v in per_volume.values()] == [3, 3]
+        assert [np.mean(v) for v in per_volume.values()] == pytest.approx(t.values)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     runs = {int(r.data.tags["optuna_trial_number"]): r
             for r in mlflow.search_runs(experiment_names=["e2e"], output_format="list")
