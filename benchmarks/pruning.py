@@ -71,20 +71,24 @@ PRUNERS = {
 }
 
 
-ARM_SETTINGS = ("min_resource", "reduction_factor", "margin", "every", "n_startup_trials", "learn_from_pruned", "in_order")
+ARM_SETTINGS = ("min_resource", "reduction_factor", "margin", "margin_errors", "every", "n_startup_trials",
+                "learn_from_pruned", "in_order")
 
 
-def parse_arm(text: str) -> tuple[str, dict[str, int | float]]:
+def parse_arm(text: str) -> tuple[str, dict[str, int | float | str]]:
     """One ``--pruners`` entry, NAME or NAME:key=value,..., as (NAME, its own settings); a
     ValueError names what is wrong."""
     name, _, own = text.partition(":")
     if name not in PRUNERS:
         raise ValueError(f"{name!r}: expected one of {', '.join(PRUNERS)}")
-    settings: dict[str, int | float] = {}
+    settings: dict[str, int | float | str] = {}
     for setting in filter(None, own.split(",")):
         key, eq, value = setting.partition("=")
         if not eq or key not in ARM_SETTINGS:
             raise ValueError(f"{setting!r} in {text!r}: expected key=value with key one of {', '.join(ARM_SETTINGS)}")
+        if key == "margin_errors":  # a word: own or pooled (the spec checks it)
+            settings[key] = value
+            continue
         try:
             settings[key] = float(value) if key == "margin" else int(value)
         except ValueError:

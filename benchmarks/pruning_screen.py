@@ -50,6 +50,8 @@ from micro_doe.studies.study_storage import open_pruning_study  # noqa: E402
 
 GRID = [f"pareto_halving:min_resource={m},reduction_factor={rf},margin={z}"
         for m, rf, z in itertools.product((2, 4), (2, 3, 4), (0, 0.25, 0.5, 0.75, 1))] + [
+        f"pareto_halving:min_resource=2,reduction_factor={rf},margin={z},margin_errors=pooled"
+        for rf, z in itertools.product((2, 3, 4), (0.25, 0.5, 0.75, 1))] + [
         f"successive_halving:min_resource={m},reduction_factor={rf}" for m, rf in itertools.product((2, 4), (2, 3, 4))] + [
         "median"]  # fmt: skip
 
@@ -135,7 +137,8 @@ def main() -> None:
                       "leaves_at": [s["leaves_at"] for _, s in rows], "pruned": [sum(t["state"] == "PRUNED" for t in s["trials"]) for _, s in rows]}  # fmt: skip
         star = "*" if any(s["leaves_at"] is not None for _, s in rows) else ""
         table.add_row(label, f"{100 * saved:.0f} %{star}", " / ".join(str(p) for p in out[label]["pruned"]),
-                      " / ".join(str(n) for n in lost), " / ".join("=" if abs(a - b) < 1e-9 else f"{100 * (a - b) / b:+.1f} %" for a, b in hv),
+                      " / ".join(str(n) for n in lost), " / ".join(("=" if abs(a - b) < 1e-9 else f"{100 * (a - b) / b:+.1f} %") + ("" if s["leaves_at"] is None else "*")
+                                 for (a, b), (_, s) in zip(hv, rows)),
                       " / ".join("—" if s["leaves_at"] is None else str(s["leaves_at"]) for _, s in rows))  # fmt: skip
     Console(width=200).print(table)
     if args.json:

@@ -28,6 +28,13 @@ means. It is a heuristic allowance for noise, not a confidence level: two volume
 standard error poorly, and the competitors' own noise is not counted. With z = 0 the rule is
 the one above. An objective without a standard error (e.g. an infinite tortuosity) gets no
 margin. A standard error needs two volumes, so z > 0 needs ``min_resource`` ≥ 2.
+
+``margin_errors="pooled"`` counts the margin in the *pooled* standard error instead: per
+objective, the root mean square of the standard errors of every competitor at that step, the
+judged trial's included (with equal volumes per trial, the within-trial variance of a one-way
+analysis of variance, over √volumes). Two volumes estimate a trial's own spread poorly: two
+that happen to agree give a noisy trial almost no margin. The pooled one assumes the trials
+are about equally noisy, and grows steadier as competitors accumulate.
 """
 
 from __future__ import annotations
@@ -73,17 +80,21 @@ class ParetoHalvingPruner(optuna.pruners.BasePruner):
     """Successive halving on Pareto rank (module docstring). ``directions``: the objectives'
     directions, in the order of the running means the trials store; ``ranked``: the indices
     of the objectives to rank by (all if None); ``margin``: the judged trial's benefit of the
-    doubt, in standard errors (0: none)."""
+    doubt, in standard errors (0: none); ``margin_errors``: whose standard errors, "own" or
+    "pooled"."""
 
     def __init__(self, directions: Sequence[str], min_resource: int = 1, reduction_factor: int = 2,
-                 ranked: Sequence[int] | None = None, margin: float = 0.0) -> None:  # fmt: skip
+                 ranked: Sequence[int] | None = None, margin: float = 0.0, margin_errors: str = "own") -> None:  # fmt: skip
         if min_resource < 1 or reduction_factor < 2:
             raise ValueError(f"min_resource must be ≥ 1 and reduction_factor ≥ 2, got {min_resource}, {reduction_factor}")
         if not (np.isfinite(margin) and margin >= 0):
             raise ValueError(f"margin must be a finite number of standard errors ≥ 0, got {margin}")
         if margin > 0 and min_resource < 2:
             raise ValueError(f"margin > 0 needs min_resource ≥ 2 (a standard error needs two volumes), got {min_resource}")
+        if margin_errors not in ("own", "pooled"):
+            raise ValueError(f"margin_errors must be 'own' or 'pooled', got {margin_errors!r}")
         self._margin = float(margin)
+        self._margin_errors = margin_errors
         self._ranked = list(range(len(directions))) if ranked is None else list(ranked)
         bad = any(not 0 <= i < len(directions) for i in self._ranked) or len(set(self._ranked)) != len(self._ranked)
         if not self._ranked or bad:
@@ -110,8 +121,9 @@ class ParetoHalvingPruner(optuna.pruners.BasePruner):
         own = trial.user_attrs.get(RUNNING_MEANS, {}).get(key)
         if own is None:
             raise ValueError(f"trial {trial.number} reported step {step} without its running means ({RUNNING_MEANS!r})")
-        others = [t.user_attrs[RUNNING_MEANS][key] for t in study.get_trials(deepcopy=False)
-                  if t.number != trial.number and key in t.user_attrs.get(RUNNING_MEANS, {})]  # fmt: skip
+        competitors = [t for t in study.get_trials(deepcopy=False)
+                       if t.number != trial.number and key in t.user_attrs.get(RUNNING_MEANS, {})]  # fmt: skip
+        others = [t.user_attrs[RUNNING_MEANS][key] for t in competitors]
         losses = self._sign * np.array([own, *others], dtype=float)[:, self._ranked]
         losses = np.where(np.isnan(losses), np.inf, losses)  # an objective that could not be measured is worst
         if self._margin > 0:
@@ -119,8 +131,21 @@ class ParetoHalvingPruner(optuna.pruners.BasePruner):
             if errors is None:
                 raise ValueError(f"trial {trial.number} reported step {step} without the standard errors "
                                  f"of its running means ({RUNNING_ERRORS!r}), which margin > 0 needs")  # fmt: skip
+            if self._margin_errors == "pooled":
+                errors = self._pooled(errors, [t.user_attrs.get(RUNNING_ERRORS, {}).get(key) for t in competitors])
             errors = np.array(errors, dtype=float)[self._ranked]  # None (no standard error) → NaN
             losses[0] -= self._margin * np.where(np.isfinite(errors), errors, 0.0)
         ranks = domination_ranks(losses)
         promoted = max(1, len(losses) // self._reduction_factor)
         return int(np.sum(ranks < ranks[0])) >= promoted
+
+    @staticmethod
+    def _pooled(own: Sequence[float | None], others: Sequence[Sequence[float | None] | None]) -> list[float]:
+        """Per objective, the root mean square of the finite standard errors among ``own`` and
+        ``others`` (competitors without any count for nothing); NaN where none is finite."""
+        rows = [own, *(o for o in others if o is not None)]
+        errors = np.array([[np.nan if e is None else e for e in row] for row in rows], dtype=float)
+        finite = np.isfinite(errors)
+        counts = finite.sum(axis=0)
+        squares = np.where(finite, errors, 0.0) ** 2
+        return [float(np.sqrt(s / c)) if c else float("nan") for s, c in zip(squares.sum(axis=0), counts)]

@@ -227,6 +227,12 @@ class ParetoHalvingPrunerSpec(_PrunerBase):
         description="benefit of the doubt, in standard errors: a trial is ranked with its running means "
                     "moved that many standard errors towards better (needs min_resource >= 2)",
     )  # fmt: skip
+    margin_errors: Literal["own", "pooled"] = Field(
+        "own",
+        description="the standard errors margin counts in: 'own' (of the judged trial's volumes) or 'pooled' "
+                    "(root mean square of every competitor's at that rung, so a trial whose first volumes "
+                    "happen to agree is not judged as if it were certain)",
+    )  # fmt: skip
 
     @field_validator("objectives")
     @classmethod

@@ -117,7 +117,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         names = spec.objective_names()
         ranked = [names.index(n) for n in p.objectives] if p.objectives else None
         return ParetoHalvingPruner(spec.directions(), min_resource=p.min_resource, reduction_factor=p.reduction_factor,
-                                   ranked=ranked, margin=p.margin)  # fmt: skip
+                                   ranked=ranked, margin=p.margin, margin_errors=p.margin_errors)  # fmt: skip
     return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=spec.samples_per_trial,
                                           reduction_factor=p.reduction_factor)  # fmt: skip
 

@@ -111,3 +111,23 @@ def test_a_margin_keeps_a_trial_dominated_within_its_noise():
             ParetoHalvingPruner(directions, margin=bad)
     with pytest.raises(ValueError, match="needs min_resource ≥ 2"):
         ParetoHalvingPruner(directions, min_resource=1, margin=1.0)
+
+
+def test_a_pooled_margin_counts_the_competitors_noise():
+    """Competitors [1, 1], [2, 2], [4, 4] with standard errors (3, 3) each; the judged [3, 3]
+    has errors (0, 0), its two volumes having agreed. Its own margin is then nothing and it is
+    stopped. Pooled, its error is the root mean square of (3, 3, 3, 0): √(27/4) ≈ 2.6, so with
+    margin 1 it is ranked as [0.4, 0.4], on the front, and goes on. A competitor without
+    standard errors (None) counts for nothing in the pool."""
+    directions = ["minimize", "minimize"]
+    for margin_errors, stopped in (("own", True), ("pooled", False)):
+        pruner = ParetoHalvingPruner(directions, min_resource=2, margin=1.0, margin_errors=margin_errors)
+        study = optuna.create_study(direction="minimize")
+        for point in ([1, 1], [2, 2], [4, 4]):
+            report(study, pruner, {2: point}, {2: [3.0, 3.0]})
+        report(study, pruner, {2: [9, 9]}, {2: [None, None]})
+        assert report(study, pruner, {2: [3, 3]}, {2: [0.0, 0.0]}) == [stopped], margin_errors
+    assert ParetoHalvingPruner._pooled([0.0, None], [[3.0, None], None, [3.0, 4.0]]) == pytest.approx([np.sqrt(6), 4.0])
+    assert np.isnan(ParetoHalvingPruner._pooled([None], [[None]])[0])
+    with pytest.raises(ValueError, match="margin_errors must be 'own' or 'pooled'"):
+        ParetoHalvingPruner(directions, min_resource=2, margin=1.0, margin_errors="shared")

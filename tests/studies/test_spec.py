@@ -552,6 +552,11 @@ def test_the_pruner_block(fake_shipped, tmp_path):
     margined = {"samples_per_trial": 4, "pruner": {"kind": "pareto_halving", "min_resource": 2, "margin": 1.5, "every": 2}}
     pruner = make_pruner(load_spec(write_study(tmp_path, VALID | margined)))
     assert isinstance(pruner, ParetoHalvingPruner) and pruner._margin == 1.5  # the spec's margin reaches the pruner
+    assert pruner._margin_errors == "own"  # the default
+    margined["pruner"] |= {"margin_errors": "pooled"}
+    assert make_pruner(load_spec(write_study(tmp_path, VALID | margined)))._margin_errors == "pooled"
+    margined["pruner"] |= {"margin_errors": "shared"}
+    assert "'own' or 'pooled'" in problems(VALID | margined, tmp_path)["pruner.margin_errors"]
     for kind in ("successive_halving", "hyperband", "pareto_halving"):
         found = problems(VALID | {"pruner": {"kind": kind, "min_resource": 2}}, tmp_path)  # samples_per_trial is 2
         assert "less than samples_per_trial (2)" in found["pruner.min_resource"]
