@@ -147,13 +147,14 @@ QUALITY_OBJECTIVES = [{"name": "lineal_path_error", "direction": "minimize"}, {"
 
 
 def study_spec(pruner: dict | None, name: str, seed: int, trials: int, samples: int, root: Path,
-               without_time: bool = False, learn_from_pruned: bool = False) -> StudySpec:  # fmt: skip
+               without_time: bool = False, learn_from_pruned: bool = False, volume_seeds: str = "per_trial") -> StudySpec:  # fmt: skip
     """The benchmark's micro3diff-tuning: the bundled study at CPU size (module docstring)."""
     overrides = {
         "name": name,
         "search": {"n_h": {"int": [0, 1]}, "steps": {"int": [10, 30]}},  # deep-merged: the rest as bundled
         "generator": {"kind": "micro3diff", "model": "pretrained:spheres-32", "batch_size": samples},
         "samples_per_trial": samples,
+        "volume_seeds": volume_seeds,
         "sampler": {"kind": "tpe", "seed": seed, "initial_design": {"kind": "sobol", "n": 4},
                     "learn_from_pruned": learn_from_pruned},
         "budget": {"n_trials": trials, "timeout_s": None},
@@ -169,8 +170,8 @@ def study_spec(pruner: dict | None, name: str, seed: int, trials: int, samples: 
 
 
 def run(pruner: dict | None, name: str, seed: int, trials: int, samples: int, root: Path,
-        without_time: bool = False, learn_from_pruned: bool = False) -> dict:  # fmt: skip
-    spec = study_spec(pruner, name, seed, trials, samples, root, without_time, learn_from_pruned)
+        without_time: bool = False, learn_from_pruned: bool = False, volume_seeds: str = "per_trial") -> dict:  # fmt: skip
+    spec = study_spec(pruner, name, seed, trials, samples, root, without_time, learn_from_pruned, volume_seeds)
     result = Study(spec).run()
     study = optuna.load_study(study_name=name, storage=spec.storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -250,7 +251,8 @@ def print_table(record: dict, console: Console) -> None:
     """The saved time and the fronts of every arm against the reference arm, seed by seed."""
     rows = record["runs"]
     table = Table(title=f"micro3diff-tuning on CPU: {record['trials']} trials × {record['samples']} volumes, "
-                        f"{len(rows['none (reference)'])} seeds (same seeds per row), decisions every {record.get('every', '?')} volumes; "
+                        f"{len(rows['none (reference)'])} seeds (same seeds per row), decisions every {record.get('every', '?')} volumes, "
+                        f"{'common' if record.get('volume_seeds') == 'common' else 'per-trial'} volume seeds; "
                         f"front judged in (lineal-path %, size %) against {tuple(REFERENCE.tolist())}")  # fmt: skip
     for column in ("pruner", "generator busy [s]", "wall [s]", "saved: busy s", "saved: slice evaluations", "pruned (failed) trials",
                    "front hypervolume per seed", "front: mean vs reference ± s.e.", "seeds with a smaller front",
@@ -294,7 +296,7 @@ def merged(records: list[dict]) -> dict:
     arms, and the same trials, samples and decisions)."""
     first = records[0]
     for other in records[1:]:
-        same = ("trials", "samples", "every", "without_time", "pruners")
+        same = ("trials", "samples", "every", "without_time", "pruners", "volume_seeds")
         if any(other.get(k) != first.get(k) for k in same) or set(other["runs"]) != set(first["runs"]):
             raise SystemExit(f"--from-json: the runs differ in {', '.join(same)} or their arms; cannot merge them")
     seeds = [s for r in records for s in (r["seeds"] if isinstance(r["seeds"], list) else range(r["seeds"]))]
@@ -319,6 +321,8 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.0, help="pareto_halving: benefit of the doubt, in standard errors")
     parser.add_argument("--without-time", action="store_true",
                         help="drop seconds_per_volume from the study's objectives, so every arm's proposals repeat across runs")
+    parser.add_argument("--common-seeds", action="store_true",
+                        help="every arm's study with volume_seeds: common (volume i of every trial from the same seed)")
     parser.add_argument("--json", type=Path, help="also write the numbers here (rewritten after every seed)")
     parser.add_argument("--audit-arms", nargs="+", help="with --from-json --audit: audit only these arms (their labels)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … first-seed + seeds − 1")
@@ -360,13 +364,15 @@ def main() -> None:
             parser.error(f"--pruners {p}: {err}")
     record = {"trials": args.trials, "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
               "samples": args.samples, "every": args.every,
-              "without_time": args.without_time, "pruners": {p: b for p, b in blocks.items() if p is not None},
+              "without_time": args.without_time, "volume_seeds": "common" if args.common_seeds else "per_trial",
+              "pruners": {p: b for p, b in blocks.items() if p is not None},
               "runs": {}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="micro-doe-pruning-") as tmp:
         for seed in record["seeds"]:
             for i, (pruner, block) in enumerate(blocks.items()):
                 name = f"prune-{i}-{seed}"
-                r = run(block, name, seed, args.trials, args.samples, Path(tmp), args.without_time, learns_from_pruned(pruner))
+                r = run(block, name, seed, args.trials, args.samples, Path(tmp), args.without_time, learns_from_pruned(pruner),
+                        record["volume_seeds"])  # fmt: skip
                 if args.audit and block is not None:
                     r["audit"] = audit(r, f"audit-{i}-{seed}", seed, args.samples, Path(tmp), args.without_time)
                 record["runs"].setdefault(pruner or "none (reference)", []).append(r)

@@ -9,7 +9,8 @@ run is ``pruning.py … --pruners`` with no arm). ARM is written as in ``pruning
 ``in_order``, the only setting under which the replay below is the run.
 
 For each seed, the screen replays what the arm would do on one generator. Trial k, in the
-reference's order, generates ``every`` volumes at a time. After each batch short of the last
+reference's order, generates ``every`` volumes at a time (the record's, or the arm's own
+``every=``). After each batch short of the last
 it reports the running means (and their standard errors) to the arm's own pruner
 (:func:`~micro_doe.studies.study_storage.make_pruner`, in the runner's companion study from
 :func:`~micro_doe.studies.study_storage.open_pruning_study`, in memory), which holds trials
@@ -52,13 +53,16 @@ GRID = [f"pareto_halving:min_resource={m},reduction_factor={rf},margin={z}"
         for m, rf, z in itertools.product((2, 4), (2, 3, 4), (0, 0.25, 0.5, 0.75, 1))] + [
         f"pareto_halving:min_resource=2,reduction_factor={rf},margin={z},margin_errors=pooled"
         for rf, z in itertools.product((2, 3, 4), (0.25, 0.5, 0.75, 1))] + [
+        f"pareto_halving:every=1,min_resource=3,reduction_factor={rf},margin={z},margin_errors={e}"
+        for rf, z, e in itertools.product((2, 3), (0, 0.5, 1), ("own", "pooled"))] + [
         f"successive_halving:min_resource={m},reduction_factor={rf}" for m, rf in itertools.product((2, 4), (2, 3, 4))] + [
         "median"]  # fmt: skip
 
 
 def screen(label: str, reference: list[dict], seed: int, samples: int, every: int) -> dict:
     """The trials of one seed as the in-order arm ``label`` would end them (module docstring)."""
-    block = pruner_block(label, every, 2, 2)
+    block = pruner_block(label, every, 2, 2)  # an arm's own every= replaces the record's
+    every = block["every"]
     if parse_arm(label)[1].get("learn_from_pruned"):
         raise ValueError(f"{label}: learn_from_pruned changes TPE's view of pruned trials; the replay cannot follow it")
     spec = study_spec(block | {"in_order": True}, "screen", seed, len(reference), samples, Path("."), without_time=True)
@@ -113,8 +117,9 @@ def main() -> None:
     for path, r in zip(args.files, records):
         if not r.get("without_time"):
             parser.error(f"{path}: a run with --without-time is needed (TPE read wall times the record lacks)")
-        if (r["samples"], r["every"]) != (records[0]["samples"], records[0]["every"]):
-            parser.error(f"{path}: its samples and every differ from {args.files[0]}'s")
+        same = ("samples", "every", "volume_seeds")
+        if any(r.get(k) != records[0].get(k) for k in same):
+            parser.error(f"{path}: its {', '.join(same)} differ from {args.files[0]}'s")
     arms = list(dict.fromkeys(args.pruners + (GRID if args.grid else [])))
     if not arms:
         parser.error("name arms with --pruners, or --grid")
@@ -122,7 +127,8 @@ def main() -> None:
     seeds = [(s, ref) for r in records for s, ref in zip(r["seeds"], r["runs"]["none (reference)"])]
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     table = Table(title=f"Screen of in-order pruners on the reference's trials: seeds {', '.join(str(s) for s, _ in seeds)}, "
-                        f"{samples} volumes a trial, decisions every {every}; front in (lineal-path %, size %)")  # fmt: skip
+                        f"{samples} volumes a trial, decisions every {every}, {records[0].get('volume_seeds', 'per_trial')} volume seeds; "
+                        "front in (lineal-path %, size %)")  # fmt: skip
     for column in ("pruner (in order)", "saved: slice evaluations", "pruned trials per seed",
                    "reference front trials pruned", "front HV vs reference", "path leaves the reference's at trial"):  # fmt: skip
         table.add_column(column, justify="right", no_wrap=column.startswith("pruner"))

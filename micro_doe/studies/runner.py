@@ -3,7 +3,8 @@
 One trial, top to bottom:
 
 1. ``study.ask()``; the trial's parameters come from the spec's search space (plus the
-   fixed ones) and its seed from its number (a re-queued trial keeps its original seed);
+   fixed ones) and its seed from its number, or with ``volume_seeds: common`` the study's
+   one seed for every trial (a re-queued trial keeps its original seed);
 2. a ``GeneratorActor`` samples ``samples_per_trial`` volumes;
 3. the ``EvaluatorPool`` describes every volume (vf, S2, L, τ, interface area);
 4. objectives and constraint metrics are computed from the samples
@@ -138,10 +139,11 @@ REASON_ATTR = "fail_reason"
 VALUES_PER_VOLUME = "values_per_volume"  # {objective name: [its value on volume 0, 1, ...]}
 
 
-def trial_seed(sampler_seed: int | None, number: int) -> int:
+def trial_seed(sampler_seed: int | None, number: int, common: bool = False) -> int:
     """The seed of a fresh trial's first volume (volume i: seed + i); 1 000 volumes a trial
-    before two trials' seeds could meet."""
-    return (sampler_seed or 0) * 1_000_003 + number * 1_000
+    before two trials' seeds could meet. ``common`` (``volume_seeds: common``): the same for
+    every trial of the study, so trials are compared on the same noise."""
+    return (sampler_seed or 0) * 1_000_003 + (0 if common else number * 1_000)
 
 
 @dataclass
@@ -586,7 +588,7 @@ class Study:
         params.update(self.spec.fixed)
         seed = trial.user_attrs.get(SEED_ATTR)
         if seed is None:  # a fresh trial; a re-queued one keeps the seed it had
-            seed = trial_seed(self.spec.sampler.seed, trial.number)
+            seed = trial_seed(self.spec.sampler.seed, trial.number, common=self.spec.volume_seeds == "common")
             trial.set_user_attr(SEED_ATTR, seed)
         trial.set_user_attr(OWNER_ATTR, self.driver_id)
         return _Trial(trial, params, int(seed), time.perf_counter(), time.time(), generator)

@@ -331,6 +331,12 @@ class StudySpec(BaseModel):
     search: dict[str, ParamSpec] = Field(description="generator parameters Optuna varies")
     fixed: dict[str, Scalar] = Field(default_factory=dict, description="generator parameters held constant")
     samples_per_trial: int = Field(2, ge=1, le=MAX_SAMPLES_PER_TRIAL, description="volumes generated and evaluated per trial")
+    volume_seeds: Literal["per_trial", "common"] = Field(
+        "per_trial",
+        description="'per_trial': each trial's volumes from seeds of its own; 'common': volume i of every trial "
+                    "from the same seed (common random numbers: trials compared on the same noise, so a "
+                    "pruner's early comparisons are fairer)",
+    )  # fmt: skip
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     constraints: list[ConstraintSpec] = Field(default_factory=list)
     sampler: SamplerSpec = Field(default_factory=TPESamplerSpec)

@@ -476,3 +476,22 @@ def test_a_pruner_stops_hopeless_trials_and_records_them(tmp_path, tiny_bundle, 
         assert run.data.tags["optuna_state"] == "PRUNED" and run.info.status == "FINISHED"
         logged = {k: v for k, v in run.data.metrics.items() if k.endswith("steps_taken")}
         assert list(logged.values()) == [t.params["steps"]], run.data.metrics
+
+
+def test_common_volume_seeds_give_every_trial_the_same_noise(tmp_path, tiny_bundle):
+    """``volume_seeds: common``: volume i of every trial comes from the same seed, so two trials
+    with the same parameters generate the same volumes; per trial (the default) they do not."""
+    per_volume = {}
+    for mode in ("common", "per_trial"):
+        folder = tmp_path / mode
+        folder.mkdir()
+        path = write_study(folder, tiny_bundle, volume_seeds=mode, budget={"n_trials": 4}, constraints=[],
+                           search={"steps": {"categorical": [3]}}, fixed={"n_h": 0}, sampler={"kind": "random", "seed": 5})  # fmt: skip
+        assert not Study.from_yaml(path).run().failed
+        trials = optuna.load_study(study_name="e2e", storage=f"sqlite:///{folder}/optuna.db").trials
+        seeds = {t.user_attrs["seed"] for t in trials}
+        assert len(seeds) == (1 if mode == "common" else 4), seeds
+        per_volume[mode] = [t.user_attrs[VALUES_PER_VOLUME]["s2_error"] for t in trials]
+    first, *others = per_volume["common"]
+    assert all(o == first for o in others) and first[0] != first[1]  # same noise across trials, not across volumes
+    assert len({tuple(v) for v in per_volume["per_trial"]}) == 4

@@ -560,3 +560,9 @@ def test_the_pruner_block(fake_shipped, tmp_path):
     for kind in ("successive_halving", "hyperband", "pareto_halving"):
         found = problems(VALID | {"pruner": {"kind": kind, "min_resource": 2}}, tmp_path)  # samples_per_trial is 2
         assert "less than samples_per_trial (2)" in found["pruner.min_resource"]
+
+
+def test_volume_seeds_are_per_trial_or_common(tmp_path):
+    assert load_spec(write_study(tmp_path, VALID)).volume_seeds == "per_trial"
+    assert load_spec(write_study(tmp_path, VALID | {"volume_seeds": "common"})).volume_seeds == "common"
+    assert "'per_trial' or 'common'" in problems(VALID | {"volume_seeds": "shared"}, tmp_path)["volume_seeds"]
