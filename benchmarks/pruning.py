@@ -30,7 +30,11 @@ halving and Hyperband with rungs at ``--min-resource`` · ``--reduction-factor``
 Pareto halving (micro-doe's variant) has the same rungs but ranks the running means of all
 three objectives (lineal-path error, size error, seconds per volume) by Pareto dominance;
 ``--pareto-objectives lineal_path_error size_error`` ranks only those (its ``objectives:``);
-``--margin Z`` gives the judged trial Z standard errors of benefit of the doubt (its ``margin:``).
+``--margin Z`` gives the judged trial Z standard errors of benefit of the doubt (its ``margin:``;
+an arm's ``margin_errors=pooled`` counts them in the competitors' pooled standard error).
+``--common-seeds`` runs every arm with ``volume_seeds: common`` (volume i of every trial from
+the same seed). With no arm after ``--pruners`` the reference runs alone: its trials keep each
+objective's value per volume, which ``benchmarks/pruning_screen.py`` replays pruners on.
 **Judges:**
 - generator time: the generator actors' busy seconds, summed over the study; and, as a count
   the machine's load cannot move, the denoiser's slice evaluations, Σ over trials of

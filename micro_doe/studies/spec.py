@@ -246,6 +246,8 @@ class ParetoHalvingPrunerSpec(_PrunerBase):
         if self.margin > 0 and self.min_resource < 2:
             raise ValueError(f"margin: {self.margin} needs min_resource >= 2 (a standard error needs two volumes), "
                              f"got min_resource: {self.min_resource}")  # fmt: skip
+        if self.margin_errors == "pooled" and self.margin == 0:
+            raise ValueError("margin_errors: pooled needs a margin > 0 (it says which standard errors the margin counts in)")
         return self
 
 

@@ -555,6 +555,8 @@ def test_the_pruner_block(fake_shipped, tmp_path):
     assert pruner._margin_errors == "own"  # the default
     margined["pruner"] |= {"margin_errors": "pooled"}
     assert make_pruner(load_spec(write_study(tmp_path, VALID | margined)))._margin_errors == "pooled"
+    unmargined = margined | {"pruner": margined["pruner"] | {"margin": 0}}
+    assert "needs a margin > 0" in problems(VALID | unmargined, tmp_path)["pruner.margin_errors"]
     margined["pruner"] |= {"margin_errors": "shared"}
     assert "'own' or 'pooled'" in problems(VALID | margined, tmp_path)["pruner.margin_errors"]
     for kind in ("successive_halving", "hyperband", "pareto_halving"):
