@@ -24,6 +24,9 @@ arm's run would be this replay, to the digit: its slice evaluations and its fron
 If not, the row names the trial where the path would leave the reference's, and the numbers
 after it are unknown (marked ``*``).
 
+It also prints how well a trial's first ``every`` volumes rank the trials against their other
+volumes (Kendall's τ), a property of the volumes that no pruner touches.
+
 A screen chooses; it does not judge. The arm it picks is then run for real by ``pruning.py``,
 on seeds the screen did not see. Takes seconds.
 """
@@ -41,6 +44,7 @@ import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
+from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pruning import SIZE, arm, front_hypervolume, parse_arm, pruner_block, study_spec  # noqa: E402
@@ -95,6 +99,14 @@ def screen(label: str, reference: list[dict], seed: int, samples: int, every: in
     return {"trials": trials, "leaves_at": leaves}
 
 
+def early_agreement(reference: list[dict], name: str, early: int) -> float:
+    """Kendall's τ, over a run's trials, between the mean of an objective on each trial's first
+    ``early`` volumes and on its other volumes: how well a first decision's view ranks trials
+    (1: the same order). Read from the volumes alone; no pruner is involved."""
+    values = np.array([t["values_per_volume"][name] for t in reference], dtype=float)
+    return float(kendalltau(values[:, :early].mean(axis=1), values[:, early:].mean(axis=1)).statistic)
+
+
 def slices(trials: list[dict]) -> int:
     """Σ (n_h + 1) · steps · size · volumes generated (``pruning.slice_evaluations``)."""
     return sum((t["params"]["n_h"] + 1) * t["params"]["steps"] * SIZE * t["volumes"] for t in trials)
@@ -146,7 +158,17 @@ def main() -> None:
                       " / ".join(str(n) for n in lost), " / ".join(("=" if abs(a - b) < 1e-9 else f"{100 * (a - b) / b:+.1f} %") + ("" if s["leaves_at"] is None else "*")
                                  for (a, b), (_, s) in zip(hv, rows)),
                       " / ".join("—" if s["leaves_at"] is None else str(s["leaves_at"]) for _, s in rows))  # fmt: skip
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(table)
+    names = list(seeds[0][1]["trials"][0]["values_per_volume"])
+    agreement = Table(title=f"How well a trial's first {every} volumes rank it: Kendall's τ between their mean and the "
+                            f"mean of its other {samples - every}, over each seed's trials")  # fmt: skip
+    for column in ("objective", "τ per seed", "mean"):
+        agreement.add_column(column, justify="right")
+    for name in names:
+        taus = [early_agreement(ref["trials"], name, every) for _, ref in seeds]
+        agreement.add_row(name, " / ".join(f"{t:.2f}" for t in taus), f"{np.mean(taus):.2f}")
+    console.print(agreement)
     if args.json:
         args.json.write_text(json.dumps({"files": [str(p) for p in args.files], "arms": out}, indent=1))
 
