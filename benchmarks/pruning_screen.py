@@ -6,7 +6,8 @@ FILE is a ``benchmarks/pruning.py --without-time`` record whose reference arm st
 trial's objective values on each volume (the runner's ``values_per_volume``; a reference-only
 run is ``pruning.py … --pruners`` with no arm). ARM is written as in ``pruning.py``
 (``pareto_halving:reduction_factor=3,margin=0.5``); every arm is screened as if run with
-``in_order``, the only setting under which the replay below is the run.
+``in_order``, the only setting under which the replay below is the run. An arm that leaves
+them out gets ``min_resource=2`` and ``reduction_factor=2``.
 
 For each seed, the screen replays what the arm would do on one generator. Trial k, in the
 reference's order, generates ``every`` volumes at a time (the record's, or the arm's own
