@@ -301,7 +301,8 @@ def merged(records: list[dict]) -> dict:
     first = records[0]
     for other in records[1:]:
         same = ("trials", "samples", "every", "without_time", "pruners", "volume_seeds")
-        if any(other.get(k) != first.get(k) for k in same) or set(other["runs"]) != set(first["runs"]):
+        defaults = {"volume_seeds": "per_trial"}  # runs saved before the setting existed had per-trial seeds
+        if any(other.get(k, defaults.get(k)) != first.get(k, defaults.get(k)) for k in same) or set(other["runs"]) != set(first["runs"]):
             raise SystemExit(f"--from-json: the runs differ in {', '.join(same)} or their arms; cannot merge them")
     seeds = [s for r in records for s in (r["seeds"] if isinstance(r["seeds"], list) else range(r["seeds"]))]
     if len(set(seeds)) != len(seeds):
