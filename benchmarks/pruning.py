@@ -141,10 +141,16 @@ def volumes_generated(trial: optuna.trial.FrozenTrial, samples: int) -> int:
     return int(trial.user_attrs.get("pruned_after_volumes", samples))
 
 
+def slices(params: dict, volumes: int) -> int:
+    """The denoiser's 2D slice evaluations for ``volumes`` volumes of a trial with ``params``:
+    (n_h + 1) · steps · size per volume."""
+    return (params["n_h"] + 1) * params["steps"] * SIZE * volumes
+
+
 def slice_evaluations(trial: optuna.trial.FrozenTrial, samples: int) -> int:
-    """The denoiser's 2D slice evaluations for a trial: (n_h + 1) · steps · size per volume (a failed
-    trial, shown in the table, is not counted)."""
-    return (trial.params["n_h"] + 1) * trial.params["steps"] * SIZE * volumes_generated(trial, samples)
+    """The denoiser's 2D slice evaluations for a finished trial (:func:`slices`; a failed trial,
+    shown in the table, is not counted)."""
+    return slices(trial.params, volumes_generated(trial, samples))
 
 
 QUALITY_OBJECTIVES = [{"name": "lineal_path_error", "direction": "minimize"}, {"name": "size_error", "direction": "minimize"}]

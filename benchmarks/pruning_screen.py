@@ -48,10 +48,10 @@ from rich.table import Table
 from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pruning import SIZE, arm, front_hypervolume, parse_arm, pruner_block, study_spec  # noqa: E402
+from pruning import arm, front_hypervolume, front_trials_pruned, parse_arm, pruner_block, slices, study_spec  # noqa: E402
 from pruning_replay import replay  # noqa: E402
 
-from micro_doe.studies.pareto_pruner import RUNNING_ERRORS, RUNNING_MEANS, domination_ranks, standard_error  # noqa: E402
+from micro_doe.studies.pareto_pruner import RUNNING_ERRORS, RUNNING_MEANS, running_summary  # noqa: E402
 from micro_doe.studies.study_storage import open_pruning_study  # noqa: E402
 
 GRID = [f"pareto_halving:min_resource={m},reduction_factor={rf},margin={z}"
@@ -81,9 +81,7 @@ def screen(label: str, reference: list[dict], seed: int, samples: int, every: in
             raise ValueError(f"trial {recorded['number']} has no values_per_volume (a run from before they were stored)")
         reporter, means, errors, volumes = pruning.ask(), {}, {}, samples
         for step in range(every, samples, every):
-            first = [per_volume[n][:step] for n in names]
-            means[str(step)] = [float(np.mean(v)) for v in first]
-            errors[str(step)] = [standard_error(v) for v in first]
+            means[str(step)], errors[str(step)] = running_summary({n: per_volume[n][:step] for n in names})
             reporter.set_user_attr(RUNNING_MEANS, means)
             reporter.set_user_attr(RUNNING_ERRORS, errors)
             reporter.report(means[str(step)][0], step=step)
@@ -108,15 +106,9 @@ def early_agreement(reference: list[dict], name: str, early: int) -> float:
     return float(kendalltau(values[:, :early].mean(axis=1), values[:, early:].mean(axis=1)).statistic)
 
 
-def slices(trials: list[dict]) -> int:
-    """Σ (n_h + 1) · steps · size · volumes generated (``pruning.slice_evaluations``)."""
-    return sum((t["params"]["n_h"] + 1) * t["params"]["steps"] * SIZE * t["volumes"] for t in trials)
-
-
-def front_numbers(trials: list[dict]) -> set[int]:
-    complete = [t for t in trials if t["state"] == "COMPLETE"]
-    ranks = domination_ranks(np.array([t["values"][:2] for t in complete], dtype=float))
-    return {t["number"] for t, r in zip(complete, ranks) if r == 0}
+def total_slices(trials: list[dict]) -> int:
+    """Σ of :func:`pruning.slices` over ``trials``, each with the volumes it generated."""
+    return sum(slices(t["params"], t["volumes"]) for t in trials)
 
 
 def main() -> None:
@@ -148,10 +140,10 @@ def main() -> None:
     out = {}
     for label in arms:
         rows = [(ref, screen(label, ref["trials"], seed, samples, every)) for seed, ref in seeds]
-        saved = 1 - sum(slices(s["trials"]) for _, s in rows) / sum(slices(ref["trials"]) for ref, _ in rows)
+        saved = 1 - sum(total_slices(s["trials"]) for _, s in rows) / sum(total_slices(ref["trials"]) for ref, _ in rows)
         hv = [(front_hypervolume([t["values"] for t in s["trials"] if t["state"] == "COMPLETE"]), ref["hypervolume"])
               for ref, s in rows]  # fmt: skip
-        lost = [len(front_numbers(ref["trials"]) & {t["number"] for t in s["trials"] if t["state"] == "PRUNED"}) for ref, s in rows]
+        lost = [front_trials_pruned(s, ref) for ref, s in rows]
         out[label] = {"saved_slices": saved, "lost_front_trials": lost, "hypervolume": hv,
                       "leaves_at": [s["leaves_at"] for _, s in rows], "pruned": [sum(t["state"] == "PRUNED" for t in s["trials"]) for _, s in rows]}  # fmt: skip
         star = "*" if any(s["leaves_at"] is not None for _, s in rows) else ""

@@ -39,7 +39,7 @@ are about equally noisy, and grows steadier as competitors accumulate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import optuna
@@ -56,6 +56,13 @@ def standard_error(values: Sequence[float]) -> float | None:
     if len(v) < 2 or not np.all(np.isfinite(v)):
         return None
     return float(v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def running_summary(per_volume: Mapping[str, Sequence[float]]) -> tuple[list[float], list[float | None]]:
+    """Each objective's running mean over the volumes so far, and its :func:`standard_error`, in
+    ``per_volume``'s order (``{objective name: [value per volume]}``): what a trial stores under
+    :data:`RUNNING_MEANS` and :data:`RUNNING_ERRORS` for that step."""
+    return [float(np.mean(v)) for v in per_volume.values()], [standard_error(v) for v in per_volume.values()]
 
 
 def domination_ranks(losses: np.ndarray) -> np.ndarray:

@@ -109,7 +109,7 @@ from micro_doe.studies.objectives import (
     per_sample_objectives,
     trial_metrics,
 )
-from micro_doe.studies.pareto_pruner import RUNNING_ERRORS, RUNNING_MEANS, standard_error
+from micro_doe.studies.pareto_pruner import RUNNING_ERRORS, RUNNING_MEANS, running_summary
 from micro_doe.studies.preflight import check_before_start
 from micro_doe.studies.pruned_observations import PARTIAL_VALUES
 from micro_doe.studies.spec import StudySpec
@@ -634,18 +634,17 @@ class Study:
             first, direction = self.objectives[0]
             pareto = self.spec.pruner.kind == "pareto_halving"
             judged = self.objectives if pareto else [(first, direction)]
-            per_sample = per_sample_objectives(judged, self._samples(ctx, reference))
-            values = means_over_samples(per_sample)
-            value = values[first.name]
+            means, errors = running_summary(per_sample_objectives(judged, self._samples(ctx, reference)))
+            value = means[0]  # the first objective's
             if ctx.reporter is None:
                 ctx.reporter = ctx.trial if pruning is study else pruning.ask()
                 if ctx.reporter is not ctx.trial:
                     ctx.reporter.set_user_attr("trial", ctx.trial.number)
             if pareto:
-                ctx.running_means[str(len(ctx.volumes))] = [float(values[o.name]) for o, _ in judged]
+                ctx.running_means[str(len(ctx.volumes))] = means
                 ctx.reporter.set_user_attr(RUNNING_MEANS, ctx.running_means)
                 if len(ctx.volumes) > 1:  # a standard error needs two volumes (margin: min_resource ≥ 2)
-                    ctx.running_errors[str(len(ctx.volumes))] = [standard_error(per_sample[o.name]) for o, _ in judged]
+                    ctx.running_errors[str(len(ctx.volumes))] = errors
                     ctx.reporter.set_user_attr(RUNNING_ERRORS, ctx.running_errors)
             ctx.reporter.report(value, step=len(ctx.volumes))
             ctx.reported = value
