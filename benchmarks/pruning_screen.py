@@ -59,7 +59,7 @@ GRID = [f"pareto_halving:min_resource={m},reduction_factor={rf},margin={z}"
         f"pareto_halving:min_resource=2,reduction_factor={rf},margin={z},margin_errors=pooled"
         for rf, z in itertools.product((2, 3, 4), (0.25, 0.5, 0.75, 1))] + [
         f"pareto_halving:every=1,min_resource=3,reduction_factor={rf},margin={z},margin_errors={e}"
-        for rf, z, e in itertools.product((2, 3), (0, 0.5, 1), ("own", "pooled"))] + [
+        for rf, z, e in itertools.product((2, 3), (0, 0.5, 1), ("own", "pooled")) if z or e == "own"] + [
         f"successive_halving:min_resource={m},reduction_factor={rf}" for m, rf in itertools.product((2, 4), (2, 3, 4))] + [
         "median"]  # fmt: skip
 
