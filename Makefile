@@ -4,17 +4,22 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The CPU build; on a GPU machine install a CUDA torch into the venv first (see README).
 TORCH  ?= torch==2.13.0
+LOCK   := requirements.lock
 
-.PHONY: install quickstart test bench models constraints clean
+.PHONY: install lock quickstart test bench models clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 
-# torch first, pinned, so the package's unpinned `torch` requirement is already satisfied.
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+# Everything installs from the lock (requirements.lock: every package at the version the test suite
+# passed with), pip and setuptools included, and the package builds with the locked setuptools.
+# torch first, pinned, so the package's unpinned `torch` requirement is already satisfied; a CUDA
+# torch installed beforehand is kept (torch is the one package the lock leaves out).
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(LOCK)
+	$(BIN)/python -m pip install -q --constraint $(LOCK) pip setuptools
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q --constraint $(LOCK) $(TORCH)
+	$(BIN)/python -m pip install -q --constraint $(LOCK) --no-build-isolation -e '.[test,bench]'
+	$(BIN)/python -m pip check
 	touch $@
 
 install: $(VENV)/.installed
@@ -82,11 +87,26 @@ $(MODELS)/opv-ternary-32/model.pt: install
 	$(BIN)/python benchmarks/ldm.py --model $(MODELS)/opv-ternary-32 --conditions 25 --per-condition 2 \
 		--variants w=4 w=2,fg=4 --max-candidates 32 --recipe-checks 2 --correct --no-images --update-card --update-defaults
 
-# The container image's pins (deploy/constraints.txt): the environment the tests passed in.
-constraints: install
-	{ echo "# The environment the test suite passed in (pip freeze of the project's venv), minus torch:"; \
-	  echo "# each image flavour brings its own torch build. Regenerate: make constraints"; \
-	  $(BIN)/pip freeze --exclude-editable | grep -v -iE "^(torch|micro-doe|micro_doe|-e )"; } > deploy/constraints.txt
+# Refresh the lock on purpose: the newest release of every dependency within pyproject's ranges
+# in a scratch venv, `pip check` and the whole test suite there, and only then the new lock
+# (pip freeze --all, less torch, which each machine or image brings in its own build). The
+# cluster extra is locked too, so the image (deploy/Dockerfile) installs from the same file.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip setuptools
+	$(LOCK_VENV)/bin/python -m pip install -q $(TORCH)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade --no-build-isolation -e '.[test,bench,cluster]'
+	$(LOCK_VENV)/bin/python -m pip check
+	$(LOCK_VENV)/bin/python -m pytest -q
+	{ echo "# The lock: every package at the version the test suite passed with (pip freeze --all of"; \
+	  echo "# a venv with '.[test,bench,cluster]'), less torch, which each machine brings in its own build."; \
+	  echo "# \`make install\`, CI and deploy/Dockerfile install with --constraint this file. Refresh: make lock"; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v -iE "^((torch|micro-doe|micro_doe)==|-e )"; \
+	} > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf $(LOCK_VENV)
 
 clean:
-	rm -rf $(VENV) micro-doe-runs .pytest_cache
+	rm -rf $(VENV) $(LOCK_VENV) micro-doe-runs .pytest_cache
