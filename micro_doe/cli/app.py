@@ -24,6 +24,7 @@ from micro_doe.cli.models import models_app
 from micro_doe.cli.run import dashboard, run
 from micro_doe.cli.studies import schema, studies
 from micro_doe.cli.train import train_app
+from micro_doe.cli.tune import tune
 from micro_doe.platform.interrupts import exit_code, interrupts_raise, last_signal, was_reported
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ app.command(help="The JSON Schema of study.yaml.")(schema)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models", help="The MLflow model registry: list and register model bundles.")
+app.command(help="Tune a Micro3Diff model's default sampling settings against images it never saw.")(tune)
 app.command(help="Sample volumes from a model (pretrained:NAME or a bundle) into NetCDF/TIFF.")(generate)
 app.command(help="Descriptors of a volume (vf, S2, lineal path, tortuosity, interface area) as a table and JSON.")(
     evaluate

@@ -31,32 +31,15 @@ def run(
         check_count(n_trials, "--n-trials", high=MAX_TRIALS)
     check_seconds(timeout, "--timeout")
     spec = load_spec(study)  # the spec's checks; the stores' and the cluster's follow in Study.run
-    from micro_doe.studies.runner import Study, StudyProgress
+    from micro_doe.studies.runner import Study
 
     console = Console()
     objective_names = [o.name for o in spec.objectives]
     console.print(f"study [bold]{escape(spec.name)}[/]: {spec.generator.kind} {escape(spec.generator.model)}, "
                   f"objectives {', '.join(objective_names)}, storage {escape(spec.storage)}")
 
-    def view(p: StudyProgress) -> Group:
-        pruned = f", {p.pruned} pruned" if p.pruned else ""
-        line = Text(f"trials: {p.done} done, {p.running} running, {p.failed} failed{pruned}, budget {p.budget}")
-        parts = [line, _trials_table(p.best[:5], objective_names, "best so far")]
-        if p.note:
-            parts.insert(1, Text(p.note, style="yellow"))
-        return Group(*parts)
-
     runner = Study(spec, file=study)
-    try:
-        with Live(view(StudyProgress(0, 0, 0, n_trials or spec.budget.n_trials)), console=console, transient=True) as live:
-            result = runner.run(n_trials=n_trials, timeout_s=timeout, on_progress=lambda p: live.update(view(p)))
-    except KeyboardInterrupt:
-        how = "SIGTERM" if exit_code(last_signal()) == 143 else "Ctrl-C"
-        Console(stderr=True).print(f"interrupted ({how}); {runner.completed_trials} trials complete, "
-                                   "run the same command to resume")
-        mark_reported()
-        raise
-
+    result = run_live(runner, objective_names, n_trials, timeout, console)
     if result.best_trials:
         title = "best trial" if len(objective_names) == 1 else f"Pareto front ({len(result.best_trials)} trial{'s' * (len(result.best_trials) != 1)})"
         console.print(_trials_table(result.best_trials, objective_names, title))
@@ -72,6 +55,32 @@ def run(
     console.print("look next:")
     console.print(f"  MLflow:    {escape(result.mlflow_command())}")
     console.print(f"  dashboard: micro-doe dashboard {escape(study)}")
+
+
+def run_live(runner, objective_names: list[str], n_trials: int | None, timeout: float | None,  # type: ignore[no-untyped-def]
+             console: Console):
+    """Run a :class:`Study` with a live view of its progress (trials, best so far); on Ctrl-C or
+    SIGTERM say how to resume, then re-raise."""
+    from micro_doe.studies.runner import StudyProgress
+
+    def view(p: StudyProgress) -> Group:
+        pruned = f", {p.pruned} pruned" if p.pruned else ""
+        line = Text(f"trials: {p.done} done, {p.running} running, {p.failed} failed{pruned}, budget {p.budget}")
+        parts = [line, _trials_table(p.best[:5], objective_names, "best so far")]
+        if p.note:
+            parts.insert(1, Text(p.note, style="yellow"))
+        return Group(*parts)
+
+    try:
+        first = view(StudyProgress(0, 0, 0, n_trials or runner.spec.budget.n_trials))
+        with Live(first, console=console, transient=True) as live:
+            return runner.run(n_trials=n_trials, timeout_s=timeout, on_progress=lambda p: live.update(view(p)))
+    except KeyboardInterrupt:
+        how = "SIGTERM" if exit_code(last_signal()) == 143 else "Ctrl-C"
+        Console(stderr=True).print(f"interrupted ({how}); {runner.completed_trials} trials complete, "
+                                   "run the same command to resume")
+        mark_reported()
+        raise
 
 
 def dashboard(

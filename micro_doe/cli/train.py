@@ -12,7 +12,15 @@ from rich.console import Console
 from micro_doe.cli.ldm import train_ldm_command
 from micro_doe.cli.options import Overwrite, option_errors
 from micro_doe.platform.diffusion.training import check_device
-from micro_doe.platform.micro3diff.training import TrainConfig, load_training_data, train_micro3diff
+from micro_doe.cli.tune import Threads, TuneBudget, run_tuning, set_threads, tune_options
+from micro_doe.platform.micro3diff.training import (
+    TrainConfig,
+    check_training_phases,
+    load_training_data,
+    split_held_out,
+    train_micro3diff,
+    training_images,
+)
 from micro_doe.platform.micro3diff.unet import UNetConfig
 from micro_doe.platform.volumes import check_bundle_target
 
@@ -44,9 +52,15 @@ def micro3diff(
     crop_size: Annotated[int | None, typer.Option(help="One large image: cut crops of this size.")] = None,
     n_crops: Annotated[int, typer.Option(help="Number of crops when cropping.")] = 250,
     quality_images: Annotated[int, typer.Option(help="Images sampled for the card's quality check.")] = 16,
+    held_out: Annotated[float, typer.Option(help="Fraction of the images set aside (never trained on) to tune "
+                                                 "the sampling against; the last images of --data.")] = 0.1,
+    tune: Annotated[bool, typer.Option(help="Last stage: tune the sampling defaults (micro-doe tune).")] = True,
+    tune_budget: TuneBudget = "16",
+    threads: Threads = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Train the Micro3Diff 2D denoiser and write a model bundle."""
+    """Train the Micro3Diff 2D denoiser and write a model bundle; then tune its sampling
+    defaults against the held-out images (``--no-tune`` skips that)."""
     try:
         mults = tuple(int(m) for m in channel_mults.split(","))
     except ValueError:
@@ -55,6 +69,12 @@ def micro3diff(
     check_device(device)
     if not data.exists():
         raise FileNotFoundError(f"--data {data}: no such file or folder")
+    if tune and held_out == 0:
+        raise ValueError("--held-out 0: tuning judges against images set aside from training; give a fraction "
+                         "(0.1) or pass --no-tune")
+    options = tune_options(tune_budget, seed, threads) if tune else None
+    if not tune:
+        set_threads(threads)
     try:
         config = TrainConfig(
             steps=steps,
@@ -67,12 +87,17 @@ def micro3diff(
             schedule=schedule,  # type: ignore[arg-type]
             unet=UNetConfig(base_channels=base_channels, channel_mults=mults, num_res_blocks=res_blocks, attention=attention),
             quality_images=quality_images,
+            held_out=held_out,
         )
     except ValidationError as err:
         raise option_errors(err, {"num_res_blocks": "--res-blocks", "channel_mults": "--channel-mults"}) from None
     images = load_training_data(data, threshold=threshold, crop_size=crop_size, n_crops=n_crops, seed=seed)
+    check_training_phases(images, f"--data {data}")
+    split_held_out(training_images(images, f"--data {data}"), held_out, f"--data {data}")  # before anything is written
     bundle = train_micro3diff(images, out, config, resume=resume, overwrite=overwrite, device=device,
                               data_label=str(data))
     Console(stderr=True).print(f"wrote bundle {bundle}")
-    Console().print((bundle / "card.md").read_text())
+    if options is not None:
+        run_tuning(str(bundle), options, None)
+    Console(soft_wrap=True).print((bundle / "card.md").read_text(), markup=False, highlight=False)
 

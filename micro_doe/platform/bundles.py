@@ -4,7 +4,8 @@ sampling settings; and the errors of loading and sampling.
 
 A bundle is a directory with ``config.json`` (its ``kind``: "micro3diff" or "ldm"), the
 weights, ``reference.nc`` (the training data's descriptors), ``card.md`` and, for Micro3Diff,
-``examples.nc`` (a few training images, for montages). Shipped bundles
+``examples.nc`` (a few training images, for montages) and ``held_out.nc`` (the descriptors of
+images set aside from training, that ``micro-doe tune`` judges against). Shipped bundles
 live in ``micro_doe/platform/models/NAME`` and are named ``pretrained:NAME``; each generator
 package (:mod:`~micro_doe.platform.micro3diff.bundle`, :mod:`~micro_doe.platform.ldm.bundle`)
 loads and writes its own kind.
@@ -115,6 +116,23 @@ def load_reference(ref: str | os.PathLike[str]) -> Descriptors:
             return Descriptors.from_dataset(ds.load())
     except FileNotFoundError:
         raise BundleError(f"{path}: reference.nc is missing") from None
+
+
+HELD_OUT_FILE = "held_out.nc"
+
+
+def has_held_out(ref: str | os.PathLike[str]) -> bool:
+    return (resolve_bundle_path(ref) / HELD_OUT_FILE).is_file()
+
+
+def load_held_out(ref: str | os.PathLike[str]) -> Descriptors:
+    """The descriptors of a bundle's held-out images (held_out.nc): data it was not trained on."""
+    path = resolve_bundle_path(ref)
+    try:
+        with xr.open_dataset(path / HELD_OUT_FILE, engine="netcdf4") as ds:
+            return Descriptors.from_dataset(ds.load())
+    except FileNotFoundError:
+        raise BundleError(f"{path}: {HELD_OUT_FILE} is missing (train with --held-out, or tune with --held-out-data)") from None
 
 
 def update_sampling_defaults(ref: str | os.PathLike[str], sampling: BaseModel) -> None:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from micro_doe.platform.bundles import (
     PRETRAINED_PREFIX,
     bundle_kind,
+    has_held_out,
     load_reference,
     resolve_bundle_path,
     shipped_models,
@@ -132,11 +133,24 @@ class Micro3DiffGeneratorSpec(_BundleGeneratorSpec):
 
     kind: Literal["micro3diff"]
     batch_size: int = Field(64, ge=1, description="slices per network pass")
+    reference: Literal["training", "held_out"] = Field(
+        "training", description="what error objectives compare with: the training images (reference.nc) or the "
+        "images set aside from training (held_out.nc; micro-doe tune judges against these)"
+    )
     allow_extrapolation: bool = Field(False, description="allow vf targets outside the model's documented range")
 
     @classmethod
     def _config_class(cls) -> type[Micro3DiffConfig]:
         return Micro3DiffConfig
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, v: str, info: ValidationInfo) -> str:
+        model = info.data.get("model")
+        if v == "held_out" and model and not model.startswith(MODEL_REGISTRY_PREFIX) and not has_held_out(model):
+            raise ValueError(f"{model} has no held-out images (held_out.nc): train with --held-out, or use micro-doe tune "
+                             "--held-out-data")
+        return v
 
     def domains(self) -> dict[str, ParamDomain]:
         """The kind's parameter table, with ``steps`` capped at the model's T when known."""

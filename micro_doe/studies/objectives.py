@@ -34,7 +34,16 @@ Built-ins (per sample; the default direction in brackets):
   normal to the tortuosity axis;
 - ``interfacial_area`` [maximize]: specific interfacial area (1/voxel) between the phase
   and all other phases, summed;
-- ``seconds_per_volume`` [minimize]: generator wall time spent on the sample, in seconds.
+- ``seconds_per_volume`` [minimize]: generator wall time spent on the sample, in seconds;
+- ``size_error`` [minimize]: local-thickness distribution error over 2D sections, in % of the
+  reference's mean width; ``diameter_error`` [minimize]: |mean component diameter − the
+  reference's| in % of it; ``connectivity_error`` [minimize]: |share of the phase in its
+  section's largest component − the reference's| in % of it (all three over 2D sections,
+  :mod:`micro_doe.platform.descriptors.sizes`);
+- ``structure_error`` [minimize]: ``lineal_path_error + size_error + diameter_error +
+  connectivity_error``, in % points: one number for the descriptors that no sampling setting
+  steers (vf and S2(0) are left out, since anchored sampling sets them), used by
+  ``micro-doe tune``.
 
 The error objectives need the model's training-data reference (``Sample.reference``).
 Note the per-sample rule: ``s2_error`` here is the mean of per-sample error rates, which
@@ -214,6 +223,21 @@ def diameter_error(sample: Sample) -> float:
     return 100.0 * abs(gen.diameter_mean - ref.diameter_mean) / ref.diameter_mean
 
 
+def connectivity_error(sample: Sample) -> float:
+    """|share of the phase in its section's largest component − the reference's| in %, over 2D sections."""
+    ref, gen = _sizes(sample, "connectivity_error")
+    if not math.isfinite(ref.largest_share):
+        raise ValueError("connectivity_error: the reference has no connectivity (made before it existed; re-tune the model)")
+    if not math.isfinite(gen.largest_share):
+        return 100.0
+    return 100.0 * abs(gen.largest_share - ref.largest_share) / ref.largest_share
+
+
+def structure_error(sample: Sample) -> float:
+    """L error + size error + diameter error + connectivity error, in % points (what no sampling setting steers)."""
+    return lineal_path_error(sample) + size_error(sample) + diameter_error(sample) + connectivity_error(sample)
+
+
 def _builtin(fn: Callable[[Sample], float], direction: Direction) -> Objective:
     return Objective(fn.__name__, fn, direction, _first_line(fn.__doc__))
 
@@ -226,6 +250,8 @@ BUILTIN_OBJECTIVES: dict[str, Objective] = {
         _builtin(vf_error, "minimize"),
         _builtin(size_error, "minimize"),
         _builtin(diameter_error, "minimize"),
+        _builtin(connectivity_error, "minimize"),
+        _builtin(structure_error, "minimize"),
         _builtin(volume_fraction, "maximize"),
         _builtin(tortuosity, "minimize"),
         _builtin(transport_tortuosity, "minimize"),
@@ -245,9 +271,11 @@ METRICS: dict[str, str] = {name: o.description for name, o in BUILTIN_OBJECTIVES
     "component_diameter": "mean equivalent-disk diameter of the phase's components in 2D sections [voxels]",
     "component_diameter_std": "standard deviation of those diameters [voxels]",
     "thickness_mean": "mean local thickness (volume-weighted) of the phase in 2D sections [voxels]",
+    "largest_component_share": "share of the phase in its section's largest component, over 2D sections",
 }
 METRIC_PATTERNS: dict[str, str] = {r"vf_.+": "vf_<phase name>: volume fraction of that phase"}
-ERROR_METRICS = ("s2_error", "lineal_path_error", "vf_error", "size_error", "diameter_error")
+ERROR_METRICS = ("s2_error", "lineal_path_error", "vf_error", "size_error", "diameter_error", "connectivity_error",
+                 "structure_error")
 TORTUOSITY_METRICS = ("tortuosity", "transport_tortuosity", "effective_diffusivity", "percolating_fraction")
 
 # ----------------------------------------------------------------------------- registry
@@ -401,7 +429,8 @@ def trial_metrics(samples: Sequence[Sample]) -> dict[str, float]:
     ``thickness_mean``), ``seconds_per_volume``, and ``s2_error``, ``lineal_path_error``,
     ``vf_error`` when the samples have a reference (``vf_error`` also when the trial has a
     ``target.vf_<phase>`` or ``target.vf``), plus ``size_error`` and ``diameter_error`` when both
-    sides have size distributions. Only keys every sample has.
+    sides have size distributions (and ``connectivity_error``, ``structure_error`` when the
+    reference has connectivity). Only keys every sample has.
     """
     if not samples:
         raise ValueError("trial_metrics: no samples given")
@@ -415,6 +444,9 @@ def trial_metrics(samples: Sequence[Sample]) -> dict[str, float]:
             if s.reference.sizes is not None and s.descriptors.sizes is not None:
                 m["size_error"] = size_error(s)
                 m["diameter_error"] = diameter_error(s)
+                if math.isfinite(s.reference.sizes.largest_share):  # references made before it have none
+                    m["connectivity_error"] = connectivity_error(s)
+                    m["structure_error"] = structure_error(s)
         if s.reference is not None or _vf_target_key(s) is not None:
             m["vf_error"] = vf_error(s)
         per_sample.append(m)

@@ -98,7 +98,7 @@ from micro_doe.actors import (
     generator_options,
     is_actor_failure,
 )
-from micro_doe.platform.bundles import load_reference
+from micro_doe.platform.bundles import load_held_out, load_reference
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.platform.interrupts import interrupts_deferred, interrupts_raise, last_signal
 from micro_doe.studies.objectives import (
@@ -765,7 +765,8 @@ class Study:
     # ------------------------------------------------------------------ helpers
 
     def _generator_spec(self) -> dict[str, Any]:
-        return self.spec.generator.model_dump() | {"tracking_uri": self.spec.tracking}
+        # What a trial is judged against (reference) is the driver's business, not the actor's.
+        return self.spec.generator.model_dump(exclude={"reference"}) | {"tracking_uri": self.spec.tracking}
 
     def _reference(self) -> Descriptors | None:
         """The model's training-data reference, for error-rate objectives (read on the driver;
@@ -776,7 +777,8 @@ class Study:
 
         if self.spec.generator.kind != "micro3diff":
             return None
-        return load_reference(resolve_model(self.spec.generator.model, self.spec.tracking))
+        path = resolve_model(self.spec.generator.model, self.spec.tracking)
+        return load_held_out(path) if self.spec.generator.reference == "held_out" else load_reference(path)
 
     def _example_image(self) -> Any:
         """One training image of a Micro3Diff bundle (None for other kinds or a bundle without examples)."""

@@ -103,6 +103,21 @@ CASES = [
     ("train-one-phase", ["train", "micro3diff", "--data", "{flat.nc}", "--out", "m"], "one phase"),
     ("train-steps-0", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "m", "--steps", "0"], "--steps"),
     ("train-cuda", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "m", "--device", "cuda"], "--device"),
+    ("train-too-few-to-hold-out", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "m"], "--held-out 0.1"),
+    ("train-not-square", ["train", "micro3diff", "--data", "{wide.nc}", "--out", "m"], "must be square"),
+    ("train-tune-budget-1", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "m", "--tune-budget", "1"],
+     "--tune-budget 1: a tuning budget must try at least 2 settings"),
+    ("train-tune-budget-text", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "m", "--tune-budget", "lots"],
+     "--tune-budget 'lots'"),
+    ("train-tune-without-held-out", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "m", "--held-out", "0"],
+     "--held-out 0: tuning judges"),
+    ("train-threads-0", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "m", "--threads", "0", "--no-tune",
+                         "--held-out", "0"], "--threads"),
+    ("tune-without-held-out-images", ["tune", "{bundle}"], "--held-out-data"),
+    ("tune-budget-1", ["tune", "{bundle}", "--tune-budget", "1"], "--tune-budget"),
+    ("tune-budget-1-minute", ["tune", "{bundle}", "--tune-budget", "1m"], "--tune-budget 1m: at least 2 minutes"),
+    ("tune-held-out-data-missing", ["tune", "{bundle}", "--held-out-data", "nothing.nc"], "--held-out-data nothing.nc"),
+    ("tune-an-ldm", ["tune", "pretrained:opv-32"], "micro-doe tune tunes Micro3Diff bundles"),
     ("train-ldm-over-folder", ["train", "ldm", "--data", "{spheres.nc}", "--out", "{results}"], "not a micro-doe bundle"),
     ("train-ldm-tracking", ["train", "ldm", "--data", "{spheres.nc}", "--out", "m", "--tracking", "mlruns"], "--tracking"),
     # ---- evaluate
@@ -144,6 +159,7 @@ def make_files(root: Path) -> dict[str, Path]:
     files["spheres.nc"] = write_netcdf(
         spherical_inclusions((12, 12, 12), mean_diameter=4.0, sd_diameter=0.5, volume_fraction=0.1, seed=0), root / "spheres.nc"
     )
+    files["wide.nc"] = write_netcdf(make_volume(np.arange(40 * 8 * 6).reshape(40, 8, 6) % 2), root / "wide.nc")
     files["flat.nc"] = write_netcdf(make_volume(np.zeros((8, 12, 12), np.int8)), root / "flat.nc")
     files["voxel.nc"] = write_netcdf(make_volume(np.ones((1, 1, 1), np.int8)), root / "voxel.nc")
     (root / "text.npy").write_text("1 2 3\n")

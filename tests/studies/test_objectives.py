@@ -98,6 +98,8 @@ def test_builtin_defaults():
         "percolating_fraction": "maximize",
         "interfacial_area": "maximize",
         "seconds_per_volume": "minimize",
+        "connectivity_error": "minimize",
+        "structure_error": "minimize",
     }
 
 
@@ -175,7 +177,8 @@ def test_error_objectives_zero_for_the_reference_and_large_for_noise(spheres, no
     same = make_sample(vols[0], descs[0], descs[0])
     other = make_sample(vols[1], descs[1], descs[0])
     random = make_sample(noise[0], noise[1], descs[0])
-    for name in ("s2_error", "lineal_path_error", "vf_error", "size_error", "diameter_error"):
+    for name in ("s2_error", "lineal_path_error", "vf_error", "size_error", "diameter_error", "connectivity_error",
+                 "structure_error"):
         fn = BUILTIN_OBJECTIVES[name].fn
         assert fn(same) == pytest.approx(0.0, abs=1e-12), name
         assert fn(random) > fn(other), name
@@ -183,6 +186,17 @@ def test_error_objectives_zero_for_the_reference_and_large_for_noise(spheres, no
     assert BUILTIN_OBJECTIVES["lineal_path_error"].fn(random) > 30.0
     assert BUILTIN_OBJECTIVES["vf_error"].fn(random) > 0.1
     assert BUILTIN_OBJECTIVES["size_error"].fn(random) > 30.0  # noise is thin where spheres are thick
+
+
+def test_structure_error_is_the_sum_of_the_unsteered_judges(spheres, noise):
+    vols, descs = spheres
+    sample = make_sample(noise[0], noise[1], descs[0])
+    parts = ("lineal_path_error", "size_error", "diameter_error", "connectivity_error")
+    total = sum(BUILTIN_OBJECTIVES[n].fn(sample) for n in parts)
+    assert BUILTIN_OBJECTIVES["structure_error"].fn(sample) == pytest.approx(total)
+    old = descs[0].model_copy(update={"sizes": descs[0].sizes.model_copy(update={"largest_share": float("nan")})})
+    with pytest.raises(ValueError, match="no connectivity"):  # a reference.nc from before connectivity existed
+        BUILTIN_OBJECTIVES["connectivity_error"].fn(make_sample(vols[1], descs[1], old))
 
 
 def test_size_objectives_need_size_distributions(spheres):
@@ -248,6 +262,9 @@ def test_trial_metrics(spheres):
         "vf_error",
         "size_error",
         "diameter_error",
+        "connectivity_error",
+        "structure_error",
+        "largest_component_share",
         "components_per_kpx",
         "component_diameter",
         "component_diameter_std",

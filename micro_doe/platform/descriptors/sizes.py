@@ -11,6 +11,9 @@ Definitions (lengths in voxels):
   voxel outside the phase is ≥ r, so the map is r_max distance transforms (the sphere-fitting
   definition of Hildebrand & Rüegsegger 1997, on the voxel grid). The distribution is
   volume-weighted: ``thickness[k]`` is the fraction of the phase's voxels of width 2k + 1.
+- **Connectivity** (``largest_share``): the share of the phase's pixels that lie in the largest
+  component of their own section, pooled over sections (Σ largest / Σ phase pixels): near 1 for a
+  phase that is one network in every section, small for isolated particles or a fragmented phase.
 - **Sections**: a 3D volume is judged through its 2D sections along every axis (its z-, y- and
   x-slices), the only size distribution that compares with a model trained on 2D images. A
   2D image is its own section; a ``sample`` dim pools the sections of every sample.
@@ -38,8 +41,10 @@ class SizeDistribution(BaseModel):
     ``components_per_kpx``: components per 1000 section pixels; ``diameter_mean`` /
     ``diameter_std``: number-weighted mean and standard deviation of the components'
     equivalent-disk diameters; ``thickness``: volume-weighted local-thickness distribution,
-    entry k = fraction of phase pixels of width 2k + 1; ``thickness_mean``: its mean width.
-    Means are NaN when the phase is absent.
+    entry k = fraction of phase pixels of width 2k + 1; ``thickness_mean``: its mean width;
+    ``largest_share``: connectivity, the share of phase pixels in their section's largest
+    component (module doc). Means are NaN when the phase is absent (and in descriptors stored
+    before ``largest_share`` existed).
     """
 
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
@@ -49,6 +54,7 @@ class SizeDistribution(BaseModel):
     diameter_std: float
     thickness: list[float]
     thickness_mean: float
+    largest_share: float = math.nan
 
     def scalars(self) -> dict[str, float]:
         return {
@@ -56,7 +62,32 @@ class SizeDistribution(BaseModel):
             "component_diameter": self.diameter_mean,
             "component_diameter_std": self.diameter_std,
             "thickness_mean": self.thickness_mean,
+            "largest_component_share": self.largest_share,
         }
+
+
+def _section_labels(mask: np.ndarray, section_axis: int | None) -> tuple[np.ndarray, int]:
+    """Face-connected components of ``mask``; with ``section_axis``, none across that axis."""
+    structure = ndi.generate_binary_structure(mask.ndim, 1)
+    if section_axis is not None:
+        structure = structure.copy()
+        index = [1] * mask.ndim
+        for end in (0, 2):
+            index[section_axis] = end
+            structure[tuple(index)] = False
+    return ndi.label(mask, structure=structure)
+
+
+def largest_component_pixels(mask: np.ndarray, section_axis: int | None = None) -> int:
+    """Pixels in the largest component of each section of ``mask``, summed over sections
+    (a 2D mask, or a 3D one without ``section_axis``, is one section)."""
+    labels, n = _section_labels(mask, section_axis)
+    if n == 0:
+        return 0
+    if section_axis is None:
+        return int(np.bincount(labels.ravel())[1:].max())
+    sections = np.moveaxis(labels, section_axis, 0)
+    return int(sum(np.bincount(s.ravel())[1:].max(initial=0) for s in sections))
 
 
 def equivalent_diameters(mask: np.ndarray, section_axis: int | None = None) -> np.ndarray:
@@ -67,14 +98,7 @@ def equivalent_diameters(mask: np.ndarray, section_axis: int | None = None) -> n
     """
     if mask.ndim not in (2, 3):
         raise ValueError(f"equivalent_diameters: expected a 2D or 3D mask, got {mask.ndim} dims")
-    structure = ndi.generate_binary_structure(mask.ndim, 1)
-    if section_axis is not None:
-        structure = structure.copy()
-        index = [1] * mask.ndim
-        for end in (0, 2):
-            index[section_axis] = end
-            structure[tuple(index)] = False
-    labels, n = ndi.label(mask, structure=structure)
+    labels, n = _section_labels(mask, section_axis)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
     if mask.ndim == 2 or section_axis is not None:
         return np.sqrt(4.0 * sizes / math.pi)
@@ -118,12 +142,14 @@ def section_sizes(volume: VolumeLike, phase: int | str = 1) -> SizeDistribution:
     n_space = len(spatial(dims))
     diameters: list[np.ndarray] = []
     widths = np.zeros(0, dtype=np.int64)
-    pixels = sections = 0
+    pixels = sections = largest = phase_pixels = 0
     for sample in values:
         mask = sample == label
         # 2D images are their own section; a 3D volume is cut normal to each of its axes.
         for axis in (range(3) if n_space == 3 else [None]):
             diameters.append(equivalent_diameters(mask, section_axis=axis))
+            largest += largest_component_pixels(mask, section_axis=axis)
+            phase_pixels += int(mask.sum())
             counts = np.bincount(local_thickness(mask, section_axis=axis)[mask].ravel())
             n = max(len(widths), len(counts))
             widths = np.pad(widths, (0, n - len(widths))) + np.pad(counts, (0, n - len(counts)))
@@ -140,6 +166,7 @@ def section_sizes(volume: VolumeLike, phase: int | str = 1) -> SizeDistribution:
         diameter_std=float(d.std()) if len(d) else math.nan,
         thickness=dist,
         thickness_mean=float(np.dot(dist, 2 * np.arange(len(dist)) + 1)) if total else math.nan,
+        largest_share=largest / phase_pixels if phase_pixels else math.nan,
     )
 
 

@@ -38,24 +38,46 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 class TrainingProgress:
-    """A rich progress bar showing the running loss (a no-op when disabled)."""
+    """Training progress with the running loss (a no-op when disabled).
 
-    def __init__(self, enabled: bool, total: int, done: int, label: str) -> None:
-        self.enabled, self.total, self.done, self.label = enabled, total, done, label
+    On a terminal: a rich progress bar. Otherwise (stderr sent to a log file) one plain line per
+    ``log_every`` steps and at the end, so a log shows how far training got and how fast."""
+
+    def __init__(self, enabled: bool, total: int, done: int, label: str, loss: float = float("nan")) -> None:
+        self.enabled, self.total, self.done, self.label, self.loss = enabled, total, done, label, loss
+        self.log_every = max(1, total // 20)
 
     def __enter__(self) -> Callable[[float], None]:
         if not self.enabled:
             return lambda loss: None
+        import time
+
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            start, first = time.perf_counter(), self.done
+
+            def log(loss: float) -> None:
+                self.done += 1
+                if self.done % self.log_every == 0 or self.done == self.total:
+                    elapsed = time.perf_counter() - start
+                    left = elapsed / max(self.done - first, 1) * (self.total - self.done)
+                    console.print(f"{self.label}: step {self.done}/{self.total} ({100 * self.done / self.total:.0f} %), "
+                                  f"loss {loss:.4f}, {elapsed / 60:.1f} min, ~{left / 60:.1f} min left",
+                                  soft_wrap=True, highlight=False)
+            return log
+        loss_text = TextColumn("loss {task.fields[loss]}")
         self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), transient=False,
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), loss_text, TimeRemainingColumn(),
+            transient=False, console=console,
         )
         self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total, completed=self.done, loss=float("nan"))
-        return lambda loss: self.bar.update(task, advance=1, loss=loss)
+        shown = "—" if self.loss != self.loss else f"{self.loss:.4f}"  # no "nan" before the first step
+        task = self.bar.add_task(self.label, total=self.total, completed=self.done, loss=shown)
+        return lambda loss: self.bar.update(task, advance=1, loss=f"{loss:.4f}")
 
     def __exit__(self, *exc: object) -> None:
-        if self.enabled:
+        if self.enabled and hasattr(self, "bar"):
             self.bar.stop()

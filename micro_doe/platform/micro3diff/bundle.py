@@ -7,6 +7,9 @@
       reference.nc   descriptors of the training data (S2/L curves, vf, τ): a trial's
                      error rates need no data set
       card.md        what it was trained on, for how long, final loss, measured quality
+      examples.nc    a few training images, shown beside generated slices
+      held_out.nc    descriptors of images the network never saw (``config.held_out`` says
+                     which): what ``micro-doe tune`` judges sampling settings against
 
 Bundles are written to a temporary sibling directory and renamed into place, so a
 crash never leaves a half-written bundle. Shipped bundles live in
@@ -24,7 +27,14 @@ import torch
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
-from micro_doe.platform.bundles import EXAMPLES_FILE, BundleError, bundle_kind, load_reference, resolve_bundle_path
+from micro_doe.platform.bundles import (
+    EXAMPLES_FILE,
+    HELD_OUT_FILE,
+    BundleError,
+    bundle_kind,
+    load_reference,
+    resolve_bundle_path,
+)
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.platform.diffusion import NoiseSchedule
 from micro_doe.platform.micro3diff.unet import UNet2D, UNetConfig
@@ -73,6 +83,29 @@ class TrainingRecipe(BaseModel):
     n_images: int = Field(ge=1)
 
 
+class HeldOutRecord(BaseModel):
+    """Which images the bundle's held_out.nc describes (never trained on)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(description="where they came from, in words")
+    first: int | None = Field(None, description="index of the first held-out image in the training data, if from it")
+    n_images: int = Field(ge=1)
+
+
+class TuningRecord(BaseModel):
+    """How the default sampling settings were chosen (``micro-doe tune``): the study, the rule,
+    and the measured table (rows of setting label → judges on fresh seeds)."""
+
+    model_config = ConfigDict(extra="forbid")
+    study: str = Field(description="Optuna study name")
+    storage: str = Field(description="Optuna storage URL (password masked)")
+    tracking: str = Field(description="MLflow tracking URI of the study's experiment")
+    trials: int = Field(ge=0, description="complete trials")
+    seed: int
+    rule: str = Field(description="how the default was picked among the trials")
+    table: list[dict] = Field(default_factory=list, description="the confirmation rows (setting, judges, seconds)")
+
+
 class Micro3DiffConfig(BaseModel):
     """config.json of a Micro3Diff bundle."""
 
@@ -93,6 +126,8 @@ class Micro3DiffConfig(BaseModel):
         (0.75, 1.4), description="targets of a phase's vf allowed without extrapolation, as multiples of its training vf"
     )
     sampling: SamplingDefaults = SamplingDefaults()
+    held_out: HeldOutRecord | None = Field(None, description="images set aside from training (held_out.nc)")
+    tuning: TuningRecord | None = Field(None, description="how `sampling` was chosen, when tuned")
 
     @property
     def n_phases(self) -> int:
@@ -147,6 +182,7 @@ def write_bundle(
     card: str,
     *,
     examples: xr.DataArray | None = None,
+    held_out: Descriptors | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a bundle directory atomically. An existing bundle at ``out`` is replaced only
@@ -159,6 +195,8 @@ def write_bundle(
         (staging / "card.md").write_text(card)
         if examples is not None:  # a few training images, shown beside generated slices
             write_netcdf(examples, staging / EXAMPLES_FILE)
+        if held_out is not None:  # images never trained on, for tuning
+            held_out.to_dataset().to_netcdf(staging / HELD_OUT_FILE, engine="netcdf4")
     return target
 
 

@@ -7,6 +7,12 @@ steps beside the bundle (``BUNDLE.checkpoint.pt``), and ``resume=True`` continue
 it. The finished bundle holds the EMA weights, the training data's descriptors as
 ``reference.nc``, and a card with the recipe, time, final loss and a quick 2D quality
 check (error rates of images sampled from the model against the reference).
+
+With ``held_out > 0`` the last images of the data (a contiguous block, so that neighbouring
+z-slices of one volume do not end up on both sides) are set aside before training: the network
+never sees them, the bundle records which they were (``config.held_out``) and keeps their
+descriptors (``held_out.nc``), and ``micro-doe tune`` judges sampling settings against them.
+Ctrl-C or SIGTERM writes a checkpoint at the current step before the process stops.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from micro_doe.platform.descriptors import (
 from micro_doe.platform.diffusion import DDPMSampler, NoiseSchedule, diffusion_loss
 from micro_doe.platform.diffusion.channels import labels_to_channels, to_labels
 from micro_doe.platform.diffusion.training import TrainingProgress, default_device, ema_update
-from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig, TrainingRecipe, write_bundle
+from micro_doe.platform.interrupts import interrupts_deferred
+from micro_doe.platform.micro3diff.bundle import HeldOutRecord, Micro3DiffConfig, TrainingRecipe, write_bundle
 from micro_doe.platform.micro3diff.sampler import sample_2d
 from micro_doe.platform.micro3diff.unet import UNet2D, UNetConfig, parameter_count
 from micro_doe.platform.synthetic.augment import dihedral
@@ -65,6 +72,8 @@ class TrainConfig(BaseModel):
     schedule: Literal["linear", "cosine"] = "linear"
     T: int = Field(1000, ge=2)
     unet: UNetConfig = UNetConfig()
+    held_out: float = Field(0.0, ge=0.0, lt=0.5, description="fraction of the images set aside (never trained on) "
+                            "to judge sampling settings (micro-doe tune); the last images, a contiguous block")
     quality_images: int = Field(16, ge=0, description="images sampled for the card's 2D quality check")
     quality_steps: int = Field(100, ge=1)
 
@@ -87,6 +96,25 @@ def training_images(data: xr.DataArray, where: str = "data") -> xr.DataArray:
     if data.sizes["y"] != data.sizes["x"]:
         raise ValueError(f"{where}: images must be square for multi-plane sampling, got {data.sizes['y']}×{data.sizes['x']}")
     return data
+
+
+MIN_HELD_OUT = 4  # images: fewer cannot judge sizes and connectivity
+MIN_TRAINING = 16  # images left to train on
+
+
+def split_held_out(stack: xr.DataArray, fraction: float, where: str = "data") -> tuple[xr.DataArray, xr.DataArray | None]:
+    """(training images, held-out images) of a (sample, y, x) stack: the last
+    max(MIN_HELD_OUT, round(fraction · n)) images are set aside; none when ``fraction`` is 0."""
+    n = int(stack.sizes["sample"])
+    if fraction == 0.0:
+        return stack, None
+    held = max(MIN_HELD_OUT, round(fraction * n))
+    if n - held < MIN_TRAINING:
+        raise ValueError(
+            f"{where}: {n} images are too few to set {held} aside for tuning (--held-out {fraction:g}) and train on "
+            f"{MIN_TRAINING} or more; give at least {MIN_HELD_OUT + MIN_TRAINING} images, or --held-out 0 with --no-tune"
+        )
+    return stack.isel(sample=slice(0, n - held)), stack.isel(sample=slice(n - held, n))
 
 
 def check_training_phases(data: xr.DataArray, where: str = "data") -> None:
@@ -164,6 +192,8 @@ def train_micro3diff(
     device = device or default_device()
     stack = training_images(data, data_label)
     names = phase_names(data)
+    n_images = int(stack.sizes["sample"])
+    stack, held_out = split_held_out(stack, config.held_out, data_label)
     n_phases = max(len(names), int(stack.max()) + 1)
     images = torch.as_tensor(stack.values.astype(np.int64), device=device)
     channels = 1 if n_phases == 2 else n_phases
@@ -175,48 +205,40 @@ def train_micro3diff(
     ema = copy.deepcopy(model).requires_grad_(False)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    state = {"step": 0, "seconds": 0.0, "losses": []}
+    state = {"step": 0, "seconds": 0.0, "losses": [], "running": math.nan}
     if resume and checkpoint.exists():
         state = _load_checkpoint(checkpoint, config, model, ema, optimiser, generator)
     elif resume:
         raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
 
     start = time.perf_counter() - state["seconds"]
-    running = state["losses"][-1] if state["losses"] else math.nan
-    with TrainingProgress(progress, config.steps, state["step"], f"training {out.name}") as advance:
-        for step in range(state["step"], config.steps):
-            idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=generator)
-            batch = images[idx.to(device)]
-            if config.augment:
-                batch = _random_dihedral(batch, generator)
-            x0 = labels_to_channels(batch, n_phases)
-            loss = diffusion_loss(model, x0, schedule, generator)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimiser.step()
-            ema_update(ema, model, config.ema_decay)
-
-            value = float(loss.detach())
-            running = value if math.isnan(running) else 0.98 * running + 0.02 * value
-            state["step"] = step + 1
-            if on_log is not None:
-                on_log(step + 1, value)
-            if (step + 1) % 50 == 0 or step + 1 == config.steps:
-                state["losses"].append(running)
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                state["seconds"] = time.perf_counter() - start
-                _save_checkpoint(checkpoint, config, model, ema, optimiser, generator, state)
-            advance(running)
-
+    running = state["running"]
+    try:
+        with TrainingProgress(progress, config.steps, state["step"], f"training {out.name}", running) as advance:
+            running = _train_steps(model, ema, optimiser, generator, images, n_phases, schedule, config, state, start,
+                                   checkpoint, advance, on_log, device)
+    except KeyboardInterrupt:  # Ctrl-C, and SIGTERM under interrupts_raise: keep every finished step
+        with interrupts_deferred():
+            state["seconds"] = time.perf_counter() - start
+            _save_checkpoint(checkpoint, config, model, ema, optimiser, generator, state)
+        raise TrainingInterrupted(
+            f"training stopped at step {state['step']} of {config.steps}; checkpoint {checkpoint} written "
+            "(run the same command with --resume to continue)"
+        ) from None
     seconds = time.perf_counter() - start
-    reference = training_reference(data, stack)
+    reference = training_reference(data if held_out is None else stack, stack)
     quality = _quality_check(ema, schedule, reference, stack.sizes["y"], channels, config, device)
+    held_record = None
+    if held_out is not None:
+        held_record = HeldOutRecord(source=f"{data_label}: images {n_images - held_out.sizes['sample']}–{n_images - 1} "
+                                    "of the data, never trained on", first=n_images - int(held_out.sizes["sample"]),
+                                    n_images=int(held_out.sizes["sample"]))
     bundle_config = Micro3DiffConfig(
         image_size=int(stack.sizes["y"]),
         phase_names=list(names) if len(names) >= 2 else ["phase0", "phase1"],
         unet=unet_config,
         schedule=schedule.to_dict(),
+        held_out=held_record,
         recipe=TrainingRecipe(
             steps=config.steps,
             batch_size=config.batch_size,
@@ -234,7 +256,46 @@ def train_micro3diff(
     )
     card = _card(out.name, data, bundle_config, parameter_count(model), seconds, running, quality, device)
     examples = stack.isel(sample=slice(0, N_EXAMPLES)).astype("int8")
-    return write_bundle(out, bundle_config, ema.state_dict(), reference, card, examples=examples, overwrite=overwrite)
+    held_reference = None if held_out is None else training_reference(held_out, held_out)
+    return write_bundle(out, bundle_config, ema.state_dict(), reference, card, examples=examples, overwrite=overwrite,
+                        held_out=held_reference)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was stopped by Ctrl-C or SIGTERM after its checkpoint was written."""
+
+
+def _train_steps(model, ema, optimiser, generator, images, n_phases, schedule, config, state, start, checkpoint,  # type: ignore[no-untyped-def]
+                 advance, on_log, device) -> float:
+    """The optimisation loop from ``state["step"]`` to ``config.steps``; returns the running loss.
+    A signal waits for the step in progress to finish (``interrupts_deferred``), so ``state``
+    and the weights always agree and an interrupt's checkpoint resumes exactly."""
+    running = state["running"]
+    for step in range(state["step"], config.steps):
+        with interrupts_deferred():
+            idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=generator)
+            batch = images[idx.to(device)]
+            if config.augment:
+                batch = _random_dihedral(batch, generator)
+            x0 = labels_to_channels(batch, n_phases)
+            loss = diffusion_loss(model, x0, schedule, generator)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimiser.step()
+            ema_update(ema, model, config.ema_decay)
+            value = float(loss.detach())
+            running = value if math.isnan(running) else 0.98 * running + 0.02 * value
+            state["step"], state["running"] = step + 1, running
+            if (step + 1) % 50 == 0 or step + 1 == config.steps:
+                state["losses"].append(running)
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                state["seconds"] = time.perf_counter() - start
+                _save_checkpoint(checkpoint, config, model, ema, optimiser, generator, state)
+        if on_log is not None:
+            on_log(step + 1, value)
+        advance(running)
+    return running
 
 
 def _random_dihedral(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -260,6 +321,7 @@ def _save_checkpoint(path, config, model, ema, optimiser, generator, state) -> N
         "step": state["step"],
         "seconds": state["seconds"],
         "losses": list(state["losses"]),
+        "running": state["running"],
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -275,7 +337,9 @@ def _load_checkpoint(path, config, model, ema, optimiser, generator) -> dict:  #
     optimiser.load_state_dict(payload["optimiser"])
     generator.set_state(payload["generator"])
     torch.set_rng_state(payload["torch_rng"])
-    return {"step": int(payload["step"]), "seconds": float(payload["seconds"]), "losses": list(payload["losses"])}
+    losses = list(payload["losses"])
+    running = float(payload.get("running", losses[-1] if losses else math.nan))
+    return {"step": int(payload["step"]), "seconds": float(payload["seconds"]), "losses": losses, "running": running}
 
 
 def _quality_check(ema, schedule, reference, size, channels, config, device) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -315,6 +379,8 @@ def _card(name, data, config, n_params, seconds, loss, quality, device) -> str: 
         "## Training",
         f"- data: {r.data} ({r.n_images} images; source {data.attrs.get('source', '?')}, data seed {r.data_seed})",
         f"- generator parameters: {json.dumps(r.data_params)}",
+        f"- held out (never trained on; what `micro-doe tune` judges against): "
+        f"{config.held_out.source if config.held_out else 'none'}",
         f"- recipe: {r.steps} steps, batch {r.batch_size}, AdamW lr {r.lr}, weight decay {r.weight_decay}, "
         f"EMA {r.ema_decay}, grad clip {r.grad_clip}, dihedral augmentation {r.augment}, seed {r.seed}",
         f"- noise schedule: {config.schedule}, T = {config.noise_schedule().T}",

@@ -97,3 +97,21 @@ def test_describe_includes_sizes_and_round_trips() -> None:
     assert d.sizes is not None and d.scalars()["thickness_mean"] == d.sizes.thickness_mean
     assert type(d).from_dataset(d.to_dataset()) == d
     assert describe(vol, tortuosity_axis=None, sizes=False).sizes is None
+
+
+def test_largest_share_is_the_share_of_each_sections_largest_component():
+    import numpy as np
+    import xarray as xr
+
+    from micro_doe.platform.descriptors.sizes import largest_component_pixels, section_sizes
+
+    mask = np.zeros((4, 8, 8), bool)
+    mask[:, 1:3, 1:3] = True  # 4 px per z-section
+    mask[:, 5:8, 5:8] = True  # 9 px per z-section: the largest
+    assert largest_component_pixels(mask[0]) == 9
+    assert largest_component_pixels(mask, section_axis=0) == 4 * 9
+    assert largest_component_pixels(mask, section_axis=1) == 2 * 8 + 3 * 12  # y-sections hold one of the two
+    sizes = section_sizes(xr.DataArray(mask.astype(np.int8), dims=("z", "y", "x")), 1)
+    assert sizes.largest_share == (36 + 52 + 52) / (3 * 52)
+    one = section_sizes(xr.DataArray(np.ones((1, 6, 6), np.int8), dims=("sample", "y", "x")), 1)
+    assert one.largest_share == 1.0

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -88,3 +89,70 @@ def test_load_training_data_from_a_folder_and_by_cropping(tmp_path, rng):
 def _empty(tmp_path):  # type: ignore[no-untyped-def]
     (tmp_path / "empty").mkdir()
     return tmp_path / "empty"
+
+
+def test_held_out_images_are_set_aside_recorded_and_described(tmp_path, sphere_slices):
+    from micro_doe.platform.bundles import load_held_out
+
+    bundle = train_micro3diff(sphere_slices, tmp_path / "h", tiny_config(steps=2, held_out=0.1), device="cpu", progress=False)
+    config = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text())
+    assert config.held_out is not None and (config.held_out.first, config.held_out.n_images) == (36, 4)
+    assert config.recipe.n_images == 36  # trained on the other 36 of 40
+    held = load_held_out(bundle)
+    assert held.volume_fraction == pytest.approx(float((sphere_slices.values[36:] == 1).mean()))
+    assert load_bundle(bundle).reference.volume_fraction == pytest.approx(float((sphere_slices.values[:36] == 1).mean()))
+    assert 0.0 < held.sizes.largest_share <= 1.0
+    assert "images 36–39 of the data, never trained on" in (bundle / "card.md").read_text()
+    with pytest.raises(ValueError, match="too few to set 4 aside"):
+        train_micro3diff(sphere_slices.isel(z=slice(0, 18)), tmp_path / "few", tiny_config(held_out=0.1), device="cpu",
+                         progress=False)
+    assert not (tmp_path / "few").exists() and not (tmp_path / "few.checkpoint.pt").exists()
+
+
+def test_an_interrupt_writes_a_checkpoint_that_resumes_exactly(tmp_path, sphere_slices):
+    import os
+    import signal
+
+    from micro_doe.platform.interrupts import interrupts_raise
+    from micro_doe.platform.micro3diff.training import TrainingInterrupted
+
+    straight = train_micro3diff(sphere_slices, tmp_path / "a", tiny_config(steps=8, checkpoint_every=100), device="cpu",
+                                progress=False)
+
+    def sigterm_at_step_3(step: int, loss: float) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with interrupts_raise(), pytest.raises(TrainingInterrupted, match="stopped at step 3 of 8"):
+        train_micro3diff(sphere_slices, tmp_path / "b", tiny_config(steps=8, checkpoint_every=100), device="cpu",
+                         progress=False, on_log=sigterm_at_step_3)
+    assert torch.load(tmp_path / "b.checkpoint.pt", weights_only=True)["step"] == 3 and not (tmp_path / "b").exists()
+    resumed = train_micro3diff(sphere_slices, tmp_path / "b", tiny_config(steps=8, checkpoint_every=100), resume=True,
+                               device="cpu", progress=False)
+    a = torch.load(straight / "model.pt", weights_only=True)
+    b = torch.load(resumed / "model.pt", weights_only=True)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    # A resume with nothing left to do reports the loss it stopped at, never nan.
+    again = train_micro3diff(sphere_slices, tmp_path / "b", tiny_config(steps=8, checkpoint_every=100), resume=True,
+                             overwrite=True, device="cpu", progress=False)
+    card = (again / "card.md").read_text()
+    assert re.search(r"final loss \(running mean\): \d+\.\d{4}\n", card), card
+
+
+def test_training_progress_reads_in_a_log_file(tmp_path, sphere_slices):
+    import subprocess
+    import sys
+
+    from micro_doe.platform.volumes import write_netcdf
+
+    data = write_netcdf(sphere_slices, tmp_path / "s.nc")
+    argv = [sys.executable, "-m", "micro_doe.cli.app", "train", "micro3diff", "--data", str(data), "--out",
+            str(tmp_path / "m"), "--steps", "4", "--base-channels", "8", "--channel-mults", "1,2", "--quality-images", "0",
+            "--no-tune", "--threads", "1"]
+    with open(tmp_path / "train.log", "w") as log:  # stderr is a file, not a terminal
+        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=log, timeout=300)
+    text = (tmp_path / "train.log").read_text()
+    assert proc.returncode == 0, text
+    assert "training m: step 4/4 (100 %), loss" in text and "min left" in text
+    assert "(1 threads)" in (tmp_path / "m" / "card.md").read_text()

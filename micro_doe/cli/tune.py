@@ -1,0 +1,81 @@
+"""``micro-doe tune MODEL``: a Micro3Diff model chooses its own default sampling settings
+(:mod:`micro_doe.studies.tuning`); also the last stage of ``micro-doe train micro3diff``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+TuneBudget = Annotated[str, typer.Option(help="Settings to try (16) or minutes of study (30m); at least 2.")]
+HeldOutData = Annotated[
+    Path | None,
+    typer.Option(help="Images the model was not trained on, to judge against (when the bundle holds none)."),
+]
+Threads = Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's choice, all cores).")]
+
+
+def tune(
+    model: Annotated[str, typer.Argument(help="A Micro3Diff bundle directory (or pretrained:NAME, tuned in place).")],
+    tune_budget: TuneBudget = "16",
+    held_out_data: HeldOutData = None,
+    seed: Annotated[int, typer.Option(help="Seed of the search and of the volumes.")] = 0,
+    threads: Threads = None,
+) -> None:
+    """Search the model's sampling settings against images it never saw; write the cheapest good
+    one as its default, with the vf calibration and the table, into the bundle."""
+    options = tune_options(tune_budget, seed, threads)
+    run_tuning(model, options, held_out_data)
+
+
+def tune_options(budget: str, seed: int, threads: int | None):  # type: ignore[no-untyped-def]
+    """Checked options (before anything is created); sets torch's threads."""
+    from micro_doe.cli.options import check_count
+    from micro_doe.studies.tuning import TuneOptions, parse_budget
+
+    trials, minutes = parse_budget(budget)
+    check_count(seed, "--seed", low=0)
+    set_threads(threads)
+    return TuneOptions(trials=trials or 16, minutes=minutes, seed=seed)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    from micro_doe.cli.options import check_count
+
+    check_count(threads, "--threads", low=1, high=1024)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_tuning(model: str, options, held_out_data: Path | None) -> None:  # type: ignore[no-untyped-def]
+    from micro_doe.cli.run import run_live
+    from micro_doe.platform.bundles import bundle_kind, resolve_bundle_path
+    from micro_doe.studies.tuning import tune
+
+    path = resolve_bundle_path(model)
+    if (kind := bundle_kind(path)) != "micro3diff":
+        raise ValueError(f"MODEL {model}: a {kind} bundle; micro-doe tune tunes Micro3Diff bundles")
+    console = Console(stderr=True)
+
+    def study(runner):  # type: ignore[no-untyped-def]
+        return run_live(runner, [o.name for o, _ in runner.objectives], None, None, console)
+
+    record = tune(path, options, held_out_data=held_out_data, on_study=study,
+                  log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
+    table = Table(title=f"{path.name}: tuned against held-out images (vf is a constraint, not a judge)",
+                  title_justify="left")
+    for column in ("setting", "L err %", "size err %", "Ø err %", "conn. err %", "vf", "s / volume"):
+        table.add_column(column, justify="left" if column == "setting" else "right")
+    for r in record.table:
+        table.add_row(escape(r["setting"]), *(f"{r[k]:.2f}" for k in ("lineal_path_error", "size_error", "diameter_error",
+                                                                       "connectivity_error")),
+                      f"{r['vf']:.3f}", f"{r['seconds_per_volume']:.2f}")
+    Console().print(table)
+    Console().print(f"default written to {path / 'config.json'} (card: {path / 'card.md'}); {escape(record.rule)}")

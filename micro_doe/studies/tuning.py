@@ -1,0 +1,372 @@
+"""Tuning a Micro3Diff model's own sampling settings (``micro-doe tune MODEL``).
+
+A model trained on a user's micrographs samples best with settings that depend on its
+morphology (the anchored variant, n_h, S, the decoding, the vf calibration). This module finds
+them with the platform itself, in four stages:
+
+1. **Held-out reference.** The judges compare with images the network never saw: the bundle's
+   ``held_out.nc`` (training set them aside), or images given here (``held_out_data``), whose
+   descriptors are then written into the bundle.
+2. **vf calibration** (:func:`measure_calibration`): the anchored variant at a probe setting,
+   anchored at 0.75, 1 and 1.25 times the training vf; the measured vf against the anchored one
+   is the bundle's ``vf_calibration`` (used by settings with ``calibrate: true``).
+3. **A real study** (:func:`tuning_spec`, run by :class:`~micro_doe.studies.runner.Study`:
+   Ray actors, Optuna storage, MLflow). It searches variant, n_h, S, decoding, calibration and
+   precision; it starts from the paper's algorithm and the settings that served the shipped
+   models, then TPE. Objectives: ``structure_error`` (L + size + diameter + connectivity error
+   against the held-out images: descriptors no setting steers) and ``seconds_per_volume``.
+   vf is a constraint (within 25 % of the held-out vf), never a judge. Every trial's volumes
+   share seeds (``volume_seeds: common``), so settings are compared on the same noise.
+4. **Choice and confirmation** (:func:`choose`): among feasible complete trials, the cheapest
+   (seconds per volume) whose structure error is within the margin of the best
+   (``max(margin_points, margin_fraction · best)``). If it anchors with calibration, the
+   calibration is measured again at that setting. The choice and the paper's default are then
+   measured on fresh seeds (:func:`confirm`), beside the data floor (the training images'
+   own descriptors against the held-out ones), and the defaults, calibration and table are
+   written into the bundle (config.json and card.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from micro_doe.platform.bundles import HELD_OUT_FILE, has_held_out, load_held_out, resolve_bundle_path
+from micro_doe.platform.descriptors import Descriptors, describe
+from micro_doe.platform.micro3diff.bundle import (
+    HeldOutRecord,
+    Micro3DiffConfig,
+    SamplingDefaults,
+    TuningRecord,
+)
+from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
+from micro_doe.platform.micro3diff.training import MIN_HELD_OUT, load_training_data, training_images, training_reference
+from micro_doe.platform.volumes import atomic_path
+from micro_doe.studies.objectives import BUILTIN_OBJECTIVES, Sample
+
+JUDGES = ("lineal_path_error", "size_error", "diameter_error", "connectivity_error")
+SEARCH: dict[str, dict[str, list[Any]]] = {
+    "variant": {"categorical": ["paper", "anchored"]},
+    "n_h": {"categorical": [0, 1, 3, 6, 10, 20, 40]},
+    "steps": {"categorical": [25, 50]},
+    "decode": {"categorical": ["sign", "fractions"]},
+    "calibrate": {"categorical": [False, True]},
+    "precision": {"categorical": ["fp32", "bf16"]},
+}
+PAPER = {"variant": "paper", "n_h": 1, "steps": 50, "decode": "sign", "calibrate": False, "precision": "fp32"}
+# The first trials: the paper's algorithm (SamplingDefaults()), then the settings measured best on
+# the shipped models (spheres, polycrystal, ternary blend) and the anchored variant at n_h 10.
+STARTS: list[dict[str, Any]] = [
+    PAPER,
+    {"variant": "anchored", "n_h": 6, "steps": 25, "decode": "sign", "calibrate": True, "precision": "bf16"},
+    {"variant": "anchored", "n_h": 10, "steps": 25, "decode": "sign", "calibrate": False, "precision": "bf16"},
+    {"variant": "anchored", "n_h": 3, "steps": 50, "decode": "sign", "calibrate": False, "precision": "bf16"},
+    {"variant": "anchored", "n_h": 40, "steps": 25, "decode": "fractions", "calibrate": False, "precision": "bf16"},
+]
+PROBE = {"variant": "anchored", "n_h": 6, "steps": 25, "precision": "bf16", "decode": "sign", "calibrate": False}
+CALIBRATION_FACTORS = (0.75, 1.0, 1.25)
+CONFIRM_SEED = 100_000  # confirmation volumes: seeds the study never used
+VF_TOLERANCE = 0.25  # constraint: |vf − held-out vf| ≤ 25 % of the held-out vf
+
+
+class TuningError(ValueError):
+    """Tuning cannot start or cannot choose (names the option)."""
+
+
+class TuneOptions(BaseModel):
+    """How ``micro-doe tune`` searches. The default budget suits 2 CPU cores at 32³ (≈ 15–30 min)."""
+
+    model_config = ConfigDict(extra="forbid")
+    trials: int = Field(16, ge=2, le=10_000, description="settings tried (the study's n_trials)")
+    minutes: float | None = Field(None, gt=0, description="wall-time budget of the study; None: trials alone")
+    samples_per_trial: int = Field(2, ge=1, le=64, description="volumes per setting in the study")
+    confirm_volumes: int = Field(4, ge=1, le=64, description="volumes per setting in the confirmation")
+    calibration_volumes: int = Field(2, ge=1, le=64, description="volumes per anchored fraction when calibrating")
+    margin_points: float = Field(1.0, ge=0, description="structure error a cheaper setting may give up, in % points")
+    margin_fraction: float = Field(0.1, ge=0, description="... or this fraction of the best's, whichever is larger")
+    seed: int = Field(0, ge=0, description="the sampler's and the volumes' seed")
+    storage: str = "sqlite:///micro-doe-runs/optuna.db"
+    tracking: str = "sqlite:///micro-doe-runs/mlflow.db"
+    artifacts: str = "micro-doe-runs/artifacts"
+
+
+def parse_budget(text: str, option: str = "--tune-budget") -> tuple[int | None, float | None]:
+    """``"16"`` → 16 trials; ``"30m"`` / ``"30min"`` → 30 minutes. At least 2 trials or 2 minutes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(m|min|minutes)?\s*", text)
+    if match is None:
+        raise TuningError(f"{option} {text!r}: expected a number of trials (16) or minutes (30m)")
+    value, unit = float(match.group(1)), match.group(2)
+    if unit is None:
+        if value != int(value) or value < 2:
+            raise TuningError(f"{option} {text}: a tuning budget must try at least 2 settings (the paper's and one more)")
+        return int(value), None
+    if value < 2:
+        raise TuningError(f"{option} {text}: at least 2 minutes, enough to try more than one setting")
+    return None, value
+
+
+def masked_url(url: str) -> str:
+    """A storage URL without its password."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def study_name(bundle: Path) -> str:
+    """``tune-<bundle name>-<8 hex of model.pt>``: a retrained model gets a study of its own."""
+    digest = hashlib.sha256((bundle / "model.pt").read_bytes()).hexdigest()[:8]
+    slug = re.sub(r"[^a-z0-9_-]+", "-", bundle.name.lower()).strip("-_") or "model"
+    return f"tune-{slug}-{digest}"
+
+
+# ----------------------------------------------------------------------------- stage 1: held out
+
+
+def check_held_out(bundle: Path, held_out_data: Path | None, option: str = "--held-out-data") -> None:
+    """Tuning needs images the model never saw: the bundle's own, or ``held_out_data``."""
+    if held_out_data is None and not has_held_out(bundle):
+        raise TuningError(f"{bundle}: no held-out images ({HELD_OUT_FILE}); give images the model was not trained on "
+                          f"with {option}, or retrain with --held-out")
+    if held_out_data is not None and not held_out_data.exists():
+        raise TuningError(f"{option} {held_out_data}: no such file or folder")
+
+
+def held_out_reference(path: Path, config: Micro3DiffConfig, option: str = "--held-out-data") -> Descriptors:
+    """Descriptors of images from ``path`` (any training-data format), checked against the model."""
+    stack = training_images(load_training_data(path), f"{option} {path}")
+    if stack.sizes["y"] != config.image_size:
+        raise TuningError(f"{option} {path}: images of {stack.sizes['y']}² but the model makes {config.image_size}²")
+    if stack.sizes["sample"] < MIN_HELD_OUT:
+        raise TuningError(f"{option} {path}: {stack.sizes['sample']} images; at least {MIN_HELD_OUT} are needed to judge")
+    return training_reference(stack, stack)
+
+
+def write_held_out(bundle: Path, reference: Descriptors, source: str, n_images: int) -> None:
+    """Put held-out descriptors into a bundle (held_out.nc, and ``held_out`` in config.json)."""
+    with atomic_path(bundle / HELD_OUT_FILE) as tmp:
+        reference.to_dataset().to_netcdf(tmp, engine="netcdf4")
+    update_config(bundle, held_out=HeldOutRecord(source=source, n_images=n_images))
+
+
+def update_config(bundle: Path, **fields: Any) -> Micro3DiffConfig:
+    """Rewrite fields of a bundle's config.json atomically; returns the new config."""
+    path = bundle / "config.json"
+    config = Micro3DiffConfig.model_validate_json(path.read_text()).model_copy(update=fields)
+    config = Micro3DiffConfig.model_validate(config.model_dump())  # re-check the updated fields
+    with atomic_path(path) as tmp:
+        tmp.write_text(config.model_dump_json(indent=2) + "\n")
+    return config
+
+
+# ----------------------------------------------------------------------------- stage 2: calibration
+
+
+def measure_calibration(generator: Micro3DiffGenerator, setting: dict[str, Any], volumes: int, seed: int) -> list[tuple[float, float]]:
+    """(anchored fraction, measured vf) of the phase of interest at ``setting`` (uncalibrated),
+    anchored at CALIBRATION_FACTORS × the training vf."""
+    phase = generator.bundle.reference.phase_name
+    label = generator.bundle.config.phase_names.index(phase)
+    train = generator.training_fractions()[phase]
+    pairs = []
+    for factor in CALIBRATION_FACTORS:
+        target = round(train * factor, 4)
+        settings = SamplingSettings(**(setting | {"calibrate": False, "decode": "sign", "variant": "anchored"}),
+                                    targets={f"vf_{phase}": target})
+        vols = generator.sample(volumes, settings, seed=seed, allow_extrapolation=True)
+        pairs.append((target, round(float(np.mean([(v.values == label).mean() for v in vols])), 4)))
+    return pairs
+
+
+# ----------------------------------------------------------------------------- stage 3: the study
+
+
+def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name: str, device_has_fp16: bool = False) -> dict[str, Any]:
+    """The study that searches the sampling settings (see the module doc)."""
+    search = {k: dict(v) for k, v in SEARCH.items()}
+    if device_has_fp16:
+        search["precision"] = {"categorical": ["fp32", "bf16", "fp16"]}
+    budget: dict[str, Any] = {"n_trials": options.trials if options.minutes is None else 10_000}
+    if options.minutes is not None:
+        budget["timeout_s"] = 60.0 * options.minutes
+    return {
+        "name": name,
+        "generator": {"kind": "micro3diff", "model": str(bundle), "reference": "held_out"},
+        "search": search,
+        "fixed": {"sampler": "ddpm", "variance": "beta"},
+        "samples_per_trial": options.samples_per_trial,
+        "volume_seeds": "common",
+        "objectives": [{"name": "structure_error", "direction": "minimize"},
+                       {"name": "seconds_per_volume", "direction": "minimize"}],
+        "constraints": [{"metric": "vf_error", "max": round(VF_TOLERANCE * reference.volume_fraction, 4)}],
+        "sampler": {"kind": "tpe", "seed": options.seed, "n_startup_trials": len(STARTS)},
+        "budget": budget,
+        "resources": {"generators": 1, "evaluators": 1},
+        "evaluation": {"phase": reference.phase, "tortuosity_axis": None},
+        "storage": options.storage,
+        "tracking": options.tracking,
+        "artifacts": options.artifacts,
+    }
+
+
+def enqueue_starts(spec: Any, budget: int) -> int:
+    """On a new study, enqueue the starting settings (at most ``budget``); returns how many."""
+    from micro_doe.studies.study_storage import open_study
+
+    study = open_study(spec)
+    if study.get_trials(deepcopy=False):
+        return 0
+    starts = STARTS[: max(budget, 2)]
+    for params in starts:
+        study.enqueue_trial(params, user_attrs={"initial_design": "tuning start"})
+    return len(starts)
+
+
+# ----------------------------------------------------------------------------- stage 4: choice
+
+
+def choose(trials: list[Any], options: TuneOptions) -> tuple[Any, Any, float]:
+    """(chosen trial, best trial, margin): the cheapest feasible complete trial whose structure
+    error is within the margin of the best one's."""
+    feasible = [t for t in trials if t.state == "COMPLETE" and t.violation <= 0 and t.values and math.isfinite(t.values[0])]
+    if not feasible:
+        raise TuningError("no setting met the vf constraint with a finite structure error; raise --tune-budget")
+    best = min(feasible, key=lambda t: t.values[0])
+    margin = max(options.margin_points, options.margin_fraction * best.values[0])
+    near = [t for t in feasible if t.values[0] <= best.values[0] + margin]
+    return min(near, key=lambda t: (t.values[1], t.values[0])), best, margin
+
+
+def judge(volumes: list[Any], held_out: Descriptors, seconds: list[float]) -> dict[str, float]:
+    """Every judge's mean over ``volumes`` against the held-out reference (the study's own
+    objective functions), plus vf, Ø, connectivity and seconds per volume."""
+    phase = held_out.phase
+    samples = [Sample(volume=v, descriptors=describe(v, phase, tortuosity_axis=None), params={}, predicted={},
+                      seconds=s, reference=held_out) for v, s in zip(volumes, seconds)]
+    return _judged(samples)
+
+
+def floor_row(training: Descriptors, held_out: Descriptors) -> dict[str, float]:
+    """The data floor: the training images' own descriptors judged against the held-out ones."""
+    return _judged([Sample(volume=None, descriptors=training, params={}, predicted={}, seconds=0.0, reference=held_out)])  # type: ignore[arg-type]
+
+
+def _judged(samples: list[Sample]) -> dict[str, float]:
+    row = {name: float(np.mean([BUILTIN_OBJECTIVES[name].fn(s) for s in samples])) for name in (*JUDGES, "structure_error")}
+    sizes = [s.descriptors.sizes for s in samples]
+    row["vf"] = float(np.mean([s.descriptors.volume_fraction for s in samples]))
+    row["diameter"] = float(np.mean([z.diameter_mean for z in sizes if z is not None]))
+    row["connectivity"] = float(np.mean([z.largest_share for z in sizes if z is not None]))
+    row["seconds_per_volume"] = float(np.mean([s.seconds for s in samples]))
+    return row
+
+
+def confirm(generator: Micro3DiffGenerator, settings: dict[str, Any], held_out: Descriptors, volumes: int) -> dict[str, Any]:
+    """One table row: ``settings`` sampled on fresh seeds and judged against the held-out images."""
+    start = time.perf_counter()
+    vols = generator.sample(volumes, SamplingSettings(**settings), seed=CONFIRM_SEED, allow_extrapolation=True)
+    seconds = (time.perf_counter() - start) / volumes
+    s = SamplingSettings(**settings).resolved(generator.bundle.config.sampling)
+    return {"setting": label(s), "passes": (s.n_h + 1) * s.steps, **judge(vols, held_out, [seconds] * volumes)}
+
+
+def label(s: SamplingDefaults) -> str:
+    extra = [x for x, on in (("calibrated", s.calibrate and s.variant == "anchored"),
+                             ("decode at vf", s.decode == "fractions")) if on]  # fmt: skip
+    return f"{s.variant}{' (' + ', '.join(extra) + ')' if extra else ''}, n_h {s.n_h}, S {s.steps}, {s.precision}"
+
+
+def defaults_of(params: dict[str, Any]) -> SamplingDefaults:
+    return SamplingDefaults(**(params | {"sampler": "ddpm", "variance": "beta"}))
+
+
+def card_section(record: TuningRecord, chosen: str, margin: float) -> str:
+    """The card's tuning section: rule, table with the data floor, where the study lives."""
+    lines = ["", "## Sampling defaults (chosen by `micro-doe tune`)", "",
+             f"Default: **{chosen}**. {record.rule} (margin {margin:.2f} points); {record.trials} settings tried, "
+             f"study `{record.study}` in {record.storage}, MLflow {record.tracking}, seed {record.seed}.", "",
+             "Judged against images the network never saw (held out); vf is a constraint, never a judge.", "",
+             "| setting | passes | L error % | size error % | diameter error % | connectivity error % | vf | Ø | "
+             "connectivity | s / volume |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in record.table:
+        lines.append(f"| {r['setting']} | {r.get('passes', '')} | {r['lineal_path_error']:.2f} | {r['size_error']:.2f} | "
+                     f"{r['diameter_error']:.2f} | {r['connectivity_error']:.2f} | {r['vf']:.3f} | {r['diameter']:.2f} | "
+                     f"{r['connectivity']:.2f} | {r['seconds_per_volume']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tuning(bundle: Path, defaults: SamplingDefaults, record: TuningRecord, chosen: str, margin: float) -> None:
+    """Defaults and record into config.json, the tuning section into card.md (replacing an earlier one)."""
+    update_config(bundle, sampling=defaults, tuning=record)
+    card = (bundle / "card.md").read_text()
+    card = card.split("\n## Sampling defaults (chosen by `micro-doe tune`)")[0].rstrip("\n") + "\n"
+    with atomic_path(bundle / "card.md") as tmp:
+        tmp.write_text(card + card_section(record, chosen, margin))
+
+
+# ----------------------------------------------------------------------------- all four
+
+
+def tune(
+    model: str | Path,
+    options: TuneOptions = TuneOptions(),
+    *,
+    held_out_data: Path | None = None,
+    on_study: Callable[[Any], Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> TuningRecord:
+    """Tune a Micro3Diff bundle's default sampling settings (the module doc's four stages).
+
+    ``on_study(study)`` runs the :class:`~micro_doe.studies.runner.Study` and returns its result
+    (the CLI shows progress there); by default ``study.run()``. A shipped model
+    (``pretrained:NAME``) is tuned in place.
+    """
+    from micro_doe.platform.diffusion.training import default_device
+    from micro_doe.studies.runner import Study
+    from micro_doe.studies.spec import StudySpec
+
+    bundle = resolve_bundle_path(model)
+    check_held_out(bundle, held_out_data)
+    config = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text())
+    if held_out_data is not None:  # read and checked whole before the bundle is touched
+        reference = held_out_reference(held_out_data, config)
+        write_held_out(bundle, reference, f"{held_out_data} (given to micro-doe tune)", reference.sizes.sections)  # type: ignore[union-attr]
+    held_out = load_held_out(bundle)
+    name = study_name(bundle)
+    spec = StudySpec.model_validate(tuning_spec(bundle, held_out, options, name, default_device() == "cuda"))
+
+    generator = Micro3DiffGenerator(bundle)
+    log(f"tune {bundle.name}: calibrating vf at the probe setting ({label(defaults_of(PROBE))})")
+    update_config(bundle, vf_calibration=measure_calibration(generator, PROBE, options.calibration_volumes, options.seed))
+
+    budget = f"{options.trials} settings" if options.minutes is None else f"{options.minutes:g} min"
+    log(f"tune {bundle.name}: study {name} ({budget}, {options.samples_per_trial} volumes per setting)")
+    study = Study(spec)
+    enqueue_starts(study.spec, options.trials)
+    result = on_study(study) if on_study is not None else study.run()
+
+    chosen, best, margin = choose(result.trials, options)
+    defaults = defaults_of(chosen.params)
+    generator = Micro3DiffGenerator(bundle)
+    if defaults.variant == "anchored" and defaults.calibrate and defaults.decode == "sign":
+        log(f"tune {bundle.name}: calibrating vf at the chosen setting ({label(defaults)})")
+        pairs = measure_calibration(generator, chosen.params, options.calibration_volumes, options.seed)
+        update_config(bundle, vf_calibration=pairs)
+        generator = Micro3DiffGenerator(bundle)
+    log(f"tune {bundle.name}: confirming on {options.confirm_volumes} fresh volumes per setting")
+    rows = [confirm(generator, chosen.params, held_out, options.confirm_volumes) | {"role": "tuned default"},
+            confirm(generator, PAPER, held_out, options.confirm_volumes) | {"role": "paper (SamplingDefaults())"},
+            floor_row(generator.bundle.reference, held_out) | {"setting": "data floor: training images vs held out",
+                                                                "role": "data floor"}]
+    rule = (f"cheapest (s / volume) of the feasible settings within max({options.margin_points:g} points, "
+            f"{options.margin_fraction:.0%} of the best) of the best structure error (trial {best.number}: "
+            f"{best.values[0]:.2f}); chose trial {chosen.number}")
+    record = TuningRecord(study=name, storage=masked_url(spec.storage), tracking=spec.tracking,
+                          trials=len(result.completed), seed=options.seed, rule=rule, table=rows)
+    write_tuning(bundle, defaults, record, label(defaults), margin)
+    return record

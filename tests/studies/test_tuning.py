@@ -1,0 +1,118 @@
+"""``micro-doe tune``: a real study (Ray, Optuna storage, MLflow) chooses a bundle's sampling
+defaults against held-out images; the bundle records them, and an interrupted tuning resumes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
+from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator
+from micro_doe.studies.tuning import PAPER, STARTS, TuneOptions, choose, study_name, tune
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(autouse=True)
+def quiet_env(monkeypatch):
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="module")
+def held_out_bundle(tmp_path_factory, sphere_slices, tiny_unet):
+    """A tiny bundle trained with 15 % of its images held out."""
+    from micro_doe.platform.micro3diff.training import TrainConfig, train_micro3diff
+
+    config = TrainConfig(steps=12, batch_size=8, checkpoint_every=6, unet=tiny_unet, quality_images=0, held_out=0.15)
+    out = tmp_path_factory.mktemp("held") / "tiny-held"
+    return train_micro3diff(sphere_slices, out, config, device="cpu", data_label="spheres fixture", progress=False)
+
+
+def options(tmp_path, **changes) -> TuneOptions:  # type: ignore[no-untyped-def]
+    base = {"trials": 2, "samples_per_trial": 1, "confirm_volumes": 1, "calibration_volumes": 1,
+            "storage": f"sqlite:///{tmp_path}/optuna.db", "tracking": f"sqlite:///{tmp_path}/mlflow.db",
+            "artifacts": f"{tmp_path}/artifacts"}
+    return TuneOptions(**(base | changes))
+
+
+def digest(path) -> str:  # type: ignore[no-untyped-def]
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_tune_runs_a_study_and_writes_defaults_calibration_and_table(tmp_path, held_out_bundle, monkeypatch):
+    bundle = tmp_path / "b"
+    shutil.copytree(held_out_bundle, bundle)
+    weights = digest(bundle / "model.pt")
+    record = tune(bundle, options(tmp_path), log=lambda line: None)
+
+    config = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text())
+    assert config.tuning == record and record.trials == 2 and record.study == study_name(bundle)
+    assert config.held_out is not None and config.held_out.n_images == 6
+    assert len(config.vf_calibration) == 3  # measured, not set by hand
+    assert [r["role"] for r in record.table] == ["tuned default", "paper (SamplingDefaults())", "data floor"]
+    assert all(r["structure_error"] >= 0 for r in record.table)
+    card = (bundle / "card.md").read_text()
+    assert card.count("## Sampling defaults (chosen by `micro-doe tune`)") == 1 and "data floor" in card
+    assert digest(bundle / "model.pt") == weights
+
+    study = optuna.load_study(study_name=record.study, storage=f"sqlite:///{tmp_path}/optuna.db")
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert [t.params for t in trials] == [dict(PAPER), STARTS[1]]  # the paper's algorithm is always tried
+    assert study.metric_names == ["structure_error", "seconds_per_volume"]
+    chosen = next(t for t in trials if {k: getattr(config.sampling, k) for k in PAPER} == t.params)
+    assert chosen.values[0] <= min(t.values[0] for t in trials) + max(1.0, 0.1 * min(t.values[0] for t in trials))
+    # The chosen setting is what generate now uses.
+    assert Micro3DiffGenerator(bundle).bundle.config.sampling == config.sampling
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=[record.study], output_format="list")
+    assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 2
+
+    # Tuning again rewrites the card's section instead of adding a second one.
+    tune(bundle, options(tmp_path, trials=2), log=lambda line: None)
+    assert (bundle / "card.md").read_text().count("chosen by `micro-doe tune`") == 1
+
+
+def test_an_interrupted_tuning_keeps_the_weights_and_resumes(tmp_path, held_out_bundle):
+    from micro_doe.platform.interrupts import Interrupted
+
+    bundle = tmp_path / "b"
+    shutil.copytree(held_out_bundle, bundle)
+    weights = digest(bundle / "model.pt")
+    before = (bundle / "config.json").read_text()
+
+    def stop_after_one(study):  # type: ignore[no-untyped-def]
+        def progress(p):  # type: ignore[no-untyped-def]
+            if p.done >= 1:
+                raise Interrupted(2)
+        return study.run(on_progress=progress)
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(bundle, options(tmp_path, trials=3), on_study=stop_after_one, log=lambda line: None)
+    assert digest(bundle / "model.pt") == weights
+    assert json.loads((bundle / "config.json").read_text())["sampling"] == json.loads(before)["sampling"]
+
+    record = tune(bundle, options(tmp_path, trials=3), log=lambda line: None)
+    study = optuna.load_study(study_name=record.study, storage=f"sqlite:///{tmp_path}/optuna.db")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3 and record.trials == 3
+    assert sum(t.params == PAPER for t in complete) == 1  # resumed, not started over
+
+
+def test_choose_takes_the_cheapest_setting_within_the_margin():
+    from micro_doe.studies.runner import TrialRecord
+
+    trials = [TrialRecord(0, "COMPLETE", {"n": 0}, [10.0, 5.0]), TrialRecord(1, "COMPLETE", {"n": 1}, [10.9, 1.0]),
+              TrialRecord(2, "COMPLETE", {"n": 2}, [12.0, 0.1]), TrialRecord(3, "COMPLETE", {"n": 3}, [1.0, 0.1], violation=1.0),
+              TrialRecord(4, "FAIL", {"n": 4}, None)]  # fmt: skip
+    chosen, best, margin = choose(trials, TuneOptions())
+    assert (chosen.number, best.number, margin) == (1, 0, 1.0)
+    chosen, _, margin = choose(trials, TuneOptions(margin_fraction=0.25))
+    assert chosen.number == 2 and margin == 2.5
