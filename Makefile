@@ -35,7 +35,9 @@ bench: install
 	$(BIN)/python benchmarks/descriptors.py
 
 # The shipped Micro3Diff bundles, made with the project's own commands (about 45 min each on
-# one CPU core; `make -j2 models` trains both at once).
+# one CPU core; `make -j2 models` trains both at once). They were trained on all their images,
+# so each is tuned (`micro-doe tune`, its default budget) against fresh images of the same
+# generator with another seed: images the network never saw.
 MODELS := micro_doe/platform/models
 DATA   := micro-doe-runs/data
 models: $(MODELS)/spheres-32/model.pt $(MODELS)/polycrystal-32/model.pt $(MODELS)/ternary-blend-32/model.pt \
@@ -46,13 +48,18 @@ $(MODELS)/spheres-32/model.pt: install
 	$(BIN)/micro-doe data make spheres --shape 300 32 32 --mean-diameter 7.5 --sd-diameter 2 \
 		--volume-fraction 0.2 --min-gap 0 --seed 0 --out $(DATA)/spheres-32.nc --overwrite
 	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/spheres-32.nc --out $(MODELS)/spheres-32 \
-		--steps 5000 --seed 0 --overwrite $(if $(RESUME),--resume)
+		--steps 5000 --seed 0 --held-out 0 --no-tune --overwrite $(if $(RESUME),--resume)
+	$(BIN)/micro-doe data make spheres --shape 40 32 32 --mean-diameter 7.5 --sd-diameter 2 \
+		--volume-fraction 0.2 --min-gap 0 --seed 1 --out $(DATA)/spheres-32-held-out.nc --overwrite
+	$(BIN)/micro-doe tune $(MODELS)/spheres-32 --held-out-data $(DATA)/spheres-32-held-out.nc
 
 # Case II at the paper's grain sizes (6, 9, 12 px) in 32² images.
 $(MODELS)/polycrystal-32/model.pt: install
 	$(BIN)/micro-doe data make polycrystal --n-images 300 --size 32 --seed 0 --out $(DATA)/polycrystal-32.nc --overwrite
 	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/polycrystal-32.nc --out $(MODELS)/polycrystal-32 \
-		--steps 5000 --seed 0 --overwrite $(if $(RESUME),--resume)
+		--steps 5000 --seed 0 --held-out 0 --no-tune --overwrite $(if $(RESUME),--resume)
+	$(BIN)/micro-doe data make polycrystal --n-images 40 --size 32 --seed 1 --out $(DATA)/polycrystal-32-held-out.nc --overwrite
+	$(BIN)/micro-doe tune $(MODELS)/polycrystal-32 --held-out-data $(DATA)/polycrystal-32-held-out.nc
 
 # Three phases (acceptor, donor, mixed): z-slices of a 320×32×32 three-phase Cahn–Hilliard box
 # (χ = 4.5, 300 steps, feature size ≈ 6 voxels), the paper's stated future work.
@@ -60,7 +67,10 @@ $(MODELS)/ternary-blend-32/model.pt: install
 	$(BIN)/micro-doe data make cahn-hilliard-trajectory --shape 320 32 32 --phases 3 --steps 300 \
 		--snapshot-every 300 --seed 0 --out $(DATA)/ternary-blend-32.nc --overwrite
 	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/ternary-blend-32.nc \
-		--out $(MODELS)/ternary-blend-32 --steps 3500 --seed 0 --overwrite $(if $(RESUME),--resume)
+		--out $(MODELS)/ternary-blend-32 --steps 3500 --seed 0 --held-out 0 --no-tune --overwrite $(if $(RESUME),--resume)
+	$(BIN)/micro-doe data make cahn-hilliard-trajectory --shape 40 32 32 --phases 3 --steps 300 \
+		--snapshot-every 300 --seed 1 --out $(DATA)/ternary-blend-32-held-out.nc --overwrite
+	$(BIN)/micro-doe tune $(MODELS)/ternary-blend-32 --held-out-data $(DATA)/ternary-blend-32-held-out.nc
 
 # The conditional LDM: the default Cahn–Hilliard data set (17 φ × 9 χ, ≈ 3 min) and the default
 # recipe (VAE 5000, feature predictor 4000, LDM 30000 steps; ≈ 60 min on 2 cores) with each label

@@ -1,7 +1,7 @@
 """Micro3Diff quality and speed: every variant against the training data, judged by what it does not steer.
 
     python benchmarks/micro3diff.py [--volumes 4] [--models spheres-32 polycrystal-32 ternary-blend-32]
-                                     [--grid default|quick] [--vf-sweep] [--update-defaults]
+                                     [--grid default|quick] [--vf-sweep]
 
 For each shipped model, volumes are sampled for every setting of the grid (variant × n_h × S ×
 sampler, plus the anchored variant's own settings and the network precision), and compared with
@@ -26,8 +26,8 @@ network passes per volume.
 
 ``--vf-sweep``: the anchored variant at the default setting for vf targets from 0.5× to 1.4×
 the training vf (spheres-32), each judged against fresh packings of that vf (same diameters).
-``--update-defaults`` writes the cheapest setting within 1 point (L + size + diameter error) of the best
-into each bundle's default sampling settings. Images go to docs/: a montage of the paper's
+The bundles' default settings are not written here: `micro-doe tune` chooses them (``make models``).
+Images go to docs/: a montage of the paper's
 algorithm against the anchored one, and error against n_h.
 """
 
@@ -47,7 +47,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from micro_doe.platform.bundles import update_sampling_defaults  # noqa: E402
 from micro_doe.platform.descriptors import equivalent_diameters, error_rate, section_sizes, size_error  # noqa: E402
 from micro_doe.platform.descriptors.reference_error import error_rates, pooled_curves  # noqa: E402
 from micro_doe.platform.micro3diff.bundle import SamplingDefaults  # noqa: E402
@@ -347,7 +346,6 @@ def main() -> None:
     parser.add_argument("--vf-sweep", action="store_true")
     parser.add_argument("--sweep-volumes", type=int, default=3)
     parser.add_argument("--vf-sweep-only", action="store_true", help="only the vf sweep, at the bundle's default")
-    parser.add_argument("--update-defaults", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the rows (without volumes) to this JSON file")
     parser.add_argument("--replot", type=Path, help="only redraw the n_h figure from a --json file of the default models")
     args = parser.parse_args()
@@ -365,11 +363,6 @@ def main() -> None:
     tag = "" if args.models == DEFAULT_MODELS else "-" + "-".join(args.models)
     save_figures(results, tag)
     print(f"\nfigures: {DOCS}/micro3diff-montage{tag}.png, micro3diff-nh-sweep{tag}.png")
-    if args.update_defaults:
-        for res in results:
-            c = res["cheapest"]["settings"]
-            update_sampling_defaults(f"pretrained:{res['name']}", SamplingDefaults(**c.model_dump()))
-            print(f"{res['name']}: default sampling set to {_label(c)}")
     if args.vf_sweep and "spheres-32" in args.models:
         vf_sweep(args, next(r for r in results if r["name"] == "spheres-32")["cheapest"]["settings"])
     if args.json:

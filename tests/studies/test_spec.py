@@ -174,6 +174,15 @@ def test_bundle_path_is_relative_to_the_study_file(tmp_path, monkeypatch):
     assert spec.generator.bundle_config().phase_names == ["matrix", "inclusion"]
 
 
+def test_judging_against_held_out_images_needs_a_bundle_that_has_them(tmp_path):
+    write_config_bundle(tmp_path / "mine")
+    data = copy.deepcopy(VALID) | {"generator": {"kind": "micro3diff", "model": "mine", "reference": "held_out"}}
+    found = problems(data, tmp_path)
+    assert any("has no held-out images" in msg and "reference" in field for field, msg in found.items()), found
+    (tmp_path / "mine" / "held_out.nc").write_bytes((tmp_path / "mine" / "reference.nc").read_bytes())
+    assert load_spec(write_study(tmp_path, data)).generator.reference == "held_out"
+
+
 def test_registry_model_reference_is_accepted_unchecked(tmp_path):
     data = copy.deepcopy(VALID) | {"generator": {"kind": "micro3diff", "model": "models:/spheres@champion"}}
     assert load_spec(write_study(tmp_path, data)).generator.model == "models:/spheres@champion"

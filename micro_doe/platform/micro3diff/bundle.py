@@ -116,11 +116,11 @@ class Micro3DiffConfig(BaseModel):
     unet: UNetConfig
     schedule: dict
     recipe: TrainingRecipe
-    # The default is what the spheres-32 vf sweep measured (README, "vf targets"): below 0.75× the
-    # inclusions come out too small; a model trained on other data may set its own.
+    # Measured by `micro-doe tune` (micro_doe.studies.tuning.measure_calibration) at the default setting.
     vf_calibration: list[tuple[float, float]] = Field(
         default_factory=list,
-        description="(anchored fraction, measured vf) of the phase of interest at the default setting; empty: none",
+        description="(anchored fraction, measured vf) of the phase of interest at the default setting (measured by "
+        "micro-doe tune); empty: none",
     )
     vf_range: tuple[float, float] = Field(
         (0.75, 1.4), description="targets of a phase's vf allowed without extrapolation, as multiples of its training vf"
