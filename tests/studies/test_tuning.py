@@ -116,3 +116,19 @@ def test_choose_takes_the_cheapest_setting_within_the_margin():
     assert (chosen.number, best.number, margin) == (1, 0, 1.0)
     chosen, _, margin = choose(trials, TuneOptions(margin_fraction=0.25))
     assert chosen.number == 2 and margin == 2.5
+
+
+def test_the_tune_command_tunes_a_bundle_in_the_working_folder(tmp_path, held_out_bundle, monkeypatch, capsys):
+    from micro_doe.cli.app import main
+
+    bundle = tmp_path / "b"
+    shutil.copytree(held_out_bundle, bundle)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        main(["tune", str(bundle), "--tune-budget", "2", "--seed", "1", "--threads", "1"])
+    assert done.value.code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "tuned against held-out images" in out and "data floor" in out
+    config = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text())
+    assert config.tuning is not None and config.tuning.seed == 1 and config.tuning.trials == 2
+    assert (tmp_path / "micro-doe-runs" / "optuna.db").exists()
