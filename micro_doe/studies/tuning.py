@@ -327,18 +327,23 @@ def tune(
     (``pretrained:NAME``) is tuned in place.
     """
     from micro_doe.platform.diffusion.training import default_device
+    from micro_doe.studies.preflight import check_before_start
     from micro_doe.studies.runner import Study
     from micro_doe.studies.spec import StudySpec
 
     bundle = resolve_bundle_path(model)
     check_held_out(bundle, held_out_data)
     config = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text())
-    if held_out_data is not None:  # read and checked whole before the bundle is touched
-        reference = held_out_reference(held_out_data, config)
-        write_held_out(bundle, reference, f"{held_out_data} (given to micro-doe tune)", reference.sizes.sections)  # type: ignore[union-attr]
-    held_out = load_held_out(bundle)
+    # Everything is read and checked (the held-out images, the stores) before the bundle is touched.
+    held_out = load_held_out(bundle) if held_out_data is None else held_out_reference(held_out_data, config)
     name = study_name(bundle)
-    spec = StudySpec.model_validate(tuning_spec(bundle, held_out, options, name, default_device() == "cuda"))
+    fp16 = default_device() == "cuda"
+    preflight = tuning_spec(bundle, held_out, options, name, fp16)
+    preflight["generator"]["reference"] = "training"  # held_out.nc may not be written yet
+    check_before_start(StudySpec.model_validate(preflight), "micro-doe tune")
+    if held_out_data is not None:
+        write_held_out(bundle, held_out, f"{held_out_data} (given to micro-doe tune)", held_out.sizes.sections)  # type: ignore[union-attr]
+    spec = StudySpec.model_validate(tuning_spec(bundle, held_out, options, name, fp16))
 
     generator = Micro3DiffGenerator(bundle)
     log(f"tune {bundle.name}: calibrating vf at the probe setting ({label(defaults_of(PROBE))})")

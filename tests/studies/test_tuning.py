@@ -132,3 +132,20 @@ def test_the_tune_command_tunes_a_bundle_in_the_working_folder(tmp_path, held_ou
     config = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text())
     assert config.tuning is not None and config.tuning.seed == 1 and config.tuning.trials == 2
     assert (tmp_path / "micro-doe-runs" / "optuna.db").exists()
+
+
+def test_held_out_images_that_do_not_fit_the_model_are_refused_before_anything(tmp_path, held_out_bundle, rng):
+    from micro_doe.platform.volumes import make_volume, write_netcdf
+    from micro_doe.studies.tuning import TuningError
+
+    bundle = tmp_path / "b"
+    shutil.copytree(held_out_bundle, bundle)
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    for shape, message in (((8, 32, 32), "images of 32² but the model makes 16²"), ((8, 16, 12), "must be square"),
+                           ((2, 16, 16), "at least 4 are needed")):
+        data = write_netcdf(make_volume(rng.integers(0, 2, shape).astype("int8"), dims=("sample", "y", "x")),
+                            tmp_path / f"held-{shape[0]}-{shape[2]}.nc")
+        with pytest.raises((TuningError, ValueError), match=message):
+            tune(bundle, options(tmp_path), held_out_data=data, log=lambda line: None)
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+    assert not (tmp_path / "optuna.db").exists()
