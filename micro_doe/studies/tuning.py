@@ -266,10 +266,12 @@ def _judged(samples: list[Sample]) -> dict[str, float]:
     return row
 
 
-def confirm(generator: Micro3DiffGenerator, settings: dict[str, Any], held_out: Descriptors, volumes: int) -> dict[str, Any]:
-    """One table row: ``settings`` sampled on fresh seeds and judged against the held-out images."""
+def confirm(generator: Micro3DiffGenerator, settings: dict[str, Any], held_out: Descriptors, volumes: int,
+            seed: int = 0) -> dict[str, Any]:
+    """One table row: ``settings`` sampled on fresh seeds (CONFIRM_SEED + seed + i) and judged
+    against the held-out images."""
     start = time.perf_counter()
-    vols = generator.sample(volumes, SamplingSettings(**settings), seed=CONFIRM_SEED, allow_extrapolation=True)
+    vols = generator.sample(volumes, SamplingSettings(**settings), seed=CONFIRM_SEED + seed, allow_extrapolation=True)
     seconds = (time.perf_counter() - start) / volumes
     s = SamplingSettings(**settings).resolved(generator.bundle.config.sampling)
     return {"setting": label(s), "passes": (s.n_h + 1) * s.steps, **judge(vols, held_out, [seconds] * volumes)}
@@ -364,8 +366,8 @@ def tune(
         update_config(bundle, vf_calibration=pairs)
         generator = Micro3DiffGenerator(bundle)
     log(f"tune {bundle.name}: confirming on {options.confirm_volumes} fresh volumes per setting")
-    rows = [confirm(generator, chosen.params, held_out, options.confirm_volumes) | {"role": "tuned default"},
-            confirm(generator, PAPER, held_out, options.confirm_volumes) | {"role": "paper (SamplingDefaults())"},
+    rows = [confirm(generator, chosen.params, held_out, options.confirm_volumes, options.seed) | {"role": "tuned default"},
+            confirm(generator, PAPER, held_out, options.confirm_volumes, options.seed) | {"role": "paper (SamplingDefaults())"},
             floor_row(generator.bundle.reference, held_out) | {"setting": "data floor: training images vs held out",
                                                                 "role": "data floor"}]
     rule = (f"cheapest (s / volume) of the feasible settings within max({options.margin_points:g} points, "
