@@ -63,7 +63,7 @@ def parse_args(argv=None):
                         "100 for Variation, MCRpy's own default otherwise)")
     p.add_argument("--limit-to", type=int, default=8,
                    help="correlation reach in pixels; needs 2*limit_to <= image side and <= N")
-    p.add_argument("--max-iter", type=int, default=300,
+    p.add_argument("--max-iter", type=int, default=150,
                    help="L-BFGS-B function evaluations per multigrid level")
     p.add_argument("--no-multigrid", dest="multigrid", action="store_false",
                    help="optimize at full resolution only (default: coarse-to-fine)")
@@ -187,7 +187,7 @@ def main(argv=None):
         rec_settings = mcrpy.ReconstructionSettings(
             descriptor_weights=weights, max_iter=a.max_iter,
             use_multigrid_reconstruction=a.multigrid, use_multiphase=multiphase,
-            convergence_data_steps=max(a.max_iter, 10), **common)
+            convergence_data_steps=50, **common)
         desc = dict(target)
         desc["settings"] = char_meta
         t1 = time.perf_counter()
