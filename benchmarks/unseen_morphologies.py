@@ -3,7 +3,7 @@ with `micro-doe tune` (the last stage of training), then judge in 3D against fre
 
     python benchmarks/unseen_morphologies.py [--morphologies blobs fibers clustered three-phase]
         [--steps 2250] [--tune-budget 16] [--volumes 4] [--out micro-doe-runs/unseen] [--json FILE]
-        [--stage all|data|train|measure]
+        [--stage all|data|train|measure] [--peers mcrpy slicegan] [--slicegan-minutes 20]
 
 Each morphology comes from a PoreSpy generator (not the project's own): z-slices of 10 cubes of
 32³ (320 images of 32²) are the training data; `micro-doe train micro3diff` sets the last 10 %
@@ -18,7 +18,11 @@ same generator (seeds the data never used), with measurements the tuning never s
 - **vf** and **seconds per volume**.
 
 The data floor: 4 more fresh cubes judged the same way (what a perfect generator scores with this
-many volumes). Three-phase: the judges are of phase 1 (the phase the bundle's reference names).
+many volumes). ``--peers`` adds the peers on the same training images (the 288 the model trained
+on, not the held-out ones) and the same judges, timed on this machine: MCRpy
+(``benchmarks/peers/mcrpy_reconstruct.py`` in ``.venv-peers``, see benchmarks/peers/README.md; its
+seconds are per volume, with no training) and SliceGAN (``benchmarks/peers/slicegan_run.py`` with a
+checkout at ``--slicegan``, trained for ``--slicegan-minutes``; its training time is reported apart). Three-phase: the judges are of phase 1 (the phase the bundle's reference names).
 vf is the anchored variant's target: it is shown, never a judge.
 """
 
@@ -137,7 +141,40 @@ def judge(volumes: list, truth: list, label: int, seconds: float) -> dict[str, f
     }
 
 
-def measure(name: str, bundle: Path, n_volumes: int) -> dict:
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def training_stack(data: Path, bundle: Path) -> np.ndarray:
+    """The images the model trained on (the held-out block removed), as the peers get them."""
+    from micro_doe.platform.volumes import read_volume
+
+    images = read_volume(data).values
+    held = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text()).held_out
+    return images[: held.first] if held is not None and held.first is not None else images
+
+
+def run_peer(peer: str, name: str, images: np.ndarray, out: Path, n_volumes: int, args: argparse.Namespace) -> dict:
+    """Volumes of a peer (cached in OUT/NAME-PEER.npz) and its timings."""
+    result = out / f"{name}-{peer}.npz"
+    if not result.exists():
+        npy = out / f"{name}-training-images.npy"
+        np.save(npy, images.astype(np.int8))
+        if peer == "mcrpy":
+            argv = [str(ROOT / ".venv-peers" / "bin" / "python"), str(ROOT / "benchmarks" / "peers" / "mcrpy_reconstruct.py")]
+        else:
+            argv = [sys.executable, str(ROOT / "benchmarks" / "peers" / "slicegan_run.py"), "--slicegan", str(args.slicegan),
+                    "--minutes", str(args.slicegan_minutes)]
+        argv += ["--images", str(npy), "--size", str(SIZE), "--volumes", str(n_volumes), "--seed", str(SAMPLE_SEED),
+                 "--out", str(result)]
+        with open(out / f"{name}-{peer}.log", "a") as log:
+            subprocess.run(argv, check=True, stdout=log, stderr=log)
+    data = np.load(result)
+    seconds = data["seconds"] if "seconds" in data else data["seconds_per_volume"]
+    return {"volumes": [make_volume(v) for v in data["volumes"]], "seconds": float(np.mean(seconds)),
+            "train_seconds": float(data["train_seconds"]) if "train_seconds" in data else 0.0}
+
+
+def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) -> dict:
     generator = Micro3DiffGenerator(bundle)
     label = generator.bundle.reference.phase
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
@@ -150,6 +187,9 @@ def measure(name: str, bundle: Path, n_volumes: int) -> dict:
         volumes = generator.sample(n_volumes, settings, seed=SAMPLE_SEED)
         rows[what] = judge(volumes, truth, label, (time.perf_counter() - start) / n_volumes)
         print(f"  {name} {what}: {rows[what]}", flush=True)
+    for peer, got in (peers or {}).items():
+        what = f"{peer}" + (f" (trained {got['train_seconds'] / 60:.0f} min)" if got["train_seconds"] else "")
+        rows[what] = judge(got["volumes"], truth, label, got["seconds"])
     passes = {"paper (SamplingDefaults())": 100, f"tuned: {tuned_label(tuned)}": (tuned.n_h + 1) * tuned.steps}
     return {"name": name, "phase": generator.bundle.reference.phase_name, "rows": rows, "passes": passes,
             "tuning": generator.bundle.config.tuning.model_dump() if generator.bundle.config.tuning else None}
@@ -184,6 +224,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("micro-doe-runs/unseen"))
     parser.add_argument("--stage", choices=("all", "data", "train", "measure"), default="all")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--peers", nargs="*", default=[], choices=("mcrpy", "slicegan"))
+    parser.add_argument("--slicegan", type=Path, default=Path(".peers/SliceGAN"), help="a SliceGAN checkout")
+    parser.add_argument("--slicegan-minutes", type=float, default=20.0)
     parser.add_argument("--from-json", type=Path, help="only print the tables of an earlier run")
     args = parser.parse_args()
     if args.from_json:
@@ -202,7 +245,9 @@ def main() -> None:
         bundle = train(name, data.resolve(), args.out.resolve(), args.steps, args.tune_budget)
         if args.stage == "train":
             continue
-        results.append(measure(name, bundle, args.volumes))
+        images = training_stack(data, bundle)
+        peers = {peer: run_peer(peer, name, images, args.out.resolve(), args.volumes, args) for peer in args.peers}
+        results.append(measure(name, bundle, args.volumes, peers))
         print_table(results[-1], args.volumes)
         if args.json:
             args.json.write_text(json.dumps({"volumes": args.volumes, "steps": args.steps, "results": results}, indent=1))
