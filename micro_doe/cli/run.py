@@ -71,7 +71,20 @@ def run_live(runner, objective_names: list[str], n_trials: int | None, timeout: 
             parts.insert(1, Text(p.note, style="yellow"))
         return Group(*parts)
 
+    seen: list[tuple[int, int, int]] = []
+
+    def line(p: StudyProgress) -> None:  # a log file (not a terminal): one line per finished trial
+        key = (p.done, p.failed, p.pruned)
+        if seen and seen[-1] == key:
+            return
+        seen.append(key)
+        best = ", ".join(f"{n} {_fmt(v)}" for n, v in zip(objective_names, p.best[0].values or [])) if p.best else "-"
+        console.print(f"trials: {p.done} done, {p.failed} failed, {p.pruned} pruned, budget {p.budget}; best: {best}",
+                      highlight=False, soft_wrap=True)
+
     try:
+        if not console.is_terminal:
+            return runner.run(n_trials=n_trials, timeout_s=timeout, on_progress=line)
         first = view(StudyProgress(0, 0, 0, n_trials or runner.spec.budget.n_trials))
         with Live(first, console=console, transient=True) as live:
             return runner.run(n_trials=n_trials, timeout_s=timeout, on_progress=lambda p: live.update(view(p)))
