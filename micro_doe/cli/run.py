@@ -45,7 +45,7 @@ def run(
         console.print(_trials_table(result.best_trials, objective_names, title))
     elif result.completed:
         closest = sorted(result.completed, key=lambda t: t.violation)[:5]
-        bounds = ", ".join(f"{c.metric} ≤ {c.max}" if c.max is not None else f"{c.metric} ≥ {c.min}" for c in spec.constraints)
+        bounds = ", ".join(c.describe() for c in spec.constraints)  # both bounds of a two-sided one
         console.print(f"[yellow]no trial satisfies the constraints ({escape(bounds)}); the closest:[/]")
         console.print(_trials_table(closest, objective_names, "least constraint violation"))
     console.print(f"{len(result.completed)} completed, {len(result.pruned)} pruned, {len(result.failed)} failed in {result.seconds:.0f} s "

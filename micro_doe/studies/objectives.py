@@ -274,8 +274,6 @@ METRICS: dict[str, str] = {name: o.description for name, o in BUILTIN_OBJECTIVES
     "largest_component_share": "share of the phase in its section's largest component, over 2D sections",
 }
 METRIC_PATTERNS: dict[str, str] = {r"vf_.+": "vf_<phase name>: volume fraction of that phase"}
-ERROR_METRICS = ("s2_error", "lineal_path_error", "vf_error", "size_error", "diameter_error", "connectivity_error",
-                 "structure_error")
 TORTUOSITY_METRICS = ("tortuosity", "transport_tortuosity", "effective_diffusivity", "percolating_fraction")
 
 # ----------------------------------------------------------------------------- registry

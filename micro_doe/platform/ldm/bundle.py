@@ -55,7 +55,6 @@ from micro_doe.platform.ldm.vae import VAE3D, VAE3DConfig
 from micro_doe.platform.volumes import atomic_directory
 
 NETWORKS = ("vae", "fp", "ldm")  # the keys of model.pt, in training order
-CONDITION_SOURCES = ("labels", "predictions")
 
 
 class LDMSamplingDefaults(BaseModel):
