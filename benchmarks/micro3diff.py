@@ -68,6 +68,8 @@ def grid(name: str, preset: str) -> list[SamplingSettings]:
     (the full grid for spheres-32, the core of it for the other models)."""
     S = SamplingSettings
     a = {"variant": "anchored", "precision": "bf16"}
+    if preset == "tuned":  # the bundle's own default (chosen by micro-doe tune) beside the paper's algorithm
+        return [S(), S(variant="paper", n_h=1, steps=50, precision="fp32", decode="sign", calibrate=False)]
     if preset == "quick":
         return [S(variant="paper", n_h=0, steps=25), S(**a, n_h=3, steps=25), S(**a, n_h=3, steps=25, decode="fractions")]
     if preset == "options":  # the anchored variant's own options against the plain hard reset
@@ -341,7 +343,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     parser.add_argument("--volumes", type=int, default=4)
-    parser.add_argument("--grid", choices=("default", "core", "lean", "boundaries", "figures", "options", "calibrated", "quick"), default="default")
+    parser.add_argument("--grid", choices=("default", "core", "lean", "boundaries", "figures", "options", "calibrated", "quick", "tuned"), default="default")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--vf-sweep", action="store_true")
     parser.add_argument("--sweep-volumes", type=int, default=3)
