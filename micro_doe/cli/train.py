@@ -12,9 +12,11 @@ from rich.console import Console
 from micro_doe.cli.ldm import train_ldm_command
 from micro_doe.cli.options import Overwrite, option_errors
 from micro_doe.platform.diffusion.training import check_device
+from micro_doe.platform.interrupts import exit_code, last_signal, mark_reported
 from micro_doe.cli.tune import Threads, TuneBudget, run_tuning, set_threads, tune_options
 from micro_doe.platform.micro3diff.training import (
     TrainConfig,
+    TrainingInterrupted,
     check_training_phases,
     load_training_data,
     split_held_out,
@@ -94,8 +96,14 @@ def micro3diff(
     images = load_training_data(data, threshold=threshold, crop_size=crop_size, n_crops=n_crops, seed=seed)
     check_training_phases(images, f"--data {data}")
     split_held_out(training_images(images, f"--data {data}"), held_out, f"--data {data}")  # before anything is written
-    bundle = train_micro3diff(images, out, config, resume=resume, overwrite=overwrite, device=device,
-                              data_label=str(data))
+    try:
+        bundle = train_micro3diff(images, out, config, resume=resume, overwrite=overwrite, device=device,
+                                  data_label=str(data))
+    except TrainingInterrupted as stopped:  # say where the checkpoint is, then exit 130 / 143
+        how = "SIGTERM" if exit_code(last_signal()) == 143 else "Ctrl-C"
+        Console(stderr=True).print(f"interrupted ({how}): {stopped}", highlight=False, soft_wrap=True)
+        mark_reported()
+        raise
     Console(stderr=True).print(f"wrote bundle {bundle}")
     if options is not None:
         run_tuning(str(bundle), options, None)

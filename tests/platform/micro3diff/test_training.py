@@ -156,3 +156,29 @@ def test_training_progress_reads_in_a_log_file(tmp_path, sphere_slices):
     assert proc.returncode == 0, text
     assert "training m: step 4/4 (100 %), loss" in text and "min left" in text
     assert "(1 threads)" in (tmp_path / "m" / "card.md").read_text()
+
+
+def test_sigterm_during_train_writes_a_checkpoint_and_says_so(tmp_path, sphere_slices):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from micro_doe.platform.volumes import write_netcdf
+
+    data = write_netcdf(sphere_slices, tmp_path / "s.nc")
+    argv = [sys.executable, "-m", "micro_doe.cli.app", "train", "micro3diff", "--data", str(data), "--out",
+            str(tmp_path / "m"), "--steps", "2000", "--batch-size", "4", "--base-channels", "8", "--channel-mults", "1,2",
+            "--quality-images", "0", "--no-tune", "--held-out", "0", "--threads", "1"]
+    with open(tmp_path / "train.log", "w") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + 240
+        while "step 100/2000" not in (tmp_path / "train.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    text = (tmp_path / "train.log").read_text()
+    assert "interrupted (SIGTERM): training stopped at step" in text and "--resume" in text, text
+    assert "Traceback" not in text
+    step = torch.load(tmp_path / "m.checkpoint.pt", weights_only=True)["step"]
+    assert 100 <= step < 2000 and not (tmp_path / "m").exists()
