@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 TuneBudget = Annotated[str, typer.Option(help="Settings to try (16) or minutes of study (30m); at least 2.")]
 HeldOutData = Annotated[
@@ -67,15 +66,10 @@ def run_tuning(model: str, options, held_out_data: Path | None) -> None:  # type
     def study(runner):  # type: ignore[no-untyped-def]
         return run_live(runner, [o.name for o, _ in runner.objectives], None, None, console)
 
-    record = tune(path, options, held_out_data=held_out_data, on_study=study,
+    tune(path, options, held_out_data=held_out_data, on_study=study,
                   log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
-    table = Table(title=f"{path.name}: tuned against held-out images (vf is a constraint, not a judge)",
-                  title_justify="left")
-    for column in ("setting", "L err %", "size err %", "Ø err %", "conn. err %", "vf", "s / volume"):
-        table.add_column(column, justify="left" if column == "setting" else "right")
-    for r in record.table:
-        table.add_row(escape(r["setting"]), *(f"{r[k]:.2f}" for k in ("lineal_path_error", "size_error", "diameter_error",
-                                                                       "connectivity_error")),
-                      f"{r['vf']:.3f}", f"{r['seconds_per_volume']:.2f}")
-    Console().print(table)
-    Console().print(f"default written to {path / 'config.json'} (card: {path / 'card.md'}); {escape(record.rule)}")
+    section = (path / "card.md").read_text().split("## Sampling defaults (chosen by `micro-doe tune`)")[-1]
+    Console(soft_wrap=True).print(f"{path.name}: tuned against held-out images (vf is a constraint, not a judge)"
+                                  + section.rstrip(), markup=False, highlight=False)
+    Console(soft_wrap=True).print(f"default written to {path / 'config.json'} (card: {path / 'card.md'})",
+                                  markup=False, highlight=False)
