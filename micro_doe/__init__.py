@@ -16,6 +16,8 @@ The public API, imported lazily so ``import micro_doe`` stays fast::
                              verify=md.VerifySettings(tolerance=0.03))         # measured within 0.03
     print(sample.predicted["phi"], sample.predicted["chi"], sample.predicted["time"])
     print(md.check_recipe(sample).summary_error)    # simulate that recipe, compare descriptors
+
+    md.tune("my-model", md.TuneOptions(trials=16))  # a trained Micro3Diff bundle picks its own sampling
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ _EXPORTS = {
     "StudyResult": "micro_doe.studies.runner",
     "StudySpec": "micro_doe.studies.spec",
     "load_spec": "micro_doe.studies.study_yaml",
+    "parse_spec": "micro_doe.studies.study_yaml",
+    "SpecError": "micro_doe.studies.study_yaml",
+    "tune": "micro_doe.studies.tuning",
+    "TuneOptions": "micro_doe.studies.tuning",
     "describe": "micro_doe.platform.descriptors",
     "Descriptors": "micro_doe.platform.descriptors",
     "read_volume": "micro_doe.platform.volumes",

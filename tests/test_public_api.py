@@ -8,4 +8,4 @@ import micro_doe as md
 def test_every_public_name_resolves():
     for name in md.__all__:
         assert getattr(md, name).__name__ == name
-    assert {"LDMGenerator", "check_recipe", "Study", "objective"} <= set(md.__all__)
+    assert {"LDMGenerator", "check_recipe", "Study", "objective", "tune", "parse_spec", "SpecError"} <= set(md.__all__)
