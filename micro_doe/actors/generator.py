@@ -64,7 +64,8 @@ class GeneratorWorker:
     plus ``"batch_size": int`` (micro3diff: slices per pass; ldm: candidates denoised together),
     ``"allow_extrapolation": bool`` (targets beyond the model's documented range) and, for the
     LDM, ``"verify": {"tolerance", "max_candidates"}`` (verified generation);
-    optional ``"size"`` is checked against the model's.
+    optional ``"size"``: Micro3Diff's cube edge N (any N ≥ the training size that its U-Net takes),
+    for the LDM checked against the model's.
     A bundle path is opened by the actor's process (a local instance shares the driver's
     working directory; on a cluster use a shared filesystem or ``models:/…``).
     """
@@ -83,8 +84,9 @@ class GeneratorWorker:
         if not spec.get("model"):
             raise ValueError("generator spec: 'model' is required (pretrained:NAME, bundle path, models:/NAME@ALIAS)")
         self.model_ref = str(spec["model"])
-        self.batch_size = 64 if spec.get("batch_size") is None else int(spec["batch_size"])
-        if self.batch_size < 1:
+        # None: Micro3Diff chooses slices per pass by the volume size; the LDM denoises 64 candidates
+        self.batch_size: int | None = None if spec.get("batch_size") is None else int(spec["batch_size"])
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"generator spec: batch_size must be at least 1, got {self.batch_size}")
         path = self.model_ref
         if path.startswith(REGISTRY_PREFIX):
@@ -104,7 +106,10 @@ class GeneratorWorker:
             self.generator = Micro3DiffGenerator(path, device=self.device)
         self.load_seconds = time.perf_counter() - start
         size = spec.get("size")
-        if size is not None and int(size) != self.generator.size:
+        self.size: int | None = None  # Micro3Diff: the cube edge to sample (None: the training size)
+        if isinstance(self.generator, Micro3DiffGenerator):
+            self.size = None if size is None else self.generator.volume_size(int(size))
+        elif size is not None and int(size) != self.generator.size:
             raise ValueError(f"generator spec: size {size} but {self.model_ref} makes {self.generator.size}³ volumes")
 
     def _init_solver(self, spec: dict[str, Any]) -> None:
@@ -124,7 +129,7 @@ class GeneratorWorker:
             "node_ip": ray.util.get_node_ip_address(),
             "device": self.device,
             "model": self.model_ref,
-            "size": self.generator.size,
+            "size": self.size or self.generator.size,
             "gpu_ids": _gpu_ids(),
             "load_seconds": self.load_seconds,
             "restarted": restarted(),
@@ -160,14 +165,15 @@ class GeneratorWorker:
         if isinstance(self.generator, LDMGenerator):
             params = dict(params) | {"allow_extrapolation": self.allow_extrapolation}
             try:
-                out = self.generator.sample(params, n, seed, verify=self.verify, batch_size=self.batch_size)
+                out = self.generator.sample(params, n, seed, verify=self.verify, batch_size=self.batch_size or 64)
             except ValueError as err:  # pydantic's ValidationError: re-raised plain so it pickles through Ray
                 raise ValueError(f"{self.kind}: {err}") from None
             return out | {"busy_seconds": time.perf_counter() - start, "device": self.device}
         settings = self.settings(params)
         # All n volumes in batched loops (each still reproducible alone from its seed).
         volumes = self.generator.sample(
-            n, settings, seed=seed, batch_size=self.batch_size, allow_extrapolation=self.allow_extrapolation
+            n, settings, seed=seed, batch_size=self.batch_size, allow_extrapolation=self.allow_extrapolation,
+            size=self.size,
         )
         seconds = [json.loads(v.attrs["generator_params"])["seconds"] for v in volumes]
         return {

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from micro_doe.cli.evaluate import descriptor_table
 from micro_doe.cli.ldm import generate_ldm, parse_targets
-from micro_doe.cli.options import Overwrite, check_count, option_errors, parameters_as_options
+from micro_doe.cli.options import Overwrite, check_count, check_memory, option_errors, parameters_as_options
 from micro_doe.platform.bundles import bundle_kind
 from micro_doe.platform.descriptors import describe
 from micro_doe.platform.diffusion.training import check_device
@@ -85,8 +85,12 @@ def generate(
     allow_extrapolation: Annotated[bool, typer.Option(help="Allow targets outside the model's documented range.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the first volume; volume i uses seed + i.")] = 0,
     batch_size: Annotated[
-        int | None, typer.Option(help="Micro3Diff: slices per network call (default 64); LDM: candidates denoised "
+        int | None, typer.Option(help="Micro3Diff: slices per network call (default 64 at the training size, "
+                                      "fewer for a larger --size); LDM: candidates denoised "
                                       f"together (default {DEFAULT_BATCH_SIZE}).")
+    ] = None,
+    size: Annotated[
+        int | None, typer.Option(help="Micro3Diff: cube edge N ≥ the training size (default: the training size).")
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     show: Annotated[bool, typer.Option(help="Print the descriptors of the first volume.")] = True,
@@ -97,7 +101,8 @@ def generate(
     if batch_size is not None:
         check_count(batch_size, "--batch-size", high=4096)
     kind = bundle_kind(model)
-    micro3diff_only = {"--n-h": n_h, "--eta": eta, "--variance": variance, "--variant": variant, "--precision": precision}
+    micro3diff_only = {"--n-h": n_h, "--eta": eta, "--variance": variance, "--variant": variant, "--precision": precision,
+                       "--size": size}
     ldm_only = {"--guidance": guidance, "--guidance-rescale": guidance_rescale, "--feature-guidance": feature_guidance,
                 "--tolerance": tolerance, "--max-candidates": max_candidates,
                 "--correct-requests": True if correct_requests else None}
@@ -131,6 +136,10 @@ def generate(
                  "allow extrapolation=pass --allow-extrapolation")
         with parameters_as_options(*names):
             generator.check(settings, allow_extrapolation)  # every mistake reported before sampling starts
+        with parameters_as_options("size"):
+            edge = generator.volume_size(size)
+            slices = generator.slices_per_pass(edge, batch_size)
+            check_memory(generator.memory_estimate(edge, min(n, 4), slices), f"--size {edge}")
     except ValidationError as err:
         raise option_errors(err, {"targets": "--target"}) from None
     total = n * generator.passes_per_volume(settings)
@@ -138,10 +147,10 @@ def generate(
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("sampling", total=total)
         volumes = generator.sample(
-            n, settings, seed=seed, batch_size=batch_size or 64, allow_extrapolation=allow_extrapolation,
-            on_pass=lambda p: bar.advance(task, p.x.shape[0]),
+            n, settings, seed=seed, batch_size=batch_size, allow_extrapolation=allow_extrapolation,
+            on_pass=lambda p: bar.advance(task, p.x.shape[0]), size=edge,
         )
     write_volume(stack_volumes(volumes), out)
-    Console(stderr=True).print(f"wrote {out} ({n} × {generator.size}³, {volumes[0].attrs['generator_params']})")
+    Console(stderr=True).print(f"wrote {out} ({n} × {edge}³, {volumes[0].attrs['generator_params']})")
     if show:
         Console().print(descriptor_table(describe(volumes[0]), title=f"{out} [0]"))

@@ -13,6 +13,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from micro_doe.platform.memory import available_memory, check_memory  # noqa: F401  (re-exported for the commands)
+
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never a folder micro-doe did not write).")]
 
 
@@ -66,33 +68,6 @@ def check_seconds(value: float | None, option: str) -> float | None:
     if value is not None and not (math.isfinite(value) and value > 0):
         raise OptionError(f"{option}: expected a positive, finite number of seconds, got {value}")
     return value
-
-
-def available_memory() -> int:
-    """Bytes of memory available now (MemAvailable on Linux; free pages elsewhere)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def check_memory(needed: float, option: str, fraction: float = 0.8) -> None:
-    """Refuse work whose estimated memory exceeds ``fraction`` of what is available now."""
-    available = available_memory()
-    if needed > fraction * available:
-        raise OptionError(f"{option}: needs about {_bytes(needed)} of memory; this machine has {_bytes(available)} available")
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} PB"
 
 
 @contextmanager

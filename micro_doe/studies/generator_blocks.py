@@ -132,7 +132,10 @@ class Micro3DiffGeneratorSpec(_BundleGeneratorSpec):
     bundle's ``vf_range`` times the training vf unless ``allow_extrapolation`` is true)."""
 
     kind: Literal["micro3diff"]
-    batch_size: int = Field(64, ge=1, description="slices per network pass")
+    batch_size: int | None = Field(None, ge=1, description="slices per network pass (default: 64 at the training size, "
+                                   "fewer for a larger size)")
+    size: int | None = Field(None, ge=8, le=1024, description="cube edge N of the volumes: at least the training size "
+                             "and a multiple of the U-Net's downsampling (default: the training size)")
     reference: Literal["training", "held_out"] = Field(
         "training", description="what error objectives compare with: the training images (reference.nc) or the "
         "images set aside from training (held_out.nc; micro-doe tune judges against these)"
@@ -142,6 +145,18 @@ class Micro3DiffGeneratorSpec(_BundleGeneratorSpec):
     @classmethod
     def _config_class(cls) -> type[Micro3DiffConfig]:
         return Micro3DiffConfig
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: int | None, info: ValidationInfo) -> int | None:
+        model = info.data.get("model")
+        if v is None or not model or model.startswith(MODEL_REGISTRY_PREFIX):
+            return v
+        config = _read_config(model, Micro3DiffConfig)
+        factor = 2 ** (len(config.unet.channel_mults) - 1)
+        if v < config.image_size or v % factor:
+            raise ValueError(f"expected a multiple of {factor} of at least the training size {config.image_size}, got {v}")
+        return v
 
     @field_validator("reference")
     @classmethod

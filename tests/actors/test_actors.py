@@ -142,8 +142,10 @@ def test_generator_worker_in_process(actor_bundle):
     assert out["volumes"][0].shape == (16, 16, 16)
     with pytest.raises(ValueError, match=r"unknown keys \['colour'\]"):
         GeneratorWorker(spec(actor_bundle) | {"colour": "red"})
-    with pytest.raises(ValueError, match="makes 16"):
-        GeneratorWorker(spec(actor_bundle) | {"size": 32})
+    larger = GeneratorWorker(spec(actor_bundle) | {"size": 24})  # any N ≥ 16 the U-Net takes
+    assert larger.info()["size"] == 24 and larger.sample(TINY, 1, 3)["volumes"][0].shape == (24, 24, 24)
+    with pytest.raises(ValueError, match="a multiple of 2"):
+        GeneratorWorker(spec(actor_bundle) | {"size": 25})
     with pytest.raises(ValueError, match="not supported"):
         GeneratorWorker(spec(actor_bundle) | {"kind": "gan"})
     with pytest.raises(ValueError, match="a micro3diff bundle, not an LDM one"):

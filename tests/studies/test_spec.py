@@ -183,6 +183,16 @@ def test_judging_against_held_out_images_needs_a_bundle_that_has_them(tmp_path):
     assert load_spec(write_study(tmp_path, data)).generator.reference == "held_out"
 
 
+def test_micro3diff_volume_size_is_checked_against_the_model(tmp_path):
+    write_config_bundle(tmp_path / "mine")  # 32² images, U-Net levels (1, 2, 2): N a multiple of 4
+    data = copy.deepcopy(VALID) | {"generator": {"kind": "micro3diff", "model": "mine", "size": 64}}
+    assert load_spec(write_study(tmp_path, data)).generator.size == 64
+    for bad in (16, 66):
+        data["generator"]["size"] = bad
+        found = problems(data, tmp_path)
+        assert any("multiple of 4 of at least the training size 32" in msg for msg in found.values()), found
+
+
 def test_registry_model_reference_is_accepted_unchecked(tmp_path):
     data = copy.deepcopy(VALID) | {"generator": {"kind": "micro3diff", "model": "models:/spheres@champion"}}
     assert load_spec(write_study(tmp_path, data)).generator.model == "models:/spheres@champion"

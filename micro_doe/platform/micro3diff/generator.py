@@ -27,6 +27,7 @@ from micro_doe.platform.descriptors.correlation import window_fraction_std
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, Sampler, make_generator
 from micro_doe.platform.diffusion.channels import to_labels, to_labels_at_fractions
 from micro_doe.platform.diffusion.training import default_device
+from micro_doe.platform.memory import check_memory
 from micro_doe.platform.micro3diff.bundle import Micro3DiffBundle, SamplingDefaults, load_bundle
 from micro_doe.platform.micro3diff.sampler import Anchor, DenoisingPass, sample_multiplane_batch
 from micro_doe.platform.volumes import make_volume
@@ -86,7 +87,39 @@ class Micro3DiffGenerator:
 
     @property
     def size(self) -> int:
+        """The training images' side: the default cube edge."""
         return self.bundle.config.image_size
+
+    def volume_size(self, size: int | None = None) -> int:
+        """The cube edge N of a request: the training size by default; any larger N that the
+        fully convolutional U-Net takes (a multiple of 2^(levels − 1), since it halves the image
+        at each level but the last)."""
+        if size is None:
+            return self.size
+        factor = 2 ** (len(self.bundle.config.unet.channel_mults) - 1)
+        if int(size) != size or size < self.size:
+            raise ValueError(f"size: an integer ≥ {self.size}, the side of the model's training images, got {size}")
+        if size % factor:
+            raise ValueError(f"size: a multiple of {factor} (this model's U-Net halves an image "
+                             f"{factor.bit_length() - 1} times), got {size}")
+        return int(size)
+
+    def slices_per_pass(self, size: int, batch_size: int | None = None) -> int:
+        """Slices per network pass: ``batch_size``, or by default 64 slices of the training size
+        and proportionally fewer of a larger N (the same activation memory per pass)."""
+        if batch_size is not None:
+            return batch_size
+        return max(1, int(64 * (self.size / size) ** 2))
+
+    def memory_estimate(self, size: int, volumes: int, batch_size: int) -> float:
+        """Bytes a batch of ``volumes`` cubes of N = ``size`` needs while sampling: the volumes'
+        state (x_t, x_0 and the noise estimate, fp32, per channel) plus the U-Net's activations
+        for one pass of ``batch_size`` slices (about 24 feature maps of the widest level at full
+        resolution, a bound measured on the CPU path; benchmarks/micro3diff_speed.py)."""
+        unet = self.bundle.config.unet
+        state = 4 * volumes * unet.in_channels * size**3 * 4
+        activations = 24 * batch_size * size**2 * unet.base_channels * max(unet.channel_mults) * 4
+        return float(state + activations)
 
     def sampler(self, settings: SamplingDefaults) -> Sampler:
         schedule = self.bundle.config.noise_schedule()
@@ -135,18 +168,20 @@ class Micro3DiffGenerator:
         share = sum(train[n] for n in free)
         return given | {n: rest * train[n] / share for n in free}
 
-    def volume_targets(self, s: SamplingDefaults, fractions: dict[str, float], seeds: list[int]) -> list[dict[str, float]]:
+    def volume_targets(self, s: SamplingDefaults, fractions: dict[str, float], seeds: list[int],
+                       size: int | None = None) -> list[dict[str, float]]:
         """Each volume's target phase fractions: ``fractions``, or with ``vf_spread`` a draw.
 
         With ``vf_spread``, volume i's fraction of the phase of interest is drawn (from its own
         seed) from N(target, σ²), σ the standard deviation of the training data's fraction in
         a window of the volume's size (:func:`window_fraction_std` of the reference's radial S2),
-        clipped to [σ, 1 − σ]; the other phases share the rest in proportion.
+        clipped to [σ, 1 − σ]; the other phases share the rest in proportion. ``size``: the
+        volume's edge (default: the training size).
         """
         if not s.vf_spread:
             return [dict(fractions) for _ in seeds]
         ref = self.bundle.reference
-        sigma = window_fraction_std(ref.s2_radial, self.size)
+        sigma = window_fraction_std(ref.s2_radial, size or self.size)
         out = []
         for seed in seeds:
             z = float(torch.randn((), generator=torch.Generator().manual_seed(int(seed) + SPREAD_SEED)))
@@ -205,10 +240,11 @@ class Micro3DiffGenerator:
         settings: SamplingSettings | None = None,
         *,
         seed: int = 0,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         volumes_per_batch: int | None = None,
         allow_extrapolation: bool = False,
         on_pass: Callable[[DenoisingPass], None] | None = None,
+        size: int | None = None,
     ) -> list[xr.DataArray]:
         """``n`` volumes; volume i uses seed ``seed + i`` (so each is reproducible alone).
 
@@ -216,7 +252,10 @@ class Micro3DiffGenerator:
         slices together, ``batch_size`` slices per forward pass); each volume's seconds are its
         batch's wall time divided by the volumes in it. Default: 8 on CUDA, 4 on the CPU (there the
         gain of batching volumes is small and varies with the machine's load:
-        ``benchmarks/micro3diff_speed.py``).
+        ``benchmarks/micro3diff_speed.py``). ``size``: the cube edge N (default: the training
+        size; see :meth:`volume_size`); ``batch_size``: slices per pass (default:
+        :meth:`slices_per_pass`). A request whose :meth:`memory_estimate` exceeds 80 % of the
+        memory available is refused before sampling, with the estimate in the message.
         """
         if n < 1:
             raise ValueError(f"n: expected at least 1 volume, got {n}")
@@ -224,6 +263,10 @@ class Micro3DiffGenerator:
             volumes_per_batch = 8 if str(self.device).startswith("cuda") else 4
         if volumes_per_batch < 1:
             raise ValueError(f"volumes_per_batch: expected at least 1, got {volumes_per_batch}")
+        edge = self.volume_size(size)
+        batch_size = self.slices_per_pass(edge, batch_size)
+        if not str(self.device).startswith("cuda"):  # host memory; a GPU reports its own
+            check_memory(self.memory_estimate(edge, min(n, volumes_per_batch), batch_size), f"size {edge}")
         s, fractions = self.check(settings or SamplingSettings(), allow_extrapolation)
         sampler = self.sampler(s)
         channels = self.bundle.config.unet.in_channels
@@ -231,12 +274,12 @@ class Micro3DiffGenerator:
         volumes = []
         for lo in range(0, n, volumes_per_batch):
             seeds = list(range(seed + lo, seed + min(n, lo + volumes_per_batch)))
-            targets = self.volume_targets(s, fractions, seeds)
+            targets = self.volume_targets(s, fractions, seeds, edge)
             anchors = self.anchors(s, targets)
             start = time.perf_counter()
             x0 = sample_multiplane_batch(
                 self.bundle.model,
-                self.size,
+                edge,
                 sampler,
                 [make_generator(sd) for sd in seeds],
                 n_h=s.n_h,

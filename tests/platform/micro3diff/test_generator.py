@@ -117,3 +117,24 @@ def test_calibration_anchors_where_the_measured_vf_comes_out_on_target(generator
         assert params["target_fractions"] == {"inclusion": 0.125} and params["anchor_fractions"] == {"inclusion": 0.15}
     finally:
         generator.bundle.config.vf_calibration = []
+
+
+def test_any_cube_edge_the_unet_takes(tiny_bundle, monkeypatch):
+    import micro_doe.platform.memory as memory
+    from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
+
+    generator = Micro3DiffGenerator(tiny_bundle, device="cpu")
+    quick = SamplingSettings(n_h=0, steps=2)
+    (volume,) = generator.sample(1, quick, seed=0, size=24)
+    assert volume.shape == (24, 24, 24)
+    # The same seed at the training size is the same as before (the default is unchanged).
+    assert generator.sample(1, quick, seed=0)[0].shape == (16, 16, 16)
+    assert generator.slices_per_pass(16) == 64 and generator.slices_per_pass(32) == 16
+    assert generator.memory_estimate(64, 1, 4) > generator.memory_estimate(32, 1, 4) > 0
+    with pytest.raises(ValueError, match="≥ 16, the side of the model's training images"):
+        generator.sample(1, quick, size=8)
+    with pytest.raises(ValueError, match="a multiple of 2"):
+        generator.sample(1, quick, size=23)
+    monkeypatch.setattr(memory, "available_memory", lambda: 10_000_000)  # 10 MB available
+    with pytest.raises(memory.InsufficientMemoryError, match=r"size 256: needs about .* this machine has 10.0 MB"):
+        generator.sample(1, quick, size=256)
