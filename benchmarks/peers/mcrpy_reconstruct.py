@@ -40,11 +40,7 @@ if not hasattr(np, "product"):
 if not hasattr(np, "bool8"):
     np.bool8 = np.bool_
 
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    pass
+from peer_io import UsageError, load_label_stack, run  # noqa: E402  (benchmarks/peers/, beside this script)
 
 
 def parse_args(argv=None):
@@ -76,26 +72,7 @@ def parse_args(argv=None):
 
 
 def load_images(path, max_images):
-    if not os.path.isfile(path):
-        raise UsageError(f"--images file not found: {path}")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001
-        raise UsageError(f"cannot read --images {path}: {exc}") from exc
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or arr.shape[0] < 1:
-        raise UsageError(f"--images must have shape (n, h, w); got {arr.shape}")
-    if arr.shape[1] != arr.shape[2]:
-        raise UsageError(f"--images must be square; got h={arr.shape[1]}, w={arr.shape[2]}")
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)):
-        if not np.all(np.equal(np.mod(arr, 1), 0)):
-            raise UsageError(f"--images must hold integer labels; got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    labels = np.unique(arr)
-    k = int(labels.max()) + 1 if labels.size else 0
-    if labels.min() < 0 or k < 2 or labels.size != k:
-        raise UsageError(f"--images labels must be 0..k-1 with k >= 2, all present; got {labels.tolist()}")
+    arr, k = load_label_stack(path)
     if max_images > 0 and arr.shape[0] > max_images:
         idx = np.unique(np.linspace(0, arr.shape[0] - 1, max_images).round().astype(int))
         arr = arr[idx]
@@ -219,12 +196,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except Exception as exc:  # noqa: BLE001
-        msg = " ".join(str(exc).split()) or exc.__class__.__name__
-        print(f"error: {exc.__class__.__name__}: {msg}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+    run(main)

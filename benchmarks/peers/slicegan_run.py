@@ -66,8 +66,8 @@ import time
 os.environ.setdefault("MPLBACKEND", "Agg")  # slicegan.util imports pyplot
 
 import numpy as np
+from peer_io import OneLineParser, UsageError, load_label_stack, run  # benchmarks/peers/, beside this script
 
-EXIT_USAGE = 2
 IMAGE_SIDE = 32
 
 # Settings from SliceGAN's run_slicegan.py / model.train, 32^2 architecture above.
@@ -80,17 +80,10 @@ DK, DS, DP = [4] * 4, [2] * 4, [1, 1, 1, 0]
 PLANES = list(zip([2, 3, 4], [3, 2, 2], [4, 4, 3]))
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        raise UsageError(message)
 
 
 def parse_args(argv=None):
-    p = _Parser(description="2D->3D reconstruction with SliceGAN (peer baseline).")
+    p = OneLineParser(description="2D->3D reconstruction with SliceGAN (peer baseline).")
     p.add_argument("--slicegan", required=True, help="path to a SliceGAN checkout (holds slicegan/)")
     p.add_argument("--images", required=True,
                    help="(n, 32, 32) .npy stack of 2D label images, phases 0..k-1")
@@ -104,28 +97,7 @@ def parse_args(argv=None):
 
 
 def load_images(path):
-    if not os.path.isfile(path):
-        raise UsageError(f"--images file not found: {path}")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001
-        raise UsageError(f"cannot read --images {path}: {' '.join(str(exc).split())}") from exc
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or arr.shape[0] < 1:
-        raise UsageError(f"--images must have shape (n, 32, 32); got {arr.shape}")
-    if arr.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
-        raise UsageError(f"--images must be {IMAGE_SIDE}x{IMAGE_SIDE} (this runner's SliceGAN "
-                         f"architecture); got {arr.shape[1]}x{arr.shape[2]}")
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)):
-        if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.mod(arr, 1) == 0):
-            raise UsageError(f"--images must hold integer labels; got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    labels = np.unique(arr)
-    k = int(labels.max()) + 1
-    if labels.min() < 0 or k < 2 or labels.size != k:
-        raise UsageError(f"--images labels must be 0..k-1 with k >= 2, all present; got {labels.tolist()}")
-    return arr, k
+    return load_label_stack(path, side=IMAGE_SIDE)
 
 
 def import_slicegan(path):
@@ -308,12 +280,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except Exception as exc:  # noqa: BLE001
-        msg = " ".join(str(exc).split()) or exc.__class__.__name__
-        print(f"error: {exc.__class__.__name__}: {msg}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+    run(main)
