@@ -78,6 +78,7 @@ class GeneratorWorker:
         if kind not in KINDS:
             raise ValueError(f"generator spec: kind {kind!r} is not supported here; expected one of {list(KINDS)}")
         self.kind = kind
+        self.size: int | None = None  # Micro3Diff: the cube edge to sample (None: the training size)
         if kind == "cahn-hilliard":  # the forward route: a solver, no model to load
             self._init_solver(spec)
             return
@@ -106,7 +107,6 @@ class GeneratorWorker:
             self.generator = Micro3DiffGenerator(path, device=self.device)
         self.load_seconds = time.perf_counter() - start
         size = spec.get("size")
-        self.size: int | None = None  # Micro3Diff: the cube edge to sample (None: the training size)
         if isinstance(self.generator, Micro3DiffGenerator):
             self.size = None if size is None else self.generator.volume_size(int(size))
         elif size is not None and int(size) != self.generator.size:
