@@ -82,7 +82,8 @@ class TuningError(ValueError):
 
 
 class TuneOptions(BaseModel):
-    """How ``micro-doe tune`` searches. The default budget suits 2 CPU cores at 32³ (≈ 15–30 min)."""
+    """How ``micro-doe tune`` searches. The default budget: 16 settings (≈ 50 min for a 32² model
+    measured with two tunings sharing 2 CPU cores)."""
 
     model_config = ConfigDict(extra="forbid")
     trials: int = Field(16, ge=2, le=10_000, description="settings tried (the study's n_trials)")
