@@ -42,9 +42,10 @@ import scipy.ndimage as ndi
 
 from micro_doe.platform.descriptors import error_rate, section_sizes, size_error
 from micro_doe.platform.descriptors.reference_error import pooled_curves
-from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
+from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig, SamplingDefaults
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
 from micro_doe.platform.volumes import make_volume, stack_volumes, write_netcdf
+from micro_doe.studies.tuning import label
 
 SIZE = 32
 N_CUBES = 10
@@ -181,8 +182,9 @@ def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) 
     floor = cubes(name, range(2 * FRESH_SEED, 2 * FRESH_SEED + n_volumes))
     rows = {"data floor (fresh cubes)": judge(floor, truth, label, 0.0)}
     tuned = generator.bundle.config.sampling
-    for what, settings in (("paper (SamplingDefaults())", SamplingSettings(**PAPER_SETTINGS)),
-                           (f"tuned: {tuned_label(tuned)}", SamplingSettings())):
+    paper = SamplingDefaults()  # the paper's algorithm: what an untuned bundle samples with
+    for what, settings in (("paper (SamplingDefaults())", SamplingSettings(**paper.model_dump())),
+                           (f"tuned: {label(tuned)}", SamplingSettings())):
         start = time.perf_counter()
         volumes = generator.sample(n_volumes, settings, seed=SAMPLE_SEED)
         rows[what] = judge(volumes, truth, label, (time.perf_counter() - start) / n_volumes)
@@ -190,19 +192,9 @@ def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) 
     for peer, got in (peers or {}).items():
         what = f"{peer}" + (f" (trained {got['train_seconds'] / 60:.0f} min)" if got["train_seconds"] else "")
         rows[what] = judge(got["volumes"], truth, label, got["seconds"])
-    passes = {"paper (SamplingDefaults())": 100, f"tuned: {tuned_label(tuned)}": (tuned.n_h + 1) * tuned.steps}
+    passes = {"paper (SamplingDefaults())": (paper.n_h + 1) * paper.steps, f"tuned: {label(tuned)}": (tuned.n_h + 1) * tuned.steps}
     return {"name": name, "phase": generator.bundle.reference.phase_name, "rows": rows, "passes": passes,
             "tuning": generator.bundle.config.tuning.model_dump() if generator.bundle.config.tuning else None}
-
-
-PAPER_SETTINGS = {"variant": "paper", "n_h": 1, "steps": 50, "sampler": "ddpm", "variance": "beta", "precision": "fp32",
-                  "decode": "sign", "calibrate": False, "anchor_strength": 1.0, "anchor_until": 0.0,
-                  "anchor_per_slice": 0.0, "vf_spread": False}
-
-
-def tuned_label(s) -> str:  # type: ignore[no-untyped-def]
-    extra = [x for x, on in (("calibrated", s.calibrate and s.variant == "anchored"), ("decode at vf", s.decode == "fractions")) if on]
-    return f"{s.variant}{' (' + ', '.join(extra) + ')' if extra else ''}, n_h {s.n_h}, S {s.steps}, {s.precision}"
 
 
 def print_table(result: dict, n_volumes: int) -> None:

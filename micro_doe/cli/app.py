@@ -25,7 +25,7 @@ from micro_doe.cli.run import dashboard, run
 from micro_doe.cli.studies import schema, studies
 from micro_doe.cli.train import train_app
 from micro_doe.cli.tune import tune
-from micro_doe.platform.interrupts import exit_code, interrupts_raise, last_signal, was_reported
+from micro_doe.platform.interrupts import exit_code, interrupt_name, interrupts_raise, last_signal, was_reported
 
 app = typer.Typer(
     name="micro-doe",
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     if code == 130:  # typer turns every KeyboardInterrupt (ours for SIGTERM too) into exit 130
         code = exit_code(last_signal())
         if not was_reported():
-            stderr.print(f"interrupted ({'SIGTERM' if code == 143 else 'Ctrl-C'})")
+            stderr.print(f"interrupted ({interrupt_name()})")
     sys.exit(code)
 
 

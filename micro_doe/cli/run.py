@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from micro_doe.cli.options import check_count, check_seconds
-from micro_doe.platform.interrupts import exit_code, last_signal, mark_reported
+from micro_doe.platform.interrupts import interrupt_name, mark_reported
 from micro_doe.studies.spec import MAX_TRIALS
 from micro_doe.studies.study_yaml import load_spec
 
@@ -89,8 +89,7 @@ def run_live(runner, objective_names: list[str], n_trials: int | None, timeout: 
         with Live(first, console=console, transient=True) as live:
             return runner.run(n_trials=n_trials, timeout_s=timeout, on_progress=lambda p: live.update(view(p)))
     except KeyboardInterrupt:
-        how = "SIGTERM" if exit_code(last_signal()) == 143 else "Ctrl-C"
-        Console(stderr=True).print(f"interrupted ({how}); {runner.completed_trials} trials complete, "
+        Console(stderr=True).print(f"interrupted ({interrupt_name()}); {runner.completed_trials} trials complete, "
                                    "run the same command to resume")
         mark_reported()
         raise

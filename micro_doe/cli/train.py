@@ -12,8 +12,8 @@ from rich.console import Console
 from micro_doe.cli.ldm import train_ldm_command
 from micro_doe.cli.options import Overwrite, option_errors
 from micro_doe.platform.diffusion.training import check_device
-from micro_doe.platform.interrupts import exit_code, last_signal, mark_reported
 from micro_doe.cli.tune import Threads, TuneBudget, run_tuning, set_threads, tune_options
+from micro_doe.platform.interrupts import interrupt_name, mark_reported
 from micro_doe.platform.micro3diff.training import (
     TrainConfig,
     TrainingInterrupted,
@@ -74,9 +74,8 @@ def micro3diff(
     if tune and held_out == 0:
         raise ValueError("--held-out 0: tuning judges against images set aside from training; give a fraction "
                          "(0.1) or pass --no-tune")
-    options = tune_options(tune_budget, seed, threads) if tune else None
-    if not tune:
-        set_threads(threads)
+    options = tune_options(tune_budget, seed) if tune else None
+    set_threads(threads)
     try:
         config = TrainConfig(
             steps=steps,
@@ -100,8 +99,7 @@ def micro3diff(
         bundle = train_micro3diff(images, out, config, resume=resume, overwrite=overwrite, device=device,
                                   data_label=str(data))
     except TrainingInterrupted as stopped:  # say where the checkpoint is, then exit 130 / 143
-        how = "SIGTERM" if exit_code(last_signal()) == 143 else "Ctrl-C"
-        Console(stderr=True).print(f"interrupted ({how}): {stopped}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"interrupted ({interrupt_name()}): {stopped}", highlight=False, soft_wrap=True)
         mark_reported()
         raise
     Console(stderr=True).print(f"wrote bundle {bundle}")

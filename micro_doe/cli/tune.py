@@ -27,18 +27,18 @@ def tune(
 ) -> None:
     """Search the model's sampling settings against images it never saw; write the cheapest good
     one as its default, with the vf calibration and the table, into the bundle."""
-    options = tune_options(tune_budget, seed, threads)
+    options = tune_options(tune_budget, seed)
+    set_threads(threads)
     run_tuning(model, options, held_out_data)
 
 
-def tune_options(budget: str, seed: int, threads: int | None):  # type: ignore[no-untyped-def]
-    """Checked options (before anything is created); sets torch's threads."""
+def tune_options(budget: str, seed: int):  # type: ignore[no-untyped-def]
+    """Checked options (before anything is created)."""
     from micro_doe.cli.options import check_count
     from micro_doe.studies.tuning import TuneOptions, parse_budget
 
     trials, minutes = parse_budget(budget)
     check_count(seed, "--seed", low=0)
-    set_threads(threads)
     return TuneOptions(trials=trials or 16, minutes=minutes, seed=seed)
 
 

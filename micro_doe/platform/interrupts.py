@@ -69,6 +69,11 @@ def was_reported() -> bool:
     return bool(_state["reported"])
 
 
+def interrupt_name() -> str:
+    """How the last interrupt came, in words: "SIGTERM" or "Ctrl-C"."""
+    return "SIGTERM" if exit_code(last_signal()) == 143 else "Ctrl-C"
+
+
 def exit_code(signum: int | None) -> int:
     """128 + the signal number (130 when unknown: Ctrl-C)."""
     return 128 + (signum or signal.SIGINT)

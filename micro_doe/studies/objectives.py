@@ -233,9 +233,12 @@ def connectivity_error(sample: Sample) -> float:
     return 100.0 * abs(gen.largest_share - ref.largest_share) / ref.largest_share
 
 
+STRUCTURE_JUDGES = ("lineal_path_error", "size_error", "diameter_error", "connectivity_error")
+
+
 def structure_error(sample: Sample) -> float:
     """L error + size error + diameter error + connectivity error, in % points (what no sampling setting steers)."""
-    return lineal_path_error(sample) + size_error(sample) + diameter_error(sample) + connectivity_error(sample)
+    return sum(BUILTIN_OBJECTIVES[name].fn(sample) for name in STRUCTURE_JUDGES)
 
 
 def _builtin(fn: Callable[[Sample], float], direction: Direction) -> Objective:
@@ -444,7 +447,7 @@ def trial_metrics(samples: Sequence[Sample]) -> dict[str, float]:
                 m["diameter_error"] = diameter_error(s)
                 if math.isfinite(s.reference.sizes.largest_share):  # references made before it have none
                     m["connectivity_error"] = connectivity_error(s)
-                    m["structure_error"] = structure_error(s)
+                    m["structure_error"] = sum(m[name] for name in STRUCTURE_JUDGES)  # the judges just measured
         if s.reference is not None or _vf_target_key(s) is not None:
             m["vf_error"] = vf_error(s)
         per_sample.append(m)

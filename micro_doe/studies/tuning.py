@@ -50,9 +50,8 @@ from micro_doe.platform.micro3diff.bundle import (
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
 from micro_doe.platform.micro3diff.training import MIN_HELD_OUT, load_training_data, training_images, training_reference
 from micro_doe.platform.volumes import atomic_path
-from micro_doe.studies.objectives import BUILTIN_OBJECTIVES, Sample
+from micro_doe.studies.objectives import BUILTIN_OBJECTIVES, STRUCTURE_JUDGES, Sample
 
-JUDGES = ("lineal_path_error", "size_error", "diameter_error", "connectivity_error")
 SEARCH: dict[str, dict[str, list[Any]]] = {
     "variant": {"categorical": ["paper", "anchored"]},
     "n_h": {"categorical": [0, 1, 3, 6, 10, 20, 40]},
@@ -115,8 +114,10 @@ def parse_budget(text: str, option: str = "--tune-budget") -> tuple[int | None, 
 
 
 def masked_url(url: str) -> str:
-    """A storage URL without its password."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """A storage URL without its password (SQLAlchemy's rendering, as the preflight's messages)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def study_name(bundle: Path) -> str:
@@ -258,7 +259,8 @@ def floor_row(training: Descriptors, held_out: Descriptors) -> dict[str, float]:
 
 
 def _judged(samples: list[Sample]) -> dict[str, float]:
-    row = {name: float(np.mean([BUILTIN_OBJECTIVES[name].fn(s) for s in samples])) for name in (*JUDGES, "structure_error")}
+    row = {name: float(np.mean([BUILTIN_OBJECTIVES[name].fn(s) for s in samples])) for name in STRUCTURE_JUDGES}
+    row["structure_error"] = sum(row[name] for name in STRUCTURE_JUDGES)  # the mean of sums is the sum of means
     sizes = [s.descriptors.sizes for s in samples]
     row["vf"] = float(np.mean([s.descriptors.volume_fraction for s in samples]))
     row["diameter"] = float(np.mean([z.diameter_mean for z in sizes if z is not None]))
@@ -348,9 +350,10 @@ def tune(
         write_held_out(bundle, held_out, f"{held_out_data} (given to micro-doe tune)", held_out.sizes.sections)  # type: ignore[union-attr]
     spec = StudySpec.model_validate(tuning_spec(bundle, held_out, options, name, fp16))
 
-    generator = Micro3DiffGenerator(bundle)
+    generator = Micro3DiffGenerator(bundle)  # loaded once; its config follows every update below
     log(f"tune {bundle.name}: calibrating vf at the probe setting ({label(defaults_of(PROBE))})")
-    update_config(bundle, vf_calibration=measure_calibration(generator, PROBE, options.calibration_volumes, options.seed))
+    pairs = measure_calibration(generator, PROBE, options.calibration_volumes, options.seed)
+    generator.bundle.config = update_config(bundle, vf_calibration=pairs)
 
     budget = f"{options.trials} settings" if options.minutes is None else f"{options.minutes:g} min"
     log(f"tune {bundle.name}: study {name} ({budget}, {options.samples_per_trial} volumes per setting)")
@@ -360,12 +363,10 @@ def tune(
 
     chosen, best, margin = choose(result.trials, options)
     defaults = defaults_of(chosen.params)
-    generator = Micro3DiffGenerator(bundle)
     if defaults.variant == "anchored" and defaults.calibrate and defaults.decode == "sign":
         log(f"tune {bundle.name}: calibrating vf at the chosen setting ({label(defaults)})")
         pairs = measure_calibration(generator, chosen.params, options.calibration_volumes, options.seed)
-        update_config(bundle, vf_calibration=pairs)
-        generator = Micro3DiffGenerator(bundle)
+        generator.bundle.config = update_config(bundle, vf_calibration=pairs)
     log(f"tune {bundle.name}: confirming on {options.confirm_volumes} fresh volumes per setting")
     rows = [confirm(generator, chosen.params, held_out, options.confirm_volumes, options.seed) | {"role": "tuned default"},
             confirm(generator, PAPER, held_out, options.confirm_volumes, options.seed) | {"role": "paper (SamplingDefaults())"},

@@ -114,8 +114,8 @@ class Micro3DiffGenerator:
     def memory_estimate(self, size: int, volumes: int, batch_size: int) -> float:
         """Bytes a batch of ``volumes`` cubes of N = ``size`` needs while sampling: the volumes'
         state (x_t, x_0 and the noise estimate, fp32, per channel) plus the U-Net's activations
-        for one pass of ``batch_size`` slices (about 24 feature maps of the widest level at full
-        resolution, a bound measured on the CPU path; benchmarks/micro3diff_speed.py)."""
+        for one pass of ``batch_size`` slices (taken as 24 feature maps of the widest level at full
+        resolution: an estimate from the architecture, not yet measured against N)."""
         unet = self.bundle.config.unet
         state = 4 * volumes * unet.in_channels * size**3 * 4
         activations = 24 * batch_size * size**2 * unet.base_channels * max(unet.channel_mults) * 4
