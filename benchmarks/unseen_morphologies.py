@@ -120,24 +120,24 @@ def train(name: str, data: Path, out: Path, steps: int, budget: str) -> Path:
     return bundle
 
 
-def largest_share_3d(volume: np.ndarray, label: int) -> float:
-    mask = volume == label
+def largest_share_3d(volume: np.ndarray, phase: int) -> float:
+    mask = volume == phase
     components, n = ndi.label(mask)
     return float(np.bincount(components.ravel())[1:].max() / mask.sum()) if n else float("nan")
 
 
-def judge(volumes: list, truth: list, label: int, seconds: float) -> dict[str, float]:
+def judge(volumes: list, truth: list, phase: int, seconds: float) -> dict[str, float]:
     r_max = SIZE // 2
-    gen = pooled_curves(volumes, r_max, phase=label)["lineal path"]
-    ref = pooled_curves(truth, r_max, phase=label)["lineal path"]
-    gen_sizes = section_sizes(stack_volumes(volumes), label)
-    ref_sizes = section_sizes(stack_volumes(truth), label)
+    gen = pooled_curves(volumes, r_max, phase=phase)["lineal path"]
+    ref = pooled_curves(truth, r_max, phase=phase)["lineal path"]
+    gen_sizes = section_sizes(stack_volumes(volumes), phase)
+    ref_sizes = section_sizes(stack_volumes(truth), phase)
     return {
         "lineal_path_error": error_rate(ref, gen),
         "size_error": size_error(ref_sizes, gen_sizes),
         "diameter": gen_sizes.diameter_mean,
-        "connectivity_3d": float(np.mean([largest_share_3d(v.values, label) for v in volumes])),
-        "vf": float(np.mean([(v.values == label).mean() for v in volumes])),
+        "connectivity_3d": float(np.mean([largest_share_3d(v.values, phase) for v in volumes])),
+        "vf": float(np.mean([(v.values == phase).mean() for v in volumes])),
         "seconds_per_volume": seconds,
     }
 
@@ -177,21 +177,21 @@ def run_peer(peer: str, name: str, images: np.ndarray, out: Path, n_volumes: int
 
 def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) -> dict:
     generator = Micro3DiffGenerator(bundle)
-    label = generator.bundle.reference.phase
+    phase = generator.bundle.reference.phase
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
     floor = cubes(name, range(2 * FRESH_SEED, 2 * FRESH_SEED + n_volumes))
-    rows = {"data floor (fresh cubes)": judge(floor, truth, label, 0.0)}
+    rows = {"data floor (fresh cubes)": judge(floor, truth, phase, 0.0)}
     tuned = generator.bundle.config.sampling
     paper = SamplingDefaults()  # the paper's algorithm: what an untuned bundle samples with
     for what, settings in (("paper (SamplingDefaults())", SamplingSettings(**paper.model_dump())),
                            (f"tuned: {label(tuned)}", SamplingSettings())):
         start = time.perf_counter()
         volumes = generator.sample(n_volumes, settings, seed=SAMPLE_SEED)
-        rows[what] = judge(volumes, truth, label, (time.perf_counter() - start) / n_volumes)
+        rows[what] = judge(volumes, truth, phase, (time.perf_counter() - start) / n_volumes)
         print(f"  {name} {what}: {rows[what]}", flush=True)
     for peer, got in (peers or {}).items():
         what = f"{peer}" + (f" (trained {got['train_seconds'] / 60:.0f} min)" if got["train_seconds"] else "")
-        rows[what] = judge(got["volumes"], truth, label, got["seconds"])
+        rows[what] = judge(got["volumes"], truth, phase, got["seconds"])
     passes = {"paper (SamplingDefaults())": (paper.n_h + 1) * paper.steps, f"tuned: {label(tuned)}": (tuned.n_h + 1) * tuned.steps}
     return {"name": name, "phase": generator.bundle.reference.phase_name, "rows": rows, "passes": passes,
             "tuning": generator.bundle.config.tuning.model_dump() if generator.bundle.config.tuning else None}

@@ -12,8 +12,8 @@ The public API, imported lazily so ``import micro_doe`` stays fast::
     print(result.best_trials)
 
     ldm = md.LDMGenerator("pretrained:opv-32")       # targeted volumes and their predicted recipe
-    (sample,) = ldm.generate({"vf_donor": 0.45, "tau_donor": 1.4}, n=1, seed=0,  # τ_acceptor left free
-                             verify=md.VerifySettings(tolerance=0.03))         # measured within 0.03
+    (sample,) = ldm.generate({"vf_donor": 0.45, "tau_donor": 1.4}, n=1, seed=0)  # τ_acceptor left free;
+    print(sample.verification.measured)  # verified by default: measured, within 0.03 or marked
     print(sample.predicted["phi"], sample.predicted["chi"], sample.predicted["time"])
     print(md.check_recipe(sample).summary_error)    # simulate that recipe, compare descriptors
 

@@ -30,7 +30,7 @@ import torch
 
 from micro_doe.actors.cluster import in_actor, restarted
 from micro_doe.platform.ldm.generator import LDMGenerator
-from micro_doe.platform.ldm.verify import VerifySettings
+from micro_doe.platform.ldm.verify import DEFAULT_VERIFY, VerifySettings
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
 from micro_doe.platform.synthetic.anneal import AnnealedFilmGenerator
 
@@ -39,6 +39,14 @@ KINDS = ("micro3diff", "ldm", "cahn-hilliard")
 REGISTRY_PREFIX = "models:/"
 TARGET_PARAM = "target."
 
+
+
+def verify_settings(value: Any) -> VerifySettings | None:
+    """The LDM's verification from a spec's ``verify``: absent (None) → the default
+    verification, ``False`` → raw samples, a mapping → those settings."""
+    if value is False:
+        return None
+    return DEFAULT_VERIFY if value is None else VerifySettings.model_validate(value)
 
 def _gpu_ids() -> list:
     return list(ray.get_gpu_ids()) if ray.is_initialized() else []
@@ -63,7 +71,8 @@ class GeneratorWorker:
     "models:/NAME@ALIAS", "device": None | "cpu" | "cuda", "tracking_uri": str | None}``
     plus ``"batch_size": int`` (micro3diff: slices per pass; ldm: candidates denoised together),
     ``"allow_extrapolation": bool`` (targets beyond the model's documented range) and, for the
-    LDM, ``"verify": {"tolerance", "max_candidates"}`` (verified generation);
+    LDM, ``"verify": {"tolerance", "max_candidates"}`` (verified generation; absent: the
+    default verification, ``False``: raw samples);
     optional ``"size"``: Micro3Diff's cube edge N (any N ≥ the training size that its U-Net takes),
     for the LDM checked against the model's.
     A bundle path is opened by the actor's process (a local instance shares the driver's
@@ -96,9 +105,9 @@ class GeneratorWorker:
             path = resolve_model(path, spec.get("tracking_uri"))
         self.device = choose_device(spec.get("device"))
         self.allow_extrapolation = bool(spec.get("allow_extrapolation", False))
-        self.verify = None if spec.get("verify") is None else VerifySettings.model_validate(spec["verify"])
-        if self.verify is not None and kind != "ldm":
+        if spec.get("verify") not in (None, False) and kind != "ldm":
             raise ValueError("generator spec: verify is an option of the ldm kind")
+        self.verify = verify_settings(spec.get("verify")) if kind == "ldm" else None
         start = time.perf_counter()
         self.generator: Micro3DiffGenerator | LDMGenerator | AnnealedFilmGenerator
         if kind == "ldm":

@@ -5,7 +5,8 @@ multi-plane options (``--n-h``, ``--variant``, ``--precision``, ...) and ``--tar
 vf_<phase>=VALUE`` (the anchored variant's volume fraction); the conditional LDM takes
 ``--target NAME=VALUE`` (any subset of its conditioning labels for a model trained with
 label dropout, else one per label), ``--guidance``, ``--guidance-rescale``,
-``--feature-guidance`` and verified generation (``--tolerance``, ``--max-candidates``). Both take
+``--feature-guidance`` and verified generation (on by default: ``--tolerance``,
+``--max-candidates``; ``--no-verify`` for raw samples). Both take
 ``--allow-extrapolation``. An option of the other kind is an error, not silently ignored.
 """
 
@@ -71,17 +72,19 @@ def generate(
     tolerance: Annotated[
         float | None,
         typer.Option(help=f"LDM, verified generation: max |measured − target| per label on the vf / 1/τ scale "
-                          f"(default {DEFAULT_TOLERANCE} when --max-candidates is given)."),
+                          f"(default {DEFAULT_TOLERANCE})."),
     ] = None,
     max_candidates: Annotated[
         int | None,
-        typer.Option(help=f"LDM, verified generation: candidates per volume (default {DEFAULT_MAX_CANDIDATES} "
-                          "when --tolerance is given)."),
+        typer.Option(help=f"LDM, verified generation: candidates per volume (default {DEFAULT_MAX_CANDIDATES})."),
     ] = None,
     correct_requests: Annotated[
         bool, typer.Option(help="LDM, verified generation with request correction: later rounds of candidates "
                                 "conditioned on the request shifted by the measured miss.")
     ] = False,
+    verify: Annotated[
+        bool | None, typer.Option("--verify/--no-verify", help="LDM: verified generation (the default) or raw samples.")
+    ] = None,
     allow_extrapolation: Annotated[bool, typer.Option(help="Allow targets outside the model's documented range.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the first volume; volume i uses seed + i.")] = 0,
     batch_size: Annotated[
@@ -105,7 +108,8 @@ def generate(
                        "--size": size}
     ldm_only = {"--guidance": guidance, "--guidance-rescale": guidance_rescale, "--feature-guidance": feature_guidance,
                 "--tolerance": tolerance, "--max-candidates": max_candidates,
-                "--correct-requests": True if correct_requests else None}
+                "--correct-requests": True if correct_requests else None,
+                "--verify" if verify else "--no-verify": verify}
     wrong = [name for name, value in (micro3diff_only if kind == "ldm" else ldm_only).items() if value is not None]
     if wrong:
         raise ValueError(f"{', '.join(wrong)}: not an option of {model}, a {kind} model")
@@ -115,7 +119,7 @@ def generate(
             allow_extrapolation=allow_extrapolation, device=device, overwrite=overwrite,
             guidance_rescale=guidance_rescale, feature_guidance=feature_guidance, tolerance=tolerance,
             max_candidates=max_candidates, batch_size=batch_size or DEFAULT_BATCH_SIZE,
-            correct_requests=correct_requests,
+            correct_requests=correct_requests, verify=verify is not False,
         )  # fmt: skip
         if show:
             Console().print(descriptor_table(describe(samples[0].volume, phase=1), title=f"{out} [0]"))

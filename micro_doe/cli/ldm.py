@@ -256,6 +256,25 @@ def verification_table(samples: list[LDMSample], title: str = "") -> Table:
     return table
 
 
+
+def verify_options(
+    verify: bool, tolerance: float | None, max_candidates: int | None, correct_requests: bool
+) -> VerifySettings | None:
+    """The verification the options ask for (None: raw samples), checked."""
+    given = {"--tolerance": tolerance, "--max-candidates": max_candidates,
+             "--correct-requests": True if correct_requests else None}  # fmt: skip
+    if not verify:
+        conflicts = [name for name, value in given.items() if value is not None]
+        if conflicts:
+            raise ValueError(f"--no-verify: conflicts with {', '.join(conflicts)} (options of verified generation)")
+        return None
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
+        raise ValueError(f"--tolerance: expected a positive number, got {tolerance}")
+    if max_candidates is not None:
+        check_count(max_candidates, "--max-candidates", high=1024)
+    chosen = {"tolerance": tolerance, "max_candidates": max_candidates}
+    return VerifySettings(**{k: v for k, v in chosen.items() if v is not None}, correct=correct_requests)
+
 def generate_ldm(
     model: Annotated[str, typer.Argument(help="An LDM bundle: pretrained:NAME or a directory.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file: .nc (any n) or .tif (n = 1).")],
@@ -287,12 +306,15 @@ def generate_ldm(
         bool, typer.Option(help=f"Verify with request correction: rounds of {DEFAULT_ROUND_SIZE} candidates, each "
                                 "later round conditioned on the request shifted by the measured miss.")
     ] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Verified generation (default) or raw samples.")
+    ] = True,
 ) -> list[LDMSample]:
     """Sample volumes with targeted descriptors; print the predicted manufacturing recipe of each.
 
-    ``--tolerance``, ``--max-candidates`` or ``--correct-requests`` turns on verified
-    generation: each volume is measured and kept only within tolerance of every target (else
-    the closest, marked)."""
+    Verified generation by default: each volume is measured and kept only within
+    ``--tolerance`` of every target (else the closest of ``--max-candidates``, marked);
+    ``--no-verify`` returns the raw samples."""
     from micro_doe.cli.generate import check_generate_options
 
     check_generate_options(out, n, overwrite, device)
@@ -307,42 +329,35 @@ def generate_ldm(
         raise ValueError(f"--feature-guidance: expected a finite number ≥ 0, got {feature_guidance}")
     if sampler is not None and sampler not in ("ddpm", "ddim"):
         raise ValueError(f"--sampler: expected ddpm or ddim, got {sampler!r}")
-    verify = None
-    if tolerance is not None or max_candidates is not None or correct_requests:
-        if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
-            raise ValueError(f"--tolerance: expected a positive number, got {tolerance}")
-        if max_candidates is not None:
-            check_count(max_candidates, "--max-candidates", high=1024)
-        given = {"tolerance": tolerance, "max_candidates": max_candidates}
-        verify = VerifySettings(**{k: v for k, v in given.items() if v is not None}, correct=correct_requests)
+    settings = verify_options(verify, tolerance, max_candidates, correct_requests)
     targets = parse_targets(target)
     generator = LDMGenerator(model, device=device)
     checked = generator.check_targets(targets, allow_extrapolation)  # every mistake reported before sampling
-    if verify is not None:
-        generator.check_verify(verify, checked)
-    total = n if verify is None else None  # verified: candidates until each volume is accepted
+    if settings is not None:
+        generator.check_verify(settings, checked)
+    total = n if settings is None else None  # verified: candidates until each volume is accepted
     columns = (TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("candidates"), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("sampling", total=total)
         samples = generator.generate(
             targets, n, steps=steps, guidance=guidance, sampler=sampler, seed=seed,  # type: ignore[arg-type]
             allow_extrapolation=allow_extrapolation, guidance_rescale=guidance_rescale,
-            feature_guidance=feature_guidance, verify=verify, batch_size=batch_size,
+            feature_guidance=feature_guidance, verify=settings, batch_size=batch_size,
             on_candidates=lambda k: bar.advance(task, k),
         )  # fmt: skip
     stacked = stack_volumes([s.volume for s in samples])
     if n > 1:  # one entry per volume (a stack keeps the first volume's attrs otherwise)
         stacked.attrs["predicted"] = json.dumps([s.predicted for s in samples])
-        if verify is not None:
+        if settings is not None:
             stacked.attrs["verification"] = json.dumps([s.verification.as_attrs() for s in samples])  # type: ignore[union-attr]
     write_volume(stacked, out)
     note = ""
-    if verify is not None:
+    if settings is not None:
         met = sum(s.verification.met for s in samples)  # type: ignore[union-attr]
         spent = sum(s.verification.candidates for s in samples)  # type: ignore[union-attr]
         note = f"; {met}/{n} within tolerance, {spent} candidates"
     Console(stderr=True).print(f"wrote {out} ({n} × {generator.size}³, targets {json.dumps(targets)}{note})")
     Console().print(predictions_table(samples, title=f"{out}: predicted recipe and descriptors"))
-    if verify is not None:
+    if settings is not None:
         Console().print(verification_table(samples, title=f"{out}: measured (verified generation)"))
     return samples

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator
 
 from micro_doe.platform.bundles import (
     PRETRAINED_PREFIX,
@@ -192,8 +192,9 @@ class LDMGeneratorSpec(_BundleGeneratorSpec):
     A model trained with label dropout takes any subset of its labels (the rest are free);
     otherwise every conditioning label needs a target (searched or fixed). Targets must lie
     in the training range of their label (the bundle's ``label_ranges``) unless
-    ``allow_extrapolation`` is true. ``verify``: return only volumes whose measured labels
-    are within tolerance of the targets (or the closest candidate, marked), see
+    ``allow_extrapolation`` is true. ``verify`` (on by default; ``false``: raw samples): return
+    only volumes whose measured labels are within tolerance of the targets (or the closest
+    candidate, marked), see
     :mod:`micro_doe.platform.ldm.verify`; a searched or fixed ``tolerance`` /
     ``max_candidates`` overrides the block's.
     """
@@ -201,7 +202,22 @@ class LDMGeneratorSpec(_BundleGeneratorSpec):
     kind: Literal["ldm"]
     allow_extrapolation: bool = Field(False, description="allow targets outside the training data's range")
     batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=1024, description="candidates denoised together")
-    verify: VerifySettings | None = Field(None, description="verified generation: {tolerance, max_candidates, correct, round_size}")
+    verify: VerifySettings | None = Field(
+        default_factory=VerifySettings,
+        description="verified generation (on by default): {tolerance, max_candidates, correct, round_size}; false for raw samples",
+    )
+
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        """``false`` (or null): raw samples; ``true``: the default verification."""
+        if value is False:
+            return None
+        return {} if value is True else value
+
+    @field_serializer("verify")
+    def _dump_switch(self, value: VerifySettings | None) -> Any:
+        return False if value is None else value  # for the actor, whose absent verify means the default
 
     @classmethod
     def _config_class(cls) -> type[LDMConfig]:

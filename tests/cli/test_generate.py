@@ -72,11 +72,21 @@ def test_verified_generation_from_the_command_line(tmp_path, tiny_ldm_bundle, ca
                    str(corrected)) == 0  # fmt: skip
     rounds = [(v["rounds"], v["candidates"]) for v in json.loads(read_volume(corrected).attrs["verification"])]
     assert rounds == [(2, 8), (2, 8)]  # two rounds of 4 candidates, the second at a corrected request
+    default = tmp_path / "d.nc"  # no option: verified with the default tolerance and candidates
+    assert run_cli(*args, "--out", str(default)) == 0
+    assert "within tolerance" in capsys.readouterr().err and "verification" in read_volume(default).attrs
+    raw = tmp_path / "r.nc"
+    assert run_cli(*args, "--no-verify", "--out", str(raw)) == 0
+    assert "within tolerance" not in capsys.readouterr().err and "verification" not in read_volume(raw).attrs
+    assert run_cli(*args, "--no-verify", "--tolerance", "0.1", "--out", str(tmp_path / "x.nc")) == 2
+    assert "--no-verify: conflicts with --tolerance" in capsys.readouterr().err and not (tmp_path / "x.nc").exists()
 
 
 def test_micro3diff_rejects_ldm_options(tmp_path, tiny_bundle, capsys):
     assert run_cli("generate", str(tiny_bundle), "--target", "vf=0.3", "--out", str(tmp_path / "g.nc")) == 2
     assert "target vf: not a phase of" in capsys.readouterr().err  # --target is the anchored variant's vf
+    assert run_cli("generate", str(tiny_bundle), "--no-verify", "--out", str(tmp_path / "g.nc")) == 2
+    assert "--no-verify: not an option of" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 

@@ -16,6 +16,7 @@ import micro_doe.platform.bundles as bundle_module
 from micro_doe.platform.bundles import shipped_models
 from micro_doe.platform.descriptors import describe
 from micro_doe.platform.diffusion import NoiseSchedule
+from micro_doe.platform.ldm.verify import VerifySettings
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig, TrainingRecipe
 from micro_doe.platform.micro3diff.generator import VARIANTS, SamplingSettings
 from micro_doe.platform.micro3diff.unet import UNetConfig
@@ -493,6 +494,12 @@ def test_an_ldm_study_searches_the_models_conditioning_targets(fake_shipped, tmp
     verified["generator"]["verify"] = {"tolerance": 0.05, "max_candidates": 0, "retries": 1}
     found = problems(verified, tmp_path)
     assert any("max_candidates" in k for k in found) and any("retries" in k for k in found), found
+    default = copy.deepcopy(LDM_STUDY)  # no verify: verified generation with its defaults
+    assert load_spec(write_study(tmp_path, default)).generator.verify == VerifySettings()
+    for off in (False, None):  # raw samples; the actor's spec says so explicitly (absent there: the default)
+        default["generator"]["verify"] = off
+        block = load_spec(write_study(tmp_path, default)).generator
+        assert block.verify is None and block.model_dump()["verify"] is False
     outside = copy.deepcopy(LDM_STUDY)
     outside["search"]["target.vf_donor"] = {"float": [0.3, 0.95]}
     assert "upper bound must be ≤ 0.85" in problems(outside, tmp_path)["search.target.vf_donor.float"]

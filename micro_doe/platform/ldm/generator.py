@@ -17,10 +17,11 @@ label (``LDMConfig.label_ranges``) is a ``ValueError`` naming the target and the
 unless ``allow_extrapolation=True``. The check is per given label: a combination of
 in-range values can still be one the training data never held.
 
-**Verified generation** (``verify``, :mod:`~micro_doe.platform.ldm.verify`): candidates are
-measured by the evaluators that labelled the training data, and a sample is the first
+**Verified generation** (``verify``, :mod:`~micro_doe.platform.ldm.verify`; on by default,
+because raw samples can miss their targets by more than users accept): candidates
+are measured by the evaluators that labelled the training data, and a sample is the first
 candidate whose requested labels are all within tolerance, or the closest one, marked as
-not meeting it. Without ``verify`` every sample is candidate 0. With ``verify.correct`` later
+not meeting it. With ``verify=None`` (raw samples) every sample is candidate 0. With ``verify.correct`` later
 rounds of candidates are conditioned on a request corrected by the measured miss.
 
 **Predictions.** The feature predictor's de-normalised outputs on the sample's own latent
@@ -57,6 +58,7 @@ from micro_doe.platform.diffusion.training import default_device
 from micro_doe.platform.ldm.bundle import LDMBundle, LDMSamplingDefaults, load_ldm_bundle
 from micro_doe.platform.ldm.sampling import decode_volumes, feature_guide, sample_latents
 from micro_doe.platform.ldm.verify import (
+    DEFAULT_VERIFY,
     Verification,
     VerifySettings,
     candidate_seed,
@@ -251,14 +253,15 @@ class LDMGenerator:
         allow_extrapolation: bool = False,
         guidance_rescale: float | None = None,
         feature_guidance: float | None = None,
-        verify: VerifySettings | None = None,
+        verify: VerifySettings | None = DEFAULT_VERIFY,
         batch_size: int = DEFAULT_BATCH_SIZE,
         on_candidates: Callable[[int], None] | None = None,
     ) -> list[LDMSample]:
         """``n`` samples conditioned on ``targets``; sample i from seed ``seed + i`` (module docstring).
 
         ``verify``: measure candidates and return, per sample, the first within tolerance
-        (or the closest, marked); ``batch_size``: candidates denoised together;
+        (or the closest, marked); on by default (``DEFAULT_VERIFY``), ``None`` for raw samples
+        (one candidate each, unmeasured); ``batch_size``: candidates denoised together;
         ``on_candidates(k)``: called after each batch of k candidates (progress).
         """
         if n < 1:
@@ -379,13 +382,13 @@ class LDMGenerator:
         params: Mapping[str, Any],
         n: int,
         seed: int,
-        verify: VerifySettings | None = None,
+        verify: VerifySettings | None = DEFAULT_VERIFY,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> dict[str, Any]:
         """The actor-facing call: ``params`` holds ``target.<name>`` values and optionally
         ``guidance``, ``guidance_rescale``, ``feature_guidance``, ``steps``, ``sampler``,
         ``allow_extrapolation``, and ``tolerance`` / ``max_candidates`` (which override
-        ``verify``'s, and turn verification on when ``verify`` is None).
+        ``verify``'s, and turn verification on when ``verify`` is None: raw samples).
 
         Returns ``{"volumes", "seconds", "predicted"}``, one entry per sample (sample i from
         seed ``seed + i``). With verification each ``predicted`` row also holds

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from micro_doe.platform.descriptors import interfacial_area, tortuosity, volume_fraction
 
@@ -61,6 +61,14 @@ class VerifySettings(BaseModel):
                           "request by the round's mean miss (module docstring)")
     round_size: int = Field(DEFAULT_ROUND_SIZE, ge=1, le=1024, description="candidates per round of request correction")
 
+    @field_validator("tolerance")
+    @classmethod
+    def _positive(cls, value: float | dict[str, float]) -> float | dict[str, float]:
+        values = value.values() if isinstance(value, Mapping) else [value]
+        if not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError(f"expected positive finite numbers, got {value}")
+        return value
+
     def tolerances(self, names: list[str]) -> dict[str, float]:
         """The tolerance of each requested label; unknown names or non-positive values → ValueError."""
         if isinstance(self.tolerance, Mapping):
@@ -74,6 +82,9 @@ class VerifySettings(BaseModel):
         if bad:
             raise ValueError(f"tolerance: expected positive finite numbers, got {bad}")
         return out
+
+
+DEFAULT_VERIFY = VerifySettings()  # what generate() and sample() verify with unless told None (raw samples)
 
 
 def measurable(name: str, phase_names: list[str]) -> bool:

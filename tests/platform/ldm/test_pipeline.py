@@ -27,7 +27,7 @@ from micro_doe.platform.ldm.dataset import split, trajectory_seed
 from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample
 from micro_doe.platform.ldm.recipe import check_recipe, recipe_params
 from micro_doe.platform.ldm.training import LDMTrainConfig, staging_dir, train_ldm
-from micro_doe.platform.ldm.verify import VerifySettings, candidate_seed, corrected_request
+from micro_doe.platform.ldm.verify import DEFAULT_VERIFY, VerifySettings, candidate_seed, corrected_request
 from micro_doe.platform.volumes import make_volume
 
 
@@ -166,7 +166,7 @@ def test_weights_load_only_as_plain_tensors(bundle, tmp_path):
 
 def test_generate_returns_volumes_and_predictions_reproducibly(generator):
     targets = medians(generator)
-    samples = generator.generate(targets, n=2, steps=4, seed=0)
+    samples = generator.generate(targets, n=2, steps=4, seed=0, verify=None)
     assert len(samples) == 2
     for s in samples:
         assert s.volume.dims == ("z", "y", "x") and s.volume.shape == (16, 16, 16) and s.volume.dtype == np.int8
@@ -177,10 +177,10 @@ def test_generate_returns_volumes_and_predictions_reproducibly(generator):
         assert set(s.predicted) == keys and s.predicted["time"] == pytest.approx(10 ** s.predicted["log_time"])
         assert s.seconds > 0 and s.data_config["snapshot_every"] == 20
     assert [s.seed for s in samples] == [0, 1] and [int(s.volume.attrs["seed"]) for s in samples] == [0, 1]
-    again = generator.generate(targets, n=1, steps=4, seed=1)[0]
+    again = generator.generate(targets, n=1, steps=4, seed=1, verify=None)[0]
     np.testing.assert_array_equal(again.volume.values, samples[1].volume.values)
     assert again.predicted == pytest.approx(samples[1].predicted)
-    guided = generator.generate(targets, steps=3, sampler="ddim", guidance=2.0)[0]
+    guided = generator.generate(targets, steps=3, sampler="ddim", guidance=2.0, verify=None)[0]
     assert json.loads(guided.volume.attrs["settings"])["sampler"] == "ddim"
 
 
@@ -189,7 +189,7 @@ def test_targets_are_checked_against_the_training_range(generator):
     targets = medians(generator) | {"vf_donor": 0.95}
     with pytest.raises(ValueError, match=rf"vf_donor = 0.95 is outside the training range \[{lo:.4g}, {hi:.4g}\]"):
         generator.generate(targets, steps=2)
-    assert len(generator.generate(targets, steps=2, allow_extrapolation=True)) == 1
+    assert len(generator.generate(targets, steps=2, allow_extrapolation=True, verify=None)) == 1
     with pytest.raises(ValueError, match=r"unknown names \['vf_mixed'\]; this model is conditioned on \['vf_donor', "
                                          r"'tau_donor', 'tau_acceptor'\]"):
         generator.generate(medians(generator) | {"vf_mixed": 0.1}, steps=2)
@@ -216,9 +216,9 @@ def test_any_subset_of_targets(generator, full_conditions_generator):
     vf = medians(generator)["vf_donor"]
     context = generator.context(generator.check_targets({"vf_donor": vf}))
     assert not torch.isnan(context[0, 0]) and torch.isnan(context[0, 1:]).all()
-    one = generator.generate({"vf_donor": vf}, n=1, steps=3, seed=2)[0]
+    one = generator.generate({"vf_donor": vf}, n=1, steps=3, seed=2, verify=None)[0]
     assert json.loads(one.volume.attrs["targets"]) == {"vf_donor": vf}
-    full = generator.generate(medians(generator), n=1, steps=3, seed=2)[0]
+    full = generator.generate(medians(generator), n=1, steps=3, seed=2, verify=None)[0]
     assert not np.array_equal(one.volume.values, full.volume.values) or one.predicted != full.predicted
     lo, hi = generator.bundle.config.label_ranges["tau_donor"]
     with pytest.raises(ValueError, match="tau_donor = 50 is outside the training range"):  # ranges per given label
@@ -226,14 +226,14 @@ def test_any_subset_of_targets(generator, full_conditions_generator):
     with pytest.raises(ValueError, match=r"missing \['tau_acceptor'\]; this model was trained without label "
                                          r"dropout.*training medians: tau_acceptor="):
         full_conditions_generator.generate({"vf_donor": 0.5, "tau_donor": 2.0}, steps=2)
-    assert len(full_conditions_generator.generate(medians(generator), steps=2)) == 1
+    assert len(full_conditions_generator.generate(medians(generator), steps=2, verify=None)) == 1
 
 
 def test_batched_samples_equal_samples_made_alone(generator):
     targets = medians(generator)
-    batched = generator.generate(targets, n=3, steps=3, seed=10, batch_size=3)
+    batched = generator.generate(targets, n=3, steps=3, seed=10, batch_size=3, verify=None)
     for i, sample in enumerate(batched):
-        alone = generator.generate(targets, n=1, steps=3, seed=10 + i, batch_size=1)[0]
+        alone = generator.generate(targets, n=1, steps=3, seed=10 + i, batch_size=1, verify=None)[0]
         np.testing.assert_array_equal(sample.volume.values, alone.volume.values)
         assert sample.predicted == pytest.approx(alone.predicted, rel=1e-4, abs=1e-5)
     with pytest.raises(ValueError, match="batch_size"):
@@ -243,7 +243,7 @@ def test_batched_samples_equal_samples_made_alone(generator):
 def test_verified_generation(generator):
     targets = {"vf_donor": medians(generator)["vf_donor"]}
     loose = generator.generate(targets, n=2, steps=3, seed=4, verify=VerifySettings(tolerance=1.0))
-    plain = generator.generate(targets, n=2, steps=3, seed=4)
+    plain = generator.generate(targets, n=2, steps=3, seed=4, verify=None)
     for v, p in zip(loose, plain):  # everything is within 1.0 of a vf: candidate 0, the plain sample
         assert v.verification.met and v.verification.candidates == 1 and v.seed == p.seed
         np.testing.assert_array_equal(v.volume.values, p.volume.values)
@@ -257,7 +257,7 @@ def test_verified_generation(generator):
         assert attrs["met"] is False and attrs["candidates"] == 3 and attrs["measured"] == v.measured
         errors = []
         for j in range(3):
-            alone = generator.generate(targets, n=1, steps=3, seed=candidate_seed(4 + i, j))[0]
+            alone = generator.generate(targets, n=1, steps=3, seed=candidate_seed(4 + i, j), verify=None)[0]
             errors.append(abs(volume_fraction(alone.volume, "donor") - targets["vf_donor"]))
         assert abs(v.measured["vf_donor"] - targets["vf_donor"]) == pytest.approx(min(errors))
     one_by_one = generator.generate(targets, n=2, steps=3, seed=4, verify=strict, batch_size=1)
@@ -266,6 +266,24 @@ def test_verified_generation(generator):
         generator.generate(targets, steps=2, verify=VerifySettings(tolerance={"tau_donor": 0.1}))
     with pytest.raises(ValueError, match="max_candidates"):
         VerifySettings(max_candidates=0)
+
+
+def test_verification_is_on_by_default_and_none_gives_the_raw_sample(generator):
+    targets = {"vf_donor": medians(generator)["vf_donor"]}
+    (default,) = generator.generate(targets, n=1, steps=3, seed=6)
+    v = default.verification
+    assert v is not None and v.tolerance == {"vf_donor": DEFAULT_VERIFY.tolerance}
+    assert 1 <= v.candidates <= DEFAULT_VERIFY.max_candidates
+    assert v.met == (abs(v.measured["vf_donor"] - targets["vf_donor"]) <= DEFAULT_VERIFY.tolerance)
+    (raw,) = generator.generate(targets, n=1, steps=3, seed=6, verify=None)
+    assert raw.verification is None and "verification" not in raw.volume.attrs
+    if v.candidates == 1:  # candidate 0 met the request: the raw sample itself
+        np.testing.assert_array_equal(default.volume.values, raw.volume.values)
+    else:
+        assert default.seed != raw.seed
+    assert "verify.met" in generator.sample({"target.vf_donor": targets["vf_donor"], "steps": 2}, n=1, seed=0)["predicted"][0]
+    assert "verify.met" not in generator.sample({"target.vf_donor": targets["vf_donor"], "steps": 2}, n=1, seed=0,
+                                                verify=None)["predicted"][0]  # fmt: skip
 
 
 def test_corrected_request_moves_by_the_mean_miss_on_the_model_scale():
@@ -292,7 +310,7 @@ def test_request_correction_conditions_later_rounds_on_the_corrected_request(gen
         j = next(j for j in range(6) if candidate_seed(8 + i, j) == sample.seed)
         if j < 2:
             assert v.request == targets
-        alone = generator.generate(v.request, n=1, steps=3, seed=sample.seed)[0]
+        alone = generator.generate(v.request, n=1, steps=3, seed=sample.seed, verify=None)[0]
         np.testing.assert_array_equal(alone.volume.values, sample.volume.values)
         assert json.loads(sample.volume.attrs["verification"])["request"] == v.request
     later = [s.verification.request for s in samples if s.verification.request != targets]
@@ -304,9 +322,9 @@ def test_request_correction_conditions_later_rounds_on_the_corrected_request(gen
 
 def test_guidance_rescale_and_feature_guidance_change_the_sample(generator):
     targets = medians(generator)
-    base = generator.generate(targets, steps=3, seed=1, guidance=3.0)[0]
-    rescaled = generator.generate(targets, steps=3, seed=1, guidance=3.0, guidance_rescale=0.7)[0]
-    pulled = generator.generate(targets, steps=3, seed=1, guidance=3.0, feature_guidance=5.0)[0]
+    base = generator.generate(targets, steps=3, seed=1, guidance=3.0, verify=None)[0]
+    rescaled = generator.generate(targets, steps=3, seed=1, guidance=3.0, guidance_rescale=0.7, verify=None)[0]
+    pulled = generator.generate(targets, steps=3, seed=1, guidance=3.0, feature_guidance=5.0, verify=None)[0]
     assert rescaled.predicted != base.predicted and pulled.predicted != base.predicted  # (the formulas: test_models)
     assert json.loads(pulled.volume.attrs["settings"])["feature_guidance"] == 5.0
     assert json.loads(rescaled.volume.attrs["settings"])["guidance_rescale"] == 0.7
@@ -334,7 +352,7 @@ def test_three_phases_train_generate_and_verify_the_mixed_fraction(tmp_path):
 
 def test_actor_facing_sample_call(generator):
     params = {f"target.{k}": v for k, v in medians(generator).items()} | {"steps": 2, "guidance": 1.5}
-    result = generator.sample(params, n=2, seed=5)
+    result = generator.sample(params, n=2, seed=5, verify=None)
     assert sorted(result) == ["predicted", "seconds", "volumes"] and len(result["volumes"]) == 2
     assert int(result["volumes"][1].attrs["seed"]) == 6 and "phi" in result["predicted"][0]
     with pytest.raises(ValueError, match="unknown generator parameter 'n_h'"):
@@ -376,7 +394,7 @@ def test_check_recipe_reproduces_a_training_snapshot_exactly(dataset):
 
 
 def test_check_recipe_of_a_generated_sample(generator):
-    sample = generator.generate(medians(generator), steps=3)[0]
+    sample = generator.generate(medians(generator), steps=3, verify=None)[0]
     result = check_recipe(sample, shape=(16, 16, 16))
     assert result.simulated_recipe["steps"] % 20 == 0 and 20 <= result.simulated_recipe["steps"] <= 200
     assert math.isfinite(result.summary_error) and result.simulated_volume.shape == (16, 16, 16)
@@ -406,6 +424,11 @@ def test_generate_command_writes_volumes_and_checks_its_input(bundle, tmp_path, 
     assert parse_targets(["tau_donor=inf"]) == {"tau_donor": math.inf}
     with pytest.raises(ValueError, match="--target: expected NAME=VALUE"):
         generate_ldm(str(bundle), tmp_path / "x.nc", target=["vf_donor:0.4"])
+    with pytest.raises(ValueError, match="--no-verify: conflicts with --tolerance, --correct-requests"):
+        generate_ldm(str(bundle), tmp_path / "x.nc", target=targets, verify=False, tolerance=0.1, correct_requests=True)
+    raw = generate_ldm(str(bundle), tmp_path / "raw.nc", target=targets, steps=2, device="cpu", verify=False)[0]
+    assert raw.verification is None and samples[0].verification is not None  # verified unless --no-verify
+    assert not (tmp_path / "x.nc").exists()
     with pytest.raises(ValueError, match="training range"):
         generate_ldm(str(bundle), tmp_path / "x.nc", target=[*targets[1:], "vf_donor=0.99"], steps=2, device="cpu")
 
