@@ -72,7 +72,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from micro_doe.platform.bundles import update_sampling_defaults  # noqa: E402
-from micro_doe.platform.ldm.bundle import LDMSamplingDefaults  # noqa: E402
+from micro_doe.platform.ldm.bundle import LDMSamplingConfig  # noqa: E402
 from micro_doe.platform.ldm.dataset import snapshot_labels  # noqa: E402
 from micro_doe.platform.ldm.generator import LDMGenerator, LDMSample  # noqa: E402
 from micro_doe.platform.ldm.recipe import check_recipe  # noqa: E402
@@ -418,7 +418,7 @@ def main() -> None:
         console.print(f"wrote the Measured section of {path / 'card.md'}")
     if args.update_defaults:
         chosen = variants[best]
-        defaults = LDMSamplingDefaults(steps=args.steps, sampler=args.sampler, guidance=chosen.get("guidance", 1.0),
+        defaults = LDMSamplingConfig(steps=args.steps, sampler=args.sampler, guidance=chosen.get("guidance", 1.0),
                                        guidance_rescale=chosen.get("guidance_rescale", 0.0),
                                        feature_guidance=chosen.get("feature_guidance", 0.0))  # fmt: skip
         update_sampling_defaults(path, defaults)

@@ -49,7 +49,7 @@ import xarray as xr  # noqa: E402
 
 from micro_doe.platform.descriptors import equivalent_diameters, error_rate, section_sizes, size_error  # noqa: E402
 from micro_doe.platform.descriptors.reference_error import error_rates, pooled_curves  # noqa: E402
-from micro_doe.platform.micro3diff.bundle import SamplingDefaults  # noqa: E402
+from micro_doe.platform.micro3diff.bundle import SamplingConfig  # noqa: E402
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings  # noqa: E402
 from micro_doe.platform.plots import slice_montage  # noqa: E402
 from micro_doe.platform.synthetic import laguerre_polycrystal, spherical_inclusions  # noqa: E402
@@ -194,7 +194,7 @@ def _score(row: dict) -> float:
     return row["lineal_path_error"] + row["size_error"] + row["diameter_error"]
 
 
-def _label(s: SamplingDefaults) -> str:
+def _label(s: SamplingConfig) -> str:
     extra = []
     if s.variant == "anchored":
         if s.anchor_strength != 1.0:
@@ -257,7 +257,7 @@ def print_phases(res: dict) -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
-def vf_sweep(args: argparse.Namespace, defaults: SamplingDefaults) -> list[dict]:
+def vf_sweep(args: argparse.Namespace, defaults: SamplingConfig) -> list[dict]:
     """The anchored variant at the default setting over vf targets, judged against fresh
     packings at each target (the same diameter distribution)."""
     generator = Micro3DiffGenerator("pretrained:spheres-32")
@@ -333,7 +333,7 @@ def replot(json_path: Path, tag: str) -> None:
     data = json.loads(json_path.read_text())
     models = []
     for name in dict.fromkeys(r["model"] for r in data):
-        rows = [r | {"settings": SamplingDefaults(**r["settings"])} for r in data if r["model"] == name and r.get("settings")]
+        rows = [r | {"settings": SamplingConfig(**r["settings"])} for r in data if r["model"] == name and r.get("settings")]
         floor = next(r["lineal_path_error"] for r in data if r["model"] == name and r.get("floor"))
         models.append((name, rows, floor))
     nh_sweep_figure(models, DOCS / f"micro3diff-nh-sweep{tag}.png")

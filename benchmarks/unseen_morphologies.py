@@ -7,7 +7,7 @@ with `micro-doe tune` (the last stage of training), then judge in 3D against fre
 
 Each morphology comes from a PoreSpy generator (not the project's own): z-slices of 10 cubes of
 32³ (320 images of 32²) are the training data; `micro-doe train micro3diff` sets the last 10 %
-aside and tunes against them. Then the bundle's paper default (`SamplingDefaults()`: paper, n_h 1,
+aside and tunes against them. Then the bundle's paper default (`SamplingConfig()`: paper, n_h 1,
 S 50, fp32) and its tuned default sample `--volumes` cubes each, judged against fresh cubes of the
 same generator (seeds the data never used), with measurements the tuning never saw:
 
@@ -42,7 +42,7 @@ import scipy.ndimage as ndi
 
 from micro_doe.platform.descriptors import error_rate, section_sizes, size_error
 from micro_doe.platform.descriptors.reference_error import pooled_curves
-from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig, SamplingDefaults
+from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig, SamplingConfig
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
 from micro_doe.platform.volumes import make_volume, stack_volumes, write_netcdf
 from micro_doe.studies.tuning import label
@@ -182,8 +182,8 @@ def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) 
     floor = cubes(name, range(2 * FRESH_SEED, 2 * FRESH_SEED + n_volumes))
     rows = {"data floor (fresh cubes)": judge(floor, truth, phase, 0.0)}
     tuned = generator.bundle.config.sampling
-    paper = SamplingDefaults()  # the paper's algorithm: what an untuned bundle samples with
-    for what, settings in (("paper (SamplingDefaults())", SamplingSettings(**paper.model_dump())),
+    paper = SamplingConfig()  # the paper's algorithm: what an untuned bundle samples with
+    for what, settings in (("paper (SamplingConfig())", SamplingSettings(**paper.model_dump())),
                            (f"tuned: {label(tuned)}", SamplingSettings())):
         start = time.perf_counter()
         volumes = generator.sample(n_volumes, settings, seed=SAMPLE_SEED)
@@ -192,7 +192,7 @@ def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) 
     for peer, got in (peers or {}).items():
         what = f"{peer}" + (f" (trained {got['train_seconds'] / 60:.0f} min)" if got["train_seconds"] else "")
         rows[what] = judge(got["volumes"], truth, phase, got["seconds"])
-    passes = {"paper (SamplingDefaults())": (paper.n_h + 1) * paper.steps, f"tuned: {label(tuned)}": (tuned.n_h + 1) * tuned.steps}
+    passes = {"paper (SamplingConfig())": (paper.n_h + 1) * paper.steps, f"tuned: {label(tuned)}": (tuned.n_h + 1) * tuned.steps}
     return {"name": name, "phase": generator.bundle.reference.phase_name, "rows": rows, "passes": passes,
             "tuning": generator.bundle.config.tuning.model_dump() if generator.bundle.config.tuning else None}
 

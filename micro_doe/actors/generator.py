@@ -29,6 +29,7 @@ import ray
 import torch
 
 from micro_doe.actors.cluster import in_actor, restarted
+from micro_doe.platform.bundles import REGISTRY_PREFIX
 from micro_doe.platform.ldm.generator import LDMGenerator
 from micro_doe.platform.ldm.verify import DEFAULT_VERIFY, VerifySettings
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
@@ -36,7 +37,6 @@ from micro_doe.platform.synthetic.anneal import AnnealedFilmGenerator
 
 SPEC_KEYS = {"kind", "model", "device", "batch_size", "allow_extrapolation", "tracking_uri", "size", "verify", "phases"}
 KINDS = ("micro3diff", "ldm", "cahn-hilliard")
-REGISTRY_PREFIX = "models:/"
 TARGET_PARAM = "target."
 
 

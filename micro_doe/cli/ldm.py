@@ -110,6 +110,7 @@ class MLflowLossLogger:
 def _open_tracking(tracking: str, out: Path, config: LDMTrainConfig, stage: str) -> tuple[Any, str]:
     from mlflow.entities import Param
 
+    from micro_doe.studies.mlflow_runs import flatten_params
     from micro_doe.tracking.registry import absolute_tracking_uri, ensure_experiment, mlflow_client, sqlite_path
 
     uri = absolute_tracking_uri(tracking)
@@ -119,19 +120,9 @@ def _open_tracking(tracking: str, out: Path, config: LDMTrainConfig, stage: str)
     experiment_id = ensure_experiment(client, TRAINING_EXPERIMENT, location)
     run = client.create_run(experiment_id, run_name=f"train-ldm-{out.name}",
                             tags={"micro_doe.role": "training", "micro_doe.kind": "ldm", "micro_doe.stage": stage})
-    params = _flatten(config.model_dump(mode="json"))
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    params = flatten_params(config.model_dump(mode="json"))  # keys made safe, values clipped to MLflow's limit
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
     return client, run.info.run_id
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out |= _flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _stage_metrics(out: Path) -> dict[str, float]:

@@ -61,7 +61,11 @@ def run_live(runner, objective_names: list[str], n_trials: int | None, timeout: 
              console: Console):
     """Run a :class:`Study` with a live view of its progress (trials, best so far); on Ctrl-C or
     SIGTERM say how to resume, then re-raise."""
+    import optuna
+
     from micro_doe.studies.runner import StudyProgress
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live view replaces Optuna's line per trial
 
     def view(p: StudyProgress) -> Group:
         pruned = f", {p.pruned} pruned" if p.pruned else ""

@@ -25,6 +25,7 @@ from micro_doe.platform.volumes import atomic_path
 
 SHIPPED_DIR = Path(__file__).parent / "models"
 PRETRAINED_PREFIX = "pretrained:"
+REGISTRY_PREFIX = "models:/"  # models:/NAME@ALIAS or models:/NAME/VERSION: resolved by micro_doe.tracking
 
 
 BUNDLE_KINDS = ("micro3diff", "ldm")
@@ -137,7 +138,7 @@ def load_held_out(ref: str | os.PathLike[str]) -> Descriptors:
 
 def update_sampling_defaults(ref: str | os.PathLike[str], sampling: BaseModel) -> None:
     """Rewrite a bundle's default sampling settings (e.g. after measuring quality): a
-    :class:`SamplingDefaults`, or an LDM bundle's ``LDMSamplingDefaults``."""
+    :class:`SamplingConfig`, or an LDM bundle's ``LDMSamplingConfig``."""
     path = resolve_bundle_path(ref) / "config.json"
     data = json.loads(path.read_text())
     data["sampling"] = sampling.model_dump()

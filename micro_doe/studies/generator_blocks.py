@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_seriali
 
 from micro_doe.platform.bundles import (
     PRETRAINED_PREFIX,
+    REGISTRY_PREFIX,
     bundle_kind,
     has_held_out,
     load_reference,
@@ -34,7 +35,6 @@ from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
 from micro_doe.platform.synthetic.cahn_hilliard import PHASE_NAMES
 from micro_doe.studies.search_space import GENERATOR_PARAMETERS, ParamDomain
 
-MODEL_REGISTRY_PREFIX = "models:/"
 
 
 def _base(info: ValidationInfo) -> Path:
@@ -97,7 +97,7 @@ class _BundleGeneratorSpec(BaseModel):
     @classmethod
     def _model(cls, v: str, info: ValidationInfo) -> str:
         ref = check_model_ref(v, _base(info))
-        if not ref.startswith(MODEL_REGISTRY_PREFIX):
+        if not ref.startswith(REGISTRY_PREFIX):
             _read_config(ref, cls._config_class())
         return ref
 
@@ -112,7 +112,7 @@ class _BundleGeneratorSpec(BaseModel):
 
     def bundle_config(self):  # type: ignore[no-untyped-def]  # the subclass's config class
         """The bundle's config.json, or None for a registry model (not fetched at load time)."""
-        if self.model.startswith(MODEL_REGISTRY_PREFIX):
+        if self.model.startswith(REGISTRY_PREFIX):
             return None
         return _read_config(self.model, self._config_class())
 
@@ -150,7 +150,7 @@ class Micro3DiffGeneratorSpec(_BundleGeneratorSpec):
     @classmethod
     def _size(cls, v: int | None, info: ValidationInfo) -> int | None:
         model = info.data.get("model")
-        if v is None or not model or model.startswith(MODEL_REGISTRY_PREFIX):
+        if v is None or not model or model.startswith(REGISTRY_PREFIX):
             return v
         config = _read_config(model, Micro3DiffConfig)
         factor = 2 ** (len(config.unet.channel_mults) - 1)
@@ -162,7 +162,7 @@ class Micro3DiffGeneratorSpec(_BundleGeneratorSpec):
     @classmethod
     def _reference(cls, v: str, info: ValidationInfo) -> str:
         model = info.data.get("model")
-        if v == "held_out" and model and not model.startswith(MODEL_REGISTRY_PREFIX) and not has_held_out(model):
+        if v == "held_out" and model and not model.startswith(REGISTRY_PREFIX) and not has_held_out(model):
             raise ValueError(f"{model} has no held-out images (held_out.nc): train with --held-out, or use micro-doe tune "
                              "--held-out-data")
         return v

@@ -17,8 +17,9 @@ What is logged where (experiment = the study's name, artifacts under
   gets tag ``reason`` and ``reason.txt``. An artifact that cannot be rendered leaves a tag
   ``warning.<artifact>`` (and a log warning) instead of stopping the study.
 
-Every run carries ``micro_doe.driver = host:pid:token``; :meth:`StudyTracker.fail_stale_runs`
-ends runs a killed driver left RUNNING. One ``MlflowClient`` per store and process, no
+Every run carries ``micro_doe.driver``, the id of the driver that logged it (the id its lease in
+the Optuna storage has); :meth:`StudyTracker.fail_stale_runs` ends the runs that a driver without
+a live lease left RUNNING. One ``MlflowClient`` per store and process, no
 fluent (global) MLflow state; MLflow itself is imported on first use of a tracker.
 """
 
@@ -29,11 +30,10 @@ import logging
 import math
 import os
 import re
-import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +57,15 @@ _OPTUNA_STATE = {"FINISHED": "COMPLETE", "FAILED": "FAIL"}  # MLflow's run statu
 class StudyTracker:
     """MLflow logging of one study (experiment ``experiment`` in the store ``tracking_uri``)."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, tracking_uri: str, experiment: str, artifact_root: str | os.PathLike[str], driver: str | None = None
+    ) -> None:
         self.tracking_uri = absolute_tracking_uri(tracking_uri)
         self.experiment = experiment
         self.artifact_root = Path(artifact_root).expanduser().resolve()
         self.client = mlflow_client(self.tracking_uri)
         self.experiment_id = ensure_experiment(self.client, experiment, self.artifact_location(experiment))
-        self.driver = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.driver = driver or uuid.uuid4().hex  # the study driver's id: one id in both stores
         self.parent_run_id: str | None = None
         self.example_image: xr.DataArray | None = None  # a training image shown atop every montage
 
@@ -352,14 +354,13 @@ class StudyTracker:
 
     # ------------------------------------------------------------ recovery
 
-    def fail_stale_runs(self) -> int:
+    def fail_stale_runs(self, live_drivers: Collection[str] = ()) -> int:
         """Mark RUNNING runs of this experiment FAILED (tag ``reason = driver died``).
 
-        Skipped: this tracker's own runs, and runs of another live process on this host
-        (their pid still exists). Runs of other hosts count as stale: run one driver per
-        study. Returns how many runs were failed.
+        Skipped: this tracker's own runs, and runs of ``live_drivers`` (the drivers with a live
+        lease in the study's storage, on any host:
+        :func:`~micro_doe.studies.study_storage.live_drivers`). Returns how many runs were failed.
         """
-        host = socket.gethostname()
         count = 0
         token = None
         while True:
@@ -368,7 +369,7 @@ class StudyTracker:
             )
             for run in page:
                 driver = run.data.tags.get(DRIVER_TAG, "")
-                if driver == self.driver or _alive_here(driver, host):
+                if driver == self.driver or driver in live_drivers:
                     continue
                 self.client.set_tag(run.info.run_id, "reason", "driver died")
                 self.client.set_terminated(run.info.run_id, "FAILED")
@@ -449,23 +450,6 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
-
-
-def _alive_here(driver: str, host: str) -> bool:
-    """Whether ``driver`` (host:pid:token) is another process still running on this host."""
-    parts = driver.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-        return False
-    pid = int(parts[1])
-    if pid == os.getpid():
-        return False  # this process, a tracker that is gone: stale
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def predicted_means(predicted: Sequence[Mapping[str, Any]]) -> dict[str, float]:

@@ -120,6 +120,7 @@ from micro_doe.studies.study_storage import (
     claim_requeued_trial,
     describe_study,
     enqueue_initial_design,
+    live_drivers,
     open_pruning_study,
     open_study,
     release_lease,
@@ -305,8 +306,8 @@ class Study:
         requeue_stale_trials(study, self.driver_id, OWNER_ATTR, SEED_ATTR, REASON_ATTR)
         enqueue_initial_design(study, spec)
         store = artifact_store(Path(spec.artifacts) / "optuna")
-        tracker = StudyTracker(spec.tracking, spec.name, spec.artifacts)
-        tracker.fail_stale_runs()
+        tracker = StudyTracker(spec.tracking, spec.name, spec.artifacts, driver=self.driver_id)
+        tracker.fail_stale_runs(live_drivers(study))  # another live driver's runs, on any host, stay
         tracker.describe_experiment([(o.name, d) for o, d in self.objectives], METRICS)
         parent = tracker.start_invocation(spec.model_dump(mode="json", by_alias=True), {"driver": self.driver_id})
         reference = self._reference()

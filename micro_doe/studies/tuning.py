@@ -44,10 +44,10 @@ from micro_doe.platform.descriptors import Descriptors, describe
 from micro_doe.platform.micro3diff.bundle import (
     HeldOutRecord,
     Micro3DiffConfig,
-    SamplingDefaults,
+    SamplingConfig,
     TuningRecord,
 )
-from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
+from micro_doe.platform.micro3diff.generator import VARIANTS, Micro3DiffGenerator, SamplingSettings
 from micro_doe.platform.micro3diff.training import MIN_HELD_OUT, load_training_data, training_images, training_reference
 from micro_doe.platform.volumes import atomic_path
 from micro_doe.studies.objectives import BUILTIN_OBJECTIVES, STRUCTURE_JUDGES, Sample
@@ -61,7 +61,7 @@ SEARCH: dict[str, dict[str, list[Any]]] = {
     "precision": {"categorical": ["fp32", "bf16"]},
 }
 PAPER = {"variant": "paper", "n_h": 1, "steps": 50, "decode": "sign", "calibrate": False, "precision": "fp32"}
-# The first trials: the paper's algorithm (SamplingDefaults()), then the settings measured best on
+# The first trials: the paper's algorithm (SamplingConfig()), then the settings measured best on
 # the shipped models (spheres, polycrystal, ternary blend) and the anchored variant at n_h 10.
 STARTS: list[dict[str, Any]] = [
     PAPER,
@@ -280,14 +280,14 @@ def confirm(generator: Micro3DiffGenerator, settings: dict[str, Any], held_out: 
     return {"setting": label(s), "passes": (s.n_h + 1) * s.steps, **judge(vols, held_out, [seconds] * volumes)}
 
 
-def label(s: SamplingDefaults) -> str:
-    extra = [x for x, on in (("calibrated", s.calibrate and s.variant == "anchored"),
+def label(s: SamplingConfig) -> str:
+    extra = [x for x, on in (("calibrated", s.calibrate and VARIANTS[s.variant].anchors),
                              ("decode at vf", s.decode == "fractions")) if on]  # fmt: skip
     return f"{s.variant}{' (' + ', '.join(extra) + ')' if extra else ''}, n_h {s.n_h}, S {s.steps}, {s.precision}"
 
 
-def defaults_of(params: dict[str, Any]) -> SamplingDefaults:
-    return SamplingDefaults(**(params | {"sampler": "ddpm", "variance": "beta"}))
+def defaults_of(params: dict[str, Any]) -> SamplingConfig:
+    return SamplingConfig(**(params | {"sampler": "ddpm", "variance": "beta"}))
 
 
 def card_section(record: TuningRecord, chosen: str, margin: float) -> str:
@@ -305,7 +305,7 @@ def card_section(record: TuningRecord, chosen: str, margin: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tuning(bundle: Path, defaults: SamplingDefaults, record: TuningRecord, chosen: str, margin: float) -> None:
+def write_tuning(bundle: Path, defaults: SamplingConfig, record: TuningRecord, chosen: str, margin: float) -> None:
     """Defaults and record into config.json, the tuning section into card.md (replacing an earlier one)."""
     update_config(bundle, sampling=defaults, tuning=record)
     card = (bundle / "card.md").read_text()
@@ -363,13 +363,13 @@ def tune(
 
     chosen, best, margin = choose(result.trials, options)
     defaults = defaults_of(chosen.params)
-    if defaults.variant == "anchored" and defaults.calibrate and defaults.decode == "sign":
+    if VARIANTS[defaults.variant].anchors and defaults.calibrate and defaults.decode == "sign":
         log(f"tune {bundle.name}: calibrating vf at the chosen setting ({label(defaults)})")
         pairs = measure_calibration(generator, chosen.params, options.calibration_volumes, options.seed)
         generator.bundle.config = update_config(bundle, vf_calibration=pairs)
     log(f"tune {bundle.name}: confirming on {options.confirm_volumes} fresh volumes per setting")
     rows = [confirm(generator, chosen.params, held_out, options.confirm_volumes, options.seed) | {"role": "tuned default"},
-            confirm(generator, PAPER, held_out, options.confirm_volumes, options.seed) | {"role": "paper (SamplingDefaults())"},
+            confirm(generator, PAPER, held_out, options.confirm_volumes, options.seed) | {"role": "paper (SamplingConfig())"},
             floor_row(generator.bundle.reference, held_out) | {"setting": "data floor: training images vs held out",
                                                                 "role": "data floor"}]
     rule = (f"cheapest (s / volume) of the feasible settings within max({options.margin_points:g} points, "

@@ -36,6 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from micro_doe.platform.bundles import REGISTRY_PREFIX
 from micro_doe.platform.volumes import current_umask
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 MODELS_EXPERIMENT = "micro-doe-models"
 DEFAULT_TRACKING_URI = "sqlite:///micro-doe-runs/mlflow.db"
-MODELS_PREFIX = "models:/"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 
@@ -273,7 +273,7 @@ def _sha256(path: Path) -> str:
 def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
     """``models:/NAME@ALIAS`` → (NAME, ALIAS, None); ``models:/NAME/VERSION`` → (NAME, None, VERSION)
     (VERSION may be ``latest``)."""
-    body = ref[len(MODELS_PREFIX) :].strip("/")
+    body = ref[len(REGISTRY_PREFIX) :].strip("/")
     if "@" in body:
         name, _, alias = body.partition("@")
         if name and alias and "/" not in body:
@@ -310,7 +310,7 @@ def resolve_model(ref: str, tracking_uri: str | None = None, cache_dir: Path | N
     """
     if not isinstance(ref, str):
         return os.fspath(ref)
-    if not ref.startswith(MODELS_PREFIX):
+    if not ref.startswith(REGISTRY_PREFIX):
         return ref
     name, alias, version = parse_model_ref(ref)
     uri = absolute_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)

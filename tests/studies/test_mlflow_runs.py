@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -136,29 +135,41 @@ def test_artifact_failure_is_a_warning_not_a_crash(store):
                           predicted=[], state="WEIRD")
 
 
-def test_fail_stale_runs(store):
+def test_fail_stale_runs_spares_every_driver_with_a_live_lease(store):
+    import time
+
+    import optuna
     from mlflow import MlflowClient
 
     from micro_doe.studies.mlflow_runs import DRIVER_TAG, StudyTracker
+    from micro_doe.studies.study_storage import LEASE_PREFIX, acquire_lease, live_drivers
 
     uri, root = store
-    dead = StudyTracker(uri, "track-stale", root / "artifacts")
-    left_running = dead.start_invocation({"name": "x"})  # its driver "dies": never finished
-    tracker = StudyTracker(uri, "track-stale", root / "artifacts")
+    study = optuna.create_study()  # the leases live in the study's storage, as in a real run
+    dead = StudyTracker(uri, "track-stale", root / "artifacts", driver="dead-driver")
+    left_running = dead.start_invocation({"name": "x"})  # its driver "dies": never finished, no lease
+    tracker = StudyTracker(uri, "track-stale", root / "artifacts", driver="this-driver")
+    acquire_lease(study, "this-driver")
     client = MlflowClient(tracker.tracking_uri)
-    other_host = client.create_run(tracker.experiment_id, tags={DRIVER_TAG: "elsewhere:1:abcd"}).info.run_id
-    host = dead.driver.split(":")[0]
-    live = client.create_run(tracker.experiment_id, tags={DRIVER_TAG: f"{host}:{os.getppid()}:live"}).info.run_id
+    # a driver on another host, its heartbeat fresh: alive, though no pid here can say so
+    fresh = {"host": "elsewhere", "pid": 1, "heartbeat": time.time()}
+    study._storage.set_study_system_attr(study._study_id, LEASE_PREFIX + "other-host", fresh)
+    other_host = client.create_run(tracker.experiment_id, tags={DRIVER_TAG: "other-host"}).info.run_id
+    old = fresh | {"heartbeat": time.time() - 3600}  # another host's driver that stopped renewing
+    study._storage.set_study_system_attr(study._study_id, LEASE_PREFIX + "gone-host", old)
+    gone_host = client.create_run(tracker.experiment_id, tags={DRIVER_TAG: "gone-host"}).info.run_id
     mine = tracker.start_invocation({"name": "x"})
+    assert tracker.driver == "this-driver" and client.get_run(mine).data.tags[DRIVER_TAG] == "this-driver"
 
-    assert tracker.fail_stale_runs() == 2
-    for run_id in (left_running, other_host):
+    assert live_drivers(study) == {"this-driver", "other-host"}
+    assert tracker.fail_stale_runs(live_drivers(study)) == 2
+    for run_id in (left_running, gone_host):
         run = client.get_run(run_id)
         assert run.info.status == "FAILED" and run.data.tags["reason"] == "driver died"
-    assert client.get_run(live).info.status == "RUNNING"  # a live process on this host
+    assert client.get_run(other_host).info.status == "RUNNING"  # another host's live driver keeps its run
     assert client.get_run(mine).info.status == "RUNNING"
     tracker.finish_invocation()
-    client.set_terminated(live, "KILLED")
+    client.set_terminated(other_host, "KILLED")
     assert client.get_run(mine).info.status == "FINISHED"
 
 

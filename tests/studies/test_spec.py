@@ -414,8 +414,8 @@ def test_bundled_studies_are_listed_and_validate(fake_shipped):
     assert ternary.generator.verify.correct  # the model under-delivers vf_mixed: request correction
 
 
-@pytest.mark.skipif("spheres-32" not in shipped_models(), reason="the shipped spheres-32 model is not installed yet")
 def test_bundled_studies_validate_against_the_shipped_model():
+    assert {"spheres-32", "polycrystal-32", "opv-32"} <= set(shipped_models())
     for path in bundled_studies().values():
         load_spec(path)
 

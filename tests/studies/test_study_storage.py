@@ -112,3 +112,13 @@ def test_describing_a_study_names_its_objectives_without_an_experimental_warning
         study_storage.describe_study(study, spec, spec.objective_names())
     assert study.metric_names == spec.objective_names()
     assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)], caught
+
+
+def test_importing_the_study_modules_leaves_optunas_log_level_alone():
+    import subprocess
+    import sys
+
+    code = ("import optuna; before = optuna.logging.get_verbosity(); "
+            "import micro_doe.studies.study_storage, micro_doe.studies.runner; "
+            "assert optuna.logging.get_verbosity() == before, optuna.logging.get_verbosity()")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -56,7 +56,7 @@ def test_tune_runs_a_study_and_writes_defaults_calibration_and_table(tmp_path, h
     assert config.tuning == record and record.trials == 2 and record.study == study_name(bundle)
     assert config.held_out is not None and config.held_out.n_images == 6
     assert len(config.vf_calibration) == 3  # measured, not set by hand
-    assert [r["role"] for r in record.table] == ["tuned default", "paper (SamplingDefaults())", "data floor"]
+    assert [r["role"] for r in record.table] == ["tuned default", "paper (SamplingConfig())", "data floor"]
     assert all(r["structure_error"] >= 0 for r in record.table)
     card = (bundle / "card.md").read_text()
     assert card.count("## Sampling defaults (chosen by `micro-doe tune`)") == 1 and "data floor" in card

@@ -57,8 +57,10 @@ from micro_doe.platform.volumes import atomic_directory
 NETWORKS = ("vae", "fp", "ldm")  # the keys of model.pt, in training order
 
 
-class LDMSamplingDefaults(BaseModel):
-    """How :class:`~micro_doe.platform.ldm.generator.LDMGenerator` samples when given no settings."""
+class LDMSamplingConfig(BaseModel):
+    """A complete LDM sampling setting: a bundle's defaults (how
+    :class:`~micro_doe.platform.ldm.generator.LDMGenerator` samples when given no settings), or
+    a request resolved against them."""
 
     model_config = ConfigDict(extra="forbid")
     steps: int = Field(1000, ge=1, description="sampling steps S (respaced); the paper samples all 1000")
@@ -128,7 +130,7 @@ class LDMConfig(BaseModel):
     condition_medians: dict[str, float]
     val_r2: dict[str, float] = Field(default_factory=dict)
     recipe: LDMRecipe
-    sampling: LDMSamplingDefaults = LDMSamplingDefaults()
+    sampling: LDMSamplingConfig = LDMSamplingConfig()
     stages: dict[str, StageSummary] = Field(default_factory=dict)
 
     @property

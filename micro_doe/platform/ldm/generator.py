@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from micro_doe.platform.bundles import GenerationError
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, Sampler
 from micro_doe.platform.diffusion.training import default_device
-from micro_doe.platform.ldm.bundle import LDMBundle, LDMSamplingDefaults, load_ldm_bundle
+from micro_doe.platform.ldm.bundle import LDMBundle, LDMSamplingConfig, load_ldm_bundle
 from micro_doe.platform.ldm.sampling import decode_volumes, feature_guide, sample_latents
 from micro_doe.platform.ldm.verify import (
     DEFAULT_VERIFY,
@@ -84,8 +84,8 @@ class LDMSamplingSettings(BaseModel):
     guidance_rescale: float | None = Field(None, ge=0.0, le=1.0)
     feature_guidance: float | None = Field(None, ge=0.0)
 
-    def resolved(self, defaults: LDMSamplingDefaults) -> LDMSamplingDefaults:
-        return LDMSamplingDefaults.model_validate(
+    def resolved(self, defaults: LDMSamplingConfig) -> LDMSamplingConfig:
+        return LDMSamplingConfig.model_validate(
             defaults.model_dump() | {k: v for k, v in self.model_dump().items() if v is not None}
         )
 
@@ -215,7 +215,7 @@ class LDMGenerator:
         return feature_guide(b.fp, wanted.nan_to_num(0.0).to(self.device), given.to(self.device),
                              schedule.alpha_bar, b.config.latent_scale, scale)  # fmt: skip
 
-    def sampler(self, settings: LDMSamplingDefaults) -> Sampler:
+    def sampler(self, settings: LDMSamplingConfig) -> Sampler:
         schedule = self.bundle.config.noise_schedule()
         if settings.steps > schedule.T:
             raise ValueError(f"steps: at most the model's T = {schedule.T}, got {settings.steps}")
@@ -357,7 +357,7 @@ class LDMGenerator:
         predicted: dict[str, float],
         seconds: float,
         targets: dict[str, float],
-        settings: LDMSamplingDefaults,
+        settings: LDMSamplingConfig,
         seed: int,
         verification: Verification | None = None,
     ) -> LDMSample:

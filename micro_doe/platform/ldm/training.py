@@ -70,9 +70,8 @@ from micro_doe.platform.ldm.bundle import LDMConfig, LDMRecipe, reference_labels
 from micro_doe.platform.ldm.dataset import label_ranges
 from micro_doe.platform.ldm.feature_predictor import FeaturePredictorConfig, Normaliser
 from micro_doe.platform.ldm.latent_unet import LatentUNetConfig
-from micro_doe.platform.ldm.stages_common import _augment, _fingerprint, _Run, _state_hash, encode_means, symmetry
+from micro_doe.platform.ldm.stages_common import _Run, encode_means, symmetry
 from micro_doe.platform.ldm.train_config import (
-    _SHARED,
     DEFAULT_CONDITIONING,
     FP_EXTRAS,
     STAGES,
@@ -88,8 +87,7 @@ from micro_doe.platform.ldm.train_config import (
 )
 from micro_doe.platform.ldm.train_fp import _train_fp
 from micro_doe.platform.ldm.train_ldm_stage import _train_ldm
-from micro_doe.platform.ldm.train_loop import _finish, _load_checkpoint, _LoopState, _optimise, _save_checkpoint
-from micro_doe.platform.ldm.train_vae import _reconstruction, _train_vae
+from micro_doe.platform.ldm.train_vae import _train_vae
 from micro_doe.platform.ldm.vae import VAE3DConfig
 from micro_doe.platform.volumes import check_bundle_target
 
@@ -111,9 +109,7 @@ __all__ = [
     "symmetry",
     "train_ldm",
 ]
-# private helpers re-exported for callers of the former single module
-_REEXPORTED = (_SHARED, _LoopState, _Run, _augment, _finish, _fingerprint, _load_checkpoint, _optimise,
-               _reconstruction, _save_checkpoint, _state_hash, _train_fp, _train_ldm, _train_vae)
+
 
 
 # ---------------------------------------------------------------- the entry point

@@ -15,7 +15,7 @@ Shared with the LDM: :mod:`micro_doe.platform.diffusion` (schedules, samplers, b
 
 from __future__ import annotations
 
-from micro_doe.platform.micro3diff.bundle import Micro3DiffBundle, Micro3DiffConfig, SamplingDefaults, load_bundle
+from micro_doe.platform.micro3diff.bundle import Micro3DiffBundle, Micro3DiffConfig, SamplingConfig, load_bundle
 from micro_doe.platform.micro3diff.generator import VARIANTS, Micro3DiffGenerator, SamplingSettings
 from micro_doe.platform.micro3diff.sampler import DenoisingPass, sample_2d, sample_multiplane
 from micro_doe.platform.micro3diff.training import TrainConfig, train_micro3diff
@@ -27,7 +27,7 @@ __all__ = [
     "Micro3DiffBundle",
     "Micro3DiffConfig",
     "Micro3DiffGenerator",
-    "SamplingDefaults",
+    "SamplingConfig",
     "SamplingSettings",
     "TrainConfig",
     "UNet2D",

@@ -41,9 +41,10 @@ from micro_doe.platform.micro3diff.unet import UNet2D, UNetConfig
 from micro_doe.platform.volumes import atomic_directory, write_netcdf
 
 
-class SamplingDefaults(BaseModel):
-    """How ``generate`` samples when given no settings: the cheapest setting found to
-    reach the best measured quality."""
+class SamplingConfig(BaseModel):
+    """A complete sampling setting, every field set: a bundle's defaults (how ``generate``
+    samples when given no settings), or a request resolved against them
+    (:meth:`SamplingSettings.resolved`)."""
 
     model_config = ConfigDict(extra="forbid")
     n_h: int = Field(1, ge=0, description="harmonizing cycles per step")
@@ -125,7 +126,7 @@ class Micro3DiffConfig(BaseModel):
     vf_range: tuple[float, float] = Field(
         (0.75, 1.4), description="targets of a phase's vf allowed without extrapolation, as multiples of its training vf"
     )
-    sampling: SamplingDefaults = SamplingDefaults()
+    sampling: SamplingConfig = SamplingConfig()
     held_out: HeldOutRecord | None = Field(None, description="images set aside from training (held_out.nc)")
     tuning: TuningRecord | None = Field(None, description="how `sampling` was chosen, when tuned")
 

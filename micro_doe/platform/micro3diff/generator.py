@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -28,19 +29,32 @@ from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, Sampler, make
 from micro_doe.platform.diffusion.channels import to_labels, to_labels_at_fractions
 from micro_doe.platform.diffusion.training import default_device
 from micro_doe.platform.memory import check_memory
-from micro_doe.platform.micro3diff.bundle import Micro3DiffBundle, SamplingDefaults, load_bundle
+from micro_doe.platform.micro3diff.bundle import Micro3DiffBundle, SamplingConfig, load_bundle
 from micro_doe.platform.micro3diff.sampler import Anchor, DenoisingPass, sample_multiplane_batch
 from micro_doe.platform.volumes import make_volume
 
-# Multi-plane variants, as keyword arguments of sample_multiplane_batch. "paper" is the
-# reference; the others are optional improvements with their own measured numbers
+@dataclass(frozen=True)
+class Variant:
+    """A multi-plane variant: how each step's planes are combined (``planes``, ``moment_match``:
+    keyword arguments of :func:`sample_multiplane_batch`) and whether each channel's mean is
+    anchored to a target vf (``anchors``)."""
+
+    planes: Literal["rotate", "average"] = "rotate"
+    moment_match: float | None = None
+    anchors: bool = False
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        return {"planes": self.planes} | ({"moment_match": self.moment_match} if self.moment_match is not None else {})
+
+
+# "paper" is the reference; the others are optional improvements with their own measured numbers
 # (benchmarks/micro3diff.py). moment_match = 1.0 is E[x0²] of every channel that
-# labels_to_channels makes (all ±1); "anchored" also anchors each channel's mean to a target vf.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "paper": {"planes": "rotate"},
-    "average": {"planes": "average"},
-    "moment": {"planes": "rotate", "moment_match": 1.0},
-    "anchored": {"planes": "rotate"},
+# labels_to_channels makes (all ±1).
+VARIANTS: dict[str, Variant] = {
+    "paper": Variant(),
+    "average": Variant(planes="average"),
+    "moment": Variant(moment_match=1.0),
+    "anchored": Variant(anchors=True),
 }
 TARGET_PREFIX = "vf_"
 SPREAD_SEED = 7_919  # offsets a volume's seed for its vf draw, so it never equals the noise's stream
@@ -69,12 +83,13 @@ class SamplingSettings(BaseModel):
     calibrate: bool | None = None
     targets: dict[str, float] = Field(default_factory=dict)
 
-    def resolved(self, defaults: SamplingDefaults) -> SamplingDefaults:
+    def resolved(self, defaults: SamplingConfig) -> SamplingConfig:
+        """The complete setting: the fields this request sets, the rest from ``defaults``."""
         given = {k: v for k, v in self.model_dump(exclude={"targets"}).items() if v is not None}
         merged = defaults.model_dump() | given
         if merged["variant"] not in VARIANTS:
             raise ValueError(f"variant: expected one of {sorted(VARIANTS)}, got {merged['variant']!r}")
-        return SamplingDefaults.model_validate(merged)
+        return SamplingConfig.model_validate(merged)
 
 
 class Micro3DiffGenerator:
@@ -121,7 +136,7 @@ class Micro3DiffGenerator:
         activations = 24 * batch_size * size**2 * unet.base_channels * max(unet.channel_mults) * 4
         return float(state + activations)
 
-    def sampler(self, settings: SamplingDefaults) -> Sampler:
+    def sampler(self, settings: SamplingConfig) -> Sampler:
         schedule = self.bundle.config.noise_schedule()
         if settings.steps > schedule.T:
             raise ValueError(f"steps: at most the model's T = {schedule.T}, got {settings.steps}")
@@ -168,7 +183,7 @@ class Micro3DiffGenerator:
         share = sum(train[n] for n in free)
         return given | {n: rest * train[n] / share for n in free}
 
-    def volume_targets(self, s: SamplingDefaults, fractions: dict[str, float], seeds: list[int],
+    def volume_targets(self, s: SamplingConfig, fractions: dict[str, float], seeds: list[int],
                        size: int | None = None) -> list[dict[str, float]]:
         """Each volume's target phase fractions: ``fractions``, or with ``vf_spread`` a draw.
 
@@ -188,7 +203,7 @@ class Micro3DiffGenerator:
             out.append(self._with_fraction(fractions, min(max(fractions[ref.phase_name] + sigma * z, sigma), 1.0 - sigma)))
         return out
 
-    def anchors(self, s: SamplingDefaults, targets: list[dict[str, float]]) -> list[Anchor] | None:
+    def anchors(self, s: SamplingConfig, targets: list[dict[str, float]]) -> list[Anchor] | None:
         """One :class:`Anchor` per volume for the ``anchored`` variant (None otherwise).
 
         With ``calibrate`` and a bundle ``vf_calibration`` (pairs of anchored fraction and the vf
@@ -196,7 +211,7 @@ class Micro3DiffGenerator:
         fraction the calibration maps its target to (linear interpolation): the thresholded x_0
         comes out below the chain's anchored fraction, and this undoes the measured shortfall.
         """
-        if s.variant != "anchored":
+        if not VARIANTS[s.variant].anchors:
             return None
         pairs = sorted(self.bundle.config.vf_calibration, key=lambda p: p[1])
         key = self.bundle.reference.phase_name
@@ -223,10 +238,10 @@ class Micro3DiffGenerator:
         names = self.bundle.config.phase_names
         return (fractions[names[1]],) if len(names) == 2 else tuple(fractions[n] for n in names)
 
-    def check(self, settings: SamplingSettings, allow_extrapolation: bool = False) -> tuple[SamplingDefaults, dict[str, float]]:
+    def check(self, settings: SamplingSettings, allow_extrapolation: bool = False) -> tuple[SamplingConfig, dict[str, float]]:
         """The resolved settings and every phase's target fraction; ValueError for a bad request."""
         s = settings.resolved(self.bundle.config.sampling)
-        if settings.targets and s.variant != "anchored" and s.decode != "fractions":
+        if settings.targets and not VARIANTS[s.variant].anchors and s.decode != "fractions":
             raise ValueError(
                 f"targets: the {s.variant!r} variant with sign decoding steers no volume fraction; "
                 "use the anchored variant or decode: fractions"
@@ -270,7 +285,7 @@ class Micro3DiffGenerator:
         s, fractions = self.check(settings or SamplingSettings(), allow_extrapolation)
         sampler = self.sampler(s)
         channels = self.bundle.config.unet.in_channels
-        kwargs = {k: v for k, v in VARIANTS[s.variant].items()}
+        kwargs = VARIANTS[s.variant].sampler_kwargs()
         volumes = []
         for lo in range(0, n, volumes_per_batch):
             seeds = list(range(seed + lo, seed + min(n, lo + volumes_per_batch)))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from micro_doe.platform.bundles import BundleError, resolve_bundle_path, update_sampling_defaults
-from micro_doe.platform.micro3diff.bundle import SamplingDefaults, load_bundle, write_bundle
+from micro_doe.platform.micro3diff.bundle import SamplingConfig, load_bundle, write_bundle
 
 
 def test_unknown_references_name_what_exists(tmp_path):
@@ -28,7 +28,7 @@ def test_broken_bundles_are_reported_by_file(tmp_path, tiny_bundle):
 
 def test_weights_load_only_plain_tensors(tmp_path, tiny_bundle):
     copy = shutil.copytree(tiny_bundle, tmp_path / "b")
-    torch.save({"payload": SamplingDefaults()}, copy / "model.pt")  # an arbitrary pickled object
+    torch.save({"payload": SamplingConfig()}, copy / "model.pt")  # an arbitrary pickled object
     with pytest.raises(BundleError, match="not a plain weights file"):
         load_bundle(copy)
 
@@ -39,7 +39,7 @@ def test_rewrite_is_atomic_and_defaults_update(tmp_path, tiny_bundle):
     for again in (False, True):  # writing over an existing bundle (with overwrite) replaces it whole
         write_bundle(target, bundle.config, bundle.model.state_dict(), bundle.reference, "card", overwrite=again)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
-    update_sampling_defaults(target, SamplingDefaults(n_h=3, steps=20, variant="average"))
+    update_sampling_defaults(target, SamplingConfig(n_h=3, steps=20, variant="average"))
     reloaded = load_bundle(target)
     assert reloaded.config.sampling.n_h == 3 and reloaded.config.sampling.variant == "average"
     for key, value in bundle.model.state_dict().items():
