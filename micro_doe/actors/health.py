@@ -56,6 +56,7 @@ class ActorHealth:
     _next_probe: dict[Hashable, float] = field(default_factory=dict)
     _seen_alive: set[Hashable] = field(default_factory=set)
     _away_since: dict[Hashable, float] = field(default_factory=dict)
+    _states: dict[Hashable, str] = field(default_factory=dict)  # key → its state at the last GCS read
     _checked: float = -math.inf
 
     def fail(self, key: Hashable, err: BaseException, now: float | None = None) -> None:
@@ -107,6 +108,7 @@ class ActorHealth:
                 if key in lost:
                     continue
                 state = actor_state(actor)
+                self._states[key] = state
                 if state == "ALIVE":
                     self._seen_alive.add(key)
                     self._away_since.pop(key, None)
@@ -120,7 +122,15 @@ class ActorHealth:
             self._release(key)
             self._seen_alive.discard(key)
             self._away_since.pop(key, None)
+            self._states.pop(key, None)
         return recovered, list(lost.items())
+
+    def waiting(self) -> dict[Hashable, str]:
+        """Actors that cannot be working now: in quarantine, or away from ALIVE at the last GCS
+        read (PENDING_CREATION: waiting for room; RESTARTING: after a lost node), with why.
+        Empty when every actor is ALIVE: a quiet study is then busy, not stuck."""
+        away = {key: state for key, state in self._states.items() if state not in ("ALIVE", "UNKNOWN")}
+        return away | {key: "quarantined" for key in self.quarantined}
 
     def _release(self, key: Hashable) -> None:
         self.quarantined.pop(key, None)

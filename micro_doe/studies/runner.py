@@ -75,7 +75,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -461,10 +461,12 @@ class Study:
                     continue  # a probe: check_actors reads it
                 if not ready:
                     quiet = time.perf_counter() - last_event
-                    if quiet > STALL_WARNING_S:  # say so instead of stalling silently (a lost node, a full cluster)
-                        note = _stall_note(quiet)
-                        log.warning(note)
-                        report(note)
+                    if quiet > STALL_WARNING_S:
+                        waiting = health.waiting()  # every actor ALIVE: long trials, not a stall: say nothing
+                        if waiting:  # say so instead of stalling silently (a lost node, a full cluster)
+                            note = _stall_note(quiet, waiting)
+                            log.warning(note)
+                            report(note)
                         last_event = time.perf_counter()  # again after another STALL_WARNING_S
                     continue
                 last_event = time.perf_counter()
@@ -838,11 +840,13 @@ def _free_resources() -> str:
     return f"Ray's free resources: {shown}"
 
 
-def _stall_note(seconds: float) -> str:
-    """What to tell a user when no trial has moved for ``seconds``: Ray's free resources."""
-    return (f"no trial has progressed for {seconds:.0f} s; {_free_resources()}. An actor may be waiting for a "
-            "node (a lost node restarts its actors elsewhere once there is room, or after "
-            "resources.placement_timeout_s the study goes on without it): see `ray status`")
+def _stall_note(seconds: float, waiting: Mapping[Any, str]) -> str:
+    """What to tell a user when no trial has moved for ``seconds`` while actors are ``waiting``
+    (key → state): which ones, and Ray's free resources."""
+    which = ", ".join(f"{kind} {str(key)[:8]} {state}" for (kind, key), state in sorted(waiting.items(), key=str))
+    return (f"no trial has progressed for {seconds:.0f} s; waiting: {which}; {_free_resources()}. A lost node "
+            "restarts its actors elsewhere once there is room, or after resources.placement_timeout_s the study "
+            "goes on without them: see `ray status`")
 
 
 def _outcome(study: optuna.Study) -> list[dict[str, Any]]:

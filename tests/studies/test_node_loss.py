@@ -69,9 +69,12 @@ def test_actor_health_quarantines_probes_and_gives_up(cluster):
     health = ActorHealth(wait_s=5.0, probe_every_s=0.0, check_every_s=0.0)
     actors = {"placed": placed, "healthy": healthy, "never": never}
     assert health.poll(actors, now=0.0) == ([], [])
+    # Only the actor that waits for room counts as waiting: busy ALIVE actors are not a stall.
+    assert health.waiting() == {"never": "PENDING_CREATION"}
     # A failed call quarantines an actor; its probe answers, so it is back.
     health.fail("healthy", ray.exceptions.ActorUnavailableError("node gone", None), now=0.0)
     assert health.quarantined == {"healthy": 0.0} and health.poll(actors, now=0.5) == ([], [])
+    assert health.waiting() == {"never": "PENDING_CREATION", "healthy": "quarantined"}
     ray.wait(health.probe_refs(), num_returns=1, timeout=30)
     assert health.poll(actors, now=1.0) == (["healthy"], []) and not health.quarantined
     # Ray gives an actor up: lost at once, and reported once; one never placed is not judged.
