@@ -107,14 +107,19 @@ def make_data(name: str, out: Path) -> Path:
 
 
 def train(name: str, data: Path, out: Path, steps: int, budget: str) -> Path:
-    """The README's command: train, hold out 10 %, tune (skipped when the bundle is tuned)."""
+    """The README's command: train, hold out 10 %, tune (skipped when the bundle is tuned; only the
+    tuning when training finished but its tune stage was stopped)."""
     bundle = out / f"{name}-model"
-    if (bundle / "config.json").exists() and Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text()).tuning:
-        return bundle
-    argv = [sys.executable, "-m", "micro_doe.cli.app", "train", "micro3diff", "--data", str(data), "--out", str(bundle),
-            "--steps", str(steps), "--threads", "1", "--tune-budget", budget]
-    if bundle.with_name(bundle.name + ".checkpoint.pt").exists():
-        argv += ["--resume"]
+    cli = [sys.executable, "-m", "micro_doe.cli.app"]
+    if (bundle / "config.json").exists():  # trained: tuned already, or tune it (a tune stage that was stopped)
+        if Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text()).tuning:
+            return bundle
+        argv = [*cli, "tune", str(bundle), "--threads", "1", "--tune-budget", budget]
+    else:
+        argv = [*cli, "train", "micro3diff", "--data", str(data), "--out", str(bundle), "--steps", str(steps),
+                "--threads", "1", "--tune-budget", budget]
+        if bundle.with_name(bundle.name + ".checkpoint.pt").exists():
+            argv += ["--resume"]
     with open(out / f"{name}-train.log", "a") as log:
         subprocess.run(argv, check=True, stdout=log, stderr=log, cwd=out)
     return bundle
