@@ -21,7 +21,10 @@ CURVE_LAGS = (1, 2, 4, 8, 16, 32)
 def evaluate(
     volume: Annotated[Path, typer.Argument(help="Volume file: .nc, .tif/.tiff stack, .png, .npy.")],
     phase: Annotated[str, typer.Option(help="Phase of interest, by label or name.")] = "1",
-    axis: Annotated[str, typer.Option(help="Axis for tortuosity: z, y or x ('none' to skip).")] = "z",
+    axis: Annotated[
+        str | None, typer.Option(help="Axis for tortuosity: z, y or x ('none' to skip; default z for a volume, none "
+                                      "for a 2D image or a stack).")
+    ] = None,
     periodic: Annotated[bool, typer.Option(help="Periodic boundaries for S2, L and interface area.")] = False,
     r_max: Annotated[int | None, typer.Option(help="Largest lag of S2/L curves [voxels]; default half the size.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Grey images: label 1 above this value.")] = None,
@@ -30,7 +33,7 @@ def evaluate(
 ) -> None:
     if json_out is not None:
         check_output_file(json_out, overwrite=overwrite, option="--json")
-    if axis not in ("z", "y", "x", "none"):
+    if axis is not None and axis not in ("z", "y", "x", "none"):
         raise ValueError(f"--axis: expected z, y, x or none, got {axis!r}")
     if threshold is not None and volume.suffix.lower() == ".nc":
         raise ValueError(f"--threshold: {volume} holds phase labels already; a threshold applies to grey images "
@@ -39,6 +42,8 @@ def evaluate(
     sides = [vol.sizes[d] for d in vol.dims if d != "sample"]
     if min(sides) < 2:
         raise ValueError(f"{volume}: shape {tuple(vol.shape)}; descriptors need at least 2 voxels along every axis")
+    if axis is None:  # tortuosity is a property of one 3D volume
+        axis = "z" if tuple(vol.dims) == ("z", "y", "x") else "none"
     if axis != "none" and axis not in vol.dims:
         raise ValueError(f"--axis {axis}: {volume} has dims {vol.dims}; use one of them or 'none'")
     if r_max is not None and not 1 <= r_max < max(sides):

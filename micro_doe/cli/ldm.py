@@ -26,7 +26,7 @@ from micro_doe.platform.diffusion.training import check_device
 from micro_doe.platform.ldm.generator import DEFAULT_BATCH_SIZE, LDMGenerator, LDMSample
 from micro_doe.platform.ldm.training import STAGES, LDMTrainConfig, staging_dir, train_ldm
 from micro_doe.platform.ldm.verify import DEFAULT_MAX_CANDIDATES, DEFAULT_ROUND_SIZE, DEFAULT_TOLERANCE, VerifySettings
-from micro_doe.platform.volumes import check_bundle_target, stack_volumes, write_volume
+from micro_doe.platform.volumes import check_bundle_target, stack_volumes, why_missing, write_volume
 
 TRAINING_EXPERIMENT = "micro-doe-training"
 RECIPE_COLUMNS = ("phi", "chi", "time")  # shown first in the predictions table
@@ -65,7 +65,7 @@ def training_config(
     data: dict[str, Any] = {}
     if config is not None:
         if not config.is_file():
-            raise FileNotFoundError(f"--config: {config}: no such file")
+            raise FileNotFoundError(f"--config: {config}: {why_missing(config) or 'not a file'}")
         try:
             data = json.loads(config.read_text())
         except json.JSONDecodeError as err:
@@ -171,7 +171,7 @@ def train_ldm_command(
     if stage not in (*STAGES, "all"):
         raise ValueError(f"--stage: expected one of {[*STAGES, 'all']}, got {stage!r}")
     if not data.is_file():
-        raise FileNotFoundError(f"--data: {data}: no such file")
+        raise FileNotFoundError(f"--data: {data}: {why_missing(data) or 'not a file'}")
     try:
         recipe = training_config(config, vae_steps=vae_steps, fp_steps=fp_steps, ldm_steps=ldm_steps,
                                  conditioning=conditioning, fp_outputs=fp_outputs, seed=seed,

@@ -24,7 +24,7 @@ from micro_doe.platform.micro3diff.training import (
     training_images,
 )
 from micro_doe.platform.micro3diff.unet import UNetConfig
-from micro_doe.platform.volumes import check_bundle_target
+from micro_doe.platform.volumes import check_bundle_target, why_missing
 
 train_app = typer.Typer(help="Train generators on your own data.", no_args_is_help=True)
 train_app.command("ldm", help="Train the conditional latent diffusion model (VAE, feature predictor, LDM).")(
@@ -69,8 +69,8 @@ def micro3diff(
         raise ValueError(f"--channel-mults: expected comma-separated integers, got {channel_mults!r}") from None
     check_bundle_target(out, overwrite=overwrite)
     check_device(device)
-    if not data.exists():
-        raise FileNotFoundError(f"--data {data}: no such file or folder")
+    if why_missing(data):
+        raise FileNotFoundError(f"--data {data}: {why_missing(data)}")
     if tune and held_out == 0:
         raise ValueError("--held-out 0: tuning judges against images set aside from training; give a fraction "
                          "(0.1) or pass --no-tune")

@@ -21,6 +21,8 @@ half-written file behind.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -104,6 +106,10 @@ def validate_volume(volume: xr.DataArray, where: str = "volume") -> xr.DataArray
         raise VolumeError(f"{where}: expected int8 phase labels, got dtype {volume.dtype}")
     if volume.size and int(volume.min()) < 0:
         raise VolumeError(f"{where}: phase labels must be >= 0")
+    names = volume.attrs.get("phase_names")
+    if names is not None and volume.size and int(volume.max()) >= len(phase_names(volume)):
+        raise VolumeError(f"{where}: labels 0..{int(volume.max())} but {len(phase_names(volume))} phase names "
+                          f"{phase_names(volume)}; expected one name per label")
     return volume
 
 
@@ -153,12 +159,30 @@ def check_output_file(path: str | os.PathLike[str], *, overwrite: bool = False, 
     """Refuse an output file that exists (unless ``overwrite``), is a directory, or whose
     folder cannot be created or written; creates nothing."""
     target = Path(path)
+    check_name_lengths(target, option)
     if target.is_dir():
         raise OutputExistsError(f"{option} {target}: is a directory; expected a file name")
     if target.exists() and not overwrite:
         raise OutputExistsError(f"{option} {target}: exists; pass --overwrite to replace it")
     check_writable_folder(target.parent, option=option, what=str(target))
     return target
+
+
+def check_name_lengths(path: Path, option: str) -> None:
+    """Every part of ``path`` within the file system's name limit (NAME_MAX, 255 on most)."""
+    limit = 255
+    with contextlib.suppress(OSError, ValueError):
+        limit = os.pathconf(_nearest_existing(path), "PC_NAME_MAX")
+    long = next((part for part in path.parts if len(part.encode()) > limit), None)
+    if long is not None:
+        raise VolumeError(f"{option} {str(path)[:60]}…: a name of {len(long.encode())} bytes; the file system allows {limit}")
+
+
+def _nearest_existing(path: Path) -> Path:
+    here = Path(os.path.abspath(path))
+    while not here.exists():
+        here = here.parent
+    return here
 
 
 def check_writable_folder(folder: str | os.PathLike[str], *, option: str = "", what: str | None = None) -> None:
@@ -310,6 +334,26 @@ def write_volume(volume: xr.DataArray, path: str | os.PathLike[str]) -> Path:
 # ---------------------------------------------------------------- reading
 
 
+def why_missing(path: str | os.PathLike[str]) -> str:
+    """Why ``path`` cannot be opened, for an error message: "no such file", "a symbolic link
+    loop", "a symbolic link to a missing target", "permission denied", "file name too long"
+    (empty when it can be)."""
+    p = Path(path)
+    try:
+        p.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if err.errno == errno.ENAMETOOLONG:
+            return "file name too long"
+        if err.errno == errno.EACCES:
+            return "permission denied"
+        if p.is_symlink():
+            return f"a symbolic link to a missing target ({os.readlink(p)})"
+        return "no such file"
+    return ""
+
+
 def read_volume(
     path: str | os.PathLike[str],
     *,
@@ -328,8 +372,8 @@ def read_volume(
       binary (exactly two grey values, the lower becoming 0 and the higher 1).
     """
     p = Path(path)
-    if not p.exists():
-        raise VolumeError(f"{p}: no such file")
+    if why_missing(p):
+        raise VolumeError(f"{p}: {why_missing(p)}")
     if p.is_dir():
         raise VolumeError(f"{p}: is a directory; expected a volume file (.nc, .tif, .tiff, .png, .npy)")
     suffix = p.suffix.lower()

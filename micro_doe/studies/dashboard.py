@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from micro_doe.tracking.registry import absolute_tracking_uri, sqlite_path
+from micro_doe.tracking.registry import absolute_tracking_uri
 
 if TYPE_CHECKING:
     from optuna.artifacts import FileSystemArtifactStore
@@ -85,7 +85,6 @@ def dashboard_command(
     if not 0 < int(port) < 65536:
         raise ValueError(f"port: expected 1..65535, got {port}")
     folder = Path(artifact_dir).expanduser().resolve()
-    folder.mkdir(parents=True, exist_ok=True)
     script = Path(sys.executable).parent / "optuna-dashboard"
     if script.exists():
         program = [sys.executable, str(script)]
@@ -121,11 +120,14 @@ def run_dashboard(
     when a sqlite storage file does not exist or the port is taken, ``RuntimeError`` when
     the dashboard exits with an error.
     """
-    db = sqlite_path(storage)
-    if db is not None and not db.exists():  # the dashboard does not create tables: it would just crash
-        raise ValueError(f"{db}: no Optuna storage there yet; run the study first (or check the storage URL)")
+    from micro_doe.studies.preflight import check_storage, masked_url
+
+    problem = check_storage(storage)  # the dashboard does not create tables: it would just crash
+    if problem is not None:
+        raise ValueError(f"storage {masked_url(storage)}: {problem}")
     _check_port_free(host, port)
     command = dashboard_command(storage, artifact_dir, host, port, allow_remote=allow_remote)
+    Path(artifact_dir).expanduser().mkdir(parents=True, exist_ok=True)  # only once everything is checked
     shown = f"[{host}]" if ":" in host else host
     print(f"optuna-dashboard: http://{shown}:{port}/dashboard  (Ctrl-C to stop)", flush=True)
     process = subprocess.Popen(command)
@@ -146,7 +148,8 @@ def run_dashboard(
                 process.kill()
                 process.wait()
     if code != 0:
-        raise RuntimeError(f"optuna-dashboard exited with code {code}: {' '.join(command)}")
+        shown = " ".join(masked_url(part) if "://" in part else part for part in command)
+        raise RuntimeError(f"optuna-dashboard exited with code {code}: {shown}")
 
 
 def _interrupt(signum: int, frame: Any) -> None:

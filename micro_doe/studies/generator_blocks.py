@@ -11,6 +11,7 @@ only fetched when the study starts), ``domains()`` (what ``search``/``fixed`` ma
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import replace
@@ -29,7 +30,7 @@ from micro_doe.platform.bundles import (
     shipped_models,
 )
 from micro_doe.platform.ldm.bundle import LDMConfig
-from micro_doe.platform.ldm.generator import DEFAULT_BATCH_SIZE
+from micro_doe.platform.ldm.generator import DEFAULT_BATCH_SIZE, physical_range
 from micro_doe.platform.ldm.verify import VerifySettings
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
 from micro_doe.platform.synthetic.cahn_hilliard import PHASE_NAMES
@@ -233,8 +234,9 @@ class LDMGeneratorSpec(_BundleGeneratorSpec):
         del table["target.*"]
         for name in config.conditioning:
             lo, hi = config.label_ranges.get(name, (None, None))
-            if self.allow_extrapolation:
-                lo, hi = (1.0, None) if name.startswith("tau_") else (None, None)
+            if self.allow_extrapolation:  # beyond the training range, within what a volume can have
+                lo, hi = (1.0, None) if name.startswith("tau_") else physical_range(name)
+                hi = None if hi == math.inf else hi
                 description = f"target {name} (extrapolation allowed)"
             else:
                 description = f"target {name}, within the training range"

@@ -42,6 +42,37 @@ def check_before_start(spec: StudySpec, file: str = "<study>") -> None:
         raise SpecError(file, problems)
 
 
+def check_storage(url: str) -> str | None:
+    """What is wrong with an Optuna storage URL that must already hold studies (the dashboard's):
+    the checks of ``storage`` above, plus a sqlite file that exists. None when it can be opened."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    problem = _check_database(url)
+    if problem is not None:
+        return problem
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # (reported above)
+        return None
+    database = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:"):
+        if not Path(database).is_file():
+            return f"{database}: no Optuna storage there yet; run the study first (or check the storage URL)"
+    return None
+
+
+def masked_url(url: str) -> str:
+    """A storage URL without its password (SQLAlchemy's rendering, as in the messages above)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def _in_job_working_dir(path: Path) -> bool:
     """Whether ``path`` lies in Ray's per-job copy of a ``--working-dir`` (``…/runtime_resources/working_dir_files/…``)."""
     parts = path.resolve().parts

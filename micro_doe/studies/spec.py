@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 MAX_NAME_LENGTH = 100
 MAX_TRIALS = 1_000_000
+MAX_TIMEOUT_S = 365 * 24 * 3600.0  # a year: anything longer is a typo
 MAX_SAMPLES_PER_TRIAL = 1_000
 
 
@@ -262,21 +263,23 @@ class BudgetSpec(BaseModel):
     (trials still in flight at the timeout are failed and re-queued: the next run starts with them)."""
 
     model_config = ConfigDict(extra="forbid")
-    n_trials: int = Field(ge=1, le=MAX_TRIALS)
-    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="wall-clock limit in seconds")
+    n_trials: int = Field(strict=True, ge=1, le=MAX_TRIALS)  # strict: `true` is not 1
+    timeout_s: float | None = Field(
+        None, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False, description="wall-clock limit in seconds (at most a year)"
+    )
 
 
 class ResourcesSpec(BaseModel):
     """Ray actors: generators (one trial in flight each) and an evaluator pool."""
 
     model_config = ConfigDict(extra="forbid")
-    generators: int = Field(1, ge=1, le=1024)
-    evaluators: int = Field(1, ge=1, le=4096)
+    generators: int = Field(1, strict=True, ge=1, le=1024)
+    evaluators: int = Field(1, strict=True, ge=1, le=4096)
     gpus_per_generator: float = Field(
         1.0, gt=0, le=64, allow_inf_nan=False, description="GPUs per generator actor, used only when the cluster has GPUs"
     )
     placement_timeout_s: float = Field(
-        120.0, gt=0, allow_inf_nan=False,
+        120.0, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False,
         description="seconds an actor may wait for a node after its process or node died; then its trial is "
         "failed and re-queued and the study goes on without it (or stops when no generator or evaluator is left)",
     )
@@ -332,7 +335,7 @@ class StudySpec(BaseModel):
     generator: GeneratorSpec
     search: dict[str, ParamSpec] = Field(description="generator parameters Optuna varies")
     fixed: dict[str, Scalar] = Field(default_factory=dict, description="generator parameters held constant")
-    samples_per_trial: int = Field(2, ge=1, le=MAX_SAMPLES_PER_TRIAL, description="volumes generated and evaluated per trial")
+    samples_per_trial: int = Field(2, strict=True, ge=1, le=MAX_SAMPLES_PER_TRIAL, description="volumes generated and evaluated per trial")
     volume_seeds: Literal["per_trial", "common"] = Field(
         "per_trial",
         description="'per_trial': each trial's volumes from seeds of its own; 'common': volume i of every trial "

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from micro_doe.platform.volumes import why_missing
 from micro_doe.studies.generator_blocks import (
     CahnHilliardGeneratorSpec,
     GeneratorSpec,
@@ -187,11 +188,11 @@ def load_spec(ref: str | os.PathLike[str], overrides: Mapping[str, Any] | None =
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError(file, [("", "no such file")]) from None
+        raise SpecError(file, [("", why_missing(path) or "no such file")]) from None
     except IsADirectoryError:
         raise SpecError(file, [("", "is a directory, expected a study.yaml file")]) from None
     except (OSError, UnicodeDecodeError) as err:
-        raise SpecError(file, [("", f"cannot read ({err})")]) from None
+        raise SpecError(file, [("", why_missing(path) or f"cannot read ({err})")]) from None
     try:
         data = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 — a SafeLoader subclass
     except yaml.YAMLError as err:

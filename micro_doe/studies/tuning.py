@@ -49,8 +49,9 @@ from micro_doe.platform.micro3diff.bundle import (
 )
 from micro_doe.platform.micro3diff.generator import VARIANTS, Micro3DiffGenerator, SamplingSettings
 from micro_doe.platform.micro3diff.training import MIN_HELD_OUT, load_training_data, training_images, training_reference
-from micro_doe.platform.volumes import atomic_path
+from micro_doe.platform.volumes import atomic_path, why_missing
 from micro_doe.studies.objectives import BUILTIN_OBJECTIVES, STRUCTURE_JUDGES, Sample
+from micro_doe.studies.preflight import masked_url
 
 SEARCH: dict[str, dict[str, list[Any]]] = {
     "variant": {"categorical": ["paper", "anchored"]},
@@ -113,13 +114,6 @@ def parse_budget(text: str, option: str = "--tune-budget") -> tuple[int | None, 
     return None, value
 
 
-def masked_url(url: str) -> str:
-    """A storage URL without its password (SQLAlchemy's rendering, as the preflight's messages)."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def study_name(bundle: Path) -> str:
     """``tune-<bundle name>-<8 hex of model.pt>``: a retrained model gets a study of its own."""
     digest = hashlib.sha256((bundle / "model.pt").read_bytes()).hexdigest()[:8]
@@ -135,8 +129,8 @@ def check_held_out(bundle: Path, held_out_data: Path | None, option: str = "--he
     if held_out_data is None and not has_held_out(bundle):
         raise TuningError(f"{bundle}: no held-out images ({HELD_OUT_FILE}); give images the model was not trained on "
                           f"with {option}, or retrain with --held-out")
-    if held_out_data is not None and not held_out_data.exists():
-        raise TuningError(f"{option} {held_out_data}: no such file or folder")
+    if held_out_data is not None and why_missing(held_out_data):
+        raise TuningError(f"{option} {held_out_data}: {why_missing(held_out_data)}")
 
 
 def held_out_reference(path: Path, config: Micro3DiffConfig, option: str = "--held-out-data") -> Descriptors:

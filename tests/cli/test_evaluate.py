@@ -58,3 +58,14 @@ def test_grey_image_without_threshold_is_refused(tmp_path, capsys):
     assert run_cli("evaluate", str(tmp_path / "g.png")) == 2
     assert "threshold" in capsys.readouterr().err
     assert run_cli("evaluate", str(tmp_path / "g.png"), "--threshold", "127", "--axis", "y") == 0
+
+
+def test_images_and_stacks_are_described_without_tortuosity_by_default(tmp_path, blobs64, capsys):
+    image = write_netcdf(make_volume(blobs64[0, :24, :24]), tmp_path / "image.nc")
+    stack = write_netcdf(make_volume(blobs64[:6, :24, :24], dims=("sample", "y", "x")), tmp_path / "stack.nc")
+    for path in (image, stack):
+        out = tmp_path / f"{path.stem}.json"
+        assert run_cli("evaluate", str(path), "--json", str(out)) == 0
+        assert json.loads(out.read_text())["tortuosity"] is None and "tortuosity" not in capsys.readouterr().out
+    assert run_cli("evaluate", str(image), "--axis", "z") == 2  # asked for: an image has no z
+    assert "--axis z" in capsys.readouterr().err

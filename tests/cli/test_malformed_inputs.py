@@ -58,9 +58,16 @@ CASES = [
     ("run-name-too-long", ["run", "{s:name=" + "a" * 5000 + "}"], "name: at most 100 characters"),
     ("run-models-ref-without-registry", ["run", "{s:generator__model=models:/spheres@champion}"], "generator.model"),
     ("run-objective-exits", ["run", "{s:objectives=exiting}"], "called sys.exit(3)"),
+    ("run-n-trials-bool", ["run", "{s:budget={n_trials: true}}"], "budget.n_trials"),
+    ("run-timeout-huge", ["run", "{s:budget={n_trials: 1, timeout_s: 1e308}}"], "budget.timeout_s"),
+    ("run-generators-bool", ["run", "{s:resources={generators: true}}"], "resources.generators"),
     ("run-verify-negative-tolerance",
      ["run", "{s:generator={kind: ldm, model: 'pretrained:opv-32', verify: {tolerance: -0.1}}}"],
      "generator.verify.tolerance"),
+    ("generate-ldm-vf-below-0", ["generate", "pretrained:opv-32", "--out", "g.nc", "-t", "vf_donor=-0.5",
+                                 "--allow-extrapolation"], "target vf_donor = -0.5: expected a value in [0, 1]"),
+    ("generate-ternary-vf-sum", ["generate", "pretrained:opv-ternary-32", "--out", "g.nc", "-t", "vf_donor=0.6", "-t",
+                                "vf_mixed=0.5"], "volume fractions that sum to 1.1"),
     ("generate-no-verify-with-tolerance",
      ["generate", "pretrained:opv-32", "--out", "g.nc", "-t", "vf_donor=0.4", "--no-verify", "--tolerance", "0.1"],
      "--no-verify: conflicts with --tolerance"),
@@ -73,6 +80,10 @@ CASES = [
     ("run-no-such-study", ["run", "nope.yaml"], "nope.yaml: no such file"),
     ("dashboard-before-any-run", ["dashboard", "{s:}"], "no Optuna storage there yet"),
     ("dashboard-bad-port", ["dashboard", "{s:}", "--port", "70000"], "--port"),
+    ("dashboard-storage-a-folder", ["dashboard", "{s:storage=sqlite:///results}"], "results is a folder"),
+    ("dashboard-storage-not-sqlite", ["dashboard", "{s:storage=sqlite:///afile}"], "afile exists and is not a SQLite"),
+    ("dashboard-storage-password-masked", ["dashboard", "{s:storage=postgresql://u:hunter2@127.0.0.1:1/db}"],
+     "postgresql://u:***@127.0.0.1:1/db"),
     # ---- generate
     ("generate-steps-0", ["generate", "pretrained:spheres-32", "--out", "g.nc", "--steps", "0"], "--steps"),
     ("generate-n-h-negative", ["generate", "pretrained:spheres-32", "--out", "g.nc", "--n-h", "-1"], "--n-h"),
@@ -140,6 +151,12 @@ CASES = [
     ("evaluate-axis", ["evaluate", "{spheres.nc}", "--axis", "q"], "--axis"),
     ("evaluate-json-over-a-file", ["evaluate", "{spheres.nc}", "--json", "{existing.nc}"], "--json"),
     ("evaluate-missing", ["evaluate", "missing.nc"], "missing.nc: no such file"),
+    ("evaluate-symlink-loop", ["evaluate", "{loop.nc}"], "loop.nc: a symbolic link loop"),
+    ("evaluate-dangling-link", ["evaluate", "{dangling.nc}"], "dangling.nc: a symbolic link to a missing target"),
+    ("evaluate-more-labels-than-names", ["evaluate", "{three-labels.nc}"],
+     "labels 0..2 but 2 phase names ['matrix', 'inclusion']"),
+    ("evaluate-json-name-too-long", ["evaluate", "{spheres.nc}", "--json", "j" * 300 + ".json"], "--json"),
+    ("run-study-symlink-loop", ["run", "{loop.yaml}"], "a symbolic link loop"),
     # ---- data make
     ("spheres-huge", ["data", "make", "spheres", "--shape", "5000", "5000", "5000", "--out", "s.nc"], "--shape 5000"),
     ("spheres-tiny", ["data", "make", "spheres", "--shape", "1", "1", "1", "--out", "s.nc"], "--shape"),
@@ -186,6 +203,16 @@ def make_files(root: Path) -> dict[str, Path]:
     (root / "bundle" / "config.json").write_text(json.dumps({"kind": "micro3diff"}))
     files["bundle"] = root / "bundle"
     (root / "afile").write_text("not a folder")
+    (root / "loop.nc").symlink_to(root / "loop.nc")
+    files["loop.nc"] = root / "loop.nc"
+    (root / "loop.yaml").symlink_to(root / "loop.yaml")
+    files["loop.yaml"] = root / "loop.yaml"
+    (root / "dangling.nc").symlink_to(root / "gone.nc")
+    files["dangling.nc"] = root / "dangling.nc"
+    three = make_volume(np.arange(8 * 8 * 8).reshape(8, 8, 8) % 3, phase_names=["matrix", "inclusion", "third"])
+    three.attrs["phase_names"] = ["matrix", "inclusion"]  # a file whose names miss a label
+    three.to_netcdf(root / "three-labels.nc")
+    files["three-labels.nc"] = root / "three-labels.nc"
     (root / "exiting.py").write_text("import sys\nsys.exit(3)\n")
     return files
 
@@ -205,7 +232,8 @@ def study_file(root: Path, changes: str) -> str:
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+    stats = {p: p.lstat() for p in root.rglob("*")}  # lstat: the links of the cases point nowhere
+    return {str(p.relative_to(root)): (st.st_size, st.st_mtime_ns) for p, st in stats.items()}
 
 
 @pytest.mark.parametrize(("case", "argv", "expected"), CASES, ids=[c[0] for c in CASES])
@@ -230,6 +258,7 @@ def test_malformed_input_gets_one_line_exit_2_and_leaves_nothing(case, argv, exp
     assert done.value.code == 2, err
     assert expected in err, err
     assert "Traceback" not in err and "pydantic" not in err and "errors.pydantic.dev" not in err
+    assert "hunter2" not in err  # no case prints a password
     assert len(err.strip().splitlines()) == 1, err
     assert snapshot(tmp_path) == before
 

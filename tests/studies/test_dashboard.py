@@ -16,7 +16,7 @@ from micro_doe.studies.dashboard import artifact_store, dashboard_command, uploa
 def test_command_binds_loopback_unless_told(tmp_path):
     cmd = dashboard_command("sqlite:///rel/optuna.db", tmp_path / "art", port=8123)
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
-    assert cmd[cmd.index("--artifact-dir") + 1] == str(tmp_path / "art") and (tmp_path / "art").is_dir()
+    assert cmd[cmd.index("--artifact-dir") + 1] == str(tmp_path / "art") and not (tmp_path / "art").exists()
     assert cmd[cmd.index("--server") + 1] == "wsgiref"
     storage = next(a for a in cmd if a.startswith("sqlite:"))
     assert storage.startswith("sqlite:////") and storage.endswith("/rel/optuna.db")  # absolute

@@ -505,6 +505,8 @@ def test_an_ldm_study_searches_the_models_conditioning_targets(fake_shipped, tmp
     assert "upper bound must be ≤ 0.85" in problems(outside, tmp_path)["search.target.vf_donor.float"]
     outside["generator"]["allow_extrapolation"] = True
     assert load_spec(write_study(tmp_path, outside)).generator.allow_extrapolation
+    outside["search"]["target.vf_donor"] = {"float": [0.3, 1.35]}  # extrapolated, but no volume has vf 1.35
+    assert "upper bound must be ≤ 1" in problems(outside, tmp_path)["search.target.vf_donor.float"]
     unknown = copy.deepcopy(LDM_STUDY)
     unknown["fixed"] |= {"target.porosity": 0.3, "n_h": 1}
     found = problems(unknown, tmp_path)

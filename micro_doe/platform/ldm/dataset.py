@@ -90,7 +90,7 @@ from micro_doe.platform.synthetic.cahn_hilliard import (
     critical_chi,
     homogeneous_curvature,
 )
-from micro_doe.platform.volumes import make_volume, write_netcdf
+from micro_doe.platform.volumes import make_volume, why_missing, write_netcdf
 
 SPLITS = ("train", "val")
 TRANSPORT_PHASES = ("donor", "acceptor")  # phases whose tortuosity is a label
@@ -441,7 +441,7 @@ def read_opv_dataset(path: str | os.PathLike[str]) -> xr.Dataset:
     """Read a data set written by :func:`write_opv_dataset`; errors name what is missing."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such file")
+        raise FileNotFoundError(f"{p}: {why_missing(p) or 'not a file'}")
     try:
         with xr.open_dataset(p, engine="netcdf4") as opened:
             ds = opened.load()

@@ -74,6 +74,16 @@ DEFAULT_BATCH_SIZE = 16  # candidates denoised together (latents are tiny: memor
 RANGE_TOLERANCE = 1e-9  # relative slack on the training range (float round-off of stored bounds)
 
 
+def physical_range(label: str) -> tuple[float, float]:
+    """The values any volume can have for a conditioning label, training range or not: a volume
+    fraction in [0, 1], an interfacial area ≥ 0, a tortuosity factor > 0 (inf: not percolating)."""
+    if label.startswith("vf_"):
+        return 0.0, 1.0
+    if label.startswith("tau_"):
+        return math.ulp(0.0), math.inf
+    return 0.0, math.inf
+
+
 class LDMSamplingSettings(BaseModel):
     """One sampling request; unset fields take the bundle's defaults."""
 
@@ -169,9 +179,16 @@ class LDMGenerator:
             if math.isnan(value) or (name in inverse and value <= 0) or (math.isinf(value) and name not in inverse):
                 kind = "a positive number or inf" if name in inverse else "a finite number"
                 raise ValueError(f"target {name}: expected {kind}, got {value}")
+            lo, hi = physical_range(name)
+            if not lo <= value <= hi:  # extrapolation or not: no volume has such a value
+                raise ValueError(f"target {name} = {value:.4g}: expected a value in [{lo:g}, {hi:g}]")
             if not allow_extrapolation:
                 self._check_range(name, value)
             checked[name] = value
+        fractions = {n: v for n, v in checked.items() if n.startswith("vf_")}
+        if sum(fractions.values()) > 1.0 + RANGE_TOLERANCE:
+            raise ValueError(f"targets {', '.join(fractions)}: volume fractions that sum to "
+                             f"{sum(fractions.values()):.4g}; the phases of a volume sum to 1")
         return checked
 
     def _check_range(self, name: str, value: float) -> None:
