@@ -12,7 +12,9 @@ minutes, and so does a missing or refused token (one GCS request, under a second
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import sys
 from collections.abc import Iterator
@@ -23,6 +25,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import ray
+
+from micro_doe.platform.interrupts import interrupted
 
 RESTARTS = 2  # an actor process may die this many times (OOM, node loss, ray.kill) and come back
 TASK_RETRIES = 1  # a call in flight when its actor died is run again once on the restarted actor
@@ -63,13 +67,13 @@ def connect(num_cpus: int | None = None) -> ClusterInfo:
         _check_reachable(address)
         _check_token(address)
         try:
-            ray.init(address=address, log_to_driver=False)
+            _init(address=address, log_to_driver=False)
         except (ConnectionError, RuntimeError, TimeoutError, ray.exceptions.AuthenticationError) as err:
             raise ClusterConnectionError(_unreachable_message(address, err)) from err
         _started_local = False
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(
+        _init(
             address="local",
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
@@ -77,6 +81,27 @@ def connect(num_cpus: int | None = None) -> ClusterInfo:
         )
         _started_local = True
     return _info(_started_local)
+
+
+def _init(**kwargs: Any) -> None:
+    """``ray.init``, stopped cleanly by Ctrl-C or SIGTERM while it starts: what it started is shut
+    down, and SIGTERM comes out as :class:`~micro_doe.platform.interrupts.Interrupted` (ray.init
+    installs a SIGTERM handler that calls ``sys.exit(15)``: a silent exit 15, Ray left running)."""
+    try:
+        ray.init(**kwargs)
+    except SystemExit as stop:
+        if stop.code != signal.SIGTERM:
+            raise
+        _stop_partial_start()
+        raise interrupted(signal.SIGTERM) from None
+    except KeyboardInterrupt:
+        _stop_partial_start()
+        raise
+
+
+def _stop_partial_start() -> None:
+    with contextlib.suppress(Exception):  # whatever the half-started instance is in, stop it
+        ray.shutdown()
 
 
 def shutdown() -> None:

@@ -55,6 +55,13 @@ def interrupts_raise() -> Iterator[None]:
         yield
 
 
+def interrupted(signum: int) -> Interrupted:
+    """The :class:`Interrupted` a handler of this module would have raised for ``signum``
+    (recorded as the last signal), for code that catches another library's way of stopping."""
+    _state["signal"] = signum
+    return Interrupted(signum)
+
+
 def last_signal() -> int | None:
     """The signal that last interrupted this process through :func:`interrupts_raise`."""
     return _state["signal"]  # type: ignore[return-value]

@@ -15,8 +15,10 @@ Each problem raises :class:`~micro_doe.studies.study_yaml.SpecError` naming the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from micro_doe.platform.volumes import OutputExistsError, check_writable_folder
@@ -169,6 +171,25 @@ def _check_folder(folder: Path) -> str | None:
         check_writable_folder(folder)
     except (OutputExistsError, PermissionError) as err:
         return str(err)
+    return _probe(folder)
+
+
+def _probe(folder: Path) -> str | None:
+    """Create and remove a file in ``folder`` (or its nearest existing parent), restoring the
+    folder's times: permissions can say yes where the file system says no (/proc, read-only
+    mounts seen by root)."""
+    here = Path(os.path.abspath(folder))
+    while not here.exists():
+        here = here.parent
+    before = here.stat()
+    try:
+        fd, name = tempfile.mkstemp(prefix=".micro-doe-probe-", dir=here)
+    except OSError as err:
+        return f"{here}: files cannot be created there ({err.strerror})"
+    os.close(fd)
+    os.unlink(name)
+    with contextlib.suppress(OSError):
+        os.utime(here, ns=(before.st_atime_ns, before.st_mtime_ns))
     return None
 
 

@@ -75,3 +75,30 @@ def test_an_interrupted_run_exits_with_the_signal_code_and_resumes_requeued_firs
     assert len(new) == 1
     assert new[0].user_attrs["requeued_from"] == interrupted[0].number
     assert new[0].params == interrupted[0].params and new[0].user_attrs["seed"] == interrupted[0].user_attrs["seed"]
+
+
+@pytest.mark.parametrize(("signum", "code", "how"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_an_interrupt_while_ray_starts_exits_with_the_signal_code_and_stops_ray(signum, code, how, tmp_path, tiny_bundle):
+    import psutil
+
+    path = write_study(tmp_path, tiny_bundle)
+    driver = start_driver(path, stderr=subprocess.PIPE, text=True)
+    try:
+        me = psutil.Process(driver.pid)
+        deadline = time.time() + 120
+        started: list[psutil.Process] = []
+        while time.time() < deadline and driver.poll() is None and not started:  # Ray's first server is up
+            started = [p for p in me.children(recursive=True) if "gcs_server" in " ".join(p.cmdline())]
+            time.sleep(0.05)
+        assert started, "ray never started"
+        children = me.children(recursive=True)
+        driver.send_signal(signum)
+        _, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+    assert driver.returncode == code, err
+    assert f"interrupted ({how})" in err and "Traceback" not in err, err
+    _, alive = psutil.wait_procs(children, timeout=30)  # what the driver started stops with it
+    assert not alive, [" ".join(p.cmdline())[:80] for p in alive]

@@ -51,6 +51,7 @@ CASES = [
     # ---- run: the study file and its stores
     ("run-unknown-db", ["run", "{s:storage=notadb://x/y}"], "storage: unknown database kind 'notadb'"),
     ("run-db-under-a-file", ["run", "{s:storage=sqlite:///afile/optuna.db}"], "storage: "),
+    ("run-db-in-proc", ["run", "{s:storage=sqlite:////proc/optuna.db}"], "storage: /proc"),
     ("run-db-not-sqlite", ["run", "{s:storage=sqlite:///afile}"], "afile exists and is not a SQLite database"),
     ("run-db-driver-missing", ["run", "{s:storage=mysql+mysqldb://u@localhost/db}"], "storage: the database driver"),
     ("run-tracking-not-a-uri", ["run", "{s:tracking=sqlite//runs/mlflow.db}"], "tracking: 'sqlite//"),
