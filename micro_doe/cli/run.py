@@ -17,6 +17,7 @@ from micro_doe.cli.options import check_count, check_seconds
 from micro_doe.platform.interrupts import interrupt_name, mark_reported
 from micro_doe.studies.spec import MAX_TRIALS
 from micro_doe.studies.study_yaml import load_spec
+from micro_doe.tracking.registry import runnable
 
 StudyRef = Annotated[str, typer.Argument(help="A study.yaml, or the name of a bundled study (see `micro-doe studies`).")]
 
@@ -53,8 +54,8 @@ def run(
     for t in result.failed[-3:]:
         console.print(f"  trial {t.number} failed: {escape(t.reason or '?')}", style="yellow")
     console.print("look next:")
-    console.print(f"  MLflow:    {escape(result.mlflow_command())}")
-    console.print(f"  dashboard: micro-doe dashboard {escape(study)}")
+    console.print(f"  MLflow:    {escape(result.mlflow_command())}", soft_wrap=True)  # commands whole, to copy
+    console.print(f"  dashboard: {runnable('micro-doe')} dashboard {escape(study)}", soft_wrap=True)
 
 
 def run_live(runner, objective_names: list[str], n_trials: int | None, timeout: float | None,  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ What is logged where (experiment = the study's name, artifacts under
   the trial's params; metrics = the objective values and every scalar metric (plus
   ``trial_seconds`` and, for a model that predicts, ``predicted.<name>``: the mean over the
   samples of each prediction, e.g. the LDM's φ, χ, log_time); artifacts ``volumes/sample-{i}.nc``, ``montage.png``, ``curves.png``
-  (pooled S2 / lineal path vs the model's reference), ``predicted.json`` (every sample's predictions); a failed trial also
+  (pooled S2 / lineal path vs the model's reference), ``predicted.json`` (every sample's predictions, when the generator predicts anything); a failed trial also
   gets tag ``reason`` and ``reason.txt``. An artifact that cannot be rendered leaves a tag
   ``warning.<artifact>`` (and a log warning) instead of stopping the study.
 
@@ -92,7 +92,7 @@ class StudyTracker:
         lines = [f"**micro-doe study `{self.experiment}`**: one run per `micro-doe run` (parent), one child run per trial.",
                  "", "Objectives: " + ", ".join(f"`{n}` ({d})" for n, d in objectives), "", "| metric | definition |",
                  "|---|---|"]
-        lines += [f"| `{name}` | {text} |" for name, text in glossary.items()]
+        lines += [f"| `{name}` | {_cell(text)} |" for name, text in glossary.items()]
         lines += ["| `trial_seconds` | wall time of the trial, generation to logging [s] |",
                   "| `predicted.<name>` | mean over the samples of a model's prediction (the LDM's recipe) |"]
         tags = {
@@ -324,10 +324,11 @@ class StudyTracker:
                     curves_plot(ref, gen, out / "curves.png", title=f"trial {number}", errors=errors)
 
                 attempt("curves.png", curves)
-            attempt(
-                "predicted.json",
-                lambda: (out / "predicted.json").write_text(json.dumps(_jsonable(list(predicted)), indent=1)),
-            )
+            if any(predicted):  # a generator that predicts nothing (Micro3Diff) gets no file of empty dicts
+                attempt(
+                    "predicted.json",
+                    lambda: (out / "predicted.json").write_text(json.dumps(_jsonable(list(predicted)), indent=1)),
+                )
             if reason:
                 (out / "reason.txt").write_text(reason + "\n")
             try:
@@ -380,6 +381,11 @@ class StudyTracker:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: a bare ``|`` (as in ``|x|``) would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def flatten_params(spec: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -277,6 +277,7 @@ METRICS: dict[str, str] = {name: o.description for name, o in BUILTIN_OBJECTIVES
     "largest_component_share": "share of the phase in its section's largest component, over 2D sections",
 }
 METRIC_PATTERNS: dict[str, str] = {r"vf_.+": "vf_<phase name>: volume fraction of that phase"}
+METRIC_PATTERN_NAMES: dict[str, str] = {"vf_<phase name>": "volume fraction of that phase (e.g. vf_grain)"}
 TORTUOSITY_METRICS = ("tortuosity", "transport_tortuosity", "effective_diffusivity", "percolating_fraction")
 
 # ----------------------------------------------------------------------------- registry

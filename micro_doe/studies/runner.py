@@ -102,6 +102,7 @@ from micro_doe.platform.bundles import load_held_out, load_reference
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.platform.interrupts import interrupts_deferred, interrupts_raise, last_signal
 from micro_doe.studies.objectives import (
+    METRIC_PATTERN_NAMES,
     METRICS,
     Sample,
     evaluate_objectives,
@@ -308,7 +309,7 @@ class Study:
         store = artifact_store(Path(spec.artifacts) / "optuna")
         tracker = StudyTracker(spec.tracking, spec.name, spec.artifacts, driver=self.driver_id)
         tracker.fail_stale_runs(live_drivers(study))  # another live driver's runs, on any host, stay
-        tracker.describe_experiment([(o.name, d) for o, d in self.objectives], METRICS)
+        tracker.describe_experiment([(o.name, d) for o, d in self.objectives], METRICS | METRIC_PATTERN_NAMES)
         parent = tracker.start_invocation(spec.model_dump(mode="json", by_alias=True), {"driver": self.driver_id})
         reference = self._reference()
         tracker.example_image = self._example_image()

@@ -29,6 +29,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,12 +77,23 @@ def check_tracking_uri(uri: str) -> str:
 
 def ui_hint(uri: str, experiment_id: str | None = None) -> str:
     """How a person opens the MLflow UI for a store: a tracking server is its own UI (open its
-    URL); a database store is served locally with ``mlflow ui`` on 127.0.0.1. The experiment's
-    link asks for the runs ("machine learning") view: MLflow 3.17 opens the traces view otherwise."""
+    URL); a database store is served locally with ``mlflow ui`` on 127.0.0.1 (the command on a
+    line of its own, runnable as it is: :func:`runnable`). The experiment's link asks for the
+    runs ("machine learning") view: MLflow 3.17 opens the traces view otherwise."""
     page = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else ""
     if uri.startswith(("http://", "https://")):
         return f"open {uri.rstrip('/')}{page} (the tracking server serves the UI)"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1, then open http://127.0.0.1:5000{page}"
+    return f"{runnable('mlflow')} ui --backend-store-uri {uri} --host 127.0.0.1\n  then open http://127.0.0.1:5000{page}"
+
+
+def runnable(program: str) -> str:
+    """``program`` as a shell can run it: its name when the shell's PATH finds this environment's
+    copy, else that copy's full path (a venv that is not activated)."""
+    mine = Path(sys.executable).parent / program
+    if not mine.exists():
+        return program
+    found = shutil.which(program)
+    return program if found and Path(found).resolve() == mine.resolve() else str(mine)
 
 
 def absolute_tracking_uri(uri: str, *, create_parent: bool = True) -> str:

@@ -111,6 +111,7 @@ def test_invocation_and_trials_are_logged(store, trial_volumes, tmp_path, monkey
         assert Path(client.download_artifacts(ok, png, str(tmp_path))).read_bytes()[:8] == PNG
     assert json.loads(Path(client.download_artifacts(ok, "predicted.json", str(tmp_path))).read_text()) == predicted
     assert Path(client.download_artifacts(bad, "reason.txt", str(tmp_path))).read_text().strip() == "generator OOM"
+    assert "predicted.json" not in {a.path for a in client.list_artifacts(bad)}  # it predicted nothing
     assert json.loads(Path(client.download_artifacts(parent, "study.json", str(tmp_path))).read_text()) == SPEC
 
 

@@ -5,6 +5,7 @@ study attributes, Pareto tags, real trial durations, the experiment's kind and d
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -74,6 +75,10 @@ def test_mlflow_server_shows_durations_pareto_tags_and_descriptions(finished_stu
         tags = {t["key"]: t["value"] for t in experiment["tags"]}
         assert tags["mlflow.experimentKind"] == "custom_model_development"
         assert "`lineal_path_error`" in tags["mlflow.note.content"] and "[s]" in tags["mlflow.note.content"]
+        rows = [line for line in tags["mlflow.note.content"].splitlines() if line.startswith("| `")]
+        cells = {row.split("`")[1]: re.split(r"(?<!\\)\|", row)[2].strip() for row in rows}  # split on bare pipes
+        assert cells["vf_error"].startswith("\\|vf − target\\|")  # a literal |x| does not end the cell
+        assert cells["vf_<phase name>"] and all(cells.values())  # vf_grain, vf_boundary … are defined too
         runs = get_json(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
         by_role: dict[str, list] = {}
         for run in runs:

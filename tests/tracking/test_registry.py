@@ -132,3 +132,18 @@ def test_models_cli_register_and_list(store, tiny_bundle, tmp_path):
     assert not (tmp_path / "none.db").exists()
     bad = runner.invoke(models_app, ["register", str(tmp_path), "--name", "nope", "--tracking", store])
     assert isinstance(bad.exception, ValueError)
+
+
+def test_printed_commands_run_in_a_shell_without_the_venv(monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from micro_doe.tracking.registry import runnable, ui_hint
+
+    venv_bin = str(Path(sys.executable).parent)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # a fresh shell: the venv not activated
+    assert runnable("mlflow") == f"{venv_bin}/mlflow" and runnable("micro-doe") == f"{venv_bin}/micro-doe"
+    first_line = ui_hint("sqlite:////x/m.db", "3").splitlines()[0]
+    assert first_line == f"{venv_bin}/mlflow ui --backend-store-uri sqlite:////x/m.db --host 127.0.0.1"  # no comma
+    monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")  # activated: the short name
+    assert runnable("mlflow") == "mlflow" and runnable("no-such-program") == "no-such-program"
