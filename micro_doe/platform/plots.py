@@ -127,9 +127,23 @@ def pareto_plot(
     *,
     title: str = "",
 ) -> Path:
-    """Every pair of objectives (rows of ``values`` are trials): Pareto trials filled and joined,
-    other feasible trials open circles, infeasible ones grey crosses. One objective: its value
-    against trial order, with the best feasible value so far."""
+    """:func:`pareto_figure`, saved as a PNG at ``path``."""
+    return _save(pareto_figure(values, feasible, pareto, names, directions, title=title), path)
+
+
+def pareto_figure(
+    values: np.ndarray,
+    feasible: Sequence[bool],
+    pareto: Sequence[bool],
+    names: Sequence[str],
+    directions: Sequence[str],
+    *,
+    title: str = "",
+) -> plt.Figure:
+    """Every pair of objectives (rows of ``values`` are trials): Pareto trials filled (joined only
+    with two objectives: a projection of a higher-dimensional front is no curve), other feasible
+    trials open circles, infeasible ones grey crosses; the legend lists only what is there. One
+    objective: its value against trial order, with the best feasible value so far."""
     values = np.asarray(values, dtype=float).reshape(len(feasible), -1)
     feasible_mask, pareto_mask = np.asarray(feasible, bool), np.asarray(pareto, bool)
     k = values.shape[1]
@@ -139,10 +153,13 @@ def pareto_plot(
         xs = values[:, i] if j is not None else np.arange(len(values), dtype=float)
         ys = values[:, j] if j is not None else values[:, i]
         other = feasible_mask & ~pareto_mask
-        ax.scatter(xs[~feasible_mask], ys[~feasible_mask], marker="x", color="0.6", label="infeasible")
-        ax.scatter(xs[other], ys[other], facecolors="none", edgecolors="C0", label="feasible")
+        if (~feasible_mask).any():
+            ax.scatter(xs[~feasible_mask], ys[~feasible_mask], marker="x", color="0.6", label="infeasible")
+        if other.any():
+            ax.scatter(xs[other], ys[other], facecolors="none", edgecolors="C0", label="feasible")
         order = np.argsort(xs[pareto_mask])
-        ax.plot(xs[pareto_mask][order], ys[pareto_mask][order], "o-", color="C3", label="Pareto front" if j is not None else "best")
+        style = "o-" if k <= 2 else "o"
+        ax.plot(xs[pareto_mask][order], ys[pareto_mask][order], style, color="C3", label="Pareto front" if j is not None else "best")
         if j is None:
             ax.set_xlabel("trial (in order of completion)")
             ax.set_ylabel(f"{names[i]} ({directions[i]})")
@@ -153,4 +170,4 @@ def pareto_plot(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 DRIVER_TAG = "micro_doe.driver"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a database store by default
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
 MAX_TAG_LENGTH = 8000  # ... and for a tag value
 _FINISHED = {"COMPLETE", "FINISHED", "PRUNED"}
@@ -83,6 +84,12 @@ class StudyTracker:
         """How to look at the runs: ``mlflow ui`` bound to this machine for a database store,
         the server's own UI for a tracking server."""
         return ui_hint(self.tracking_uri, self.experiment_id)
+
+    def run_url(self, run_id: str) -> str:
+        """Where a person sees run ``run_id``: on the tracking server, or on ``mlflow ui``'s
+        default address for a database store (:attr:`run_url_hint` starts it)."""
+        base = self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+        return f"{base}/#/experiments/{self.experiment_id}/runs/{run_id}"
 
     def describe_experiment(self, objectives: Sequence[tuple[str, str]], glossary: Mapping[str, str]) -> None:
         """What the MLflow UI shows about the experiment: the model-training kind (runs, not

@@ -136,6 +136,7 @@ from micro_doe.studies.study_yaml import load_spec
 log = logging.getLogger("micro_doe.studies")
 STALL_WARNING_S = 60.0  # no event for this long: tell the user what Ray is waiting for
 OWNER_ATTR = "driver"
+MLFLOW_RUN_ATTR = "mlflow run"  # the trial's MLflow run, as a link the dashboard shows
 SEED_ATTR = "seed"
 REASON_ATTR = "fail_reason"
 VALUES_PER_VOLUME = "values_per_volume"  # {objective name: [its value on volume 0, 1, ...]}
@@ -676,11 +677,12 @@ class Study:
         except Exception:  # noqa: BLE001 — the decision stands; the run just shows less
             values, metrics = {self.objectives[0][0].name: ctx.reported}, {}
         try:
-            tracker.log_trial(
+            run_id = tracker.log_trial(
                 trial_number=ctx.trial.number, params=ctx.params | {"seed": ctx.seed}, values=values,
                 metrics=metrics, volumes=ctx.volumes, reference=reference, predicted=ctx.predicted,
                 state="PRUNED", seconds=time.perf_counter() - ctx.started, started_at=ctx.started_at,
             )  # fmt: skip
+            ctx.trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_url(run_id))
         finally:
             study.tell(ctx.trial, state=TrialState.PRUNED)
             if ctx.reporter is not None and ctx.reporter is not ctx.trial:
@@ -693,13 +695,13 @@ class Study:
         extra = evaluate_objectives([(o, o.direction) for o in self.spec.constraint_objectives()], samples)
         return trial_metrics(samples) | extra | values
 
-    def _constraints(self, metrics: dict[str, float]) -> list[tuple[str, float]]:
-        """Each constraint's description and violation (≤ 0: feasible); a ValueError names a
-        constraint metric that was not measured."""
+    def _constraints(self, metrics: dict[str, float]) -> list[tuple[str, float, float]]:
+        """Each constraint's description, violation (≤ 0: feasible) and measured value; a
+        ValueError names a constraint metric that was not measured."""
         missing = [c.metric for c in self.spec.constraints if c.metric not in metrics]
         if missing:
             raise ValueError(f"constraint metric {missing[0]!r} was not measured")
-        return [(c.describe(), c.violation(metrics[c.metric])) for c in self.spec.constraints]
+        return [(c.describe(), c.violation(metrics[c.metric]), metrics[c.metric]) for c in self.spec.constraints]
 
     @staticmethod
     def _check_volumes(volumes: list[Any]) -> None:
@@ -725,7 +727,7 @@ class Study:
             upload(study, ctx.trial, png, store)
         except Exception as err:  # noqa: BLE001 — a picture never costs a trial
             ctx.trial.set_user_attr("montage_error", _reason(err))
-        tracker.log_trial(
+        run_id = tracker.log_trial(
             trial_number=ctx.trial.number,
             params=ctx.params | {"seed": ctx.seed},
             values=values,
@@ -737,6 +739,7 @@ class Study:
             seconds=time.perf_counter() - ctx.started,
             started_at=ctx.started_at,
         )
+        ctx.trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_url(run_id))  # the dashboard's link to the run
         study.tell(ctx.trial, [values[o.name] for o, _ in self.objectives])
         if ctx.reporter is not None and ctx.reporter is not ctx.trial and pruning is not None:
             pruning.tell(ctx.reporter, values[self.objectives[0][0].name])
@@ -746,7 +749,7 @@ class Study:
         if requeue:
             ctx.trial.set_user_attr("requeued", True)
         try:
-            tracker.log_trial(
+            run_id = tracker.log_trial(
                 trial_number=ctx.trial.number,
                 params=ctx.params | {"seed": ctx.seed},
                 values={},
@@ -759,6 +762,7 @@ class Study:
                 seconds=time.perf_counter() - ctx.started,
                 started_at=ctx.started_at,
             )
+            ctx.trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_url(run_id))
         finally:
             study.tell(ctx.trial, state=TrialState.FAIL)
             if ctx.reporter is not None and ctx.reporter is not ctx.trial and pruning is not None:

@@ -79,22 +79,26 @@ def describe_study(study: optuna.Study, spec: StudySpec, objective_names: list[s
 CONSTRAINTS_KEY = "constraints"  # the list Optuna's samplers and optuna-dashboard both read
 
 
-def set_constraints(study: optuna.Study, trial: optuna.trial.Trial, constraints: list[tuple[str, float]]) -> None:
-    """Store a RUNNING trial's constraint values (feasible when every value ≤ 0).
+def set_constraints(
+    study: optuna.Study, trial: optuna.trial.Trial, constraints: list[tuple[str, float, float]]
+) -> None:
+    """Store a RUNNING trial's constraints: (description, violation, measured value) each;
+    feasible when every violation ≤ 0.
 
     Optuna 5 reads constraints from the system attr ``constraints`` (a list, the form its
     deprecated ``constraints_func`` writes) and from ``constraints:<name>`` (what
     ``Trial.set_constraint`` writes); optuna-dashboard 0.21 reads only the list. So the list is
     written, once (writing both would count every constraint twice), in the spec's order; the
-    readable side, ``constraint: <bound>`` = value and ``feasible``, goes to user attrs, which
-    the dashboard shows on the trial page and as columns.
+    readable side, ``constraint: <bound>`` = the measured value (not the violation, which reads
+    as a value of its own) and ``feasible``, goes to user attrs, which the dashboard shows on
+    the trial page and as columns.
     """
-    values = [float(v) for _, v in constraints]
+    values = [float(v) for _, v, _ in constraints]
     if not constraints:
         return
     study._storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, values)
-    for name, value in constraints:
-        trial.set_user_attr(f"constraint: {name}", value)
+    for name, _, measured in constraints:
+        trial.set_user_attr(f"constraint: {name}", float(measured))
     trial.set_user_attr("feasible", all(v <= 0.0 for v in values))
 
 

@@ -57,8 +57,9 @@ def test_optuna_dashboard_shows_names_constraints_feasibility_and_attributes(fin
             (violation,) = t["constraints"]  # what the dashboard colours feasible / infeasible by
             shown = {a["key"]: a["value"] for a in t["user_attrs"]}
             assert shown["feasible"] == str(violation <= 0.0)
-            assert float(shown["constraint: vf_error ≤ 0.05"]) == pytest.approx(violation)
+            assert float(shown["constraint: vf_error ≤ 0.05"]) == pytest.approx(violation + 0.05)  # the value, not slack
             assert [a["mimetype"] for a in t["artifacts"]] == ["image/png"]
+            assert re.fullmatch(r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}", shown["mlflow run"])
         feasible_front = {t.number for t in result.best_trials}
         assert {t["number"] for t in detail["best_trials"]} >= feasible_front
 

@@ -21,10 +21,11 @@ def feasible_in_tail(sampler_spec) -> int:  # type: ignore[no-untyped-def]
     for _ in range(TRIALS):
         trial = study.ask()
         x, y = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("y", 0.0, 1.0)
-        set_constraints(study, trial, [("x ≥ 0.6", 0.6 - x)])
+        set_constraints(study, trial, [("x ≥ 0.6", 0.6 - x, x)])
         study.tell(trial, [x + y, (1.0 - x) + y])
         feasible.append(x >= 0.6)
     assert study.trials[-1].constraints == pytest.approx({"0": 0.6 - study.trials[-1].params["x"]})  # what samplers read
+    assert study.trials[-1].user_attrs["constraint: x ≥ 0.6"] == study.trials[-1].params["x"]  # what a person reads
     return sum(feasible[-TAIL:])
 
 
