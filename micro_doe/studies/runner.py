@@ -306,7 +306,7 @@ class Study:
         spec = self.spec
         describe_study(study, spec, [o.name for o, _ in self.objectives])
         requeue_stale_trials(study, self.driver_id, OWNER_ATTR, SEED_ATTR, REASON_ATTR)
-        enqueue_initial_design(study, spec)
+        enqueue_initial_design(study, spec, self.driver_id)
         store = artifact_store(Path(spec.artifacts) / "optuna")
         tracker = StudyTracker(spec.tracking, spec.name, spec.artifacts, driver=self.driver_id)
         tracker.fail_stale_runs(live_drivers(study))  # another live driver's runs, on any host, stay
@@ -360,6 +360,19 @@ class Study:
                 progress.note = note
                 on_progress(progress)
 
+        def tell_about_others(known: set[str]) -> bool:
+            """Say when drivers join this study (its trials, budget and initial design are
+            theirs too); whether anything was said."""
+            others = live_drivers(study) - {self.driver_id}
+            if not others - known:
+                return False
+            known |= others
+            note = (f"{len(others)} other driver(s) run this study too: the trials and the budget "
+                    f"({budget}) are shared, and the initial design was enqueued once")
+            log.warning(note)
+            report(note)
+            return True
+
         def check_actors() -> None:
             """Actors back from quarantine take work again; lost ones (no node, or dead, within
             placement_timeout_s) take their trials with them (failed and re-queued); with no
@@ -410,11 +423,15 @@ class Study:
             )
 
         try:
-            report()
+            known_others: set[str] = set()
+            if not tell_about_others(known_others):
+                report()
             renewed = time.time()
             last_event = time.perf_counter()
             while True:
-                renewed = renew_lease(study, self.driver_id, renewed)
+                before, renewed = renewed, renew_lease(study, self.driver_id, renewed)
+                if renewed != before:  # every LEASE_RENEW_S: has another driver joined?
+                    tell_about_others(known_others)
                 check_actors()
                 timed_out = timeout is not None and time.perf_counter() - start > timeout
                 if timed_out and (generating or evaluating or continuing):

@@ -4,6 +4,7 @@ lease that lets one driver at a time run a study."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import socket
 import time
@@ -167,11 +168,20 @@ def make_sampler(s: SamplerSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=s.seed)
 
 
-def enqueue_initial_design(study: optuna.Study, spec: StudySpec) -> int:
+DESIGN_CLAIM = "micro_doe:initial_design"  # study system attr: the driver that enqueued the design
+
+
+def enqueue_initial_design(study: optuna.Study, spec: StudySpec, driver: str = "") -> int:
     """On a study's first run, enqueue n scrambled-Sobol points of the search space (a
-    space-filling start, seeded by the sampler's seed); returns how many were enqueued."""
+    space-filling start, seeded by the sampler's seed); returns how many were enqueued.
+
+    Once per study, whatever the drivers: the first to claim :data:`DESIGN_CLAIM`
+    (:func:`claim_once`) enqueues, the others go on with the sampler. A study that already has
+    trials (one from before the claim existed) gets no design."""
     design = spec.sampler.initial_design
-    if design is None or study.get_trials(deepcopy=False):
+    if design is None or not claim_once(study, DESIGN_CLAIM, driver):
+        return 0
+    if study.get_trials(deepcopy=False):
         return 0
     from scipy.stats import qmc
 
@@ -181,6 +191,32 @@ def enqueue_initial_design(study: optuna.Study, spec: StudySpec) -> int:
         params = {name: _from_unit(spec.search[name].distribution(), u) for name, u in zip(names, row)}
         study.enqueue_trial(params, user_attrs={"initial_design": "sobol"})
     return design.n
+
+
+def claim_once(study: optuna.Study, key: str, value: str) -> bool:
+    """Whether this call is the first ever to claim ``key`` on ``study`` (then ``value`` is stored
+    under it). Atomic across processes and hosts in a database storage: an INSERT under the
+    table's unique (study, key) constraint, which a second driver's INSERT violates. In memory
+    (one process) a plain check."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        from optuna.storages._rdb import models
+        from sqlalchemy.exc import IntegrityError
+
+        session = backend.scoped_session()
+        try:
+            session.add(models.StudySystemAttributeModel(study_id=study._study_id, key=key, value_json=json.dumps(value)))
+            session.commit()
+            return True
+        except IntegrityError:
+            session.rollback()
+            return False
+        finally:
+            session.close()
+    if key in study._storage.get_study_system_attrs(study._study_id):
+        return False
+    study._storage.set_study_system_attr(study._study_id, key, value)
+    return True
 
 
 def _from_unit(dist: optuna.distributions.BaseDistribution, u: float) -> Any:

@@ -255,13 +255,16 @@ def test_an_ldm_study_verifies_its_volumes_and_logs_what_it_spent(tmp_path, tiny
         assert "verify.measured.vf_donor" in m and "predicted.phi" in m
 
 
-def test_two_drivers_share_one_study_and_its_exact_budget(tmp_path, tiny_bundle):
-    """Two drivers started together on one sqlite study: neither fails the other's live trials,
-    and together they finish exactly n_trials counted trials."""
-    path = write_study(tmp_path, tiny_bundle, budget={"n_trials": 5}, constraints=[],
-                       search={"n_h": {"int": [0, 2]}, "steps": {"int": [6, 12]}})  # fmt: skip
+@pytest.mark.parametrize("n_drivers", [2, 3])
+def test_drivers_share_one_study_its_initial_design_and_its_exact_budget(n_drivers, tmp_path, tiny_bundle):
+    """Drivers started together on one sqlite study: the initial design is enqueued once, no
+    trial repeats another's parameters, neither fails the other's live trials, together they
+    finish exactly n_trials counted trials, and each is told that others share the study."""
+    path = write_study(tmp_path, tiny_bundle, budget={"n_trials": 8}, constraints=[],
+                       search={"n_h": {"int": [0, 2]}, "steps": {"int": [6, 30]}},
+                       sampler={"kind": "tpe", "seed": 0, "initial_design": {"kind": "sobol", "n": 4}})  # fmt: skip
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    drivers = [start_driver(path, stderr=subprocess.PIPE) for _ in range(2)]
+    drivers = [start_driver(path, stderr=subprocess.PIPE) for _ in range(n_drivers)]
     try:
         errors = [d.communicate(timeout=400)[1].decode() for d in drivers]
     finally:
@@ -269,17 +272,21 @@ def test_two_drivers_share_one_study_and_its_exact_budget(tmp_path, tiny_bundle)
             if d.poll() is None:
                 os.killpg(d.pid, signal.SIGKILL)
                 d.wait(timeout=30)
-    assert [d.returncode for d in drivers] == [0, 0], "\n\n".join(e[-3000:] for e in errors)
+    assert [d.returncode for d in drivers] == [0] * n_drivers, "\n\n".join(e[-3000:] for e in errors)
     study = optuna.load_study(study_name="e2e", storage=storage)
     trials = study.get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 5 and not [t for t in trials if t.state == TrialState.RUNNING]
+    assert len(complete) == 8 and not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len([t for t in trials if t.user_attrs.get("initial_design") == "sobol"]) == 4  # enqueued once
+    design = [tuple(sorted(t.params.items())) for t in trials if t.user_attrs.get("initial_design")]
+    assert len(set(design)) == 4
+    assert all("other driver(s) run this study too" in e for e in errors), errors
     for t in trials:
         if t.state == TrialState.FAIL:  # only a surplus trial (both asked for the last slot) may fail here
             assert t.user_attrs.get("surplus") and "driver died" not in t.user_attrs.get("fail_reason", ""), t.user_attrs
-    assert len({t.user_attrs["driver"] for t in complete}) == 2  # both drivers ran trials
+    assert len({t.user_attrs["driver"] for t in complete}) >= 2  # drivers ran trials side by side
     leases = {k: v for k, v in study._storage.get_study_system_attrs(study._study_id).items() if k.startswith("micro_doe:lease:")}
-    assert len(leases) == 2 and all(v is None for v in leases.values())  # both released
+    assert len(leases) == n_drivers and all(v is None for v in leases.values())  # all released
 
 
 def test_timeout_bounds_the_run_and_requeues_trials_in_flight(tmp_path, tiny_bundle):
