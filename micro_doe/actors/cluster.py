@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import ray
 
+from micro_doe.errors import ExecutionError, InputError, MicroDoeError
 from micro_doe.platform.interrupts import interrupted
 
 RESTARTS = 2  # an actor process may die this many times (OOM, node loss, ray.kill) and come back
@@ -35,7 +36,7 @@ PROBE_TIMEOUT_S = 5.0
 _started_local: bool | None = None  # whether connect() started the instance it is attached to
 
 
-class ClusterConnectionError(ConnectionError):
+class ClusterConnectionError(MicroDoeError, ConnectionError):
     """RAY_ADDRESS names a cluster this driver cannot reach or is not allowed into."""
 
 
@@ -112,11 +113,11 @@ def shutdown() -> None:
     _started_local = None
 
 
-class ClusterCapacityError(ValueError):
+class ClusterCapacityError(InputError):
     """The study asks for more actors than the Ray instance can ever place."""
 
 
-class CapacityLostError(ClusterCapacityError):
+class CapacityLostError(ExecutionError):
     """Every generator (or every evaluator) of a running study was lost with its node."""
 
 

@@ -1,15 +1,20 @@
 """The ``micro-doe`` command: a typer app, and the one place errors become exit codes.
 
-Bad input (a missing file, a wrong value) is reported as one line on stderr with exit
-code 2 and no traceback; set ``MICRO_DOE_DEBUG=1`` to see the traceback instead. Ctrl-C
-exits 130 and SIGTERM 143, both after the command has cleaned up (a study fails and
-re-queues its running trials).
+Bad input (a missing file, a wrong value: :class:`~micro_doe.errors.InputError` and the
+plain ``ValueError``/``OSError`` of lower layers) is reported as one line on stderr with exit
+code 2 and no traceback. Anything else (an :class:`~micro_doe.errors.ExecutionError`, or a
+bug) is one line with exit code 1 and the path of a log that holds the traceback. Set
+``MICRO_DOE_DEBUG=1`` to see the traceback instead. Ctrl-C exits 130 and SIGTERM 143, both
+after the command has cleaned up (a study fails and re-queues its running trials).
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
+import traceback
+from pathlib import Path
 
 import typer
 from pydantic import ValidationError
@@ -25,6 +30,7 @@ from micro_doe.cli.run import dashboard, run
 from micro_doe.cli.studies import schema, studies
 from micro_doe.cli.train import train_app
 from micro_doe.cli.tune import tune
+from micro_doe.errors import ExecutionError
 from micro_doe.platform.interrupts import exit_code, interrupt_name, interrupts_raise, last_signal, was_reported
 
 app = typer.Typer(
@@ -64,17 +70,45 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(usage.exit_code)  # type: ignore[attr-defined]
         except typer.Abort:
             returned = 130
+        except ExecutionError as err:  # before USER_ERRORS: it is no input error
+            _fail_with_log(err, stderr)
         except USER_ERRORS as err:
             if os.environ.get("MICRO_DOE_DEBUG"):
                 raise
             stderr.print(f"[bold red]error:[/] {escape(_one_line(err))}", highlight=False, soft_wrap=True)
             sys.exit(2)
+        except Exception as err:  # noqa: BLE001 — a bug: one line and the log, not a screen of traceback
+            _fail_with_log(err, stderr)
     code = returned if isinstance(returned, int) and not isinstance(returned, bool) else 0
     if code == 130:  # typer turns every KeyboardInterrupt (ours for SIGTERM too) into exit 130
         code = exit_code(last_signal())
         if not was_reported():
             stderr.print(f"interrupted ({interrupt_name()})")
     sys.exit(code)
+
+
+def _fail_with_log(err: BaseException, stderr: Console) -> None:
+    """Exit 1 with one line that names the error and the log holding its traceback."""
+    if os.environ.get("MICRO_DOE_DEBUG"):
+        raise err
+    log = _write_log(err)
+    where = f" (traceback: {log})" if log else ""
+    stderr.print(f"[bold red]error:[/] {escape(_one_line(err))}{where}", highlight=False, soft_wrap=True)
+    sys.exit(1)
+
+
+def _write_log(err: BaseException) -> Path | None:
+    """The traceback in ``$MICRO_DOE_CACHE/logs`` (default ``~/.cache/micro-doe/logs``); None
+    when it cannot be written (the one line is still shown)."""
+    root = Path(os.environ.get("MICRO_DOE_CACHE") or Path.home() / ".cache" / "micro-doe")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = root / "logs" / f"error-{stamp}-{os.getpid()}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"micro-doe {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(err)))
+    except OSError:
+        return None
+    return path
 
 
 def _one_line(err: BaseException) -> str:

@@ -13,12 +13,13 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from micro_doe.errors import InputError
 from micro_doe.platform.memory import available_memory, check_memory  # noqa: F401  (re-exported for the commands)
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never a folder micro-doe did not write).")]
 
 
-class OptionError(ValueError):
+class OptionError(InputError):
     """A command-line option with a value the command cannot use; the message names it."""
 
 

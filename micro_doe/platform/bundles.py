@@ -20,6 +20,7 @@ from pathlib import Path
 import xarray as xr
 from pydantic import BaseModel
 
+from micro_doe.errors import ExecutionError, InputError
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.platform.volumes import atomic_path
 
@@ -31,11 +32,11 @@ REGISTRY_PREFIX = "models:/"  # models:/NAME@ALIAS or models:/NAME/VERSION: reso
 BUNDLE_KINDS = ("micro3diff", "ldm")
 
 
-class BundleError(ValueError):
+class BundleError(InputError):
     """A bundle that is missing, incomplete or inconsistent; the message names the path."""
 
 
-class GenerationError(RuntimeError):
+class GenerationError(ExecutionError):
     """A generator produced no usable volume (e.g. non-finite values from a diverged model)."""
 
 

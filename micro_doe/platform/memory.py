@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+from micro_doe.errors import InputError
 
-class InsufficientMemoryError(ValueError):
+
+class InsufficientMemoryError(InputError):
     """Work whose estimated memory exceeds what the machine has available; the message names
     the option or field and gives the estimate."""
 

@@ -34,6 +34,8 @@ from typing import Any, Iterator
 import numpy as np
 import xarray as xr
 
+from micro_doe.errors import InputError
+
 VOLUME_DIMS: dict[int, tuple[str, ...]] = {2: ("y", "x"), 3: ("z", "y", "x")}
 ALLOWED_DIMS = {
     ("y", "x"),
@@ -45,7 +47,7 @@ MAX_PHASES = 127  # int8 labels
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff"}
 
 
-class VolumeError(ValueError):
+class VolumeError(InputError):
     """Bad volume data or file; the message names the source and what was expected."""
 
 
@@ -144,7 +146,7 @@ def phase_index(volume: xr.DataArray, phase: int | str) -> int:
 # ---------------------------------------------------------------- writing (atomic)
 
 
-class OutputExistsError(ValueError):
+class OutputExistsError(InputError):
     """An output path already holds something the program may not replace."""
 
 

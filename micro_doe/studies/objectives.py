@@ -63,6 +63,7 @@ from typing import Any, Literal, overload
 import numpy as np
 import xarray as xr
 
+from micro_doe.errors import InputError
 from micro_doe.platform.descriptors import Descriptors, error_rate
 from micro_doe.platform.descriptors import size_error as size_error_of
 from micro_doe.platform.descriptors import tortuosity as tortuosity_of
@@ -102,7 +103,7 @@ class Objective:
     description: str
 
 
-class UnknownObjectiveError(ValueError):
+class UnknownObjectiveError(InputError):
     """An objective name that is neither built in, registered, nor an importable ``module:function``."""
 
 

@@ -404,10 +404,11 @@ class Study:
                         pool.forget(ctx.eval_refs)
                 for ctx in victims:
                     self._fail(study, tracker, ctx, reason, reference, requeue=True, pruning=pruning)
-                note = (f"{kind} actor lost ({why}); {len(victims)} trial(s) re-queued; "
-                        f"going on with {len(live)} generator(s) and {len(pool)} evaluator(s)")
-                log.warning(note)
-                report(note)
+                if live and len(pool):  # (with none of a kind left, the error below says it all)
+                    note = (f"{kind} actor lost ({why}); {len(victims)} trial(s) re-queued; "
+                            f"going on with {len(live)} generator(s) and {len(pool)} evaluator(s)")
+                    log.warning(note)
+                    report(note)
             if live and len(pool):
                 return
             gone = "generator" if not live else "evaluator"

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from micro_doe.errors import InputError
 from micro_doe.platform.volumes import why_missing
 from micro_doe.studies.generator_blocks import (
     CahnHilliardGeneratorSpec,
@@ -66,7 +67,7 @@ from micro_doe.studies.spec import (
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """An invalid study: ``file`` and ``problems`` as ``(field path, message)`` pairs."""
 
     def __init__(self, file: str, problems: list[tuple[str, str]]) -> None:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from micro_doe.errors import InputError
 from micro_doe.platform.bundles import HELD_OUT_FILE, has_held_out, load_held_out, resolve_bundle_path
 from micro_doe.platform.descriptors import Descriptors, describe
 from micro_doe.platform.micro3diff.bundle import (
@@ -77,7 +78,7 @@ CONFIRM_SEED = 100_000  # confirmation volumes: seeds the study never used
 VF_TOLERANCE = 0.25  # constraint: |vf − held-out vf| ≤ 25 % of the held-out vf
 
 
-class TuningError(ValueError):
+class TuningError(InputError):
     """Tuning cannot start or cannot choose (names the option)."""
 
 

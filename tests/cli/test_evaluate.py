@@ -69,3 +69,23 @@ def test_images_and_stacks_are_described_without_tortuosity_by_default(tmp_path,
         assert json.loads(out.read_text())["tortuosity"] is None and "tortuosity" not in capsys.readouterr().out
     assert run_cli("evaluate", str(image), "--axis", "z") == 2  # asked for: an image has no z
     assert "--axis z" in capsys.readouterr().err
+
+
+def test_a_failure_that_is_no_input_error_exits_1_with_one_line_and_a_log(tmp_path, tiny_bundle, monkeypatch, capsys):
+    import shutil
+
+    import torch
+
+    monkeypatch.setenv("MICRO_DOE_CACHE", str(tmp_path / "cache"))
+    broken = shutil.copytree(tiny_bundle, tmp_path / "nan-model")  # a diverged model: NaN weights
+    state = torch.load(broken / "model.pt", weights_only=True)
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()},
+               broken / "model.pt")
+    out = tmp_path / "v.nc"
+    assert run_cli("generate", str(broken), "--out", str(out), "--n-h", "0", "--steps", "2", "--device", "cpu") == 1
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]  # (after the progress bar)
+    assert "non-finite" in line and "Traceback" not in err, err
+    (log,) = (tmp_path / "cache" / "logs").iterdir()
+    assert f"(traceback: {log})" in err and "GenerationError" in log.read_text()
+    assert not out.exists()

@@ -82,6 +82,7 @@ import numpy as np
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from micro_doe.errors import InputError
 from micro_doe.platform.descriptors import interfacial_area, tortuosity, volume_fraction
 from micro_doe.platform.synthetic.cahn_hilliard import (
     PHASE_NAMES,
@@ -98,7 +99,7 @@ OPTIONAL_LABELS = ("phi_mixed",)  # data sets written before it was a label lack
 _SEED_TRAJECTORY, _SEED_SPLIT, _SEED_PHI_MIXED = 0, 1, 2  # SeedSequence streams
 
 
-class OPVDatasetError(ValueError):
+class OPVDatasetError(InputError):
     """A data set file or object that lacks what an OPV data set must hold."""
 
 
