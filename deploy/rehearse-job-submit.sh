@@ -11,15 +11,21 @@
 # Needs initdb/pg_ctl/psql on PATH (as root it runs PostgreSQL as the `postgres` user), micro-doe with
 # the cluster extra (psycopg) and ray[default] in the active environment. Ports: 5433, 5055, 6390, 8266,
 # all on 127.0.0.1 except Ray's GCS and raylet (see "Local runs: what listens where" in deploy/README.md).
-# Stops everything it started on exit; leaves WORKDIR for inspection.
+# Stops everything it started on exit, and nothing else (not another Ray); leaves WORKDIR for inspection.
 set -euo pipefail
 W=${1:-$(mktemp -d /tmp/micro-doe-rehearsal-XXXX)}
 mkdir -p "$W"/pg "$W"/pglog "$W"/mlflow-artifacts "$W"/project
 as_pg() { if [ "$(id -u)" = 0 ]; then chown -R postgres "$W"/pg "$W"/pglog; su postgres -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=${RAY_AUTH_TOKEN:-$(python -c "import secrets; print(secrets.token_hex(16))")}
 export RAY_USAGE_STATS_ENABLED=0 MLFLOW_PID=
+RAYTMP="$W"/ray  # this rehearsal's Ray: its processes name this folder, so cleanup stops only them
+stop_our_ray() {  # (a plain `ray stop` stops every Ray on the machine, another test run's too)
+  pkill -TERM -f -- "$RAYTMP" 2>/dev/null || true
+  for _ in $(seq 10); do pgrep -f -- "$RAYTMP" >/dev/null || return 0; sleep 1; done
+  pkill -KILL -f -- "$RAYTMP" 2>/dev/null || true  # gcs_server and raylet may outlast SIGTERM
+}
 cleanup() {
-  ray stop >/dev/null 2>&1 || true
+  stop_our_ray
   [ -n "$MLFLOW_PID" ] && kill "$MLFLOW_PID" 2>/dev/null || true
   as_pg "pg_ctl -D $W/pg stop -m fast" >/dev/null 2>&1 || true
 }
@@ -31,7 +37,8 @@ psql -h 127.0.0.1 -p 5433 -U postgres -q -c "CREATE ROLE doe LOGIN" -c "CREATE D
 MLFLOW_BACKEND=postgresql+psycopg://doe@127.0.0.1:5433/mlflow MLFLOW_ARTIFACTS="$W"/mlflow-artifacts MLFLOW_PORT=5055 \
   bash "$(dirname "$0")"/mlflow-server.sh > "$W"/mlflow.log 2>&1 &
 MLFLOW_PID=$!
-ray start --head --port 6390 --dashboard-host 127.0.0.1 --dashboard-port 8266 --num-cpus 2 > "$W"/ray.log 2>&1
+ray start --head --temp-dir "$RAYTMP" --port 6390 --dashboard-host 127.0.0.1 --dashboard-port 8266 --num-cpus 2 \
+  > "$W"/ray.log 2>&1
 for _ in $(seq 60); do curl -sf http://127.0.0.1:5055/health >/dev/null && break; sleep 1; done
 
 cat > "$W"/project/study.yaml <<EOF
