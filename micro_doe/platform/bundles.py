@@ -13,6 +13,7 @@ loads and writes its own kind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -30,6 +31,12 @@ REGISTRY_PREFIX = "models:/"  # models:/NAME@ALIAS or models:/NAME/VERSION: reso
 
 
 BUNDLE_KINDS = ("micro3diff", "ldm")
+
+
+def model_digest(bundle: str | os.PathLike[str]) -> str:
+    """The first 16 hex digits of the SHA-256 of a bundle's ``model.pt``: which weights made a
+    volume (recorded with every sampled volume and trial run)."""
+    return hashlib.sha256((Path(bundle) / "model.pt").read_bytes()).hexdigest()[:16]
 
 
 class BundleError(InputError):

@@ -263,10 +263,11 @@ class StudyTracker:
             extra_tags = []
             if reason:
                 extra_tags.append(RunTag("reason", _clip(reason, MAX_TAG_LENGTH)))
+            logged = flatten_params(volume_provenance(volumes) | dict(params))
             self.client.log_batch(
                 run_id,
                 metrics=_metrics(scalars),
-                params=[Param(k, v) for k, v in flatten_params(params).items()],
+                params=[Param(k, v) for k, v in logged.items()],
                 tags=extra_tags,
             )
             warnings = self._log_trial_artifacts(run_id, trial_number, volumes, reference, predicted, scalars, reason)
@@ -388,6 +389,23 @@ class StudyTracker:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+PROVENANCE_SKIPPED = ("seconds", "target_fractions", "verification", "targets", "model", "model_sha256")
+
+
+def volume_provenance(volumes: Sequence[xr.DataArray]) -> dict[str, Any]:
+    """What made a trial's volumes, from the first one's ``generator_params``: the model and the
+    SHA-256 of its weights, and every setting it was sampled with (searched, fixed or the
+    bundle's default) as ``setting.<name>``; with the trial's seed, enough to sample them again."""
+    if not volumes:
+        return {}
+    try:
+        made = json.loads(volumes[0].attrs.get("generator_params", "{}"))
+    except ValueError:
+        return {}
+    out = {key: made[key] for key in ("model", "model_sha256") if key in made}
+    return out | {f"setting.{k}": v for k, v in made.items() if k not in PROVENANCE_SKIPPED}
 
 
 def _cell(text: str) -> str:

@@ -28,7 +28,6 @@ them with the platform itself, in four stages:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import time
@@ -40,7 +39,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from micro_doe.errors import InputError
-from micro_doe.platform.bundles import HELD_OUT_FILE, has_held_out, load_held_out, resolve_bundle_path
+from micro_doe.platform.bundles import HELD_OUT_FILE, has_held_out, load_held_out, model_digest, resolve_bundle_path
 from micro_doe.platform.descriptors import Descriptors, describe
 from micro_doe.platform.micro3diff.bundle import (
     HeldOutRecord,
@@ -117,7 +116,7 @@ def parse_budget(text: str, option: str = "--tune-budget") -> tuple[int | None, 
 
 def study_name(bundle: Path) -> str:
     """``tune-<bundle name>-<8 hex of model.pt>``: a retrained model gets a study of its own."""
-    digest = hashlib.sha256((bundle / "model.pt").read_bytes()).hexdigest()[:8]
+    digest = model_digest(bundle)[:8]
     slug = re.sub(r"[^a-z0-9_-]+", "-", bundle.name.lower()).strip("-_") or "model"
     return f"tune-{slug}-{digest}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,16 @@ def test_invocation_and_trials_are_logged(store, trial_volumes, tmp_path, monkey
     assert json.loads(Path(client.download_artifacts(ok, "predicted.json", str(tmp_path))).read_text()) == predicted
     assert Path(client.download_artifacts(bad, "reason.txt", str(tmp_path))).read_text().strip() == "generator OOM"
     assert "predicted.json" not in {a.path for a in client.list_artifacts(bad)}  # it predicted nothing
+    from micro_doe.studies.mlflow_runs import flatten_params
+
+    made = flatten_params(json.loads(volumes[0].attrs["generator_params"]))  # as MLflow params are written
+    logged = client.get_run(ok).data.params
+    assert re.fullmatch(r"[0-9a-f]{16}", logged["model_sha256"]) and "setting.precision" in logged
+    for key, value in made.items():  # enough to sample the volumes again: the model, its hash, every setting
+        if key in ("model", "model_sha256"):
+            assert logged[key] == value
+        elif key not in ("seconds", "target_fractions"):
+            assert logged[f"setting.{key}"] == value, key
     assert json.loads(Path(client.download_artifacts(parent, "study.json", str(tmp_path))).read_text()) == SPEC
 
 

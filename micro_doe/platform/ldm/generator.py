@@ -52,7 +52,7 @@ import torch
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
-from micro_doe.platform.bundles import GenerationError
+from micro_doe.platform.bundles import GenerationError, model_digest
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, Sampler
 from micro_doe.platform.diffusion.training import default_device
 from micro_doe.platform.ldm.bundle import LDMBundle, LDMSamplingConfig, load_ldm_bundle
@@ -135,6 +135,7 @@ class LDMGenerator:
         else:
             self.bundle = load_ldm_bundle(model, self.device)
         self.model_ref = str(model.path if isinstance(model, LDMBundle) else model)
+        self.model_sha256 = model_digest(self.bundle.path)
 
     @property
     def size(self) -> int:
@@ -378,7 +379,8 @@ class LDMGenerator:
         seed: int,
         verification: Verification | None = None,
     ) -> LDMSample:
-        params = settings.model_dump() | {"targets": targets, "model": self.model_ref, "seconds": seconds}
+        params = settings.model_dump() | {"targets": targets, "model": self.model_ref, "model_sha256": self.model_sha256,
+                                          "seconds": seconds}
         if verification is not None:
             params["verification"] = verification.as_attrs()
         volume = make_volume(

@@ -23,7 +23,7 @@ import torch
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
-from micro_doe.platform.bundles import GenerationError
+from micro_doe.platform.bundles import GenerationError, model_digest
 from micro_doe.platform.descriptors.correlation import window_fraction_std
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, Sampler, make_generator
 from micro_doe.platform.diffusion.channels import to_labels, to_labels_at_fractions
@@ -99,6 +99,7 @@ class Micro3DiffGenerator:
         self.device = device or default_device()
         self.bundle = model if isinstance(model, Micro3DiffBundle) else load_bundle(model, self.device)
         self.model_ref = str(model) if not isinstance(model, Micro3DiffBundle) else str(model.path)
+        self.model_sha256 = model_digest(self.bundle.path)
 
     @property
     def size(self) -> int:
@@ -310,7 +311,8 @@ class Micro3DiffGenerator:
             for i, sd in enumerate(seeds):
                 if not bool(x0[i].isfinite().all()):
                     raise GenerationError(f"{self.model_ref}: sampling produced non-finite values (seed {sd})")
-                params: dict[str, Any] = s.model_dump() | {"model": self.model_ref, "seconds": seconds}
+                params: dict[str, Any] = s.model_dump() | {"model": self.model_ref, "model_sha256": self.model_sha256,
+                                                            "seconds": seconds}
                 if anchors is not None or s.decode == "fractions":
                     params["target_fractions"] = self._rounded(self.channel_fractions(targets[i]))
                 if anchors is not None and anchors[i].fractions != self.channel_fractions(targets[i]):
