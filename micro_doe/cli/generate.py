@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from micro_doe.cli.evaluate import descriptor_table
 from micro_doe.cli.ldm import generate_ldm, parse_targets
-from micro_doe.cli.options import Overwrite, check_count, check_memory, option_errors, parameters_as_options
+from micro_doe.cli.options import Overwrite, check_count, option_errors, parameters_as_options
 from micro_doe.platform.bundles import bundle_kind
 from micro_doe.platform.descriptors import describe
 from micro_doe.platform.diffusion.training import check_device
@@ -141,9 +141,7 @@ def generate(
         with parameters_as_options(*names):
             generator.check(settings, allow_extrapolation)  # every mistake reported before sampling starts
         with parameters_as_options("size"):
-            edge = generator.volume_size(size)
-            slices = generator.slices_per_pass(edge, batch_size)
-            check_memory(generator.memory_estimate(edge, min(n, 4), slices), f"--size {edge}")
+            edge, _ = generator.check_size(size, n, batch_size)  # the same check sample() makes
     except ValidationError as err:
         raise option_errors(err, {"targets": "--target"}) from None
     total = n * generator.passes_per_volume(settings)

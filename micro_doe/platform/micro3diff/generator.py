@@ -127,6 +127,27 @@ class Micro3DiffGenerator:
             return batch_size
         return max(1, int(64 * (self.size / size) ** 2))
 
+    def volumes_per_batch(self, requested: int | None = None) -> int:
+        """Volumes sampled together in one loop: ``requested``, or 8 on CUDA and 4 on the CPU."""
+        if requested is None:
+            return 8 if str(self.device).startswith("cuda") else 4
+        if requested < 1:
+            raise ValueError(f"volumes_per_batch: expected at least 1, got {requested}")
+        return requested
+
+    def check_size(
+        self, size: int | None, n: int, batch_size: int | None = None, volumes_per_batch: int | None = None
+    ) -> tuple[int, int]:
+        """The cube edge and slices per pass of a request of ``n`` volumes (:meth:`volume_size`,
+        :meth:`slices_per_pass`), refused before anything runs when :meth:`memory_estimate`
+        exceeds 80 % of the host memory available (on CUDA the GPU reports its own)."""
+        edge = self.volume_size(size)
+        slices = self.slices_per_pass(edge, batch_size)
+        if not str(self.device).startswith("cuda"):
+            together = min(n, self.volumes_per_batch(volumes_per_batch))
+            check_memory(self.memory_estimate(edge, together, slices), f"size {edge}")
+        return edge, slices
+
     def memory_estimate(self, size: int, volumes: int, batch_size: int) -> float:
         """Bytes a batch of ``volumes`` cubes of N = ``size`` needs while sampling: the volumes'
         state (x_t, x_0 and the noise estimate, fp32, per channel) plus the U-Net's activations
@@ -275,14 +296,8 @@ class Micro3DiffGenerator:
         """
         if n < 1:
             raise ValueError(f"n: expected at least 1 volume, got {n}")
-        if volumes_per_batch is None:
-            volumes_per_batch = 8 if str(self.device).startswith("cuda") else 4
-        if volumes_per_batch < 1:
-            raise ValueError(f"volumes_per_batch: expected at least 1, got {volumes_per_batch}")
-        edge = self.volume_size(size)
-        batch_size = self.slices_per_pass(edge, batch_size)
-        if not str(self.device).startswith("cuda"):  # host memory; a GPU reports its own
-            check_memory(self.memory_estimate(edge, min(n, volumes_per_batch), batch_size), f"size {edge}")
+        volumes_per_batch = self.volumes_per_batch(volumes_per_batch)
+        edge, batch_size = self.check_size(size, n, batch_size, volumes_per_batch)
         s, fractions = self.check(settings or SamplingSettings(), allow_extrapolation)
         sampler = self.sampler(s)
         channels = self.bundle.config.unet.in_channels

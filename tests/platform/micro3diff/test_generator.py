@@ -138,3 +138,15 @@ def test_any_cube_edge_the_unet_takes(tiny_bundle, monkeypatch):
     monkeypatch.setattr(memory, "available_memory", lambda: 10_000_000)  # 10 MB available
     with pytest.raises(memory.InsufficientMemoryError, match=r"size 256: needs about .* this machine has 10.0 MB"):
         generator.sample(1, quick, size=256)
+
+
+def test_check_size_is_the_one_size_and_memory_check(generator):
+    from micro_doe.platform.memory import InsufficientMemoryError
+
+    edge, slices = generator.check_size(None, n=2)
+    assert edge == generator.size and slices == generator.slices_per_pass(edge)
+    assert generator.check_size(2 * generator.size, n=1, batch_size=5) == (2 * generator.size, 5)
+    with pytest.raises(InsufficientMemoryError, match=r"size 4096: needs about"):
+        generator.check_size(4096, n=1)
+    with pytest.raises(InsufficientMemoryError):  # sample() refuses it the same way, before any pass
+        generator.sample(1, SamplingSettings(n_h=0, steps=2), size=4096)
