@@ -305,7 +305,9 @@ def objective(fn=None, *, direction="minimize", name=None):  # type: ignore[no-u
 
     Registers under ``name`` or the function's ``__name__``; the function is returned
     unchanged, with its :class:`Objective` attached as ``fn.__micro_doe_objective__``.
-    A name of a built-in cannot be reused; registering a name again replaces it.
+    A name of a built-in cannot be reused, nor a name another function registered; the same
+    function registered again (a module imported twice, a notebook cell run again) replaces its
+    earlier self.
     """
 
     def register(f: Callable[[Sample], float]) -> Callable[[Sample], float]:
@@ -318,12 +320,21 @@ def objective(fn=None, *, direction="minimize", name=None):  # type: ignore[no-u
             raise ValueError(f"objective {key!r}: that is a built-in objective; pick another name")
         if ":" in key:
             raise ValueError(f"objective {key!r}: names cannot contain ':' (reserved for module:function)")
+        earlier = _REGISTRY.get(key)
+        if earlier is not None and _origin(earlier.fn) != _origin(f):
+            raise ValueError(f"objective {key!r}: already registered by {_origin(earlier.fn)}; pick another name "
+                             "(objective(name=...))")
         obj = Objective(key, f, _check_direction(direction, f"objective {key!r}"), _first_line(f.__doc__))
         _REGISTRY[key] = obj
         setattr(f, ATTRIBUTE, obj)
         return f
 
     return register(fn) if fn is not None else register
+
+
+def _origin(fn: Callable[..., Any]) -> str:
+    """Where a function is defined, ``module.qualname``: the same for a redefinition of it."""
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def known_objectives() -> list[str]:

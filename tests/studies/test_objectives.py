@@ -84,6 +84,21 @@ def test_decorator_rejects_bad_use(registry):
         objective(direction="up")(lambda s: 0.0)
 
 
+def test_a_name_belongs_to_one_function(registry):
+    def roughness(sample) -> float:  # type: ignore[no-untyped-def]
+        return 1.0
+
+    objective(roughness)
+    objective(roughness)  # the same function again (a notebook cell run twice): fine, it replaces itself
+
+    def roughness_again(sample) -> float:  # type: ignore[no-untyped-def]
+        return 2.0
+
+    with pytest.raises(ValueError, match=r"objective 'roughness': already registered by .*\.roughness; pick another"):
+        objective(name="roughness")(roughness_again)
+    assert resolve_objective("roughness").fn is roughness
+
+
 def test_builtin_defaults():
     directions = {name: o.direction for name, o in BUILTIN_OBJECTIVES.items()}
     assert directions == {

@@ -440,13 +440,13 @@ def test_a_pruner_stops_hopeless_trials_and_records_them(tmp_path, tiny_bundle, 
         import micro_doe as md
 
         @md.objective(direction="minimize")
-        def steps_taken(sample: md.Sample) -> float:
+        def steps_used(sample: md.Sample) -> float:
             return float(sample.params["steps"])
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     path = write_study(
-        tmp_path, tiny_bundle, samples_per_trial=3, constraints=[{"metric": "prune_objectives:steps_taken", "max": 5}],
-        objectives=[{"name": "prune_objectives:steps_taken"}, {"name": "seconds_per_volume"}], budget={"n_trials": 6},
+        tmp_path, tiny_bundle, samples_per_trial=3, constraints=[{"metric": "prune_objectives:steps_used", "max": 5}],
+        objectives=[{"name": "prune_objectives:steps_used"}, {"name": "seconds_per_volume"}], budget={"n_trials": 6},
         search={"steps": {"int": [2, 12]}}, fixed={"n_h": 0},
         sampler={"kind": "random", "seed": 7}, pruner={"kind": "median", "n_startup_trials": 1, "every": 1},
     )  # fmt: skip
@@ -467,7 +467,7 @@ def test_a_pruner_stops_hopeless_trials_and_records_them(tmp_path, tiny_bundle, 
         assert partial[0] == t.params["steps"] and len(partial) == 2 and partial[1] > 0, partial
         assert t.constraints == {"0": t.params["steps"] - 5}
         per_volume = t.user_attrs[VALUES_PER_VOLUME]  # one value per volume it generated
-        assert per_volume["prune_objectives:steps_taken"] == [t.params["steps"]] * t.user_attrs["pruned_after_volumes"]
+        assert per_volume["prune_objectives:steps_used"] == [t.params["steps"]] * t.user_attrs["pruned_after_volumes"]
         assert np.mean(per_volume["seconds_per_volume"]) == pytest.approx(partial[1])
     for t in study.get_trials(states=(TrialState.COMPLETE,)):  # the values are the means of the per-volume ones
         per_volume = t.user_attrs[VALUES_PER_VOLUME]
@@ -481,7 +481,7 @@ def test_a_pruner_stops_hopeless_trials_and_records_them(tmp_path, tiny_bundle, 
     for t in result.pruned:
         run = runs[t.number]
         assert run.data.tags["optuna_state"] == "PRUNED" and run.info.status == "FINISHED"
-        logged = {k: v for k, v in run.data.metrics.items() if k.endswith("steps_taken")}
+        logged = {k: v for k, v in run.data.metrics.items() if k.endswith("steps_used")}
         assert list(logged.values()) == [t.params["steps"]], run.data.metrics
 
 
