@@ -29,6 +29,7 @@ quickstart: install
 	$(BIN)/micro-doe run quickstart
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: install

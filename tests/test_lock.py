@@ -52,7 +52,7 @@ def test_the_lock_pins_exact_versions_and_pip_and_setuptools():
 
 def test_this_environment_is_the_lock():
     installed = {}
-    for name, pinned in locked().items():
+    for name in locked():
         try:
             installed[name] = version(name)
         except PackageNotFoundError:  # the cluster extra (psycopg) is locked but not installed by `make install`

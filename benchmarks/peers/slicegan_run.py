@@ -54,7 +54,6 @@ batch. The loop stops at the first iteration boundary after --minutes of wall ti
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -165,7 +164,7 @@ def main(argv=None):
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     device = torch.device("cpu")
-    l, nc = IMAGE_SIDE, k
+    side, nc = IMAGE_SIDE, k
 
     # One-hot (n, k, 32, 32) float, channel c = phase c (SliceGAN's nphase encoding).
     real_all = torch.from_numpy(np.stack([(images == c) for c in range(k)], axis=1).astype(np.float32))
@@ -182,9 +181,9 @@ def main(argv=None):
     netG, netD = Gen().to(device), Disc().to(device)
     with torch.no_grad():  # check the 32^2 architecture against this checkout's nets
         g_out = tuple(netG.eval()(torch.zeros(1, NZ, LZ_TRAIN, LZ_TRAIN, LZ_TRAIN)).shape)
-        d_out = tuple(netD(torch.zeros(2, nc, l, l)).shape)
+        d_out = tuple(netD(torch.zeros(2, nc, side, side)).shape)
     netG.train()
-    if g_out != (1, nc, l, l, l) or d_out != (2, 1, 1, 1):
+    if g_out != (1, nc, side, side, side) or d_out != (2, 1, 1, 1):
         raise UsageError(f"SliceGAN nets give G {g_out}, D {d_out}; expected (1,{nc},32,32,32), (2,1,1,1)")
     optG = torch.optim.Adam(netG.parameters(), lr=LR_G, betas=BETAS)
     optD = torch.optim.Adam(netD.parameters(), lr=LR_D, betas=BETAS)
@@ -204,9 +203,9 @@ def main(argv=None):
             netD.zero_grad()
             real = real_all[torch.from_numpy(stream.next())].to(device)
             out_real = netD(real).view(-1).mean()
-            fake_slices = fake.permute(0, d1, 1, d2, d3).reshape(l * BATCH, nc, l, l)
+            fake_slices = fake.permute(0, d1, 1, d2, d3).reshape(side * BATCH, nc, side, side)
             out_fake = netD(fake_slices).mean()
-            gpen = util.calc_gradient_penalty(netD, real, fake_slices[:BATCH], BATCH, l,
+            gpen = util.calc_gradient_penalty(netD, real, fake_slices[:BATCH], BATCH, side,
                                               device, GP_LAMBDA, nc)
             (out_fake - out_real + gpen).backward()
             optD.step()
@@ -217,7 +216,7 @@ def main(argv=None):
             fake = netG(torch.randn(BATCH, NZ, LZ_TRAIN, LZ_TRAIN, LZ_TRAIN, device=device))
             errG = 0
             for d1, d2, d3 in PLANES:
-                errG = errG - netD(fake.permute(0, d1, 1, d2, d3).reshape(l * BATCH, nc, l, l)).mean()
+                errG = errG - netD(fake.permute(0, d1, 1, d2, d3).reshape(side * BATCH, nc, side, side)).mean()
             errG.backward()
             optG.step()
             g_steps += 1
@@ -258,13 +257,13 @@ def main(argv=None):
         "slicegan_source_sha256_16": src_hash, "torch_version": torch.__version__,
         "numpy_version": np.__version__, "device": str(device), "threads": torch.get_num_threads(),
         "images": os.path.abspath(a.images), "n_images": int(images.shape[0]),
-        "image_side": l, "n_phases": int(k), "isotropic": True, "image_type": "nphase",
+        "image_side": side, "n_phases": int(k), "isotropic": True, "image_type": "nphase",
         "size": a.size, "volumes": a.volumes, "seed": a.seed, "minutes": a.minutes,
         "generator": {"nets": "slicegan_rc_nets", "gk": GK, "gs": GS, "gp": GP, "gf": gf,
                       "nz": NZ, "lz_train": LZ_TRAIN, "lz_generate": lz,
                       "generated_edge": edge, "crop_offset": off},
         "discriminator": {"dk": DK, "ds": DS, "dp": DP, "df": df},
-        "training": {"loss": "WGAN-GP", "batch": BATCH, "fake_slices_per_plane": l * BATCH,
+        "training": {"loss": "WGAN-GP", "batch": BATCH, "fake_slices_per_plane": side * BATCH,
                      "lr_g": LR_G, "lr_d": LR_D, "betas": list(BETAS), "gp_lambda": GP_LAMBDA,
                      "critic_iters": CRITIC_ITERS, "iterations": it, "generator_steps": g_steps,
                      "stop": "first iteration boundary after the --minutes wall-time budget",

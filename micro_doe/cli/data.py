@@ -91,7 +91,8 @@ def polycrystal(
     check_count(n_images, "--n-images")
     check_count(size, "--size", low=4)
     check_memory(n_images * size * size + BYTES_PER_TESSELLATION_PIXEL * size * size, f"--n-images {n_images} --size {size}")
-    with parameters_as_options("n_images", "size", "grain_sizes=--grain-size", "boundary_width"), Console(stderr=True).status("tessellating"):
+    options = parameters_as_options("n_images", "size", "grain_sizes=--grain-size", "boundary_width")
+    with options, Console(stderr=True).status("tessellating"):
         vol = synthetic.laguerre_polycrystal(
             n_images=n_images,
             size=size,
@@ -115,7 +116,8 @@ def cahn_hilliard_trajectory(
     seed: Seed = 0,
     overwrite: Overwrite = False,
 ) -> None:
-    """One 3D Cahn–Hilliard trajectory as a volume stack (snapshots labelled with φ, χ, time); `cahn-hilliard` makes the labelled data set."""
+    """One 3D Cahn–Hilliard trajectory as a volume stack (snapshots labelled with φ, χ, time);
+    `cahn-hilliard` makes the labelled data set."""
     check_out(out, overwrite)
     if phases not in (2, 3):
         raise ValueError(f"--phases: expected 2 or 3, got {phases}")

@@ -4,7 +4,6 @@ work starts, and pydantic errors translated to the option that caused them."""
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager

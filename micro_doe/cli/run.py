@@ -42,7 +42,8 @@ def run(
     runner = Study(spec, file=study)
     result = run_live(runner, objective_names, n_trials, timeout, console)
     if result.best_trials:
-        title = "best trial" if len(objective_names) == 1 else f"Pareto front ({len(result.best_trials)} trial{'s' * (len(result.best_trials) != 1)})"
+        front = len(result.best_trials)
+        title = "best trial" if len(objective_names) == 1 else f"Pareto front ({front} trial{'s' * (front != 1)})"
         console.print(_trials_table(result.best_trials, objective_names, title))
     elif result.completed:
         closest = sorted(result.completed, key=lambda t: t.violation)[:5]

@@ -11,8 +11,8 @@ from rich.console import Console
 
 from micro_doe.cli.ldm import train_ldm_command
 from micro_doe.cli.options import Overwrite, option_errors
-from micro_doe.platform.diffusion.training import check_device
 from micro_doe.cli.tune import Threads, TuneBudget, run_tuning, set_threads, tune_options
+from micro_doe.platform.diffusion.training import check_device
 from micro_doe.platform.interrupts import interrupt_name, mark_reported
 from micro_doe.platform.micro3diff.training import (
     TrainConfig,

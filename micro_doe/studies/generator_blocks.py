@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator
 
@@ -35,7 +35,6 @@ from micro_doe.platform.ldm.verify import VerifySettings
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
 from micro_doe.platform.synthetic.cahn_hilliard import PHASE_NAMES
 from micro_doe.studies.search_space import GENERATOR_PARAMETERS, ParamDomain
-
 
 
 def _base(info: ValidationInfo) -> Path:
@@ -306,5 +305,5 @@ def _read_config(ref: str, config_class: type[Micro3DiffConfig] | type[LDMConfig
 # GENERATOR_PARAMETERS["NAME"] (search_space.py), a member of this union, and a branch in
 # micro_doe.actors.generator.GeneratorWorker.
 GeneratorSpec = Annotated[
-    Union[Micro3DiffGeneratorSpec, LDMGeneratorSpec, CahnHilliardGeneratorSpec], Field(discriminator="kind")
+    Micro3DiffGeneratorSpec | LDMGeneratorSpec | CahnHilliardGeneratorSpec, Field(discriminator="kind")
 ]

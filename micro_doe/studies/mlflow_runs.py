@@ -13,7 +13,8 @@ What is logged where (experiment = the study's name, artifacts under
   the trial's params; metrics = the objective values and every scalar metric (plus
   ``trial_seconds`` and, for a model that predicts, ``predicted.<name>``: the mean over the
   samples of each prediction, e.g. the LDM's φ, χ, log_time); artifacts ``volumes/sample-{i}.nc``, ``montage.png``, ``curves.png``
-  (pooled S2 / lineal path vs the model's reference), ``predicted.json`` (every sample's predictions, when the generator predicts anything); a failed trial also
+  (pooled S2 / lineal path vs the model's reference), ``predicted.json`` (every sample's predictions, when the
+  generator predicts anything); a failed trial also
   gets tag ``reason`` and ``reason.txt``. An artifact that cannot be rendered leaves a tag
   ``warning.<artifact>`` (and a log warning) instead of stopping the study.
 

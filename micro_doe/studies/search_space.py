@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -135,11 +135,7 @@ def _param_tag(value: Any) -> str | None:
 
 
 ParamSpec = Annotated[
-    Union[
-        Annotated[IntParam, Tag("int")],
-        Annotated[FloatParam, Tag("float")],
-        Annotated[CategoricalParam, Tag("categorical")],
-    ],
+    Annotated[IntParam, Tag("int")] | Annotated[FloatParam, Tag("float")] | Annotated[CategoricalParam, Tag("categorical")],
     Discriminator(
         _param_tag,
         custom_error_type="param_kind",

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -169,7 +169,7 @@ class RandomSamplerSpec(_SamplerBase):
 
 
 SamplerSpec = Annotated[
-    Union[TPESamplerSpec, GPSamplerSpec, NSGA2SamplerSpec, RandomSamplerSpec], Field(discriminator="kind")
+    TPESamplerSpec | GPSamplerSpec | NSGA2SamplerSpec | RandomSamplerSpec, Field(discriminator="kind")
 ]
 
 
@@ -253,7 +253,7 @@ class ParetoHalvingPrunerSpec(_PrunerBase):
 
 
 PrunerSpec = Annotated[
-    Union[MedianPrunerSpec, SuccessiveHalvingPrunerSpec, HyperbandPrunerSpec, ParetoHalvingPrunerSpec],
+    MedianPrunerSpec | SuccessiveHalvingPrunerSpec | HyperbandPrunerSpec | ParetoHalvingPrunerSpec,
     Field(discriminator="kind"),
 ]
 
@@ -345,7 +345,9 @@ class StudySpec(BaseModel):
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     constraints: list[ConstraintSpec] = Field(default_factory=list)
     sampler: SamplerSpec = Field(default_factory=TPESamplerSpec)
-    pruner: PrunerSpec | None = Field(None, description="stop hopeless trials early (median, successive_halving, hyperband, pareto_halving)")
+    pruner: PrunerSpec | None = Field(
+        None, description="stop hopeless trials early (median, successive_halving, hyperband, pareto_halving)"
+    )
     budget: BudgetSpec
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)

@@ -21,6 +21,7 @@ from micro_doe.studies.pruned_observations import LearnFromPruned
 from micro_doe.studies.spec import GPSamplerSpec, SamplerSpec, StudySpec, TPESamplerSpec
 from micro_doe.tracking.registry import sqlite_creation_lock, sqlite_path
 
+
 def open_study(spec: StudySpec) -> optuna.Study:
     """Create or load the study in its RDB storage; sqlite gets WAL and a generous lock timeout."""
     url = spec.storage

@@ -282,7 +282,7 @@ def test_blend_separates_only_inside_the_spinodal() -> None:
     assert syn.homogeneous_curvature(stable) > 0 > syn.homogeneous_curvature(unstable)
     mixed = syn.cahn_hilliard_fields((64, 64), stable, 200, 50, seed=0, dtype="float64").compositions[:, 1]
     assert mixed.std(axis=(1, 2)).max() < 0.1 * noise_sd  # fluctuations decay
-    assert np.unique((mixed[-1] > 0.5)).size <= 2 and np.abs(mixed[-1] - 0.5).max() < 0.01
+    assert np.unique(mixed[-1] > 0.5).size <= 2 and np.abs(mixed[-1] - 0.5).max() < 0.01
     split = syn.cahn_hilliard_fields((64, 64), unstable, 200, 50, seed=0, dtype="float64").compositions[:, 1]
     assert split[-1].std() > 0.2  # two phases far from the mean
 

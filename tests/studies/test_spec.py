@@ -281,11 +281,13 @@ INVALID = {
     "variant fixed unknown": (_set("fixed/variant", "fancy"), "fixed.variant", "not one of"),
     "float range for int parameter": (_set("search/n_h", {"float": [0, 2]}), "search.n_h.float", "takes integers"),
     "searched and fixed": (_set("fixed/n_h", 1), "fixed.n_h", "either searched or fixed"),
-    "missing model": (_set("generator/model", "pretrained:nope"), "generator.model", "shipped models: opv-32, opv-ternary-32, polycrystal-32, spheres-32"),
+    "missing model": (_set("generator/model", "pretrained:nope"), "generator.model",
+                      "shipped models: opv-32, opv-ternary-32, polycrystal-32, spheres-32"),
     "missing model path": (_set("generator/model", "no/such/bundle"), "generator.model", "no such bundle directory"),
     "bad registry ref": (_set("generator/model", "models:/spheres"), "generator.model", "models:/NAME@ALIAS"),
     "unknown generator kind": (_set("generator/kind", "gan"), "generator.kind", "unknown kind 'gan'"),
-    "model of another kind": (_set("generator/kind", "ldm"), "generator.model", "a model of kind micro3diff; use generator kind: micro3diff"),
+    "model of another kind": (_set("generator/kind", "ldm"), "generator.model",
+                              "a model of kind micro3diff; use generator kind: micro3diff"),
     "unknown sampler kind": (_set("sampler/kind", "cma"), "sampler.kind", "'tpe', 'gp', 'nsga2', 'random'"),
     "learn_from_pruned on nsga2": (
         lambda d: d.update(sampler={"kind": "nsga2", "learn_from_pruned": True}), "sampler.learn_from_pruned", "unknown key"

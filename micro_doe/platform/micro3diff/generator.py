@@ -33,6 +33,7 @@ from micro_doe.platform.micro3diff.bundle import Micro3DiffBundle, SamplingConfi
 from micro_doe.platform.micro3diff.sampler import Anchor, DenoisingPass, sample_multiplane_batch
 from micro_doe.platform.volumes import make_volume
 
+
 @dataclass(frozen=True)
 class Variant:
     """A multi-plane variant: how each step's planes are combined (``planes``, ``moment_match``:

@@ -18,8 +18,9 @@ Everything works on numpy arrays and torch tensors alike, on the last two axes, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch

@@ -35,8 +35,8 @@ at ``(j + ½, i + ½)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import xarray as xr

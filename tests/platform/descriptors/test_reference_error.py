@@ -10,7 +10,8 @@ from micro_doe.platform.volumes import make_volume
 
 
 def test_volumes_like_the_reference_score_low_and_others_high():
-    reference = describe(spherical_inclusions((96, 24, 24), mean_diameter=6, sd_diameter=1, volume_fraction=0.2, seed=0), tortuosity_axis=None)
+    spheres = spherical_inclusions((96, 24, 24), mean_diameter=6, sd_diameter=1, volume_fraction=0.2, seed=0)
+    reference = describe(spheres, tortuosity_axis=None)
     alike = [spherical_inclusions((24, 24, 24), mean_diameter=6, sd_diameter=1, volume_fraction=0.2, seed=s) for s in (1, 2, 3)]
     noise = [make_volume((np.random.default_rng(s).random((24, 24, 24)) < 0.2).astype(np.int8)) for s in (1, 2)]
     good, bad = error_rates(reference, alike), error_rates(reference, noise)

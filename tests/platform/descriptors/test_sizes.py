@@ -85,7 +85,8 @@ def test_size_error_is_the_relative_earth_movers_distance() -> None:
     wider = SizeDistribution(sections=1, components_per_kpx=1, diameter_mean=5, diameter_std=0, thickness=[0, 0, 1.0], thickness_mean=5.0)
     assert size_error(ref, same) == 0.0
     assert size_error(ref, wider) == pytest.approx(100 * 2 / 3)  # every voxel moved by 2 of a mean width 3
-    empty = SizeDistribution(sections=1, components_per_kpx=0, diameter_mean=math.nan, diameter_std=math.nan, thickness=[], thickness_mean=math.nan)
+    empty = SizeDistribution(sections=1, components_per_kpx=0, diameter_mean=math.nan, diameter_std=math.nan,
+                             thickness=[], thickness_mean=math.nan)  # fmt: skip
     assert size_error(ref, empty) == pytest.approx(100 * 2 / 3)  # as if every voxel were width 1
     with pytest.raises(ValueError, match="reference"):
         size_error(empty, ref)

@@ -221,7 +221,8 @@ def test_cli_writes_a_readable_dataset(tmp_path) -> None:  # type: ignore[no-unt
     from micro_doe.cli.app import app
 
     out = tmp_path / "opv.nc"
-    args = ["data", "make", "cahn-hilliard", "--out", str(out), "--shape", "16", "16", "16", "--phis", "0.45,0.5", "--chis", "4", "--steps", "20"]
+    args = ["data", "make", "cahn-hilliard", "--out", str(out), "--shape", "16", "16", "16",
+            "--phis", "0.45,0.5", "--chis", "4", "--steps", "20"]  # fmt: skip
     result = CliRunner().invoke(app, [*args, "--snapshot-every", "10", "--snapshots", "2", "--seed", "3"])
     assert result.exit_code == 0, result.output
     back = opv.read_opv_dataset(out)

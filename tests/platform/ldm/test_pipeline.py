@@ -262,7 +262,7 @@ def test_verified_generation(generator):
         assert abs(v.measured["vf_donor"] - targets["vf_donor"]) == pytest.approx(min(errors))
     one_by_one = generator.generate(targets, n=2, steps=3, seed=4, verify=strict, batch_size=1)
     assert [s.seed for s in one_by_one] == [s.seed for s in tight]  # the batch size does not choose
-    with pytest.raises(ValueError, match="tolerance: labels \['tau_donor'\] are not requested"):
+    with pytest.raises(ValueError, match=r"tolerance: labels \['tau_donor'\] are not requested"):
         generator.generate(targets, steps=2, verify=VerifySettings(tolerance={"tau_donor": 0.1}))
     with pytest.raises(ValueError, match="max_candidates"):
         VerifySettings(max_candidates=0)

@@ -597,7 +597,7 @@ def test_moment_match_on_binary_data_with_a_memorising_denoiser() -> None:
         for seed in range(4):
             mean_sq: list[float] = []
 
-            def record(p: DenoisingPass) -> None:
+            def record(p: DenoisingPass, mean_sq: list[float] = mean_sq) -> None:  # this seed's list
                 mean_sq.append(p.x.double().pow(2).mean().item())
 
             out = sample_multiplane(model, N, sampler, seed=seed, moment_match=moment_match, callback=record)
