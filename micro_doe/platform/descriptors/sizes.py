@@ -109,8 +109,44 @@ def local_thickness(mask: np.ndarray, section_axis: int | None = None) -> np.nda
     """Local thickness (width 2r − 1, see the module doc) of every True voxel of ``mask``; 0 outside.
 
     Works in any number of dims. ``section_axis``: the thickness within each 2D section normal
-    to that axis (balls become disks in the section).
+    to that axis (balls become disks in the section), computed section by section.
+
+    Order of operations: the distance transform of the phase gives the centres where a ball of
+    radius r fits (distance ≥ r); for r = 2, 3, … up to the largest, the voxels within distance
+    < r of such a centre get width 2r − 1. Each r's distance transform is taken over the centres'
+    bounding box widened by r, which holds every voxel that close to a centre.
     """
+    mask = np.asarray(mask, dtype=bool)
+    if section_axis is not None and mask.ndim == 3:
+        sections = np.moveaxis(mask, section_axis, 0)
+        return np.moveaxis(np.stack([_local_thickness(s) for s in sections]), 0, section_axis)
+    return _legacy_local_thickness(mask, section_axis) if section_axis is not None else _local_thickness(mask)
+
+
+def _local_thickness(mask: np.ndarray) -> np.ndarray:
+    """:func:`local_thickness` of a whole mask (no sections)."""
+    thickness = np.zeros(mask.shape, dtype=np.int32)
+    if not mask.any():
+        return thickness
+    side = max(mask.shape)
+    if mask.all():  # nothing outside: balls as wide as the array (the largest radius considered)
+        thickness[mask] = 2 * side - 1
+        return thickness
+    thickness[mask] = 1
+    dt = ndi.distance_transform_edt(mask)
+    for r in range(2, min(int(dt.max()), side) + 1):
+        centres = dt >= r
+        where = np.nonzero(centres)
+        box = tuple(slice(max(int(i.min()) - r, 0), int(i.max()) + r + 1) for i in where)
+        covered = ndi.distance_transform_edt(~centres[box]) < r
+        view = thickness[box]
+        view[covered & mask[box]] = 2 * r - 1
+    return thickness
+
+
+def _legacy_local_thickness(mask: np.ndarray, section_axis: int | None = None) -> np.ndarray:
+    """The first implementation (every r over the whole array, sections by a large spacing);
+    kept as the reference the faster one is tested against."""
     mask = np.asarray(mask, dtype=bool)
     thickness = np.zeros(mask.shape, dtype=np.int32)
     if not mask.any():

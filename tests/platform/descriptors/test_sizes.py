@@ -116,3 +116,18 @@ def test_largest_share_is_the_share_of_each_sections_largest_component():
     assert sizes.largest_share == (36 + 52 + 52) / (3 * 52)
     one = section_sizes(xr.DataArray(np.ones((1, 6, 6), np.int8), dims=("sample", "y", "x")), 1)
     assert one.largest_share == 1.0
+
+
+def test_the_fast_local_thickness_equals_the_first_implementation():
+    import porespy as ps
+
+    from micro_doe.platform.descriptors.sizes import _legacy_local_thickness
+
+    masks = [~ps.generators.blobs(list(shape), porosity=p, blobiness=b, seed=seed)
+             for seed in range(3) for shape, p, b in (((24, 24, 24), 0.7, 1.0), ((20, 31, 17), 0.5, 2.0))]  # fmt: skip
+    masks += [np.ones((8, 9, 10), bool), np.zeros((5, 5, 5), bool), np.random.default_rng(0).random((12, 12, 12)) > 0.3]
+    for mask in masks:
+        for axis in (None, 0, 1, 2):
+            assert np.array_equal(local_thickness(mask, axis), _legacy_local_thickness(mask, axis)), (mask.shape, axis)
+    image = ~ps.generators.blobs([40, 40], porosity=0.6, seed=1)
+    assert np.array_equal(local_thickness(image), _legacy_local_thickness(image))
