@@ -277,6 +277,21 @@ METRICS: dict[str, str] = {name: o.description for name, o in BUILTIN_OBJECTIVES
     "thickness_mean": "mean local thickness (volume-weighted) of the phase in 2D sections [voxels]",
     "largest_component_share": "share of the phase in its section's largest component, over 2D sections",
 }
+# The unit of each built-in metric, shown beside its value where a person reads it (dashboard).
+UNITS: dict[str, str] = {
+    "s2_error": "%", "lineal_path_error": "%", "size_error": "%", "diameter_error": "%", "connectivity_error": "%",
+    "structure_error": "% points", "vf_error": "fraction", "volume_fraction": "fraction", "tortuosity": "τ",
+    "transport_tortuosity": "τ", "percolating_fraction": "fraction", "interfacial_area": "1/voxel",
+    "seconds_per_volume": "s", "effective_diffusivity": "D/D0", "component_diameter": "voxels",
+    "component_diameter_std": "voxels", "thickness_mean": "voxels", "largest_component_share": "fraction",
+}  # fmt: skip
+
+
+def labelled(name: str) -> str:
+    """``name [unit]`` for a metric with a known unit, else ``name``."""
+    return f"{name} [{UNITS[name]}]" if name in UNITS else name
+
+
 METRIC_PATTERNS: dict[str, str] = {r"vf_.+": "vf_<phase name>: volume fraction of that phase"}
 METRIC_PATTERN_NAMES: dict[str, str] = {"vf_<phase name>": "volume fraction of that phase (e.g. vf_grain)"}
 TORTUOSITY_METRICS = ("tortuosity", "transport_tortuosity", "effective_diffusivity", "percolating_fraction")

@@ -106,6 +106,7 @@ from micro_doe.studies.objectives import (
     METRICS,
     Sample,
     evaluate_objectives,
+    labelled,
     means_over_samples,
     per_sample_objectives,
     trial_metrics,
@@ -688,7 +689,7 @@ class Study:
             per_volume = per_sample_objectives(self.objectives, samples)
             values = means_over_samples(per_volume)
             ctx.trial.set_user_attr(PARTIAL_VALUES, [float(values[o.name]) for o, _ in self.objectives])
-            ctx.trial.set_user_attr(VALUES_PER_VOLUME, per_volume)
+            ctx.trial.set_user_attr(VALUES_PER_VOLUME, _rounded(per_volume))
             metrics = self._metrics(samples, values)
             if all(c.metric in metrics for c in self.spec.constraints):  # as measured on its volumes
                 set_constraints(study, ctx.trial, self._constraints(metrics))
@@ -735,7 +736,9 @@ class Study:
             values = means_over_samples(per_volume)
             metrics = self._metrics(samples, values)
             set_constraints(study, ctx.trial, self._constraints(metrics))
-            ctx.trial.set_user_attr(VALUES_PER_VOLUME, per_volume)  # the spread behind each mean
+            ctx.trial.set_user_attr(VALUES_PER_VOLUME, _rounded(per_volume))  # the spread behind each mean
+            for o, _ in self.objectives:  # named, with units, as a person reads them on the trial page
+                ctx.trial.set_user_attr(labelled(o.name), float(f"{values[o.name]:.4g}"))
         except Exception as err:  # noqa: BLE001
             self._fail(study, tracker, ctx, _reason(err), reference, pruning=pruning)
             return
@@ -861,6 +864,12 @@ def _free_resources() -> str:
     except Exception:  # noqa: BLE001 — the note must never fail the study
         shown = "unknown"
     return f"Ray's free resources: {shown}"
+
+
+def _rounded(per_volume: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Per-volume values to 6 significant digits: the trial page shows them, and 16 digits
+    stretch it without telling more."""
+    return {name: [float(f"{v:.6g}") for v in values] for name, values in per_volume.items()}
 
 
 def _stall_note(seconds: float, waiting: Mapping[Any, str]) -> str:

@@ -60,6 +60,8 @@ def test_optuna_dashboard_shows_names_constraints_feasibility_and_attributes(fin
             assert float(shown["constraint: vf_error ≤ 0.05"]) == pytest.approx(violation + 0.05)  # the value, not slack
             assert [a["mimetype"] for a in t["artifacts"]] == ["image/png"]
             assert re.fullmatch(r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}", shown["mlflow run"])
+            assert float(shown["s2_error [%]"]) == pytest.approx(t["values"][0], rel=1e-3)  # named, with its unit
+            assert float(shown["seconds_per_volume [s]"]) == pytest.approx(t["values"][1], rel=1e-3)
         feasible_front = {t.number for t in result.best_trials}
         assert {t["number"] for t in detail["best_trials"]} >= feasible_front
 
