@@ -221,21 +221,37 @@ def _check_token(address: str) -> None:
     retries a refused token for about 20 s and prints a long traceback."""
     if address.startswith("ray://") or _host_port(address) is None:
         return  # Ray Client and "auto" authenticate their own way
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and not _has_token():
+        # Ray's native client aborts the whole process (exit 1, its message on fd 2) in this case
+        raise ClusterConnectionError(
+            f"RAY_AUTH_MODE=token but this driver has no token for RAY_ADDRESS={address}: set RAY_AUTH_TOKEN, or "
+            "RAY_AUTH_TOKEN_PATH to a file holding it, or write it to ~/.ray/auth_token (`ray get-auth-token` on "
+            "the head prints it)"
+        )
     from ray._raylet import GcsClient
 
     try:
         with _stderr_silenced():  # the C++ client logs each refusal to fd 2
             GcsClient(address=address).internal_kv_get(b"session_name", namespace=None, timeout=PROBE_TIMEOUT_S)
     except ray.exceptions.AuthenticationError:
-        has_token = any(os.environ.get(v) for v in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"))
-        has_token = has_token or (Path.home() / ".ray" / "auth_token").exists()
-        what = "refused this driver's token" if has_token else "needs a token and this driver has none"
+        what = "refused this driver's token" if _has_token() else "needs a token and this driver has none"
         raise ClusterConnectionError(
             f"the Ray cluster at RAY_ADDRESS={address} {what}: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
             "RAY_AUTH_TOKEN_PATH) to the cluster's token (`ray get-auth-token` on the head prints it)"
         ) from None
     except Exception:  # noqa: BLE001 — anything else is ray.init's to report
         return
+
+
+def _has_token() -> bool:
+    """Whether Ray can find a token here: RAY_AUTH_TOKEN, a RAY_AUTH_TOKEN_PATH file that exists,
+    or ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        return Path(path).expanduser().is_file()
+    return (Path.home() / ".ray" / "auth_token").is_file()
 
 
 @contextmanager

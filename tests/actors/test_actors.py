@@ -123,6 +123,26 @@ def test_a_refused_token_fails_in_one_line_before_anything_is_created(ray_info, 
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no store, no folder
 
 
+def test_token_mode_without_any_token_fails_in_one_line_instead_of_aborting(ray_info, actor_bundle, tmp_path):
+    """Ray's native client aborts the process (exit 1, nothing a user can read) when token auth
+    is on and it finds no token; the driver says so before it gets there."""
+    from study_fixtures import write_study
+
+    study = write_study(tmp_path, actor_bundle)
+    home = tmp_path / "home"  # no ~/.ray/auth_token there
+    home.mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env |= {"RAY_ADDRESS": ray_info.address, "RAY_AUTH_MODE": "token", "HOME": str(home), "OMP_NUM_THREADS": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "micro_doe.cli.app", "run", study], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "RAY_AUTH_MODE=token but this driver has no token" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_worker_package_problems_name_each_node():
     assert worker_package_problem({"10.0.0.1": "0.1.0", "10.0.0.2": "0.1.0"}, "0.1.0") is None
     missing = ModuleNotFoundError("No module named 'micro_doe'")
