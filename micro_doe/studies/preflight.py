@@ -110,12 +110,28 @@ def _check_database(url: str) -> str | None:
         if database in ("", ":memory:") or database.startswith("file:"):
             return None
         problem = _check_file(Path(database))
-        if problem is None and Path(database).is_file() and Path(database).stat().st_size:
-            with open(database, "rb") as f:
-                if f.read(16) != b"SQLite format 3\x00":
-                    problem = f"{database} exists and is not a SQLite database"
+        if problem is None and Path(database).is_file() and Path(database).stat().st_size and not _is_sqlite(database):
+            problem = f"{database} exists and is not a SQLite database"
         return problem
     return _check_server(url, parsed.get_backend_name())
+
+
+def _is_sqlite(path: str) -> bool:
+    """Whether ``path`` is a SQLite database, asked through SQLite itself (read-only).
+
+    Never with Python's ``open()``: closing any descriptor of a file drops every POSIX lock this
+    process holds on it, so in a process that has the database open already (``micro-doe tune``
+    opens its study before the run checks its stores) another program's reader could then take
+    the database for unused, checkpoint it and delete the write-ahead log still being written,
+    losing every trial written after that. SQLite's own connections are safe from this."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)) as db:
+            db.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.DatabaseError:
+        return False
+    return True
 
 
 def _check_server(url: str, backend: str) -> str | None:
