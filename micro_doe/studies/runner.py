@@ -483,9 +483,9 @@ class Study:
                 if not ready:
                     quiet = time.perf_counter() - last_event
                     if quiet > STALL_WARNING_S:
-                        waiting = health.waiting()  # every actor ALIVE: long trials, not a stall: say nothing
-                        if waiting:  # say so instead of stalling silently (a lost node, a full cluster)
-                            note = _stall_note(quiet, waiting)
+                        away = health.waiting()  # every actor ALIVE: long trials, not a stall: say nothing
+                        if away:  # say so instead of stalling silently (a lost node, a full cluster)
+                            note = _stall_note(quiet, away)
                             log.warning(note)
                             report(note)
                         last_event = time.perf_counter()  # again after another STALL_WARNING_S
