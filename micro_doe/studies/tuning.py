@@ -248,8 +248,13 @@ def judge(volumes: list[Any], held_out: Descriptors, seconds: list[float]) -> di
 
 
 def floor_row(training: Descriptors, held_out: Descriptors) -> dict[str, float]:
-    """The data floor: the training images' own descriptors judged against the held-out ones."""
-    return _judged([Sample(volume=None, descriptors=training, params={}, predicted={}, seconds=0.0, reference=held_out)])  # type: ignore[arg-type]
+    """The data floor: the training images' own descriptors judged against the held-out ones.
+    A training reference made before connectivity was measured has none: its connectivity error
+    is unknown (NaN), not the 100 % a generated volume without the phase scores."""
+    row = _judged([Sample(volume=None, descriptors=training, params={}, predicted={}, seconds=0.0, reference=held_out)])  # type: ignore[arg-type]
+    if training.sizes is None or not math.isfinite(training.sizes.largest_share):
+        row["connectivity_error"] = row["structure_error"] = math.nan
+    return row
 
 
 def _judged(samples: list[Sample]) -> dict[str, float]:

@@ -150,3 +150,18 @@ def test_held_out_images_that_do_not_fit_the_model_are_refused_before_anything(t
             tune(bundle, options(tmp_path), held_out_data=data, log=lambda line: None)
     assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
     assert not (tmp_path / "optuna.db").exists()
+
+
+def test_the_floor_of_a_reference_without_connectivity_says_unknown_not_100(sphere_slices):
+    import math
+
+    from micro_doe.platform.descriptors import describe
+    from micro_doe.studies.tuning import floor_row
+
+    held_out = describe(sphere_slices.isel(z=slice(20, 40)).rename(z="sample"), 1, tortuosity_axis=None)
+    training = describe(sphere_slices.isel(z=slice(0, 20)).rename(z="sample"), 1, tortuosity_axis=None)
+    assert math.isfinite(floor_row(training, held_out)["connectivity_error"])
+    old = training.model_copy(update={"sizes": training.sizes.model_copy(update={"largest_share": math.nan})})
+    row = floor_row(old, held_out)  # a reference.nc made before largest_share existed
+    assert math.isnan(row["connectivity_error"]) and math.isnan(row["structure_error"])
+    assert math.isfinite(row["lineal_path_error"]) and math.isfinite(row["size_error"])
