@@ -361,10 +361,12 @@ def main() -> None:
         return
     results = [run_model(name, args) for name in args.models]
     print_tables(results, args)
-    # The default model set writes the README's figures; any other set gets its own names.
+    # The default model set writes the README's figures; any other set gets its own names, and a
+    # grid other than the default (whose n_h sweep they plot) writes none over them.
     tag = "" if args.models == DEFAULT_MODELS else "-" + "-".join(args.models)
-    save_figures(results, tag)
-    print(f"\nfigures: {DOCS}/micro3diff-montage{tag}.png, micro3diff-nh-sweep{tag}.png")
+    if args.grid in ("default", "figures"):
+        save_figures(results, tag)
+        print(f"\nfigures: {DOCS}/micro3diff-montage{tag}.png, micro3diff-nh-sweep{tag}.png")
     if args.vf_sweep and "spheres-32" in args.models:
         vf_sweep(args, next(r for r in results if r["name"] == "spheres-32")["cheapest"]["settings"])
     if args.json:
