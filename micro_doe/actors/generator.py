@@ -40,13 +40,13 @@ KINDS = ("micro3diff", "ldm", "cahn-hilliard")
 TARGET_PARAM = "target."
 
 
-
 def verify_settings(value: Any) -> VerifySettings | None:
     """The LDM's verification from a spec's ``verify``: absent (None) → the default
     verification, ``False`` → raw samples, a mapping → those settings."""
     if value is False:
         return None
     return DEFAULT_VERIFY if value is None else VerifySettings.model_validate(value)
+
 
 def _gpu_ids() -> list:
     return list(ray.get_gpu_ids()) if ray.is_initialized() else []

@@ -32,6 +32,7 @@ from micro_doe.cli.train import train_app
 from micro_doe.cli.tune import tune
 from micro_doe.errors import ExecutionError
 from micro_doe.platform.interrupts import exit_code, interrupt_name, interrupts_raise, last_signal, was_reported
+from micro_doe.tracking.registry import cache_root
 
 app = typer.Typer(
     name="micro-doe",
@@ -100,7 +101,7 @@ def _fail_with_log(err: BaseException, stderr: Console) -> None:
 def _write_log(err: BaseException) -> Path | None:
     """The traceback in ``$MICRO_DOE_CACHE/logs`` (default ``~/.cache/micro-doe/logs``); None
     when it cannot be written (the one line is still shown)."""
-    root = Path(os.environ.get("MICRO_DOE_CACHE") or Path.home() / ".cache" / "micro-doe")
+    root = cache_root()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = root / "logs" / f"error-{stamp}-{os.getpid()}.log"
     try:

@@ -247,7 +247,6 @@ def verification_table(samples: list[LDMSample], title: str = "") -> Table:
     return table
 
 
-
 def verify_options(
     verify: bool, tolerance: float | None, max_candidates: int | None, correct_requests: bool
 ) -> VerifySettings | None:
@@ -259,12 +258,12 @@ def verify_options(
         if conflicts:
             raise ValueError(f"--no-verify: conflicts with {', '.join(conflicts)} (options of verified generation)")
         return None
-    if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
-        raise ValueError(f"--tolerance: expected a positive number, got {tolerance}")
-    if max_candidates is not None:
-        check_count(max_candidates, "--max-candidates", high=1024)
     chosen = {"tolerance": tolerance, "max_candidates": max_candidates}
-    return VerifySettings(**{k: v for k, v in chosen.items() if v is not None}, correct=correct_requests)
+    try:  # VerifySettings checks its own bounds; the message names the option
+        return VerifySettings(**{k: v for k, v in chosen.items() if v is not None}, correct=correct_requests)
+    except ValidationError as err:
+        raise option_errors(err) from None
+
 
 def generate_ldm(
     model: Annotated[str, typer.Argument(help="An LDM bundle: pretrained:NAME or a directory.")],

@@ -40,7 +40,8 @@ def option_errors(err: ValidationError, options: Mapping[str, str] | None = None
             continue
         option = (options or {}).get(field) or "--" + field.replace("_", "-")
         value = e.get("input")
-        shown = f" (got {value!r})" if isinstance(value, (int, float, str)) and not isinstance(value, bool) else ""
+        said = "got " in message  # the check's own message already names the value
+        shown = f" (got {value!r})" if isinstance(value, (int, float, str)) and not isinstance(value, bool) and not said else ""
         parts.append(f"{option}: {message}{shown}")
     return OptionError("; ".join(dict.fromkeys(parts)))
 

@@ -69,8 +69,8 @@ def micro3diff(
         raise ValueError(f"--channel-mults: expected comma-separated integers, got {channel_mults!r}") from None
     check_bundle_target(out, overwrite=overwrite)
     check_device(device)
-    if why_missing(data):
-        raise FileNotFoundError(f"--data {data}: {why_missing(data)}")
+    if reason := why_missing(data):
+        raise FileNotFoundError(f"--data {data}: {reason}")
     if tune and held_out == 0:
         raise ValueError("--held-out 0: tuning judges against images set aside from training; give a fraction "
                          "(0.1) or pass --no-tune")

@@ -108,10 +108,10 @@ def validate_volume(volume: xr.DataArray, where: str = "volume") -> xr.DataArray
         raise VolumeError(f"{where}: expected int8 phase labels, got dtype {volume.dtype}")
     if volume.size and int(volume.min()) < 0:
         raise VolumeError(f"{where}: phase labels must be >= 0")
-    names = volume.attrs.get("phase_names")
-    if names is not None and volume.size and int(volume.max()) >= len(phase_names(volume)):
-        raise VolumeError(f"{where}: labels 0..{int(volume.max())} but {len(phase_names(volume))} phase names "
-                          f"{phase_names(volume)}; expected one name per label")
+    names = phase_names(volume) if volume.attrs.get("phase_names") is not None else None
+    if names is not None and volume.size and int(volume.max()) >= len(names):
+        raise VolumeError(f"{where}: labels 0..{int(volume.max())} but {len(names)} phase names {names}; "
+                          "expected one name per label")
     return volume
 
 
@@ -174,13 +174,14 @@ def check_name_lengths(path: Path, option: str) -> None:
     """Every part of ``path`` within the file system's name limit (NAME_MAX, 255 on most)."""
     limit = 255
     with contextlib.suppress(OSError, ValueError):
-        limit = os.pathconf(_nearest_existing(path), "PC_NAME_MAX")
+        limit = os.pathconf(nearest_existing(path), "PC_NAME_MAX")
     long = next((part for part in path.parts if len(part.encode()) > limit), None)
     if long is not None:
         raise VolumeError(f"{option} {str(path)[:60]}…: a name of {len(long.encode())} bytes; the file system allows {limit}")
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute, or its nearest parent that exists."""
     here = Path(os.path.abspath(path))
     while not here.exists():
         here = here.parent
@@ -190,9 +191,7 @@ def _nearest_existing(path: Path) -> Path:
 def check_writable_folder(folder: str | os.PathLike[str], *, option: str = "", what: str | None = None) -> None:
     """The folder exists and is writable, or its nearest existing parent is a writable folder
     (so that it can be created); creates nothing. The message starts with ``option what``."""
-    here = Path(os.path.abspath(folder))
-    while not here.exists():
-        here = here.parent
+    here = nearest_existing(folder)
     label = " ".join(part for part in (option, what or str(folder)) if part)
     if not here.is_dir():
         raise OutputExistsError(f"{label}: {here} is a file, not a folder")
@@ -374,8 +373,8 @@ def read_volume(
       binary (exactly two grey values, the lower becoming 0 and the higher 1).
     """
     p = Path(path)
-    if why_missing(p):
-        raise VolumeError(f"{p}: {why_missing(p)}")
+    if reason := why_missing(p):
+        raise VolumeError(f"{p}: {reason}")
     if p.is_dir():
         raise VolumeError(f"{p}: is a directory; expected a volume file (.nc, .tif, .tiff, .png, .npy)")
     suffix = p.suffix.lower()

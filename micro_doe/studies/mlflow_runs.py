@@ -42,13 +42,12 @@ import numpy as np
 import xarray as xr
 
 from micro_doe.platform.descriptors import Descriptors
-from micro_doe.tracking.registry import absolute_tracking_uri, ensure_experiment, mlflow_client, ui_hint
+from micro_doe.tracking.registry import LOCAL_UI, absolute_tracking_uri, ensure_experiment, mlflow_client, ui_hint
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 DRIVER_TAG = "micro_doe.driver"
-LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a database store by default
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
 MAX_TAG_LENGTH = 8000  # ... and for a tag value
 _FINISHED = {"COMPLETE", "FINISHED", "PRUNED"}

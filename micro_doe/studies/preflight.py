@@ -21,7 +21,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from micro_doe.platform.volumes import OutputExistsError, check_writable_folder
+from micro_doe.platform.volumes import OutputExistsError, check_writable_folder, nearest_existing
 from micro_doe.studies.spec import StudySpec
 from micro_doe.studies.study_yaml import SpecError
 
@@ -194,9 +194,7 @@ def _probe(folder: Path) -> str | None:
     """Create and remove a file in ``folder`` (or its nearest existing parent), restoring the
     folder's times: permissions can say yes where the file system says no (/proc, read-only
     mounts seen by root)."""
-    here = Path(os.path.abspath(folder))
-    while not here.exists():
-        here = here.parent
+    here = nearest_existing(folder)
     before = here.stat()
     try:
         fd, name = tempfile.mkstemp(prefix=".micro-doe-probe-", dir=here)

@@ -696,17 +696,26 @@ class Study:
         except Exception:  # noqa: BLE001 — the decision stands; the run just shows less
             values, metrics = {self.objectives[0][0].name: ctx.reported}, {}
         try:
-            run_id = tracker.log_trial(
-                trial_number=ctx.trial.number, params=ctx.params | {"seed": ctx.seed}, values=values,
-                metrics=metrics, volumes=ctx.volumes, reference=reference, predicted=ctx.predicted,
-                state="PRUNED", seconds=time.perf_counter() - ctx.started, started_at=ctx.started_at,
-            )  # fmt: skip
-            ctx.trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_url(run_id))
+            self._log_run(tracker, ctx, reference, "PRUNED", values, metrics)
         finally:
             study.tell(ctx.trial, state=TrialState.PRUNED)
             if ctx.reporter is not None and ctx.reporter is not ctx.trial:
                 pruning.tell(ctx.reporter, state=TrialState.PRUNED)
         log.debug("trial %d: pruned after %d volumes", ctx.trial.number, len(ctx.volumes))
+
+    @staticmethod
+    def _log_run(  # type: ignore[no-untyped-def]
+        tracker, ctx: _Trial, reference, state: str, values: dict[str, float], metrics: dict[str, float],
+        reason: str | None = None,
+    ) -> None:
+        """The trial's MLflow run (its parameters with the seed, volumes, real start and duration),
+        and its link on the trial, which the dashboard shows."""
+        run_id = tracker.log_trial(
+            trial_number=ctx.trial.number, params=ctx.params | {"seed": ctx.seed}, values=values, metrics=metrics,
+            volumes=ctx.volumes, reference=reference, predicted=ctx.predicted, state=state, reason=reason,
+            seconds=time.perf_counter() - ctx.started, started_at=ctx.started_at,
+        )  # fmt: skip
+        ctx.trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_url(run_id))
 
     def _metrics(self, samples: list[Sample], values: dict[str, float]) -> dict[str, float]:
         """Every metric of a trial's samples: the trial metrics, the objectives that constraints
@@ -748,19 +757,7 @@ class Study:
             upload(study, ctx.trial, png, store)
         except Exception as err:  # noqa: BLE001 — a picture never costs a trial
             ctx.trial.set_user_attr("montage_error", _reason(err))
-        run_id = tracker.log_trial(
-            trial_number=ctx.trial.number,
-            params=ctx.params | {"seed": ctx.seed},
-            values=values,
-            metrics=metrics,
-            volumes=ctx.volumes,
-            reference=reference,
-            predicted=ctx.predicted,
-            state="FINISHED",
-            seconds=time.perf_counter() - ctx.started,
-            started_at=ctx.started_at,
-        )
-        ctx.trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_url(run_id))  # the dashboard's link to the run
+        self._log_run(tracker, ctx, reference, "FINISHED", values, metrics)
         study.tell(ctx.trial, [values[o.name] for o, _ in self.objectives])
         if ctx.reporter is not None and ctx.reporter is not ctx.trial and pruning is not None:
             pruning.tell(ctx.reporter, values[self.objectives[0][0].name])
@@ -770,20 +767,7 @@ class Study:
         if requeue:
             ctx.trial.set_user_attr("requeued", True)
         try:
-            run_id = tracker.log_trial(
-                trial_number=ctx.trial.number,
-                params=ctx.params | {"seed": ctx.seed},
-                values={},
-                metrics={},
-                volumes=ctx.volumes,
-                reference=reference,
-                predicted=ctx.predicted,
-                state="FAILED",
-                reason=reason,
-                seconds=time.perf_counter() - ctx.started,
-                started_at=ctx.started_at,
-            )
-            ctx.trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_url(run_id))
+            self._log_run(tracker, ctx, reference, "FAILED", {}, {}, reason=reason)
         finally:
             study.tell(ctx.trial, state=TrialState.FAIL)
             if ctx.reporter is not None and ctx.reporter is not ctx.trial and pruning is not None:

@@ -129,8 +129,8 @@ def check_held_out(bundle: Path, held_out_data: Path | None, option: str = "--he
     if held_out_data is None and not has_held_out(bundle):
         raise TuningError(f"{bundle}: no held-out images ({HELD_OUT_FILE}); give images the model was not trained on "
                           f"with {option}, or retrain with --held-out")
-    if held_out_data is not None and why_missing(held_out_data):
-        raise TuningError(f"{option} {held_out_data}: {why_missing(held_out_data)}")
+    if held_out_data is not None and (reason := why_missing(held_out_data)):
+        raise TuningError(f"{option} {held_out_data}: {reason}")
 
 
 def held_out_reference(path: Path, config: Micro3DiffConfig, option: str = "--held-out-data") -> Descriptors:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 MODELS_EXPERIMENT = "micro-doe-models"
 DEFAULT_TRACKING_URI = "sqlite:///micro-doe-runs/mlflow.db"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a database store by default
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 
@@ -83,7 +84,7 @@ def ui_hint(uri: str, experiment_id: str | None = None) -> str:
     page = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else ""
     if uri.startswith(("http://", "https://")):
         return f"open {uri.rstrip('/')}{page} (the tracking server serves the UI)"
-    return f"{runnable('mlflow')} ui --backend-store-uri {uri} --host 127.0.0.1\n  then open http://127.0.0.1:5000{page}"
+    return f"{runnable('mlflow')} ui --backend-store-uri {uri} --host 127.0.0.1\n  then open {LOCAL_UI}{page}"
 
 
 def runnable(program: str) -> str:
@@ -297,10 +298,15 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
     raise ValueError(f"{ref}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
 
 
+def cache_root() -> Path:
+    """``$MICRO_DOE_CACHE`` if set, else ``~/.cache/micro-doe``: downloaded models, error logs."""
+    root = os.environ.get("MICRO_DOE_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "micro-doe"
+
+
 def default_cache_dir() -> Path:
     """``$MICRO_DOE_CACHE/models`` if set, else ``~/.cache/micro-doe/models``."""
-    root = os.environ.get("MICRO_DOE_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "micro-doe") / "models"
+    return cache_root() / "models"
 
 
 def resolve_model_version(ref: str, tracking_uri: str | None = None) -> Any:

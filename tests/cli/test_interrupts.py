@@ -9,6 +9,8 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import optuna
 import pytest
@@ -19,6 +21,7 @@ from optuna.trial import TrialState
 from micro_doe.studies.runner import Study
 
 pytestmark = pytest.mark.filterwarnings("ignore")
+T = TypeVar("T")
 
 
 def write_study(tmp_path, model) -> str:  # type: ignore[no-untyped-def]
@@ -42,20 +45,32 @@ def write_study(tmp_path, model) -> str:  # type: ignore[no-untyped-def]
     return str(path)
 
 
+def interrupt(driver: subprocess.Popen, signum: int, when: Callable[[], T]) -> tuple[str, T]:
+    """Wait for ``when()``, then send ``signum`` to the driver only (as `kill` or a scheduler
+    would); its stderr once it has exited, and what ``when`` returned. Whatever is left of it
+    is killed at the end."""
+    try:
+        ready = when()
+        driver.send_signal(signum)
+        _, err = driver.communicate(timeout=120)
+        return err, ready
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+
+
 @pytest.mark.parametrize(("signum", "code", "how"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_an_interrupted_run_exits_with_the_signal_code_and_resumes_requeued_first(signum, code, how, tmp_path, tiny_bundle):
     path = write_study(tmp_path, tiny_bundle)
     storage = f"sqlite:///{tmp_path}/optuna.db"
     driver = start_driver(path, stderr=subprocess.PIPE, text=True)
-    try:
+
+    def trial_running() -> None:
         wait_for_trials(storage, "interrupted", driver, lambda trials: any(t.state == TrialState.RUNNING for t in trials))
         time.sleep(1.0)  # inside the generator call
-        driver.send_signal(signum)  # the driver only, as `kill` or a scheduler would
-        _, err = driver.communicate(timeout=120)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait(timeout=30)
+
+    err, _ = interrupt(driver, signum, trial_running)
     assert driver.returncode == code, err
     assert re.search(rf"interrupted \({how}\); \d+ trials complete, run the same command to resume", err), err
     assert "Traceback" not in err and "*** " not in err and "core dumped" not in err.lower(), err
@@ -83,21 +98,19 @@ def test_an_interrupt_while_ray_starts_exits_with_the_signal_code_and_stops_ray(
 
     path = write_study(tmp_path, tiny_bundle)
     driver = start_driver(path, stderr=subprocess.PIPE, text=True)
-    try:
+
+    def ray_starting() -> list[psutil.Process]:
+        """Once Ray's first server is up: everything the driver has started so far."""
         me = psutil.Process(driver.pid)
         deadline = time.time() + 120
         started: list[psutil.Process] = []
-        while time.time() < deadline and driver.poll() is None and not started:  # Ray's first server is up
+        while time.time() < deadline and driver.poll() is None and not started:
             started = [p for p in me.children(recursive=True) if "gcs_server" in " ".join(p.cmdline())]
             time.sleep(0.05)
         assert started, "ray never started"
-        children = me.children(recursive=True)
-        driver.send_signal(signum)
-        _, err = driver.communicate(timeout=120)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait(timeout=30)
+        return me.children(recursive=True)
+
+    err, children = interrupt(driver, signum, ray_starting)
     assert driver.returncode == code, err
     assert f"interrupted ({how})" in err and "Traceback" not in err, err
     _, alive = psutil.wait_procs(children, timeout=30)  # what the driver started stops with it

@@ -117,10 +117,10 @@ def local_thickness(mask: np.ndarray, section_axis: int | None = None) -> np.nda
     bounding box widened by r, which holds every voxel that close to a centre.
     """
     mask = np.asarray(mask, dtype=bool)
-    if section_axis is not None and mask.ndim == 3:
-        sections = np.moveaxis(mask, section_axis, 0)
-        return np.moveaxis(np.stack([_local_thickness(s) for s in sections]), 0, section_axis)
-    return _legacy_local_thickness(mask, section_axis) if section_axis is not None else _local_thickness(mask)
+    if section_axis is None:
+        return _local_thickness(mask)
+    sections = np.moveaxis(mask, section_axis, 0)
+    return np.moveaxis(np.stack([_local_thickness(s) for s in sections]), 0, section_axis)
 
 
 def _local_thickness(mask: np.ndarray) -> np.ndarray:
