@@ -17,13 +17,17 @@ them with the platform itself, in four stages:
    against the held-out images: descriptors no setting steers) and ``seconds_per_volume``.
    vf is a constraint (within 25 % of the held-out vf), never a judge. Every trial's volumes
    share seeds (``volume_seeds: common``), so settings are compared on the same noise.
-4. **Choice and confirmation** (:func:`choose`): among feasible complete trials, the cheapest
-   (seconds per volume) whose structure error is within the margin of the best
-   (``max(margin_points, margin_fraction · best)``). If it anchors with calibration, the
-   calibration is measured again at that setting. The choice and the paper's default are then
-   measured on fresh seeds (:func:`confirm`), beside the data floor (the training images'
-   own descriptors against the held-out ones), and the defaults, calibration and table are
-   written into the bundle (config.json and card.md).
+4. **Finalists, choice and confirmation.** The study ranks settings on a few volumes each, where
+   settings a few points apart trade places by noise. So the best feasible settings of the study
+   (:func:`finalists`, ``finalists`` of them) are measured again on ``finalist_volumes`` fresh
+   volumes each (seeds the study never used), and :func:`choose` picks among those rows: of the
+   ones whose vf stays within the constraint, the cheapest (seconds per volume) whose structure
+   error is within the margin of the best (``max(margin_points, margin_fraction · best)``).
+   If it anchors with calibration, the calibration is measured again at that setting. The
+   choice and the paper's default are then measured on fresh seeds again (:func:`confirm`),
+   beside the data floor (the training images' own descriptors against the held-out ones), and
+   the defaults, calibration, finalists and table are written into the bundle (config.json and
+   card.md).
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ STARTS: list[dict[str, Any]] = [
 PROBE = {"variant": "anchored", "n_h": 6, "steps": 25, "precision": "bf16", "decode": "sign", "calibrate": False}
 CALIBRATION_FACTORS = (0.75, 1.0, 1.25)
 CONFIRM_SEED = 100_000  # confirmation volumes: seeds the study never used
+FINALIST_SEED = 200_000  # the finalists' volumes: seeds neither the study nor the confirmation used
 VF_TOLERANCE = 0.25  # constraint: |vf − held-out vf| ≤ 25 % of the held-out vf
 
 
@@ -89,6 +94,8 @@ class TuneOptions(BaseModel):
     trials: int = Field(16, ge=2, le=10_000, description="settings tried (the study's n_trials)")
     minutes: float | None = Field(None, gt=0, description="wall-time budget of the study; None: trials alone")
     samples_per_trial: int = Field(2, ge=1, le=64, description="volumes per setting in the study")
+    finalists: int = Field(4, ge=1, le=64, description="best settings of the study measured again before choosing")
+    finalist_volumes: int = Field(8, ge=1, le=64, description="volumes per finalist (fresh seeds)")
     confirm_volumes: int = Field(4, ge=1, le=64, description="volumes per setting in the confirmation")
     calibration_volumes: int = Field(2, ge=1, le=64, description="volumes per anchored fraction when calibrating")
     margin_points: float = Field(1.0, ge=0, description="structure error a cheaper setting may give up, in % points")
@@ -226,16 +233,27 @@ def enqueue_starts(spec: Any, budget: int) -> int:
 # ----------------------------------------------------------------------------- stage 4: choice
 
 
-def choose(trials: list[Any], options: TuneOptions) -> tuple[Any, Any, float]:
-    """(chosen trial, best trial, margin): the cheapest feasible complete trial whose structure
-    error is within the margin of the best one's."""
+def finalists(trials: list[Any], options: TuneOptions) -> list[Any]:
+    """The study's best ``options.finalists`` feasible complete trials (by structure error), one
+    per setting."""
     feasible = [t for t in trials if t.state == "COMPLETE" and t.violation <= 0 and t.values and math.isfinite(t.values[0])]
     if not feasible:
         raise TuningError("no setting met the vf constraint with a finite structure error; raise --tune-budget")
-    best = min(feasible, key=lambda t: t.values[0])
-    margin = max(options.margin_points, options.margin_fraction * best.values[0])
-    near = [t for t in feasible if t.values[0] <= best.values[0] + margin]
-    return min(near, key=lambda t: (t.values[1], t.values[0])), best, margin
+    unique: dict[str, Any] = {}
+    for t in sorted(feasible, key=lambda t: (t.values[0], t.number)):
+        unique.setdefault(repr(sorted(t.params.items())), t)
+    return list(unique.values())[: options.finalists]
+
+
+def choose(rows: list[dict[str, Any]], options: TuneOptions, vf_max_error: float) -> tuple[int, int, float]:
+    """(chosen, best, margin) among measured rows (``structure_error``, ``seconds_per_volume``,
+    ``vf_error``): of the rows within the vf constraint (all rows when none is), the cheapest
+    whose structure error is within the margin of the best one's."""
+    feasible = [i for i, r in enumerate(rows) if r["vf_error"] <= vf_max_error] or list(range(len(rows)))
+    best = min(feasible, key=lambda i: rows[i]["structure_error"])
+    margin = max(options.margin_points, options.margin_fraction * rows[best]["structure_error"])
+    near = [i for i in feasible if rows[i]["structure_error"] <= rows[best]["structure_error"] + margin]
+    return min(near, key=lambda i: (rows[i]["seconds_per_volume"], rows[i]["structure_error"])), best, margin
 
 
 def judge(volumes: list[Any], held_out: Descriptors, seconds: list[float]) -> dict[str, float]:
@@ -269,14 +287,16 @@ def _judged(samples: list[Sample]) -> dict[str, float]:
 
 
 def confirm(generator: Micro3DiffGenerator, settings: dict[str, Any], held_out: Descriptors, volumes: int,
-            seed: int = 0) -> dict[str, Any]:
-    """One table row: ``settings`` sampled on fresh seeds (CONFIRM_SEED + seed + i) and judged
-    against the held-out images."""
+            seed: int = 0, first_seed: int = CONFIRM_SEED) -> dict[str, Any]:
+    """One table row: ``settings`` sampled on fresh seeds (first_seed + seed + i) and judged
+    against the held-out images; ``vf_error`` is |vf − held-out vf|."""
     start = time.perf_counter()
-    vols = generator.sample(volumes, SamplingSettings(**settings), seed=CONFIRM_SEED + seed, allow_extrapolation=True)
+    vols = generator.sample(volumes, SamplingSettings(**settings), seed=first_seed + seed, allow_extrapolation=True)
     seconds = (time.perf_counter() - start) / volumes
     s = SamplingSettings(**settings).resolved(generator.bundle.config.sampling)
-    return {"setting": label(s), "passes": (s.n_h + 1) * s.steps, **judge(vols, held_out, [seconds] * volumes)}
+    row = judge(vols, held_out, [seconds] * volumes)
+    return {"setting": label(s), "passes": (s.n_h + 1) * s.steps, **row,
+            "vf_error": abs(row["vf"] - held_out.volume_fraction)}
 
 
 def label(s: SamplingConfig) -> str:
@@ -289,19 +309,27 @@ def defaults_of(params: dict[str, Any]) -> SamplingConfig:
     return SamplingConfig(**(params | {"sampler": "ddpm", "variance": "beta"}))
 
 
+TABLE_HEAD = ["| setting | passes | L error % | size error % | diameter error % | connectivity error % | structure error | "
+              "vf | Ø | connectivity | s / volume |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+
 def card_section(record: TuningRecord, chosen: str, margin: float) -> str:
-    """The card's tuning section: rule, table with the data floor, where the study lives."""
+    """The card's tuning section: rule, finalists, table with the data floor, where the study lives."""
     lines = ["", "## Sampling defaults (chosen by `micro-doe tune`)", "",
              f"Default: **{chosen}**. {record.rule} (margin {margin:.2f} points); {record.trials} settings tried, "
              f"study `{record.study}` in {record.storage}, MLflow {record.tracking}, seed {record.seed}.", "",
-             "Judged against images the network never saw (held out); vf is a constraint, never a judge.", "",
-             "| setting | passes | L error % | size error % | diameter error % | connectivity error % | vf | Ø | "
-             "connectivity | s / volume |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in record.table:
-        lines.append(f"| {r['setting']} | {r.get('passes', '')} | {r['lineal_path_error']:.2f} | {r['size_error']:.2f} | "
-                     f"{r['diameter_error']:.2f} | {r['connectivity_error']:.2f} | {r['vf']:.3f} | {r['diameter']:.2f} | "
-                     f"{r['connectivity']:.2f} | {r['seconds_per_volume']:.2f} |")
+             "Judged against images the network never saw (held out); vf is a constraint, never a judge.", ""]
+    if record.finalists:
+        lines += ["Finalists (the study's best settings, measured again on fresh volumes; the choice is made here):", "",
+                  *TABLE_HEAD, *map(table_line, record.finalists), "", "Confirmation (fresh volumes again):", ""]
+    lines += [*TABLE_HEAD, *map(table_line, record.table)]
     return "\n".join(lines) + "\n"
+
+
+def table_line(r: dict[str, Any]) -> str:
+    return (f"| {r['setting']} | {r.get('passes', '')} | {r['lineal_path_error']:.2f} | {r['size_error']:.2f} | "
+            f"{r['diameter_error']:.2f} | {r['connectivity_error']:.2f} | {r['structure_error']:.2f} | {r['vf']:.3f} | "
+            f"{r['diameter']:.2f} | {r['connectivity']:.2f} | {r['seconds_per_volume']:.2f} |")
 
 
 def write_tuning(bundle: Path, defaults: SamplingConfig, record: TuningRecord, chosen: str, margin: float) -> None:
@@ -360,7 +388,17 @@ def tune(
     enqueue_starts(study.spec, options.trials)
     result = on_study(study) if on_study is not None else study.run()
 
-    chosen, best, margin = choose(result.trials, options)
+    top = finalists(result.trials, options)
+    log(f"tune {bundle.name}: measuring the {len(top)} best settings again on {options.finalist_volumes} fresh volumes each")
+    measured = []
+    for i, trial in enumerate(top, 1):
+        row = confirm(generator, trial.params, held_out, options.finalist_volumes, options.seed, FINALIST_SEED)
+        measured.append(row | {"trial": trial.number, "study_structure_error": trial.values[0]})
+        log(f"  finalist {i}/{len(top)}: {row['setting']} (trial {trial.number}): structure error "
+            f"{row['structure_error']:.2f} (study {trial.values[0]:.2f}), {row['seconds_per_volume']:.1f} s / volume")
+    vf_max_error = VF_TOLERANCE * held_out.volume_fraction
+    pick, best, margin = choose(measured, options, vf_max_error)
+    chosen = top[pick]
     defaults = defaults_of(chosen.params)
     if VARIANTS[defaults.variant].anchors and defaults.calibrate and defaults.decode == "sign":
         log(f"tune {bundle.name}: calibrating vf at the chosen setting ({label(defaults)})")
@@ -371,10 +409,12 @@ def tune(
             confirm(generator, PAPER, held_out, options.confirm_volumes, options.seed) | {"role": "paper (SamplingConfig())"},
             floor_row(generator.bundle.reference, held_out) | {"setting": "data floor: training images vs held out",
                                                                 "role": "data floor"}]
-    rule = (f"cheapest (s / volume) of the feasible settings within max({options.margin_points:g} points, "
-            f"{options.margin_fraction:.0%} of the best) of the best structure error (trial {best.number}: "
-            f"{best.values[0]:.2f}); chose trial {chosen.number}")
+    within = "" if any(r["vf_error"] <= vf_max_error for r in measured) else " (none kept vf within the constraint: all compared)"
+    rule = (f"the study's {len(top)} best feasible settings measured again on {options.finalist_volumes} fresh volumes "
+            f"each{within}; of those, the cheapest (s / volume) within max({options.margin_points:g} points, "
+            f"{options.margin_fraction:.0%} of the best) of the best structure error (trial {top[best].number}: "
+            f"{measured[best]['structure_error']:.2f}); chose trial {chosen.number}")
     record = TuningRecord(study=name, storage=masked_url(spec.storage), tracking=spec.tracking,
-                          trials=len(result.completed), seed=options.seed, rule=rule, table=rows)
+                          trials=len(result.completed), seed=options.seed, rule=rule, table=rows, finalists=measured)
     write_tuning(bundle, defaults, record, label(defaults), margin)
     return record

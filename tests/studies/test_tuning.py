@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator
-from micro_doe.studies.tuning import PAPER, STARTS, TuneOptions, choose, study_name, tune
+from micro_doe.studies.tuning import PAPER, STARTS, TuneOptions, choose, finalists, study_name, tune
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -36,7 +36,7 @@ def held_out_bundle(tmp_path_factory, sphere_slices, tiny_unet):
 
 
 def options(tmp_path, **changes) -> TuneOptions:  # type: ignore[no-untyped-def]
-    base = {"trials": 2, "samples_per_trial": 1, "confirm_volumes": 1, "calibration_volumes": 1,
+    base = {"trials": 2, "samples_per_trial": 1, "confirm_volumes": 1, "calibration_volumes": 1, "finalist_volumes": 1,
             "storage": f"sqlite:///{tmp_path}/optuna.db", "tracking": f"sqlite:///{tmp_path}/mlflow.db",
             "artifacts": f"{tmp_path}/artifacts"}
     return TuneOptions(**(base | changes))
@@ -66,8 +66,12 @@ def test_tune_runs_a_study_and_writes_defaults_calibration_and_table(tmp_path, h
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert [t.params for t in trials] == [dict(PAPER), STARTS[1]]  # the paper's algorithm is always tried
     assert study.metric_names == ["structure_error", "seconds_per_volume"]
-    chosen = next(t for t in trials if {k: getattr(config.sampling, k) for k in PAPER} == t.params)
-    assert chosen.values[0] <= min(t.values[0] for t in trials) + max(1.0, 0.1 * min(t.values[0] for t in trials))
+    # Every feasible setting (here both) was measured again; the default is chosen among those rows.
+    assert sorted(r["trial"] for r in record.finalists) == sorted(t.number for t in finalists_of(study))
+    chosen = next(r for r in record.finalists if r["setting"] == record.table[0]["setting"])
+    best = min(r["structure_error"] for r in record.finalists)
+    assert chosen["structure_error"] <= best + max(1.0, 0.1 * best)
+    assert "Finalists" in (bundle / "card.md").read_text()
     # The chosen setting is what generate now uses.
     assert Micro3DiffGenerator(bundle).bundle.config.sampling == config.sampling
 
@@ -106,16 +110,32 @@ def test_an_interrupted_tuning_keeps_the_weights_and_resumes(tmp_path, held_out_
     assert sum(t.params == PAPER for t in complete) == 1  # resumed, not started over
 
 
-def test_choose_takes_the_cheapest_setting_within_the_margin():
+def finalists_of(study):  # type: ignore[no-untyped-def]
+    from micro_doe.studies.runner import _record
+
+    return finalists([_record(t) for t in study.get_trials()], TuneOptions())
+
+
+def test_finalists_are_the_best_feasible_settings_once_each():
     from micro_doe.studies.runner import TrialRecord
 
     trials = [TrialRecord(0, "COMPLETE", {"n": 0}, [10.0, 5.0]), TrialRecord(1, "COMPLETE", {"n": 1}, [10.9, 1.0]),
               TrialRecord(2, "COMPLETE", {"n": 2}, [12.0, 0.1]), TrialRecord(3, "COMPLETE", {"n": 3}, [1.0, 0.1], violation=1.0),
-              TrialRecord(4, "FAIL", {"n": 4}, None)]  # fmt: skip
-    chosen, best, margin = choose(trials, TuneOptions())
-    assert (chosen.number, best.number, margin) == (1, 0, 1.0)
-    chosen, _, margin = choose(trials, TuneOptions(margin_fraction=0.25))
-    assert chosen.number == 2 and margin == 2.5
+              TrialRecord(4, "FAIL", {"n": 4}, None), TrialRecord(5, "COMPLETE", {"n": 0}, [9.0, 5.0]),
+              TrialRecord(6, "COMPLETE", {"n": 6}, [20.0, 0.1])]  # fmt: skip
+    assert [t.number for t in finalists(trials, TuneOptions(finalists=3))] == [5, 1, 2]  # trial 0 repeats trial 5
+
+
+def test_choose_takes_the_cheapest_remeasured_setting_within_the_margin():
+    def row(error, seconds, vf_error=0.0):  # type: ignore[no-untyped-def]
+        return {"structure_error": error, "seconds_per_volume": seconds, "vf_error": vf_error}
+
+    rows = [row(10.0, 5.0), row(10.9, 1.0), row(12.0, 0.1), row(1.0, 0.1, vf_error=0.5)]
+    assert choose(rows, TuneOptions(), vf_max_error=0.05) == (1, 0, 1.0)
+    chosen, _, margin = choose(rows, TuneOptions(margin_fraction=0.25), vf_max_error=0.05)
+    assert chosen == 2 and margin == 2.5
+    # When no row keeps vf within the constraint, all are compared (rather than no default at all).
+    assert choose([row(3.0, 1.0, 0.5), row(2.0, 9.0, 0.6)], TuneOptions(), vf_max_error=0.05)[1] == 1
 
 
 def test_the_tune_command_tunes_a_bundle_in_the_working_folder(tmp_path, held_out_bundle, monkeypatch, capsys):

@@ -105,6 +105,8 @@ class TuningRecord(BaseModel):
     seed: int
     rule: str = Field(description="how the default was picked among the trials")
     table: list[dict] = Field(default_factory=list, description="the confirmation rows (setting, judges, seconds)")
+    finalists: list[dict] = Field(default_factory=list, description="the study's best settings measured again, among "
+                                  "which the default was chosen (setting, trial, judges, seconds)")
 
 
 class Micro3DiffConfig(BaseModel):
