@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 LOCK   := requirements.lock
 
-.PHONY: install lock quickstart test bench models clean
+.PHONY: install lock quickstart test docs bench models clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install -q --constraint $(LOCK) pip setuptools
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q --constraint $(LOCK) $(TORCH)
-	$(BIN)/python -m pip install -q --constraint $(LOCK) --no-build-isolation -e '.[test,bench]'
+	$(BIN)/python -m pip install -q --constraint $(LOCK) --no-build-isolation -e '.[test,bench,docs]'
 	$(BIN)/python -m pip check
 	touch $@
 
@@ -30,7 +30,12 @@ quickstart: install
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q
+
+# The docs site (mkdocs.yml) into site/; `$(BIN)/mkdocs serve` shows it on 127.0.0.1:8000 while you write.
+docs: install
+	$(BIN)/mkdocs build --strict
 
 bench: install
 	$(BIN)/python benchmarks/descriptors.py
@@ -108,11 +113,11 @@ lock:
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip setuptools
 	$(LOCK_VENV)/bin/python -m pip install -q $(TORCH)
-	$(LOCK_VENV)/bin/python -m pip install -q --upgrade --no-build-isolation -e '.[test,bench,cluster]'
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade --no-build-isolation -e '.[test,bench,docs,cluster]'
 	$(LOCK_VENV)/bin/python -m pip check
 	$(LOCK_VENV)/bin/python -m pytest -q
 	{ echo "# The lock: every package at the version the test suite passed with (pip freeze --all of"; \
-	  echo "# a venv with '.[test,bench,cluster]'), less torch, which each machine brings in its own build."; \
+	  echo "# a venv with '.[test,bench,docs,cluster]'), less torch, which each machine brings in its own build."; \
 	  echo "# \`make install\`, CI and deploy/Dockerfile install with --constraint this file. Refresh: make lock"; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v -iE "^((torch|micro-doe|micro_doe)==|-e )"; \
 	} > $(LOCK).new

@@ -361,7 +361,7 @@ def main() -> None:
         return
     results = [run_model(name, args) for name in args.models]
     print_tables(results, args)
-    # The default model set writes the README's figures; any other set gets its own names, and a
+    # The default model set writes the docs' figures; any other set gets its own names, and a
     # grid other than the default (whose n_h sweep they plot) writes none over them.
     tag = "" if args.models == DEFAULT_MODELS else "-" + "-".join(args.models)
     if args.grid in ("default", "figures"):

@@ -1,4 +1,4 @@
-"""Micro3Diff on morphologies nothing here was tuned on: train with the README's command, tune
+"""Micro3Diff on morphologies nothing here was tuned on: train with the documented command, tune
 with `micro-doe tune` (the last stage of training), then judge in 3D against fresh cubes.
 
     python benchmarks/unseen_morphologies.py [--morphologies blobs fibers clustered three-phase]
@@ -107,7 +107,7 @@ def make_data(name: str, out: Path) -> Path:
 
 
 def train(name: str, data: Path, out: Path, steps: int, budget: str) -> Path:
-    """The README's command: train, hold out 10 %, tune (skipped when the bundle is tuned; only the
+    """The documented command (docs/how-to/train-and-tune.md): train, hold out 10 %, tune (skipped when the bundle is tuned; only the
     tuning when training finished but its tune stage was stopped)."""
     bundle = out / f"{name}-model"
     cli = [sys.executable, "-m", "micro_doe.cli.app"]

@@ -1,4 +1,4 @@
-"""Screenshots of the review UIs for the README, with headless Chromium (Debian's `chromium`).
+"""Screenshots of the review UIs for the docs (docs/how-to/review-a-study.md), with headless Chromium (Debian's `chromium`).
 
     python docs/screenshots.py [--runs DIR] [--study quickstart] [--n-trials 6]
 

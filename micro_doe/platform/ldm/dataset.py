@@ -63,7 +63,7 @@ its result is deterministic).
 
 **Cost**: one trajectory plus the labelling of its snapshots (almost all of it in the two
 taufactor solves per snapshot); the default grid is the shipped ``opv-32`` model's data, and
-its wall time is in README ("The conditional LDM").
+its wall time is in docs/explanation/ldm.md.
 Memory: the solver holds every recorded snapshot, ``n_steps / snapshot_every · n_phases ·
 voxels · 4`` bytes (26 MB for 32³, 1000 steps, every 10).
 """

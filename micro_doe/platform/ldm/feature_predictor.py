@@ -16,7 +16,7 @@ normalisation over features is LayerNorm.)
 property of a statistically homogeneous film, so it should not depend on *where* in the
 volume a feature sits. On the shipped 32³ data the flattened MLP memorised its training
 latents and generalised poorly; sharing weights across positions and pooling generalised far
-better. The measured R² of both readouts are in README ("The conditional LDM") and the
+better. The measured R² of both readouts are in docs/explanation/ldm.md and the
 shipped bundle's card.
 
 Targets and predictions live in normalised units (:class:`Normaliser`), column j being

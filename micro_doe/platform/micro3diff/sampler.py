@@ -44,7 +44,7 @@ on the slices of all three planes and uses the voxelwise mean of the three noise
 (three times the network work; no plane rotation, so no dependence on the plane order).
 
 Known behaviour, pinned by tests against exact per-Fourier-mode predictions
-(``tests/platform/micro3diff/test_sampler.py``; numbers in README, "What limits multi-plane
+(``tests/platform/micro3diff/test_sampler.py``; numbers in docs/explanation/micro3diff.md, "What limits multi-plane
 sampling"): even with the exact 2D denoiser of correlated Gaussian data, the volume's slices
 come out under-dispersed with the right mean, and harmonizing lowers the variance further.
 Each plane's denoiser pulls every 3D Fourier mode towards that plane's 2D spectrum, so power
@@ -103,7 +103,7 @@ expectation) and never after the last pass (its output is x0_hat, a posterior me
 the target fraction of channel c's phase: the training data's by default, a requested one to
 generate at another vf (the generator checks it against the bundle's ``vf_range``), or one drawn
 per volume from the spread of the data's window fractions (the generator's ``vf_spread``). With
-the anchor, harmonizing helps as the paper says (README, "Measured"), where without it every
+the anchor, harmonizing helps as the paper says (docs/explanation/micro3diff.md, "Measured"), where without it every
 harmonizing cycle removes more of the minority phase. The anchor steers vf (and S2(0) = vf), so
 it is judged by what it does not touch: the lineal path and the size distributions.
 

@@ -398,6 +398,6 @@ def _card(name, data, config, n_params, seconds, loss, quality, device) -> str: 
         ]
     else:
         lines.append("- not measured")
-    lines += ["", "3D (multi-plane) quality: see `benchmarks/micro3diff.py` and the README.", ""]
+    lines += ["", "3D (multi-plane) quality: see `benchmarks/micro3diff.py` and docs/explanation/micro3diff.md.", ""]
     return "\n".join(lines)
 

@@ -169,7 +169,7 @@ def test_anchored_with_a_memorising_denoiser_raises_vf_but_not_the_texture() -> 
     raises it (0.164) but, judged by what it does not steer, the texture stays wrong: the fraction
     of x-neighbour pairs both in the minority phase is 0.056 for both, against the data's 0.166
     (specks, not blobs). The memorising denoiser's incoherent slices are the cause; a trained
-    denoiser and harmonizing are what the README's benchmark measures."""
+    denoiser and harmonizing are what benchmarks/micro3diff.py measures."""
     g = torch.Generator().manual_seed(0)
     lam3 = torch.fft.fftn(periodic_gaussian_kernel(N, 1.5, dims=3)).real.clamp(min=0)
     white = torch.randn(8, N, N, N, generator=g, dtype=torch.float64)
