@@ -40,6 +40,21 @@ def artifact_store(path: str | os.PathLike[str]) -> FileSystemArtifactStore:
     return FileSystemArtifactStore(folder)
 
 
+def trial_montage(volumes: Any, path: str | os.PathLike[str], example: Any = None, *, title: str = "") -> Path:
+    """Middle xy/xz/yz slices, one row per volume (a ``sample`` dim is split into rows), below
+    ``example`` (a training image) when given, with a phase legend: the picture optuna-dashboard
+    shows on a trial's page, and MLflow keeps with its run."""
+    import xarray as xr
+
+    from micro_doe.platform.plots import slice_montage
+
+    vols = [volumes] if isinstance(volumes, xr.DataArray) else list(volumes)
+    rows: list[Any] = []
+    for v in vols:
+        rows += [v.isel(sample=i) for i in range(v.sizes["sample"])] if "sample" in v.dims else [v]
+    return slice_montage(rows, path, title=title, labels=[f"sample {i}" for i in range(len(rows))], reference=example)
+
+
 def upload_trial_image(study: Any, trial: Any, png: str | os.PathLike[str], store: Any) -> str:
     """Attach ``png`` to a RUNNING trial (call before ``study.tell``); returns the artifact id.
 

@@ -352,14 +352,9 @@ class StudyTracker:
         """Middle xy/xz/yz slices, one row per volume (a ``sample`` dim is split into rows), below
         a training image when :attr:`example_image` is set, with a phase legend. The same picture
         goes to MLflow and to the Optuna dashboard."""
-        from micro_doe.platform.plots import slice_montage
+        from micro_doe.studies.dashboard import trial_montage
 
-        vols = [volumes] if isinstance(volumes, xr.DataArray) else list(volumes)
-        rows: list[xr.DataArray] = []
-        for v in vols:
-            rows += [v.isel(sample=i) for i in range(v.sizes["sample"])] if "sample" in v.dims else [v]
-        return slice_montage(rows, path, title=title, labels=[f"sample {i}" for i in range(len(rows))],
-                             reference=self.example_image)
+        return trial_montage(volumes, path, self.example_image, title=title)
 
     # ------------------------------------------------------------ recovery
 

@@ -352,6 +352,18 @@ def _origin(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
+def objective_name(objective: Callable[..., float] | str) -> str:
+    """The name a study lists an objective by: a name as it is, or the registered name of a
+    function decorated with :func:`objective`."""
+    if isinstance(objective, str):
+        return objective
+    attached = getattr(objective, ATTRIBUTE, None)
+    if attached is None:
+        raise ValueError(f"objectives: {getattr(objective, '__name__', objective)!r} is not a registered objective; "
+                         "decorate it with @micro_doe.objective (or give its name)")
+    return attached.name
+
+
 def known_objectives() -> list[str]:
     """Built-in names, then registered ones (sorted)."""
     return list(BUILTIN_OBJECTIVES) + sorted(set(_REGISTRY) - set(BUILTIN_OBJECTIVES))

@@ -45,8 +45,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-RUNNING_MEANS = "running_means"
-RUNNING_ERRORS = "running_standard_errors"  # {"step": [standard error of each running mean]}
+from micro_doe.studies.trial_attrs import RUNNING_ERRORS, RUNNING_MEANS
 
 
 def standard_error(values: Sequence[float]) -> float | None:

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from micro_doe.platform.volumes import OutputExistsError, check_writable_folder, nearest_existing
-from micro_doe.studies.spec import StudySpec
+from micro_doe.studies.spec import MEMORY_STORAGE, StudySpec
 from micro_doe.studies.study_yaml import SpecError
 
 CONNECT_TIMEOUT_S = 10
@@ -33,9 +33,15 @@ def check_before_start(spec: StudySpec, file: str = "<study>") -> None:
     """Raise :class:`SpecError` for the first field that cannot work (module doc); create nothing."""
     problems = []
     for field, check in (("storage", _check_database), ("tracking", _check_tracking), ("artifacts", _check_artifacts)):
-        message = check(getattr(spec, field))
+        value = getattr(spec, field)
+        if value is None or (field == "storage" and value == MEMORY_STORAGE):
+            continue  # no MLflow, or this process's memory: nothing to check
+        message = check(value)
         if message:
             problems.append((field, message))
+    if not problems and spec.generator.model.startswith("models:/") and spec.tracking is None:
+        problems.append(("generator.model", f"{spec.generator.model}: a registered model needs tracking (the registry's "
+                                            "MLflow URI); tracking is null"))
     if not problems and spec.generator.model.startswith("models:/"):
         message = _check_registered(spec.generator.model, spec.tracking)
         if message:

@@ -32,7 +32,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-PARTIAL_VALUES = "partial_values"  # [mean of each objective over the volumes a pruned trial generated]
+from micro_doe.studies.trial_attrs import PARTIAL_VALUES
 
 
 def as_seen(trial: FrozenTrial, n_objectives: int) -> FrozenTrial:

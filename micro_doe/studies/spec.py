@@ -313,6 +313,9 @@ def _slug(v: str) -> str:
     return v
 
 
+MEMORY_STORAGE = "memory"  # storage: this process's in-memory Optuna storage
+
+
 def _absolute_url(url: str, base: Path) -> str:
     """``sqlite:///relative`` → ``sqlite:////abs``; a plain path → absolute; other URLs unchanged."""
     m = re.match(r"^(sqlite(\+\w+)?:///)(.*)$", url)
@@ -351,8 +354,9 @@ class StudySpec(BaseModel):
     budget: BudgetSpec
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    storage: str = Field("sqlite:///micro-doe-runs/optuna.db", description="Optuna RDB URL")
-    tracking: str = Field("sqlite:///micro-doe-runs/mlflow.db", description="MLflow tracking URI")
+    storage: str = Field("sqlite:///micro-doe-runs/optuna.db",
+                         description=f"Optuna RDB URL, or '{MEMORY_STORAGE}': this process's memory, gone when it ends")
+    tracking: str | None = Field("sqlite:///micro-doe-runs/mlflow.db", description="MLflow tracking URI; null: no MLflow")
     artifacts: str = Field("micro-doe-runs/artifacts", description="artifact folder (or URI)")
 
     @field_validator("name")
@@ -379,6 +383,8 @@ class StudySpec(BaseModel):
     @field_validator("storage")
     @classmethod
     def _storage(cls, v: str) -> str:
+        if v == MEMORY_STORAGE:
+            return v
         if "://" not in v:
             example = "sqlite:///runs/optuna.db or postgresql+psycopg://…"
             raise ValueError(f"expected a database URL such as {example}, got {v!r}")
@@ -386,15 +392,15 @@ class StudySpec(BaseModel):
 
     @field_validator("tracking", "artifacts")
     @classmethod
-    def _nonempty(cls, v: str) -> str:
-        if not v.strip():
+    def _nonempty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
             raise ValueError("must not be empty")
         return v
 
     @field_validator("tracking")
     @classmethod
-    def _tracking(cls, v: str) -> str:
-        return check_tracking_uri(v)
+    def _tracking(cls, v: str | None) -> str | None:
+        return None if v is None else check_tracking_uri(v)
 
     @model_validator(mode="after")
     def _check(self) -> StudySpec:
@@ -505,8 +511,8 @@ class StudySpec(BaseModel):
         base = Path(os.path.abspath(base))
         return self.model_copy(
             update={
-                "storage": _absolute_url(self.storage, base),
-                "tracking": _absolute_url(self.tracking, base),
+                "storage": self.storage if self.storage == MEMORY_STORAGE else _absolute_url(self.storage, base),
+                "tracking": None if self.tracking is None else _absolute_url(self.tracking, base),
                 "artifacts": _absolute_url(self.artifacts, base),
             }
         )

@@ -16,21 +16,35 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from micro_doe.studies import trial_attrs as attrs
 from micro_doe.studies.pareto_pruner import ParetoHalvingPruner
 from micro_doe.studies.pruned_observations import LearnFromPruned
-from micro_doe.studies.spec import GPSamplerSpec, SamplerSpec, StudySpec, TPESamplerSpec
+from micro_doe.studies.spec import MEMORY_STORAGE, GPSamplerSpec, SamplerSpec, StudySpec, TPESamplerSpec
+from micro_doe.studies.trial_attrs import uses_budget
 from micro_doe.tracking.registry import sqlite_creation_lock, sqlite_path
+
+_MEMORY: optuna.storages.InMemoryStorage | None = None  # storage: memory (one per process)
+
+
+def memory_storage() -> optuna.storages.InMemoryStorage:
+    """This process's in-memory storage (``storage: memory``): every such study of the process
+    lives here, found again by name (a second ``run()`` resumes), and is gone when it ends."""
+    global _MEMORY
+    if _MEMORY is None:
+        _MEMORY = optuna.storages.InMemoryStorage()
+    return _MEMORY
 
 
 def open_study(spec: StudySpec) -> optuna.Study:
-    """Create or load the study in its RDB storage; sqlite gets WAL and a generous lock timeout."""
+    """Create or load the study in its storage; sqlite gets WAL and a generous lock timeout."""
     url = spec.storage
     engine_kwargs: dict[str, Any] = {}
-    db = sqlite_path(url)
+    db = sqlite_path(url) if url != MEMORY_STORAGE else None
     if db is not None:
         engine_kwargs = {"connect_args": {"timeout": 30}}
     with sqlite_creation_lock(db) if db is not None else nullcontext():  # several drivers may start at once
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        storage: optuna.storages.BaseStorage
+        storage = memory_storage() if url == MEMORY_STORAGE else optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
         if db is not None:
             from sqlalchemy import text
 
@@ -100,8 +114,8 @@ def set_constraints(
         return
     study._storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, values)
     for name, _, measured in constraints:
-        trial.set_user_attr(f"constraint: {name}", float(measured))
-    trial.set_user_attr("feasible", all(v <= 0.0 for v in values))
+        trial.set_user_attr(f"{attrs.CONSTRAINT_PREFIX}{name}", float(measured))
+    trial.set_user_attr(attrs.FEASIBLE, all(v <= 0.0 for v in values))
 
 
 PRUNING_SUFFIX = ":pruning"  # the single-objective companion study of a multi-objective one
@@ -190,7 +204,7 @@ def enqueue_initial_design(study: optuna.Study, spec: StudySpec, driver: str = "
     points = qmc.Sobol(d=len(names), scramble=True, seed=spec.sampler.seed).random(design.n)
     for row in points:
         params = {name: _from_unit(spec.search[name].distribution(), u) for name, u in zip(names, row)}
-        study.enqueue_trial(params, user_attrs={"initial_design": "sobol"})
+        study.enqueue_trial(params, user_attrs={attrs.INITIAL_DESIGN: "sobol"})
     return design.n
 
 
@@ -235,7 +249,7 @@ def _from_unit(dist: optuna.distributions.BaseDistribution, u: float) -> Any:
     return value
 
 
-def requeue_stale_trials(study: optuna.Study, driver: str, owner_attr: str, seed_attr: str, reason_attr: str) -> int:
+def requeue_stale_trials(study: optuna.Study, driver: str) -> int:
     """Trials left RUNNING by a driver that died (its lease expired, released or absent; never a
     live driver's): FAIL them ("driver died", marked requeued) and enqueue their parameters and
     seed again. Returns how many.
@@ -247,7 +261,7 @@ def requeue_stale_trials(study: optuna.Study, driver: str, owner_attr: str, seed
     now = datetime.datetime.now()  # Optuna stores naive local times
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get(owner_attr)
+        owner = t.user_attrs.get(attrs.OWNER)
         if owner is None:
             age = (now - t.datetime_start).total_seconds() if t.datetime_start else float("inf")
             if age > LEASE_TTL_S:
@@ -257,15 +271,15 @@ def requeue_stale_trials(study: optuna.Study, driver: str, owner_attr: str, seed
     requeued = 0
     for t in stale:
         try:  # the trial object of a dead driver is gone: write through the storage, then tell by number
-            study._storage.set_trial_user_attr(t._trial_id, reason_attr, "driver died; parameters re-queued")
-            study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
+            study._storage.set_trial_user_attr(t._trial_id, attrs.FAIL_REASON, "driver died; parameters re-queued")
+            study._storage.set_trial_user_attr(t._trial_id, attrs.REQUEUED, True)
             study.tell(t.number, state=TrialState.FAIL)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
             continue  # finished meanwhile (Optuna: "Cannot tell a COMPLETE trial"): not ours to re-queue
-        attrs = {"requeued_from": t.number}
-        if seed_attr in t.user_attrs:
-            attrs[seed_attr] = t.user_attrs[seed_attr]
-        study.enqueue_trial(t.params, user_attrs=attrs)
+        again = {attrs.REQUEUED_FROM: t.number}
+        if attrs.SEED in t.user_attrs:
+            again[attrs.SEED] = t.user_attrs[attrs.SEED]
+        study.enqueue_trial(t.params, user_attrs=again)
         requeued += 1
     return requeued
 
@@ -280,7 +294,7 @@ def claim_requeued_trial(study: optuna.Study) -> optuna.trial.Trial | None:
     """
     storage = study._storage
     for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        if "requeued_from" in t.user_attrs and storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+        if attrs.REQUEUED_FROM in t.user_attrs and storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
             return optuna.trial.Trial(study, t._trial_id)
     return None
 
@@ -340,19 +354,9 @@ def _live(lease: dict) -> bool:
     return True
 
 
-SURPLUS_ATTR = "surplus"  # a trial started after the budget was taken by other drivers' trials
-
-
-def _uses_budget(t: optuna.trial.FrozenTrial) -> bool:
-    """COMPLETE, PRUNED, RUNNING, or FAIL that was neither re-queued nor surplus."""
-    if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
-        return True
-    return t.state == TrialState.FAIL and not t.user_attrs.get("requeued") and not t.user_attrs.get(SURPLUS_ATTR)
-
-
 def trials_using_budget(study: optuna.Study) -> int:
     """Trials that hold a budget slot, every driver's: finished ones that count and running ones."""
-    return sum(_uses_budget(t) for t in study.get_trials(deepcopy=False))
+    return sum(uses_budget(t) for t in study.get_trials(deepcopy=False))
 
 
 def claim_budget_slot(study: optuna.Study, trial: optuna.trial.Trial, budget: int) -> bool:
@@ -366,17 +370,17 @@ def claim_budget_slot(study: optuna.Study, trial: optuna.trial.Trial, budget: in
     """
     mine = study._storage.get_trial(trial._trial_id)
     key = (mine.datetime_start, mine.number)
-    earlier = sum(_uses_budget(t) and (t.datetime_start, t.number) < key
+    earlier = sum(uses_budget(t) and (t.datetime_start, t.number) < key
                   for t in study.get_trials(deepcopy=False) if t.datetime_start is not None)  # fmt: skip
     return earlier < budget
 
 
 def release_surplus_trial(study: optuna.Study, trial: optuna.trial.Trial, params: dict, user_attrs: dict,
-                          from_queue: bool, reason_attr: str) -> None:
+                          from_queue: bool) -> None:
     """FAIL a trial that did not get a budget slot (marked surplus: it counts nowhere); a trial
     taken from the queue (initial design, re-queued) is enqueued again so its point is not lost."""
-    trial.set_user_attr(SURPLUS_ATTR, True)
-    trial.set_user_attr(reason_attr, "the budget was taken by other drivers' trials; not run")
+    trial.set_user_attr(attrs.SURPLUS, True)
+    trial.set_user_attr(attrs.FAIL_REASON, "the budget was taken by other drivers' trials; not run")
     study.tell(trial, state=TrialState.FAIL)
     if from_queue:
         study.enqueue_trial(params, user_attrs=user_attrs)

@@ -92,10 +92,10 @@ def test_a_just_asked_trial_without_an_owner_is_not_requeued_by_another_driver(t
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db")
     acquire_lease(study, "b")
     fresh = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    assert requeue_stale_trials(study, "b", "driver", "seed", "fail_reason") == 0
+    assert requeue_stale_trials(study, "b") == 0
     assert study.trials[fresh.number].state == optuna.trial.TrialState.RUNNING
     monkeypatch.setattr(study_storage, "LEASE_TTL_S", -1.0)  # now every ownerless trial is old enough
-    assert requeue_stale_trials(study, "b", "driver", "seed", "fail_reason") == 1
+    assert requeue_stale_trials(study, "b") == 1
     failed, queued = study.trials
     assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["requeued"] is True
     assert queued.state == optuna.trial.TrialState.WAITING and queued.user_attrs["requeued_from"] == fresh.number
