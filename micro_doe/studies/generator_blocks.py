@@ -11,6 +11,7 @@ only fetched when the study starts), ``domains()`` (what ``search``/``fixed`` ma
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
@@ -18,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_serializer, field_validator, model_validator
 
 from micro_doe.platform.bundles import (
     PRETRAINED_PREFIX,
@@ -29,6 +30,7 @@ from micro_doe.platform.bundles import (
     resolve_bundle_path,
     shipped_models,
 )
+from micro_doe.platform.generators import BUILTIN_KINDS, GeneratorKind, find_generator_kind, takes_option
 from micro_doe.platform.ldm.bundle import LDMConfig
 from micro_doe.platform.ldm.generator import DEFAULT_BATCH_SIZE, physical_range
 from micro_doe.platform.ldm.verify import VerifySettings
@@ -301,9 +303,74 @@ def _read_config(ref: str, config_class: type[Micro3DiffConfig] | type[LDMConfig
         raise ValueError(f"{path}: not a valid {wanted} bundle config ({err.__class__.__name__})") from None
 
 
-# Add a kind: a _BundleGeneratorSpec subclass with kind: Literal["NAME"], its parameters in
-# GENERATOR_PARAMETERS["NAME"] (search_space.py), a member of this union, and a branch in
-# micro_doe.actors.generator.GeneratorWorker.
+class CustomGeneratorSpec(BaseModel):
+    """A generator kind of your own, registered with ``@micro_doe.generator_kind`` (see
+    :mod:`micro_doe.platform.generators`): ``kind`` is its registered name, or ``module:Class``
+    (imported first; a module beside the study file is found). ``options`` are its class's
+    keyword arguments; ``search`` and ``fixed`` may name the parameters it registered."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(min_length=1, description="a registered generator kind, or module:Class")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the generator's class")
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        find_generator_kind(v)
+        return v
+
+    @model_validator(mode="after")
+    def _options(self) -> CustomGeneratorSpec:
+        factory = self.registered().factory
+        unknown = sorted(k for k in self.options if not takes_option(factory, k))
+        if unknown:
+            raise ValueError(f"options: {unknown} are not keyword arguments of {self.kind}; it takes "
+                             f"{sorted(inspect.signature(factory).parameters)}")
+        return self
+
+    @property
+    def model(self) -> str:
+        """What generates, in words (a kind of your own has no model reference)."""
+        return f"{self.kind} (a generator of your own)"
+
+    def registered(self) -> GeneratorKind:
+        return find_generator_kind(self.kind)
+
+    def bundle_config(self) -> None:
+        return None
+
+    def domains(self) -> dict[str, ParamDomain]:
+        return {name: _domain(value) for name, value in self.registered().parameters.items()}
+
+    def required_parameters(self) -> list[str]:
+        return []
+
+    def phase_names(self) -> list[str]:
+        return list(self.registered().phase_names)
+
+
+def _domain(value: Any) -> ParamDomain:
+    """A registered parameter as a domain: (low, high) numbers (ints when both bounds are ints
+    or absent), or a tuple of choices."""
+    if isinstance(value, tuple) and len(value) == 2 and all(v is None or isinstance(v, int | float) for v in value):
+        integral = all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in value) and value != (None, None)
+        return ParamDomain("int" if integral else "float", low=value[0], high=value[1], description="a registered parameter")
+    return ParamDomain("choice", choices=tuple(value), description="a registered parameter")
+
+
+def _generator_tag(value: Any) -> str:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if kind in BUILTIN_KINDS else "custom"
+
+
+# Add a shipped kind: a _BundleGeneratorSpec subclass with kind: Literal["NAME"], its parameters
+# in GENERATOR_PARAMETERS["NAME"] (search_space.py), a member of this union, and its factory in
+# micro_doe.platform.generators.BUILTIN_FACTORIES. A user's kind needs none of this
+# (CustomGeneratorSpec).
 GeneratorSpec = Annotated[
-    Micro3DiffGeneratorSpec | LDMGeneratorSpec | CahnHilliardGeneratorSpec, Field(discriminator="kind")
+    Annotated[Micro3DiffGeneratorSpec, Tag("micro3diff")]
+    | Annotated[LDMGeneratorSpec, Tag("ldm")]
+    | Annotated[CahnHilliardGeneratorSpec, Tag("cahn-hilliard")]
+    | Annotated[CustomGeneratorSpec, Tag("custom")],
+    Discriminator(_generator_tag),
 ]

@@ -53,6 +53,7 @@ from optuna.trial import TrialState
 
 from micro_doe.platform.bundles import load_held_out, load_reference
 from micro_doe.platform.descriptors import Descriptors
+from micro_doe.platform.generators import BUILTIN_KINDS, find_generator_kind
 from micro_doe.platform.interrupts import interrupts_raise
 from micro_doe.studies import trial_attrs as attrs
 from micro_doe.studies.executors import Executor, LocalExecutor, RayExecutor
@@ -315,7 +316,10 @@ class Study:
 
     def _generator_spec(self) -> dict[str, Any]:
         # What a trial is judged against (reference) is the driver's business, not the actor's.
-        return self.spec.generator.model_dump(exclude={"reference"}) | {"tracking_uri": self.spec.tracking}
+        spec = self.spec.generator.model_dump(exclude={"reference"}) | {"tracking_uri": self.spec.tracking}
+        if self.spec.generator.kind not in BUILTIN_KINDS:  # a kind of your own: the class travels with the spec
+            spec["factory"] = find_generator_kind(self.spec.generator.kind).factory
+        return spec
 
     def _reference(self) -> Descriptors | None:
         """The model's training-data reference, for error-rate objectives (read on the driver;

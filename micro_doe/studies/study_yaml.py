@@ -28,6 +28,7 @@ from micro_doe.errors import InputError
 from micro_doe.platform.volumes import why_missing
 from micro_doe.studies.generator_blocks import (
     CahnHilliardGeneratorSpec,
+    CustomGeneratorSpec,
     GeneratorSpec,
     LDMGeneratorSpec,
     Micro3DiffGeneratorSpec,
@@ -210,6 +211,7 @@ _UNION_TAGS: dict[str, type[BaseModel]] = {
     "micro3diff": Micro3DiffGeneratorSpec,
     "ldm": LDMGeneratorSpec,
     "cahn-hilliard": CahnHilliardGeneratorSpec,
+    "custom": CustomGeneratorSpec,
     "tpe": TPESamplerSpec,
     "gp": GPSamplerSpec,
     "nsga2": NSGA2SamplerSpec,

@@ -285,7 +285,7 @@ INVALID = {
                       "shipped models: opv-32, opv-ternary-32, polycrystal-32, spheres-32"),
     "missing model path": (_set("generator/model", "no/such/bundle"), "generator.model", "no such bundle directory"),
     "bad registry ref": (_set("generator/model", "models:/spheres"), "generator.model", "models:/NAME@ALIAS"),
-    "unknown generator kind": (_set("generator/kind", "gan"), "generator.kind", "unknown kind 'gan'"),
+    "unknown generator kind": (_set("generator/kind", "gan"), "generator.kind", "unknown generator kind 'gan'"),
     "model of another kind": (_set("generator/kind", "ldm"), "generator.model",
                               "a model of kind micro3diff; use generator kind: micro3diff"),
     "unknown sampler kind": (_set("sampler/kind", "cma"), "sampler.kind", "'tpe', 'gp', 'nsga2', 'random'"),

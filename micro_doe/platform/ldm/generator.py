@@ -55,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from micro_doe.platform.bundles import GenerationError, model_digest
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, Sampler
 from micro_doe.platform.diffusion.training import default_device
+from micro_doe.platform.generators import GeneratedBatch
 from micro_doe.platform.ldm.bundle import LDMBundle, LDMSamplingConfig, load_ldm_bundle
 from micro_doe.platform.ldm.sampling import decode_volumes, feature_guide, sample_latents
 from micro_doe.platform.ldm.verify import (
@@ -126,7 +127,11 @@ class LDMSample:
 class LDMGenerator:
     """Sample volumes with targeted descriptors from an LDM bundle (``pretrained:NAME``, a path, or loaded)."""
 
-    def __init__(self, model: str | os.PathLike[str] | LDMBundle, device: str | None = None) -> None:
+    def __init__(self, model: str | os.PathLike[str] | LDMBundle, device: str | None = None, *,
+                 verify: VerifySettings | None = DEFAULT_VERIFY, batch_size: int | None = None,
+                 allow_extrapolation: bool = False, size: int | None = None) -> None:  # fmt: skip
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
         self.device = device or default_device()
         if isinstance(model, LDMBundle):
             self.bundle = model
@@ -136,10 +141,28 @@ class LDMGenerator:
             self.bundle = load_ldm_bundle(model, self.device)
         self.model_ref = str(model.path if isinstance(model, LDMBundle) else model)
         self.model_sha256 = model_digest(self.bundle.path)
+        # What sample_batch (a study's call) uses: verification, candidates per batch, extrapolation.
+        self.verify, self.batch_size, self.allow_extrapolation = verify, batch_size or DEFAULT_BATCH_SIZE, allow_extrapolation
+        if size is not None and int(size) != self.size:
+            raise ValueError(f"size: {size}, but {self.model_ref} makes {self.size}³ volumes")
 
     @property
     def size(self) -> int:
         return self.bundle.config.volume_size
+
+    @property
+    def phase_names(self) -> list[str]:
+        return list(self.bundle.config.phase_names)
+
+    def sample_batch(self, params: Mapping[str, Any], n: int, seed: int) -> GeneratedBatch:
+        """A study's call (:class:`~micro_doe.platform.generators.Generator`): :meth:`sample`
+        with this generator's verification, batch size and extrapolation."""
+        try:
+            out = self.sample(dict(params) | {"allow_extrapolation": self.allow_extrapolation}, n, seed,
+                              verify=self.verify, batch_size=self.batch_size)  # fmt: skip
+        except ValueError as err:  # pydantic's ValidationError: re-raised plain so it pickles through Ray
+            raise ValueError(f"ldm: {err}") from None
+        return GeneratedBatch(out["volumes"], out["seconds"], out["predicted"])
 
     @property
     def conditioning(self) -> list[str]:

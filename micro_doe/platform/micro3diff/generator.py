@@ -12,9 +12,10 @@ volume carries its settings, target fractions, seed, model and seconds in its at
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from micro_doe.platform.descriptors.correlation import window_fraction_std
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, Sampler, make_generator
 from micro_doe.platform.diffusion.channels import to_labels, to_labels_at_fractions
 from micro_doe.platform.diffusion.training import default_device
+from micro_doe.platform.generators import GeneratedBatch
 from micro_doe.platform.memory import check_memory
 from micro_doe.platform.micro3diff.bundle import Micro3DiffBundle, SamplingConfig, load_bundle
 from micro_doe.platform.micro3diff.sampler import Anchor, DenoisingPass, sample_multiplane_batch
@@ -58,6 +60,7 @@ VARIANTS: dict[str, Variant] = {
     "anchored": Variant(anchors=True),
 }
 TARGET_PREFIX = "vf_"
+TARGET_PARAM = "target."  # a study's parameter target.vf_<phase> is the setting's targets["vf_<phase>"]
 SPREAD_SEED = 7_919  # offsets a volume's seed for its vf draw, so it never equals the noise's stream
 
 
@@ -84,6 +87,21 @@ class SamplingSettings(BaseModel):
     calibrate: bool | None = None
     targets: dict[str, float] = Field(default_factory=dict)
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> SamplingSettings:
+        """A study's generator parameters (``target.<name>`` → ``targets``); unknown names or
+        bad values → a plain ValueError naming them."""
+        known = set(cls.model_fields) - {"targets"}
+        targets = {k[len(TARGET_PARAM) :]: v for k, v in params.items() if k.startswith(TARGET_PARAM)}
+        plain = {k: v for k, v in params.items() if not k.startswith(TARGET_PARAM)}
+        unknown = sorted(set(plain) - known)
+        if unknown:
+            raise ValueError(f"micro3diff: unknown generator parameters {unknown}; expected some of {sorted(known)}")
+        try:
+            return cls(**plain, targets=targets)
+        except ValueError as err:  # pydantic's ValidationError: re-raised plain so it pickles through Ray
+            raise ValueError(f"micro3diff: invalid generator parameters: {err}") from None
+
     def resolved(self, defaults: SamplingConfig) -> SamplingConfig:
         """The complete setting: the fields this request sets, the rest from ``defaults``."""
         given = {k: v for k, v in self.model_dump(exclude={"targets"}).items() if v is not None}
@@ -94,18 +112,41 @@ class SamplingSettings(BaseModel):
 
 
 class Micro3DiffGenerator:
-    """Sample 3D volumes from a Micro3Diff bundle (``pretrained:NAME`` or a path)."""
+    """Sample 3D volumes from a Micro3Diff bundle (``pretrained:NAME`` or a path).
 
-    def __init__(self, model: str | os.PathLike[str] | Micro3DiffBundle, device: str | None = None) -> None:
+    ``batch_size``, ``allow_extrapolation`` and ``size`` (the cube edge; default the training
+    images' side) are what :meth:`sample_batch` (a study's call) uses; :meth:`sample` takes them
+    per call.
+    """
+
+    def __init__(self, model: str | os.PathLike[str] | Micro3DiffBundle, device: str | None = None, *,
+                 batch_size: int | None = None, allow_extrapolation: bool = False, size: int | None = None) -> None:  # fmt: skip
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
         self.device = device or default_device()
         self.bundle = model if isinstance(model, Micro3DiffBundle) else load_bundle(model, self.device)
         self.model_ref = str(model) if not isinstance(model, Micro3DiffBundle) else str(model.path)
         self.model_sha256 = model_digest(self.bundle.path)
+        self.batch_size, self.allow_extrapolation = batch_size, allow_extrapolation
+        self.cube_size = None if size is None else self.volume_size(int(size))
 
     @property
     def size(self) -> int:
         """The training images' side: the default cube edge."""
         return self.bundle.config.image_size
+
+    @property
+    def phase_names(self) -> list[str]:
+        return list(self.bundle.config.phase_names)
+
+    def sample_batch(self, params: Mapping[str, Any], n: int, seed: int) -> GeneratedBatch:
+        """A study's call (:class:`~micro_doe.platform.generators.Generator`): ``n`` volumes of
+        the setting ``params`` names (:meth:`SamplingSettings.from_params`), in batched loops,
+        volume i from seed ``seed + i``."""
+        volumes = self.sample(n, SamplingSettings.from_params(params), seed=seed, batch_size=self.batch_size,
+                              allow_extrapolation=self.allow_extrapolation, size=self.cube_size)  # fmt: skip
+        seconds = [json.loads(v.attrs["generator_params"])["seconds"] for v in volumes]
+        return GeneratedBatch(volumes, seconds)
 
     def volume_size(self, size: int | None = None) -> int:
         """The cube edge N of a request: the training size by default; any larger N that the

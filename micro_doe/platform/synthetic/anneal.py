@@ -27,6 +27,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from micro_doe.platform.generators import GeneratedBatch
 from micro_doe.platform.synthetic.cahn_hilliard import PHASE_NAMES, CahnHilliardParams, cahn_hilliard
 
 RECIPE_KEYS = {2: ("phi", "chi", "time"), 3: ("phi", "chi", "time", "phi_mixed")}
@@ -42,6 +43,7 @@ class AnnealedFilmGenerator:
         if n_phases not in RECIPE_KEYS:
             raise ValueError(f"phases: expected 2 or 3, got {n_phases}")
         self.size, self.n_phases, self.device = int(size), int(n_phases), device
+        self.model_ref = f"cahn-hilliard:{self.n_phases}-phase"  # what generates, in words (no model file)
 
     @property
     def phase_names(self) -> list[str]:
@@ -67,9 +69,9 @@ class AnnealedFilmGenerator:
             return CahnHilliardParams.three_phase(**values), int(steps)
         return CahnHilliardParams(**values), int(steps)
 
-    def sample(self, params: Mapping[str, Any], n: int, seed: int) -> dict[str, Any]:
-        """``n`` films of one recipe (film i from seed ``seed + i``):
-        ``{"volumes", "seconds", "predicted"}`` like the other generators (nothing is predicted)."""
+    def sample_batch(self, params: Mapping[str, Any], n: int, seed: int) -> GeneratedBatch:
+        """``n`` films of one recipe (film i from seed ``seed + i``); nothing is predicted
+        (:class:`~micro_doe.platform.generators.Generator`)."""
         if n < 1:
             raise ValueError(f"n: expected at least 1 volume, got {n}")
         try:
@@ -87,4 +89,4 @@ class AnnealedFilmGenerator:
                               source=f"cahn-hilliard:{self.n_phases}-phase")  # fmt: skip
             volumes.append(film)
             seconds.append(elapsed)
-        return {"volumes": volumes, "seconds": seconds, "predicted": [{} for _ in volumes]}
+        return GeneratedBatch(volumes, seconds)
