@@ -228,7 +228,7 @@ def _check_token(address: str) -> None:
             "RAY_AUTH_TOKEN_PATH to a file holding it, or write it to ~/.ray/auth_token (`ray get-auth-token` on "
             "the head prints it)"
         )
-    from ray._raylet import GcsClient
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
     try:
         with _stderr_silenced():  # the C++ client logs each refusal to fd 2

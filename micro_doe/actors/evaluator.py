@@ -89,7 +89,7 @@ class EvaluatorPool:
             raise RuntimeError("evaluator pool: no actor left (killed or removed)")
         actor = rotation[self._next % len(rotation)]
         self._next += 1
-        ref = actor.describe.remote(volume, **kwargs)
+        ref = actor.describe.remote(volume, **kwargs)  # type: ignore[union-attr]
         self._assigned[ref] = actor
         return ref
 

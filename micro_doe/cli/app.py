@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             returned = app(args=argv, standalone_mode=False)
         except TyperException as usage:  # unknown option, missing argument: exit code 2
             usage.show()  # type: ignore[attr-defined]
-            sys.exit(usage.exit_code)  # type: ignore[attr-defined]
+            sys.exit(usage.exit_code)
         except typer.Abort:
             returned = 130
         except ExecutionError as err:  # before USER_ERRORS: it is no input error

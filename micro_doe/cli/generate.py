@@ -129,8 +129,8 @@ def generate(
         variant = "anchored"  # a vf target is the anchored variant's
     try:
         settings = SamplingSettings(
-            n_h=n_h, steps=steps, sampler=sampler, eta=eta, variance=variance, variant=variant,  # type: ignore[arg-type]
-            precision=precision, targets=targets,  # type: ignore[arg-type]
+            n_h=n_h, steps=steps, sampler=sampler, eta=eta, variance=variance, variant=variant,
+            precision=precision, targets=targets,
         )
     except ValidationError as err:
         raise option_errors(err, {"targets": "--target"}) from None

@@ -344,7 +344,7 @@ def generate_ldm(
     note = ""
     if settings is not None:
         met = sum(s.verification.met for s in samples)  # type: ignore[union-attr]
-        spent = sum(s.verification.candidates for s in samples)  # type: ignore[union-attr]
+        spent = sum(s.verification.candidates for s in samples)  # type: ignore[union-attr,misc]
         note = f"; {met}/{n} within tolerance, {spent} candidates"
     Console(stderr=True).print(f"wrote {out} ({n} × {generator.size}³, targets {json.dumps(targets)}{note})")
     Console().print(predictions_table(samples, title=f"{out}: predicted recipe and descriptors"))

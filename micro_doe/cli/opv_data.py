@@ -81,7 +81,7 @@ def opv_dataset(
             shape=shape,
             phis=parse_grid(phis, "--phis"),
             chis=parse_grid(chis, "--chis"),
-            n_phases=phases,  # type: ignore[arg-type]  # checked above
+            n_phases=phases,  # checked above
             **mixed,
             n_steps=steps,
             snapshot_every=snapshot_every,

@@ -59,7 +59,7 @@ def run(
     console.print(f"  dashboard: {runnable('micro-doe')} dashboard {escape(study)}", soft_wrap=True)
 
 
-def run_live(runner, objective_names: list[str], n_trials: int | None, timeout: float | None,  # type: ignore[no-untyped-def]
+def run_live(runner, objective_names: list[str], n_trials: int | None, timeout: float | None,
              console: Console):
     """Run a :class:`Study` with a live view of its progress (trials, best so far); on Ctrl-C or
     SIGTERM say how to resume, then re-raise."""
@@ -75,7 +75,7 @@ def run_live(runner, objective_names: list[str], n_trials: int | None, timeout: 
         parts = [line, _trials_table(p.best[:5], objective_names, "best so far")]
         if p.note:
             parts.insert(1, Text(p.note, style="yellow"))
-        return Group(*parts)
+        return Group(*parts)  # type: ignore[arg-type]
 
     seen: list[tuple[int, int, int]] = []
 
@@ -113,7 +113,7 @@ def dashboard(
     run_dashboard(spec.storage, Path(spec.artifacts) / "optuna", host="127.0.0.1", port=port)
 
 
-def _trials_table(trials, objective_names: list[str], title: str) -> Table:  # type: ignore[no-untyped-def]
+def _trials_table(trials, objective_names: list[str], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("trial", justify="right")
     table.add_column("parameters")

@@ -85,7 +85,7 @@ def micro3diff(
             checkpoint_every=checkpoint_every,
             augment=augment,
             seed=seed,
-            schedule=schedule,  # type: ignore[arg-type]
+            schedule=schedule,
             unet=UNetConfig(base_channels=base_channels, channel_mults=mults, num_res_blocks=res_blocks, attention=attention),
             quality_images=quality_images,
             held_out=held_out,

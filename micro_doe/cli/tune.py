@@ -32,7 +32,7 @@ def tune(
     run_tuning(model, options, held_out_data)
 
 
-def tune_options(budget: str, seed: int):  # type: ignore[no-untyped-def]
+def tune_options(budget: str, seed: int):
     """Checked options (before anything is created)."""
     from micro_doe.cli.options import check_count
     from micro_doe.studies.tuning import TuneOptions, parse_budget
@@ -53,7 +53,7 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def run_tuning(model: str, options, held_out_data: Path | None) -> None:  # type: ignore[no-untyped-def]
+def run_tuning(model: str, options, held_out_data: Path | None) -> None:
     from micro_doe.cli.run import run_live
     from micro_doe.platform.bundles import bundle_kind, resolve_bundle_path
     from micro_doe.studies.tuning import tune
@@ -63,7 +63,7 @@ def run_tuning(model: str, options, held_out_data: Path | None) -> None:  # type
         raise ValueError(f"MODEL {model}: a {kind} bundle; micro-doe tune tunes Micro3Diff bundles")
     console = Console(stderr=True)
 
-    def study(runner):  # type: ignore[no-untyped-def]
+    def study(runner):
         return run_live(runner, [o.name for o, _ in runner.objectives], None, None, console)
 
     tune(path, options, held_out_data=held_out_data, on_study=study,

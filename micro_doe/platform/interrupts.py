@@ -64,7 +64,7 @@ def interrupted(signum: int) -> Interrupted:
 
 def last_signal() -> int | None:
     """The signal that last interrupted this process through :func:`interrupts_raise`."""
-    return _state["signal"]  # type: ignore[return-value]
+    return _state["signal"]
 
 
 def mark_reported() -> None:

@@ -147,7 +147,7 @@ def pareto_figure(
     values = np.asarray(values, dtype=float).reshape(len(feasible), -1)
     feasible_mask, pareto_mask = np.asarray(feasible, bool), np.asarray(pareto, bool)
     k = values.shape[1]
-    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)] or [(0, None)]
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)] or [(0, None)]  # type: ignore[list-item]
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.3 * len(pairs), 3.6), squeeze=False)
     for ax, (i, j) in zip(axes[0], pairs):
         xs = values[:, i] if j is not None else np.arange(len(values), dtype=float)

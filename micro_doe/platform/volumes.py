@@ -431,7 +431,7 @@ def _read_netcdf(path: Path, variable: str) -> xr.DataArray:
     try:
         with xr.open_dataset(path, engine="netcdf4") as ds:
             if variable not in ds:
-                raise VolumeError(f"{path}: no variable {variable!r}; variables are {sorted(ds.data_vars)}")
+                raise VolumeError(f"{path}: no variable {variable!r}; variables are {sorted(ds.data_vars)}")  # type: ignore[type-var]
             volume = ds[variable].load()
     except VolumeError:
         raise
@@ -449,7 +449,7 @@ def _read_image(path: Path) -> np.ndarray:
 
             with Image.open(path) as img:
                 if img.mode not in ("1", "L", "I", "I;16", "F"):
-                    img = img.convert("L")  # colour images: luminance as the grey value
+                    img = img.convert("L")  # type: ignore[assignment]  # colour images: luminance as the grey value
                 return np.asarray(img)
         import tifffile
 

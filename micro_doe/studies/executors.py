@@ -23,7 +23,7 @@ import itertools
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from micro_doe.errors import ExecutionError
 
@@ -49,7 +49,9 @@ class Executor(Protocol):
     """What the scheduler needs from where the work runs."""
 
     live_generators: set[int]  # indices of the generators that can take work
-    n_evaluators: int
+
+    @property
+    def n_evaluators(self) -> int: ...
 
     def start(self, generator_spec: dict[str, Any], n_generators: int, n_evaluators: int, name: str) -> None: ...
     def sample(self, generator: int, params: dict[str, Any], n: int, seed: int) -> Any: ...
@@ -232,21 +234,23 @@ class RayExecutor:
         quarantine go back into the pool here; lost actors are stopped."""
         import ray
 
-        actors = {("generator", i): self._generators[i] for i in self.live_generators}
+        actors: dict[Hashable, Any] = {("generator", i): self._generators[i] for i in self.live_generators}
         actors |= {("evaluator", a._actor_id.hex()): a for a in self._pool.actors()}
         recovered, lost = self._health.poll(actors)
         back = []
         for key in recovered:
-            if key[0] == "generator":
-                back.append(key[1])
+            kind, index = cast(tuple[str, Any], key)
+            if kind == "generator":
+                back.append(index)
             else:
                 self._pool.restore(actors[key])
         gone = []
         for key, why in lost:
-            if key[0] == "generator":
-                self.live_generators.discard(key[1])
-                ray.kill(self._generators[key[1]], no_restart=True)
-                gone.append(Lost("generator", why, generator=key[1]))
+            kind, index = cast(tuple[str, Any], key)
+            if kind == "generator":
+                self.live_generators.discard(index)
+                ray.kill(self._generators[index], no_restart=True)
+                gone.append(Lost("generator", why, generator=index))
             else:
                 gone.append(Lost("evaluator", why, handles=list(self._pool.remove(actors[key]))))
         return back, gone

@@ -112,7 +112,7 @@ class _BundleGeneratorSpec(BaseModel):
     def _config_class(cls) -> type[Micro3DiffConfig] | type[LDMConfig]:
         raise NotImplementedError
 
-    def bundle_config(self):  # type: ignore[no-untyped-def]  # the subclass's config class
+    def bundle_config(self):  # the subclass's config class
         """The bundle's config.json, or None for a registry model (not fetched at load time)."""
         if self.model.startswith(REGISTRY_PREFIX):
             return None

@@ -165,7 +165,7 @@ def volume_fraction(sample: Sample) -> float:
     return sample.descriptors.volume_fraction
 
 
-def _tortuosity_result(sample: Sample, objective: str):  # type: ignore[no-untyped-def]
+def _tortuosity_result(sample: Sample, objective: str):
     if sample.descriptors.tortuosity is None:
         raise ValueError(f"{objective}: the descriptors have no tortuosity (evaluation.tortuosity_axis is null)")
     return sample.descriptors.tortuosity
@@ -201,7 +201,7 @@ def seconds_per_volume(sample: Sample) -> float:
     return float(sample.seconds)
 
 
-def _sizes(sample: Sample, objective: str):  # type: ignore[no-untyped-def]
+def _sizes(sample: Sample, objective: str):
     ref = _reference(sample, objective)
     if ref.sizes is None:
         raise ValueError(f"{objective}: the model's reference.nc has no size distributions (re-train or refresh it)")
@@ -315,7 +315,7 @@ def objective(
 def objective(
     fn: None = None, *, direction: Direction = ..., name: str | None = ...
 ) -> Callable[[Callable[[Sample], float]], Callable[[Sample], float]]: ...
-def objective(fn=None, *, direction="minimize", name=None):  # type: ignore[no-untyped-def]
+def objective(fn=None, *, direction="minimize", name=None):
     """Register a per-sample objective: ``@objective`` or ``@objective(direction="maximize")``.
 
     Registers under ``name`` or the function's ``__name__``; the function is returned

@@ -42,7 +42,7 @@ def check_before_start(spec: StudySpec, file: str = "<study>") -> None:
     if not problems and spec.generator.model.startswith("models:/") and spec.tracking is None:
         problems.append(("generator.model", f"{spec.generator.model}: a registered model needs tracking (the registry's "
                                             "MLflow URI); tracking is null"))
-    if not problems and spec.generator.model.startswith("models:/"):
+    if not problems and spec.generator.model.startswith("models:/") and spec.tracking is not None:
         message = _check_registered(spec.generator.model, spec.tracking)
         if message:
             problems.append(("generator.model", message))

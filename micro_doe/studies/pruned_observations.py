@@ -42,7 +42,7 @@ def as_seen(trial: FrozenTrial, n_objectives: int) -> FrozenTrial:
     if trial.state != TrialState.PRUNED or not _usable(values, n_objectives):
         return trial
     return FrozenTrial(
-        number=trial.number, state=TrialState.COMPLETE, value=None, values=[float(v) for v in values],
+        number=trial.number, state=TrialState.COMPLETE, value=None, values=[float(v) for v in values],  # type: ignore[union-attr]
         datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete, params=trial.params,
         distributions=trial.distributions, user_attrs=trial.user_attrs, system_attrs=trial.system_attrs,
         intermediate_values=trial.intermediate_values, trial_id=trial._trial_id,

@@ -304,8 +304,9 @@ class Study:
             return None, None
         from micro_doe.studies.mlflow_runs import StudyTracker
 
-        spec = self.spec
-        tracker = StudyTracker(spec.tracking, spec.name, spec.artifacts, driver=self.driver_id)
+        spec, tracking = self.spec, self.spec.tracking
+        assert tracking is not None
+        tracker = StudyTracker(tracking, spec.name, spec.artifacts, driver=self.driver_id)
         tracker.fail_stale_runs(live_drivers(study))  # another live driver's runs, on any host, stay
         tracker.describe_experiment([(o.name, d) for o, d in self.objectives], METRICS | METRIC_PATTERN_NAMES)
         parent = tracker.start_invocation(spec.model_dump(mode="json", by_alias=True), {"driver": self.driver_id})
@@ -331,7 +332,8 @@ class Study:
         if self.spec.generator.kind != "micro3diff":
             return None
         path = resolve_model(self.spec.generator.model, self.spec.tracking)
-        return load_held_out(path) if self.spec.generator.reference == "held_out" else load_reference(path)
+        held_out = getattr(self.spec.generator, "reference", "training") == "held_out"
+        return load_held_out(path) if held_out else load_reference(path)
 
     def _example_image(self) -> Any:
         """One training image of a Micro3Diff bundle (None for other kinds or a bundle without examples)."""

@@ -33,7 +33,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from micro_doe.actors.cluster import CapacityLostError
 from micro_doe.platform.interrupts import interrupts_deferred, last_signal
@@ -125,13 +125,13 @@ class Scheduler:
             self.submit(ctx)
         while (self.idle and not timed_out and self.remaining() > 0 and self.backlog_ok() and self.history_settled()):
             g = self.idle.pop(0)
-            ctx = self.trials.ask(g, self.budget)
-            if ctx is None:  # another driver took the last slot first
+            new = self.trials.ask(g, self.budget)
+            if new is None:  # another driver took the last slot first
                 self.idle.append(g)
                 break
-            self.asked.append(ctx.number)
-            self.submit(ctx)
-            log.debug("trial %d: generating on generator %d %s", ctx.number, g, ctx.params)
+            self.asked.append(new.number)
+            self.submit(new)
+            log.debug("trial %d: generating on generator %d %s", new.number, g, new.params)
             if self.first_submit is None:
                 self.first_submit = time.perf_counter()
 
@@ -274,7 +274,8 @@ class Scheduler:
         is alive (long trials are not a stall)."""
         away = self.executor.waiting()
         if away:
-            which = ", ".join(f"{kind} {str(key)[:8]} {state}" for (kind, key), state in sorted(away.items(), key=str))
+            named = [(cast(tuple[str, Any], key), state) for key, state in sorted(away.items(), key=str)]
+            which = ", ".join(f"{kind} {str(key)[:8]} {state}" for (kind, key), state in named)
             note = (f"no trial has progressed for {quiet:.0f} s; waiting: {which}; {self.executor.resources_note()}. "
                     "A lost node restarts its actors elsewhere once there is room, or after "
                     "resources.placement_timeout_s the study goes on without them: see `ray status`")

@@ -116,7 +116,7 @@ class CategoricalParam(BaseModel):
         return v
 
     def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> Scalar:
-        return trial.suggest_categorical(name, self.choices)
+        return trial.suggest_categorical(name, self.choices)  # type: ignore[return-value]
 
     def distribution(self) -> optuna.distributions.CategoricalDistribution:
         from optuna.distributions import CategoricalDistribution

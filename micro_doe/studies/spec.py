@@ -421,8 +421,8 @@ class StudySpec(BaseModel):
                     msg = f"not a parameter of the {kind} generator; allowed: {allowed}"
                     problems.append((f"{section}.{name}", msg))
                 elif section == "search":
-                    problems += [(f"search.{name}{sub}", msg) for sub, msg in domain.check_search(value)]
-                elif (msg := domain.check_value(value)) is not None:
+                    problems += [(f"search.{name}{sub}", msg) for sub, msg in domain.check_search(value)]  # type: ignore[arg-type]
+                elif (msg := domain.check_value(value)) is not None:  # type: ignore[assignment]
                     problems.append((f"fixed.{name}", msg))
         for name in self.search.keys() & self.fixed.keys():
             problems.append((f"fixed.{name}", "also in search: a parameter is either searched or fixed"))

@@ -48,6 +48,8 @@ def open_study(spec: StudySpec) -> optuna.Study:
         if db is not None:
             from sqlalchemy import text
 
+            assert isinstance(storage, optuna.storages.RDBStorage)
+
             with storage.engine.connect() as conn:  # readers never block the writer; persists in the file
                 conn.execute(text("PRAGMA journal_mode=WAL"))
         directions = spec.directions()
@@ -238,7 +240,7 @@ def _from_unit(dist: optuna.distributions.BaseDistribution, u: float) -> Any:
     """Map u in [0, 1) onto a distribution (log-uniformly for log scales)."""
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         return dist.choices[min(int(u * len(dist.choices)), len(dist.choices) - 1)]
-    lo, hi = float(dist.low), float(dist.high)
+    lo, hi = float(dist.low), float(dist.high)  # type: ignore[attr-defined]
     if getattr(dist, "log", False):
         value = float(np.exp(np.log(lo) + u * (np.log(hi) - np.log(lo))))
     else:

@@ -34,6 +34,7 @@ from micro_doe.platform.descriptors import Descriptors
 from micro_doe.studies import trial_attrs as attrs
 from micro_doe.studies.executors import reason
 from micro_doe.studies.objectives import (
+    Direction,
     Objective,
     Sample,
     evaluate_objectives,
@@ -84,7 +85,7 @@ class TrialContext:
 class TrialLifecycle:
     """Writes trials into the study, the pruning study, MLflow and the artifact store."""
 
-    def __init__(self, spec: StudySpec, objectives: list[tuple[Objective, str]], driver_id: str, study: optuna.Study,
+    def __init__(self, spec: StudySpec, objectives: list[tuple[Objective, Direction]], driver_id: str, study: optuna.Study,
                  tracker: Any, reference: Descriptors | None, pruning: optuna.Study | None, store: Any = None,
                  example_image: Any = None) -> None:  # fmt: skip
         """``tracker``: the study's MLflow tracker, or None (no MLflow); ``store``: the Optuna

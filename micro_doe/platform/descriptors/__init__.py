@@ -23,7 +23,7 @@ from micro_doe.platform.descriptors.sizes import (
 from micro_doe.platform.descriptors.transport import Tortuosity, percolating_fraction, tortuosity
 
 
-def volume_fraction(volume, phase: int | str = 1) -> float:  # type: ignore[no-untyped-def]
+def volume_fraction(volume, phase: int | str = 1) -> float:
     """Fraction of voxels (pixels) that hold ``phase``, pooled over a stack."""
     ind, _ = indicator(volume, phase)
     return float(ind.mean()) if ind.size else 0.0

@@ -130,8 +130,8 @@ class UNetTrunk(nn.Module):
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
                 self.up.append(conv(dims, c, c, 3, padding=1))
         self.head = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(), conv(dims, c, channels, 3, padding=1))
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
+        nn.init.zeros_(self.head[-1].weight)  # type: ignore[arg-type]
+        nn.init.zeros_(self.head[-1].bias)  # type: ignore[arg-type]
 
     def run_trunk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.stem(x)

@@ -147,7 +147,7 @@ class NoiseSchedule:
             abar = self.alphas_cumprod.to(x0.device)[t.to(x0.device)].to(x0.dtype)
             abar = abar.reshape(-1, *([1] * (x0.ndim - 1)))
             return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        abar = self.alpha_bar(int(t))
+        abar = self.alpha_bar(int(t))  # type: ignore[assignment]
         return math.sqrt(abar) * x0 + math.sqrt(1 - abar) * noise
 
     def renoise(self, x: torch.Tensor, t_prev: int, t: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -33,7 +33,7 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     """ema <- decay·ema + (1 − decay)·model for parameters; buffers are copied."""
     for target, source in zip(ema.parameters(), model.parameters()):
         target.lerp_(source, 1.0 - decay)
-    for target, source in zip(ema.buffers(), model.buffers()):
+    for target, source in zip(ema.buffers(), model.buffers()):  # type: ignore[assignment]
         target.copy_(source)
 
 

@@ -43,7 +43,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -232,7 +232,7 @@ class LDMGenerator:
         """Normalised conditioning vector (1, F) of checked targets; NaN for free labels."""
         return self.contexts([targets])
 
-    def contexts(self, requests: list[Mapping[str, float]]) -> torch.Tensor:
+    def contexts(self, requests: Sequence[Mapping[str, float]]) -> torch.Tensor:
         """:meth:`context` of each request, one row per request (B, F), normalised together."""
         values = torch.tensor([[r.get(n, math.nan) for n in self.conditioning] for r in requests], dtype=torch.float64)
         return self.bundle.condition_normaliser.transform(values).float()
@@ -245,7 +245,7 @@ class LDMGenerator:
             raise ValueError(f"verify: labels {unmeasurable} cannot be measured on volumes with phases {phases}")
         return verify.tolerances(list(targets))
 
-    def _feature_guide(self, requests: list[Mapping[str, float]], scale: float):  # type: ignore[no-untyped-def]
+    def _feature_guide(self, requests: Sequence[Mapping[str, float]], scale: float):
         """:func:`~micro_doe.platform.ldm.sampling.feature_guide` towards one request per latent."""
         b = self.bundle
         names = list(b.feature_normaliser.names)

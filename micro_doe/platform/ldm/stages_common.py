@@ -48,7 +48,7 @@ class _Run:
     _means: dict[tuple[str, bool], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, dataset, out, config, device, progress, on_log, data_label) -> _Run:  # type: ignore[no-untyped-def]
+    def open(cls, dataset, out, config, device, progress, on_log, data_label) -> _Run:
         if isinstance(dataset, (str, Path)):
             data_label = data_label or str(dataset)
             ds = read_opv_dataset(dataset)

@@ -74,7 +74,7 @@ def _optimise(
     return state
 
 
-def _save_checkpoint(path, identity, model, ema, optimiser, generator, state) -> None:  # type: ignore[no-untyped-def]
+def _save_checkpoint(path, identity, model, ema, optimiser, generator, state) -> None:
     payload = {
         "identity": identity,
         "model": model.state_dict(),
@@ -91,7 +91,7 @@ def _save_checkpoint(path, identity, model, ema, optimiser, generator, state) ->
         torch.save(payload, tmp)
 
 
-def _load_checkpoint(path, identity, model, ema, optimiser, generator) -> _LoopState:  # type: ignore[no-untyped-def]
+def _load_checkpoint(path, identity, model, ema, optimiser, generator) -> _LoopState:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from")
     payload = load_weights(path)
@@ -120,7 +120,7 @@ def _finish(
     """Write ``NAME.pt`` then ``NAME.json`` (its presence marks the stage finished), both atomically."""
     weights = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
     summary = StageSummary(
-        stage=stage,  # type: ignore[arg-type]
+        stage=stage,
         config=getattr(run.config, stage).model_dump(mode="json"),
         architecture=json.loads(json.dumps(architecture, default=list)),
         steps=loop.step, seconds=loop.seconds, final_loss=loop.running, losses=loop.losses,

@@ -33,7 +33,7 @@ candidates only, so it stays reproducible alone and independent of the batch siz
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -132,8 +132,8 @@ def from_model_scale(name: str, value: float) -> float:
 def corrected_request(
     request: Mapping[str, float],
     targets: Mapping[str, float],
-    measured: list[Mapping[str, float]],
-    ranges: Mapping[str, tuple[float, float]] | None = None,
+    measured: Sequence[Mapping[str, float]],
+    ranges: Mapping[str, tuple[float, ...]] | None = None,
     infinite_ok: frozenset[str] = frozenset(),
 ) -> dict[str, float]:
     """The next round's request: ``request`` + mean over ``measured`` of (target − measured) on

@@ -129,7 +129,7 @@ class EmpiricalDenoiser(_IdealDenoiser):
         images = torch.as_tensor(images, dtype=torch.float64)
         if images.ndim != 4 or images.shape[0] == 0:
             raise ValueError(f"images: expected a non-empty (N, C, H, W) tensor, got shape {tuple(images.shape)}")
-        super().__init__(schedule, tuple(images.shape[1:]))
+        super().__init__(schedule, tuple(images.shape[1:]))  # type: ignore[arg-type]
         self.data = images.reshape(images.shape[0], -1)
         self.sq_norms = (self.data**2).sum(1)
         self.chunk = int(chunk)

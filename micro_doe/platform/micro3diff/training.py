@@ -211,10 +211,10 @@ def train_micro3diff(
     elif resume:
         raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
 
-    start = time.perf_counter() - state["seconds"]
+    start = time.perf_counter() - state["seconds"]  # type: ignore[operator]
     running = state["running"]
     try:
-        with TrainingProgress(progress, config.steps, state["step"], f"training {out.name}", running) as advance:
+        with TrainingProgress(progress, config.steps, state["step"], f"training {out.name}", running) as advance:  # type: ignore[arg-type]
             running = _train_steps(model, ema, optimiser, generator, images, n_phases, schedule, config, state, start,
                                    checkpoint, advance, on_log, device)
     except KeyboardInterrupt:  # Ctrl-C, and SIGTERM under interrupts_raise: keep every finished step
@@ -265,7 +265,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Training was stopped by Ctrl-C or SIGTERM after its checkpoint was written."""
 
 
-def _train_steps(model, ema, optimiser, generator, images, n_phases, schedule, config, state, start, checkpoint,  # type: ignore[no-untyped-def]
+def _train_steps(model, ema, optimiser, generator, images, n_phases, schedule, config, state, start, checkpoint,
                  advance, on_log, device) -> float:
     """The optimisation loop from ``state["step"]`` to ``config.steps``; returns the running loss.
     A signal waits for the step in progress to finish (``interrupts_deferred``), so ``state``
@@ -310,7 +310,7 @@ def _random_dihedral(batch: torch.Tensor, generator: torch.Generator) -> torch.T
 
 
 
-def _save_checkpoint(path, config, model, ema, optimiser, generator, state) -> None:  # type: ignore[no-untyped-def]
+def _save_checkpoint(path, config, model, ema, optimiser, generator, state) -> None:
     payload = {
         "config": config.model_dump_json(),
         "model": model.state_dict(),
@@ -327,7 +327,7 @@ def _save_checkpoint(path, config, model, ema, optimiser, generator, state) -> N
         torch.save(payload, tmp)
 
 
-def _load_checkpoint(path, config, model, ema, optimiser, generator) -> dict:  # type: ignore[no-untyped-def]
+def _load_checkpoint(path, config, model, ema, optimiser, generator) -> dict:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     saved = TrainConfig.model_validate_json(payload["config"])
     if saved.model_dump(exclude={"steps"}) != config.model_dump(exclude={"steps"}):
@@ -342,7 +342,7 @@ def _load_checkpoint(path, config, model, ema, optimiser, generator) -> dict:  #
     return {"step": int(payload["step"]), "seconds": float(payload["seconds"]), "losses": losses, "running": running}
 
 
-def _quality_check(ema, schedule, reference, size, channels, config, device) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def _quality_check(ema, schedule, reference, size, channels, config, device) -> dict[str, float]:
     """2D error rates (eq. 24) of images sampled from the EMA model, against the reference."""
     if config.quality_images == 0:
         return {}
@@ -368,7 +368,7 @@ def labels_stack(labels: np.ndarray) -> xr.DataArray:
     return xr.DataArray(labels.astype(np.int8), dims=("sample", "y", "x"))
 
 
-def _card(name, data, config, n_params, seconds, loss, quality, device) -> str:  # type: ignore[no-untyped-def]
+def _card(name, data, config, n_params, seconds, loss, quality, device) -> str:
     r = config.recipe
     lines = [
         f"# {name}",

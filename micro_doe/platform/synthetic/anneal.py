@@ -67,7 +67,7 @@ class AnnealedFilmGenerator:
         if self.n_phases == 3:
             values["phi_mixed"] = float(recipe.get("phi_mixed", 0.3))
             return CahnHilliardParams.three_phase(**values), int(steps)
-        return CahnHilliardParams(**values), int(steps)
+        return CahnHilliardParams(**values), int(steps)  # type: ignore[arg-type]
 
     def sample_batch(self, params: Mapping[str, Any], n: int, seed: int) -> GeneratedBatch:
         """``n`` films of one recipe (film i from seed ``seed + i``); nothing is predicted
