@@ -126,3 +126,21 @@ def md_memory():  # type: ignore[no-untyped-def]
     from micro_doe.studies.study_storage import memory_storage
 
     return memory_storage()
+
+
+def test_the_quickstart_constraint_binds(tmp_path):
+    """The bundled quickstart's constraint judges what no setting steers, so it separates
+    trials: the paper's algorithm fails it, the anchored variant with a few cycles meets it."""
+    import micro_doe.studies.study_yaml as study_yaml
+    from micro_doe.studies.study_storage import open_study
+
+    data = yaml.safe_load(study_yaml.bundled_studies()["quickstart"].read_text())
+    data |= {"name": "quickstart-binds", "storage": "memory", "tracking": None, "artifacts": str(tmp_path / "pictures"),
+             "samples_per_trial": 1, "budget": {"n_trials": 2}}  # fmt: skip
+    study = Study(data, executor="local")
+    optuna_study = open_study(study.spec)
+    for variant in ("paper", "anchored"):
+        optuna_study.enqueue_trial({"variant": variant, "n_h": 3, "steps": 25})
+    result = study.run()
+    feasible = {t.params["variant"]: t.violation <= 0 for t in result.completed}
+    assert feasible == {"paper": False, "anchored": True}

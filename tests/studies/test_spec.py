@@ -403,9 +403,9 @@ def test_bundled_studies_are_listed_and_validate(fake_shipped):
         spec = load_spec(path)
         assert spec.name == name, f"{path}: name should match the file name"
     quick = load_spec("quickstart")
-    assert quick.generator.model == "pretrained:polycrystal-32"
-    assert quick.objective_names() == ["s2_error", "lineal_path_error", "seconds_per_volume"]
-    assert quick.directions() == ["minimize"] * 3
+    assert quick.generator.model == "pretrained:spheres-32"
+    assert quick.objective_names() == ["lineal_path_error", "seconds_per_volume"]
+    assert quick.directions() == ["minimize"] * 2
     worst = (quick.search["n_h"].high + 1) * quick.search["steps"].high * quick.samples_per_trial
     assert worst * 0.1 * quick.budget.n_trials <= 300  # ≈ 0.1 s per pass of 32 slices on a CPU core
     tuning = load_spec("micro3diff-tuning")
