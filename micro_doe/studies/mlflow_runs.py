@@ -91,14 +91,14 @@ class StudyTracker:
         base = self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
         return f"{base}/#/experiments/{self.experiment_id}/runs/{run_id}"
 
-    def describe_experiment(self, objectives: Sequence[tuple[str, str]], glossary: Mapping[str, str]) -> None:
+    def describe_experiment(self, objectives: Sequence[tuple[str, str]], glossary: Mapping[str, str], purpose: str = "") -> None:
         """What the MLflow UI shows about the experiment: the model-training kind (runs, not
         traces), the first objective as its primary metric, and a description (the tag
         ``mlflow.note.content``) with the objectives and every metric's definition and unit,
         since MLflow has no per-metric descriptions."""
         lines = [f"**micro-doe study `{self.experiment}`**: one run per `micro-doe run` (parent), one child run per trial.",
-                 "", "Objectives: " + ", ".join(f"`{n}` ({d})" for n, d in objectives), "", "| metric | definition |",
-                 "|---|---|"]
+                 *(["", f"Purpose: {_cell(purpose)}"] if purpose else []),
+                 "", "Objectives: " + ", ".join(f"`{n}` ({d})" for n, d in objectives), "", "| metric | definition |", "|---|---|"]
         lines += [f"| `{name}` | {_cell(text)} |" for name, text in glossary.items()]
         lines += ["| `trial_seconds` | wall time of the trial, generation to logging [s] |",
                   "| `predicted.<name>` | mean over the samples of a model's prediction (the LDM's recipe) |"]

@@ -308,7 +308,7 @@ class Study:
         assert tracking is not None
         tracker = StudyTracker(tracking, spec.name, spec.artifacts, driver=self.driver_id)
         tracker.fail_stale_runs(live_drivers(study))  # another live driver's runs, on any host, stay
-        tracker.describe_experiment([(o.name, d) for o, d in self.objectives], METRICS | METRIC_PATTERN_NAMES)
+        tracker.describe_experiment([(o.name, d) for o, d in self.objectives], METRICS | METRIC_PATTERN_NAMES, spec.purpose)
         parent = tracker.start_invocation(spec.model_dump(mode="json", by_alias=True), {"driver": self.driver_id})
         tracker.example_image = example
         return tracker, parent

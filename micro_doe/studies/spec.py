@@ -345,6 +345,8 @@ class StudySpec(BaseModel):
                     "from the same seed (common random numbers: trials compared on the same noise, so a "
                     "pruner's early comparisons are fairer)",
     )  # fmt: skip
+    purpose: str = Field("", max_length=2000, description="what the study is for, in a sentence or two: shown in "
+                         "optuna-dashboard (the study's purpose attribute) and in the MLflow experiment's description")
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     constraints: list[ConstraintSpec] = Field(default_factory=list)
     sampler: SamplerSpec = Field(default_factory=TPESamplerSpec)

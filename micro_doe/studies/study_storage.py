@@ -82,6 +82,7 @@ def describe_study(study: optuna.Study, spec: StudySpec, objective_names: list[s
         study.set_metric_names(objective_names)
     text = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True)
     attrs = {
+        "purpose": spec.purpose or "(not given: add purpose to the study file)",
         "generator": spec.generator.kind,
         "model": spec.generator.model,
         "objectives": ", ".join(f"{n} ({d})" for n, d in zip(objective_names, spec.directions())),

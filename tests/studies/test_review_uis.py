@@ -23,6 +23,7 @@ def finished_study(tmp_path_factory, tiny_bundle):
     root = tmp_path_factory.mktemp("review")
     spec = {
         "name": "review",
+        "purpose": "Which n_h and S give the tiny model's truest S2 for the seconds spent?",
         "generator": {"kind": "micro3diff", "model": str(tiny_bundle)},
         "search": {"n_h": {"int": [0, 1]}, "steps": {"int": [2, 4]}},
         "samples_per_trial": 1,
@@ -48,6 +49,7 @@ def test_optuna_dashboard_shows_names_constraints_feasibility_and_attributes(fin
         (summary,) = get_json(f"{base}/api/studies")["study_summaries"]
         attrs = {a["key"]: a["value"] for a in summary["user_attrs"]}
         assert attrs["generator"] == "micro3diff" and attrs["constraints"] == "vf_error ≤ 0.05"
+        assert attrs["purpose"].startswith("Which n_h and S")  # what the study is for, on its page
         assert attrs["objectives"] == "s2_error (minimize), seconds_per_volume (minimize)"
         detail = get_json(f"{base}/api/studies/{summary['study_id']}")
         assert detail["objective_names"] == ["s2_error", "seconds_per_volume"]
@@ -78,6 +80,7 @@ def test_mlflow_server_shows_durations_pareto_tags_and_descriptions(finished_stu
         tags = {t["key"]: t["value"] for t in experiment["tags"]}
         assert tags["mlflow.experimentKind"] == "custom_model_development"
         assert "`lineal_path_error`" in tags["mlflow.note.content"] and "[s]" in tags["mlflow.note.content"]
+        assert "Purpose: Which n_h and S" in tags["mlflow.note.content"]
         rows = [line for line in tags["mlflow.note.content"].splitlines() if line.startswith("| `")]
         cells = {row.split("`")[1]: re.split(r"(?<!\\)\|", row)[2].strip() for row in rows}  # split on bare pipes
         assert cells["vf_error"].startswith("\\|vf − target\\|")  # a literal |x| does not end the cell
