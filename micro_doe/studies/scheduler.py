@@ -71,6 +71,7 @@ class Scheduler:
         self.first_submit: float | None = None
         self._others: set[str] = set()
         self.arrived: set[Any] = set()  # evaluations back whose trial still waits for others: not waited on again
+        self.owned: dict[int, TrialContext] = {}  # every trial this driver asked and has not told yet
 
     # ------------------------------------------------------------------ the loop
 
@@ -96,7 +97,7 @@ class Scheduler:
                     break
                 self.start_trials(timed_out)
                 while self.to_prune:  # in order: the next trial was asked with these still running, as without pruning
-                    self.trials.prune(self.to_prune.pop(0))
+                    self.prune(self.to_prune.pop(0))
                 if not self.in_flight() and not (self.executor.quarantined() and self.remaining() > 0):
                     break  # (with every free generator in quarantine: wait for it to answer, or to be lost)
                 if self.wait_once():
@@ -112,7 +113,7 @@ class Scheduler:
         finally:
             while self.to_prune:  # decided before the run stopped (interrupt, timeout, lost capacity): they stay pruned
                 try:
-                    self.trials.prune(self.to_prune.pop(0))
+                    self.prune(self.to_prune.pop(0))
                 except Exception:  # noqa: BLE001 — the run's own error, if any, is the one to raise
                     log.warning("could not tell a pruned trial", exc_info=True)
 
@@ -130,6 +131,7 @@ class Scheduler:
                 self.idle.append(g)
                 break
             self.asked.append(new.number)
+            self.owned[new.number] = new
             self.submit(new)
             log.debug("trial %d: generating on generator %d %s", new.number, g, new.params)
             if self.first_submit is None:
@@ -162,12 +164,12 @@ class Scheduler:
         try:
             out = self.executor.result(handle)
         except ActorLost as err:  # its process or node died: not the trial's fault
-            self.trials.fail(ctx, f"{err}; re-queued", requeue=True)
+            self.fail(ctx, f"{err}; re-queued", requeue=True)
             self.report()
             return False
         except Exception as err:  # noqa: BLE001 — any failure ends this trial, not the study
             self.idle.append(ctx.generator)
-            self.trials.fail(ctx, reason(err))
+            self.fail(ctx, reason(err))
             self.report()
             return False
         try:
@@ -175,7 +177,7 @@ class Scheduler:
             self.trials.check_volumes(out["volumes"])
         except Exception as err:  # noqa: BLE001
             self.idle.append(ctx.generator)
-            self.trials.fail(ctx, reason(err))
+            self.fail(ctx, reason(err))
             self.report()
             return False
         if not (self.in_order and len(ctx.volumes) + len(out["volumes"]) < self.spec.samples_per_trial):
@@ -200,11 +202,11 @@ class Scheduler:
             try:
                 ctx.descriptors += [self.executor.result(h) for h in ctx.eval_handles]
             except ActorLost as err:  # its process or node died: not the trial's fault
-                self.trials.fail(ctx, f"{err}; re-queued", requeue=True)
+                self.fail(ctx, f"{err}; re-queued", requeue=True)
                 self.report()
                 continue
             except Exception as err:  # noqa: BLE001
-                self.trials.fail(ctx, reason(err))
+                self.fail(ctx, reason(err))
                 self.report()
                 continue
             finally:
@@ -213,7 +215,7 @@ class Scheduler:
                 self.after_decision(ctx, self.trials.decide(ctx))
             else:
                 log.debug("trial %d: evaluated, finishing", ctx.number)
-                self.trials.finish(ctx)
+                self.finish(ctx)
             self.report()
 
     def after_decision(self, ctx: TrialContext, decision: str) -> None:
@@ -229,7 +231,7 @@ class Scheduler:
             if decision == "prune" and self.in_order:
                 self.to_prune.append(ctx)
             elif decision == "prune":
-                self.trials.prune(ctx)
+                self.prune(ctx)
 
     # ------------------------------------------------------------------ actors, stalls, drivers
 
@@ -252,7 +254,7 @@ class Scheduler:
                     self.evaluating.remove(ctx)
                     self.executor.forget(ctx.eval_handles)
             for ctx in victims:
-                self.trials.fail(ctx, f"{gone.kind} actor lost: {gone.why}; re-queued", requeue=True)
+                self.fail(ctx, f"{gone.kind} actor lost: {gone.why}; re-queued", requeue=True)
             if self.executor.live_generators and self.executor.n_evaluators:
                 note = (f"{gone.kind} actor lost ({gone.why}); {len(victims)} trial(s) re-queued; going on with "
                         f"{len(self.executor.live_generators)} generator(s) and {self.executor.n_evaluators} evaluator(s)")
@@ -295,15 +297,34 @@ class Scheduler:
         self.report(note)
         return True
 
+    # ------------------------------------------------------------------ telling (the lifecycle's, and forgetting the trial)
+
+    def finish(self, ctx: TrialContext) -> None:
+        self.trials.finish(ctx)
+        self.owned.pop(ctx.number, None)
+
+    def fail(self, ctx: TrialContext, why: str, requeue: bool = False) -> None:
+        self.trials.fail(ctx, why, requeue)
+        self.owned.pop(ctx.number, None)
+
+    def prune(self, ctx: TrialContext) -> None:
+        self.trials.prune(ctx)
+        self.owned.pop(ctx.number, None)
+
     # ------------------------------------------------------------------ helpers
 
     def in_flight(self) -> list[TrialContext]:
         return list(self.generating.values()) + self.evaluating + self.continuing
 
     def requeue_in_flight(self, why: str) -> None:
-        """Fail every trial in flight and re-queue it (interrupt, timeout, capacity lost)."""
-        for ctx in self.in_flight():
-            self.trials.fail(ctx, why, requeue=True)
+        """Fail and re-queue every trial this driver asked and has not told (interrupt, timeout,
+        capacity lost): the ones in flight, and one caught between two steps (asked but not yet
+        submitted, or out of the queues while it was being finished)."""
+        decided = {id(ctx) for ctx in self.to_prune}  # pruned already: told PRUNED when the run stops
+        for ctx in list(self.owned.values()):
+            if id(ctx) not in decided and not self.trials.is_told(ctx):
+                self.fail(ctx, why, requeue=True)
+        self.owned = {n: ctx for n, ctx in self.owned.items() if id(ctx) in decided}
         self.generating.clear()
         self.evaluating.clear()
         self.continuing.clear()

@@ -180,6 +180,10 @@ class TrialLifecycle:
             if requeue:
                 self.study.enqueue_trial(ctx.trial.params, user_attrs={attrs.SEED: ctx.seed, attrs.REQUEUED_FROM: ctx.number})
 
+    def is_told(self, ctx: TrialContext) -> bool:
+        """Whether the trial is finished in the storage (told COMPLETE, FAIL or PRUNED)."""
+        return self.study._storage.get_trial(ctx.trial._trial_id).state.is_finished()
+
     # ------------------------------------------------------------------ pruning
 
     def decide(self, ctx: TrialContext) -> str:

@@ -477,25 +477,25 @@ def test_annealed_films_are_reproducible_per_seed_and_follow_the_recipe():
 
     films = AnnealedFilmGenerator(size=12, n_phases=2)
     recipe = {"phi": 0.35, "chi": 3.5, "time": 120}
-    out = films.sample(recipe, 2, seed=3)
-    assert sorted(out) == ["predicted", "seconds", "volumes"] and out["predicted"] == [{}, {}]
-    first, second = out["volumes"]
+    out = films.sample_batch(recipe, 2, seed=3)
+    assert out.predicted == [{}, {}] and len(out.seconds) == 2
+    first, second = out.volumes
     assert first.shape == (12, 12, 12) and first.dims == ("z", "y", "x") and first.attrs["seed"] == 3
     assert json.loads(first.attrs["generator_params"])["recipe"] == recipe
-    again = films.sample(recipe, 1, seed=4)["volumes"][0]
+    again = films.sample_batch(recipe, 1, seed=4).volumes[0]
     np.testing.assert_array_equal(again.values, second.values)  # film i is a function of seed + i alone
     assert not np.array_equal(first.values, second.values)
-    donor_rich = films.sample(recipe | {"phi": 0.65}, 1, seed=3)["volumes"][0]
+    donor_rich = films.sample_batch(recipe | {"phi": 0.65}, 1, seed=3).volumes[0]
     assert float((donor_rich.values == 1).mean()) > float((first.values == 1).mean()) + 0.15  # φ sets the blend
     ternary_recipe = {"phi": 0.5, "chi": 4.5, "time": 300, "phi_mixed": 0.3}
-    ternary = AnnealedFilmGenerator(size=12, n_phases=3).sample(ternary_recipe, 1, seed=0)["volumes"][0]
+    ternary = AnnealedFilmGenerator(size=12, n_phases=3).sample_batch(ternary_recipe, 1, seed=0).volumes[0]
     assert ternary.attrs["phase_names"] == ["acceptor", "donor", "mixed"]
     assert set(np.unique(ternary.values)) <= {0, 1, 2} and len(np.unique(ternary.values)) >= 2
     with pytest.raises(ValueError, match=r"cahn-hilliard: the recipe lacks \['time'\]"):
-        films.sample({"phi": 0.5, "chi": 3.0}, 1, 0)
+        films.sample_batch({"phi": 0.5, "chi": 3.0}, 1, 0)
     with pytest.raises(ValueError, match=r"unknown generator parameters \['phi_mixed'\]"):
-        films.sample(recipe | {"phi_mixed": 0.2}, 1, 0)
+        films.sample_batch(recipe | {"phi_mixed": 0.2}, 1, 0)
     with pytest.raises(ValueError, match="cahn-hilliard: phi must be in"):
-        films.sample(recipe | {"phi": 1.2}, 1, 0)
+        films.sample_batch(recipe | {"phi": 1.2}, 1, 0)
     with pytest.raises(ValueError, match="whole number of solver steps"):
-        films.sample(recipe | {"time": 2.5}, 1, 0)
+        films.sample_batch(recipe | {"time": 2.5}, 1, 0)
