@@ -19,7 +19,7 @@ them with the platform itself, in four stages:
    share seeds (``volume_seeds: common``), so settings are compared on the same noise.
 4. **Finalists, choice and confirmation.** The study ranks settings on a few volumes each, where
    settings a few points apart trade places by noise. So the best feasible settings of the study
-   (:func:`finalists`, ``finalists`` of them) are measured again on ``finalist_volumes`` fresh
+   of at most ``max_passes`` passes per volume (:func:`finalists`, ``finalists`` of them) are measured again on ``finalist_volumes`` fresh
    volumes each (seeds the study never used), and :func:`choose` picks among those rows: of the
    ones whose vf stays within the constraint, the cheapest (seconds per volume) whose structure
    error is within the margin of the best (``max(margin_points, margin_fraction · best)``).
@@ -95,6 +95,8 @@ class TuneOptions(BaseModel):
     minutes: float | None = Field(None, gt=0, description="wall-time budget of the study; None: trials alone")
     samples_per_trial: int = Field(2, ge=1, le=64, description="volumes per setting in the study")
     finalists: int = Field(4, ge=1, le=64, description="best settings of the study measured again before choosing")
+    max_passes: int = Field(1100, ge=1, description="finalists: at most this many denoising passes, (n_h + 1) · S, per "
+                            "volume (the study may try costlier settings; a default must stay affordable)")
     finalist_volumes: int = Field(8, ge=1, le=64, description="volumes per finalist (fresh seeds)")
     confirm_volumes: int = Field(4, ge=1, le=64, description="volumes per setting in the confirmation")
     calibration_volumes: int = Field(2, ge=1, le=64, description="volumes per anchored fraction when calibrating")
@@ -233,12 +235,19 @@ def enqueue_starts(spec: Any, budget: int) -> int:
 # ----------------------------------------------------------------------------- stage 4: choice
 
 
+def passes(params: dict[str, Any]) -> int:
+    """Denoising passes per volume of a setting: (n_h + 1) · S."""
+    return (int(params.get("n_h", 0)) + 1) * int(params.get("steps", 1))
+
+
 def finalists(trials: list[Any], options: TuneOptions) -> list[Any]:
-    """The study's best ``options.finalists`` feasible complete trials (by structure error), one
-    per setting."""
-    feasible = [t for t in trials if t.state == "COMPLETE" and t.violation <= 0 and t.values and math.isfinite(t.values[0])]
+    """The study's best ``options.finalists`` feasible complete trials (by structure error) of at
+    most ``options.max_passes`` passes per volume, one per setting."""
+    feasible = [t for t in trials if t.state == "COMPLETE" and t.violation <= 0 and t.values and math.isfinite(t.values[0])
+                and passes(t.params) <= options.max_passes]  # fmt: skip
     if not feasible:
-        raise TuningError("no setting met the vf constraint with a finite structure error; raise --tune-budget")
+        raise TuningError(f"no setting of at most {options.max_passes} passes met the vf constraint with a finite "
+                          "structure error; raise --tune-budget")
     unique: dict[str, Any] = {}
     for t in sorted(feasible, key=lambda t: (t.values[0], t.number)):
         unique.setdefault(repr(sorted(t.params.items())), t)

@@ -124,6 +124,9 @@ def test_finalists_are_the_best_feasible_settings_once_each():
               TrialRecord(4, "FAIL", {"n": 4}, None), TrialRecord(5, "COMPLETE", {"n": 0}, [9.0, 5.0]),
               TrialRecord(6, "COMPLETE", {"n": 6}, [20.0, 0.1])]  # fmt: skip
     assert [t.number for t in finalists(trials, TuneOptions(finalists=3))] == [5, 1, 2]  # trial 0 repeats trial 5
+    costly = [TrialRecord(7, "COMPLETE", {"n_h": 40, "steps": 50}, [1.0, 90.0]),
+              TrialRecord(8, "COMPLETE", {"n_h": 40, "steps": 25}, [2.0, 40.0])]
+    assert [t.number for t in finalists(costly + trials, TuneOptions(finalists=2))] == [8, 5]  # 2 050 passes: not a finalist
 
 
 def test_choose_takes_the_cheapest_remeasured_setting_within_the_margin():
