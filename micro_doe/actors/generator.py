@@ -68,8 +68,8 @@ class GeneratorWorker:
         self.kind = str(spec.pop("kind", "micro3diff"))
         tracking_uri = spec.pop("tracking_uri", None)
         factory = spec.pop("factory", None) or generator_factory(self.kind)
-        options = spec | dict(spec.pop("options", None) or {})
-        options.pop("options", None)
+        own = dict(spec.pop("options", None) or {})  # a kind of your own: its class's keyword arguments
+        options = spec | own
         model = options.get("model")
         if model is not None and str(model).startswith(REGISTRY_PREFIX):
             from micro_doe.tracking.registry import resolve_model  # written alongside; needed only here
