@@ -56,7 +56,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, overload
 
@@ -277,6 +277,21 @@ METRICS: dict[str, str] = {name: o.description for name, o in BUILTIN_OBJECTIVES
     "thickness_mean": "mean local thickness (volume-weighted) of the phase in 2D sections [voxels]",
     "largest_component_share": "share of the phase in its section's largest component, over 2D sections",
 }
+
+
+def passes_per_volume(params: Mapping[str, Any]) -> float:
+    """Denoising passes per volume of a Micro3Diff setting, (n_h + 1) · S: its cost, known from
+    the parameters alone (a constraint on it is checked before the trial runs)."""
+    missing = [k for k in ("n_h", "steps") if k not in params]
+    if missing:
+        raise ValueError(f"passes_per_volume needs n_h and steps among the study's search or fixed values; {missing[0]} is neither")
+    return float((int(params["n_h"]) + 1) * int(params["steps"]))
+
+
+# Metrics known from a trial's parameters before it runs: a point that breaks a constraint on
+# one of them is skipped unsampled (the loop's ask), so a cost cap costs no generator time.
+PARAM_METRICS: dict[str, Callable[[Mapping[str, Any]], float]] = {"passes_per_volume": passes_per_volume}
+METRICS["passes_per_volume"] = "denoising passes per volume of a Micro3Diff setting, (n_h + 1) · S"
 # The unit of each built-in metric, shown beside its value where a person reads it (dashboard).
 UNITS: dict[str, str] = {
     "s2_error": "%", "lineal_path_error": "%", "size_error": "%", "diameter_error": "%", "connectivity_error": "%",
@@ -284,6 +299,7 @@ UNITS: dict[str, str] = {
     "transport_tortuosity": "τ", "percolating_fraction": "fraction", "interfacial_area": "1/voxel",
     "seconds_per_volume": "s", "effective_diffusivity": "D/D0", "component_diameter": "voxels",
     "component_diameter_std": "voxels", "thickness_mean": "voxels", "largest_component_share": "fraction",
+    "passes_per_volume": "passes",
 }  # fmt: skip
 
 
@@ -479,6 +495,7 @@ def trial_metrics(samples: Sequence[Sample]) -> dict[str, float]:
     for s in samples:
         m = s.descriptors.scalars()
         m["seconds_per_volume"] = float(s.seconds)
+        m.update({name: fn(s.params) for name, fn in PARAM_METRICS.items() if _has_inputs(name, s.params)})
         if s.reference is not None:
             m["s2_error"] = s2_error(s)
             m["lineal_path_error"] = lineal_path_error(s)
@@ -493,6 +510,14 @@ def trial_metrics(samples: Sequence[Sample]) -> dict[str, float]:
         per_sample.append(m)
     keys = [k for k in per_sample[0] if all(k in m for m in per_sample)]
     return {k: float(np.mean([m[k] for m in per_sample])) for k in keys}
+
+
+def _has_inputs(name: str, params: Mapping[str, Any]) -> bool:
+    try:
+        PARAM_METRICS[name](params)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def is_known_metric(name: str) -> bool:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from micro_doe.studies.generator_blocks import GeneratorSpec
 from micro_doe.studies.objectives import (
+    PARAM_METRICS,
     TORTUOSITY_METRICS,
     Direction,
     Objective,
@@ -463,6 +464,13 @@ class StudySpec(BaseModel):
                         f"or one of the study's objectives ({', '.join(names)}) or a registered objective",
                     )
                 )
+        known = {**{k: 0 for k in self.search}, **self.fixed}
+        for i, metric in enumerate(metrics):
+            if metric in PARAM_METRICS:
+                try:
+                    PARAM_METRICS[metric](known)
+                except (ValueError, TypeError) as err:
+                    problems.append((f"constraints[{i}].metric", str(err)))
         if self.evaluation.tortuosity_axis is None:
             used = [(f"objectives[{i}].name", n) for i, n in enumerate(names)]
             used += [(f"constraints[{i}].metric", m) for i, m in enumerate(metrics)]

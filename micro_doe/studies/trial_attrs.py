@@ -15,6 +15,7 @@ FAIL_REASON = "fail_reason"  # why a FAIL trial failed, one line
 REQUEUED = "requeued"  # a FAIL trial whose parameters were enqueued again: it counts nowhere
 REQUEUED_FROM = "requeued_from"  # on the re-queued copy: the number of the trial it repeats
 SURPLUS = "surplus"  # started after other drivers' trials took the budget: never run, counts nowhere
+SKIPPED = "skipped"  # broke a constraint known from its parameters (passes_per_volume): PRUNED unrun, counts nowhere
 INITIAL_DESIGN = "initial_design"  # enqueued by the initial design ("sobol", "tuning start", ...)
 MLFLOW_RUN = "mlflow run"  # the trial's MLflow run, as a link the dashboard shows
 VALUES_PER_VOLUME = "values_per_volume"  # {objective name: [its value on volume 0, 1, ...]}
@@ -40,5 +41,8 @@ def counted_failure(t: optuna.trial.FrozenTrial) -> bool:
 
 def uses_budget(t: optuna.trial.FrozenTrial) -> bool:
     """The budget rule: COMPLETE, PRUNED and RUNNING trials use a slot, and a FAIL that was
-    neither re-queued nor surplus. A resumed study thus ends with exactly ``n_trials`` of them."""
+    neither re-queued nor surplus; a point skipped for a constraint on its parameters uses none.
+    A resumed study thus ends with exactly ``n_trials`` of them."""
+    if t.user_attrs.get(SKIPPED):
+        return False
     return t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) or counted_failure(t)

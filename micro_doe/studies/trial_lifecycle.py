@@ -4,7 +4,9 @@
 store); the scheduler decides *when*. Order of operations:
 
 - **ask** (:meth:`TrialLifecycle.ask`): re-queued trials before any other, then
-  ``study.ask()``; the trial gets a budget slot (or is released as surplus), its parameters
+  ``study.ask()``; a point breaking a constraint known from its parameters alone
+  (``passes_per_volume``) is told PRUNED unrun (``skipped``, infeasible: it uses no budget, and
+  TPE learns to avoid it); the trial gets a budget slot (or is released as surplus), its parameters
   (the searched ones plus the fixed ones), its seed (from its number, the study's one seed with
   ``volume_seeds: common``, or the seed it had when it was re-queued) and its owner;
 - **finish**: objectives as the mean over the trial's samples, constraint metrics
@@ -30,10 +32,12 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from micro_doe.errors import InputError
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.studies import trial_attrs as attrs
 from micro_doe.studies.executors import reason
 from micro_doe.studies.objectives import (
+    PARAM_METRICS,
     Direction,
     Objective,
     Sample,
@@ -45,9 +49,10 @@ from micro_doe.studies.objectives import (
 )
 from micro_doe.studies.pareto_pruner import running_summary
 from micro_doe.studies.spec import StudySpec
-from micro_doe.studies.study_storage import claim_budget_slot, claim_requeued_trial, release_surplus_trial, set_constraints
+from micro_doe.studies.study_storage import CONSTRAINTS_KEY, claim_budget_slot, claim_requeued_trial, release_surplus_trial, set_constraints
 
 log = logging.getLogger("micro_doe.studies")
+MAX_SKIPS = 200  # points in a row that break a constraint on their parameters before the study gives up
 
 
 def trial_seed(sampler_seed: int | None, number: int, common: bool = False) -> int:
@@ -98,10 +103,18 @@ class TrialLifecycle:
     # ------------------------------------------------------------------ ask
 
     def ask(self, generator: int, budget: int) -> TrialContext | None:
-        """The next trial (re-queued ones first), or None when it got no budget slot."""
+        """The next trial (re-queued ones first), or None when it got no budget slot. A point
+        that breaks a constraint known from its parameters (:data:`~micro_doe.studies.objectives.PARAM_METRICS`)
+        is told PRUNED unsampled, infeasible, and another is asked (at most ``MAX_SKIPS`` in a row)."""
         study = self.study
-        trial = claim_requeued_trial(study) or study.ask()
-        params = {name: p.suggest(trial, name) for name, p in self.spec.search.items()}
+        for _ in range(MAX_SKIPS):
+            trial = claim_requeued_trial(study) or study.ask()
+            params = {name: p.suggest(trial, name) for name, p in self.spec.search.items()}
+            if not self.skip_if_over_bounds(trial, params | self.spec.fixed):
+                break
+        else:
+            raise InputError(f"constraints: {MAX_SKIPS} points in a row broke a constraint on their parameters "
+                             f"({', '.join(c.describe() for c in self.param_constraints())}); widen it or narrow search")
         if not claim_budget_slot(study, trial, budget):
             queued = {k: v for k, v in trial.user_attrs.items() if k in (attrs.REQUEUED_FROM, attrs.INITIAL_DESIGN, attrs.SEED)}
             from_queue = "fixed_params" in study._storage.get_trial(trial._trial_id).system_attrs
@@ -114,6 +127,28 @@ class TrialLifecycle:
             trial.set_user_attr(attrs.SEED, seed)
         trial.set_user_attr(attrs.OWNER, self.driver_id)
         return TrialContext(trial, params, int(seed), time.perf_counter(), time.time(), generator)
+
+    def param_constraints(self) -> list[Any]:
+        return [c for c in self.spec.constraints if c.metric in PARAM_METRICS]
+
+    def skip_if_over_bounds(self, trial: optuna.trial.Trial, params: dict[str, Any]) -> bool:
+        """Tell ``trial`` PRUNED, marked skipped and infeasible, when its parameters break a
+        constraint on a parameter metric; constraints measured only on volumes read 0 (unknown)."""
+        known = {c.metric: PARAM_METRICS[c.metric](params) for c in self.param_constraints()}
+        broken = [c for c in self.param_constraints() if c.violation(known[c.metric]) > 0]
+        if not broken:
+            return False
+        violations = [c.violation(known[c.metric]) if c.metric in known else 0.0 for c in self.spec.constraints]
+        self.study._storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, violations)
+        for c in self.param_constraints():
+            trial.set_user_attr(f"{attrs.CONSTRAINT_PREFIX}{c.describe()}", known[c.metric])
+        trial.set_user_attr(attrs.FEASIBLE, False)
+        trial.set_user_attr(attrs.SKIPPED, True)
+        trial.set_user_attr(attrs.FAIL_REASON, f"not run: {broken[0].metric} {known[broken[0].metric]:g} breaks "
+                                               f"{broken[0].describe()}")
+        self.study.tell(trial, state=TrialState.PRUNED)
+        log.debug("trial %d: skipped (%s)", trial.number, broken[0].describe())
+        return True
 
     def next_batch(self, ctx: TrialContext) -> tuple[int, int]:
         """(volumes, first seed) of the trial's next generation call: all of its volumes, or with

@@ -15,7 +15,9 @@ them with the platform itself, in four stages:
    precision; it starts from the paper's algorithm and the settings that served the shipped
    models, then TPE. Objectives: ``structure_error`` (L + size + diameter + connectivity error
    against the held-out images: descriptors no setting steers) and ``seconds_per_volume``.
-   vf is a constraint (within 25 % of the held-out vf), never a judge. Every trial's volumes
+   vf is a constraint (within 25 % of the held-out vf), never a judge; so is the cost, at most
+   ``max_passes`` denoising passes per volume, checked before a setting runs (a costlier one is
+   skipped unrun, and TPE learns to avoid it). Every trial's volumes
    share seeds (``volume_seeds: common``), so settings are compared on the same noise.
 4. **Finalists, choice and confirmation.** The study ranks settings on a few volumes each, where
    settings a few points apart trade places by noise. So the best feasible settings of the study
@@ -95,8 +97,8 @@ class TuneOptions(BaseModel):
     minutes: float | None = Field(None, gt=0, description="wall-time budget of the study; None: trials alone")
     samples_per_trial: int = Field(2, ge=1, le=64, description="volumes per setting in the study")
     finalists: int = Field(4, ge=1, le=64, description="best settings of the study measured again before choosing")
-    max_passes: int = Field(1100, ge=1, description="finalists: at most this many denoising passes, (n_h + 1) · S, per "
-                            "volume (the study may try costlier settings; a default must stay affordable)")
+    max_passes: int = Field(1100, ge=2, description="at most this many denoising passes, (n_h + 1) · S, per volume: "
+                            "the study skips costlier settings unrun, and a default must stay affordable")
     finalist_volumes: int = Field(8, ge=1, le=64, description="volumes per finalist (fresh seeds)")
     confirm_volumes: int = Field(4, ge=1, le=64, description="volumes per setting in the confirmation")
     calibration_volumes: int = Field(2, ge=1, le=64, description="volumes per anchored fraction when calibrating")
@@ -208,7 +210,8 @@ def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name
         "volume_seeds": "common",
         "objectives": [{"name": "structure_error", "direction": "minimize"},
                        {"name": "seconds_per_volume", "direction": "minimize"}],
-        "constraints": [{"metric": "vf_error", "max": round(VF_TOLERANCE * reference.volume_fraction, 4)}],
+        "constraints": [{"metric": "vf_error", "max": round(VF_TOLERANCE * reference.volume_fraction, 4)},
+                        {"metric": "passes_per_volume", "max": options.max_passes}],  # skipped unrun when over
         "sampler": {"kind": "tpe", "seed": options.seed, "n_startup_trials": len(STARTS)},
         "budget": budget,
         "resources": {"generators": 1, "evaluators": 1},

@@ -298,6 +298,11 @@ INVALID = {
     "constraint without bounds": (_set("constraints", [{"metric": "vf_error"}]), "constraints[0]", "give max, min or both"),
     "constraint min > max": (_set("constraints", [{"metric": "vf_error", "min": 1, "max": 0}]), "constraints[0].min", "≤ max"),
     "unknown constraint metric": (_set("constraints/0/metric", "beauty"), "constraints[0].metric", "known metrics: s2_error"),
+    "pass cap without steps": (
+        lambda d: (d["search"].pop("steps"), d["constraints"].append({"metric": "passes_per_volume", "max": 100})),
+        "constraints[1].metric",
+        "steps is neither",
+    ),
     "bad name": (_set("name", "My Study"), "name", "lowercase"),
     "no objectives": (_set("objectives", []), "objectives", "at least 1"),
     "missing budget": (lambda d: d.pop("budget"), "budget", "required key missing"),
