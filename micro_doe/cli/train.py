@@ -11,7 +11,7 @@ from rich.console import Console
 
 from micro_doe.cli.ldm import train_ldm_command
 from micro_doe.cli.options import Overwrite, option_errors
-from micro_doe.cli.tune import Threads, TuneBudget, run_tuning, set_threads, tune_options
+from micro_doe.cli.tune import MaxPasses, Threads, TuneBudget, run_tuning, set_threads, tune_options
 from micro_doe.platform.diffusion.training import check_device
 from micro_doe.platform.interrupts import interrupt_name, mark_reported
 from micro_doe.platform.micro3diff.training import (
@@ -58,6 +58,7 @@ def micro3diff(
                                                  "the sampling against; the last images of --data.")] = 0.1,
     tune: Annotated[bool, typer.Option(help="Last stage: tune the sampling defaults (micro-doe tune).")] = True,
     tune_budget: TuneBudget = "16",
+    max_passes: MaxPasses = 1100,
     threads: Threads = None,
     overwrite: Overwrite = False,
 ) -> None:
@@ -74,7 +75,7 @@ def micro3diff(
     if tune and held_out == 0:
         raise ValueError("--held-out 0: tuning judges against images set aside from training; give a fraction "
                          "(0.1) or pass --no-tune")
-    options = tune_options(tune_budget, seed) if tune else None
+    options = tune_options(tune_budget, seed, max_passes) if tune else None
     set_threads(threads)
     try:
         config = TrainConfig(

@@ -16,6 +16,8 @@ HeldOutData = Annotated[
     typer.Option(help="Images the model was not trained on, to judge against (when the bundle holds none)."),
 ]
 Threads = Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's choice, all cores).")]
+MaxPasses = Annotated[int, typer.Option(help="At most this many denoising passes, (n_h + 1) · S, per volume: costlier "
+                                             "settings are skipped unrun, and the default stays affordable.")]
 
 
 def tune(
@@ -24,22 +26,26 @@ def tune(
     held_out_data: HeldOutData = None,
     seed: Annotated[int, typer.Option(help="Seed of the search and of the volumes.")] = 0,
     threads: Threads = None,
+    max_passes: MaxPasses = 1100,
 ) -> None:
     """Search the model's sampling settings against images it never saw; write the cheapest good
     one as its default, with the vf calibration and the table, into the bundle."""
-    options = tune_options(tune_budget, seed)
+    options = tune_options(tune_budget, seed, max_passes)
     set_threads(threads)
     run_tuning(model, options, held_out_data)
 
 
-def tune_options(budget: str, seed: int):
+def tune_options(budget: str, seed: int, max_passes: int = 1100):
     """Checked options (before anything is created)."""
     from micro_doe.cli.options import check_count
-    from micro_doe.studies.tuning import TuneOptions, parse_budget
+    from micro_doe.studies.tuning import PAPER, TuneOptions, parse_budget, passes
 
     trials, minutes = parse_budget(budget)
     check_count(seed, "--seed", low=0)
-    return TuneOptions(trials=trials or 16, minutes=minutes, seed=seed)
+    if max_passes < passes(PAPER):
+        raise ValueError(f"--max-passes {max_passes}: at least {passes(PAPER)}, the passes of the paper's setting, "
+                         "which every tuning tries")
+    return TuneOptions(trials=trials or 16, minutes=minutes, seed=seed, max_passes=max_passes)
 
 
 def set_threads(threads: int | None) -> None:

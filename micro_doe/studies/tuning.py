@@ -97,7 +97,7 @@ class TuneOptions(BaseModel):
     minutes: float | None = Field(None, gt=0, description="wall-time budget of the study; None: trials alone")
     samples_per_trial: int = Field(2, ge=1, le=64, description="volumes per setting in the study")
     finalists: int = Field(4, ge=1, le=64, description="best settings of the study measured again before choosing")
-    max_passes: int = Field(1100, ge=2, description="at most this many denoising passes, (n_h + 1) · S, per volume: "
+    max_passes: int = Field(1100, ge=100, description="at most this many denoising passes, (n_h + 1) · S, per volume: "
                             "the study skips costlier settings unrun, and a default must stay affordable")
     finalist_volumes: int = Field(8, ge=1, le=64, description="volumes per finalist (fresh seeds)")
     confirm_volumes: int = Field(4, ge=1, le=64, description="volumes per setting in the confirmation")
