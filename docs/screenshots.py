@@ -9,7 +9,8 @@ and saves what a reviewer opens first:
 - ``docs/ui-dashboard-study.png``: the dashboard's study page (history, Pareto front);
 - ``docs/ui-dashboard-trial.png``: its trial list with one trial's page (values, constraint
   and feasibility attributes, the montage);
-- ``docs/ui-mlflow-runs.png``: the MLflow experiment's runs (parent and trial runs);
+- ``docs/ui-mlflow-runs.png``: the MLflow experiment's trials view (every trial run, best first);
+- ``docs/ui-mlflow-run.png``: the trial's MLflow run (its description, parameters and metrics);
 - ``docs/ui-mlflow-compare.png``: MLflow's comparison of the Pareto trials' runs.
 
 Re-run it whenever a UI changes (a new optuna-dashboard or MLflow, new attributes).
@@ -59,10 +60,10 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
     raise SystemExit(f"no answer from {url}")
 
 
-def shoot(chromium: str, url: str, out: Path) -> None:
+def shoot(chromium: str, url: str, out: Path, window: str = WINDOW) -> None:
     """One full-window screenshot after the page's scripts had 12 s of virtual time."""
     subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--window-size={WINDOW}", "--virtual-time-budget=12000", f"--screenshot={out}", url],
+                    f"--window-size={window}", "--virtual-time-budget=12000", f"--screenshot={out}", url],
                    check=True, capture_output=True, timeout=120)
     print(f"wrote {out}")
 
@@ -71,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, help="study folder (default: a fresh temporary one)")
     parser.add_argument("--study", default="quickstart")
-    parser.add_argument("--n-trials", type=int, default=6)
+    parser.add_argument("--n-trials", type=int, default=8)
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if chromium is None:
@@ -82,6 +83,7 @@ def main() -> None:
 
     from micro_doe.studies.runner import Study
     from micro_doe.studies.study_yaml import load_spec
+    from micro_doe.tracking.registry import ML_LAYOUT, TRIALS_VIEW_QUERY
 
     spec = load_spec(args.study, {"storage": storage, "tracking": tracking, "artifacts": str(runs / "artifacts")})
     result = Study(spec).run(n_trials=args.n_trials)
@@ -102,16 +104,22 @@ def main() -> None:
         wait_for(f"{api}/experiments/get-by-name?experiment_name={name}", mlf)
         study_id = next(s["study_id"] for s in get(f"{dash_url}/api/studies")["study_summaries"] if s["study_name"] == name)
         shoot(chromium, f"{dash_url}/dashboard/studies/{study_id}", DOCS / "ui-dashboard-study.png")
-        trial = (result.best_trials or result.completed)[0].number
-        shoot(chromium, f"{dash_url}/dashboard/studies/{study_id}/trials?numbers={trial}", DOCS / "ui-dashboard-trial.png")
+        trial = (result.best_trials or sorted(result.completed, key=lambda t: t.violation))[0].number
+        shoot(chromium, f"{dash_url}/dashboard/studies/{study_id}/trials?numbers={trial}", DOCS / "ui-dashboard-trial.png",
+              "1440,1250")
         experiment = get(f"{api}/experiments/get-by-name?experiment_name={name}")["experiment"]["experiment_id"]
-        shoot(chromium, f"{mlflow_url}/#/experiments/{experiment}/runs?workflowType=machine_learning",
-              DOCS / "ui-mlflow-runs.png")
+        shoot(chromium, f"{mlflow_url}/#/experiments/{experiment}/runs?{TRIALS_VIEW_QUERY}", DOCS / "ui-mlflow-runs.png")
+        best = get(f"{api}/runs/search", {"experiment_ids": [experiment], "max_results": 1,
+                                          "filter": f"tags.optuna_trial_number = '{trial}'"})["runs"][0]["info"]["run_id"]
+        shoot(chromium, f"{mlflow_url}/#/experiments/{experiment}/runs/{best}?{ML_LAYOUT}", DOCS / "ui-mlflow-run.png")
         runs_found = get(f"{api}/runs/search", {"experiment_ids": [experiment], "max_results": 200,
-                                               "filter": "tags.`micro_doe.pareto` = 'true'"})["runs"]
+                                               "filter": "tags.`micro_doe.pareto` = 'true'"}).get("runs", [])
+        if not runs_found:
+            print("no feasible Pareto trial: ui-mlflow-compare.png left as it was (run more trials)")
+            return
         ids = json.dumps([r["info"]["run_id"] for r in runs_found])
         shoot(chromium, f"{mlflow_url}/#/compare-runs?runs={urllib.request.quote(ids)}&experiments="
-              f"{urllib.request.quote(json.dumps([experiment]))}&workflowType=machine_learning", DOCS / "ui-mlflow-compare.png")
+              f"{urllib.request.quote(json.dumps([experiment]))}&{ML_LAYOUT}", DOCS / "ui-mlflow-compare.png")
     finally:
         for process in (dash, mlf):
             process.terminate()

@@ -50,7 +50,9 @@ def run(
         bounds = ", ".join(c.describe() for c in spec.constraints)  # both bounds of a two-sided one
         console.print(f"[yellow]no trial satisfies the constraints ({escape(bounds)}); the closest:[/]")
         console.print(_trials_table(closest, objective_names, "least constraint violation"))
-    console.print(f"{len(result.completed)} completed, {len(result.pruned)} pruned, {len(result.failed)} failed in {result.seconds:.0f} s "
+    skipped = f", {len(result.skipped)} skipped unrun (over a constraint on their parameters)" if result.skipped else ""
+    console.print(f"{len(result.completed)} completed, {len(result.pruned)} pruned{skipped}, {len(result.failed)} failed "
+                  f"in {result.seconds:.0f} s "
                   f"(generator busy {result.generator_busy_seconds:.0f} s)")
     for t in result.failed[-3:]:
         console.print(f"  trial {t.number} failed: {escape(t.reason or '?')}", style="yellow")
@@ -71,7 +73,8 @@ def run_live(runner, objective_names: list[str], n_trials: int | None, timeout: 
 
     def view(p: StudyProgress) -> Group:
         pruned = f", {p.pruned} pruned" if p.pruned else ""
-        line = Text(f"trials: {p.done} done, {p.running} running, {p.failed} failed{pruned}, budget {p.budget}")
+        skipped = f", {p.skipped} skipped" if p.skipped else ""
+        line = Text(f"trials: {p.done} done, {p.running} running, {p.failed} failed{pruned}{skipped}, budget {p.budget}")
         parts = [line, _trials_table(p.best[:5], objective_names, "best so far")]
         if p.note:
             parts.insert(1, Text(p.note, style="yellow"))
@@ -85,7 +88,8 @@ def run_live(runner, objective_names: list[str], n_trials: int | None, timeout: 
             return
         seen.append(key)
         best = ", ".join(f"{n} {_fmt(v)}" for n, v in zip(objective_names, p.best[0].values or [])) if p.best else "-"
-        console.print(f"trials: {p.done} done, {p.failed} failed, {p.pruned} pruned, budget {p.budget}; best: {best}",
+        skipped = f", {p.skipped} skipped (over a parameter constraint)" if p.skipped else ""
+        console.print(f"trials: {p.done} done, {p.failed} failed, {p.pruned} pruned{skipped}, budget {p.budget}; best: {best}",
                       highlight=False, soft_wrap=True)
 
     try:

@@ -42,7 +42,16 @@ import numpy as np
 import xarray as xr
 
 from micro_doe.platform.descriptors import Descriptors
-from micro_doe.tracking.registry import LOCAL_UI, absolute_tracking_uri, ensure_experiment, mlflow_client, ui_hint
+from micro_doe.tracking.registry import (
+    LOCAL_UI,
+    ML_LAYOUT,
+    TRIALS_VIEW,
+    TRIALS_VIEW_QUERY,
+    absolute_tracking_uri,
+    ensure_experiment,
+    mlflow_client,
+    ui_hint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,36 @@ MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
 MAX_TAG_LENGTH = 8000  # ... and for a tag value
 _FINISHED = {"COMPLETE", "FINISHED", "PRUNED"}
 _FAILED = {"FAIL", "FAILED"}
+# MLflow's runs page nests trial runs under collapsed parents and hides metric columns; its
+# "shared view" (an experiment tag read through ?viewStateShareKey=) can filter, sort and pick
+# columns, so the study writes one: the trials flat, best first, what was searched and measured.
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # MLflow 3.17's prefix for a shared view of the runs page
+
+
+def trials_view(objectives: Sequence[tuple[str, str]], metrics: Sequence[str] = (), params: Sequence[str] = ()) -> dict:
+    """The runs page's state for the trials view: trial runs only (flat), sorted by the first
+    objective (best first), columns: the objectives, ``metrics``, the trial number, ``params``."""
+    names = [n for n, _ in objectives] + [m for m in metrics if m not in {n for n, _ in objectives}]
+    view: dict[str, Any] = {"searchFilter": "tags.`micro_doe.role` = 'trial'",
+                            "selectedColumns": [f"metrics.`{n}`" for n in names] + ["tags.`optuna_trial_number`"]
+                            + [f"params.`{p}`" for p in params]}  # fmt: skip
+    if objectives:
+        view |= {"orderByKey": f"metrics.`{objectives[0][0]}`", "orderByAsc": objectives[0][1] != "maximize"}
+    return view
+
+
+def trial_note(number: int, state: str, values: Mapping[str, float], params: Mapping[str, Any], n_volumes: int) -> str:
+    """A trial run's description: its objectives with units, and where its volumes come from."""
+    from micro_doe.studies.objectives import UNITS
+
+    shown = ", ".join(f"`{k}` = {v:.4g}{' ' + UNITS[k] if k in UNITS else ''}" for k, v in values.items()) or "none measured"
+    seed = params.get("seed")
+    seeds = f"seeds {seed} … {int(seed) + n_volumes - 1} (volume i from seed + i)" if seed is not None and n_volumes else "no volumes"
+    return (f"Trial {number} ({_OPTUNA_STATE.get(state, state)}): {shown}. Its {n_volumes} volume(s): {seeds}. "
+            "With the parameters of this run (the searched and fixed ones; for a shipped generator also the model, "
+            "`model_sha256` and every sampler setting, `setting.*`) they reproduce the volumes.")
+
+
 _OPTUNA_STATE = {"FINISHED": "COMPLETE", "FAILED": "FAIL"}  # MLflow's run status → Optuna's trial state
 
 
@@ -87,16 +126,23 @@ class StudyTracker:
 
     def run_url(self, run_id: str) -> str:
         """Where a person sees run ``run_id``: on the tracking server, or on ``mlflow ui``'s
-        default address for a database store (:attr:`run_url_hint` starts it)."""
-        base = self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
-        return f"{base}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        default address for a database store (:attr:`run_url_hint` starts it). It asks for the
+        model-training layout: MLflow 3.17 opens a run in its GenAI layout otherwise."""
+        return f"{self.ui_base}/#/experiments/{self.experiment_id}/runs/{run_id}?{ML_LAYOUT}"
 
-    def describe_experiment(self, objectives: Sequence[tuple[str, str]], glossary: Mapping[str, str], purpose: str = "") -> None:
+    @property
+    def ui_base(self) -> str:
+        return self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+
+    def describe_experiment(self, objectives: Sequence[tuple[str, str]], glossary: Mapping[str, str], purpose: str = "",
+                            columns: Sequence[str] = (), params: Sequence[str] = ()) -> None:  # fmt: skip
         """What the MLflow UI shows about the experiment: the model-training kind (runs, not
-        traces), the first objective as its primary metric, and a description (the tag
+        traces), the first objective as its primary metric, a description (the tag
         ``mlflow.note.content``) with the objectives and every metric's definition and unit,
-        since MLflow has no per-metric descriptions."""
-        lines = [f"**micro-doe study `{self.experiment}`**: one run per `micro-doe run` (parent), one child run per trial.",
+        since MLflow has no per-metric descriptions, and the trials view (:func:`trials_view`)."""
+        view = f"{self.ui_base}/#/experiments/{self.experiment_id}/runs?{TRIALS_VIEW_QUERY}"
+        lines = [f"**micro-doe study `{self.experiment}`**: one run per `micro-doe run` (parent), one child run per trial; "
+                 f"[every trial in one table]({view}), best first, with the objectives and searched settings as columns.",
                  *(["", f"Purpose: {_cell(purpose)}"] if purpose else []),
                  "", "Objectives: " + ", ".join(f"`{n}` ({d})" for n, d in objectives), "", "| metric | definition |", "|---|---|"]
         lines += [f"| `{name}` | {_cell(text)} |" for name, text in glossary.items()]
@@ -105,6 +151,7 @@ class StudyTracker:
         tags = {
             "mlflow.experimentKind": "custom_model_development",
             "mlflow.note.content": _clip("\n".join(lines), MAX_TAG_LENGTH),
+            SHARED_VIEW_TAG + TRIALS_VIEW: json.dumps(trials_view(objectives, columns, params)),
         }
         if objectives:
             tags |= {"mlflow.experiment.primaryMetric.name": objectives[0][0],
@@ -260,7 +307,7 @@ class StudyTracker:
             scalars = _numbers(metrics) | _numbers(values) | predicted_means(predicted)
             if seconds is not None:
                 scalars["trial_seconds"] = float(seconds)
-            extra_tags = []
+            extra_tags = [RunTag("mlflow.note.content", trial_note(trial_number, state_name, values, params, len(volumes)))]
             if reason:
                 extra_tags.append(RunTag("reason", _clip(reason, MAX_TAG_LENGTH)))
             logged = flatten_params(volume_provenance(volumes) | dict(params))

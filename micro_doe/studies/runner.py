@@ -92,6 +92,7 @@ class TrialRecord:
     values: list[float] | None
     reason: str | None = None
     violation: float = 0.0  # sum of positive constraint values; 0 when feasible
+    skipped: bool = False  # PRUNED unrun: it broke a constraint on its parameters (passes_per_volume)
 
 
 @dataclass
@@ -103,8 +104,9 @@ class StudyProgress:
     running: int
     budget: int
     best: list[TrialRecord] = field(default_factory=list)
-    note: str = ""
-    pruned: int = 0  # e.g. that nothing has happened for a while, and what Ray is waiting for
+    note: str = ""  # e.g. that nothing has happened for a while, and what Ray is waiting for
+    pruned: int = 0
+    skipped: int = 0  # points that broke a constraint on their parameters: never run, no budget used
 
 
 @dataclass
@@ -140,7 +142,12 @@ class StudyResult:
 
     @property
     def pruned(self) -> list[TrialRecord]:
-        return [t for t in self.trials if t.state == "PRUNED"]
+        return [t for t in self.trials if t.state == "PRUNED" and not t.skipped]
+
+    @property
+    def skipped(self) -> list[TrialRecord]:
+        """Points never run: they broke a constraint on their parameters."""
+        return [t for t in self.trials if t.skipped]
 
     def dashboard_command(self) -> str:
         return f"micro-doe dashboard {self.name}  # or: optuna-dashboard {self.storage} --host 127.0.0.1"
@@ -308,7 +315,8 @@ class Study:
         assert tracking is not None
         tracker = StudyTracker(tracking, spec.name, spec.artifacts, driver=self.driver_id)
         tracker.fail_stale_runs(live_drivers(study))  # another live driver's runs, on any host, stay
-        tracker.describe_experiment([(o.name, d) for o, d in self.objectives], METRICS | METRIC_PATTERN_NAMES, spec.purpose)
+        tracker.describe_experiment([(o.name, d) for o, d in self.objectives], METRICS | METRIC_PATTERN_NAMES, spec.purpose,
+                                    [c.metric for c in spec.constraints], list(spec.search))
         parent = tracker.start_invocation(spec.model_dump(mode="json", by_alias=True), {"driver": self.driver_id})
         tracker.example_image = example
         return tracker, parent
@@ -349,9 +357,11 @@ class Study:
         trials = study.get_trials(deepcopy=False)
         done = sum(t.state == TrialState.COMPLETE for t in trials)
         failed = sum(attrs.counted_failure(t) for t in trials)
-        pruned = sum(t.state == TrialState.PRUNED for t in trials)
+        skipped = sum(bool(t.user_attrs.get(attrs.SKIPPED)) for t in trials)
+        pruned = sum(t.state == TrialState.PRUNED for t in trials) - skipped
         best = [_record(t) for t in _best(study)] if done else []
-        return StudyProgress(done=done, failed=failed, running=running, budget=budget, best=best, pruned=pruned)
+        return StudyProgress(done=done, failed=failed, running=running, budget=budget, best=best, pruned=pruned,
+                             skipped=skipped)
 
     def _result(self, study: optuna.Study, parent: str | None, seconds: float, busy: float, startup: float) -> StudyResult:
         spec = self.spec
@@ -401,7 +411,8 @@ def _outcome(study: optuna.Study) -> list[dict[str, Any]]:
 def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
     violation = sum(max(0.0, float(v)) for v in t.system_attrs.get(CONSTRAINTS_KEY, ()))
     values = list(t.values) if t.values else None
-    return TrialRecord(t.number, t.state.name, dict(t.params), values, t.user_attrs.get(attrs.FAIL_REASON), violation)
+    return TrialRecord(t.number, t.state.name, dict(t.params), values, t.user_attrs.get(attrs.FAIL_REASON), violation,
+                       bool(t.user_attrs.get(attrs.SKIPPED)))
 
 
 def default_env() -> None:

@@ -464,11 +464,11 @@ class StudySpec(BaseModel):
                         f"or one of the study's objectives ({', '.join(names)}) or a registered objective",
                     )
                 )
-        known = {**{k: 0 for k in self.search}, **self.fixed}
+        declared: dict[str, Any] = {**{k: 0 for k in self.search}, **self.fixed}
         for i, metric in enumerate(metrics):
             if metric in PARAM_METRICS:
                 try:
-                    PARAM_METRICS[metric](known)
+                    PARAM_METRICS[metric](declared)
                 except (ValueError, TypeError) as err:
                     problems.append((f"constraints[{i}].metric", str(err)))
         if self.evaluation.tortuosity_axis is None:

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 MODELS_EXPERIMENT = "micro-doe-models"
 DEFAULT_TRACKING_URI = "sqlite:///micro-doe-runs/mlflow.db"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a database store by default
+TRIALS_VIEW = "micro-doe-trials"  # a study's shared view of its runs page (studies.mlflow_runs.trials_view)
+ML_LAYOUT = "workflowType=machine_learning"  # MLflow 3.17's model-training layout (GenAI's otherwise)
+TRIALS_VIEW_QUERY = f"viewStateShareKey={TRIALS_VIEW}&{ML_LAYOUT}"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 
@@ -80,8 +83,9 @@ def ui_hint(uri: str, experiment_id: str | None = None) -> str:
     """How a person opens the MLflow UI for a store: a tracking server is its own UI (open its
     URL); a database store is served locally with ``mlflow ui`` on 127.0.0.1 (the command on a
     line of its own, runnable as it is: :func:`runnable`). The experiment's link asks for the
-    runs ("machine learning") view: MLflow 3.17 opens the traces view otherwise."""
-    page = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else ""
+    runs ("machine learning") layout, MLflow 3.17 opens the traces one otherwise, and for the
+    study's trials view (every trial flat, best first; written by the study's tracker)."""
+    page = f"/#/experiments/{experiment_id}/runs?{TRIALS_VIEW_QUERY}" if experiment_id else ""
     if uri.startswith(("http://", "https://")):
         return f"open {uri.rstrip('/')}{page} (the tracking server serves the UI)"
     return f"{runnable('mlflow')} ui --backend-store-uri {uri} --host 127.0.0.1\n  then open {LOCAL_UI}{page}"

@@ -51,7 +51,7 @@ def test_invocation_and_trials_are_logged(store, trial_volumes, tmp_path, monkey
     tracker = StudyTracker(uri, "track-e2e", root / "artifacts")
     hint = tracker.run_url_hint
     assert "--host 127.0.0.1" in hint and tracker.tracking_uri in hint
-    assert hint.endswith(f"/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning")
+    assert hint.endswith(f"/#/experiments/{tracker.experiment_id}/runs?viewStateShareKey=micro-doe-trials&workflowType=machine_learning")
     parent = tracker.start_invocation(SPEC, tags={"study": "quick"})
     predicted = [{"phi": 0.41}, {"phi": 0.52}]
     ok = tracker.log_trial(

@@ -5,7 +5,11 @@ study attributes, Pareto tags, real trial durations, the experiment's kind and d
 
 from __future__ import annotations
 
+import html
+import json
 import re
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -61,7 +65,8 @@ def test_optuna_dashboard_shows_names_constraints_feasibility_and_attributes(fin
             assert shown["feasible"] == str(violation <= 0.0)
             assert float(shown["constraint: vf_error ≤ 0.05"]) == pytest.approx(violation + 0.05)  # the value, not slack
             assert [a["mimetype"] for a in t["artifacts"]] == ["image/png"]
-            assert re.fullmatch(r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}", shown["mlflow run"])
+            assert re.fullmatch(r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}\?workflowType=machine_learning",
+                                shown["mlflow run"])  # the model-training layout, not GenAI's
             assert float(shown["s2_error [%]"]) == pytest.approx(t["values"][0], rel=1e-3)  # named, with its unit
             assert float(shown["seconds_per_volume [s]"]) == pytest.approx(t["values"][1], rel=1e-3)
         feasible_front = {t.number for t in result.best_trials}
@@ -100,5 +105,64 @@ def test_mlflow_server_shows_durations_pareto_tags_and_descriptions(finished_stu
             seconds = next(m["value"] for m in run["data"]["metrics"] if m["key"] == "trial_seconds")
             duration = (int(run["info"]["end_time"]) - int(run["info"]["start_time"])) / 1000
             assert duration == pytest.approx(seconds, abs=0.01)
+        view = json.loads(tags["mlflow.sharedViewState.micro-doe-trials"])  # the description links to it
+        assert view["searchFilter"] == "tags.`micro_doe.role` = 'trial'" and view["orderByKey"] == "metrics.`s2_error`"
+        assert view["selectedColumns"][:3] == ["metrics.`s2_error`", "metrics.`seconds_per_volume`", "metrics.`vf_error`"]
+        assert "viewStateShareKey=micro-doe-trials&workflowType=machine_learning" in tags["mlflow.note.content"]
+        for run, run_tags in by_role["trial"]:  # units and provenance in each trial run's description
+            note = run_tags["mlflow.note.content"]
+            assert "`s2_error` = " in note and " %," in note and note.count(" s. ") >= 1
+            params = {p["key"]: p["value"] for p in run["data"]["params"]}
+            assert f"seeds {params['seed']} … {params['seed']}" in note and "model_sha256" in params
         artifacts = get_json(f"{api}/artifacts/list?run_id={parent['info']['run_id']}")
         assert {"pareto.csv", "pareto.png", "summary.json"} <= {f["path"] for f in artifacts["files"]}
+
+
+# ----------------------------------------------------------------------------- in a real browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium on the PATH (apt-get install chromium); "
+                                                             "`make browser-test` runs these where it is")
+
+
+def rendered(url: str) -> tuple[str, str]:
+    """(visible text, DOM) of ``url`` after its scripts ran for 15 s of virtual time in headless Chromium."""
+    dom = subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1440,1000",
+                          "--virtual-time-budget=15000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=180, check=True).stdout  # fmt: skip
+    text = re.sub(r"<(style|script)[^>]*>.*?</\1>", " ", dom, flags=re.S)
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))), dom
+
+
+@needs_chromium
+def test_a_browser_shows_the_trial_page_and_the_mlflow_run_it_links_to(finished_study):
+    root, result = finished_study
+    dash_port, mlflow_port = free_port(), free_port()
+    dash, base = f"http://127.0.0.1:{dash_port}", f"http://127.0.0.1:{mlflow_port}"
+    mlflow_server = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+                     "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"]
+    api = f"{base}/api/2.0/mlflow"
+    with (serving(dashboard_command(f"sqlite:///{root}/optuna.db", root / "artifacts" / "optuna", port=dash_port),
+                  f"{dash}/api/studies"),
+          serving(mlflow_server, f"{api}/experiments/get-by-name?experiment_name=review")):
+        (summary,) = get_json(f"{dash}/api/studies")["study_summaries"]
+        trial = result.completed[0]
+        text, dom = rendered(f"{dash}/dashboard/studies/{summary['study_id']}/trials?numbers={trial.number}")
+        assert f"Trial {trial.number}" in text
+        for seen in ("s2_error [%]", "seconds_per_volume [s]", "constraint: vf_error ≤ 0.05", "feasible", "mlflow run"):
+            assert seen in text, f"the trial page does not show {seen!r}"
+        assert re.search(rf'<img[^>]+alt="trial-{trial.number}\.png"[^>]+src="/artifacts/', dom)  # the montage
+        link = re.search(r"http://127\.0\.0\.1:5000(/#/experiments/\d+/runs/[0-9a-f]{32}\?workflowType=machine_learning)", text)
+        assert link is not None, "the trial page shows no link to its MLflow run"
+
+        run_text, _ = rendered(base + link.group(1))  # the run the trial page links to, on this server
+        assert f"trial-{trial.number}" in run_text and "Runs" in run_text and "Evaluations" not in run_text
+        for seen in ("s2_error", "model_sha256", "setting.n_h", "optuna_trial_number", "(volume i from seed + i)", " %,"):
+            assert seen in run_text, f"the MLflow run page does not show {seen!r}"
+
+        experiment = get_json(f"{api}/experiments/get-by-name?experiment_name=review")["experiment"]["experiment_id"]
+        view_text, _ = rendered(f"{base}/#/experiments/{experiment}/runs?viewStateShareKey=micro-doe-trials"
+                                "&workflowType=machine_learning")
+        shown = set(re.findall(r"trial-(\d+)", view_text))  # every trial, without expanding a parent row
+        assert shown == {str(t.number) for t in result.completed} and "s2_error" in view_text
+        assert "invocation-" not in view_text
