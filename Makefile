@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 LOCK   := requirements.lock
 
-.PHONY: install lock quickstart test docs bench models clean
+.PHONY: install lock quickstart test browser-test docs bench models clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: install
 	$(BIN)/mypy
 	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q
+
+# What a reviewer sees in a real browser (headless Chromium: `apt-get install chromium`): the
+# dashboard's trial page, the MLflow run it links to, and the trials view. CI runs it too
+# (.ci/run installs Chromium when it can); elsewhere the test skips without Chromium.
+browser-test: install
+	$(BIN)/python -m pytest -q -rs tests/studies/test_review_uis.py
 
 # The docs site (mkdocs.yml) into site/; `$(BIN)/mkdocs serve` shows it on 127.0.0.1:8000 while you write.
 docs: install
