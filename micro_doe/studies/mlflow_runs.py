@@ -141,9 +141,10 @@ class StudyTracker:
         ``mlflow.note.content``) with the objectives and every metric's definition and unit,
         since MLflow has no per-metric descriptions, and the trials view (:func:`trials_view`)."""
         view = f"{self.ui_base}/#/experiments/{self.experiment_id}/runs?{TRIALS_VIEW_QUERY}"
-        lines = [f"**micro-doe study `{self.experiment}`**: one run per `micro-doe run` (parent), one child run per trial; "
-                 f"[every trial in one table]({view}), best first, with the objectives and searched settings as columns.",
-                 *(["", f"Purpose: {_cell(purpose)}"] if purpose else []),
+        # The experiments list shows the description's start as raw text: it opens in plain words.
+        lines = [f"micro-doe study {self.experiment}: {_cell(purpose) if purpose else 'no purpose given'}", "",
+                 f"One run per `micro-doe run` (parent), one child run per trial; [every trial in one table]({view}), "
+                 "best first, with the objectives and searched settings as columns.",
                  "", "Objectives: " + ", ".join(f"`{n}` ({d})" for n, d in objectives), "", "| metric | definition |", "|---|---|"]
         lines += [f"| `{name}` | {_cell(text)} |" for name, text in glossary.items()]
         lines += ["| `trial_seconds` | wall time of the trial, generation to logging [s] |",
