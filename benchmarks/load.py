@@ -1,7 +1,7 @@
 """A long study with a generator that takes milliseconds: what the driver itself costs per trial.
 
-    python benchmarks/load.py [--trials 2000] [--storage sqlite:///micro-doe-runs/load/optuna.db]
-                              [--executor local|ray] [--sampler random|tpe] [--tracking]
+    python benchmarks/load.py [--trials 2000] [--storage sqlite:///micro-doe-runs/load/optuna.db | postgresql]
+                              [--executor local|ray] [--sampler random|tpe] [--tracking] [--pictures]
 
 The generator (registered here, ``instant-noise``) thresholds 8³ white noise: a millisecond per
 volume, so nearly all of a trial's time is the platform's: asking, evaluating the descriptors of
@@ -12,14 +12,24 @@ tortuosity. Beside it, in the same run and on the same kind of storage, Optuna's
 Printed per row: trials, wall seconds, milliseconds per trial (all of it, and the last 10 %
 alone: does a trial get slower as the study grows?), the storage's size on disk, and the
 driver's peak resident memory. ``--tracking`` adds an MLflow run per trial (sqlite beside the
-storage). PostgreSQL: give its URL as ``--storage``; the size column then says n/a.
+storage); ``--pictures`` draws each trial's montage (the study's ``pictures: true``, its default;
+off here, as a study of a millisecond generator would set it). ``--storage postgresql`` starts a
+PostgreSQL of its own (initdb and pg_ctl on the PATH; on 127.0.0.1, in a temporary folder,
+stopped at the end) and measures both rows there; the size column then gives the database's size.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +58,12 @@ class InstantNoise:
 
 
 def db_size(url: str) -> str:
+    if url.startswith("postgresql"):
+        import sqlalchemy
+
+        with sqlalchemy.create_engine(url).connect() as conn:
+            size = conn.execute(sqlalchemy.text("SELECT pg_database_size(current_database())")).scalar_one()
+        return f"{size / 1e6:.1f} MB"
     if not url.startswith("sqlite:///"):
         return "n/a"
     path = Path(url[len("sqlite:///") :])
@@ -57,6 +73,40 @@ def db_size(url: str) -> str:
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def own_postgres() -> Iterator[str]:
+    """A PostgreSQL server of the benchmark's own on 127.0.0.1 (a free port, a temporary data
+    folder; as root it runs as the ``postgres`` user), with two empty databases; yields its URL
+    without a database name."""
+    folder = Path(tempfile.mkdtemp(prefix="micro-doe-load-pg-"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def as_pg(*cmd: str) -> None:
+        if os.getuid() == 0:
+            shutil.chown(folder, "postgres")
+            cmd = ("su", "postgres", "-s", "/bin/sh", "-c", " ".join(cmd))
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    as_pg("initdb", "-D", f"{folder}/data", "-A", "trust", "-U", "postgres")
+    as_pg("pg_ctl", "-D", f"{folder}/data", "-o", f"'-p {port} -k /tmp -c listen_addresses=127.0.0.1'",
+          "-l", f"{folder}/pg.log", "-w", "start")  # fmt: skip
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres",
+                                          isolation_level="AUTOCOMMIT")  # fmt: skip
+        with engine.connect() as conn:
+            for name in ("micro_doe", "optuna_alone"):
+                conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+        engine.dispose()
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        as_pg("pg_ctl", "-D", f"{folder}/data", "stop", "-m", "fast")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def micro_doe_row(args: argparse.Namespace, storage: str, folder: Path) -> dict:
@@ -71,7 +121,7 @@ def micro_doe_row(args: argparse.Namespace, storage: str, folder: Path) -> dict:
         "constraints": [{"metric": "volume_fraction", "max": 0.7}], "sampler": {"kind": args.sampler, "seed": 0},
         "budget": {"n_trials": args.trials}, "evaluation": {"phase": "pore", "tortuosity_axis": None},
         "storage": storage, "tracking": f"sqlite:///{folder}/mlflow.db" if args.tracking else None,
-        "artifacts": str(folder / "artifacts"),
+        "artifacts": str(folder / "artifacts"), "pictures": args.pictures,
     }  # fmt: skip
     start = time.perf_counter()
     result = md.Study(spec, executor=args.executor).run(on_progress=progress)
@@ -79,7 +129,8 @@ def micro_doe_row(args: argparse.Namespace, storage: str, folder: Path) -> dict:
     done = [(n, t) for n, t in marks if n > 0]
     tail_from = next(t for n, t in done if n >= int(0.9 * args.trials))
     tail_ms = 1000 * (done[-1][1] - tail_from) / max(done[-1][0] - int(0.9 * args.trials), 1)
-    return {"what": f"micro-doe ({args.executor} executor{', MLflow' if args.tracking else ''})", "trials": len(result.trials),
+    extras = (", MLflow" if args.tracking else "") + (", montages" if args.pictures else ", no pictures")
+    return {"what": f"micro-doe ({args.executor} executor{extras})", "trials": len(result.trials),
             "wall": wall, "ms": 1000 * wall / args.trials, "tail_ms": tail_ms, "size": db_size(storage), "mb": peak_mb()}
 
 
@@ -105,13 +156,16 @@ def main() -> None:
     parser.add_argument("--executor", choices=("local", "ray"), default="local")
     parser.add_argument("--sampler", choices=("random", "tpe"), default="random")
     parser.add_argument("--tracking", action="store_true", help="an MLflow run per trial (sqlite)")
+    parser.add_argument("--pictures", action="store_true", help="draw each trial's montage (a study's default)")
     args = parser.parse_args()
     folder = Path("micro-doe-runs/load")
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.db*"):
         old.unlink()  # a fresh study each run (this folder is the benchmark's own)
-    reference_storage = args.storage.replace("optuna.db", "optuna-alone.db")
-    rows = [optuna_row(args, reference_storage), micro_doe_row(args, args.storage, folder)]
+    with own_postgres() if args.storage == "postgresql" else nullcontext(None) as pg:
+        storage = args.storage if pg is None else f"{pg}/micro_doe"
+        reference_storage = args.storage.replace("optuna.db", "optuna-alone.db") if pg is None else f"{pg}/optuna_alone"
+        rows = [optuna_row(args, reference_storage), micro_doe_row(args, storage, folder)]
     print(f"\n### {args.trials} trials, sampler {args.sampler}, storage {args.storage.split(':')[0]}\n")
     print("| loop | trials | wall s | ms / trial | ms / trial, last 10 % | storage on disk | driver peak memory MB |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -108,6 +108,7 @@ class StudyTracker:
         self.driver = driver or uuid.uuid4().hex  # the study driver's id: one id in both stores
         self.parent_run_id: str | None = None
         self.example_image: xr.DataArray | None = None  # a training image shown atop every montage
+        self.pictures = True  # montage.png and curves.png per trial (a study's `pictures: false` turns them off)
 
     def artifact_location(self, experiment: str) -> str | None:
         """Where a new experiment keeps its artifacts: for a tracking server, its own default
@@ -365,9 +366,9 @@ class StudyTracker:
             vols = list(volumes)
             for i, vol in enumerate(vols):
                 attempt(f"sample-{i}.nc", lambda i=i, vol=vol: write_netcdf(vol, out / "volumes" / f"sample-{i}.nc"))
-            if vols:
+            if vols and self.pictures:
                 attempt("montage.png", lambda: self.montage_png(vols, out / "montage.png", title=f"trial {number}"))
-            if vols and reference is not None:
+            if vols and reference is not None and self.pictures:
 
                 def curves() -> None:
                     ref = reference_curves(reference)

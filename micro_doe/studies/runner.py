@@ -319,6 +319,7 @@ class Study:
                                     [c.metric for c in spec.constraints], list(spec.search))
         parent = tracker.start_invocation(spec.model_dump(mode="json", by_alias=True), {"driver": self.driver_id})
         tracker.example_image = example
+        tracker.pictures = spec.pictures
         return tracker, parent
 
     # ------------------------------------------------------------------ helpers

@@ -361,6 +361,8 @@ class StudySpec(BaseModel):
                          description=f"Optuna RDB URL, or '{MEMORY_STORAGE}': this process's memory, gone when it ends")
     tracking: str | None = Field("sqlite:///micro-doe-runs/mlflow.db", description="MLflow tracking URI; null: no MLflow")
     artifacts: str = Field("micro-doe-runs/artifacts", description="artifact folder (or URI)")
+    pictures: bool = Field(True, description="draw each trial's slice montage and S2/L curves (optuna-dashboard, MLflow); "
+                           "false for a generator that takes milliseconds, where drawing is most of a trial's cost")
 
     @field_validator("name")
     @classmethod

@@ -192,7 +192,7 @@ class TrialLifecycle:
         """The trial's slice montage into the artifact store, where optuna-dashboard shows it."""
         from micro_doe.studies.dashboard import trial_montage, upload_trial_image
 
-        if self.store is None:
+        if self.store is None or not self.spec.pictures:
             return
         png = Path(self.spec.artifacts) / "montages" / f"trial-{ctx.number}.png"
         try:

@@ -72,6 +72,16 @@ def test_a_notebook_study_runs_in_memory_without_ray_or_mlflow(tmp_path, tiny_bu
     assert len(study.run(n_trials=4).completed) == 4
 
 
+def test_pictures_false_draws_no_montage_or_curves(tmp_path, tiny_bundle):
+    spec = spec_of(tmp_path, tiny_bundle, budget={"n_trials": 2}, pictures=False, name="no-pictures",
+                   tracking=f"sqlite:///{tmp_path}/mlflow.db", artifacts=str(tmp_path / "art"))
+    result = Study(spec, executor="local").run()
+    assert len(result.completed) == 2
+    files = [p.name for p in (tmp_path / "art").rglob("*") if p.is_file()]
+    assert "sample-0.nc" in files  # the volumes are still logged
+    assert not [f for f in files if f.endswith(".png") and f != "pareto.png"]  # no montage, no curves
+
+
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, tiny_bundle):
     spec = spec_of(tmp_path, tiny_bundle, constraints=[], budget={"n_trials": 6}, search={"steps": {"int": [2, 4]}},
                    fixed={"n_h": 0}, name="failing")
