@@ -13,6 +13,16 @@ treats ``ValueError``, ``OSError`` and pydantic's ``ValidationError`` as input e
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """``$MICRO_DOE_CACHE`` if set, else ``~/.cache/micro-doe``: downloaded models, and the logs
+    (``logs/``: error tracebacks, Ray's messages to the driver)."""
+    root = os.environ.get("MICRO_DOE_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "micro-doe"
+
 
 class MicroDoeError(Exception):
     """Base of every error micro-doe raises on purpose."""

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import ray
 
-from micro_doe.errors import ExecutionError, InputError, MicroDoeError
+from micro_doe.errors import ExecutionError, InputError, MicroDoeError, cache_root
 from micro_doe.platform.interrupts import interrupted
 
 RESTARTS = 2  # an actor process may die this many times (OOM, node loss, ray.kill) and come back
@@ -57,7 +57,8 @@ def connect(num_cpus: int | None = None) -> ClusterInfo:
     that cluster (``num_cpus`` ignored too: a cluster's resources are its own); a closed port
     fails at once, a refused token after Ray's own ~20 s of retries, both as
     :class:`ClusterConnectionError`. Otherwise start a local instance with ``num_cpus``
-    (default: all cores), no dashboard, worker logs kept out of the driver's terminal.
+    (default: all cores), no dashboard, worker logs kept out of the driver's terminal, and the
+    messages Ray pushes to the driver kept in :func:`ray_messages_log`.
     ``RAY_AUTH_MODE`` must be in the environment before ``import ray`` (Ray reads it then).
     """
     global _started_local
@@ -84,10 +85,48 @@ def connect(num_cpus: int | None = None) -> ClusterInfo:
     return _info(_started_local)
 
 
+def ray_messages_log() -> Path:
+    """Where the driver writes the messages Ray's cluster pushes to it (see :func:`_keep_ray_messages_in_a_log`)."""
+    return cache_root() / "logs" / "ray-messages.log"
+
+
+def _keep_ray_messages_in_a_log() -> None:
+    """Ray's driver prints every error message the cluster pushes to it ("(raylet) Task …
+    failed … will be retried", a lost node's details) to stdout from a thread of its own,
+    whatever ``log_to_driver`` says; a node loss put about 56 such lines between the study's
+    progress lines. They go to :func:`ray_messages_log` instead, appended with the time; the
+    study's own notes say what happened in one line. (Ray has no switch for it: its module
+    function ``print_to_stdstream`` is wrapped, once.)"""
+    import datetime
+
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "_micro_doe", False):
+        return
+
+    def to_log(data: dict, ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            return original(data, ignore_prefix)
+        try:
+            path = ray_messages_log()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stamp = datetime.datetime.now().isoformat(timespec="seconds")
+            with open(path, "a") as f:
+                f.writelines(f"{stamp} {line}\n" for line in data.get("lines", []))
+        except OSError:
+            return original(data, ignore_prefix)  # never lose a message: the terminal then
+        return None
+
+    to_log._micro_doe = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_log
+
+
 def _init(**kwargs: Any) -> None:
     """``ray.init``, stopped cleanly by Ctrl-C or SIGTERM while it starts: what it started is shut
     down, and SIGTERM comes out as :class:`~micro_doe.platform.interrupts.Interrupted` (ray.init
     installs a SIGTERM handler that calls ``sys.exit(15)``: a silent exit 15, Ray left running)."""
+    _keep_ray_messages_in_a_log()
     try:
         ray.init(**kwargs)
     except SystemExit as stop:

@@ -106,6 +106,10 @@ class EvaluatorPool:
         for ref in refs:
             self._assigned.pop(ref, None)
 
+    def calls_of(self, actor: Any) -> list[ray.ObjectRef]:
+        """The calls in flight on ``actor``."""
+        return [ref for ref, a in self._assigned.items() if a == actor]
+
     def suspend(self, actor: Any) -> None:
         """Take ``actor`` out of the rotation (its process or node failed) until :meth:`restore`."""
         if actor in self._actors:
@@ -123,7 +127,7 @@ class EvaluatorPool:
         self._actors = [a for a in self._actors if a != actor]
         self._suspended = [a for a in self._suspended if a != actor]
         ray.kill(actor, no_restart=True)
-        orphans = [ref for ref, a in self._assigned.items() if a == actor]
+        orphans = self.calls_of(actor)
         self.forget(orphans)
         return orphans
 

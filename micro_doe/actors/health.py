@@ -13,6 +13,10 @@ is gone but not yet declared dead), restarting, or dead. None of that is the tri
    room) for ``wait_s``. Actors never seen ALIVE are still starting and are not judged by
    the GCS; ``UNKNOWN`` never counts against an actor.
 
+An actor the GCS shows away from ALIVE is quarantined at that read, before any call of it
+fails (:meth:`ActorHealth.take_newly_away`): its calls in flight would otherwise wait for Ray
+to restart it on a node with room, up to ``wait_s``, while other actors could do them now.
+
 The GCS is read with :func:`actor_state` at most every ``check_every_s`` seconds.
 """
 
@@ -58,6 +62,7 @@ class ActorHealth:
     _away_since: dict[Hashable, float] = field(default_factory=dict)
     _states: dict[Hashable, str] = field(default_factory=dict)  # key → its state at the last GCS read
     _checked: float = -math.inf
+    _newly_away: list[tuple[Hashable, str]] = field(default_factory=list)  # quarantined at a GCS read
 
     def fail(self, key: Hashable, err: BaseException, now: float | None = None) -> None:
         """A call to ``key`` failed with ``err`` (an actor failure): keep it out of work."""
@@ -118,12 +123,21 @@ class ActorHealth:
                     since = self._away_since.setdefault(key, now)
                     if now - since >= self.wait_s:
                         lost[key] = f"no node took it within {self.wait_s:g} s (state {state})"
+                    elif key not in self.quarantined:  # its node is gone: take its work elsewhere now
+                        self.fail(key, RuntimeError(f"Ray shows it {state}: its process or node was lost"), now)
+                        self._newly_away.append((key, self.reasons[key]))
         for key in lost:
             self._release(key)
             self._seen_alive.discard(key)
             self._away_since.pop(key, None)
             self._states.pop(key, None)
         return recovered, list(lost.items())
+
+    def take_newly_away(self) -> list[tuple[Hashable, str]]:
+        """Actors quarantined since the last call because the GCS showed them away from ALIVE,
+        with why: their calls in flight are not coming back soon (re-queue them elsewhere)."""
+        taken, self._newly_away = [k for k in self._newly_away if k[0] in self.quarantined], []
+        return taken
 
     def waiting(self) -> dict[Hashable, str]:
         """Actors that cannot be working now: in quarantine, or away from ALIVE at the last GCS

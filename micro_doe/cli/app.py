@@ -30,9 +30,8 @@ from micro_doe.cli.run import dashboard, run
 from micro_doe.cli.studies import schema, studies
 from micro_doe.cli.train import train_app
 from micro_doe.cli.tune import tune
-from micro_doe.errors import ExecutionError
+from micro_doe.errors import ExecutionError, cache_root
 from micro_doe.platform.interrupts import exit_code, interrupt_name, interrupts_raise, last_signal, was_reported
-from micro_doe.tracking.registry import cache_root
 
 app = typer.Typer(
     name="micro-doe",

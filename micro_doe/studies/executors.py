@@ -36,13 +36,16 @@ class ActorLost(ExecutionError):
 
 @dataclass
 class Lost:
-    """An actor given up for good: its kind, the generator's index (generators), why, and the
-    handles of its calls in flight (evaluators; a generator's trial is known by its index)."""
+    """An actor given up (``for_good``) or away for now (its node was lost; Ray may restart it,
+    and it takes work again once it answers): its kind, the generator's index (generators), why,
+    and the handles of its calls in flight (evaluators; a generator's trial is known by its
+    index). Either way its calls in flight are not coming back soon."""
 
     kind: str
     why: str
     generator: int | None = None
     handles: list[Any] = field(default_factory=list)
+    for_good: bool = True
 
 
 class Executor(Protocol):
@@ -230,8 +233,8 @@ class RayExecutor:
             self._calls.pop(h, None)
 
     def check(self) -> tuple[list[int], list[Lost]]:
-        """(generators back from quarantine, actors lost for good). Evaluators back from
-        quarantine go back into the pool here; lost actors are stopped."""
+        """(generators back from quarantine, actors lost or away). Evaluators back from
+        quarantine go back into the pool here, away ones out of it; lost actors are stopped."""
         import ray
 
         actors: dict[Hashable, Any] = {("generator", i): self._generators[i] for i in self.live_generators}
@@ -245,6 +248,15 @@ class RayExecutor:
             else:
                 self._pool.restore(actors[key])
         gone = []
+        for key, why in self._health.take_newly_away():  # quarantined, not lost: it may come back
+            kind, index = cast(tuple[str, Any], key)
+            if kind == "generator":
+                for ref in [r for r, g in self._calls.items() if g == index]:
+                    del self._calls[ref]
+                gone.append(Lost("generator", why, generator=index, for_good=False))
+            elif key in actors:
+                self._pool.suspend(actors[key])
+                gone.append(Lost("evaluator", why, handles=self._pool.calls_of(actors[key]), for_good=False))
         for key, why in lost:
             kind, index = cast(tuple[str, Any], key)
             if kind == "generator":

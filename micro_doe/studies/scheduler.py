@@ -3,8 +3,9 @@
 Each pass of the loop, in order:
 
 1. renew this driver's lease, and say when other drivers join the study;
-2. actors back from quarantine take work again; trials of lost actors are failed and re-queued
-   (:meth:`Scheduler.check_actors`); with no generator or evaluator left the run stops;
+2. actors back from quarantine take work again; trials of lost actors, and of actors Ray shows
+   away (their node died; Ray may restart them), are failed and re-queued at once to the actors
+   left (:meth:`Scheduler.check_actors`); with no generator or evaluator left the run stops;
 3. past ``timeout_s``, the trials in flight are failed and re-queued, and the run ends;
 4. free generators get work: trials that passed a pruning decision first, then new trials
    (:meth:`Scheduler.start_trials`), while the budget lasts and evaluation is not backed up;
@@ -253,8 +254,15 @@ class Scheduler:
                 for ctx in victims:
                     self.evaluating.remove(ctx)
                     self.executor.forget(ctx.eval_handles)
+            word = "lost" if gone.for_good else "away"
             for ctx in victims:
-                self.fail(ctx, f"{gone.kind} actor lost: {gone.why}; re-queued", requeue=True)
+                self.fail(ctx, f"{gone.kind} actor {word}: {gone.why}; re-queued", requeue=True)
+            if not gone.for_good:  # quarantined: it takes work again once it answers (check: recovered)
+                note = (f"{gone.kind} actor away ({gone.why}); {len(victims)} trial(s) re-queued to the actors left; it "
+                        f"rejoins once Ray restarts it, or is given up after {self.spec.resources.placement_timeout_s:g} s")
+                log.warning(note)
+                self.report(note)
+                continue
             if self.executor.live_generators and self.executor.n_evaluators:
                 note = (f"{gone.kind} actor lost ({gone.why}); {len(victims)} trial(s) re-queued; going on with "
                         f"{len(self.executor.live_generators)} generator(s) and {self.executor.n_evaluators} evaluator(s)")

@@ -37,6 +37,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from micro_doe.errors import cache_root
 from micro_doe.platform.bundles import REGISTRY_PREFIX
 from micro_doe.platform.volumes import current_umask
 
@@ -300,12 +301,6 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
         if name and (version.isdigit() or version == "latest"):
             return name, None, version
     raise ValueError(f"{ref}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-
-
-def cache_root() -> Path:
-    """``$MICRO_DOE_CACHE`` if set, else ``~/.cache/micro-doe``: downloaded models, error logs."""
-    root = os.environ.get("MICRO_DOE_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "micro-doe"
 
 
 def default_cache_dir() -> Path:

@@ -148,3 +148,44 @@ def test_lost_nodes_requeue_their_trials_and_the_budget_stays_exact(tmp_path, ti
     for t in (t for t in trials if t.user_attrs.get("requeued")):  # every re-queued trial ran again
         again = [c for c in complete if c.user_attrs.get("requeued_from") == t.number]
         assert len(again) == 1 and again[0].params == t.params and again[0].user_attrs["seed"] == t.user_attrs["seed"]
+
+
+def test_a_lost_evaluator_node_requeues_its_trial_at_once_to_the_actors_left(tmp_path, tiny_bundle, cluster, monkeypatch,
+                                                                            capfd):  # fmt: skip
+    """With a placement timeout far longer than the study, the trial whose evaluator's node died
+    is re-queued as soon as Ray shows the actor away (or its call fails), not after the timeout;
+    Ray's messages about it go to a log file, not the terminal."""
+    from micro_doe.actors.cluster import _keep_ray_messages_in_a_log, ray_messages_log
+
+    monkeypatch.setenv("MICRO_DOE_CACHE", str(tmp_path / "cache"))
+    _keep_ray_messages_in_a_log()  # what connect() does (this module's fixture called ray.init itself)
+    while len(cluster.worker_nodes) < 3:
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    path = write_study(
+        tmp_path, tiny_bundle, budget={"n_trials": 4}, constraints=[],
+        search={"n_h": {"int": [2, 3]}, "steps": {"int": [6, 8]}},
+        resources={"generators": 1, "evaluators": 2, "placement_timeout_s": 3600},
+    )  # fmt: skip
+    killed: list[str] = []
+    notes: list[str] = []
+
+    def on_progress(progress) -> None:  # type: ignore[no-untyped-def]
+        if progress.note:
+            notes.append(progress.note)
+        if not killed and progress.done >= 1:
+            killed.append(remove_node_of(cluster, "evaluator"))
+
+    result = Study.from_yaml(path).run(on_progress=on_progress)
+    trials = optuna.load_study(study_name="e2e", storage=f"sqlite:///{tmp_path}/optuna.db").get_trials()
+    assert killed and len(result.completed) == 4 and not [t for t in trials if t.state == TrialState.RUNNING]
+    requeued = [t for t in trials if t.user_attrs.get("requeued")]
+    for t in requeued:  # away (the GCS read) or unavailable (its call failed): never the hour's timeout
+        reason = t.user_attrs["fail_reason"]
+        assert "evaluator actor" in reason and "no answer within" not in reason and "3600" not in reason, reason
+    assert len({t.user_attrs["seed"] for t in trials if t.state == TrialState.COMPLETE}) == 4  # nothing ran twice
+    time.sleep(1)  # Ray's error thread polls
+    printed = capfd.readouterr()
+    assert "(raylet)" not in printed.out + printed.err and "will be retried" not in printed.out + printed.err
+    if requeued:  # a failed call: Ray told the driver, into the log
+        assert "EvaluatorWorker" in ray_messages_log().read_text()
