@@ -360,7 +360,7 @@ class Study:
         failed = sum(attrs.counted_failure(t) for t in trials)
         skipped = sum(bool(t.user_attrs.get(attrs.SKIPPED)) for t in trials)
         pruned = sum(t.state == TrialState.PRUNED for t in trials) - skipped
-        best = [_record(t) for t in _best(study)] if done else []
+        best = [_record(t) for t in _best(study, trials)] if done else []
         return StudyProgress(done=done, failed=failed, running=running, budget=budget, best=best, pruned=pruned,
                              skipped=skipped)
 
@@ -383,12 +383,15 @@ class Study:
         )
 
 
-def _best(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Feasible Pareto-optimal trials (the single best for one objective)."""
-    try:
-        return list(study.best_trials)
-    except ValueError:
-        return []
+def _best(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> list[optuna.trial.FrozenTrial]:
+    """Feasible Pareto-optimal trials (for one objective, the best ones), as ``study.best_trials``
+    gives them but read once without copies: Optuna's deep-copies every trial, which made the
+    progress display the largest cost of a long study's trial. ``trials``: already read."""
+    from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    return _get_pareto_front_trials_by_trials(complete, study.directions, consider_constraint=True)
 
 
 def _outcome(study: optuna.Study) -> list[dict[str, Any]]:
