@@ -202,6 +202,19 @@ def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) 
             "tuning": generator.bundle.config.tuning.model_dump() if generator.bundle.config.tuning else None}
 
 
+def add_peers(result: dict, name: str, n_volumes: int, peers: dict) -> dict:
+    """The peers' rows added to an earlier measurement of ``name`` (same fresh cubes, same judges)."""
+    phase = result["phase"]
+    names = Micro3DiffConfig.model_validate_json((Path(result["bundle"]) / "config.json").read_text()).phase_names \
+        if "bundle" in result else None
+    label_of = names.index(phase) if names else 1
+    truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
+    for peer, got in peers.items():
+        what = f"{peer}" + (f" (trained {got['train_seconds'] / 60:.0f} min)" if got["train_seconds"] else "")
+        result["rows"][what] = judge(got["volumes"], truth, label_of, got["seconds"])
+    return result
+
+
 def print_table(result: dict, n_volumes: int) -> None:
     print(f"\n### {result['name']} (phase {result['phase']}; {n_volumes} volumes of {SIZE}³ per row, judged against "
           f"{n_volumes} fresh cubes; vf is a target of the anchored variant, shown but never a judge)\n")
@@ -219,7 +232,8 @@ def main() -> None:
     parser.add_argument("--tune-budget", default="16")
     parser.add_argument("--volumes", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("micro-doe-runs/unseen"))
-    parser.add_argument("--stage", choices=("all", "data", "train", "measure"), default="all")
+    parser.add_argument("--stage", choices=("all", "data", "train", "measure", "peers"), default="all",
+                        help="peers: only the --peers' rows, added to the earlier results in --json")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--peers", nargs="*", default=[], choices=("mcrpy", "slicegan"))
     parser.add_argument("--slicegan", type=Path, default=Path(".peers/SliceGAN"), help="a SliceGAN checkout")
@@ -244,7 +258,11 @@ def main() -> None:
             continue
         images = training_stack(data, bundle)
         peers = {peer: run_peer(peer, name, images, args.out.resolve(), args.volumes, args) for peer in args.peers}
-        results.append(measure(name, bundle, args.volumes, peers))
+        if args.stage == "peers":  # the earlier Micro3Diff rows stay as measured; the peers join them
+            earlier = next(r for r in json.loads(args.json.read_text())["results"] if r["name"] == name)
+            results.append(add_peers(earlier | {"bundle": str(bundle)}, name, args.volumes, peers))
+        else:
+            results.append(measure(name, bundle, args.volumes, peers))
         print_table(results[-1], args.volumes)
         if args.json:
             args.json.write_text(json.dumps({"volumes": args.volumes, "steps": args.steps, "results": results}, indent=1))

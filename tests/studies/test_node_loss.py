@@ -93,6 +93,33 @@ def test_actor_health_quarantines_probes_and_gives_up(cluster):
     ray.kill(healthy, no_restart=True)
 
 
+def test_an_actor_whose_node_died_is_quarantined_at_the_first_gcs_read(cluster):
+    """Before any call of it fails: its work can go elsewhere while Ray waits for room for it."""
+    node = cluster.add_node(num_cpus=0, resources={"only_here": 1})
+    cluster.wait_for_nodes()
+
+    @ray.remote(num_cpus=0, resources={"only_here": 1}, max_restarts=-1)
+    class Pinned:
+        def ping(self) -> int:
+            return 1
+
+    actor = Pinned.remote()
+    ray.get(actor.ping.remote())
+    health = ActorHealth(wait_s=3600.0, probe_every_s=3600.0, check_every_s=0.0)
+    assert health.poll({"pinned": actor}) == ([], []) and health.take_newly_away() == []  # seen ALIVE
+    cluster.remove_node(node, allow_graceful=False)  # no other node has `only_here`: it cannot come back
+    away: list = []
+    deadline = time.monotonic() + 120
+    while not away and time.monotonic() < deadline:
+        time.sleep(0.5)
+        recovered, lost = health.poll({"pinned": actor})
+        assert recovered == [] and lost == []  # away, not given up: the hour has not passed
+        away = health.take_newly_away()
+    assert [k for k, _ in away] == ["pinned"] and "process or node was lost" in away[0][1]
+    assert "pinned" in health.quarantined and health.take_newly_away() == []  # reported once
+    ray.kill(actor, no_restart=True)
+
+
 def test_lost_nodes_requeue_their_trials_and_the_budget_stays_exact(tmp_path, tiny_bundle, cluster):
     path = write_study(
         tmp_path, tiny_bundle, budget={"n_trials": 4}, constraints=[],
