@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 LOCK   := requirements.lock
 
-.PHONY: install lock quickstart test browser-test docs bench models clean
+.PHONY: install lock quickstart test browser-test chaos-test docs bench models clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: install
 # (.ci/run installs Chromium when it can); elsewhere the test skips without Chromium.
 browser-test: install
 	$(BIN)/python -m pytest -q -rs tests/studies/test_review_uis.py
+
+# A 20-trial study on a 3-node local Ray cluster whose worker nodes are killed and replaced every
+# 10 s (a few minutes; prints its figures).
+chaos-test: install
+	MICRO_DOE_CHAOS=1 $(BIN)/python -m pytest -q -s tests/studies/test_chaos.py
 
 # The docs site (mkdocs.yml) into site/; `$(BIN)/mkdocs serve` shows it on 127.0.0.1:8000 while you write.
 docs: install

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from ldm_fixtures import TINY_OPV_DATA, one_torch_thread, tiny_ldm_recipe
 
+pytest_plugins = ["ray_clusters"]  # the `cluster` fixture: a real multi-node Ray cluster (node-loss tests)
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:

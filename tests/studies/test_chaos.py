@@ -1,0 +1,76 @@
+"""Chaos: a 20-trial study on a 3-node local Ray cluster while worker nodes are killed and
+replaced again and again. It must end with the exact budget, nothing RUNNING and no trial lost
+or run twice. A few minutes on 2 cores, so it runs as ``make chaos-test``
+(``MICRO_DOE_CHAOS=1``), not in ``make test``; it prints its figures (docs/explanation/studies.md)."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from study_fixtures import write_study
+
+from micro_doe.studies.runner import Study
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore"),
+    pytest.mark.skipif(not os.environ.get("MICRO_DOE_CHAOS"), reason="minutes long: `make chaos-test` runs it"),
+]
+
+TRIALS = 20
+EVERY_S = 10.0  # a worker node is killed (and a fresh one added) this often
+
+
+def test_a_study_survives_nodes_killed_and_replaced_again_and_again(tmp_path, tiny_bundle, cluster):
+    path = write_study(
+        tmp_path, tiny_bundle, budget={"n_trials": TRIALS}, constraints=[],
+        search={"n_h": {"int": [1, 3]}, "steps": {"int": [6, 10]}},
+        resources={"generators": 1, "evaluators": 2, "placement_timeout_s": 60},
+    )  # fmt: skip
+    stop, kills = threading.Event(), []
+    rng = random.Random(0)
+
+    def chaos() -> None:
+        while not stop.wait(EVERY_S):
+            victim = rng.choice(sorted(cluster.worker_nodes, key=lambda n: n.node_id))
+            cluster.remove_node(victim, allow_graceful=False)
+            cluster.add_node(num_cpus=1)  # a replacement: the study's actors restart there
+            kills.append(time.monotonic())
+
+    start = time.monotonic()
+    killer = threading.Thread(target=chaos, daemon=True)
+    killer.start()
+    runs = 0
+    try:
+        while True:  # a run that lost every actor of a kind stops; the operator reruns it
+            runs += 1
+            try:
+                Study.from_yaml(path).run()
+                break
+            except Exception as err:  # noqa: BLE001 — CapacityLostError: rerun, as documented
+                assert "every" in str(err) and "actor was lost" in str(err), err
+                assert runs < 10
+    finally:
+        stop.set()
+        killer.join()
+    wall = time.monotonic() - start
+
+    trials = optuna.load_study(study_name="e2e", storage=f"sqlite:///{tmp_path}/optuna.db").get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    requeued = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("requeued")]
+    counted_failures = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("requeued")]
+    assert len(complete) == TRIALS and not counted_failures
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    seeds = [t.user_attrs["seed"] for t in complete]
+    assert len(set(seeds)) == TRIALS  # nothing ran twice
+    for t in requeued:  # every re-queued trial ran again, with its parameters and seed
+        again = [c for c in complete if c.user_attrs.get("requeued_from") == t.number]
+        assert len(again) == 1 and again[0].params == t.params and again[0].user_attrs["seed"] == t.user_attrs["seed"]
+    print(f"\nchaos: {TRIALS} trials complete in {wall:.0f} s over {runs} run(s); {len(kills)} worker nodes killed "
+          f"(one every {EVERY_S:g} s, each replaced); {len(requeued)} trials re-queued and run again; "
+          f"{len(trials)} trial records in all; nothing RUNNING, nothing lost, nothing run twice")
