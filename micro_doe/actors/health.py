@@ -10,8 +10,9 @@ is gone but not yet declared dead), restarting, or dead. None of that is the tri
    returns it as *recovered* once a probe succeeds;
 3. it is *lost* when it stays in quarantine for ``wait_s``, when Ray gave it up (DEAD), or when
    the GCS shows a working actor away from ALIVE (restarting after a lost node, waiting for
-   room) for ``wait_s``. Actors never seen ALIVE are still starting and are not judged by
-   the GCS; ``UNKNOWN`` never counts against an actor.
+   room) for ``wait_s``. Actors never seen ALIVE or RESTARTING are still starting (waiting for
+   room) and are not judged by the GCS; ``UNKNOWN`` never counts against an actor. (RESTARTING
+   counts as seen: Ray restarts only an actor that was up, perhaps before the first read.)
 
 An actor the GCS shows away from ALIVE is quarantined at that read, before any call of it
 fails (:meth:`ActorHealth.take_newly_away`): its calls in flight would otherwise wait for Ray
@@ -114,6 +115,8 @@ class ActorHealth:
                     continue
                 state = actor_state(actor)
                 self._states[key] = state
+                if state == "RESTARTING":  # it was up once (Ray restarts only a created actor), maybe before we looked
+                    self._seen_alive.add(key)
                 if state == "ALIVE":
                     self._seen_alive.add(key)
                     self._away_since.pop(key, None)

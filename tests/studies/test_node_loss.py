@@ -55,8 +55,10 @@ def test_actor_health_quarantines_probes_and_gives_up(cluster):
     ray.kill(healthy, no_restart=True)
 
 
-def test_an_actor_whose_node_died_is_quarantined_at_the_first_gcs_read(cluster):
-    """Before any call of it fails: its work can go elsewhere while Ray waits for room for it."""
+@pytest.mark.parametrize("looked_before", [True, False], ids=["seen-alive", "first-read-after-the-loss"])
+def test_an_actor_whose_node_died_is_quarantined_at_the_first_gcs_read(cluster, looked_before):
+    """Before any call of it fails: its work can go elsewhere while Ray waits for room for it;
+    also when the first GCS read comes after the loss (RESTARTING: it was up)."""
     node = cluster.add_node(num_cpus=0, resources={"only_here": 1})
     cluster.wait_for_nodes()
 
@@ -68,7 +70,8 @@ def test_an_actor_whose_node_died_is_quarantined_at_the_first_gcs_read(cluster):
     actor = Pinned.remote()
     ray.get(actor.ping.remote())
     health = ActorHealth(wait_s=3600.0, probe_every_s=3600.0, check_every_s=0.0)
-    assert health.poll({"pinned": actor}) == ([], []) and health.take_newly_away() == []  # seen ALIVE
+    if looked_before:
+        assert health.poll({"pinned": actor}) == ([], []) and health.take_newly_away() == []  # seen ALIVE
     cluster.remove_node(node, allow_graceful=False)  # no other node has `only_here`: it cannot come back
     away: list = []
     deadline = time.monotonic() + 120
