@@ -23,7 +23,7 @@ pytestmark = [
 ]
 
 TRIALS = 20
-EVERY_S = 10.0  # a worker node is killed (and a fresh one added) this often
+EVERY_S = 20.0  # a worker node is killed (and a fresh one added) this often
 
 
 def test_a_study_survives_nodes_killed_and_replaced_again_and_again(tmp_path, tiny_bundle, cluster):
