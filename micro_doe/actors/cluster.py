@@ -319,18 +319,22 @@ def check_workers(info: ClusterInfo, timeout_s: float = 120.0) -> None:
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     probe = ray.remote(num_cpus=0, max_retries=0)(_package_version)
-    refs = {
-        n["NodeManagerAddress"]: probe.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote()
+    refs = {  # by node id: the nodes of a cluster on one machine share its address
+        n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
         for n in nodes
     }
+    hosts = {n["NodeID"]: n["NodeManagerAddress"] for n in nodes}
     reports: dict[str, str | BaseException] = {}
-    for host, ref in refs.items():
+    for node, ref in refs.items():
+        where = hosts[node] if list(hosts.values()).count(hosts[node]) == 1 else f"{hosts[node]} (node {node[:8]})"
         try:
-            reports[host] = ray.get(ref, timeout=timeout_s)
+            reports[where] = ray.get(ref, timeout=timeout_s)
+        except ray.exceptions.NodeDiedError:
+            continue  # it died during the check: it hosts no actor, whatever it runs
         except Exception as err:  # noqa: BLE001 — reported below, node by node
-            reports[host] = err
+            if not any(n["NodeID"] == node and n.get("Alive") for n in ray.nodes()):
+                continue  # gone since the check began (a task for a vanished node is unschedulable)
+            reports[where] = err
     problem = worker_package_problem(reports, __version__)
     if problem:
         raise ClusterConnectionError(problem)

@@ -70,6 +70,7 @@ class EvaluatorPool:
             raise ValueError(f"evaluators: expected at least 1, got {n}")
         opts = dict(evaluator_options() if options is None else options)
         name = opts.pop("name", None)
+        self._options, self._name, self._replaced = opts, name, 0
         self._actors = [
             EvaluatorActor.options(**opts, **({"name": f"{name}-{i}"} if name else {})).remote() for i in range(n)
         ]
@@ -130,6 +131,16 @@ class EvaluatorPool:
         orphans = self.calls_of(actor)
         self.forget(orphans)
         return orphans
+
+    def replace(self, actor: Any) -> tuple[Any, list[ray.ObjectRef]]:
+        """Stop ``actor`` for good and start a fresh one in its place, suspended until it answers
+        (:meth:`restore`); returns (the new actor, the old one's calls in flight)."""
+        orphans = self.remove(actor)
+        self._replaced += 1
+        named = {"name": f"{self._name}-r{self._replaced}"} if self._name else {}
+        new = EvaluatorActor.options(**self._options, **named).remote()
+        self._suspended.append(new)
+        return new, orphans
 
     def kill(self) -> None:
         """Stop every actor for good (no restart); calls in flight fail with ``RayActorError``."""

@@ -28,6 +28,8 @@ from typing import Any, Protocol, cast
 from micro_doe.errors import ExecutionError
 
 PROBE = object()  # wait(): something other than a call finished (a health probe); look again
+REPLACEMENTS_PER_ACTOR = 3  # fresh actors a study may start per actor it asked for, when Ray gives one up
+GAVE_UP = ("Ray gave it up", "it died for good")  # ActorHealth's reasons for an actor Ray declared DEAD
 
 
 class ActorLost(ExecutionError):
@@ -164,6 +166,8 @@ class RayExecutor:
         self._pool: Any = None
         self._calls: dict[Any, int] = {}  # generation call → its generator's index
         self.live_generators: set[int] = set()
+        self._start: tuple[dict[str, Any], str] = ({}, "")  # (generator spec, study name): for replacements
+        self._replacements_left = 0
 
     @property
     def n_evaluators(self) -> int:
@@ -178,6 +182,8 @@ class RayExecutor:
         ]
         self._pool = EvaluatorPool(n_evaluators, evaluator_options(name=f"{name}:evaluator"))
         self.live_generators = set(range(n_generators))
+        self._start = (generator_spec, name)
+        self._replacements_left = REPLACEMENTS_PER_ACTOR * (n_generators + n_evaluators)
 
     def sample(self, generator: int, params: dict[str, Any], n: int, seed: int) -> Any:
         ref = self._generators[generator].sample.remote(params, n, seed)
@@ -259,6 +265,9 @@ class RayExecutor:
                 gone.append(Lost("evaluator", why, handles=self._pool.calls_of(actors[key]), for_good=False))
         for key, why in lost:
             kind, index = cast(tuple[str, Any], key)
+            if why.startswith(GAVE_UP) and self._replacements_left > 0:  # restarts used up, as node after node died
+                gone.append(self._replace(kind, index, actors[key], why))
+                continue
             if kind == "generator":
                 self.live_generators.discard(index)
                 ray.kill(self._generators[index], no_restart=True)
@@ -266,6 +275,29 @@ class RayExecutor:
             else:
                 gone.append(Lost("evaluator", why, handles=list(self._pool.remove(actors[key]))))
         return back, gone
+
+    def _replace(self, kind: str, index: Any, actor: Any, why: str) -> Lost:
+        """A fresh actor in the place of one Ray gave up (its restarts used up), in quarantine
+        until it answers a probe: the study goes on with it once it is placed, or gives it up after
+        ``placement_timeout_s`` like any actor."""
+        import ray
+
+        from micro_doe.actors import GeneratorActor, generator_options
+
+        self._replacements_left -= 1
+        why = f"{why}; a fresh actor takes its place"
+        if kind == "generator":
+            ray.kill(actor, no_restart=True)
+            spec, name = self._start
+            options = generator_options(self._gpus, self._info, name=f"{name}:generator-{index}-r{self._replacements_left}")
+            self._generators[index] = GeneratorActor.options(**options).remote(spec)
+            for ref in [r for r, g in self._calls.items() if g == index]:
+                del self._calls[ref]
+            self._health.fail(("generator", index), RuntimeError("a fresh actor, starting"))
+            return Lost("generator", why, generator=index, for_good=False)
+        new, orphans = self._pool.replace(actor)
+        self._health.fail(("evaluator", new._actor_id.hex()), RuntimeError("a fresh actor, starting"))
+        return Lost("evaluator", why, handles=orphans, for_good=False)
 
     def quarantined(self) -> bool:
         return bool(self._health.quarantined)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import random
-import threading
+import subprocess
+import sys
 import time
 
 import optuna
@@ -15,66 +16,57 @@ import pytest
 from optuna.trial import TrialState
 from study_fixtures import write_study
 
-from micro_doe.studies.runner import Study
-
 pytestmark = [
     pytest.mark.filterwarnings("ignore"),
     pytest.mark.skipif(not os.environ.get("MICRO_DOE_CHAOS"), reason="minutes long: `make chaos-test` runs it"),
 ]
 
 TRIALS = 20
-EVERY_S = 20.0  # a worker node is killed (and a fresh one added) this often
+EVERY_S = 10.0  # a worker node is killed (and a fresh one added) this often
 
 
 def test_a_study_survives_nodes_killed_and_replaced_again_and_again(tmp_path, tiny_bundle, cluster):
+    """The driver is `micro-doe run` in a process of its own (as an operator runs it); this test's
+    main thread is the chaos (Ray starts a node only from a main thread)."""
     path = write_study(
         tmp_path, tiny_bundle, budget={"n_trials": TRIALS}, constraints=[],
         search={"n_h": {"int": [1, 3]}, "steps": {"int": [6, 10]}},
         resources={"generators": 1, "evaluators": 2, "placement_timeout_s": 60},
     )  # fmt: skip
-    stop, kills, errors = threading.Event(), [], []
+    env = os.environ | {"RAY_ADDRESS": cluster.address, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     rng = random.Random(0)
-
-    def chaos() -> None:
-        try:
-            while not stop.wait(EVERY_S):
-                victim = rng.choice(sorted(cluster.worker_nodes, key=lambda n: n.unique_id))
-                cluster.remove_node(victim, allow_graceful=False)
-                cluster.add_node(num_cpus=1)  # a replacement: the study's actors restart there
-                kills.append(time.monotonic())
-        except Exception as err:  # noqa: BLE001 — reported by the test, not lost in a thread
-            errors.append(err)
-
+    kills, runs, codes = 0, 0, []
     start = time.monotonic()
-    killer = threading.Thread(target=chaos, daemon=True)
-    killer.start()
-    runs = 0
-    try:
-        while True:  # a run that lost every actor of a kind stops; the operator reruns it
-            runs += 1
-            try:
-                Study.from_yaml(path).run()
-                break
-            except Exception as err:  # noqa: BLE001 — CapacityLostError: rerun, as documented
-                assert "every" in str(err) and "actor was lost" in str(err), err
-                assert runs < 10
-    finally:
-        stop.set()
-        killer.join()
+    while runs < 10:  # a run that lost every actor of a kind stops (exit 1); the operator reruns it
+        runs += 1
+        with open(tmp_path / f"run-{runs}.log", "w") as log:
+            driver = subprocess.Popen([sys.executable, "-m", "micro_doe.cli.app", "run", path], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+            while driver.poll() is None:
+                try:
+                    driver.wait(timeout=EVERY_S)
+                except subprocess.TimeoutExpired:
+                    victim = rng.choice(sorted(cluster.worker_nodes, key=lambda n: n.unique_id))
+                    cluster.remove_node(victim, allow_graceful=False)
+                    cluster.add_node(num_cpus=1)  # a replacement: the study's actors restart there
+                    kills += 1
+        codes.append(driver.returncode)
+        if driver.returncode == 0:
+            break
+        assert driver.returncode == 1 and "actor was lost" in (tmp_path / f"run-{runs}.log").read_text(), codes
     wall = time.monotonic() - start
-    assert not errors, errors  # the chaos itself ran to the end
 
     trials = optuna.load_study(study_name="e2e", storage=f"sqlite:///{tmp_path}/optuna.db").get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     requeued = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("requeued")]
     counted_failures = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("requeued")]
-    assert len(complete) == TRIALS and not counted_failures
+    assert codes[-1] == 0 and len(complete) == TRIALS and not counted_failures
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     seeds = [t.user_attrs["seed"] for t in complete]
     assert len(set(seeds)) == TRIALS  # nothing ran twice
     for t in requeued:  # every re-queued trial ran again, with its parameters and seed
         again = [c for c in complete if c.user_attrs.get("requeued_from") == t.number]
         assert len(again) == 1 and again[0].params == t.params and again[0].user_attrs["seed"] == t.user_attrs["seed"]
-    print(f"\nchaos: {TRIALS} trials complete in {wall:.0f} s over {runs} run(s); {len(kills)} worker nodes killed "
-          f"(one every {EVERY_S:g} s, each replaced); {len(requeued)} trials re-queued and run again; "
+    print(f"\nchaos: {TRIALS} trials complete in {wall:.0f} s over {runs} run(s) (exit codes {codes}); {kills} worker "
+          f"nodes killed (one every {EVERY_S:g} s, each replaced); {len(requeued)} trials re-queued and run again; "
           f"{len(trials)} trial records in all; nothing RUNNING, nothing lost, nothing run twice")
