@@ -41,7 +41,7 @@ browser-test: install
 	$(BIN)/python -m pytest -q -rs tests/studies/test_review_uis.py
 
 # A 20-trial study on a 3-node local Ray cluster whose worker nodes are killed and replaced every
-# 20 s (a few minutes; prints its figures).
+# 30 s (a few minutes; prints its figures).
 chaos-test: install
 	MICRO_DOE_CHAOS=1 $(BIN)/python -m pytest -q -s tests/studies/test_chaos.py
 

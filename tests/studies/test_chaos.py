@@ -22,7 +22,7 @@ pytestmark = [
 ]
 
 TRIALS = 20
-EVERY_S = 10.0  # a worker node is killed (and a fresh one added) this often
+EVERY_S = 30.0  # a worker node is killed (and a fresh one added) this often
 
 
 def test_a_study_survives_nodes_killed_and_replaced_again_and_again(tmp_path, tiny_bundle, cluster):
@@ -31,7 +31,7 @@ def test_a_study_survives_nodes_killed_and_replaced_again_and_again(tmp_path, ti
     path = write_study(
         tmp_path, tiny_bundle, budget={"n_trials": TRIALS}, constraints=[],
         search={"n_h": {"int": [1, 3]}, "steps": {"int": [6, 10]}},
-        resources={"generators": 1, "evaluators": 2, "placement_timeout_s": 60},
+        resources={"generators": 1, "evaluators": 2, "placement_timeout_s": 120},
     )  # fmt: skip
     env = os.environ | {"RAY_ADDRESS": cluster.address, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     rng = random.Random(0)
