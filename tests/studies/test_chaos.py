@@ -64,9 +64,15 @@ def test_a_study_survives_nodes_killed_and_replaced_again_and_again(tmp_path, ti
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     seeds = [t.user_attrs["seed"] for t in complete]
     assert len(set(seeds)) == TRIALS  # nothing ran twice
-    for t in requeued:  # every re-queued trial ran again, with its parameters and seed
-        again = [c for c in complete if c.user_attrs.get("requeued_from") == t.number]
-        assert len(again) == 1 and again[0].params == t.params and again[0].user_attrs["seed"] == t.user_attrs["seed"]
+    by_number = {t.number: t for t in trials}
+    copies = {t.user_attrs["requeued_from"]: t for t in trials if t.user_attrs.get("requeued_from") is not None}
+    for t in requeued:  # every re-queued trial ran again (a copy may itself be re-queued), same parameters and seed
+        chain = [t]
+        while chain[-1].state != TrialState.COMPLETE:
+            assert chain[-1].number in copies, f"trial {t.number} was re-queued but never ran to the end"
+            chain.append(copies[chain[-1].number])
+        assert all(c.params == t.params and c.user_attrs["seed"] == t.user_attrs["seed"] for c in chain)
+        assert by_number[chain[-1].number] in complete
     print(f"\nchaos: {TRIALS} trials complete in {wall:.0f} s over {runs} run(s) (exit codes {codes}); {kills} worker "
           f"nodes killed (one every {EVERY_S:g} s, each replaced); {len(requeued)} trials re-queued and run again; "
           f"{len(trials)} trial records in all; nothing RUNNING, nothing lost, nothing run twice")
