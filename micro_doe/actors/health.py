@@ -115,10 +115,9 @@ class ActorHealth:
                     continue
                 state = actor_state(actor)
                 self._states[key] = state
-                if state == "RESTARTING":  # it was up once (Ray restarts only a created actor), maybe before we looked
+                if state in ("ALIVE", "RESTARTING"):  # RESTARTING: it was up once, maybe before we looked
                     self._seen_alive.add(key)
                 if state == "ALIVE":
-                    self._seen_alive.add(key)
                     self._away_since.pop(key, None)
                 elif state == "DEAD" and (key in self._seen_alive or key in self.quarantined):
                     lost[key] = f"Ray gave it up ({self.reasons.get(key, 'restarts exhausted')})"

@@ -257,8 +257,7 @@ class RayExecutor:
         for key, why in self._health.take_newly_away():  # quarantined, not lost: it may come back
             kind, index = cast(tuple[str, Any], key)
             if kind == "generator":
-                for ref in [r for r, g in self._calls.items() if g == index]:
-                    del self._calls[ref]
+                self._forget_calls_of(index)
                 gone.append(Lost("generator", why, generator=index, for_good=False))
             elif key in actors:
                 self._pool.suspend(actors[key])
@@ -291,13 +290,17 @@ class RayExecutor:
             spec, name = self._start
             options = generator_options(self._gpus, self._info, name=f"{name}:generator-{index}-r{self._replacements_left}")
             self._generators[index] = GeneratorActor.options(**options).remote(spec)
-            for ref in [r for r, g in self._calls.items() if g == index]:
-                del self._calls[ref]
+            self._forget_calls_of(index)
             self._health.fail(("generator", index), RuntimeError("a fresh actor, starting"))
             return Lost("generator", why, generator=index, for_good=False)
         new, orphans = self._pool.replace(actor)
         self._health.fail(("evaluator", new._actor_id.hex()), RuntimeError("a fresh actor, starting"))
         return Lost("evaluator", why, handles=orphans, for_good=False)
+
+    def _forget_calls_of(self, generator: int) -> None:
+        """Drop the record of ``generator``'s calls in flight (their trials were re-queued)."""
+        for ref in [r for r, g in self._calls.items() if g == generator]:
+            del self._calls[ref]
 
     def quarantined(self) -> bool:
         return bool(self._health.quarantined)

@@ -495,7 +495,7 @@ def trial_metrics(samples: Sequence[Sample]) -> dict[str, float]:
     for s in samples:
         m = s.descriptors.scalars()
         m["seconds_per_volume"] = float(s.seconds)
-        m.update({name: fn(s.params) for name, fn in PARAM_METRICS.items() if _has_inputs(name, s.params)})
+        m.update(param_metrics(s.params))
         if s.reference is not None:
             m["s2_error"] = s2_error(s)
             m["lineal_path_error"] = lineal_path_error(s)
@@ -512,12 +512,15 @@ def trial_metrics(samples: Sequence[Sample]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in per_sample])) for k in keys}
 
 
-def _has_inputs(name: str, params: Mapping[str, Any]) -> bool:
-    try:
-        PARAM_METRICS[name](params)
-    except (ValueError, TypeError):
-        return False
-    return True
+def param_metrics(params: Mapping[str, Any]) -> dict[str, float]:
+    """The :data:`PARAM_METRICS` that ``params`` hold the inputs of (a study of another kind has none)."""
+    out = {}
+    for name, fn in PARAM_METRICS.items():
+        try:
+            out[name] = fn(params)
+        except (ValueError, TypeError):
+            continue
+    return out
 
 
 def is_known_metric(name: str) -> bool:

@@ -9,6 +9,7 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -99,10 +100,11 @@ CONSTRAINTS_KEY = "constraints"  # the list Optuna's samplers and optuna-dashboa
 
 
 def set_constraints(
-    study: optuna.Study, trial: optuna.trial.Trial, constraints: list[tuple[str, float, float]]
+    study: optuna.Study, trial: optuna.trial.Trial, constraints: Sequence[tuple[str, float, float | None]]
 ) -> None:
     """Store a RUNNING trial's constraints: (description, violation, measured value) each;
-    feasible when every violation ≤ 0.
+    feasible when every violation ≤ 0. A value not measured (None: a trial skipped before it
+    made volumes) shows no attribute, and its violation is given as 0.
 
     Optuna 5 reads constraints from the system attr ``constraints`` (a list, the form its
     deprecated ``constraints_func`` writes) and from ``constraints:<name>`` (what
@@ -117,7 +119,8 @@ def set_constraints(
         return
     study._storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, values)
     for name, _, measured in constraints:
-        trial.set_user_attr(f"{attrs.CONSTRAINT_PREFIX}{name}", float(measured))
+        if measured is not None:
+            trial.set_user_attr(f"{attrs.CONSTRAINT_PREFIX}{name}", float(measured))
     trial.set_user_attr(attrs.FEASIBLE, all(v <= 0.0 for v in values))
 
 

@@ -49,7 +49,7 @@ from micro_doe.studies.objectives import (
 )
 from micro_doe.studies.pareto_pruner import running_summary
 from micro_doe.studies.spec import StudySpec
-from micro_doe.studies.study_storage import CONSTRAINTS_KEY, claim_budget_slot, claim_requeued_trial, release_surplus_trial, set_constraints
+from micro_doe.studies.study_storage import claim_budget_slot, claim_requeued_trial, release_surplus_trial, set_constraints
 
 log = logging.getLogger("micro_doe.studies")
 MAX_SKIPS = 200  # points in a row that break a constraint on their parameters before the study gives up
@@ -138,11 +138,9 @@ class TrialLifecycle:
         broken = [c for c in self.param_constraints() if c.violation(known[c.metric]) > 0]
         if not broken:
             return False
-        violations = [c.violation(known[c.metric]) if c.metric in known else 0.0 for c in self.spec.constraints]
-        self.study._storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, violations)
-        for c in self.param_constraints():
-            trial.set_user_attr(f"{attrs.CONSTRAINT_PREFIX}{c.describe()}", known[c.metric])
-        trial.set_user_attr(attrs.FEASIBLE, False)
+        set_constraints(self.study, trial, [(c.describe(), c.violation(known[c.metric]), known[c.metric])
+                                            if c.metric in known else (c.describe(), 0.0, None)
+                                            for c in self.spec.constraints])  # fmt: skip
         trial.set_user_attr(attrs.SKIPPED, True)
         trial.set_user_attr(attrs.FAIL_REASON, f"not run: {broken[0].metric} {known[broken[0].metric]:g} breaks "
                                                f"{broken[0].describe()}")
