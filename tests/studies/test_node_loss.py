@@ -28,6 +28,9 @@ def test_actor_health_quarantines_probes_and_gives_up(cluster):
     placed, healthy = Sleeper.remote(), Sleeper.remote()
     ray.get([placed.ping.remote(), healthy.ping.remote()])
     never = Sleeper.options(num_cpus=8).remote()  # no node has 8 CPUs: pending creation forever
+    deadline = time.monotonic() + 30  # DEPENDENCIES_UNREADY for a moment after submission
+    while actor_state(never) != "PENDING_CREATION" and time.monotonic() < deadline:
+        time.sleep(0.1)
     health = ActorHealth(wait_s=5.0, probe_every_s=0.0, check_every_s=0.0)
     actors = {"placed": placed, "healthy": healthy, "never": never}
     assert health.poll(actors, now=0.0) == ([], [])
