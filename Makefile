@@ -59,7 +59,7 @@ bench: install
 MODELS := micro_doe/platform/models
 DATA   := micro-doe-runs/data
 models: $(MODELS)/spheres-32/model.pt $(MODELS)/polycrystal-32/model.pt $(MODELS)/ternary-blend-32/model.pt \
-	$(MODELS)/opv-32/model.pt $(MODELS)/opv-ternary-32/model.pt
+	$(MODELS)/opv-32/model.pt $(MODELS)/opv-ternary-32/model.pt $(MODELS)/spheres-64/model.pt $(MODELS)/polycrystal-64/model.pt
 
 # Case I at half the paper's scale (32² images, Ø ~ N(7.5, 2) voxels) so a 32³ volume holds many spheres.
 $(MODELS)/spheres-32/model.pt: install
@@ -89,6 +89,27 @@ $(MODELS)/ternary-blend-32/model.pt: install
 	$(BIN)/micro-doe data make cahn-hilliard-trajectory --shape 40 32 32 --phases 3 --steps 300 \
 		--snapshot-every 300 --seed 1 --out $(DATA)/ternary-blend-32-held-out.nc --overwrite
 	$(BIN)/micro-doe tune $(MODELS)/ternary-blend-32 --held-out-data $(DATA)/ternary-blend-32-held-out.nc
+
+# The paper's scale (#30): case I (64² images, Ø ~ N(15, 4) voxels) and case II (64² polycrystal,
+# grains of 6, 9 and 12 px). One U-Net level more than at 32² (1,2,2,2: an 8² bottleneck again).
+# Several CPU hours each on one core: the run stops cleanly on Ctrl-C or SIGTERM with its
+# checkpoint ($(MODELS)/NAME.checkpoint.pt, outside the package's data) and `make RESUME=1 ...`
+# continues it.
+$(MODELS)/spheres-64/model.pt: install
+	$(BIN)/micro-doe data make spheres --shape 300 64 64 --mean-diameter 15 --sd-diameter 4 \
+		--volume-fraction 0.2 --min-gap 0 --seed 0 --out $(DATA)/spheres-64.nc --overwrite
+	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/spheres-64.nc --out $(MODELS)/spheres-64 \
+		--channel-mults 1,2,2,2 --steps 5000 --seed 0 --held-out 0 --no-tune --overwrite $(if $(RESUME),--resume)
+	$(BIN)/micro-doe data make spheres --shape 40 64 64 --mean-diameter 15 --sd-diameter 4 \
+		--volume-fraction 0.2 --min-gap 0 --seed 1 --out $(DATA)/spheres-64-held-out.nc --overwrite
+	$(BIN)/micro-doe tune $(MODELS)/spheres-64 --held-out-data $(DATA)/spheres-64-held-out.nc
+
+$(MODELS)/polycrystal-64/model.pt: install
+	$(BIN)/micro-doe data make polycrystal --n-images 300 --size 64 --seed 0 --out $(DATA)/polycrystal-64.nc --overwrite
+	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/polycrystal-64.nc --out $(MODELS)/polycrystal-64 \
+		--channel-mults 1,2,2,2 --steps 5000 --seed 0 --held-out 0 --no-tune --overwrite $(if $(RESUME),--resume)
+	$(BIN)/micro-doe data make polycrystal --n-images 40 --size 64 --seed 1 --out $(DATA)/polycrystal-64-held-out.nc --overwrite
+	$(BIN)/micro-doe tune $(MODELS)/polycrystal-64 --held-out-data $(DATA)/polycrystal-64-held-out.nc
 
 # The conditional LDM: the default Cahn–Hilliard data set (17 φ × 9 χ, ≈ 3 min) and the default
 # recipe (VAE 5000, feature predictor 4000, LDM 30000 steps; ≈ 60 min on 2 cores) with each label

@@ -15,7 +15,8 @@ FAIL_REASON = "fail_reason"  # why a FAIL trial failed, one line
 REQUEUED = "requeued"  # a FAIL trial whose parameters were enqueued again: it counts nowhere
 REQUEUED_FROM = "requeued_from"  # on the re-queued copy: the number of the trial it repeats
 SURPLUS = "surplus"  # started after other drivers' trials took the budget: never run, counts nowhere
-SKIPPED = "skipped"  # broke a constraint known from its parameters (passes_per_volume): PRUNED unrun, counts nowhere
+SKIPPED = "skipped"  # PRUNED unrun, counts nowhere: broke a constraint known from its parameters, or REPEAT_OF
+REPEAT_OF = "repeat_of"  # on a skipped trial: the trial that measured the same parameters on the same seeds
 INITIAL_DESIGN = "initial_design"  # enqueued by the initial design ("sobol", "tuning start", ...)
 MLFLOW_RUN = "mlflow run"  # the trial's MLflow run, as a link the dashboard shows
 VALUES_PER_VOLUME = "values_per_volume"  # {objective name: [its value on volume 0, 1, ...]}
@@ -41,7 +42,8 @@ def counted_failure(t: optuna.trial.FrozenTrial) -> bool:
 
 def uses_budget(t: optuna.trial.FrozenTrial) -> bool:
     """The budget rule: COMPLETE, PRUNED and RUNNING trials use a slot, and a FAIL that was
-    neither re-queued nor surplus; a point skipped for a constraint on its parameters uses none.
+    neither re-queued nor surplus; a point skipped unrun (a constraint on its parameters, or a
+    repeat of a measured one) uses none.
     A resumed study thus ends with exactly ``n_trials`` of them."""
     if t.user_attrs.get(SKIPPED):
         return False

@@ -6,7 +6,10 @@ store); the scheduler decides *when*. Order of operations:
 - **ask** (:meth:`TrialLifecycle.ask`): re-queued trials before any other, then
   ``study.ask()``; a point breaking a constraint known from its parameters alone
   (``passes_per_volume``) is told PRUNED unrun (``skipped``, infeasible: it uses no budget, and
-  TPE learns to avoid it); the trial gets a budget slot (or is released as surplus), its parameters
+  TPE learns to avoid it); so is, with ``volume_seeds: common``, a point some trial has measured
+  already (``repeat_of``: the same parameters on the same seeds give the same volumes), unless
+  ``MAX_REPEATS`` points in a row were repeats (a search space nearly exhausted: measured again);
+  the trial gets a budget slot (or is released as surplus), its parameters
   (the searched ones plus the fixed ones), its seed (from its number, the study's one seed with
   ``volume_seeds: common``, or the seed it had when it was re-queued) and its owner;
 - **finish**: objectives as the mean over the trial's samples, constraint metrics
@@ -49,10 +52,17 @@ from micro_doe.studies.objectives import (
 )
 from micro_doe.studies.pareto_pruner import running_summary
 from micro_doe.studies.spec import StudySpec
-from micro_doe.studies.study_storage import claim_budget_slot, claim_requeued_trial, release_surplus_trial, set_constraints
+from micro_doe.studies.study_storage import (
+    CONSTRAINTS_KEY,
+    claim_budget_slot,
+    claim_requeued_trial,
+    release_surplus_trial,
+    set_constraints,
+)
 
 log = logging.getLogger("micro_doe.studies")
 MAX_SKIPS = 200  # points in a row that break a constraint on their parameters before the study gives up
+MAX_REPEATS = 10  # repeats of measured points in a row before one is measured again (a space nearly exhausted)
 
 
 def trial_seed(sampler_seed: int | None, number: int, common: bool = False) -> int:
@@ -105,13 +115,18 @@ class TrialLifecycle:
     def ask(self, generator: int, budget: int) -> TrialContext | None:
         """The next trial (re-queued ones first), or None when it got no budget slot. A point
         that breaks a constraint known from its parameters (:data:`~micro_doe.studies.objectives.PARAM_METRICS`)
-        is told PRUNED unsampled, infeasible, and another is asked (at most ``MAX_SKIPS`` in a row)."""
-        study = self.study
-        for _ in range(MAX_SKIPS):
+        is told PRUNED unsampled, infeasible, and another is asked (at most ``MAX_SKIPS`` in a row);
+        so is a point measured already on the same seeds (at most ``MAX_REPEATS`` in a row)."""
+        study, repeats = self.study, 0
+        for _ in range(MAX_SKIPS + MAX_REPEATS):
             trial = claim_requeued_trial(study) or study.ask()
             params = {name: p.suggest(trial, name) for name, p in self.spec.search.items()}
-            if not self.skip_if_over_bounds(trial, params | self.spec.fixed):
-                break
+            if self.skip_if_over_bounds(trial, params | self.spec.fixed):
+                continue
+            if repeats < MAX_REPEATS and self.skip_if_measured(trial, params):
+                repeats += 1
+                continue
+            break
         else:
             raise InputError(f"constraints: {MAX_SKIPS} points in a row broke a constraint on their parameters "
                              f"({', '.join(c.describe() for c in self.param_constraints())}); widen it or narrow search")
@@ -146,6 +161,31 @@ class TrialLifecycle:
                                                f"{broken[0].describe()}")
         self.study.tell(trial, state=TrialState.PRUNED)
         log.debug("trial %d: skipped (%s)", trial.number, broken[0].describe())
+        return True
+
+    def skip_if_measured(self, trial: optuna.trial.Trial, params: dict[str, Any]) -> bool:
+        """With ``volume_seeds: common``, tell ``trial`` PRUNED unrun (skipped, ``repeat_of``)
+        when a trial that is running, COMPLETE or pruner-PRUNED has its parameters: the same
+        parameters on the same seeds give the same volumes. It carries the earlier trial's
+        constraints (none yet while it runs), so TPE sees a point it need not propose again; a
+        re-queued trial is always run."""
+        if self.spec.volume_seeds != "common" or attrs.REQUEUED_FROM in trial.user_attrs:
+            return False
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        earlier = next((t for t in self.study.get_trials(deepcopy=False, states=states)
+                        if t.number != trial.number and t.params == params and not t.user_attrs.get(attrs.SKIPPED)),
+                       None)  # fmt: skip
+        if earlier is None:
+            return False
+        violations = earlier.system_attrs.get(CONSTRAINTS_KEY, [])
+        names = [c.describe() for c in self.spec.constraints]
+        set_constraints(self.study, trial, [(name, v, earlier.user_attrs.get(attrs.CONSTRAINT_PREFIX + name))
+                                            for name, v in zip(names, violations)])  # fmt: skip
+        trial.set_user_attr(attrs.SKIPPED, True)
+        trial.set_user_attr(attrs.REPEAT_OF, earlier.number)
+        trial.set_user_attr(attrs.FAIL_REASON, f"not run: trial {earlier.number} measured these parameters on the same seeds")
+        self.study.tell(trial, state=TrialState.PRUNED)
+        log.debug("trial %d: skipped (a repeat of trial %d)", trial.number, earlier.number)
         return True
 
     def next_batch(self, ctx: TrialContext) -> tuple[int, int]:

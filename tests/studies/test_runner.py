@@ -495,10 +495,32 @@ def test_common_volume_seeds_give_every_trial_the_same_noise(tmp_path, tiny_bund
         path = write_study(folder, tiny_bundle, volume_seeds=mode, budget={"n_trials": 4}, constraints=[],
                            search={"steps": {"categorical": [3]}}, fixed={"n_h": 0}, sampler={"kind": "random", "seed": 5})  # fmt: skip
         assert not Study.from_yaml(path).run().failed
-        trials = optuna.load_study(study_name="e2e", storage=f"sqlite:///{folder}/optuna.db").trials
+        study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{folder}/optuna.db")
+        trials = study.get_trials(states=(TrialState.COMPLETE,))  # a one-point space: repeats measured again
         seeds = {t.user_attrs["seed"] for t in trials}
         assert len(seeds) == (1 if mode == "common" else 4), seeds
         per_volume[mode] = [t.user_attrs[VALUES_PER_VOLUME]["s2_error"] for t in trials]
     first, *others = per_volume["common"]
     assert all(o == first for o in others) and first[0] != first[1]  # same noise across trials, not across volumes
     assert len({tuple(v) for v in per_volume["per_trial"]}) == 4
+
+
+def test_a_setting_measured_on_common_seeds_is_not_measured_again(tmp_path, tiny_bundle):
+    """``volume_seeds: common``: a point the sampler proposes again is skipped unrun (it would give
+    the same volumes), uses no budget, and carries the measured trial's constraints for TPE."""
+    from micro_doe.studies import trial_attrs as attrs
+
+    path = write_study(tmp_path, tiny_bundle, volume_seeds="common", budget={"n_trials": 3}, samples_per_trial=1,
+                       search={"n_h": {"categorical": [0, 1, 2]}}, fixed={"steps": 3},
+                       sampler={"kind": "random", "seed": 0})  # fmt: skip
+    result = Study.from_yaml(path).run()
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{tmp_path}/optuna.db")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert sorted(t.params["n_h"] for t in complete) == [0, 1, 2]  # three distinct settings for a budget of 3
+    repeats = [t for t in study.trials if t.user_attrs.get(attrs.REPEAT_OF) is not None]
+    assert repeats and len(result.skipped) == len(repeats) and len(result.completed) == 3
+    for t in repeats:
+        earlier = study.trials[t.user_attrs[attrs.REPEAT_OF]]
+        assert t.state == TrialState.PRUNED and earlier.number < t.number and earlier.params == t.params
+        assert t.system_attrs["constraints"] == earlier.system_attrs["constraints"]
+        assert "measured these parameters" in t.user_attrs[attrs.FAIL_REASON]
