@@ -50,7 +50,7 @@ def run(
         bounds = ", ".join(c.describe() for c in spec.constraints)  # both bounds of a two-sided one
         console.print(f"[yellow]no trial satisfies the constraints ({escape(bounds)}); the closest:[/]")
         console.print(_trials_table(closest, objective_names, "least constraint violation"))
-    skipped = f", {len(result.skipped)} skipped unrun (over a constraint on their parameters)" if result.skipped else ""
+    skipped = f", {len(result.skipped)} skipped unrun (over a parameter constraint, or measured already)" if result.skipped else ""
     console.print(f"{len(result.completed)} completed, {len(result.pruned)} pruned{skipped}, {len(result.failed)} failed "
                   f"in {result.seconds:.0f} s "
                   f"(generator busy {result.generator_busy_seconds:.0f} s)")
@@ -88,7 +88,7 @@ def run_live(runner, objective_names: list[str], n_trials: int | None, timeout: 
             return
         seen.append(key)
         best = ", ".join(f"{n} {_fmt(v)}" for n, v in zip(objective_names, p.best[0].values or [])) if p.best else "-"
-        skipped = f", {p.skipped} skipped (over a parameter constraint)" if p.skipped else ""
+        skipped = f", {p.skipped} skipped (over a parameter constraint, or measured already)" if p.skipped else ""
         console.print(f"trials: {p.done} done, {p.failed} failed, {p.pruned} pruned{skipped}, budget {p.budget}; best: {best}",
                       highlight=False, soft_wrap=True)
 

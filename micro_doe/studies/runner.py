@@ -92,7 +92,7 @@ class TrialRecord:
     values: list[float] | None
     reason: str | None = None
     violation: float = 0.0  # sum of positive constraint values; 0 when feasible
-    skipped: bool = False  # PRUNED unrun: it broke a constraint on its parameters (passes_per_volume)
+    skipped: bool = False  # PRUNED unrun: a constraint on its parameters (passes_per_volume), or a repeat
 
 
 @dataclass
@@ -106,7 +106,7 @@ class StudyProgress:
     best: list[TrialRecord] = field(default_factory=list)
     note: str = ""  # e.g. that nothing has happened for a while, and what Ray is waiting for
     pruned: int = 0
-    skipped: int = 0  # points that broke a constraint on their parameters: never run, no budget used
+    skipped: int = 0  # over a constraint on their parameters, or repeats: never run, no budget used
 
 
 @dataclass
