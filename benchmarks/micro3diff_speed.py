@@ -1,25 +1,36 @@
-"""Micro3Diff sampling speed: network precision and batched volumes, measured in one run.
+"""Micro3Diff sampling speed: memory layout, network precision and batched volumes, in one run.
 
-    python benchmarks/micro3diff_speed.py [--model spheres-32] [--repeats 5] [--steps 10]
+    python benchmarks/micro3diff_speed.py [--model spheres-32 | --model PATH] [--repeats 5] [--steps 10]
+        [--threads 1] [--compile]
 
-Seconds per volume-pass (one denoising pass over the 32 slices of one 32³ volume) for
-fp32 and bf16 autocast, sampling 1 or 4 volumes in one batched loop. The settings are
-interleaved repeat by repeat and the median is printed, so a busy machine slows every setting
-alike and the ratios stay fair; the fp32, one-volume-at-a-time row is the reference. Also the
-sampler's overhead over the bare network calls (anchored variant, fp32, one volume): total
-sampling time over the time spent inside the network's calls, timed in the same run.
+Seconds per volume-pass (one denoising pass over the N slices of one N³ volume: N is the
+model's image size) for the U-Net's weights and activations channels-last (NHWC, what the
+U-Net uses) against the standard layout (NCHW, the reference: what it used before), each in fp32
+and bf16 autocast, one volume at a time; then channels-last with 4 volumes in one batched loop.
+The settings are interleaved repeat by repeat and the median is printed, so a busy machine
+slows every setting alike and the ratios stay fair; NCHW fp32, one volume at a time, is the
+reference row. Beside each row, the network's arithmetic rate: its floating-point operations
+per volume-pass (counted by ``torch.utils.flop_counter``) over the seconds, against this CPU's
+peak measured in the same run (the best of a few 2048² matrix products in fp32 and in bf16).
+``--compile`` adds channels-last under ``torch.compile`` (its compile time printed apart).
+Also the sampler's overhead over the bare network calls (anchored variant, fp32, one volume):
+total sampling time over the time spent inside the network's calls.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
+from collections.abc import Callable, Iterator
 
 import torch
 
+from micro_doe.platform.diffusion.blocks import timestep_embedding
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
+from micro_doe.platform.micro3diff.unet import UNet2D
 
 
 class TimedModel:
@@ -35,35 +46,107 @@ class TimedModel:
         return out
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what ``platform`` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of the best of ``repeats`` n×n matrix products in ``dtype``."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def flops_per_volume_pass(model: UNet2D, size: int) -> float:
+    """Floating-point operations of the network over the ``size`` slices of one volume."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(size, model.config.in_channels, size, size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x, torch.zeros(size, dtype=torch.long))
+    return float(counter.get_total_flops())
+
+
+@contextlib.contextmanager
+def standard_layout(model: UNet2D) -> Iterator[None]:
+    """The U-Net in the standard (NCHW) layout for a while: weights and activations."""
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    model.forward = lambda x, t: model.run_trunk(x.contiguous(), model.time_mlp(timestep_embedding(t, model.t_dim)))  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del model.forward  # the class's own (channels-last) forward again
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="spheres-32")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="add channels-last under torch.compile")
     args = parser.parse_args()
-    generator = Micro3DiffGenerator(f"pretrained:{args.model}")
-    cases = [(p, n) for p in ("fp32", "bf16") for n in (1, 4)]
-    times: dict[tuple[str, int], list[float]] = {c: [] for c in cases}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    generator = Micro3DiffGenerator(args.model if os.sep in args.model else f"pretrained:{args.model}")
+    eager = generator.bundle.model
+    cases = [(layout, p, 1) for layout in ("NCHW", "NHWC") for p in ("fp32", "bf16")] + [("NHWC", p, 4) for p in ("fp32", "bf16")]
+    compiled = None
+    if args.compile:
+        cases += [("NHWC, torch.compile", p, 1) for p in ("fp32", "bf16")]
+        compiled = torch.compile(eager)  # a callable module, run as the generator's network
+        start = time.perf_counter()
+        for precision in ("fp32", "bf16"):  # compiled once per precision, before the timed runs
+            generator.bundle.model = compiled  # type: ignore[assignment]
+            generator.sample(1, SamplingSettings(variant="anchored", n_h=0, steps=1, precision=precision), seed=0)
+        generator.bundle.model = eager
+        print(f"torch.compile: {time.perf_counter() - start:.0f} s to compile")
+    times: dict[tuple[str, str, int], list[float]] = {c: [] for c in cases}
     for _ in range(args.repeats):
-        for precision, n in cases:
+        for layout, precision, n in cases:
             settings = SamplingSettings(variant="anchored", n_h=0, steps=args.steps, precision=precision)
-            start = time.perf_counter()
-            generator.sample(n, settings, seed=0, volumes_per_batch=n)
-            times[(precision, n)].append((time.perf_counter() - start) / (n * args.steps))
+            generator.bundle.model = compiled if "compile" in layout else eager  # type: ignore[assignment]
+            with standard_layout(eager) if layout == "NCHW" else contextlib.nullcontext():
+                start = time.perf_counter()
+                generator.sample(n, settings, seed=0, volumes_per_batch=n)
+                times[(layout, precision, n)].append((time.perf_counter() - start) / (n * args.steps))
+    generator.bundle.model = eager
     original, timed = generator.bundle.model, TimedModel(generator.bundle.model)
     generator.bundle.model = timed  # type: ignore[assignment]
     start = time.perf_counter()
     generator.sample(1, SamplingSettings(variant="anchored", n_h=1, steps=args.steps, precision="fp32"), seed=0)
     overhead = (time.perf_counter() - start) / timed.seconds - 1.0
     generator.bundle.model = original
-    print(f"# {args.model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"median of {args.repeats} interleaved repeats\n")
-    print("| precision | volumes per batch | s per volume-pass | speed-up vs fp32, one at a time |")
-    print("|---|---:|---:|---:|")
-    ref = statistics.median(times[("fp32", 1)])
-    for precision, n in cases:
-        t = statistics.median(times[(precision, n)])
-        print(f"| {precision} | {n} | {t:.3f} | {ref / t:.2f}× |")
+    size = generator.bundle.config.image_size
+    flops = flops_per_volume_pass(generator.bundle.model, size)
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"# {args.model} ({size}³ volumes, {flops / 1e9:.1f} GFLOP per volume-pass), {os.cpu_count()} cores, "
+          f"{torch.get_num_threads()} threads on {cpu_name()}, torch {torch.__version__}, median of {args.repeats} interleaved repeats; "
+          f"peak (2048² matmul) fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s\n")
+    print("| layout | precision | volumes per batch | s per volume-pass | speed-up vs NCHW fp32, one at a time "
+          "| GFLOP/s | share of the matmul peak |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    ref = statistics.median(times[("NCHW", "fp32", 1)])
+    for layout, precision, n in cases:
+        t = statistics.median(times[(layout, precision, n)])
+        rate = flops / t / 1e9
+        print(f"| {layout}{' (reference)' if layout == 'NCHW' and precision == 'fp32' else ''} | {precision} | {n} | "
+              f"{t:.3f} | {ref / t:.2f}× | {rate:.0f} | {rate / peak[precision]:.0%} |")
     print(f"\nsampler overhead over the bare network calls (anchored, fp32, n_h = 1): {100 * overhead:+.1f} % (target ≤ 5 %)")
 
 
