@@ -4,6 +4,7 @@ with `micro-doe tune` (the last stage of training), then judge in 3D against fre
     python benchmarks/unseen_morphologies.py [--morphologies blobs fibers clustered three-phase]
         [--steps 2250] [--tune-budget 16] [--volumes 4] [--out micro-doe-runs/unseen] [--json FILE]
         [--stage all|data|train|measure] [--peers mcrpy slicegan] [--slicegan-minutes 20]
+        [--defaults-from BUNDLE]
 
 Each morphology comes from a PoreSpy generator (not the project's own): z-slices of 10 cubes of
 32³ (320 images of 32²) are the training data; `micro-doe train micro3diff` sets the last 10 %
@@ -106,22 +107,34 @@ def make_data(name: str, out: Path) -> Path:
     return path
 
 
-def train(name: str, data: Path, out: Path, steps: int, budget: str) -> Path:
+def train(name: str, data: Path, out: Path, steps: int, budget: str, defaults_from: Path | None = None) -> Path:
     """The documented command (docs/how-to/train-and-tune.md): train, hold out 10 %, tune (skipped when the bundle is tuned; only the
-    tuning when training finished but its tune stage was stopped)."""
+    tuning when training finished but its tune stage was stopped). With ``defaults_from`` (a bundle of the same morphology):
+    train without tuning and take that bundle's sampling defaults and calibration (an A/B of the training alone)."""
     bundle = out / f"{name}-model"
     cli = [sys.executable, "-m", "micro_doe.cli.app"]
     if (bundle / "config.json").exists():  # trained: tuned already, or tune it (a tune stage that was stopped)
+        if defaults_from is not None:
+            return take_defaults(bundle, defaults_from)
         if Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text()).tuning:
             return bundle
         argv = [*cli, "tune", str(bundle), "--threads", "1", "--tune-budget", budget]
     else:
         argv = [*cli, "train", "micro3diff", "--data", str(data), "--out", str(bundle), "--steps", str(steps),
-                "--threads", "1", "--tune-budget", budget]
+                "--threads", "1", *(["--no-tune"] if defaults_from else ["--tune-budget", budget])]
         if bundle.with_name(bundle.name + ".checkpoint.pt").exists():
             argv += ["--resume"]
     with open(out / f"{name}-train.log", "a") as log:
         subprocess.run(argv, check=True, stdout=log, stderr=log, cwd=out)
+    return take_defaults(bundle, defaults_from) if defaults_from is not None else bundle
+
+
+def take_defaults(bundle: Path, source: Path) -> Path:
+    """``bundle`` samples with ``source``'s defaults and vf calibration (not tuned itself)."""
+    from micro_doe.studies.tuning import update_config
+
+    theirs = Micro3DiffConfig.model_validate_json((source / "config.json").read_text())
+    update_config(bundle, sampling=theirs.sampling, vf_calibration=theirs.vf_calibration)
     return bundle
 
 
@@ -239,6 +252,8 @@ def main() -> None:
     parser.add_argument("--slicegan", type=Path, default=Path(".peers/SliceGAN"), help="a SliceGAN checkout")
     parser.add_argument("--slicegan-minutes", type=float, default=20.0)
     parser.add_argument("--from-json", type=Path, help="only print the tables of an earlier run")
+    parser.add_argument("--defaults-from", type=Path, help="a bundle of the same morphology (one morphology): train "
+                        "without tuning and sample with its defaults (an A/B of training length)")
     args = parser.parse_args()
     if args.from_json:
         data = json.loads(args.from_json.read_text())
@@ -253,7 +268,8 @@ def main() -> None:
         data = make_data(name, args.out)
         if args.stage == "data":
             continue
-        bundle = train(name, data.resolve(), args.out.resolve(), args.steps, args.tune_budget)
+        bundle = train(name, data.resolve(), args.out.resolve(), args.steps, args.tune_budget,
+                       args.defaults_from.resolve() if args.defaults_from else None)
         if args.stage == "train":
             continue
         images = training_stack(data, bundle)
