@@ -93,6 +93,7 @@ class TrialRecord:
     reason: str | None = None
     violation: float = 0.0  # sum of positive constraint values; 0 when feasible
     skipped: bool = False  # PRUNED unrun: a constraint on its parameters (passes_per_volume), or a repeat
+    requeued: bool = False  # a FAIL not of its own making (its actor lost, interrupted): run again, counts nowhere
 
 
 @dataclass
@@ -138,7 +139,8 @@ class StudyResult:
 
     @property
     def failed(self) -> list[TrialRecord]:
-        return [t for t in self.trials if t.state == "FAIL"]
+        """Trials that failed of their own making (a re-queued one was run again: it counts nowhere)."""
+        return [t for t in self.trials if t.state == "FAIL" and not t.requeued]
 
     @property
     def pruned(self) -> list[TrialRecord]:
@@ -146,7 +148,7 @@ class StudyResult:
 
     @property
     def skipped(self) -> list[TrialRecord]:
-        """Points never run: they broke a constraint on their parameters."""
+        """Points never run: they broke a constraint on their parameters, or repeat a measured one."""
         return [t for t in self.trials if t.skipped]
 
     def dashboard_command(self) -> str:
@@ -416,7 +418,7 @@ def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
     violation = sum(max(0.0, float(v)) for v in t.system_attrs.get(CONSTRAINTS_KEY, ()))
     values = list(t.values) if t.values else None
     return TrialRecord(t.number, t.state.name, dict(t.params), values, t.user_attrs.get(attrs.FAIL_REASON), violation,
-                       bool(t.user_attrs.get(attrs.SKIPPED)))
+                       bool(t.user_attrs.get(attrs.SKIPPED)), bool(t.user_attrs.get(attrs.REQUEUED)))
 
 
 def default_env() -> None:
