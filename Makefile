@@ -58,6 +58,12 @@ bench: install
 # generator with another seed: images the network never saw.
 MODELS := micro_doe/platform/models
 DATA   := micro-doe-runs/data
+# $(call train_micro3diff,NAME,STEPS[,more train options]): a bundle from all of $(DATA)/NAME.nc,
+# one thread, continued from its checkpoint with RESUME=1; $(call tune_micro3diff,NAME): its
+# sampling defaults against $(DATA)/NAME-held-out.nc.
+train_micro3diff = OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/$(1).nc --out $(MODELS)/$(1) \
+	$(3) --steps $(2) --seed 0 --held-out 0 --no-tune --overwrite $(if $(RESUME),--resume)
+tune_micro3diff = $(BIN)/micro-doe tune $(MODELS)/$(1) --held-out-data $(DATA)/$(1)-held-out.nc
 models: $(MODELS)/spheres-32/model.pt $(MODELS)/polycrystal-32/model.pt $(MODELS)/ternary-blend-32/model.pt \
 	$(MODELS)/opv-32/model.pt $(MODELS)/opv-ternary-32/model.pt $(MODELS)/spheres-64/model.pt $(MODELS)/polycrystal-64/model.pt
 
@@ -65,51 +71,47 @@ models: $(MODELS)/spheres-32/model.pt $(MODELS)/polycrystal-32/model.pt $(MODELS
 $(MODELS)/spheres-32/model.pt: install
 	$(BIN)/micro-doe data make spheres --shape 300 32 32 --mean-diameter 7.5 --sd-diameter 2 \
 		--volume-fraction 0.2 --min-gap 0 --seed 0 --out $(DATA)/spheres-32.nc --overwrite
-	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/spheres-32.nc --out $(MODELS)/spheres-32 \
-		--steps 5000 --seed 0 --held-out 0 --no-tune --overwrite $(if $(RESUME),--resume)
+	$(call train_micro3diff,spheres-32,5000)
 	$(BIN)/micro-doe data make spheres --shape 40 32 32 --mean-diameter 7.5 --sd-diameter 2 \
 		--volume-fraction 0.2 --min-gap 0 --seed 1 --out $(DATA)/spheres-32-held-out.nc --overwrite
-	$(BIN)/micro-doe tune $(MODELS)/spheres-32 --held-out-data $(DATA)/spheres-32-held-out.nc
+	$(call tune_micro3diff,spheres-32)
 
 # Case II at the paper's grain sizes (6, 9, 12 px) in 32² images.
 $(MODELS)/polycrystal-32/model.pt: install
 	$(BIN)/micro-doe data make polycrystal --n-images 300 --size 32 --seed 0 --out $(DATA)/polycrystal-32.nc --overwrite
-	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/polycrystal-32.nc --out $(MODELS)/polycrystal-32 \
-		--steps 5000 --seed 0 --held-out 0 --no-tune --overwrite $(if $(RESUME),--resume)
+	$(call train_micro3diff,polycrystal-32,5000)
 	$(BIN)/micro-doe data make polycrystal --n-images 40 --size 32 --seed 1 --out $(DATA)/polycrystal-32-held-out.nc --overwrite
-	$(BIN)/micro-doe tune $(MODELS)/polycrystal-32 --held-out-data $(DATA)/polycrystal-32-held-out.nc
+	$(call tune_micro3diff,polycrystal-32)
 
 # Three phases (acceptor, donor, mixed): z-slices of a 320×32×32 three-phase Cahn–Hilliard box
 # (χ = 4.5, 300 steps, feature size ≈ 6 voxels), the paper's stated future work.
 $(MODELS)/ternary-blend-32/model.pt: install
 	$(BIN)/micro-doe data make cahn-hilliard-trajectory --shape 320 32 32 --phases 3 --steps 300 \
 		--snapshot-every 300 --seed 0 --out $(DATA)/ternary-blend-32.nc --overwrite
-	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/ternary-blend-32.nc \
-		--out $(MODELS)/ternary-blend-32 --steps 3500 --seed 0 --held-out 0 --no-tune --overwrite $(if $(RESUME),--resume)
+	$(call train_micro3diff,ternary-blend-32,3500)
 	$(BIN)/micro-doe data make cahn-hilliard-trajectory --shape 40 32 32 --phases 3 --steps 300 \
 		--snapshot-every 300 --seed 1 --out $(DATA)/ternary-blend-32-held-out.nc --overwrite
-	$(BIN)/micro-doe tune $(MODELS)/ternary-blend-32 --held-out-data $(DATA)/ternary-blend-32-held-out.nc
+	$(call tune_micro3diff,ternary-blend-32)
 
 # The paper's scale (#30): case I (64² images, Ø ~ N(15, 4) voxels) and case II (64² polycrystal,
 # grains of 6, 9 and 12 px). One U-Net level more than at 32² (1,2,2,2: an 8² bottleneck again).
 # Several CPU hours each on one core: the run stops cleanly on Ctrl-C or SIGTERM with its
 # checkpoint ($(MODELS)/NAME.checkpoint.pt, outside the package's data) and `make RESUME=1 ...`
 # continues it.
+UNET_64 := --channel-mults 1,2,2,2
 $(MODELS)/spheres-64/model.pt: install
 	$(BIN)/micro-doe data make spheres --shape 300 64 64 --mean-diameter 15 --sd-diameter 4 \
 		--volume-fraction 0.2 --min-gap 0 --seed 0 --out $(DATA)/spheres-64.nc --overwrite
-	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/spheres-64.nc --out $(MODELS)/spheres-64 \
-		--channel-mults 1,2,2,2 --steps 5000 --seed 0 --held-out 0 --no-tune --overwrite $(if $(RESUME),--resume)
+	$(call train_micro3diff,spheres-64,5000,$(UNET_64))
 	$(BIN)/micro-doe data make spheres --shape 40 64 64 --mean-diameter 15 --sd-diameter 4 \
 		--volume-fraction 0.2 --min-gap 0 --seed 1 --out $(DATA)/spheres-64-held-out.nc --overwrite
-	$(BIN)/micro-doe tune $(MODELS)/spheres-64 --held-out-data $(DATA)/spheres-64-held-out.nc
+	$(call tune_micro3diff,spheres-64)
 
 $(MODELS)/polycrystal-64/model.pt: install
 	$(BIN)/micro-doe data make polycrystal --n-images 300 --size 64 --seed 0 --out $(DATA)/polycrystal-64.nc --overwrite
-	OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/polycrystal-64.nc --out $(MODELS)/polycrystal-64 \
-		--channel-mults 1,2,2,2 --steps 5000 --seed 0 --held-out 0 --no-tune --overwrite $(if $(RESUME),--resume)
+	$(call train_micro3diff,polycrystal-64,5000,$(UNET_64))
 	$(BIN)/micro-doe data make polycrystal --n-images 40 --size 64 --seed 1 --out $(DATA)/polycrystal-64-held-out.nc --overwrite
-	$(BIN)/micro-doe tune $(MODELS)/polycrystal-64 --held-out-data $(DATA)/polycrystal-64-held-out.nc
+	$(call tune_micro3diff,polycrystal-64)
 
 # The conditional LDM: the default Cahn–Hilliard data set (17 φ × 9 χ, ≈ 3 min) and the default
 # recipe (VAE 5000, feature predictor 4000, LDM 30000 steps; ≈ 60 min on 2 cores) with each label
