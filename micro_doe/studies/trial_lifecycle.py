@@ -153,14 +153,9 @@ class TrialLifecycle:
         broken = [c for c in self.param_constraints() if c.violation(known[c.metric]) > 0]
         if not broken:
             return False
-        set_constraints(self.study, trial, [(c.describe(), c.violation(known[c.metric]), known[c.metric])
-                                            if c.metric in known else (c.describe(), 0.0, None)
-                                            for c in self.spec.constraints])  # fmt: skip
-        trial.set_user_attr(attrs.SKIPPED, True)
-        trial.set_user_attr(attrs.FAIL_REASON, f"not run: {broken[0].metric} {known[broken[0].metric]:g} breaks "
-                                               f"{broken[0].describe()}")
-        self.study.tell(trial, state=TrialState.PRUNED)
-        log.debug("trial %d: skipped (%s)", trial.number, broken[0].describe())
+        self._skip(trial, f"{broken[0].metric} {known[broken[0].metric]:g} breaks {broken[0].describe()}",
+                   [(c.describe(), c.violation(known[c.metric]), known[c.metric])
+                    if c.metric in known else (c.describe(), 0.0, None) for c in self.spec.constraints])  # fmt: skip
         return True
 
     def skip_if_measured(self, trial: optuna.trial.Trial, params: dict[str, Any]) -> bool:
@@ -179,14 +174,18 @@ class TrialLifecycle:
             return False
         violations = earlier.system_attrs.get(CONSTRAINTS_KEY, [])
         names = [c.describe() for c in self.spec.constraints]
-        set_constraints(self.study, trial, [(name, v, earlier.user_attrs.get(attrs.CONSTRAINT_PREFIX + name))
-                                            for name, v in zip(names, violations)])  # fmt: skip
-        trial.set_user_attr(attrs.SKIPPED, True)
         trial.set_user_attr(attrs.REPEAT_OF, earlier.number)
-        trial.set_user_attr(attrs.FAIL_REASON, f"not run: trial {earlier.number} measured these parameters on the same seeds")
-        self.study.tell(trial, state=TrialState.PRUNED)
-        log.debug("trial %d: skipped (a repeat of trial %d)", trial.number, earlier.number)
+        self._skip(trial, f"trial {earlier.number} measured these parameters on the same seeds",
+                   [(name, v, earlier.user_attrs.get(attrs.CONSTRAINT_PREFIX + name)) for name, v in zip(names, violations)])
         return True
+
+    def _skip(self, trial: optuna.trial.Trial, why: str, constraints: list[tuple[str, float, float | None]]) -> None:
+        """Tell ``trial`` PRUNED unrun: its constraints, ``skipped`` and why ("not run: ...")."""
+        set_constraints(self.study, trial, constraints)
+        trial.set_user_attr(attrs.SKIPPED, True)
+        trial.set_user_attr(attrs.FAIL_REASON, f"not run: {why}")
+        self.study.tell(trial, state=TrialState.PRUNED)
+        log.debug("trial %d: skipped (%s)", trial.number, why)
 
     def next_batch(self, ctx: TrialContext) -> tuple[int, int]:
         """(volumes, first seed) of the trial's next generation call: all of its volumes, or with
