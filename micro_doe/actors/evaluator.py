@@ -1,6 +1,6 @@
 """Evaluator actors: descriptors of volumes on CPUs, in a round-robin pool.
 
-:class:`EvaluatorWorker` owns nothing but a single-threaded torch (taufactor's solver uses
+:class:`EvaluatorWorker` owns nothing but a single-threaded torch (the reference τ solver, taufactor, is
 torch; one thread per actor keeps a pool of k actors from oversubscribing k CPUs) and runs
 :func:`~micro_doe.platform.descriptors.describe` on the volumes it is sent.
 ``EvaluatorActor = ray.remote(EvaluatorWorker)``. :class:`EvaluatorPool` owns k actors and
@@ -53,7 +53,7 @@ class EvaluatorWorker:
     ) -> dict[str, Any]:
         """``Descriptors.model_dump()`` of ``phase`` in ``volume`` (see ``describe``)."""
         self.calls += 1
-        return describe(volume, phase, periodic=periodic, tortuosity_axis=tortuosity_axis).model_dump()
+        return describe(volume, phase, periodic=periodic, tortuosity_axis=tortuosity_axis, workers=1).model_dump()
 
 
 EvaluatorActor = ray.remote(EvaluatorWorker)

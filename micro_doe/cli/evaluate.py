@@ -68,7 +68,7 @@ def descriptor_table(d: Descriptors, title: str = "") -> Table:
     if d.tortuosity is not None:
         t = d.tortuosity
         tau = "inf (no spanning path)" if math.isinf(t.tau) else f"{t.tau:.4f}"
-        table.add_row(f"tortuosity τ ({t.axis})", tau, "taufactor τ = ε/D_rel ≥ 1")
+        table.add_row(f"tortuosity τ ({t.axis})", tau, "τ = ε/D_rel ≥ 1 (taufactor's definition)")
         table.add_row(f"D_eff/D_0 ({t.axis})", f"{t.effective_diffusivity:.4f}", "relative effective diffusivity")
         table.add_row(f"percolating fraction ({t.axis})", f"{t.percolating_fraction:.4f}", "phase voxels spanning both faces")
     for pair, area in d.interfacial_area.items():

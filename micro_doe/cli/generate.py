@@ -124,14 +124,25 @@ def generate(
         if show:
             Console().print(descriptor_table(describe(samples[0].volume, phase=1), title=f"{out} [0]"))
         return
+    generate_micro3diff(
+        model, out, n=n, settings=dict(n_h=n_h, steps=steps, sampler=sampler, eta=eta, variance=variance,
+                                       variant=variant, precision=precision),
+        target=target, allow_extrapolation=allow_extrapolation, seed=seed, batch_size=batch_size, size=size,
+        device=device, show=show,
+    )  # fmt: skip
+
+
+def generate_micro3diff(
+    model: str, out: Path, *, n: int, settings: dict, target: list[str] | None, allow_extrapolation: bool,
+    seed: int, batch_size: int | None, size: int | None, device: str | None, show: bool,
+) -> None:
+    """The Micro3Diff half of ``generate`` (options checked by it): check every option against the
+    bundle before sampling, sample with a progress bar of network passes, write, show."""
     targets = parse_targets(target)
-    if targets and variant is None:
-        variant = "anchored"  # a vf target is the anchored variant's
+    if targets and settings["variant"] is None:
+        settings = {**settings, "variant": "anchored"}  # a vf target is the anchored variant's
     try:
-        settings = SamplingSettings(
-            n_h=n_h, steps=steps, sampler=sampler, eta=eta, variance=variance, variant=variant,
-            precision=precision, targets=targets,
-        )
+        sampling = SamplingSettings(**settings, targets=targets)
     except ValidationError as err:
         raise option_errors(err, {"targets": "--target"}) from None
     generator = Micro3DiffGenerator(model, device=device)
@@ -139,17 +150,17 @@ def generate(
         names = ("variant", "sampler", "steps", "n_h", "eta", "variance", "precision", "target",
                  "allow extrapolation=pass --allow-extrapolation")
         with parameters_as_options(*names):
-            generator.check(settings, allow_extrapolation)  # every mistake reported before sampling starts
+            generator.check(sampling, allow_extrapolation)  # every mistake reported before sampling starts
         with parameters_as_options("size"):
             edge, _ = generator.check_size(size, n, batch_size)  # the same check sample() makes
     except ValidationError as err:
         raise option_errors(err, {"targets": "--target"}) from None
-    total = n * generator.passes_per_volume(settings)
+    total = n * generator.passes_per_volume(sampling)
     columns = (TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("passes"), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("sampling", total=total)
         volumes = generator.sample(
-            n, settings, seed=seed, batch_size=batch_size, allow_extrapolation=allow_extrapolation,
+            n, sampling, seed=seed, batch_size=batch_size, allow_extrapolation=allow_extrapolation,
             on_pass=lambda p: bar.advance(task, p.x.shape[0]), size=edge,
         )
     write_volume(stack_volumes(volumes), out)

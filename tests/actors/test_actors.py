@@ -303,7 +303,7 @@ def test_evaluator_pool_matches_in_process_describe_round_robin(pool):
         assert comparable(got) == comparable(want)
         if want_tau is None:
             assert got_tau is None
-        else:  # taufactor's iterative solve may differ in the last bits with another thread count
+        else:  # an iterative τ solve may differ in the last bits with another thread count
             assert got_tau.pop("axis") == want_tau.pop("axis")
             assert got_tau == pytest.approx(want_tau, rel=1e-6)
     calls = [ray.get(a.info.remote())["calls"] for a in pool.actors()]

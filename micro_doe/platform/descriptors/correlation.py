@@ -80,7 +80,9 @@ def s2_radial(
     axes = [dims.index(d) for d in corr_dims]
     lengths = [ind.shape[a] for a in axes]
     r_max = resolve_r_max(lengths, r_max)
-    fft_shape = lengths if periodic else [sfft.next_fast_len(2 * n - 1, real=True) for n in lengths]
+    # Zero padding to n + r_max keeps every lag |r_d| <= r_max free of wrap-around (the others
+    # are not used), as _s2_one_axis does; 2n - 1 would be up to 2.4x the points in 3D.
+    fft_shape = lengths if periodic else [sfft.next_fast_len(n + r_max, real=True) for n in lengths]
 
     spectrum = sfft.rfftn(ind.astype(np.float64), s=fft_shape, axes=axes, workers=-1)
     batch_axes = tuple(a for a in range(ind.ndim) if a not in axes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from typing import Any
 
@@ -115,12 +116,16 @@ def describe(
     r_max: int | None = None,
     tortuosity_axis: str | None = "z",
     sizes: bool = True,
+    workers: int | None = None,
 ) -> Descriptors:
     """Compute the standard descriptor set of ``phase`` in one call.
 
     ``tortuosity_axis`` names the axis τ is measured along (default ``"z"``, the film
     normal; a 2D image has ``"y"`` and ``"x"``; ``"z"`` falls back to ``"y"`` there);
     ``None`` skips the diffusion solve. ``sizes=False`` skips the size distributions.
+    ``workers``: threads for the size distributions, whose sections are shared out among them
+    (default: the CPU cores this process may use; a Ray evaluator, pinned to one core, passes 1).
+    The τ solve is threaded by torch (``torch.set_num_threads``). Results do not depend on either.
     """
     start = time.perf_counter()
     vol = as_volume(volume)
@@ -133,15 +138,25 @@ def describe(
     counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(names))
     fractions = {name: float(counts[i]) / labels.size for i, name in enumerate(names)}
 
-    tort = None
-    if tortuosity_axis is not None:
-        axis = "y" if tortuosity_axis == "z" and "z" not in space else tortuosity_axis
-        tort = _tortuosity(vol, label, axis)
+    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    axis = "y" if tortuosity_axis == "z" and "z" not in space else tortuosity_axis
+    # The τ solve is torch, threaded by torch itself; the size distributions share their sections out.
+    tort = _tortuosity(vol, label, axis) if axis is not None else None
+    curves = {
+        "s2": {a: c.tolist() for a, c in s2_along_axes(vol, label, periodic=periodic, r_max=r_max).items()},
+        "s2_radial": s2_radial(vol, label, periodic=periodic, r_max=r_max).tolist(),
+        "lineal_path": {
+            a: c.tolist() for a, c in lineal_path_along_axes(vol, label, periodic=periodic, r_max=r_max).items()
+        },
+    }
     areas = {
         f"{names[label]}|{names[other]}": interfacial_area(vol, label, other, periodic=periodic)
         for other in range(len(names))
         if other != label
     }
+    size_distribution = section_sizes(vol, label, workers=workers) if sizes else None
     return Descriptors(
         phase=label,
         phase_name=names[label],
@@ -150,14 +165,10 @@ def describe(
         voxel_size=float(vol.attrs.get("voxel_size", 1.0)),
         periodic=periodic,
         volume_fractions=fractions,
-        s2={a: c.tolist() for a, c in s2_along_axes(vol, label, periodic=periodic, r_max=r_max).items()},
-        s2_radial=s2_radial(vol, label, periodic=periodic, r_max=r_max).tolist(),
-        lineal_path={
-            a: c.tolist() for a, c in lineal_path_along_axes(vol, label, periodic=periodic, r_max=r_max).items()
-        },
+        **curves,
         tortuosity=tort,
         interfacial_area=areas,
-        sizes=section_sizes(vol, label) if sizes else None,
+        sizes=size_distribution,
         seconds=time.perf_counter() - start,
     )
 

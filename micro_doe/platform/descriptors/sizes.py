@@ -26,6 +26,8 @@ of every section.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -169,29 +171,62 @@ def _legacy_local_thickness(mask: np.ndarray, section_axis: int | None = None) -
     return thickness
 
 
-def section_sizes(volume: VolumeLike, phase: int | str = 1) -> SizeDistribution:
-    """Component and local-thickness size distributions of ``phase`` over 2D sections (module doc)."""
+class _SectionCounts(NamedTuple):
+    """What :func:`section_sizes` pools from one set of sections."""
+
+    diameters: np.ndarray
+    largest: int
+    phase_pixels: int
+    widths: np.ndarray  # pixel counts by local-thickness width
+    pixels: int
+    sections: int
+
+
+def _count_sections(mask: np.ndarray, axis: int | None) -> _SectionCounts:
+    """The sections of ``mask`` normal to ``axis`` (``None``: a 2D image, its own section)."""
+    return _SectionCounts(
+        diameters=equivalent_diameters(mask, section_axis=axis),
+        largest=largest_component_pixels(mask, section_axis=axis),
+        phase_pixels=int(mask.sum()),
+        widths=np.bincount(local_thickness(mask, section_axis=axis)[mask].ravel()),
+        pixels=mask.size,
+        sections=1 if axis is None else mask.shape[axis],
+    )
+
+
+def section_sizes(volume: VolumeLike, phase: int | str = 1, *, workers: int = 1) -> SizeDistribution:
+    """Component and local-thickness size distributions of ``phase`` over 2D sections (module doc).
+
+    ``workers``: threads that measure the sections, each a share of them (scipy releases the GIL
+    in its labelling and distance transforms); the result does not depend on it."""
     vol = as_volume(volume)
     label = phase_index(vol, phase)
     dims = tuple(str(d) for d in vol.dims)
     values = vol.values if "sample" in dims else vol.values[None]
-    n_space = len(spatial(dims))
-    diameters: list[np.ndarray] = []
-    widths = np.zeros(0, dtype=np.int64)
-    pixels = sections = largest = phase_pixels = 0
-    for sample in values:
-        mask = sample == label
-        # 2D images are their own section; a 3D volume is cut normal to each of its axes.
-        for axis in (range(3) if n_space == 3 else [None]):
-            diameters.append(equivalent_diameters(mask, section_axis=axis))
-            largest += largest_component_pixels(mask, section_axis=axis)
-            phase_pixels += int(mask.sum())
-            counts = np.bincount(local_thickness(mask, section_axis=axis)[mask].ravel())
-            n = max(len(widths), len(counts))
-            widths = np.pad(widths, (0, n - len(widths))) + np.pad(counts, (0, n - len(counts)))
-            pixels += mask.size
-            sections += 1 if axis is None else mask.shape[axis]
-    d = np.concatenate(diameters)
+    # 2D images are their own section; a 3D volume is cut normal to each of its axes, and with
+    # several workers each axis's sections are split into contiguous shares (sections are independent).
+    units = [
+        (part, axis)
+        for sample in values
+        for axis in (range(3) if len(spatial(dims)) == 3 else [None])
+        for part in (np.array_split(sample == label, workers, axis=axis) if axis is not None and workers > 1
+                     else [sample == label])
+        if part.size
+    ]
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            counts = list(pool.map(lambda unit: _count_sections(*unit), units))
+    else:
+        counts = [_count_sections(*unit) for unit in units]
+    diameters = [c.diameters for c in counts]
+    widths = np.zeros(max(len(c.widths) for c in counts), dtype=np.int64)
+    for c in counts:
+        widths[: len(c.widths)] += c.widths
+    pixels = sum(c.pixels for c in counts)
+    sections = sum(c.sections for c in counts)
+    largest = sum(c.largest for c in counts)
+    phase_pixels = sum(c.phase_pixels for c in counts)
+    d = np.sort(np.concatenate(diameters))  # sorted: the same sums however the sections were shared out
     odd = widths[1::2].astype(np.float64)  # widths 1, 3, 5, …
     total = odd.sum()
     dist = (odd / total).tolist() if total else []

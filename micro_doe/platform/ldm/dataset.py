@@ -41,7 +41,7 @@ separated one and the last one. Grid points inside the binodal but outside the s
 small noise and are skipped without simulating; trajectories that do not reach
 ``min_segregation`` within ``n_steps`` give no samples; both are listed in ``skipped``.
 
-**Non-percolating snapshots.** They are kept, with ``tau_<phase> = inf`` (taufactor's
+**Non-percolating snapshots.** They are kept, with ``tau_<phase> = inf`` (the
 defined value, :func:`~micro_doe.platform.descriptors.tortuosity`) and
 ``percolating_<phase> = 0``; ``inf`` round-trips through NetCDF. Training decides: filter on
 ``np.isfinite(tau)``, or condition on the finite ``1 / τ = D_rel / ε ∈ [0, 1]``.
@@ -62,7 +62,7 @@ gives the identical data set (the solver runs in float32; on one device and one 
 its result is deterministic).
 
 **Cost**: one trajectory plus the labelling of its snapshots (almost all of it in the two
-taufactor solves per snapshot); the default grid is the shipped ``opv-32`` model's data, and
+diffusion solves per snapshot); the default grid is the shipped ``opv-32`` model's data, and
 its wall time is in docs/explanation/ldm.md.
 Memory: the solver holds every recorded snapshot, ``n_steps / snapshot_every · n_phases ·
 voxels · 4`` bytes (26 MB for 32³, 1000 steps, every 10).
@@ -224,7 +224,7 @@ def label_definitions(n_phases: int, axis: str = "z") -> dict[str, dict[str, str
     }
     for name in TRANSPORT_PHASES:
         defs[f"tau_{name}"] = {
-            "definition": f"taufactor tortuosity factor τ = ε / D_rel ≥ 1 of {name} along {axis} (steady diffusion "
+            "definition": f"tortuosity factor τ = ε / D_rel ≥ 1 of {name} along {axis} (steady diffusion "
             f"between {faces}, no flux through the sides, not periodic); inf when {name} does not connect them",
             "units": "1",
         }

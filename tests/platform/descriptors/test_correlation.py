@@ -62,10 +62,12 @@ def test_s2_along_axes_equals_brute_force_pair_count(rng, periodic):
 
 
 @pytest.mark.parametrize("periodic", [False, True])
-def test_s2_radial_equals_brute_force_pair_count(rng, periodic):
-    labels = rng.integers(0, 3, size=(4, 5, 6)).astype(np.int8)  # three phases, phase 2 of interest
-    expected = brute_s2_radial(labels == 2, 3, periodic)
-    np.testing.assert_allclose(s2_radial(labels, 2, periodic=periodic, r_max=3), expected, rtol=1e-12)
+@pytest.mark.parametrize(("shape", "r_max"), [((4, 5, 6), 3), ((9, 10, 11), 2), ((9, 10, 11), 8)])
+def test_s2_radial_equals_brute_force_pair_count(rng, periodic, shape, r_max):
+    # r_max from 2 (the FFT padded to n + 2: wrap-around would show at lags beyond it) to n - 1.
+    labels = rng.integers(0, 3, size=shape).astype(np.int8)  # three phases, phase 2 of interest
+    expected = brute_s2_radial(labels == 2, r_max, periodic)
+    np.testing.assert_allclose(s2_radial(labels, 2, periodic=periodic, r_max=r_max), expected, rtol=1e-12)
 
 
 def test_s2_of_zero_is_the_volume_fraction_and_independent_voxels_decorrelate(rng):

@@ -44,6 +44,16 @@ def test_describe_matches_the_individual_descriptors(blobs64):
     assert scalars["interfacial_area"] == d.interfacial_area["pore|solid"] > 0
 
 
+def test_describe_gives_the_same_descriptors_on_one_thread_and_on_three(blobs64):
+    # Three workers: each axis's sections split three ways (64 = 22 + 21 + 21).
+    one = describe(blobs64, 1, workers=1).model_dump(exclude={"seconds"})
+    three = describe(blobs64, 1, workers=3).model_dump(exclude={"seconds"})
+    assert one["sizes"]["sections"] == three["sizes"]["sections"] == 3 * 64
+    assert one == three
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        describe(blobs64, 1, workers=-1)
+
+
 def test_descriptors_round_trip_through_json_and_netcdf(tmp_path):
     labels = np.zeros((12, 12, 12), np.int8)
     labels[3:6, 3:6, 3:6] = 1  # isolated: tau is inf and must survive serialisation

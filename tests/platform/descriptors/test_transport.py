@@ -8,15 +8,16 @@ import pytest
 from micro_doe.platform.descriptors import percolating_fraction, tortuosity
 
 
-def test_straight_channels_have_tau_one_along_their_axis_and_do_not_percolate_across():
+@pytest.mark.parametrize("solver", ["multigrid", "taufactor"])
+def test_straight_channels_have_tau_one_along_their_axis_and_do_not_percolate_across(solver):
     vol = np.zeros((24, 16, 16), np.int8)
     vol[:, 2:6, 2:6] = 1
     vol[:, 9:14, 8:11] = 1
-    along = tortuosity(vol, 1, "z")
+    along = tortuosity(vol, 1, "z", solver=solver)
     assert along.tau == pytest.approx(1.0, abs=1e-3)
     assert along.percolating_fraction == 1.0
     assert along.effective_diffusivity == pytest.approx(vol.mean(), rel=1e-3)
-    across = tortuosity(vol, 1, "x")
+    across = tortuosity(vol, 1, "x", solver=solver)
     assert math.isinf(across.tau) and across.effective_diffusivity == 0.0 and across.percolating_fraction == 0.0
 
 
@@ -61,3 +62,31 @@ def test_two_dimensional_images_and_bad_axes():
     assert tortuosity(img, 1, "y").tau == pytest.approx(1.0, abs=1e-3)
     with pytest.raises(ValueError, match="axis must be one of"):
         tortuosity(img, 1, "z")
+
+
+def test_the_multigrid_solve_agrees_with_taufactor_the_reference(blobs64):
+    # One linear system, two solvers: multigrid to a residual of 1e-6, taufactor to its own
+    # criterion (flux uniform within 1 %), so they agree to taufactor's convergence.
+    winding = np.zeros((16, 12, 12), np.int8)
+    for z in range(16):
+        winding[z, 2:4, (z // 4) * 2 : (z // 4) * 2 + 4] = 1
+    porespy_2d = blobs64[0]
+    for volume, axis in [(blobs64, "z"), (blobs64[:40, :24, :56], "x"), (winding, "z"), (porespy_2d, "y")]:
+        multigrid = tortuosity(volume, 1, axis, solver="multigrid")
+        reference = tortuosity(volume, 1, axis, solver="taufactor")
+        assert multigrid.converged and reference.converged
+        assert 1.0 < multigrid.tau < 20.0
+        assert multigrid.tau == pytest.approx(reference.tau, rel=2e-3)
+        assert multigrid.percolating_fraction == reference.percolating_fraction
+    with pytest.raises(ValueError, match="solver must be one of"):
+        tortuosity(winding, 1, "z", solver="sor")  # type: ignore[arg-type]
+
+
+def test_auto_takes_taufactor_up_to_128_cubed_voxels_and_multigrid_above(blobs64):
+    small = blobs64[:24, :24, :24]
+    assert tortuosity(small, 1, "z") == tortuosity(small, 1, "z", solver="taufactor")
+    large = np.zeros((129, 128, 128), np.int8)  # one voxel over 128³: a winding channel
+    for z in range(129):
+        large[z, 4:8, (z // 8) * 4 : (z // 8) * 4 + 8] = 1
+    auto = tortuosity(large, 1, "z")
+    assert auto == tortuosity(large, 1, "z", solver="multigrid") and auto.tau > 1.2
