@@ -1,7 +1,7 @@
 """Micro3Diff sampling speed: memory layout, network precision and batched volumes, in one run.
 
     python benchmarks/micro3diff_speed.py [--model spheres-32 | --model PATH] [--repeats 5] [--steps 10]
-        [--threads 1] [--compile]
+        [--threads 1] [--compile] [--train]
 
 Seconds per volume-pass (one denoising pass over the N slices of one N³ volume: N is the
 model's image size) for the U-Net's weights and activations channels-last (NHWC, what the
@@ -14,7 +14,9 @@ per volume-pass (counted by ``torch.utils.flop_counter``) over the seconds, agai
 peak measured in the same run (the best of a few 2048² matrix products in fp32 and in bf16).
 ``--compile`` adds channels-last under ``torch.compile`` (its compile time printed apart).
 Also the sampler's overhead over the bare network calls (anchored variant, fp32, one volume):
-total sampling time over the time spent inside the network's calls.
+total sampling time over the time spent inside the network's calls. ``--train`` adds training:
+seconds per optimiser step (batch 32 of the model's image size, a fresh copy of its U-Net, AdamW)
+in fp32, the reference, and under bf16 autocast (``train micro3diff --precision bf16``), interleaved.
 """
 
 from __future__ import annotations
@@ -93,6 +95,34 @@ def standard_layout(model: UNet2D) -> Iterator[None]:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
+def training_steps(model: UNet2D, size: int, repeats: int) -> None:
+    """Seconds per training step, fp32 against bf16 autocast, interleaved (the first step of each left out)."""
+    import copy
+
+    from micro_doe.platform.diffusion import NoiseSchedule, diffusion_loss
+
+    schedule = NoiseSchedule.linear(1000)
+    x0 = (torch.rand(32, model.config.in_channels, size, size, generator=torch.Generator().manual_seed(0)) < 0.3) * 2.0 - 1
+    nets = {p: copy.deepcopy(model).train() for p in ("fp32", "bf16")}
+    optimisers = {p: torch.optim.AdamW(n.parameters(), lr=3e-4) for p, n in nets.items()}
+    times: dict[str, list[float]] = {p: [] for p in nets}
+    for repeat in range(repeats + 1):
+        for precision, net in nets.items():
+            start = time.perf_counter()
+            with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+                loss = diffusion_loss(net, x0, schedule, torch.Generator().manual_seed(repeat))
+            optimisers[precision].zero_grad()
+            loss.backward()
+            optimisers[precision].step()
+            if repeat:
+                times[precision].append(time.perf_counter() - start)
+    ref = statistics.median(times["fp32"])
+    print(f"\n| training step (batch 32, {size}²) | s per step | speed-up vs fp32 |\n|---|---:|---:|")
+    for precision, t in times.items():
+        print(f"| {precision}{' (reference)' if precision == 'fp32' else ' autocast'} | {statistics.median(t):.3f} "
+              f"| {ref / statistics.median(t):.2f}× |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="spheres-32")
@@ -100,6 +130,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="add channels-last under torch.compile")
+    parser.add_argument("--train", action="store_true", help="add training steps, fp32 against bf16 autocast")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,6 +179,8 @@ def main() -> None:
         print(f"| {layout}{' (reference)' if layout == 'NCHW' and precision == 'fp32' else ''} | {precision} | {n} | "
               f"{t:.3f} | {ref / t:.2f}× | {rate:.0f} | {rate / peak[precision]:.0%} |")
     print(f"\nsampler overhead over the bare network calls (anchored, fp32, n_h = 1): {100 * overhead:+.1f} % (target ≤ 5 %)")
+    if args.train:
+        training_steps(generator.bundle.model, size, args.repeats)
 
 
 if __name__ == "__main__":

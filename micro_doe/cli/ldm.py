@@ -60,6 +60,7 @@ def training_config(
     fp_outputs: str | None = None,
     seed: int | None = None,
     label_dropout: float | None = None,
+    precision: str | None = None,
 ) -> LDMTrainConfig:
     """An LDMTrainConfig from a JSON file (or the defaults), with the command-line overrides applied."""
     data: dict[str, Any] = {}
@@ -84,6 +85,9 @@ def training_config(
         data["seed"] = seed
     if label_dropout is not None:
         data.setdefault("ldm", {})["label_dropout"] = label_dropout
+    if precision is not None:
+        for stage in ("vae", "fp", "ldm"):
+            data.setdefault(stage, {})["precision"] = precision
     return LDMTrainConfig.model_validate(data)
 
 
@@ -161,6 +165,10 @@ def train_ldm_command(
         float | None, typer.Option(help="LDM: probability in [0, 1) of freeing each label of a training item "
                                         "(any subset becomes a condition; 0: every label required).")
     ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="Every stage's forward pass: fp32 or bf16 (mixed precision; about half a "
+                                      "CPU step at 64³). May change between --resume pieces.")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in OUT.staging.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     tracking: Annotated[str | None, typer.Option(help="MLflow tracking URI: log losses there.")] = None,
@@ -175,11 +183,12 @@ def train_ldm_command(
     try:
         recipe = training_config(config, vae_steps=vae_steps, fp_steps=fp_steps, ldm_steps=ldm_steps,
                                  conditioning=conditioning, fp_outputs=fp_outputs, seed=seed,
-                                 label_dropout=label_dropout)  # fmt: skip
+                                 label_dropout=label_dropout, precision=precision)  # fmt: skip
     except ValidationError as err:  # the options override the config file's fields of the same name
         where = f"--config {config}: " if config is not None else ""
         raise OptionError(where + str(option_errors(err, {"steps": "--<stage>-steps", "fp_outputs": "--fp-outputs",
-                                                            "label_dropout": "--label-dropout"}))) from None
+                                                            "label_dropout": "--label-dropout",
+                                                            "precision": "--precision"}))) from None
     if stage != "vae":  # the stages that (re)write the bundle at --out
         check_bundle_target(out, overwrite=overwrite)
     check_device(device)

@@ -60,6 +60,8 @@ def micro3diff(
     tune_budget: TuneBudget = "16",
     max_passes: MaxPasses = 1100,
     threads: Threads = None,
+    precision: Annotated[str, typer.Option(help="The forward pass: fp32 or bf16 (mixed precision; about half a CPU "
+                                                "step). May change between --resume pieces.")] = "fp32",
     overwrite: Overwrite = False,
 ) -> None:
     """Train the Micro3Diff 2D denoiser and write a model bundle; then tune its sampling
@@ -90,6 +92,7 @@ def micro3diff(
             unet=UNetConfig(base_channels=base_channels, channel_mults=mults, num_res_blocks=res_blocks, attention=attention),
             quality_images=quality_images,
             held_out=held_out,
+            precision=precision,
         )
     except ValidationError as err:
         raise option_errors(err, {"num_res_blocks": "--res-blocks", "channel_mults": "--channel-mults"}) from None

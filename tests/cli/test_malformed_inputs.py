@@ -184,6 +184,10 @@ CASES = [
      "--label-dropout"),
     ("train-ldm-fp-outputs", ["train", "ldm", "--data", "{spheres.nc}", "--out", "m", "--fp-outputs", "phi"],
      "--fp-outputs: must include every conditioning label"),
+    ("train-micro3diff-precision", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "m", "--precision",
+                                    "fp16"], "--precision"),
+    ("train-ldm-precision", ["train", "ldm", "--data", "{spheres.nc}", "--out", "m", "--precision", "fp16"],
+     "--precision"),
 ]
 
 

@@ -124,9 +124,9 @@ class _Run:
         return self._means[key]
 
     def identity(self, stage: str, upstream: str) -> str:
-        """What a checkpoint must agree on to be resumed (all but steps and checkpoint_every)."""
+        """What a checkpoint must agree on to be resumed (all but steps, checkpoint_every and precision)."""
         c = self.config
-        stage_config = getattr(c, stage).model_dump(exclude={"steps", "checkpoint_every"})
+        stage_config = getattr(c, stage).model_dump(exclude={"steps", "checkpoint_every", "precision"})
         shared = c.model_dump(include=_SHARED[stage])
         return json.dumps({"stage": stage_config, **shared, "data": self.fingerprint, "upstream": upstream},
                           sort_keys=True)

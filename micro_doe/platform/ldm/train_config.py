@@ -39,6 +39,10 @@ class StageConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
     checkpoint_every: int = Field(250, ge=1)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="the forward pass: fp32, or bf16 autocast (mixed precision: weights, optimiser and loss "
+        "stay fp32; about half a CPU step with bf16 units). Not part of a checkpoint's identity"
+    )
 
 
 class VAEStage(StageConfig):

@@ -28,7 +28,7 @@ def _train_fp(run: _Run, resume: bool) -> None:
 
     def loss() -> torch.Tensor:
         idx = torch.randint(0, mu.shape[0], (cfg.batch_size,), generator=generator).to(run.device)
-        return torch.mean((model(mu[idx]) - target[idx]) ** 2)
+        return torch.mean((model(mu[idx]).float() - target[idx]) ** 2)
 
     state = _optimise(run, "fp", model, loss, generator, upstream, resume)
     model.eval()

@@ -41,7 +41,10 @@ def _optimise(
     ema: torch.nn.Module | None = None,
     ema_decay: float = 0.0,
 ) -> _LoopState:
-    """AdamW steps of ``loss_fn`` up to the stage's ``steps``, checkpointing atomically; resumable."""
+    """AdamW steps of ``loss_fn`` up to the stage's ``steps``, checkpointing atomically; resumable.
+
+    With ``precision: bf16`` the loss is computed under bf16 autocast (the loss functions take
+    the model's outputs to fp32 before any reduction)."""
     cfg: StageConfig = getattr(run.config, stage)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     path, identity = run.checkpoint(stage), run.identity(stage, upstream)
@@ -52,7 +55,8 @@ def _optimise(
     model.train()
     with TrainingProgress(run.progress, cfg.steps, state.step, f"{stage} {run.out.name}") as advance:
         for step in range(state.step, cfg.steps):
-            loss = loss_fn()
+            with torch.autocast(torch.device(run.device).type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+                loss = loss_fn()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

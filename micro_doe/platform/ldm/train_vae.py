@@ -23,7 +23,7 @@ def _train_vae(run: _Run, resume: bool) -> None:
     def loss() -> torch.Tensor:
         idx = torch.randint(0, volumes.shape[0], (cfg.batch_size,), generator=generator).to(run.device)
         batch = _augment(volumes[idx], generator) if cfg.augment else volumes[idx]
-        logits, mu, logvar = model(labels_to_input(batch, n_phases), generator=generator)
+        logits, mu, logvar = (t.float() for t in model(labels_to_input(batch, n_phases), generator=generator))
         return vae_loss(logits, batch, mu, logvar, arch.kl_weight).total
 
     state = _optimise(run, "vae", model, loss, generator, "", resume)

@@ -244,7 +244,8 @@ def ldm_card(name: str, config: LDMConfig, parameters: dict[str, int]) -> str:
         c = summary.config
         lines.append(
             f"- {stage}: {parameters.get(stage, 0) / 1e6:.3f} M parameters, {summary.steps} steps, batch "
-            f"{c['batch_size']}, AdamW lr {c['lr']}, {_duration(summary.seconds)} on {summary.device} "
+            f"{c['batch_size']}, AdamW lr {c['lr']}{', bf16 forward' if c.get('precision') == 'bf16' else ''}, "
+            f"{_duration(summary.seconds)} on {summary.device} "
             f"({summary.threads} threads, {per_step:.3f} s/step), final loss (running mean) {summary.final_loss:.4f}"
         )
     lines.append(f"- condition dropout: the whole condition with p = {config.unet.cfg_dropout}, each label with "

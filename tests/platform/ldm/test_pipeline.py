@@ -113,6 +113,30 @@ def test_resume_continues_exactly_where_training_stopped(dataset, tmp_path, bund
     assert sb["losses"] == pytest.approx(sa["losses"], rel=1e-5)
 
 
+def _with_precision(recipe, stage: str, precision: str):  # type: ignore[no-untyped-def]
+    return recipe.model_copy(update={stage: getattr(recipe, stage).model_copy(update={"precision": precision})})
+
+
+@pytest.mark.parametrize("stage", ["vae", "fp", "ldm"])
+def test_bf16_training_continues_an_fp32_piece_and_changes_the_arithmetic(dataset, tmp_path, bundle, stage):
+    # 3 fp32 steps, then 3 more under bf16 autocast (precision is not part of the checkpoint's
+    # identity), against 6 fp32 steps straight: the same run but for the last 3 steps' arithmetic.
+    fp32, mixed = tmp_path / "fp32", tmp_path / "mixed"
+    if stage != "vae":
+        _copy_staging(bundle, fp32), _copy_staging(bundle, mixed)
+    train_ldm(dataset, fp32, tiny(**{stage: 6}), stage=stage, device="cpu", progress=False)
+    train_ldm(dataset, mixed, tiny(**{stage: 3}), stage=stage, device="cpu", progress=False)
+    train_ldm(dataset, mixed, _with_precision(tiny(**{stage: 6}), stage, "bf16"), stage=stage, resume=True,
+              overwrite=True, device="cpu", progress=False)
+    # The trained (not the EMA) weights, from the last checkpoint: an EMA of 0.995 hides 3 steps.
+    a, b = (torch.load(staging_dir(root) / f"{stage}.checkpoint.pt", weights_only=True)["model"] for root in (fp32, mixed))
+    summary = json.loads((staging_dir(mixed) / f"{stage}.json").read_text())
+    assert summary["steps"] == 6 and summary["config"]["precision"] == "bf16" and math.isfinite(summary["final_loss"])
+    assert all(b[k].dtype == a[k].dtype for k in a)  # the weights stay fp32
+    change = max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
+    assert change > 1e-4  # beyond a resumed fp32 run's differences (1e-6: test_resume_continues_...)
+
+
 def test_resume_errors(dataset, tmp_path, bundle):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train_ldm(dataset, tmp_path / "none", tiny(), stage="vae", resume=True, device="cpu", progress=False)

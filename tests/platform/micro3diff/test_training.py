@@ -56,6 +56,22 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path, sphere_slices
         train_micro3diff(sphere_slices, tmp_path / "c", tiny_config(), resume=True, device="cpu", progress=False)
 
 
+def test_bf16_training_continues_an_fp32_piece_and_is_recorded(tmp_path, sphere_slices):
+    # 5 fp32 steps, then 5 under bf16 autocast (precision may change on resume), against 10 fp32
+    # steps straight: the same run but for the last 5 steps' arithmetic.
+    straight = train_micro3diff(sphere_slices, tmp_path / "a", tiny_config(steps=10), device="cpu", progress=False)
+    train_micro3diff(sphere_slices, tmp_path / "b", tiny_config(steps=5), device="cpu", progress=False)
+    mixed = train_micro3diff(sphere_slices, tmp_path / "b", tiny_config(steps=10, precision="bf16"), resume=True,
+                             overwrite=True, device="cpu", progress=False)
+    a = torch.load(tmp_path / "a.checkpoint.pt", weights_only=True)["model"]  # trained weights, not the EMA's
+    b = torch.load(tmp_path / "b.checkpoint.pt", weights_only=True)["model"]
+    assert all(b[k].dtype == a[k].dtype for k in a)  # the weights stay fp32
+    assert max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point()) > 1e-5  # resume noise: 1e-6
+    config = Micro3DiffConfig.model_validate_json((mixed / "config.json").read_text())
+    assert config.recipe.precision == "bf16" and "bf16 forward" in (mixed / "card.md").read_text()
+    assert Micro3DiffConfig.model_validate_json((straight / "config.json").read_text()).recipe.precision == "fp32"
+
+
 def test_three_phase_images_train_as_one_hot_channels(tmp_path, rng):
     stack = make_volume(rng.integers(0, 3, (6, 8, 8)), dims=("sample", "y", "x"), phase_names=["a", "b", "c"])
     bundle = train_micro3diff(stack, tmp_path / "k3", tiny_config(steps=2), device="cpu", progress=False)
