@@ -59,11 +59,11 @@ bench: install
 MODELS := micro_doe/platform/models
 DATA   := micro-doe-runs/data
 # $(call train_micro3diff,NAME,STEPS[,more train options]): a bundle from all of $(DATA)/NAME.nc,
-# one thread, continued from its checkpoint with RESUME=1; $(call tune_micro3diff,NAME): its
-# sampling defaults against $(DATA)/NAME-held-out.nc.
+# one thread, continued from its checkpoint with RESUME=1; $(call tune_micro3diff,NAME[,more tune options]):
+# its sampling defaults against $(DATA)/NAME-held-out.nc.
 train_micro3diff = OMP_NUM_THREADS=1 $(BIN)/micro-doe train micro3diff --data $(DATA)/$(1).nc --out $(MODELS)/$(1) \
 	$(3) --steps $(2) --seed 0 --held-out 0 --no-tune --overwrite $(if $(RESUME),--resume)
-tune_micro3diff = $(BIN)/micro-doe tune $(MODELS)/$(1) --held-out-data $(DATA)/$(1)-held-out.nc
+tune_micro3diff = $(BIN)/micro-doe tune $(MODELS)/$(1) --held-out-data $(DATA)/$(1)-held-out.nc $(2)
 models: $(MODELS)/spheres-32/model.pt $(MODELS)/polycrystal-32/model.pt $(MODELS)/ternary-blend-32/model.pt \
 	$(MODELS)/opv-32/model.pt $(MODELS)/opv-ternary-32/model.pt $(MODELS)/spheres-64/model.pt $(MODELS)/polycrystal-64/model.pt
 
@@ -101,19 +101,21 @@ $(MODELS)/ternary-blend-32/model.pt: install
 # checkpoint ($(MODELS)/NAME.checkpoint.pt, outside the package's data) and `make RESUME=1 ...`
 # continues it.
 UNET_64 := --channel-mults 1,2,2,2
+# A 64³ volume costs 5× a 32³ one a pass: 12 settings of at most 300 passes (n_h 10 at S 25).
+TUNE_64 := --tune-budget 12 --max-passes 300
 $(MODELS)/spheres-64/model.pt: install
 	$(BIN)/micro-doe data make spheres --shape 300 64 64 --mean-diameter 15 --sd-diameter 4 \
 		--volume-fraction 0.2 --min-gap 0 --seed 0 --out $(DATA)/spheres-64.nc --overwrite
 	$(call train_micro3diff,spheres-64,5000,$(UNET_64))
 	$(BIN)/micro-doe data make spheres --shape 40 64 64 --mean-diameter 15 --sd-diameter 4 \
 		--volume-fraction 0.2 --min-gap 0 --seed 1 --out $(DATA)/spheres-64-held-out.nc --overwrite
-	$(call tune_micro3diff,spheres-64)
+	$(call tune_micro3diff,spheres-64,$(TUNE_64))
 
 $(MODELS)/polycrystal-64/model.pt: install
 	$(BIN)/micro-doe data make polycrystal --n-images 300 --size 64 --seed 0 --out $(DATA)/polycrystal-64.nc --overwrite
 	$(call train_micro3diff,polycrystal-64,5000,$(UNET_64) --precision bf16)
 	$(BIN)/micro-doe data make polycrystal --n-images 40 --size 64 --seed 1 --out $(DATA)/polycrystal-64-held-out.nc --overwrite
-	$(call tune_micro3diff,polycrystal-64)
+	$(call tune_micro3diff,polycrystal-64,$(TUNE_64))
 
 # The conditional LDM: the default Cahn–Hilliard data set (17 φ × 9 χ, ≈ 3 min) and the default
 # recipe (VAE 5000, feature predictor 4000, LDM 30000 steps; ≈ 60 min on 2 cores) with each label
