@@ -194,25 +194,27 @@ def _count_sections(mask: np.ndarray, axis: int | None) -> _SectionCounts:
     )
 
 
+def _shares(mask: np.ndarray, three_d: bool, workers: int) -> list[tuple[np.ndarray, int | None]]:
+    """(sections, axis) units of one sample: a 2D image is its own section; a 3D volume is cut
+    normal to each of its axes, each axis's sections split into ``workers`` contiguous shares
+    (sections are independent of one another)."""
+    if not three_d:
+        return [(mask, None)]
+    return [(part, axis) for axis in range(3) for part in np.array_split(mask, workers, axis=axis) if part.size]
+
+
 def section_sizes(volume: VolumeLike, phase: int | str = 1, *, workers: int = 1) -> SizeDistribution:
     """Component and local-thickness size distributions of ``phase`` over 2D sections (module doc).
 
     ``workers``: threads that measure the sections, each a share of them (scipy releases the GIL
     in its labelling and distance transforms); the result does not depend on it."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     vol = as_volume(volume)
     label = phase_index(vol, phase)
     dims = tuple(str(d) for d in vol.dims)
     values = vol.values if "sample" in dims else vol.values[None]
-    # 2D images are their own section; a 3D volume is cut normal to each of its axes, and with
-    # several workers each axis's sections are split into contiguous shares (sections are independent).
-    units = [
-        (part, axis)
-        for sample in values
-        for axis in (range(3) if len(spatial(dims)) == 3 else [None])
-        for part in (np.array_split(sample == label, workers, axis=axis) if axis is not None and workers > 1
-                     else [sample == label])
-        if part.size
-    ]
+    units = [unit for sample in values for unit in _shares(sample == label, len(spatial(dims)) == 3, workers)]
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             counts = list(pool.map(lambda unit: _count_sections(*unit), units))
