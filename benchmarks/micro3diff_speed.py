@@ -1,7 +1,7 @@
 """Micro3Diff sampling speed: memory layout, network precision and batched volumes, in one run.
 
     python benchmarks/micro3diff_speed.py [--model spheres-32 | --model PATH] [--repeats 5] [--steps 10]
-        [--threads 1] [--compile] [--train]
+        [--threads 1] [--compile] [--train | --train-only]
 
 Seconds per volume-pass (one denoising pass over the N slices of one N³ volume: N is the
 model's image size) for the U-Net's weights and activations channels-last (NHWC, what the
@@ -16,7 +16,8 @@ peak measured in the same run (the best of a few 2048² matrix products in fp32 
 Also the sampler's overhead over the bare network calls (anchored variant, fp32, one volume):
 total sampling time over the time spent inside the network's calls. ``--train`` adds training:
 seconds per optimiser step (batch 32 of the model's image size, a fresh copy of its U-Net, AdamW)
-in fp32, the reference, and under bf16 autocast (``train micro3diff --precision bf16``), interleaved.
+in fp32, the reference, and under bf16 autocast (``train micro3diff --precision bf16``), interleaved;
+``--train-only`` measures training alone.
 """
 
 from __future__ import annotations
@@ -131,11 +132,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="add channels-last under torch.compile")
     parser.add_argument("--train", action="store_true", help="add training steps, fp32 against bf16 autocast")
+    parser.add_argument("--train-only", action="store_true", help="training steps alone")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     generator = Micro3DiffGenerator(args.model if os.sep in args.model else f"pretrained:{args.model}")
     eager = generator.bundle.model
+    if args.train_only:
+        print(f"# {args.model}: {torch.get_num_threads()} threads on {cpu_name()}, torch {torch.__version__}, "
+              f"median of {args.repeats} interleaved repeats")
+        training_steps(eager, generator.bundle.config.image_size, args.repeats)
+        return
     cases = [(layout, p, 1) for layout in ("NCHW", "NHWC") for p in ("fp32", "bf16")] + [("NHWC", p, 4) for p in ("fp32", "bf16")]
     compiled = None
     if args.compile:
