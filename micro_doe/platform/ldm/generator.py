@@ -345,18 +345,8 @@ class LDMGenerator:
             for lo in range(0, len(jobs), batch_size):
                 batch = jobs[lo : lo + batch_size]
                 start = time.perf_counter()
-                generators = [torch.Generator().manual_seed(candidate_seed(seed + i, j)) for i, j in batch]
-                wanted = [request(i, j) for i, j in batch]
-                guide = self._feature_guide(wanted, settings.feature_guidance) if settings.feature_guidance > 0 else None
-                z0 = sample_latents(
-                    self.bundle.unet, diffusion, self.contexts(wanted), config.latent_shape(),
-                    guidance=settings.guidance, rescale=settings.guidance_rescale, guide=guide,
-                    generators=generators, device=self.device,
-                )  # fmt: skip
-                if not bool(torch.isfinite(z0).all()):
-                    raise GenerationError(f"{self.model_ref}: sampling produced non-finite latents (seed {seed})")
-                labels = decode_volumes(self.bundle.vae, z0, latent_scale=config.latent_scale, device=self.device)
-                predicted = self.predict(z0)
+                seeds = [candidate_seed(seed + i, j) for i, j in batch]
+                labels, predicted = self._draw(diffusion, settings, [request(i, j) for i, j in batch], seeds)
                 for k, (i, j) in enumerate(batch):
                     measured, dist = {}, 0.0
                     if verify is not None:
@@ -391,6 +381,24 @@ class LDMGenerator:
             samples.append(self._sample(labels_i, predicted_i, seconds[i], checked, settings,
                                         candidate_seed(seed + i, j), verification))  # fmt: skip
         return samples
+
+    def _draw(
+        self, diffusion: Sampler, settings: LDMSamplingConfig, requests: list[dict[str, float]], seeds: list[int]
+    ) -> tuple[np.ndarray, list[dict[str, float]]]:
+        """One batch of candidates: candidate k conditioned on ``requests[k]`` from seed ``seeds[k]``;
+        their decoded labels and the feature predictor's predictions."""
+        config = self.bundle.config
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        guide = self._feature_guide(requests, settings.feature_guidance) if settings.feature_guidance > 0 else None
+        z0 = sample_latents(
+            self.bundle.unet, diffusion, self.contexts(requests), config.latent_shape(),
+            guidance=settings.guidance, rescale=settings.guidance_rescale, guide=guide,
+            generators=generators, device=self.device,
+        )  # fmt: skip
+        if not bool(torch.isfinite(z0).all()):
+            raise GenerationError(f"{self.model_ref}: sampling produced non-finite latents (candidate seed {seeds[0]})")
+        labels = decode_volumes(self.bundle.vae, z0, latent_scale=config.latent_scale, device=self.device)
+        return labels, self.predict(z0)
 
     def _sample(
         self,
