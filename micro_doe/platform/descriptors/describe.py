@@ -138,25 +138,16 @@ def describe(
     counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(names))
     fractions = {name: float(counts[i]) / labels.size for i, name in enumerate(names)}
 
-    workers = len(os.sched_getaffinity(0)) if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    axis = "y" if tortuosity_axis == "z" and "z" not in space else tortuosity_axis
-    # The τ solve is torch, threaded by torch itself; the size distributions share their sections out.
-    tort = _tortuosity(vol, label, axis) if axis is not None else None
-    curves = {
-        "s2": {a: c.tolist() for a, c in s2_along_axes(vol, label, periodic=periodic, r_max=r_max).items()},
-        "s2_radial": s2_radial(vol, label, periodic=periodic, r_max=r_max).tolist(),
-        "lineal_path": {
-            a: c.tolist() for a, c in lineal_path_along_axes(vol, label, periodic=periodic, r_max=r_max).items()
-        },
-    }
+    tort = None
+    if tortuosity_axis is not None:
+        axis = "y" if tortuosity_axis == "z" and "z" not in space else tortuosity_axis
+        tort = _tortuosity(vol, label, axis)
     areas = {
         f"{names[label]}|{names[other]}": interfacial_area(vol, label, other, periodic=periodic)
         for other in range(len(names))
         if other != label
     }
-    size_distribution = section_sizes(vol, label, workers=workers) if sizes else None
+    workers = len(os.sched_getaffinity(0)) if workers is None else workers
     return Descriptors(
         phase=label,
         phase_name=names[label],
@@ -165,10 +156,14 @@ def describe(
         voxel_size=float(vol.attrs.get("voxel_size", 1.0)),
         periodic=periodic,
         volume_fractions=fractions,
-        **curves,
+        s2={a: c.tolist() for a, c in s2_along_axes(vol, label, periodic=periodic, r_max=r_max).items()},
+        s2_radial=s2_radial(vol, label, periodic=periodic, r_max=r_max).tolist(),
+        lineal_path={
+            a: c.tolist() for a, c in lineal_path_along_axes(vol, label, periodic=periodic, r_max=r_max).items()
+        },
         tortuosity=tort,
         interfacial_area=areas,
-        sizes=size_distribution,
+        sizes=section_sizes(vol, label, workers=workers) if sizes else None,
         seconds=time.perf_counter() - start,
     )
 

@@ -65,7 +65,7 @@ class Tortuosity(BaseModel):
 def percolating_fraction(volume: VolumeLike, phase: int | str = 1, axis: str = "z") -> float:
     """Fraction of the phase's voxels in clusters that touch both faces normal to ``axis``."""
     ind, dims = indicator(volume, phase)
-    return _percolating_fraction(ind, _axis_index(dims, axis))
+    return _share(_spanning(ind, _axis_index(dims, axis)), ind)
 
 
 TortuositySolver = Literal["auto", "multigrid", "taufactor"]
@@ -101,7 +101,7 @@ def tortuosity(
     a = _axis_index(dims, axis)
     fraction = float(ind.mean()) if ind.size else 0.0
     spanning = _spanning(ind, a)
-    perc = float(spanning.sum()) / float(ind.sum()) if ind.any() else 0.0
+    perc = _share(spanning, ind)
     if perc == 0.0:
         return Tortuosity(
             axis=axis, tau=math.inf, effective_diffusivity=0.0, volume_fraction=fraction, percolating_fraction=0.0
@@ -185,9 +185,10 @@ def _axis_index(dims: tuple[str, ...], axis: str) -> int:
     return dims.index(axis)
 
 
-def _percolating_fraction(ind: np.ndarray, axis: int) -> float:
+def _share(spanning: np.ndarray, ind: np.ndarray) -> float:
+    """The percolating fraction: spanning voxels over the phase's voxels (0 for an absent phase)."""
     total = int(ind.sum())
-    return float(_spanning(ind, axis).sum()) / total if total else 0.0
+    return float(spanning.sum()) / total if total else 0.0
 
 
 def _spanning(ind: np.ndarray, axis: int) -> np.ndarray:
