@@ -4,6 +4,7 @@ progress bar that shows the running loss."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -26,6 +27,15 @@ def check_device(device: str | None, option: str = "--device") -> str | None:
     if index and int(index) >= torch.cuda.device_count():
         raise ValueError(f"{option} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+TrainingPrecision = Literal["fp32", "bf16"]
+
+
+def training_autocast(device: str | torch.device, precision: TrainingPrecision) -> torch.autocast:
+    """The context a training step computes its loss in: bf16 autocast of the forward pass
+    (mixed precision; weights, optimiser and the loss's reduction stay fp32), or nothing for fp32."""
+    return torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == "bf16")
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from micro_doe.platform.diffusion.training import TrainingPrecision
 from micro_doe.platform.ldm.latent_unet import LatentUNetConfig
 from micro_doe.platform.ldm.vae import VAE3DConfig
 
@@ -39,7 +40,7 @@ class StageConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
     checkpoint_every: int = Field(250, ge=1)
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: TrainingPrecision = Field(
         "fp32", description="the forward pass: fp32, or bf16 autocast (mixed precision: weights, optimiser and loss "
         "stay fp32; about half a CPU step with bf16 units). Not part of a checkpoint's identity"
     )

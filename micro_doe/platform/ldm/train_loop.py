@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from micro_doe.platform.diffusion.training import TrainingProgress, ema_update
+from micro_doe.platform.diffusion.training import TrainingProgress, ema_update, training_autocast
 from micro_doe.platform.ldm.bundle import StageSummary, load_weights
 from micro_doe.platform.ldm.stages_common import _Run, _state_hash
 from micro_doe.platform.ldm.train_config import StageConfig
@@ -55,7 +55,7 @@ def _optimise(
     model.train()
     with TrainingProgress(run.progress, cfg.steps, state.step, f"{stage} {run.out.name}") as advance:
         for step in range(state.step, cfg.steps):
-            with torch.autocast(torch.device(run.device).type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+            with training_autocast(run.device, cfg.precision):
                 loss = loss_fn()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

@@ -37,6 +37,7 @@ from micro_doe.platform.bundles import (
 )
 from micro_doe.platform.descriptors import Descriptors
 from micro_doe.platform.diffusion import NoiseSchedule
+from micro_doe.platform.diffusion.training import TrainingPrecision
 from micro_doe.platform.micro3diff.unet import UNet2D, UNetConfig
 from micro_doe.platform.volumes import atomic_directory, write_netcdf
 
@@ -78,7 +79,7 @@ class TrainingRecipe(BaseModel):
     grad_clip: float = Field(gt=0)
     augment: bool
     seed: int
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="the forward pass in training (the last piece's)")
+    precision: TrainingPrecision = Field("fp32", description="the forward pass in training (the last piece's)")
     data: str = Field(description="where the training images came from")
     data_seed: int | None = Field(None, description="seed of the synthetic data, if synthetic")
     data_params: dict = Field(default_factory=dict, description="the data generator's parameters, if synthetic")

@@ -41,7 +41,13 @@ from micro_doe.platform.descriptors import (
 )
 from micro_doe.platform.diffusion import DDPMSampler, NoiseSchedule, diffusion_loss
 from micro_doe.platform.diffusion.channels import labels_to_channels, to_labels
-from micro_doe.platform.diffusion.training import TrainingProgress, default_device, ema_update
+from micro_doe.platform.diffusion.training import (
+    TrainingPrecision,
+    TrainingProgress,
+    default_device,
+    ema_update,
+    training_autocast,
+)
 from micro_doe.platform.interrupts import interrupts_deferred
 from micro_doe.platform.micro3diff.bundle import HeldOutRecord, Micro3DiffConfig, TrainingRecipe, write_bundle
 from micro_doe.platform.micro3diff.sampler import sample_2d
@@ -76,7 +82,7 @@ class TrainConfig(BaseModel):
                             "to judge sampling settings (micro-doe tune); the last images, a contiguous block")
     quality_images: int = Field(16, ge=0, description="images sampled for the card's 2D quality check")
     quality_steps: int = Field(100, ge=1)
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: TrainingPrecision = Field(
         "fp32", description="the forward pass: fp32, or bf16 autocast (mixed precision: weights, optimiser and loss "
         "stay fp32; about half a CPU step with bf16 units). May change on resume"
     )
@@ -283,7 +289,7 @@ def _train_steps(model, ema, optimiser, generator, images, n_phases, schedule, c
             if config.augment:
                 batch = _random_dihedral(batch, generator)
             x0 = labels_to_channels(batch, n_phases)
-            with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=config.precision == "bf16"):
+            with training_autocast(device, config.precision):
                 loss = diffusion_loss(model, x0, schedule, generator)  # fp32: noise minus the bf16 prediction
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
