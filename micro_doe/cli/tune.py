@@ -15,6 +15,11 @@ HeldOutData = Annotated[
     Path | None,
     typer.Option(help="Images the model was not trained on, to judge against (when the bundle holds none)."),
 ]
+TrainingData = Annotated[
+    Path | None,
+    typer.Option(help="The images the model trained on (train's --data), for a bundle trained before their "
+                      "autocovariance was recorded: it is recorded, and the search includes the spectral variant."),
+]
 Threads = Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's choice, all cores).")]
 MaxPasses = Annotated[int, typer.Option(help="At most this many denoising passes, (n_h + 1) · S, per volume: costlier "
                                              "settings are skipped unrun, and the default stays affordable.")]
@@ -24,6 +29,7 @@ def tune(
     model: Annotated[str, typer.Argument(help="A Micro3Diff bundle directory (or pretrained:NAME, tuned in place).")],
     tune_budget: TuneBudget = "16",
     held_out_data: HeldOutData = None,
+    training_data: TrainingData = None,
     seed: Annotated[int, typer.Option(help="Seed of the search and of the volumes.")] = 0,
     threads: Threads = None,
     max_passes: MaxPasses = 1100,
@@ -32,7 +38,7 @@ def tune(
     one as its default, with the vf calibration and the table, into the bundle."""
     options = tune_options(tune_budget, seed, max_passes)
     set_threads(threads)
-    run_tuning(model, options, held_out_data)
+    run_tuning(model, options, held_out_data, training_data)
 
 
 def tune_options(budget: str, seed: int, max_passes: int = 1100):
@@ -59,7 +65,7 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def run_tuning(model: str, options, held_out_data: Path | None) -> None:
+def run_tuning(model: str, options, held_out_data: Path | None, training_data: Path | None = None) -> None:
     from micro_doe.cli.run import run_live
     from micro_doe.platform.bundles import bundle_kind, resolve_bundle_path
     from micro_doe.studies.tuning import tune
@@ -72,7 +78,7 @@ def run_tuning(model: str, options, held_out_data: Path | None) -> None:
     def study(runner):
         return run_live(runner, [o.name for o, _ in runner.objectives], None, None, console)
 
-    tune(path, options, held_out_data=held_out_data, on_study=study,
+    tune(path, options, held_out_data=held_out_data, training_data=training_data, on_study=study,
                   log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
     section = (path / "card.md").read_text().split("## Sampling defaults (chosen by `micro-doe tune`)")[-1]
     Console(soft_wrap=True).print(f"{path.name}: tuned against held-out images (vf is a constraint, not a judge)"

@@ -54,7 +54,13 @@ from micro_doe.platform.micro3diff.bundle import (
     TuningRecord,
 )
 from micro_doe.platform.micro3diff.generator import VARIANTS, Micro3DiffGenerator, SamplingSettings
-from micro_doe.platform.micro3diff.training import MIN_HELD_OUT, load_training_data, training_images, training_reference
+from micro_doe.platform.micro3diff.training import (
+    MIN_HELD_OUT,
+    image_autocovariance,
+    load_training_data,
+    training_images,
+    training_reference,
+)
 from micro_doe.platform.volumes import atomic_path, why_missing
 from micro_doe.studies.objectives import BUILTIN_OBJECTIVES, STRUCTURE_JUDGES, Sample
 from micro_doe.studies.preflight import masked_url
@@ -77,6 +83,25 @@ STARTS: list[dict[str, Any]] = [
     {"variant": "anchored", "n_h": 3, "steps": 50, "decode": "sign", "calibrate": False, "precision": "bf16"},
     {"variant": "anchored", "n_h": 40, "steps": 25, "decode": "fractions", "calibrate": False, "precision": "bf16"},
 ]
+# With a recorded autocovariance, the spectral variant's starts come right after the paper's:
+# the cheap and the middle setting measured on the unseen morphologies (docs/explanation/micro3diff.md).
+SPECTRAL_STARTS: list[dict[str, Any]] = [
+    {"variant": "spectral", "n_h": 1, "steps": 25, "decode": "sign", "calibrate": False, "precision": "bf16"},
+    {"variant": "spectral", "n_h": 3, "steps": 50, "decode": "sign", "calibrate": False, "precision": "bf16"},
+]
+
+
+def starts(spectral: bool) -> list[dict[str, Any]]:
+    """The study's first settings, in order: :data:`STARTS`, with :data:`SPECTRAL_STARTS` after
+    the paper's when the bundle can sample the spectral variant."""
+    return [PAPER, *SPECTRAL_STARTS, *STARTS[1:]] if spectral else list(STARTS)
+
+
+def variants(config: Micro3DiffConfig) -> list[str]:
+    """The variants searched: the paper's and anchored, and spectral when the bundle records an autocovariance."""
+    return ["paper", "anchored"] + (["spectral"] if config.autocovariance is not None else [])
+
+
 PROBE = {"variant": "anchored", "n_h": 6, "steps": 25, "precision": "bf16", "decode": "sign", "calibrate": False}
 CALIBRATION_FACTORS = (0.75, 1.0, 1.25)
 CONFIRM_SEED = 100_000  # confirmation volumes: seeds the study never used
@@ -125,11 +150,12 @@ def parse_budget(text: str, option: str = "--tune-budget") -> tuple[int | None, 
     return None, value
 
 
-def study_name(bundle: Path) -> str:
-    """``tune-<bundle name>-<8 hex of model.pt>``: a retrained model gets a study of its own."""
+def study_name(bundle: Path, searched: list[str] | None = None) -> str:
+    """``tune-<bundle name>-<8 hex of model.pt>``, then ``-spectral`` when that variant is
+    searched: a retrained model, or a bundle that gained a variant, gets a study of its own."""
     digest = model_digest(bundle)[:8]
     slug = re.sub(r"[^a-z0-9_-]+", "-", bundle.name.lower()).strip("-_") or "model"
-    return f"tune-{slug}-{digest}"
+    return f"tune-{slug}-{digest}" + ("-spectral" if searched and "spectral" in searched else "")
 
 
 # ----------------------------------------------------------------------------- stage 1: held out
@@ -171,6 +197,27 @@ def update_config(bundle: Path, **fields: Any) -> Micro3DiffConfig:
     return config
 
 
+def training_autocovariance(path: Path, config: Micro3DiffConfig, option: str = "--training-data") -> list[list[float]]:
+    """The radial autocovariance of the images a bundle trained on, read from ``path`` (the data
+    given to ``train``): its images of the model's size and phases, without the held-out block
+    when ``path`` holds exactly the training images and the held-out ones after them."""
+    if reason := why_missing(path):
+        raise TuningError(f"{option} {path}: {reason}")
+    try:
+        stack = training_images(load_training_data(path), f"{option} {path}")
+    except ValueError as err:
+        raise TuningError(str(err) if str(err).startswith(option) else f"{option} {path}: {err}") from None
+    side, n = int(stack.sizes["y"]), int(stack.sizes["sample"])
+    if side != config.image_size:
+        raise TuningError(f"{option} {path}: images of {side}², but the model was trained on {config.image_size}²")
+    if int(stack.max()) >= config.n_phases:
+        raise TuningError(f"{option} {path}: labels up to {int(stack.max())}, but the model has {config.n_phases} phases")
+    held = config.held_out
+    if held is not None and held.first is not None and n == held.first + held.n_images:
+        stack = stack.isel(sample=slice(0, held.first))
+    return image_autocovariance(stack, config.n_phases)
+
+
 # ----------------------------------------------------------------------------- stage 2: calibration
 
 
@@ -193,9 +240,13 @@ def measure_calibration(generator: Micro3DiffGenerator, setting: dict[str, Any],
 # ----------------------------------------------------------------------------- stage 3: the study
 
 
-def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name: str, device_has_fp16: bool = False) -> dict[str, Any]:
-    """The study that searches the sampling settings (see the module doc)."""
+def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name: str, device_has_fp16: bool = False,
+                searched: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The study that searches the sampling settings (see the module doc); ``searched``: the
+    variants (default: :data:`SEARCH`'s)."""
     search = {k: dict(v) for k, v in SEARCH.items()}
+    if searched is not None:
+        search["variant"] = {"categorical": list(searched)}
     if device_has_fp16:
         search["precision"] = {"categorical": ["fp32", "bf16", "fp16"]}
     budget: dict[str, Any] = {"n_trials": options.trials if options.minutes is None else 10_000}
@@ -212,7 +263,8 @@ def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name
                        {"name": "seconds_per_volume", "direction": "minimize"}],
         "constraints": [{"metric": "vf_error", "max": round(VF_TOLERANCE * reference.volume_fraction, 4)},
                         {"metric": "passes_per_volume", "max": options.max_passes}],  # skipped unrun when over
-        "sampler": {"kind": "tpe", "seed": options.seed, "n_startup_trials": len(STARTS)},
+        "sampler": {"kind": "tpe", "seed": options.seed,
+                    "n_startup_trials": len(starts("spectral" in search["variant"]["categorical"]))},
         "budget": budget,
         "resources": {"generators": 1, "evaluators": 1},
         "evaluation": {"phase": reference.phase, "tortuosity_axis": None},
@@ -223,16 +275,16 @@ def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name
 
 
 def enqueue_starts(spec: Any, budget: int) -> int:
-    """On a new study, enqueue the starting settings (at most ``budget``); returns how many."""
+    """On a new study, enqueue the starting settings (:func:`starts`, at most ``budget``); returns how many."""
     from micro_doe.studies.study_storage import open_study
 
     study = open_study(spec)
     if study.get_trials(deepcopy=False):
         return 0
-    starts = STARTS[: max(budget, 2)]
-    for params in starts:
+    first = starts("spectral" in spec.search["variant"].choices)[: max(budget, 2)]
+    for params in first:
         study.enqueue_trial(params, user_attrs={"initial_design": "tuning start"})
-    return len(starts)
+    return len(first)
 
 
 # ----------------------------------------------------------------------------- stage 4: choice
@@ -361,10 +413,15 @@ def tune(
     options: TuneOptions = TuneOptions(),
     *,
     held_out_data: Path | None = None,
+    training_data: Path | None = None,
     on_study: Callable[[Any], Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> TuningRecord:
     """Tune a Micro3Diff bundle's default sampling settings (the module doc's four stages).
+
+    ``training_data``: the images the model trained on, for a bundle trained before its
+    ``autocovariance`` was recorded: it is measured from them and written into the bundle, and
+    the search includes the spectral variant (:func:`training_autocovariance`).
 
     ``on_study(study)`` runs the :class:`~micro_doe.studies.runner.Study` and returns its result
     (the CLI shows progress there); by default ``study.run()``. A shipped model
@@ -380,14 +437,19 @@ def tune(
     config = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text())
     # Everything is read and checked (the held-out images, the stores) before the bundle is touched.
     held_out = load_held_out(bundle) if held_out_data is None else held_out_reference(held_out_data, config)
-    name = study_name(bundle)
+    if training_data is not None:
+        curves = training_autocovariance(training_data, config)
+    searched = variants(config if training_data is None else config.model_copy(update={"autocovariance": curves}))
+    name = study_name(bundle, searched)
     fp16 = default_device() == "cuda"
-    preflight = tuning_spec(bundle, held_out, options, name, fp16)
+    preflight = tuning_spec(bundle, held_out, options, name, fp16, searched)
     preflight["generator"]["reference"] = "training"  # held_out.nc may not be written yet
     check_before_start(StudySpec.model_validate(preflight), "micro-doe tune")
     if held_out_data is not None:
         write_held_out(bundle, held_out, f"{held_out_data} (given to micro-doe tune)", held_out.sizes.sections)  # type: ignore[union-attr]
-    spec = StudySpec.model_validate(tuning_spec(bundle, held_out, options, name, fp16))
+    if training_data is not None:
+        update_config(bundle, autocovariance=curves)
+    spec = StudySpec.model_validate(tuning_spec(bundle, held_out, options, name, fp16, searched))
 
     generator = Micro3DiffGenerator(bundle)  # loaded once; its config follows every update below
     log(f"tune {bundle.name}: calibrating vf at the probe setting ({label(defaults_of(PROBE))})")

@@ -8,13 +8,14 @@ import json
 import shutil
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator
-from micro_doe.studies.tuning import PAPER, STARTS, TuneOptions, choose, finalists, study_name, tune
+from micro_doe.studies.tuning import PAPER, TuneOptions, choose, finalists, starts, study_name, tune
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -53,7 +54,9 @@ def test_tune_runs_a_study_and_writes_defaults_calibration_and_table(tmp_path, h
     record = tune(bundle, options(tmp_path), log=lambda line: None)
 
     config = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text())
-    assert config.tuning == record and record.trials == 2 and record.study == study_name(bundle)
+    searched = ["paper", "anchored", "spectral"]  # trained now: the autocovariance is recorded
+    assert config.tuning == record and record.trials == 2 and record.study == study_name(bundle, searched)
+    assert record.study.endswith("-spectral")
     assert config.held_out is not None and config.held_out.n_images == 6
     assert len(config.vf_calibration) == 3  # measured, not set by hand
     assert [r["role"] for r in record.table] == ["tuned default", "paper (SamplingConfig())", "data floor"]
@@ -64,7 +67,8 @@ def test_tune_runs_a_study_and_writes_defaults_calibration_and_table(tmp_path, h
 
     study = optuna.load_study(study_name=record.study, storage=f"sqlite:///{tmp_path}/optuna.db")
     trials = study.get_trials(states=(TrialState.COMPLETE,))
-    assert [t.params for t in trials] == [dict(PAPER), STARTS[1]]  # the paper's algorithm is always tried
+    assert [t.params for t in trials] == starts(spectral=True)[:2]  # the paper's algorithm is always tried
+    assert study.trials[0].distributions["variant"].choices == tuple(searched)
     assert study.metric_names == ["structure_error", "seconds_per_volume"]
     # Every feasible setting (here both) was measured again; the default is chosen among those rows.
     assert sorted(r["trial"] for r in record.finalists) == sorted(t.number for t in finalists_of(study))
@@ -116,14 +120,14 @@ def test_settings_over_the_pass_cap_are_skipped_unrun_and_use_no_budget(tmp_path
 
     bundle = tmp_path / "b"
     shutil.copytree(held_out_bundle, bundle)
-    # STARTS: the paper's 100 passes, then 175 and 275: at most 180, the third start is skipped.
+    # The starts: the paper's 100 passes, then 50 and 200: at most 180, the third start is skipped.
     record = tune(bundle, options(tmp_path, trials=3, max_passes=180), log=lambda line: None)
     study = optuna.load_study(study_name=record.study, storage=f"sqlite:///{tmp_path}/optuna.db")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     skipped = [t for t in study.get_trials() if t.user_attrs.get(attrs.SKIPPED)]
     assert len(complete) == 3 and record.trials == 3
     assert all(passes(t.params) <= 180 for t in complete)
-    assert STARTS[2] in [t.params for t in skipped]
+    assert starts(spectral=True)[2] in [t.params for t in skipped]
     for t in skipped:
         assert t.state == TrialState.PRUNED and t.user_attrs[attrs.FEASIBLE] is False
         assert passes(t.params) > 180 and "passes_per_volume" in t.user_attrs[attrs.FAIL_REASON]
@@ -209,3 +213,30 @@ def test_the_floor_of_a_reference_without_connectivity_says_unknown_not_100(sphe
     row = floor_row(old, held_out)  # a reference.nc made before largest_share existed
     assert math.isnan(row["connectivity_error"]) and math.isnan(row["structure_error"])
     assert math.isfinite(row["lineal_path_error"]) and math.isfinite(row["size_error"])
+
+
+def test_training_data_records_the_autocovariance_of_a_bundle_trained_before_it(tmp_path, held_out_bundle, sphere_slices,
+                                                                                 rng):
+    from micro_doe.platform.micro3diff.training import image_autocovariance
+    from micro_doe.platform.volumes import make_volume, write_netcdf
+    from micro_doe.studies.tuning import TuningError, training_autocovariance, update_config, variants
+
+    bundle = tmp_path / "b"
+    shutil.copytree(held_out_bundle, bundle)
+    recorded = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text()).autocovariance
+    older = update_config(bundle, autocovariance=None)
+    assert variants(older) == ["paper", "anchored"]  # no target, no spectral variant
+    data = write_netcdf(sphere_slices, tmp_path / "spheres.nc")
+    # The data given to train: its held-out block (the last 6 of 40 images) is left out again.
+    np.testing.assert_allclose(training_autocovariance(data, older), recorded)
+    assert training_autocovariance(data, older) != image_autocovariance(sphere_slices.rename(z="sample"), 2)
+    for shape, message in (((8, 32, 32), "images of 32², but the model was trained on 16²"),
+                           ((8, 16, 12), "must be square")):
+        other = write_netcdf(make_volume(rng.integers(0, 2, shape).astype("int8"), dims=("sample", "y", "x")),
+                             tmp_path / f"other-{shape[1]}-{shape[2]}.nc")
+        with pytest.raises((TuningError, ValueError), match=message):
+            tune(bundle, options(tmp_path), training_data=other, log=lambda line: None)
+    with pytest.raises(TuningError, match="--training-data .*nothing.nc"):
+        tune(bundle, options(tmp_path), training_data=tmp_path / "nothing.nc", log=lambda line: None)
+    assert Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text()).autocovariance is None
+    assert not (tmp_path / "optuna.db").exists()

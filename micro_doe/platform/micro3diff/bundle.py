@@ -133,6 +133,10 @@ class Micro3DiffConfig(BaseModel):
     sampling: SamplingConfig = SamplingConfig()
     held_out: HeldOutRecord | None = Field(None, description="images set aside from training (held_out.nc)")
     tuning: TuningRecord | None = Field(None, description="how `sampling` was chosen, when tuned")
+    autocovariance: list[list[float]] | None = Field(
+        None, description="radial autocovariance rho_c(r), r = 0..n//2, of each channel of the training images, "
+        "normalised to 1 at r = 0 (the spectral variant's target; micro3diff.spectrum); None: not recorded"
+    )
 
     @property
     def n_phases(self) -> int:

@@ -33,18 +33,21 @@ from micro_doe.platform.generators import GeneratedBatch
 from micro_doe.platform.memory import check_memory
 from micro_doe.platform.micro3diff.bundle import Micro3DiffBundle, SamplingConfig, load_bundle
 from micro_doe.platform.micro3diff.sampler import Anchor, DenoisingPass, sample_multiplane_batch
+from micro_doe.platform.micro3diff.spectrum import SpectralShape, spectral_shape
 from micro_doe.platform.volumes import make_volume
 
 
 @dataclass(frozen=True)
 class Variant:
     """A multi-plane variant: how each step's planes are combined (``planes``, ``moment_match``:
-    keyword arguments of :func:`sample_multiplane_batch`) and whether each channel's mean is
-    anchored to a target vf (``anchors``)."""
+    keyword arguments of :func:`sample_multiplane_batch`), whether each channel's mean is
+    anchored to a target vf (``anchors``) and its radial power spectrum to the training images'
+    (``spectral``: :mod:`~micro_doe.platform.micro3diff.spectrum`)."""
 
     planes: Literal["rotate", "average"] = "rotate"
     moment_match: float | None = None
     anchors: bool = False
+    spectral: bool = False
 
     def sampler_kwargs(self) -> dict[str, Any]:
         return {"planes": self.planes} | ({"moment_match": self.moment_match} if self.moment_match is not None else {})
@@ -58,6 +61,7 @@ VARIANTS: dict[str, Variant] = {
     "average": Variant(planes="average"),
     "moment": Variant(moment_match=1.0),
     "anchored": Variant(anchors=True),
+    "spectral": Variant(anchors=True, spectral=True),
 }
 TARGET_PREFIX = "vf_"
 TARGET_PARAM = "target."  # a study's parameter target.vf_<phase> is the setting's targets["vf_<phase>"]
@@ -129,6 +133,7 @@ class Micro3DiffGenerator:
         self.model_sha256 = model_digest(self.bundle.path)
         self.batch_size, self.allow_extrapolation = batch_size, allow_extrapolation
         self.cube_size = None if size is None else self.volume_size(int(size))
+        self._spectral_shape: SpectralShape | None = None
 
     @property
     def size(self) -> int:
@@ -267,8 +272,8 @@ class Micro3DiffGenerator:
             out.append(self._with_fraction(fractions, min(max(fractions[ref.phase_name] + sigma * z, sigma), 1.0 - sigma)))
         return out
 
-    def anchors(self, s: SamplingConfig, targets: list[dict[str, float]]) -> list[Anchor] | None:
-        """One :class:`Anchor` per volume for the ``anchored`` variant (None otherwise).
+    def anchors(self, s: SamplingConfig, targets: list[dict[str, float]], size: int | None = None) -> list[Anchor] | None:
+        """One :class:`Anchor` per volume for the ``anchored`` and ``spectral`` variants (None otherwise).
 
         With ``calibrate`` and a bundle ``vf_calibration`` (pairs of anchored fraction and the vf
         measured at the default setting, phase of interest), each volume is anchored at the
@@ -277,6 +282,7 @@ class Micro3DiffGenerator:
         """
         if not VARIANTS[s.variant].anchors:
             return None
+        spectrum = self.spectral_shape(size or self.size) if VARIANTS[s.variant].spectral else None
         pairs = sorted(self.bundle.config.vf_calibration, key=lambda p: p[1])
         key = self.bundle.reference.phase_name
         out = []
@@ -284,8 +290,20 @@ class Micro3DiffGenerator:
             if s.calibrate and pairs:
                 anchored = float(np.interp(target[key], [p[1] for p in pairs], [p[0] for p in pairs]))
                 target = self._with_fraction(target, anchored)
-            out.append(Anchor(self.channel_fractions(target), s.anchor_strength, s.anchor_until, s.anchor_per_slice))
+            out.append(Anchor(self.channel_fractions(target), s.anchor_strength, s.anchor_until, s.anchor_per_slice,
+                              spectrum))  # fmt: skip
         return out
+
+    def spectral_shape(self, size: int) -> SpectralShape:
+        """The ``spectral`` variant's target for a cube of ``size`` (from the bundle's ``autocovariance``)."""
+        curves = self.bundle.config.autocovariance
+        if curves is None:
+            raise ValueError(f"variant 'spectral': {self.model_ref} records no autocovariance of its training images "
+                             "(trained before it was recorded); record it with micro-doe tune MODEL --training-data DATA, "
+                             "or use 'anchored'")
+        if self._spectral_shape is None or self._spectral_shape.size != size:
+            self._spectral_shape = spectral_shape(curves, size)
+        return self._spectral_shape
 
     def _rounded(self, channel_fractions: tuple[float, ...]) -> dict[str, float]:
         names = self.bundle.config.phase_names
@@ -348,7 +366,7 @@ class Micro3DiffGenerator:
         for lo in range(0, n, volumes_per_batch):
             seeds = list(range(seed + lo, seed + min(n, lo + volumes_per_batch)))
             targets = self.volume_targets(s, fractions, seeds, edge)
-            anchors = self.anchors(s, targets)
+            anchors = self.anchors(s, targets, edge)
             start = time.perf_counter()
             x0 = sample_multiplane_batch(
                 self.bundle.model,

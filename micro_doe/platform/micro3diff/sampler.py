@@ -30,6 +30,8 @@ S transitions (t, t_prev) from ``sampler.pairs()``, ending with (0, -1) = the da
                 x = match_second_moment(x, abar_{t_prev} * moment_match + 1 - abar_{t_prev})
             if anchor is not None and t_prev >= until * T:  # "anchored" variant, not the paper's (below)
                 x = anchor_moments(x, anchor, abar_{t_prev}, plane)
+                if anchor.spectrum is not None:             # "spectral" variant (spectrum.py)
+                    x = anchor_spectrum(x, anchor.spectrum, abar_{t_prev})
     return x                                                # x_0, float (C, n, n, n)
 
 So the plane counter advances once per denoising pass, harmonizing passes included: the main
@@ -124,12 +126,13 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from micro_doe.platform.diffusion import NoiseSchedule, Sampler, make_generator
+from micro_doe.platform.micro3diff.spectrum import SpectralShape, anchor_spectrum
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -224,12 +227,17 @@ class Anchor:
     (1 = a hard reset). ``until``: anchor only passes that end at t_prev >= until · T (0 = every
     pass but the last). ``per_slice``: in [0, 1], after the volume anchor, how far each slice of
     the plane just denoised has its channel means pulled toward the volume's (0 = off).
+    ``spectrum``: the ``spectral`` variant's target for this cube
+    (:func:`~micro_doe.platform.micro3diff.spectrum.spectral_shape`), or None; after the
+    moments, each pass's radial power spectrum moves toward it with the same λ
+    (:func:`~micro_doe.platform.micro3diff.spectrum.anchor_spectrum`).
     """
 
     fractions: tuple[float, ...]
     strength: float = 1.0
     until: float = 0.0
     per_slice: float = 0.0
+    spectrum: SpectralShape | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         f = self.fractions
@@ -241,6 +249,9 @@ class Anchor:
             raise ValueError(f"anchor until: expected a fraction of T in [0, 1), got {self.until}")
         if not 0.0 <= self.per_slice <= 1.0:
             raise ValueError(f"anchor per_slice: expected a strength in [0, 1], got {self.per_slice}")
+        if self.spectrum is not None and self.spectrum.shell_shape.shape[0] != len(f):
+            raise ValueError(f"anchor spectrum: expected one shape per channel ({len(f)}), "
+                             f"got {self.spectrum.shell_shape.shape[0]}")
 
     def data_means(self) -> torch.Tensor:
         """E[x_0] per channel: 2 f − 1 for a ±1 channel that is +1 on its phase (float64)."""
@@ -366,8 +377,7 @@ def sample_multiplane_batch(
                     elif anchors is not None:
                         abar = sampler.schedule.alpha_bar(t_prev)
                         xs = [
-                            anchor_moments(x, a, abar, None if planes == "average" else plane)
-                            if t_prev >= a.until * T else x
+                            apply_anchor(x, a, abar, None if planes == "average" else plane) if t_prev >= a.until * T else x
                             for x, a in zip(xs, anchors)
                         ]
                 k += 1
@@ -397,6 +407,14 @@ def _with_precision(model: EpsModel, precision: str, device: torch.device) -> Ep
             return model(x, t).float()
 
     return run
+
+
+def apply_anchor(x: torch.Tensor, anchor: Anchor, abar: float, plane: str | None = None) -> torch.Tensor:
+    """One anchoring of a sample x_{t_prev}: its moments, then (``spectral``) its radial power spectrum."""
+    x = anchor_moments(x, anchor, abar, plane)
+    if anchor.spectrum is None:
+        return x
+    return anchor_spectrum(x, anchor.spectrum, anchor.fractions, abar, anchor.strength)
 
 
 def anchor_moments(x: torch.Tensor, anchor: Anchor, abar: float, plane: str | None = None) -> torch.Tensor:

@@ -51,6 +51,7 @@ from micro_doe.platform.diffusion.training import (
 from micro_doe.platform.interrupts import interrupts_deferred
 from micro_doe.platform.micro3diff.bundle import HeldOutRecord, Micro3DiffConfig, TrainingRecipe, write_bundle
 from micro_doe.platform.micro3diff.sampler import sample_2d
+from micro_doe.platform.micro3diff.spectrum import radial_autocovariance
 from micro_doe.platform.micro3diff.unet import UNet2D, UNetConfig, parameter_count
 from micro_doe.platform.synthetic.augment import dihedral
 from micro_doe.platform.volumes import (
@@ -166,6 +167,13 @@ def load_training_data(
     return data
 
 
+def image_autocovariance(stack: xr.DataArray, n_phases: int) -> list[list[float]]:
+    """The ``spectral`` variant's target: :func:`radial_autocovariance` of the training images'
+    channels (the ±1 channels the model learns, :func:`labels_to_channels`)."""
+    channels = labels_to_channels(torch.as_tensor(stack.values.astype(np.int64)), n_phases)
+    return radial_autocovariance(channels.numpy())
+
+
 def training_reference(data: xr.DataArray, stack: xr.DataArray | None = None) -> Descriptors:
     """The bundle's reference: the data's descriptors (curves along every axis the data has),
     with size distributions over the 2D training images themselves (the sections a model sees,
@@ -249,6 +257,7 @@ def train_micro3diff(
         unet=unet_config,
         schedule=schedule.to_dict(),
         held_out=held_record,
+        autocovariance=image_autocovariance(stack, n_phases),
         recipe=TrainingRecipe(
             steps=config.steps,
             batch_size=config.batch_size,

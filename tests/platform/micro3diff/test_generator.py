@@ -150,3 +150,27 @@ def test_check_size_is_the_one_size_and_memory_check(generator):
         generator.check_size(4096, n=1)
     with pytest.raises(InsufficientMemoryError):  # sample() refuses it the same way, before any pass
         generator.sample(1, SamplingSettings(n_h=0, steps=2), size=4096)
+
+
+def test_the_spectral_variant_anchors_to_the_recorded_autocovariance(tiny_bundle, tmp_path, sphere_slices):
+    import shutil
+
+    from micro_doe.platform.micro3diff.training import image_autocovariance
+    from micro_doe.studies.tuning import update_config
+
+    generator = Micro3DiffGenerator(tiny_bundle, device="cpu")
+    curves = generator.bundle.config.autocovariance
+    assert curves is not None and len(curves) == 1 and len(curves[0]) == 16 // 2 + 1 and curves[0][0] == pytest.approx(1)
+    # Recorded by training: the autocovariance of the images it trained on (all 40 z-slices here).
+    np.testing.assert_allclose(curves, image_autocovariance(sphere_slices.rename(z="sample"), 2))
+    spectral = SamplingSettings(variant="spectral", n_h=0, steps=3)
+    volume = generator.sample(1, spectral, seed=3)[0]
+    anchored = generator.sample(1, spectral.model_copy(update={"variant": "anchored"}), seed=3)[0]
+    assert generator_params(volume)["variant"] == "spectral" and (volume.values != anchored.values).any()
+    assert generator.sample(1, spectral, seed=3, size=24)[0].shape == (24, 24, 24)  # its target at any N
+
+    older = tmp_path / "older"
+    shutil.copytree(tiny_bundle, older)
+    update_config(older, autocovariance=None)  # a bundle trained before it was recorded
+    with pytest.raises(ValueError, match="variant 'spectral': .* records no autocovariance .* --training-data"):
+        Micro3DiffGenerator(older, device="cpu").sample(1, spectral)
