@@ -55,7 +55,7 @@ def generate(
     eta: Annotated[float | None, typer.Option(help="DDIM η.")] = None,
     variance: Annotated[str | None, typer.Option(help="DDPM variance: beta (paper) or posterior.")] = None,
     variant: Annotated[
-        str | None, typer.Option(help="Multi-plane variant: paper (reference), average, moment or anchored.")
+        str | None, typer.Option(help="Multi-plane variant: paper (reference), average, moment, anchored or spectral.")
     ] = None,
     precision: Annotated[str | None, typer.Option(help="Micro3Diff network precision: fp32, bf16 or fp16 (CUDA).")] = None,
     target: Annotated[

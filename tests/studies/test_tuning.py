@@ -120,19 +120,19 @@ def test_settings_over_the_pass_cap_are_skipped_unrun_and_use_no_budget(tmp_path
 
     bundle = tmp_path / "b"
     shutil.copytree(held_out_bundle, bundle)
-    # The starts: the paper's 100 passes, then 50 and 200: at most 180, the third start is skipped.
-    record = tune(bundle, options(tmp_path, trials=3, max_passes=180), log=lambda line: None)
+    # The starts: the paper's 100 passes, then 175, 50 and 200: at most 150, the second start is skipped.
+    record = tune(bundle, options(tmp_path, trials=3, max_passes=150), log=lambda line: None)
     study = optuna.load_study(study_name=record.study, storage=f"sqlite:///{tmp_path}/optuna.db")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     skipped = [t for t in study.get_trials() if t.user_attrs.get(attrs.SKIPPED)]
     assert len(complete) == 3 and record.trials == 3
-    assert all(passes(t.params) <= 180 for t in complete)
-    assert starts(spectral=True)[2] in [t.params for t in skipped]
+    assert all(passes(t.params) <= 150 for t in complete)
+    assert starts(spectral=True)[1] in [t.params for t in skipped]
     for t in skipped:
         assert t.state == TrialState.PRUNED and t.user_attrs[attrs.FEASIBLE] is False
-        assert passes(t.params) > 180 and "passes_per_volume" in t.user_attrs[attrs.FAIL_REASON]
-        assert t.system_attrs["constraints"][1] == passes(t.params) - 180  # infeasible for TPE
-    assert all(r["passes"] <= 180 for r in record.finalists)
+        assert passes(t.params) > 150 and "passes_per_volume" in t.user_attrs[attrs.FAIL_REASON]
+        assert t.system_attrs["constraints"][1] == passes(t.params) - 150  # infeasible for TPE
+    assert all(r["passes"] <= 150 for r in record.finalists)
 
 
 def finalists_of(study):  # type: ignore[no-untyped-def]
