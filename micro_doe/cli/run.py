@@ -61,6 +61,16 @@ def run(
     console.print(f"  dashboard: {runnable('micro-doe')} dashboard {escape(study)}", soft_wrap=True)
 
 
+def _best_line(front: list, objective_names: list[str], first_direction: str) -> str:
+    """The log line's best: of the Pareto front, the trial best on the first objective, and the front's size."""
+    if not front:
+        return "-"
+    sign = -1.0 if "max" in first_direction else 1.0
+    top = min(front, key=lambda t: sign * t.values[0] if t.values else float("inf"))
+    text = ", ".join(f"{n} {_fmt(v)}" for n, v in zip(objective_names, top.values or []))
+    return text + (f" (trial {top.number}; {len(front)} on the Pareto front)" if len(front) > 1 else "")
+
+
 def run_live(runner, objective_names: list[str], n_trials: int | None, timeout: float | None,
              console: Console):
     """Run a :class:`Study` with a live view of its progress (trials, best so far); on Ctrl-C or
@@ -81,13 +91,14 @@ def run_live(runner, objective_names: list[str], n_trials: int | None, timeout: 
         return Group(*parts)  # type: ignore[arg-type]
 
     seen: list[tuple[int, int, int]] = []
+    first_direction = str(runner.objectives[0][1]) if runner.objectives else "minimize"
 
     def line(p: StudyProgress) -> None:  # a log file (not a terminal): one line per finished trial
         key = (p.done, p.failed, p.pruned)
         if seen and seen[-1] == key:
             return
         seen.append(key)
-        best = ", ".join(f"{n} {_fmt(v)}" for n, v in zip(objective_names, p.best[0].values or [])) if p.best else "-"
+        best = _best_line(p.best, objective_names, first_direction)
         skipped = f", {p.skipped} skipped (over a parameter constraint, or measured already)" if p.skipped else ""
         console.print(f"trials: {p.done} done, {p.failed} failed, {p.pruned} pruned{skipped}, budget {p.budget}; best: {best}",
                       highlight=False, soft_wrap=True)
