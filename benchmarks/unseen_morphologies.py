@@ -24,7 +24,10 @@ on, not the held-out ones) and the same judges, timed on this machine: MCRpy
 (``benchmarks/peers/mcrpy_reconstruct.py`` in ``.venv-peers``, see benchmarks/peers/README.md; its
 seconds are per volume, with no training) and SliceGAN (``benchmarks/peers/slicegan_run.py`` with a
 checkout at ``--slicegan``, trained for ``--slicegan-minutes``; its training time is reported apart). Three-phase: the judges are of phase 1 (the phase the bundle's reference names).
-vf is the anchored variant's target: it is shown, never a judge.
+vf is the anchored variant's target: it is shown, never a judge; the spectral variant also steers
+S2, which is not among the judges either. Training records the images' autocovariance, so the tuning
+searches the spectral variant too; a bundle trained before that gets it from
+`micro-doe tune NAME-model --training-data NAME.nc` (then `--stage measure`).
 """
 
 from __future__ import annotations
