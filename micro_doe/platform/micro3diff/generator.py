@@ -296,14 +296,18 @@ class Micro3DiffGenerator:
 
     def spectral_shape(self, size: int) -> SpectralShape:
         """The ``spectral`` variant's target for a cube of ``size`` (from the bundle's ``autocovariance``)."""
+        if self._spectral_shape is None or self._spectral_shape.size != size:
+            self._spectral_shape = spectral_shape(self.autocovariance(), size)
+        return self._spectral_shape
+
+    def autocovariance(self) -> list[list[float]]:
+        """The bundle's recorded autocovariance of its training images; ValueError when there is none."""
         curves = self.bundle.config.autocovariance
         if curves is None:
             raise ValueError(f"variant 'spectral': {self.model_ref} records no autocovariance of its training images "
                              "(trained before it was recorded); record it with micro-doe tune MODEL --training-data DATA, "
                              "or use 'anchored'")
-        if self._spectral_shape is None or self._spectral_shape.size != size:
-            self._spectral_shape = spectral_shape(curves, size)
-        return self._spectral_shape
+        return curves
 
     def _rounded(self, channel_fractions: tuple[float, ...]) -> dict[str, float]:
         names = self.bundle.config.phase_names
@@ -328,6 +332,8 @@ class Micro3DiffGenerator:
                 f"targets: the {s.variant!r} variant with sign decoding steers no volume fraction; "
                 "use the anchored variant or decode: fractions"
             )
+        if VARIANTS[s.variant].spectral:
+            self.autocovariance()
         self.sampler(s)
         return s, self.target_fractions(settings.targets, allow_extrapolation)
 

@@ -173,4 +173,4 @@ def test_the_spectral_variant_anchors_to_the_recorded_autocovariance(tiny_bundle
     shutil.copytree(tiny_bundle, older)
     update_config(older, autocovariance=None)  # a bundle trained before it was recorded
     with pytest.raises(ValueError, match="variant 'spectral': .* records no autocovariance .* --training-data"):
-        Micro3DiffGenerator(older, device="cpu").sample(1, spectral)
+        Micro3DiffGenerator(older, device="cpu").check(spectral)  # refused before anything samples
