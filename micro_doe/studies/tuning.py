@@ -11,9 +11,10 @@ them with the platform itself, in four stages:
    anchored at 0.75, 1 and 1.25 times the training vf; the measured vf against the anchored one
    is the bundle's ``vf_calibration`` (used by settings with ``calibrate: true``).
 3. **A real study** (:func:`tuning_spec`, run by :class:`~micro_doe.studies.runner.Study`:
-   Ray actors, Optuna storage, MLflow). It searches variant, n_h, S, decoding, calibration and
-   precision; it starts from the paper's algorithm and the settings that served the shipped
-   models, then TPE. Objectives: ``structure_error`` (L + size + diameter + connectivity error
+   Ray actors, Optuna storage, MLflow). It searches variant (paper, anchored, and spectral when
+   the bundle records its training images' autocovariance: :func:`variants`), n_h, S, decoding,
+   calibration and precision; it starts from the paper's algorithm and the settings that served
+   the shipped models (:func:`starts`), then TPE. Objectives: ``structure_error`` (L + size + diameter + connectivity error
    against the held-out images: descriptors no setting steers) and ``seconds_per_volume``.
    vf is a constraint (within 25 % of the held-out vf), never a judge; so is the cost, at most
    ``max_passes`` denoising passes per volume, checked before a setting runs (a costlier one is
