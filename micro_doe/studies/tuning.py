@@ -439,9 +439,9 @@ def tune(
     config = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text())
     # Everything is read and checked (the held-out images, the stores) before the bundle is touched.
     held_out = load_held_out(bundle) if held_out_data is None else held_out_reference(held_out_data, config)
-    if training_data is not None:
-        curves = training_autocovariance(training_data, config)
-    searched = variants(config if training_data is None else config.model_copy(update={"autocovariance": curves}))
+    if training_data is not None:  # written into the bundle below, once everything is checked
+        config = config.model_copy(update={"autocovariance": training_autocovariance(training_data, config)})
+    searched = variants(config)
     name = study_name(bundle, searched)
     fp16 = default_device() == "cuda"
     preflight = tuning_spec(bundle, held_out, options, name, fp16, searched)
@@ -450,7 +450,7 @@ def tune(
     if held_out_data is not None:
         write_held_out(bundle, held_out, f"{held_out_data} (given to micro-doe tune)", held_out.sizes.sections)  # type: ignore[union-attr]
     if training_data is not None:
-        update_config(bundle, autocovariance=curves)
+        update_config(bundle, autocovariance=config.autocovariance)
     spec = StudySpec.model_validate(tuning_spec(bundle, held_out, options, name, fp16, searched))
 
     generator = Micro3DiffGenerator(bundle)  # loaded once; its config follows every update below

@@ -297,7 +297,7 @@ class Micro3DiffGenerator:
     def spectral_shape(self, size: int) -> SpectralShape:
         """The ``spectral`` variant's target for a cube of ``size`` (from the bundle's ``autocovariance``)."""
         if self._spectral_shape is None or self._spectral_shape.size != size:
-            self._spectral_shape = spectral_shape(self.autocovariance(), size)
+            self._spectral_shape = spectral_shape(self.autocovariance(), size, self.device)
         return self._spectral_shape
 
     def autocovariance(self) -> list[list[float]]:

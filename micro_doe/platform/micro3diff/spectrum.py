@@ -90,18 +90,18 @@ class SpectralShape:
     shell_shape: torch.Tensor
 
 
-def spectral_shape(autocovariance: list[list[float]], size: int) -> SpectralShape:
-    """The normalised spectrum shapes of rho_c on a periodic cube of ``size``^3 (module doc)."""
+def spectral_shape(autocovariance: list[list[float]], size: int, device: str | torch.device = "cpu") -> SpectralShape:
+    """The normalised spectrum shapes of rho_c on a periodic cube of ``size``^3 (module doc),
+    held on ``device`` (the sampler's, so that anchoring copies nothing per pass)."""
     rho = np.asarray(autocovariance, dtype=np.float64)
     if rho.ndim != 2 or rho.shape[1] < 2 or not np.allclose(rho[:, 0], 1.0):
         raise ValueError("autocovariance: expected one curve per channel, rho(0) = 1, at r = 0, 1, ...")
-    freq = np.fft.fftfreq(size, 1.0 / size)
-    dz, dy, dx = np.meshgrid(freq, freq, freq, indexing="ij")
-    distance = np.sqrt(dz**2 + dy**2 + dx**2)
+    freq = np.fft.fftfreq(size, 1.0 / size)  # integer lags and frequencies, minimum image
+    z, y = freq[:, None, None], freq[None, :, None]
+    distance = np.sqrt(z**2 + y**2 + freq[None, None, :] ** 2)
     radii = np.arange(rho.shape[1], dtype=np.float64)
-    kz, ky = freq[:, None, None], freq[None, :, None]
-    kx = np.arange(size // 2 + 1, dtype=np.float64)[None, None, :]
-    shell = torch.as_tensor(np.rint(np.sqrt(kz**2 + ky**2 + kx**2)).astype(np.int64))
+    half_x = np.arange(size // 2 + 1, dtype=np.float64)[None, None, :]  # the rfftn half of the x frequencies
+    shell = torch.as_tensor(np.rint(np.sqrt(z**2 + y**2 + half_x**2)).astype(np.int64))
     counts = torch.bincount(shell.reshape(-1)).to(torch.float64)
     means = []
     for curve in rho:
@@ -114,7 +114,7 @@ def spectral_shape(autocovariance: list[list[float]], size: int) -> SpectralShap
         shape *= size**3 / full_sum
         flat = torch.as_tensor(shape).reshape(-1)
         means.append(torch.bincount(shell.reshape(-1), flat, minlength=len(counts)) / counts)
-    return SpectralShape(size, shell, counts, torch.stack(means))
+    return SpectralShape(size, shell.to(device), counts.to(device), torch.stack(means).to(device))
 
 
 def anchor_spectrum(x: torch.Tensor, target: SpectralShape, fractions: tuple[float, ...], abar: float,
