@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,14 +41,37 @@ def cluster() -> Iterator[Cluster]:
 
 
 def remove_node_of(cluster: Cluster, kind: str) -> str:
-    """Kill the worker node that runs the study's ``kind`` actor (the first one found)."""
+    """Kill the worker node that runs the study's ``kind`` actor (the first one found), and
+    the actor's process with it.
+
+    ``cluster.remove_node`` kills the node's raylet; the worker processes it leaves notice only
+    later, and meanwhile answer the driver's calls (they go from worker to worker, not through
+    the raylet). A machine that dies takes every process at once, so the actor's process is
+    killed too, and the kill returns only once it is gone."""
     from ray._private.state import state
 
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f":{kind}" in a["name"]]
     table = state.actor_table(ray.get_actor(names[0])._actor_id.hex())
-    node_id = table["Address"]["NodeID"]
+    node_id, pid = table["Address"]["NodeID"], table["Pid"]
     worker = next(n for n in cluster.worker_nodes if n.node_id == node_id)
     cluster.remove_node(worker, allow_graceful=False)
+    _kill_and_wait(pid)
     return names[0]
 
 
+def _kill_and_wait(pid: int, timeout_s: float = 30.0) -> None:
+    """SIGKILL ``pid`` and wait until it has exited (gone, or a zombie nobody reaped yet)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    status = Path(f"/proc/{pid}/status")
+    while time.monotonic() < deadline:
+        try:
+            if "State:\tZ" in status.read_text():
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"process {pid} still runs {timeout_s:g} s after SIGKILL")

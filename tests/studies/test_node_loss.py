@@ -111,10 +111,15 @@ def test_lost_nodes_requeue_their_trials_and_the_budget_stays_exact(tmp_path, ti
 
     # 1. The generator's node dies: no node is left for it, so the run stops with the trial in
     #    flight re-queued.
-    with pytest.raises(CapacityLostError, match="every generator actor was lost"):
+    try:
         Study.from_yaml(path).run(on_progress=kill_after_first_trial("generator"))
+        outcome = "the run finished"
+    except CapacityLostError as err:
+        outcome = str(err)
     storage = f"sqlite:///{tmp_path}/optuna.db"
     trials = optuna.load_study(study_name="e2e", storage=storage).get_trials()
+    seen = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
+    assert "every generator actor was lost" in outcome, (outcome, killed, notes, seen)
     assert killed and not [t for t in trials if t.state == TrialState.RUNNING]
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert failed and all(t.user_attrs.get("requeued") for t in failed)
