@@ -10,7 +10,7 @@ targets: S2 + L on all three axes at least 20× faster than porespy's
 
 ``--scaling N …``: ``describe`` against the cube edge N (porespy blobs, minority phase 0.3): in
 CPU seconds of one thread (robust to a busy machine; as a Ray evaluator runs it), and in wall
-seconds with ``--workers`` threads (the sections shared out, τ on as many torch threads), with
+seconds with ``--workers`` threads (the sections shared out, τ in a thread beside them), with
 and without τ; τ alone by the multigrid solver beside taufactor's (the reference), and the
 section size distributions beside the first local-thickness implementation (every radius over
 the whole array: the reference, kept in ``sizes._legacy_local_thickness``). The target: a 128³ volume described in under 2 s on 2 cores.
@@ -62,7 +62,8 @@ def scaling(sizes: list[int], workers: int) -> None:
     from micro_doe.platform.volumes import make_volume
 
     print(f"# describe against N: porespy blobs (minority phase 0.3); CPU seconds of one thread, and wall seconds "
-          f"with {workers} workers (sections shared out; τ on {workers} torch threads) on {os.cpu_count()} cores")
+          f"with {workers} workers (sections shared out; τ in a thread beside the rest, taufactor's on {workers} torch threads) "
+          f"on {os.cpu_count()} cores")
     print()
     print(f"| N | describe, 1 thread (CPU s; τ by 'auto') | describe, {workers} workers (wall s) | the same without τ (wall s) "
           "| τ, multigrid (CPU s) | τ, taufactor (CPU s, reference) | τ multigrid / taufactor − 1 "

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -124,8 +125,10 @@ def describe(
     normal; a 2D image has ``"y"`` and ``"x"``; ``"z"`` falls back to ``"y"`` there);
     ``None`` skips the diffusion solve. ``sizes=False`` skips the size distributions.
     ``workers``: threads for the size distributions, whose sections are shared out among them
-    (default: the CPU cores this process may use; a Ray evaluator, pinned to one core, passes 1).
-    The τ solve is threaded by torch (``torch.set_num_threads``). Results do not depend on either.
+    (default: the CPU cores this process may use; a Ray evaluator, pinned to one core, passes 1);
+    with more than one, the τ solve runs in a thread of its own beside the other descriptors
+    (taufactor's is threaded by torch too: ``torch.set_num_threads``). Results do not depend on
+    either.
     """
     start = time.perf_counter()
     vol = as_volume(volume)
@@ -138,16 +141,25 @@ def describe(
     counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(names))
     fractions = {name: float(counts[i]) / labels.size for i, name in enumerate(names)}
 
-    tort = None
+    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    axis = None
     if tortuosity_axis is not None:
         axis = "y" if tortuosity_axis == "z" and "z" not in space else tortuosity_axis
-        tort = _tortuosity(vol, label, axis)
-    areas = {
-        f"{names[label]}|{names[other]}": interfacial_area(vol, label, other, periodic=periodic)
-        for other in range(len(names))
-        if other != label
-    }
-    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    with ThreadPoolExecutor(1) as pool:
+        # With workers to spare the τ solve runs beside the rest (its solvers free the GIL).
+        solving = pool.submit(_tortuosity, vol, label, axis) if axis is not None and workers > 1 else None
+        tort = _tortuosity(vol, label, axis) if axis is not None and solving is None else None
+        areas = {
+            f"{names[label]}|{names[other]}": interfacial_area(vol, label, other, periodic=periodic)
+            for other in range(len(names))
+            if other != label
+        }
+        s2 = {a: c.tolist() for a, c in s2_along_axes(vol, label, periodic=periodic, r_max=r_max).items()}
+        radial = s2_radial(vol, label, periodic=periodic, r_max=r_max).tolist()
+        lineal = {a: c.tolist() for a, c in lineal_path_along_axes(vol, label, periodic=periodic, r_max=r_max).items()}
+        size_distributions = section_sizes(vol, label, workers=workers) if sizes else None
+        if solving is not None:
+            tort = solving.result()
     return Descriptors(
         phase=label,
         phase_name=names[label],
@@ -156,14 +168,12 @@ def describe(
         voxel_size=float(vol.attrs.get("voxel_size", 1.0)),
         periodic=periodic,
         volume_fractions=fractions,
-        s2={a: c.tolist() for a, c in s2_along_axes(vol, label, periodic=periodic, r_max=r_max).items()},
-        s2_radial=s2_radial(vol, label, periodic=periodic, r_max=r_max).tolist(),
-        lineal_path={
-            a: c.tolist() for a, c in lineal_path_along_axes(vol, label, periodic=periodic, r_max=r_max).items()
-        },
+        s2=s2,
+        s2_radial=radial,
+        lineal_path=lineal,
         tortuosity=tort,
         interfacial_area=areas,
-        sizes=section_sizes(vol, label, workers=workers) if sizes else None,
+        sizes=size_distributions,
         seconds=time.perf_counter() - start,
     )
 

@@ -11,14 +11,16 @@ other faces. Two solvers, both of that one linear system:
 
 - ``"multigrid"``: the system restricted to the clusters that connect the two faces
   (the others carry no flux), solved by conjugate gradients preconditioned with classical
-  algebraic multigrid (pyamg's Ruge–Stüben) to a relative residual of 10⁻⁶. Its work grows
-  about as the number of voxels.
+  algebraic multigrid (pyamg's Ruge–Stüben, direct interpolation), both in float32, to a
+  relative residual of 10⁻⁴ checked in float64 (τ to about 10⁻⁵). Its work grows about as the
+  number of voxels.
 - ``"taufactor"`` (the reference): taufactor's over-relaxation on the whole grid, stopped by its
   own criterion (flux uniform within ``conv_crit`` and τ steady between checks 100 iterations
   apart). Its iterations grow with the length of the path, so its work grows faster than N³.
 
 The two agree within taufactor's own convergence (tested); ``benchmarks/descriptors.py``
-measures both. The default, ``"auto"``, takes taufactor up to 128³ voxels and multigrid above.
+measures both. The default, ``"auto"``, keeps taufactor up to 32³ voxels (every 32³ result
+stays the reference's) and takes multigrid above.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -70,10 +72,10 @@ def percolating_fraction(volume: VolumeLike, phase: int | str = 1, axis: str = "
 
 TortuositySolver = Literal["auto", "multigrid", "taufactor"]
 SOLVERS: tuple[str, ...] = get_args(TortuositySolver)
-MULTIGRID_TOLERANCE = 1e-6  # relative residual of the conjugate gradients (τ to about 1e-5)
-# "auto": taufactor up to this many voxels, multigrid above (measured: equal cost at 128³,
-# taufactor 1.3x faster at 64³ and threaded by torch, multigrid ~10x faster at 256³).
-MULTIGRID_ABOVE_VOXELS = 128**3
+MULTIGRID_TOLERANCE = 1e-4  # relative residual of the conjugate gradients (τ to about 1e-5: measured)
+# "auto": taufactor up to this many voxels, multigrid above (it costs less from 64³ on:
+# benchmarks/descriptors.py).
+MULTIGRID_ABOVE_VOXELS = 32**3
 
 
 def tortuosity(
@@ -90,7 +92,7 @@ def tortuosity(
 
     ``solver``: ``"multigrid"``, ``"taufactor"`` (the reference; ``iter_limit``, ``conv_crit``
     and ``device`` are its own options) or ``"auto"``: taufactor up to ``MULTIGRID_ABOVE_VOXELS``
-    (128³) voxels, multigrid above. Either is started only when the phase percolates, so absent
+    (32³) voxels, multigrid above. Either is started only when the phase percolates, so absent
     and disconnected phases return at once.
     """
     if solver not in SOLVERS:
@@ -103,9 +105,7 @@ def tortuosity(
     spanning = _spanning(ind, a)
     perc = _share(spanning, ind)
     if perc == 0.0:
-        return Tortuosity(
-            axis=axis, tau=math.inf, effective_diffusivity=0.0, volume_fraction=fraction, percolating_fraction=0.0
-        )
+        return Tortuosity(axis=axis, tau=math.inf, effective_diffusivity=0.0, volume_fraction=fraction, percolating_fraction=0.0)
     # Both solvers drive the flux along the first array axis.
     if solver == "auto":
         solver = "multigrid" if ind.size > MULTIGRID_ABOVE_VOXELS else "taufactor"
@@ -126,46 +126,68 @@ def tortuosity(
     )
 
 
-def _multigrid_d_rel(spanning: np.ndarray) -> tuple[float, bool]:
+def _multigrid_d_rel(spanning: np.ndarray, tolerance: float = MULTIGRID_TOLERANCE) -> tuple[float, bool]:
     """D_rel of the voxels ``spanning`` (the clusters that touch both faces normal to axis 0).
 
-    Order of operations: number the voxels, assemble the sparse system (module doc), build the
-    multigrid hierarchy, solve by preconditioned conjugate gradients, and average the flux
-    through the two fixed faces (equal at convergence)."""
+    Order of operations: assemble the sparse system (:func:`_system`), build the multigrid
+    hierarchy in float32 (direct interpolation: a cheaper setup than classical, for one or two
+    more iterations), solve by preconditioned conjugate gradients in float32, check the residual
+    in float64 (and go on in float64 from there if float32 stalled short of the tolerance), and
+    average the flux through the two fixed faces (equal at convergence)."""
     import pyamg
+    import scipy.sparse.linalg as spla
+
+    matrix, rhs, first, last = _system(spanning)
+    hierarchy = pyamg.ruge_stuben_solver(matrix.astype(np.float32), interpolation="direct")
+    c = hierarchy.solve(rhs.astype(np.float32), tol=tolerance, accel="cg", maxiter=200).astype(np.float64)
+    target = tolerance * float(np.linalg.norm(rhs))
+    if np.linalg.norm(rhs - matrix @ c) > target:
+        cycle = hierarchy.aspreconditioner()
+        precondition = spla.LinearOperator(
+            matrix.shape, matvec=lambda r: (cycle @ r.astype(np.float32)).astype(np.float64), dtype=np.float64
+        )
+        c, _ = spla.cg(matrix, rhs, x0=c, M=precondition, rtol=tolerance, maxiter=200)
+    converged = bool(np.linalg.norm(rhs - matrix @ c) <= target)
+    flux = 0.5 * (np.sum(2.0 * (0.5 - c[last])) + np.sum(2.0 * (c[first] + 0.5)))
+    across = float(np.prod(spanning.shape[1:]))
+    # D_rel = flux · length / (cross-section · Δc), Δc = 1.
+    return float(flux) * spanning.shape[0] / across, converged
+
+
+def _system(spanning: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """(matrix, right-hand side, unknowns on the first face, on the last face) of the
+    finite-volume system (module doc) over the voxels ``spanning``, axis 0 between the faces.
+
+    Unknowns are the voxels in C order; each row lists its face neighbours and itself in
+    increasing column order (−axis 0, …, −axis d−1, itself, +axis d−1, …, +axis 0), so the CSR
+    arrays are written directly, without a sort."""
     import scipy.sparse as sp
 
-    n = int(spanning.sum())
-    index = np.full(spanning.shape, -1, dtype=np.int64)
-    index[spanning] = np.arange(n)
-    lower, upper = [], []
-    for axis in range(spanning.ndim):  # every face two voxels of the system share
-        below = index[tuple(slice(0, -1) if d == axis else slice(None) for d in range(spanning.ndim))]
-        above = index[tuple(slice(1, None) if d == axis else slice(None) for d in range(spanning.ndim))]
-        shared = (below >= 0) & (above >= 0)
-        lower.append(below[shared])
-        upper.append(above[shared])
-    i, j = np.concatenate(lower), np.concatenate(upper)
-    diagonal = (np.bincount(i, minlength=n) + np.bincount(j, minlength=n)).astype(np.float64)
-    first, last = index[0][spanning[0]], index[-1][spanning[-1]]
+    d, n = spanning.ndim, int(spanning.sum())
+    index = np.full(tuple(s + 2 for s in spanning.shape), -1, dtype=np.int32)  # a border of -1: no neighbour
+    inner = (slice(1, -1),) * d
+    index[inner][spanning] = np.arange(n, dtype=np.int32)
+    at = [w + 1 for w in np.nonzero(spanning)]
+
+    def neighbour(axis: int, step: int) -> np.ndarray:
+        return index[tuple(w + step if k == axis else w for k, w in enumerate(at))]
+
+    below = [neighbour(axis, -1) for axis in range(d)]
+    above = [neighbour(axis, +1) for axis in reversed(range(d))]
+    columns = np.stack([*below, np.arange(n, dtype=np.int32), *above], axis=1)
+    present = columns >= 0
+    first, last = index[1][inner[1:]][spanning[0]], index[-2][inner[1:]][spanning[-1]]
+    diagonal = present.sum(axis=1).astype(np.float64) - 1.0
     diagonal[first] += 2.0  # the fixed concentrations lie half a voxel outside: conductance 2
     diagonal[last] += 2.0
+    values = np.full(columns.shape, -1.0)
+    values[:, d] = diagonal
+    indptr = np.concatenate([[0], np.cumsum(present.sum(axis=1))]).astype(np.int32)
+    matrix = sp.csr_matrix((values[present], columns[present], indptr), shape=(n, n))
     rhs = np.zeros(n)
     rhs[first] -= 2.0 * 0.5
     rhs[last] += 2.0 * 0.5
-    k = np.arange(n)
-    matrix = sp.csr_matrix(
-        (np.concatenate([-np.ones(2 * len(i)), diagonal]), (np.concatenate([i, j, k]), np.concatenate([j, i, k]))),
-        shape=(n, n),
-    )
-    residuals: list[float] = []
-    hierarchy = pyamg.ruge_stuben_solver(matrix)
-    c = hierarchy.solve(rhs, tol=MULTIGRID_TOLERANCE, accel="cg", maxiter=200, residuals=residuals)
-    flux = 0.5 * (np.sum(2.0 * (0.5 - c[last])) + np.sum(2.0 * (c[first] + 0.5)))
-    across = float(np.prod(spanning.shape[1:]))
-    converged = residuals[-1] <= MULTIGRID_TOLERANCE * residuals[0]
-    # D_rel = flux · length / (cross-section · Δc), Δc = 1.
-    return float(flux) * spanning.shape[0] / across, bool(converged)
+    return matrix, rhs, first, last
 
 
 def _taufactor_d_rel(ind: np.ndarray, iter_limit: int, conv_crit: float, device: str) -> tuple[float, bool]:
