@@ -260,17 +260,21 @@ def requeue_stale_trials(study: optuna.Study, driver: str) -> int:
     live driver's): FAIL them ("driver died", marked requeued) and enqueue their parameters and
     seed again. Returns how many.
 
-    A trial with no owner yet was just asked by some driver that has not written its name; it
-    is stale only once it is older than :data:`LEASE_TTL_S`. A trial that finishes while this
-    runs (another driver re-queued or told it first) is left alone."""
-    leases = live_drivers(study)
+    A trial with no owner yet was asked by a driver that had not written its name: one that died
+    right after asking, or another live driver about to write it. With no other live driver it
+    is stale at once (every driver takes its lease before it asks a trial); otherwise only once
+    it is older than :data:`LEASE_TTL_S`. A trial that finishes while this runs (another driver
+    re-queued or told it first) is left alone."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    leases = live_drivers(study)  # read after the trials: whoever asked one of them holds a lease by now
+    others = leases - {driver}
     now = datetime.datetime.now()  # Optuna stores naive local times
     stale = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in running:
         owner = t.user_attrs.get(attrs.OWNER)
         if owner is None:
             age = (now - t.datetime_start).total_seconds() if t.datetime_start else float("inf")
-            if age > LEASE_TTL_S:
+            if not others or age > LEASE_TTL_S:
                 stale.append(t)
         elif owner != driver and owner not in leases:
             stale.append(t)

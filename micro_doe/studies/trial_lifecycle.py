@@ -120,6 +120,7 @@ class TrialLifecycle:
         study, repeats = self.study, 0
         for _ in range(MAX_SKIPS + MAX_REPEATS):
             trial = claim_requeued_trial(study) or study.ask()
+            trial.set_user_attr(attrs.OWNER, self.driver_id)  # at once: a driver that resumes knows whose it is
             params = {name: p.suggest(trial, name) for name, p in self.spec.search.items()}
             if self.skip_if_over_bounds(trial, params | self.spec.fixed):
                 continue
@@ -140,7 +141,6 @@ class TrialLifecycle:
         if seed is None:  # a fresh trial; a re-queued one keeps the seed it had
             seed = trial_seed(self.spec.sampler.seed, trial.number, common=self.spec.volume_seeds == "common")
             trial.set_user_attr(attrs.SEED, seed)
-        trial.set_user_attr(attrs.OWNER, self.driver_id)
         return TrialContext(trial, params, int(seed), time.perf_counter(), time.time(), generator)
 
     def param_constraints(self) -> list[Any]:

@@ -7,7 +7,13 @@ import pytest
 
 from micro_doe.studies import study_storage
 from micro_doe.studies.spec import GPSamplerSpec, NSGA2SamplerSpec, RandomSamplerSpec, TPESamplerSpec
-from micro_doe.studies.study_storage import acquire_lease, make_sampler, requeue_stale_trials, set_constraints
+from micro_doe.studies.study_storage import (
+    acquire_lease,
+    make_sampler,
+    release_lease,
+    requeue_stale_trials,
+    set_constraints,
+)
 
 TRIALS, TAIL = 24, 12
 
@@ -90,6 +96,7 @@ def test_a_just_asked_trial_without_an_owner_is_not_requeued_by_another_driver(t
     when driver B sweeps for stale trials. B must leave it alone until it is older than the
     lease's time to live."""
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db")
+    acquire_lease(study, "a")  # every driver takes its lease before it asks a trial
     acquire_lease(study, "b")
     fresh = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     assert requeue_stale_trials(study, "b") == 0
@@ -99,6 +106,20 @@ def test_a_just_asked_trial_without_an_owner_is_not_requeued_by_another_driver(t
     failed, queued = study.trials
     assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["requeued"] is True
     assert queued.state == optuna.trial.TrialState.WAITING and queued.user_attrs["requeued_from"] == fresh.number
+
+
+def test_a_trial_whose_driver_died_before_writing_its_name_is_requeued_at_once(tmp_path):
+    """Driver A was killed between asking a trial and writing its name. With no other driver
+    alive, B re-queues it at once instead of counting it against the budget for a minute."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db")
+    acquire_lease(study, "a")
+    orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    release_lease(study, "a")  # what a dead driver's lease reads as (its pid gone)
+    acquire_lease(study, "b")
+    assert requeue_stale_trials(study, "b") == 1
+    failed, queued = study.trials
+    assert failed.number == orphan.number and failed.state == optuna.trial.TrialState.FAIL
+    assert queued.state == optuna.trial.TrialState.WAITING and queued.user_attrs["requeued_from"] == orphan.number
 
 
 def test_describing_a_study_names_its_objectives_without_an_experimental_warning():
