@@ -104,6 +104,8 @@ $(MODELS)/ternary-blend-32/model.pt: install
 # continues it.
 UNET_64 := --channel-mults 1,2,2,2
 # A 64³ volume costs 5× a 32³ one a pass: 12 settings of at most 300 passes (n_h 10 at S 25).
+# A tuning study that stops continues where it stopped (`micro-doe tune` again); one carried to a
+# new machine travels as its Optuna storage: cp $(MODELS)/NAME.tuning-optuna.db micro-doe-runs/optuna.db.
 TUNE_64 := --tune-budget 12 --max-passes 300
 $(MODELS)/spheres-64/model.pt: install
 	$(BIN)/micro-doe data make spheres --shape 300 64 64 --mean-diameter 15 --sd-diameter 4 \
