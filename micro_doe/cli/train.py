@@ -53,7 +53,8 @@ def micro3diff(
     threshold: Annotated[float | None, typer.Option(help="Grey images: label 1 above this value.")] = None,
     crop_size: Annotated[int | None, typer.Option(help="One large image: cut crops of this size.")] = None,
     n_crops: Annotated[int, typer.Option(help="Number of crops when cropping.")] = 250,
-    quality_images: Annotated[int, typer.Option(help="Images sampled for the card's quality check.")] = 16,
+    quality_images: Annotated[int | None, typer.Option(help="Images sampled for the card's quality check "
+                                                           "(default: 16 per 32² of image area).")] = None,
     held_out: Annotated[float, typer.Option(help="Fraction of the images set aside (never trained on) to tune "
                                                  "the sampling against; the last images of --data.")] = 0.1,
     tune: Annotated[bool, typer.Option(help="Last stage: tune the sampling defaults (micro-doe tune).")] = True,

@@ -81,8 +81,10 @@ class TrainConfig(BaseModel):
     unet: UNetConfig = UNetConfig()
     held_out: float = Field(0.0, ge=0.0, lt=0.5, description="fraction of the images set aside (never trained on) "
                             "to judge sampling settings (micro-doe tune); the last images, a contiguous block")
-    quality_images: int = Field(16, ge=0, description="images sampled for the card's 2D quality check")
-    quality_steps: int = Field(100, ge=1)
+    quality_images: int | None = Field(None, ge=0, description="images sampled for the card's 2D quality check; "
+                                       "None: 16 per 32² of image area (a 64² image holds a quarter as many features "
+                                       "per pixel of its edge, so 16 were noise there). May change on resume")
+    quality_steps: int = Field(100, ge=1, description="sampling steps of that check. May change on resume")
     precision: TrainingPrecision = Field(
         "fp32", description="the forward pass: fp32, or bf16 autocast (mixed precision: weights, optimiser and loss "
         "stay fp32; about half a CPU step with bf16 units). May change on resume"
@@ -351,9 +353,10 @@ def _save_checkpoint(path, config, model, ema, optimiser, generator, state) -> N
 def _load_checkpoint(path, config, model, ema, optimiser, generator) -> dict:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     saved = TrainConfig.model_validate_json(payload["config"])
-    if saved.model_dump(exclude={"steps", "precision"}) != config.model_dump(exclude={"steps", "precision"}):
-        raise ValueError(f"{path}: checkpoint was made with a different recipe; only --steps and --precision may "
-                         "change on resume")
+    free = {"steps", "precision", "quality_images", "quality_steps"}  # the card's check is no part of the recipe
+    if saved.model_dump(exclude=free) != config.model_dump(exclude=free):
+        raise ValueError(f"{path}: checkpoint was made with a different recipe; only --steps, --precision and "
+                         "--quality-images may change on resume")
     model.load_state_dict(payload["model"])
     ema.load_state_dict(payload["ema"])
     optimiser.load_state_dict(payload["optimiser"])
@@ -366,10 +369,11 @@ def _load_checkpoint(path, config, model, ema, optimiser, generator) -> dict:
 
 def _quality_check(ema, schedule, reference, size, channels, config, device) -> dict[str, float]:
     """2D error rates (eq. 24) of images sampled from the EMA model, against the reference."""
-    if config.quality_images == 0:
+    n_images = quality_image_count(config.quality_images, size)
+    if n_images == 0:
         return {}
     sampler = DDPMSampler(schedule, steps=min(config.quality_steps, schedule.T))
-    x0 = sample_2d(ema, config.quality_images, size, sampler, seed=config.seed, channels=channels, device=device)
+    x0 = sample_2d(ema, n_images, size, sampler, seed=config.seed, channels=channels, device=device)
     labels = to_labels(x0, channel_dim=1)
     r_max = len(reference.s2_radial) - 1
     ref_s2 = np.mean([reference.s2[a] for a in ("y", "x")], axis=0)
@@ -381,9 +385,15 @@ def _quality_check(ema, schedule, reference, size, channels, config, device) -> 
         "vf_sampled": float((labels == 1).mean()),
         "s2_error_2d": error_rate(ref_s2, gen_s2),
         "lineal_path_error_2d": error_rate(ref_lp, gen_lp),
-        "images": config.quality_images,
+        "images": n_images,
         "steps": sampler.steps,
     }
+
+
+def quality_image_count(requested: int | None, size: int) -> int:
+    """Images for the card's 2D check: ``requested``, or 16 per 32² of image area (16 at 32²,
+    64 at 64²) when None."""
+    return requested if requested is not None else 16 * max(1, round((size / 32) ** 2))
 
 
 def labels_stack(labels: np.ndarray) -> xr.DataArray:

@@ -44,6 +44,9 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path, sphere_slices
     b = torch.load(resumed / "model.pt", weights_only=True)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    # The card's check is no part of the recipe: it may change on resume (zero steps to go here).
+    train_micro3diff(sphere_slices, tmp_path / "b", tiny_config(steps=10, quality_images=2), resume=True, overwrite=True,
+                     device="cpu", progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="different recipe"):
         train_micro3diff(sphere_slices, tmp_path / "b", tiny_config(lr=1e-3), resume=True, overwrite=True, device="cpu",
                          progress=False)
@@ -198,3 +201,10 @@ def test_sigterm_during_train_writes_a_checkpoint_and_says_so(tmp_path, sphere_s
     assert "Traceback" not in text
     step = torch.load(tmp_path / "m.checkpoint.pt", weights_only=True)["step"]
     assert 100 <= step < 2000 and not (tmp_path / "m").exists()
+
+
+def test_the_card_check_samples_16_images_per_32_squared_of_image_area():
+    from micro_doe.platform.micro3diff.training import quality_image_count
+
+    assert [quality_image_count(None, n) for n in (16, 32, 48, 64, 128)] == [16, 16, 32, 64, 256]
+    assert quality_image_count(0, 64) == 0 and quality_image_count(5, 64) == 5
