@@ -146,7 +146,8 @@ def describe(
     if tortuosity_axis is not None:
         axis = "y" if tortuosity_axis == "z" and "z" not in space else tortuosity_axis
     with ThreadPoolExecutor(1) as pool:
-        # With workers to spare the τ solve runs beside the rest (its solvers free the GIL).
+        # With workers to spare the τ solve runs beside the rest (scipy, pyamg and torch free the GIL
+        # for much of their work).
         solving = pool.submit(_tortuosity, vol, label, axis) if axis is not None and workers > 1 else None
         tort = _tortuosity(vol, label, axis) if axis is not None and solving is None else None
         areas = {

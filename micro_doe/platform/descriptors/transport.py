@@ -141,13 +141,15 @@ def _multigrid_d_rel(spanning: np.ndarray, tolerance: float = MULTIGRID_TOLERANC
     hierarchy = pyamg.ruge_stuben_solver(matrix.astype(np.float32), interpolation="direct")
     c = hierarchy.solve(rhs.astype(np.float32), tol=tolerance, accel="cg", maxiter=200).astype(np.float64)
     target = tolerance * float(np.linalg.norm(rhs))
-    if np.linalg.norm(rhs - matrix @ c) > target:
+    residual = float(np.linalg.norm(rhs - matrix @ c))
+    if residual > target:
         cycle = hierarchy.aspreconditioner()
         precondition = spla.LinearOperator(
             matrix.shape, matvec=lambda r: (cycle @ r.astype(np.float32)).astype(np.float64), dtype=np.float64
         )
         c, _ = spla.cg(matrix, rhs, x0=c, M=precondition, rtol=tolerance, maxiter=200)
-    converged = bool(np.linalg.norm(rhs - matrix @ c) <= target)
+        residual = float(np.linalg.norm(rhs - matrix @ c))
+    converged = residual <= target
     flux = 0.5 * (np.sum(2.0 * (0.5 - c[last])) + np.sum(2.0 * (c[first] + 0.5)))
     across = float(np.prod(spanning.shape[1:]))
     # D_rel = flux · length / (cross-section · Δc), Δc = 1.
@@ -176,13 +178,14 @@ def _system(spanning: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, np.ndarr
     above = [neighbour(axis, +1) for axis in reversed(range(d))]
     columns = np.stack([*below, np.arange(n, dtype=np.int32), *above], axis=1)
     present = columns >= 0
+    per_row = present.sum(axis=1)  # the voxel and its face neighbours
     first, last = index[1][inner[1:]][spanning[0]], index[-2][inner[1:]][spanning[-1]]
-    diagonal = present.sum(axis=1).astype(np.float64) - 1.0
+    diagonal = per_row.astype(np.float64) - 1.0
     diagonal[first] += 2.0  # the fixed concentrations lie half a voxel outside: conductance 2
     diagonal[last] += 2.0
     values = np.full(columns.shape, -1.0)
     values[:, d] = diagonal
-    indptr = np.concatenate([[0], np.cumsum(present.sum(axis=1))]).astype(np.int32)
+    indptr = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32)
     matrix = sp.csr_matrix((values[present], columns[present], indptr), shape=(n, n))
     rhs = np.zeros(n)
     rhs[first] -= 2.0 * 0.5

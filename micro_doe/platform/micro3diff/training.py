@@ -82,8 +82,7 @@ class TrainConfig(BaseModel):
     held_out: float = Field(0.0, ge=0.0, lt=0.5, description="fraction of the images set aside (never trained on) "
                             "to judge sampling settings (micro-doe tune); the last images, a contiguous block")
     quality_images: int | None = Field(None, ge=0, description="images sampled for the card's 2D quality check; "
-                                       "None: 16 per 32² of image area (a 64² image holds a quarter as many features "
-                                       "per pixel of its edge, so 16 were noise there). May change on resume")
+                                       "None: 16 per 32² of image area (16 at 32², 64 at 64²). May change on resume")
     quality_steps: int = Field(100, ge=1, description="sampling steps of that check. May change on resume")
     precision: TrainingPrecision = Field(
         "fp32", description="the forward pass: fp32, or bf16 autocast (mixed precision: weights, optimiser and loss "
