@@ -55,6 +55,7 @@ SIZE = 32
 N_CUBES = 10
 FRESH_SEED = 1_000  # fresh cubes: seeds 1000…; the data floor's: 2000…
 SAMPLE_SEED = 50_000
+TRAIN_HELD_OUT = 0.1  # `train micro3diff`'s default --held-out
 
 
 def blobs(seed: int) -> tuple[np.ndarray, list[str]]:
@@ -167,12 +168,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def training_stack(data: Path, bundle: Path) -> np.ndarray:
-    """The images the model trained on (the held-out block removed), as the peers get them."""
+    """The images the model trained on (the held-out block removed), as the peers get them: the block
+    the bundle records, or, with no bundle on this machine, the one `train micro3diff` sets aside by default."""
+    from micro_doe.platform.micro3diff.training import split_held_out
     from micro_doe.platform.volumes import read_volume
 
-    images = read_volume(data).values
+    stack = read_volume(data)
+    if not (bundle / "config.json").exists():
+        return split_held_out(stack, TRAIN_HELD_OUT)[0].values
     held = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text()).held_out
-    return images[: held.first] if held is not None and held.first is not None else images
+    return stack.values[: held.first] if held is not None and held.first is not None else stack.values
 
 
 def run_peer(peer: str, name: str, images: np.ndarray, out: Path, n_volumes: int, args: argparse.Namespace) -> dict:
@@ -271,8 +276,11 @@ def main() -> None:
         data = make_data(name, args.out)
         if args.stage == "data":
             continue
-        bundle = train(name, data.resolve(), args.out.resolve(), args.steps, args.tune_budget,
-                       args.defaults_from.resolve() if args.defaults_from else None)
+        if args.stage == "peers":  # the peers need the training images only, not a trained bundle
+            bundle = args.out.resolve() / f"{name}-model"
+        else:
+            bundle = train(name, data.resolve(), args.out.resolve(), args.steps, args.tune_budget,
+                           args.defaults_from.resolve() if args.defaults_from else None)
         if args.stage == "train":
             continue
         images = training_stack(data, bundle)
