@@ -26,7 +26,7 @@ them with the platform itself, in four stages:
    volumes each (seeds the study never used), and :func:`choose` picks among those rows: of the
    ones whose vf stays within the constraint, the cheapest (seconds per volume) whose structure
    error is within the margin of the best (``max(margin_points, margin_fraction · best)``).
-   If it anchors with calibration, the calibration is measured again at that setting. The
+   If it anchors with calibration, the calibration is measured again at that setting, in its own variant. The
    choice and the paper's default are then measured on fresh seeds again (:func:`confirm`),
    beside the data floor (the training images' own descriptors against the held-out ones), and
    the defaults, calibration, finalists and table are written into the bundle (config.json and
@@ -224,15 +224,19 @@ def training_autocovariance(path: Path, config: Micro3DiffConfig, option: str = 
 
 
 def measure_calibration(generator: Micro3DiffGenerator, setting: dict[str, Any], volumes: int, seed: int) -> list[tuple[float, float]]:
-    """(anchored fraction, measured vf) of the phase of interest at ``setting`` (uncalibrated),
-    anchored at CALIBRATION_FACTORS × the training vf."""
+    """(anchored fraction, measured vf) of the phase of interest at ``setting`` (uncalibrated,
+    decoded by sign), anchored at CALIBRATION_FACTORS × the training vf. The setting's own variant
+    when it anchors (anchored, spectral: each falls short of its anchor by its own amount), else
+    ``anchored``."""
     phase = generator.bundle.reference.phase_name
     label = generator.bundle.config.phase_names.index(phase)
     train = generator.training_fractions()[phase]
+    variant = setting.get("variant", "anchored")
+    variant = variant if VARIANTS[variant].anchors else "anchored"
     pairs = []
     for factor in CALIBRATION_FACTORS:
         target = round(train * factor, 4)
-        settings = SamplingSettings(**(setting | {"calibrate": False, "decode": "sign", "variant": "anchored"}),
+        settings = SamplingSettings(**(setting | {"calibrate": False, "decode": "sign", "variant": variant}),
                                     targets={f"vf_{phase}": target})
         vols = generator.sample(volumes, settings, seed=seed, allow_extrapolation=True)
         pairs.append((target, round(float(np.mean([(v.values == label).mean() for v in vols])), 4)))

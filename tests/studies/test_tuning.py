@@ -240,3 +240,21 @@ def test_training_data_records_the_autocovariance_of_a_bundle_trained_before_it(
         tune(bundle, options(tmp_path), training_data=tmp_path / "nothing.nc", log=lambda line: None)
     assert Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text()).autocovariance is None
     assert not (tmp_path / "optuna.db").exists()
+
+
+def test_the_calibration_is_measured_with_the_settings_own_anchoring_variant(held_out_bundle):
+    """A spectral default falls short of its anchor by its own amount, not the anchored variant's."""
+    from micro_doe.platform.micro3diff.generator import SamplingSettings
+    from micro_doe.studies.tuning import CALIBRATION_FACTORS, measure_calibration
+
+    generator = Micro3DiffGenerator(held_out_bundle)
+    setting = {"variant": "spectral", "n_h": 1, "steps": 4, "precision": "fp32", "decode": "sign", "calibrate": True}
+    pairs = measure_calibration(generator, setting, 1, 3)
+    phase = generator.bundle.reference.phase_name
+    label = generator.bundle.config.phase_names.index(phase)
+    for factor, (anchored, vf) in zip(CALIBRATION_FACTORS, pairs):
+        assert anchored == round(generator.training_fractions()[phase] * factor, 4)
+        settings = SamplingSettings(**(setting | {"calibrate": False}), targets={f"vf_{phase}": anchored})
+        volume = generator.sample(1, settings, seed=3, allow_extrapolation=True)[0]
+        assert vf == round(float((volume.values == label).mean()), 4)
+    assert measure_calibration(generator, setting | {"variant": "anchored"}, 1, 3) != pairs  # the check above can tell
