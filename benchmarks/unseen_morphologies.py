@@ -225,11 +225,8 @@ def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) 
 
 def add_peers(result: dict, name: str, n_volumes: int, peers: dict) -> dict:
     """The peers' rows added to an earlier measurement of ``name`` (same fresh cubes, same judges)."""
-    phase = result["phase"]
-    names = Micro3DiffConfig.model_validate_json((Path(result["bundle"]) / "config.json").read_text()).phase_names \
-        if "bundle" in result else None
-    label_of = names.index(phase) if names else 1
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
+    label_of = list(truth[0].attrs["phase_names"]).index(result["phase"])  # the generator's names, as the model's
     for peer, got in peers.items():
         what = f"{peer}" + (f" (trained {got['train_seconds'] / 60:.0f} min)" if got["train_seconds"] else "")
         result["rows"][what] = judge(got["volumes"], truth, label_of, got["seconds"])
@@ -287,7 +284,7 @@ def main() -> None:
         peers = {peer: run_peer(peer, name, images, args.out.resolve(), args.volumes, args) for peer in args.peers}
         if args.stage == "peers":  # the earlier Micro3Diff rows stay as measured; the peers join them
             earlier = next(r for r in json.loads(args.json.read_text())["results"] if r["name"] == name)
-            results.append(add_peers(earlier | {"bundle": str(bundle)}, name, args.volumes, peers))
+            results.append(add_peers(earlier, name, args.volumes, peers))
         else:
             results.append(measure(name, bundle, args.volumes, peers))
         print_table(results[-1], args.volumes)
