@@ -4,7 +4,7 @@ with `micro-doe tune` (the last stage of training), then judge in 3D against fre
     python benchmarks/unseen_morphologies.py [--morphologies blobs fibers clustered three-phase]
         [--steps 2250] [--tune-budget 16] [--volumes 4] [--out micro-doe-runs/unseen] [--json FILE]
         [--stage all|data|train|measure] [--peers mcrpy slicegan] [--slicegan-minutes 20]
-        [--defaults-from BUNDLE]
+        [--defaults-from BUNDLE] [--settings JSON ...]
 
 Each morphology comes from a PoreSpy generator (not the project's own): z-slices of 10 cubes of
 32³ (320 images of 32²) are the training data; `micro-doe train micro3diff` sets the last 10 %
@@ -223,6 +223,30 @@ def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) 
             "tuning": generator.bundle.config.tuning.model_dump() if generator.bundle.config.tuning else None}
 
 
+def measure_settings(name: str, bundle: Path, n_volumes: int, settings: list[dict]) -> dict:
+    """Rows for given sampling settings (JSON objects of SamplingSettings fields) of a bundle, judged
+    like :func:`measure`'s; one with ``"calibrate": true`` is first calibrated at its own setting, as
+    `micro-doe tune` calibrates its choice (the bundle on disk is left as it is)."""
+    from micro_doe.studies.tuning import TuneOptions, measure_calibration
+
+    generator = Micro3DiffGenerator(bundle)
+    phase = generator.bundle.reference.phase
+    truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
+    rows, passes = {}, {}
+    for setting in settings:
+        s = SamplingSettings(**setting).resolved(generator.bundle.config.sampling)
+        if s.calibrate:
+            pairs = measure_calibration(generator, s.model_dump(), TuneOptions().calibration_volumes, TuneOptions().seed)
+            generator.bundle.config = generator.bundle.config.model_copy(update={"vf_calibration": pairs})
+        start = time.perf_counter()
+        volumes = generator.sample(n_volumes, SamplingSettings(**setting), seed=SAMPLE_SEED)
+        what = label(s)
+        rows[what] = judge(volumes, truth, phase, (time.perf_counter() - start) / n_volumes)
+        passes[what] = (s.n_h + 1) * s.steps
+        print(f"  {name} {what}: {rows[what]}", flush=True)
+    return {"name": name, "phase": generator.bundle.reference.phase_name, "rows": rows, "passes": passes}
+
+
 def add_peers(result: dict, name: str, n_volumes: int, peers: dict) -> dict:
     """The peers' rows added to an earlier measurement of ``name`` (same fresh cubes, same judges)."""
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
@@ -257,6 +281,9 @@ def main() -> None:
     parser.add_argument("--slicegan", type=Path, default=Path(".peers/SliceGAN"), help="a SliceGAN checkout")
     parser.add_argument("--slicegan-minutes", type=float, default=20.0)
     parser.add_argument("--from-json", type=Path, help="only print the tables of an earlier run")
+    parser.add_argument("--settings", nargs="+", type=json.loads, metavar="JSON",
+                        help="with --stage measure: rows for these sampling settings instead of the paper's and the "
+                        "tuned default, e.g. '{\"variant\": \"spectral\", \"n_h\": 10, \"steps\": 25, \"calibrate\": true}'")
     parser.add_argument("--defaults-from", type=Path, help="a bundle of the same morphology (one morphology): train "
                         "without tuning and sample with its defaults (an A/B of training length)")
     args = parser.parse_args()
@@ -273,7 +300,7 @@ def main() -> None:
         data = make_data(name, args.out)
         if args.stage == "data":
             continue
-        if args.stage == "peers":  # the peers need the training images only, not a trained bundle
+        if args.stage == "peers" or args.settings:  # the peers need the training images only; --settings a bundle as it is
             bundle = args.out.resolve() / f"{name}-model"
         else:
             bundle = train(name, data.resolve(), args.out.resolve(), args.steps, args.tune_budget,
@@ -285,6 +312,8 @@ def main() -> None:
         if args.stage == "peers":  # the earlier Micro3Diff rows stay as measured; the peers join them
             earlier = next(r for r in json.loads(args.json.read_text())["results"] if r["name"] == name)
             results.append(add_peers(earlier, name, args.volumes, peers))
+        elif args.settings:
+            results.append(measure_settings(name, bundle, args.volumes, args.settings))
         else:
             results.append(measure(name, bundle, args.volumes, peers))
         print_table(results[-1], args.volumes)
