@@ -201,6 +201,15 @@ def run_peer(peer: str, name: str, images: np.ndarray, out: Path, n_volumes: int
             "train_seconds": float(data["train_seconds"]) if "train_seconds" in data else 0.0}
 
 
+def sampled_row(generator: Micro3DiffGenerator, settings: SamplingSettings, truth: list, n_volumes: int, what: str) -> dict:
+    """``n_volumes`` volumes at ``settings`` (seeds SAMPLE_SEED…), judged against ``truth``, timed and printed."""
+    start = time.perf_counter()
+    volumes = generator.sample(n_volumes, settings, seed=SAMPLE_SEED)
+    row = judge(volumes, truth, generator.bundle.reference.phase, (time.perf_counter() - start) / n_volumes)
+    print(f"  {what}: {row}", flush=True)
+    return row
+
+
 def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) -> dict:
     generator = Micro3DiffGenerator(bundle)
     phase = generator.bundle.reference.phase
@@ -211,10 +220,7 @@ def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) 
     paper = SamplingConfig()  # the paper's algorithm: what an untuned bundle samples with
     for what, settings in (("paper (SamplingConfig())", SamplingSettings(**paper.model_dump())),
                            (f"tuned: {label(tuned)}", SamplingSettings())):
-        start = time.perf_counter()
-        volumes = generator.sample(n_volumes, settings, seed=SAMPLE_SEED)
-        rows[what] = judge(volumes, truth, phase, (time.perf_counter() - start) / n_volumes)
-        print(f"  {name} {what}: {rows[what]}", flush=True)
+        rows[what] = sampled_row(generator, settings, truth, n_volumes, f"{name} {what}")
     for peer, got in (peers or {}).items():
         what = f"{peer}" + (f" (trained {got['train_seconds'] / 60:.0f} min)" if got["train_seconds"] else "")
         rows[what] = judge(got["volumes"], truth, phase, got["seconds"])
@@ -227,24 +233,21 @@ def measure_settings(name: str, bundle: Path, n_volumes: int, settings: list[dic
     """Rows for given sampling settings (JSON objects of SamplingSettings fields) of a bundle, judged
     like :func:`measure`'s; one with ``"calibrate": true`` is first calibrated at its own setting, as
     `micro-doe tune` calibrates its choice (the bundle on disk is left as it is)."""
-    from micro_doe.studies.tuning import TuneOptions, measure_calibration
+    from micro_doe.studies.tuning import TuneOptions, measure_calibration, passes
 
     generator = Micro3DiffGenerator(bundle)
-    phase = generator.bundle.reference.phase
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
-    rows, passes = {}, {}
+    tune_defaults = TuneOptions()
+    rows, passes_of = {}, {}
     for setting in settings:
         s = SamplingSettings(**setting).resolved(generator.bundle.config.sampling)
         if s.calibrate:
-            pairs = measure_calibration(generator, s.model_dump(), TuneOptions().calibration_volumes, TuneOptions().seed)
+            pairs = measure_calibration(generator, s.model_dump(), tune_defaults.calibration_volumes, tune_defaults.seed)
             generator.bundle.config = generator.bundle.config.model_copy(update={"vf_calibration": pairs})
-        start = time.perf_counter()
-        volumes = generator.sample(n_volumes, SamplingSettings(**setting), seed=SAMPLE_SEED)
         what = label(s)
-        rows[what] = judge(volumes, truth, phase, (time.perf_counter() - start) / n_volumes)
-        passes[what] = (s.n_h + 1) * s.steps
-        print(f"  {name} {what}: {rows[what]}", flush=True)
-    return {"name": name, "phase": generator.bundle.reference.phase_name, "rows": rows, "passes": passes}
+        rows[what] = sampled_row(generator, SamplingSettings(**setting), truth, n_volumes, f"{name} {what}")
+        passes_of[what] = passes(s.model_dump())
+    return {"name": name, "phase": generator.bundle.reference.phase_name, "rows": rows, "passes": passes_of}
 
 
 def add_peers(result: dict, name: str, n_volumes: int, peers: dict) -> dict:
