@@ -24,8 +24,11 @@ them with the platform itself, in four stages:
    settings a few points apart trade places by noise. So the best feasible settings of the study
    of at most ``max_passes`` passes per volume (:func:`finalists`, ``finalists`` of them) are measured again on ``finalist_volumes`` fresh
    volumes each (seeds the study never used), and :func:`choose` picks among those rows: of the
-   ones whose vf stays within the constraint, the cheapest (seconds per volume) whose structure
-   error is within the margin of the best (``max(margin_points, margin_fraction · best)``).
+   ones whose vf stays within the constraint, the cheapest (seconds per volume) whose worst
+   judge (the largest of the four errors: :func:`worst_error`) is within the margin of the best
+   (``max(margin_points, margin_fraction · best)``). The worst judge, not the sum the study
+   ranks by, because a default must hold every judge: a sum lets one large error (particles
+   too small) hide behind small ones (``choose_by: structure_error`` keeps the sum).
    If it anchors with calibration, the calibration is measured again at that setting, in its own variant. The
    choice and the paper's default are then measured on fresh seeds again (:func:`confirm`),
    beside the data floor (the training images' own descriptors against the held-out ones), and
@@ -40,7 +43,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -129,7 +132,9 @@ class TuneOptions(BaseModel):
     finalist_volumes: int = Field(8, ge=1, le=64, description="volumes per finalist (fresh seeds)")
     confirm_volumes: int = Field(4, ge=1, le=64, description="volumes per setting in the confirmation")
     calibration_volumes: int = Field(2, ge=1, le=64, description="volumes per anchored fraction when calibrating")
-    margin_points: float = Field(1.0, ge=0, description="structure error a cheaper setting may give up, in % points")
+    choose_by: Literal["worst_error", "structure_error"] = Field(
+        "worst_error", description="what the finalists are compared by: their worst judge, or the sum of the four")
+    margin_points: float = Field(1.0, ge=0, description="error a cheaper setting may give up, in % points")
     margin_fraction: float = Field(0.1, ge=0, description="... or this fraction of the best's, whichever is larger")
     seed: int = Field(0, ge=0, description="the sampler's and the volumes' seed")
     storage: str = "sqlite:///micro-doe-runs/optuna.db"
@@ -315,15 +320,23 @@ def finalists(trials: list[Any], options: TuneOptions) -> list[Any]:
     return list(unique.values())[: options.finalists]
 
 
+def worst_error(row: dict[str, Any]) -> float:
+    """The largest of a row's four judges (L, size, diameter and connectivity error), in %."""
+    return float(np.max([row[name] for name in STRUCTURE_JUDGES]))
+
+
 def choose(rows: list[dict[str, Any]], options: TuneOptions, vf_max_error: float) -> tuple[int, int, float]:
-    """(chosen, best, margin) among measured rows (``structure_error``, ``seconds_per_volume``,
-    ``vf_error``): of the rows within the vf constraint (all rows when none is), the cheapest
-    whose structure error is within the margin of the best one's."""
+    """(chosen, best, margin) among measured rows (the four judges or ``structure_error``,
+    ``seconds_per_volume``, ``vf_error``): of the rows within the vf constraint (all rows when
+    none is), the cheapest whose error (``options.choose_by``) is within the margin of the best one's."""
+    def error(i: int) -> float:
+        return worst_error(rows[i]) if options.choose_by == "worst_error" else float(rows[i]["structure_error"])
+
     feasible = [i for i, r in enumerate(rows) if r["vf_error"] <= vf_max_error] or list(range(len(rows)))
-    best = min(feasible, key=lambda i: rows[i]["structure_error"])
-    margin = max(options.margin_points, options.margin_fraction * rows[best]["structure_error"])
-    near = [i for i in feasible if rows[i]["structure_error"] <= rows[best]["structure_error"] + margin]
-    return min(near, key=lambda i: (rows[i]["seconds_per_volume"], rows[i]["structure_error"])), best, margin
+    best = min(feasible, key=error)
+    margin = max(options.margin_points, options.margin_fraction * error(best))
+    near = [i for i in feasible if error(i) <= error(best) + margin]
+    return min(near, key=lambda i: (rows[i]["seconds_per_volume"], error(i))), best, margin
 
 
 def judge(volumes: list[Any], held_out: Descriptors, seconds: list[float]) -> dict[str, float]:
@@ -379,8 +392,8 @@ def defaults_of(params: dict[str, Any]) -> SamplingConfig:
     return SamplingConfig(**(params | {"sampler": "ddpm", "variance": "beta"}))
 
 
-TABLE_HEAD = ["| setting | passes | L error % | size error % | diameter error % | connectivity error % | structure error | "
-              "vf | Ø | connectivity | s / volume |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+TABLE_HEAD = ["| setting | passes | L error % | size error % | diameter error % | connectivity error % | worst % | "
+              "structure error | vf | Ø | connectivity | s / volume |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
 
 def card_section(record: TuningRecord, chosen: str, margin: float) -> str:
@@ -398,7 +411,8 @@ def card_section(record: TuningRecord, chosen: str, margin: float) -> str:
 
 def table_line(r: dict[str, Any]) -> str:
     return (f"| {r['setting']} | {r.get('passes', '')} | {r['lineal_path_error']:.2f} | {r['size_error']:.2f} | "
-            f"{r['diameter_error']:.2f} | {r['connectivity_error']:.2f} | {r['structure_error']:.2f} | {r['vf']:.3f} | "
+            f"{r['diameter_error']:.2f} | {r['connectivity_error']:.2f} | {worst_error(r):.2f} | {r['structure_error']:.2f} | "
+            f"{r['vf']:.3f} | "
             f"{r['diameter']:.2f} | {r['connectivity']:.2f} | {r['seconds_per_volume']:.2f} |")
 
 
@@ -490,10 +504,12 @@ def tune(
             floor_row(generator.bundle.reference, held_out) | {"setting": "data floor: training images vs held out",
                                                                 "role": "data floor"}]
     within = "" if any(r["vf_error"] <= vf_max_error for r in measured) else " (none kept vf within the constraint: all compared)"
+    by = "worst judge" if options.choose_by == "worst_error" else "structure error"
+    best_error = worst_error(measured[best]) if options.choose_by == "worst_error" else measured[best]["structure_error"]
     rule = (f"the study's {len(top)} best feasible settings measured again on {options.finalist_volumes} fresh volumes "
             f"each{within}; of those, the cheapest (s / volume) within max({options.margin_points:g} points, "
-            f"{options.margin_fraction:.0%} of the best) of the best structure error (trial {top[best].number}: "
-            f"{measured[best]['structure_error']:.2f}); chose trial {chosen.number}")
+            f"{options.margin_fraction:.0%} of the best) of the best {by} (trial {top[best].number}: "
+            f"{best_error:.2f}); chose trial {chosen.number}")
     record = TuningRecord(study=name, storage=masked_url(spec.storage), tracking=spec.tracking,
                           trials=len(result.completed), seed=options.seed, rule=rule, table=rows, finalists=measured)
     write_tuning(bundle, defaults, record, label(defaults), margin)

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator
-from micro_doe.studies.tuning import PAPER, TuneOptions, choose, finalists, starts, study_name, tune
+from micro_doe.studies.tuning import PAPER, TuneOptions, choose, finalists, starts, study_name, tune, worst_error
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -158,12 +158,27 @@ def test_choose_takes_the_cheapest_remeasured_setting_within_the_margin():
     def row(error, seconds, vf_error=0.0):  # type: ignore[no-untyped-def]
         return {"structure_error": error, "seconds_per_volume": seconds, "vf_error": vf_error}
 
+    by_sum = TuneOptions(choose_by="structure_error")
     rows = [row(10.0, 5.0), row(10.9, 1.0), row(12.0, 0.1), row(1.0, 0.1, vf_error=0.5)]
-    assert choose(rows, TuneOptions(), vf_max_error=0.05) == (1, 0, 1.0)
-    chosen, _, margin = choose(rows, TuneOptions(margin_fraction=0.25), vf_max_error=0.05)
+    assert choose(rows, by_sum, vf_max_error=0.05) == (1, 0, 1.0)
+    chosen, _, margin = choose(rows, by_sum.model_copy(update={"margin_fraction": 0.25}), vf_max_error=0.05)
     assert chosen == 2 and margin == 2.5
     # When no row keeps vf within the constraint, all are compared (rather than no default at all).
-    assert choose([row(3.0, 1.0, 0.5), row(2.0, 9.0, 0.6)], TuneOptions(), vf_max_error=0.05)[1] == 1
+    assert choose([row(3.0, 1.0, 0.5), row(2.0, 9.0, 0.6)], by_sum, vf_max_error=0.05)[1] == 1
+
+
+def test_by_default_the_finalists_are_compared_by_their_worst_judge():
+    def row(errors, seconds):  # type: ignore[no-untyped-def]
+        judges = dict(zip(("lineal_path_error", "size_error", "diameter_error", "connectivity_error"), errors))
+        return judges | {"structure_error": sum(errors), "seconds_per_volume": seconds, "vf_error": 0.0}
+
+    # Clustered particles' finalists (rounded): the lowest sum with particles too small (size
+    # error 20 %), and a costlier setting whose every judge is within 14 %.
+    small, even = row((7.5, 20.2, 6.6, 8.9), 24.0), row((8.6, 11.1, 11.3, 13.4), 60.0)
+    assert worst_error(small) == 20.2 and small["structure_error"] < even["structure_error"]
+    chosen, best, margin = choose([small, even], TuneOptions(), vf_max_error=0.05)
+    assert (chosen, best) == (1, 1) and margin == pytest.approx(1.34)
+    assert choose([small, even], TuneOptions(choose_by="structure_error"), vf_max_error=0.05)[0] == 0
 
 
 def test_the_tune_command_tunes_a_bundle_in_the_working_folder(tmp_path, held_out_bundle, monkeypatch, capsys):
