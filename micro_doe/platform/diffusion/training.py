@@ -1,5 +1,5 @@
-"""What both generators' training loops share: the default device, the EMA update and a
-progress bar that shows the running loss."""
+"""What both generators' training loops share: the default device, the optimiser step that
+skips a non-finite gradient, the EMA update and a progress bar that shows the running loss."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+
+from micro_doe.errors import ExecutionError
 
 
 def default_device() -> str:
@@ -36,6 +38,34 @@ def training_autocast(device: str | torch.device, precision: TrainingPrecision) 
     """The context a training step computes its loss in: bf16 autocast of the forward pass
     (mixed precision; weights, optimiser and the loss's reduction stay fp32), or nothing for fp32."""
     return torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == "bf16")
+
+
+MAX_SKIPPED_IN_A_ROW = 10  # more non-finite gradients in a row than this: the run has diverged
+
+
+class TrainingDiverged(ExecutionError):
+    """Every gradient of many steps in a row was not finite: training diverged (not a passing overflow)."""
+
+
+def clipped_step(model: torch.nn.Module, optimiser: torch.optim.Optimizer, grad_clip: float) -> bool:
+    """Clip the gradients to a total norm of ``grad_clip`` and take the optimiser step, unless a
+    gradient is not finite: then no step is taken (weights and optimiser moments stay as they
+    were) and the result is False. Why: under CPU bf16 autocast a convolution's weight gradient
+    came out non-finite now and then (torch 2.13, nondeterministic), and one such step turns
+    every weight into NaN; this is what fp16's GradScaler does with its overflow steps."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if not bool(torch.isfinite(norm)):
+        optimiser.zero_grad(set_to_none=True)
+        return False
+    optimiser.step()
+    return True
+
+
+def check_skipped(in_a_row: int, step: int) -> None:
+    """Raise :class:`TrainingDiverged` once more than ``MAX_SKIPPED_IN_A_ROW`` steps in a row were skipped."""
+    if in_a_row > MAX_SKIPPED_IN_A_ROW:
+        raise TrainingDiverged(f"training diverged: the gradients of {in_a_row} steps in a row up to step {step} were "
+                               "not finite (lower the learning rate, or train in fp32)")
 
 
 @torch.no_grad()

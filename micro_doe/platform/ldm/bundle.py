@@ -85,6 +85,7 @@ class StageSummary(BaseModel):
     losses: list[float] = Field(
         default_factory=list, description="running mean loss at steps log_every, 2·log_every, …"
     )
+    skipped_steps: int = Field(0, ge=0, description="steps without an optimiser step: their gradient was not finite")
     upstream: str = Field("", description="hash of the VAE weights this stage was trained on ('' for the VAE)")
     weights: str = Field(description="hash of this stage's weights (model.pt[stage])")
     device: str

@@ -11,7 +11,13 @@ from typing import Any
 
 import torch
 
-from micro_doe.platform.diffusion.training import TrainingProgress, ema_update, training_autocast
+from micro_doe.platform.diffusion.training import (
+    TrainingProgress,
+    check_skipped,
+    clipped_step,
+    ema_update,
+    training_autocast,
+)
 from micro_doe.platform.ldm.bundle import StageSummary, load_weights
 from micro_doe.platform.ldm.stages_common import _Run, _state_hash
 from micro_doe.platform.ldm.train_config import StageConfig
@@ -24,6 +30,7 @@ class _LoopState:
     seconds: float = 0.0
     running: float = math.nan
     losses: list[float] = field(default_factory=list)
+    skipped: int = 0  # steps whose gradient was not finite (no optimiser step)
 
 
 # ---------------------------------------------------------------- the loop and its files
@@ -53,18 +60,22 @@ def _optimise(
         raise ValueError(f"{stage}.steps: the checkpoint in {path} is at step {state.step}, beyond steps={cfg.steps}")
     start = time.perf_counter() - state.seconds
     model.train()
+    in_a_row = 0
     with TrainingProgress(run.progress, cfg.steps, state.step, f"{stage} {run.out.name}") as advance:
         for step in range(state.step, cfg.steps):
             with training_autocast(run.device, cfg.precision):
                 loss = loss_fn()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimiser.step()
-            if ema is not None:
-                ema_update(ema, model, ema_decay)
             value = float(loss.detach())
-            state.running = value if math.isnan(state.running) else 0.98 * state.running + 0.02 * value
+            if clipped_step(model, optimiser, cfg.grad_clip):
+                if ema is not None:
+                    ema_update(ema, model, ema_decay)
+                state.running = value if math.isnan(state.running) else 0.98 * state.running + 0.02 * value
+                in_a_row = 0
+            else:  # a non-finite gradient: no step (diffusion.training.clipped_step)
+                state.skipped, in_a_row = state.skipped + 1, in_a_row + 1
+                check_skipped(in_a_row, step + 1)
             state.step = step + 1
             if run.on_log is not None:
                 run.on_log(stage, state.step, value)
@@ -90,6 +101,7 @@ def _save_checkpoint(path, identity, model, ema, optimiser, generator, state) ->
         "seconds": state.seconds,
         "running": state.running,
         "losses": list(state.losses),
+        "skipped": state.skipped,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -109,7 +121,7 @@ def _load_checkpoint(path, identity, model, ema, optimiser, generator) -> _LoopS
     generator.set_state(payload["generator"])
     torch.set_rng_state(payload["torch_rng"])
     return _LoopState(int(payload["step"]), float(payload["seconds"]), float(payload["running"]),
-                      [float(v) for v in payload["losses"]])
+                      [float(v) for v in payload["losses"]], int(payload.get("skipped", 0)))
 
 
 def _finish(
@@ -127,7 +139,7 @@ def _finish(
         stage=stage,
         config=getattr(run.config, stage).model_dump(mode="json"),
         architecture=json.loads(json.dumps(architecture, default=list)),
-        steps=loop.step, seconds=loop.seconds, final_loss=loop.running, losses=loop.losses,
+        steps=loop.step, seconds=loop.seconds, final_loss=loop.running, losses=loop.losses, skipped_steps=loop.skipped,
         upstream=upstream, weights=_state_hash(weights), device=str(run.device),
         threads=torch.get_num_threads(), extra=extra,
     )  # fmt: skip

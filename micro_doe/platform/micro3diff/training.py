@@ -44,6 +44,8 @@ from micro_doe.platform.diffusion.channels import labels_to_channels, to_labels
 from micro_doe.platform.diffusion.training import (
     TrainingPrecision,
     TrainingProgress,
+    check_skipped,
+    clipped_step,
     default_device,
     ema_update,
     training_autocast,
@@ -224,7 +226,7 @@ def train_micro3diff(
     ema = copy.deepcopy(model).requires_grad_(False)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    state = {"step": 0, "seconds": 0.0, "losses": [], "running": math.nan}
+    state = {"step": 0, "seconds": 0.0, "losses": [], "running": math.nan, "skipped": 0}
     if resume and checkpoint.exists():
         state = _load_checkpoint(checkpoint, config, model, ema, optimiser, generator)
     elif resume:
@@ -275,7 +277,8 @@ def train_micro3diff(
             n_images=int(stack.sizes["sample"]),
         ),
     )
-    card = _card(out.name, data, bundle_config, parameter_count(model), seconds, running, quality, device)
+    card = _card(out.name, data, bundle_config, parameter_count(model), seconds, running, quality, device,
+                 int(state["skipped"]))  # type: ignore[call-overload]
     examples = stack.isel(sample=slice(0, N_EXAMPLES)).astype("int8")
     held_reference = None if held_out is None else training_reference(held_out, held_out)
     return write_bundle(out, bundle_config, ema.state_dict(), reference, card, examples=examples, overwrite=overwrite,
@@ -291,7 +294,7 @@ def _train_steps(model, ema, optimiser, generator, images, n_phases, schedule, c
     """The optimisation loop from ``state["step"]`` to ``config.steps``; returns the running loss.
     A signal waits for the step in progress to finish (``interrupts_deferred``), so ``state``
     and the weights always agree and an interrupt's checkpoint resumes exactly."""
-    running = state["running"]
+    running, in_a_row = state["running"], 0
     for step in range(state["step"], config.steps):
         with interrupts_deferred():
             idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=generator)
@@ -303,11 +306,15 @@ def _train_steps(model, ema, optimiser, generator, images, n_phases, schedule, c
                 loss = diffusion_loss(model, x0, schedule, generator)  # fp32: noise minus the bf16 prediction
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimiser.step()
-            ema_update(ema, model, config.ema_decay)
             value = float(loss.detach())
-            running = value if math.isnan(running) else 0.98 * running + 0.02 * value
+            if clipped_step(model, optimiser, config.grad_clip):
+                ema_update(ema, model, config.ema_decay)
+                running = value if math.isnan(running) else 0.98 * running + 0.02 * value
+                in_a_row = 0
+            else:  # a non-finite gradient: no step (diffusion.training.clipped_step)
+                state["skipped"] += 1
+                in_a_row += 1
+                check_skipped(in_a_row, step + 1)
             state["step"], state["running"] = step + 1, running
             if (step + 1) % 50 == 0 or step + 1 == config.steps:
                 state["losses"].append(running)
@@ -344,6 +351,7 @@ def _save_checkpoint(path, config, model, ema, optimiser, generator, state) -> N
         "seconds": state["seconds"],
         "losses": list(state["losses"]),
         "running": state["running"],
+        "skipped": state["skipped"],
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -363,7 +371,8 @@ def _load_checkpoint(path, config, model, ema, optimiser, generator) -> dict:
     torch.set_rng_state(payload["torch_rng"])
     losses = list(payload["losses"])
     running = float(payload.get("running", losses[-1] if losses else math.nan))
-    return {"step": int(payload["step"]), "seconds": float(payload["seconds"]), "losses": losses, "running": running}
+    return {"step": int(payload["step"]), "seconds": float(payload["seconds"]), "losses": losses, "running": running,
+            "skipped": int(payload.get("skipped", 0))}
 
 
 def _quality_check(ema, schedule, reference, size, channels, config, device) -> dict[str, float]:
@@ -399,7 +408,7 @@ def labels_stack(labels: np.ndarray) -> xr.DataArray:
     return xr.DataArray(labels.astype(np.int8), dims=("sample", "y", "x"))
 
 
-def _card(name, data, config, n_params, seconds, loss, quality, device) -> str:
+def _card(name, data, config, n_params, seconds, loss, quality, device, skipped: int = 0) -> str:
     r = config.recipe
     lines = [
         f"# {name}",
@@ -417,7 +426,8 @@ def _card(name, data, config, n_params, seconds, loss, quality, device) -> str:
         + (", bf16 forward (mixed precision)" if r.precision == "bf16" else ""),
         f"- noise schedule: {config.schedule}, T = {config.noise_schedule().T}",
         f"- wall time: {seconds / 60:.1f} min on {device} ({torch.get_num_threads()} threads)",
-        f"- final loss (running mean): {loss:.4f}",
+        f"- final loss (running mean): {loss:.4f}"
+        + (f"; {skipped} steps skipped (gradient not finite: no optimiser step)" if skipped else ""),
         "",
         "## Quality (2D, sampled with plain DDPM)",
     ]

@@ -57,3 +57,13 @@ def test_rename_state_keys_renames_in_place() -> None:
     state = {"a.time.w": 1, "b": 2}
     rename_state_keys(state, {".time.": ".emb."})
     assert state == {"a.emb.w": 1, "b": 2}
+
+
+def test_a_3d_convolution_of_at_most_8_voxels_computes_in_fp32_under_autocast():
+    from micro_doe.platform.diffusion.blocks import conv
+
+    layer = conv(3, 4, 4, 3, padding=1)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert layer(torch.randn(1, 4, 2, 2, 2)).dtype == torch.float32
+        assert layer(torch.randn(1, 4, 4, 4, 4)).dtype == torch.bfloat16
+    assert layer(torch.randn(1, 4, 2, 2, 2)).dtype == torch.float32
