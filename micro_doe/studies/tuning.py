@@ -325,12 +325,17 @@ def worst_error(row: dict[str, Any]) -> float:
     return float(np.max([row[name] for name in STRUCTURE_JUDGES]))
 
 
+def compared_error(row: dict[str, Any], options: TuneOptions) -> float:
+    """What the finalists are compared by (``options.choose_by``): the worst judge or the sum."""
+    return worst_error(row) if options.choose_by == "worst_error" else float(row["structure_error"])
+
+
 def choose(rows: list[dict[str, Any]], options: TuneOptions, vf_max_error: float) -> tuple[int, int, float]:
     """(chosen, best, margin) among measured rows (the four judges or ``structure_error``,
     ``seconds_per_volume``, ``vf_error``): of the rows within the vf constraint (all rows when
     none is), the cheapest whose error (``options.choose_by``) is within the margin of the best one's."""
     def error(i: int) -> float:
-        return worst_error(rows[i]) if options.choose_by == "worst_error" else float(rows[i]["structure_error"])
+        return compared_error(rows[i], options)
 
     feasible = [i for i, r in enumerate(rows) if r["vf_error"] <= vf_max_error] or list(range(len(rows)))
     best = min(feasible, key=error)
@@ -412,8 +417,7 @@ def card_section(record: TuningRecord, chosen: str, margin: float) -> str:
 def table_line(r: dict[str, Any]) -> str:
     return (f"| {r['setting']} | {r.get('passes', '')} | {r['lineal_path_error']:.2f} | {r['size_error']:.2f} | "
             f"{r['diameter_error']:.2f} | {r['connectivity_error']:.2f} | {worst_error(r):.2f} | {r['structure_error']:.2f} | "
-            f"{r['vf']:.3f} | "
-            f"{r['diameter']:.2f} | {r['connectivity']:.2f} | {r['seconds_per_volume']:.2f} |")
+            f"{r['vf']:.3f} | {r['diameter']:.2f} | {r['connectivity']:.2f} | {r['seconds_per_volume']:.2f} |")
 
 
 def write_tuning(bundle: Path, defaults: SamplingConfig, record: TuningRecord, chosen: str, margin: float) -> None:
@@ -505,11 +509,10 @@ def tune(
                                                                 "role": "data floor"}]
     within = "" if any(r["vf_error"] <= vf_max_error for r in measured) else " (none kept vf within the constraint: all compared)"
     by = "worst judge" if options.choose_by == "worst_error" else "structure error"
-    best_error = worst_error(measured[best]) if options.choose_by == "worst_error" else measured[best]["structure_error"]
     rule = (f"the study's {len(top)} best feasible settings measured again on {options.finalist_volumes} fresh volumes "
             f"each{within}; of those, the cheapest (s / volume) within max({options.margin_points:g} points, "
             f"{options.margin_fraction:.0%} of the best) of the best {by} (trial {top[best].number}: "
-            f"{best_error:.2f}); chose trial {chosen.number}")
+            f"{compared_error(measured[best], options):.2f}); chose trial {chosen.number}")
     record = TuningRecord(study=name, storage=masked_url(spec.storage), tracking=spec.tracking,
                           trials=len(result.completed), seed=options.seed, rule=rule, table=rows, finalists=measured)
     write_tuning(bundle, defaults, record, label(defaults), margin)
