@@ -14,7 +14,10 @@ them with the platform itself, in four stages:
    Ray actors, Optuna storage, MLflow). It searches variant (paper, anchored, and spectral when
    the bundle records its training images' autocovariance: :func:`variants`), n_h, S, decoding,
    calibration and precision; it starts from the paper's algorithm and the settings that served
-   the shipped models (:func:`starts`), then TPE. Objectives: ``structure_error`` (L + size + diameter + connectivity error
+   the shipped models (:func:`starts`), then TPE; the last ``walk_share`` of the budget walks from
+   the best setting so far, one knob at a time (:func:`next_step`: n_h a rung up or down the
+   ladder first, then calibration, S, precision and decoding), because n_h matters most and a
+   short TPE run rarely visits the ladder of its best variant. Objectives: ``structure_error`` (L + size + diameter + connectivity error
    against the held-out images: descriptors no setting steers) and ``seconds_per_volume``.
    vf is a constraint (within 25 % of the held-out vf), never a judge; so is the cost, at most
    ``max_passes`` denoising passes per volume, checked before a setting runs (a costlier one is
@@ -132,6 +135,8 @@ class TuneOptions(BaseModel):
     finalist_volumes: int = Field(8, ge=1, le=64, description="volumes per finalist (fresh seeds)")
     confirm_volumes: int = Field(4, ge=1, le=64, description="volumes per setting in the confirmation")
     calibration_volumes: int = Field(2, ge=1, le=64, description="volumes per anchored fraction when calibrating")
+    walk_share: float = Field(1 / 3, ge=0, lt=1, description="share of the budget (settings or minutes) spent walking "
+                              "from the best setting so far, one knob at a time (the rest: the starts, then TPE)")
     choose_by: Literal["worst_error", "structure_error"] = Field(
         "worst_error", description="what the finalists are compared by: their worst judge, or the sum of the four")
     margin_points: float = Field(1.0, ge=0, description="error a cheaper setting may give up, in % points")
@@ -298,6 +303,39 @@ def enqueue_starts(spec: Any, budget: int) -> int:
     return len(first)
 
 
+def walk_trials(options: TuneOptions) -> int:
+    """Settings of a trial budget spent on the walk: ``walk_share`` of it, leaving at least two
+    (the paper's and one more) to the starts."""
+    return max(0, min(int(options.trials * options.walk_share), options.trials - 2))
+
+
+def neighbours(params: dict[str, Any], search: dict[str, dict[str, list[Any]]], max_passes: int) -> list[dict[str, Any]]:
+    """The settings one step from ``params``, in the order the walk tries them: n_h one rung up,
+    then one rung down the searched ladder; then the other values of calibrate (variants that
+    anchor only), S, precision and decode. None costlier than ``max_passes`` passes per volume."""
+    ladder = search["n_h"]["categorical"]
+    rung = ladder.index(params["n_h"])
+    steps = [params | {"n_h": ladder[j]} for j in (rung + 1, rung - 1) if 0 <= j < len(ladder)]
+    for key in ("calibrate", "steps", "precision", "decode"):
+        if key == "calibrate" and not VARIANTS[params["variant"]].anchors:
+            continue  # calibration changes nothing that does not anchor
+        steps += [params | {key: value} for value in search[key]["categorical"] if value != params[key]]
+    return [p for p in steps if passes(p) <= max_passes]
+
+
+def next_step(trials: list[Any], search: dict[str, dict[str, list[Any]]], options: TuneOptions) -> dict[str, Any] | None:
+    """The walk's next setting: the first untried neighbour (:func:`neighbours`) of the best
+    feasible setting so far (by the study's structure error, :func:`finalists`); None when every
+    neighbour was tried (a local optimum) or nothing is feasible yet. A setting counts as tried
+    once any trial of the study holds it, waiting, failed or skipped ones included."""
+    try:
+        best = finalists(trials, options)[0]
+    except TuningError:
+        return None
+    tried = [t.params for t in trials]
+    return next((p for p in neighbours(dict(best.params), search, options.max_passes) if p not in tried), None)
+
+
 # ----------------------------------------------------------------------------- stage 4: choice
 
 
@@ -429,6 +467,46 @@ def write_tuning(bundle: Path, defaults: SamplingConfig, record: TuningRecord, c
         tmp.write_text(card + card_section(record, chosen, margin))
 
 
+def search_settings(study: Any, options: TuneOptions, search: dict[str, dict[str, list[Any]]],
+                    on_study: Callable[[Any], Any] | None, log: Callable[[str], None]) -> tuple[Any, int]:  # fmt: skip
+    """Stage 3's two parts on one study: the starts and TPE on the first ``1 − walk_share`` of
+    the budget, then the walk (:func:`next_step`, one setting per run) until the budget is used;
+    at a local optimum TPE takes the rest. Returns the last run's result and the settings walked.
+    Resumable like any study: a re-run finds what was done and goes on (a setting the walk had
+    queued and an interruption left waiting runs first)."""
+    from optuna.trial import TrialState
+
+    from micro_doe.studies.study_storage import open_study
+    from micro_doe.studies.trial_attrs import uses_budget
+
+    def run(n_trials: int, timeout_s: float | None) -> Any:
+        budget = study.spec.budget.model_copy(update={"n_trials": n_trials, "timeout_s": timeout_s})
+        study.spec = study.spec.model_copy(update={"budget": budget})
+        return on_study(study) if on_study is not None else study.run()
+
+    if options.minutes is None:
+        deadline, result = math.inf, run(options.trials - walk_trials(options), None)
+    else:
+        deadline = time.monotonic() + 60.0 * options.minutes
+        result = run(10_000, 60.0 * options.minutes * (1 - options.walk_share))
+    walked, stored = 0, open_study(study.spec)
+    while True:
+        trials = stored.get_trials(deepcopy=False)
+        left = deadline - time.monotonic()
+        counted = sum(uses_budget(t) for t in trials)
+        if (left <= 0) if options.minutes is not None else counted >= options.trials:
+            return result, walked
+        if not any(t.state == TrialState.WAITING for t in trials):
+            step = next_step(result.trials, search, options)
+            if step is None:
+                log("  the walk found no untried neighbour of the best setting: TPE takes the rest of the budget")
+                return run(options.trials if options.minutes is None else 10_000, None if math.isinf(left) else left), walked
+            log(f"  walk: {label(defaults_of(step))}")
+            stored.enqueue_trial(step, user_attrs={"initial_design": "tuning walk"})
+            walked += 1
+        result = run(counted + 1, None if math.isinf(left) else left)
+
+
 # ----------------------------------------------------------------------------- all four
 
 
@@ -473,7 +551,8 @@ def tune(
         write_held_out(bundle, held_out, f"{held_out_data} (given to micro-doe tune)", held_out.sizes.sections)  # type: ignore[union-attr]
     if training_data is not None:
         update_config(bundle, autocovariance=config.autocovariance)
-    spec = StudySpec.model_validate(tuning_spec(bundle, held_out, options, name, fp16, searched))
+    raw = tuning_spec(bundle, held_out, options, name, fp16, searched)
+    search, spec = raw["search"], StudySpec.model_validate(raw)
 
     generator = Micro3DiffGenerator(bundle)  # loaded once; its config follows every update below
     log(f"tune {bundle.name}: calibrating vf at the probe setting ({label(defaults_of(PROBE))})")
@@ -483,8 +562,8 @@ def tune(
     budget = f"{options.trials} settings" if options.minutes is None else f"{options.minutes:g} min"
     log(f"tune {bundle.name}: study {name} ({budget}, {options.samples_per_trial} volumes per setting)")
     study = Study(spec)
-    enqueue_starts(study.spec, options.trials)
-    result = on_study(study) if on_study is not None else study.run()
+    enqueue_starts(study.spec, options.trials - walk_trials(options) if options.minutes is None else options.trials)
+    result, walked = search_settings(study, options, search, on_study, log)
 
     top = finalists(result.trials, options)
     log(f"tune {bundle.name}: measuring the {len(top)} best settings again on {options.finalist_volumes} fresh volumes each")
@@ -512,7 +591,8 @@ def tune(
     rule = (f"the study's {len(top)} best feasible settings measured again on {options.finalist_volumes} fresh volumes "
             f"each{within}; of those, the cheapest (s / volume) within max({options.margin_points:g} points, "
             f"{options.margin_fraction:.0%} of the best) of the best {by} (trial {top[best].number}: "
-            f"{compared_error(measured[best], options):.2f}); chose trial {chosen.number}")
+            f"{compared_error(measured[best], options):.2f}); chose trial {chosen.number}"
+            + (f" (the study's last {walked} settings walked from its best, one knob at a time)" if walked else ""))
     record = TuningRecord(study=name, storage=masked_url(spec.storage), tracking=spec.tracking,
                           trials=len(result.completed), seed=options.seed, rule=rule, table=rows, finalists=measured)
     write_tuning(bundle, defaults, record, label(defaults), margin)

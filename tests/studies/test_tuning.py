@@ -15,7 +15,20 @@ from optuna.trial import TrialState
 
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator
-from micro_doe.studies.tuning import PAPER, TuneOptions, choose, finalists, starts, study_name, tune, worst_error
+from micro_doe.studies.tuning import (
+    PAPER,
+    SEARCH,
+    TuneOptions,
+    choose,
+    finalists,
+    neighbours,
+    next_step,
+    starts,
+    study_name,
+    tune,
+    walk_trials,
+    worst_error,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -112,6 +125,11 @@ def test_an_interrupted_tuning_keeps_the_weights_and_resumes(tmp_path, held_out_
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 3 and record.trials == 3
     assert sum(t.params == PAPER for t in complete) == 1  # resumed, not started over
+    # A third of 3 settings: the last one walked one knob from the best of the first two.
+    walked = [t for t in complete if t.user_attrs.get("initial_design") == "tuning walk"]
+    assert len(walked) == 1 and "walked from its best" in record.rule
+    first_best = min(complete[:2], key=lambda t: t.values[0])
+    assert sum(walked[0].params[k] != v for k, v in first_best.params.items()) == 1
 
 
 def test_settings_over_the_pass_cap_are_skipped_unrun_and_use_no_budget(tmp_path, held_out_bundle):
@@ -129,6 +147,8 @@ def test_settings_over_the_pass_cap_are_skipped_unrun_and_use_no_budget(tmp_path
     assert all(passes(t.params) <= 150 for t in complete)
     assert starts(spectral=True)[1] in [t.params for t in skipped]
     for t in skipped:
+        if attrs.REPEAT_OF in t.user_attrs:  # a random draw of a setting already measured: skipped too
+            continue
         assert t.state == TrialState.PRUNED and t.user_attrs[attrs.FEASIBLE] is False
         assert passes(t.params) > 150 and "passes_per_volume" in t.user_attrs[attrs.FAIL_REASON]
         assert t.system_attrs["constraints"][1] == passes(t.params) - 150  # infeasible for TPE
@@ -273,3 +293,28 @@ def test_the_calibration_is_measured_with_the_settings_own_anchoring_variant(hel
         volume = generator.sample(1, settings, seed=3, allow_extrapolation=True)[0]
         assert vf == round(float((volume.values == label).mean()), 4)
     assert measure_calibration(generator, setting | {"variant": "anchored"}, 1, 3) != pairs  # the check above can tell
+
+
+def test_the_walk_climbs_the_n_h_ladder_of_the_best_setting_first():
+    from micro_doe.studies.runner import TrialRecord
+
+    search = SEARCH | {"variant": {"categorical": ["paper", "anchored", "spectral"]}}
+    best = {"variant": "spectral", "n_h": 3, "steps": 25, "decode": "sign", "calibrate": True, "precision": "bf16"}
+    steps = neighbours(best, search, max_passes=1100)
+    assert [p["n_h"] for p in steps[:2]] == [6, 1]  # up the ladder, then down
+    assert [next(k for k in best if p[k] != best[k]) for p in steps[2:]] == ["calibrate", "steps", "precision", "decode"]
+    assert all(p["n_h"] != 40 for p in neighbours(best | {"n_h": 20}, search, max_passes=1000))  # 41 · 25 passes: over
+    assert not any(p["calibrate"] for p in neighbours(best | {"variant": "paper", "calibrate": False}, search, 1100))
+
+    def trial(number, params, error):  # type: ignore[no-untyped-def]
+        return TrialRecord(number, "COMPLETE", params, [error, 1.0])
+
+    options = TuneOptions()
+    trials = [trial(0, PAPER, 90.0), trial(1, best, 30.0)]
+    assert next_step(trials, search, options) == best | {"n_h": 6}
+    trials.append(trial(2, best | {"n_h": 6}, 25.0))  # better: the walk goes on up from there
+    assert next_step(trials, search, options) == best | {"n_h": 10}
+    trials.append(trial(3, best | {"n_h": 10}, 28.0))  # worse: n_h 6's next untried neighbour
+    assert next_step(trials, search, options) == best | {"n_h": 6, "calibrate": False}
+    assert next_step([TrialRecord(0, "FAIL", PAPER, None)], search, options) is None  # nothing feasible yet
+    assert [walk_trials(TuneOptions(trials=n)) for n in (2, 3, 16, 21)] == [0, 1, 5, 7]
