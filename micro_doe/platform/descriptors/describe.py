@@ -17,9 +17,11 @@ from micro_doe.platform.descriptors._phase import VolumeLike, as_volume, resolve
 from micro_doe.platform.descriptors.correlation import s2_along_axes, s2_radial
 from micro_doe.platform.descriptors.interface import interfacial_area
 from micro_doe.platform.descriptors.lineal_path import lineal_path_along_axes
-from micro_doe.platform.descriptors.sizes import SizeDistribution, section_sizes
+from micro_doe.platform.descriptors.sizes import SizeDistribution, measure_sections, section_sizes
 from micro_doe.platform.descriptors.transport import Tortuosity, tortuosity
 from micro_doe.platform.volumes import phase_index, phase_names
+
+SHARES_PER_WORKER = 4  # section shares per thread and axis: fine enough to balance the threads' loads
 
 
 class Descriptors(BaseModel):
@@ -124,11 +126,11 @@ def describe(
     ``tortuosity_axis`` names the axis τ is measured along (default ``"z"``, the film
     normal; a 2D image has ``"y"`` and ``"x"``; ``"z"`` falls back to ``"y"`` there);
     ``None`` skips the diffusion solve. ``sizes=False`` skips the size distributions.
-    ``workers``: threads for the size distributions, whose sections are shared out among them
-    (default: the CPU cores this process may use; a Ray evaluator, pinned to one core, passes 1);
-    with more than one, the τ solve runs in a thread of its own beside the other descriptors
-    (taufactor's is threaded by torch too: ``torch.set_num_threads``). Results do not depend on
-    either.
+    ``workers``: threads (default: the CPU cores this process may use; a Ray evaluator, pinned
+    to one core, passes 1). With more than one, a pool of that many takes the τ solve first and
+    the size distributions' sections behind it, in ``SHARES_PER_WORKER`` shares per thread and
+    axis, while the calling thread computes the correlation functions (taufactor's solve is
+    threaded by torch too: ``torch.set_num_threads``). Results do not depend on it.
     """
     start = time.perf_counter()
     vol = as_volume(volume)
@@ -142,14 +144,19 @@ def describe(
     fractions = {name: float(counts[i]) / labels.size for i, name in enumerate(names)}
 
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     axis = None
     if tortuosity_axis is not None:
         axis = "y" if tortuosity_axis == "z" and "z" not in space else tortuosity_axis
-    with ThreadPoolExecutor(1) as pool:
-        # With workers to spare the τ solve runs beside the rest (scipy, pyamg and torch free the GIL
-        # for much of their work).
+    with ThreadPoolExecutor(workers) as pool:
+        # With workers to spare, the pool takes the τ solve first and the section shares behind it
+        # (cut finer than one per worker, so no thread idles at the end) while this thread computes
+        # the correlation functions: scipy, pyamg and torch free the GIL for much of their work.
         solving = pool.submit(_tortuosity, vol, label, axis) if axis is not None and workers > 1 else None
         tort = _tortuosity(vol, label, axis) if axis is not None and solving is None else None
+        measuring = (measure_sections(vol, label, shares=SHARES_PER_WORKER * workers, pool=pool) if sizes and workers > 1
+                     else None)  # fmt: skip
         areas = {
             f"{names[label]}|{names[other]}": interfacial_area(vol, label, other, periodic=periodic)
             for other in range(len(names))
@@ -158,7 +165,7 @@ def describe(
         s2 = {a: c.tolist() for a, c in s2_along_axes(vol, label, periodic=periodic, r_max=r_max).items()}
         radial = s2_radial(vol, label, periodic=periodic, r_max=r_max).tolist()
         lineal = {a: c.tolist() for a, c in lineal_path_along_axes(vol, label, periodic=periodic, r_max=r_max).items()}
-        size_distributions = section_sizes(vol, label, workers=workers) if sizes else None
+        size_distributions = measuring() if measuring is not None else section_sizes(vol, label) if sizes else None
         if solving is not None:
             tort = solving.result()
     return Descriptors(

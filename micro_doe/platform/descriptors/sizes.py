@@ -26,7 +26,8 @@ of every section.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -194,13 +195,13 @@ def _count_sections(mask: np.ndarray, axis: int | None) -> _SectionCounts:
     )
 
 
-def _shares(mask: np.ndarray, three_d: bool, workers: int) -> list[tuple[np.ndarray, int | None]]:
+def _shares(mask: np.ndarray, three_d: bool, shares: int) -> list[tuple[np.ndarray, int | None]]:
     """(sections, axis) units of one sample: a 2D image is its own section; a 3D volume is cut
-    normal to each of its axes, each axis's sections split into ``workers`` contiguous shares
+    normal to each of its axes, each axis's sections split into ``shares`` contiguous parts
     (sections are independent of one another)."""
     if not three_d:
         return [(mask, None)]
-    return [(part, axis) for axis in range(3) for part in np.array_split(mask, workers, axis=axis) if part.size]
+    return [(part, axis) for axis in range(3) for part in np.array_split(mask, shares, axis=axis) if part.size]
 
 
 def section_sizes(volume: VolumeLike, phase: int | str = 1, *, workers: int = 1) -> SizeDistribution:
@@ -210,30 +211,43 @@ def section_sizes(volume: VolumeLike, phase: int | str = 1, *, workers: int = 1)
     in its labelling and distance transforms); the result does not depend on it."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers == 1:
+        return measure_sections(volume, phase)()
+    with ThreadPoolExecutor(workers) as pool:
+        return measure_sections(volume, phase, shares=workers, pool=pool)()
+
+
+def measure_sections(volume: VolumeLike, phase: int | str = 1, *, shares: int = 1,
+                     pool: Executor | None = None) -> Callable[[], SizeDistribution]:  # fmt: skip
+    """Start :func:`section_sizes` on ``pool`` (each axis's sections cut into ``shares`` parts;
+    no pool: measured here and now); returns the call that waits for the parts and pools them.
+    ``describe`` shares one pool between these parts and the τ solve, queued behind it."""
     vol = as_volume(volume)
     label = phase_index(vol, phase)
     dims = tuple(str(d) for d in vol.dims)
     values = vol.values if "sample" in dims else vol.values[None]
-    units = [unit for sample in values for unit in _shares(sample == label, len(spatial(dims)) == 3, workers)]
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            counts = list(pool.map(lambda unit: _count_sections(*unit), units))
-    else:
+    units = [unit for sample in values for unit in _shares(sample == label, len(spatial(dims)) == 3, shares)]
+    if pool is None:
         counts = [_count_sections(*unit) for unit in units]
-    diameters = [c.diameters for c in counts]
+        return lambda: _pooled(counts)
+    futures = [pool.submit(_count_sections, *unit) for unit in units]
+    return lambda: _pooled([f.result() for f in futures])
+
+
+def _pooled(counts: list[_SectionCounts]) -> SizeDistribution:
+    """One distribution from the counts of every share of sections."""
     widths = np.zeros(max(len(c.widths) for c in counts), dtype=np.int64)
     for c in counts:
         widths[: len(c.widths)] += c.widths
     pixels = sum(c.pixels for c in counts)
-    sections = sum(c.sections for c in counts)
     largest = sum(c.largest for c in counts)
     phase_pixels = sum(c.phase_pixels for c in counts)
-    d = np.sort(np.concatenate(diameters))  # sorted: the same sums however the sections were shared out
+    d = np.sort(np.concatenate([c.diameters for c in counts]))  # sorted: the same sums however the sections were shared out
     odd = widths[1::2].astype(np.float64)  # widths 1, 3, 5, …
     total = odd.sum()
     dist = (odd / total).tolist() if total else []
     return SizeDistribution(
-        sections=sections,
+        sections=sum(c.sections for c in counts),
         components_per_kpx=1000.0 * len(d) / pixels,
         diameter_mean=float(d.mean()) if len(d) else math.nan,
         diameter_std=float(d.std()) if len(d) else math.nan,
