@@ -126,6 +126,11 @@ def test_the_fast_local_thickness_equals_the_first_implementation():
     masks = [~ps.generators.blobs(list(shape), porosity=p, blobiness=b, seed=seed)
              for seed in range(3) for shape, p, b in (((24, 24, 24), 0.7, 1.0), ((20, 31, 17), 0.5, 2.0))]  # fmt: skip
     masks += [np.ones((8, 9, 10), bool), np.zeros((5, 5, 5), bool), np.random.default_rng(0).random((12, 12, 12)) > 0.3]
+    # Wide features (radii past SMALL_RADIUS, where the per-section transforms take over), and
+    # sections that are all phase or none beside ordinary ones.
+    wide = ~ps.generators.blobs([6, 48, 40], porosity=0.2, blobiness=0.4, seed=4)
+    wide[1], wide[3] = True, False
+    masks.append(wide)
     for mask in masks:
         for axis in (None, 0, 1, 2):
             assert np.array_equal(local_thickness(mask, axis), _legacy_local_thickness(mask, axis)), (mask.shape, axis)
