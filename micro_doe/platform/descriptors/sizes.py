@@ -149,7 +149,7 @@ def _section_thickness(sections: np.ndarray) -> np.ndarray:
     thickness = np.zeros(sections.shape, dtype=np.int32)
     thickness[sections] = 1
     side = max(sections.shape[1:])
-    full = sections.reshape(len(sections), -1).all(axis=1)
+    full = np.asarray(sections.reshape(len(sections), -1).all(axis=1))
     dt = np.zeros(sections.shape, dtype=np.float32)  # distance to the section's nearest voxel outside the phase
     for i, section in enumerate(sections):
         if full[i]:
