@@ -327,7 +327,8 @@ def next_step(trials: list[Any], search: dict[str, dict[str, list[Any]]], option
     """The walk's next setting: the first untried neighbour (:func:`neighbours`) of the best
     feasible setting so far (by the study's structure error, :func:`finalists`); None when every
     neighbour was tried (a local optimum) or nothing is feasible yet. A setting counts as tried
-    once any trial of the study holds it, waiting, failed or skipped ones included."""
+    once any finished trial holds it, failed and skipped ones included (:func:`search_settings`
+    runs a waiting trial before it asks for a new step)."""
     try:
         best = finalists(trials, options)[0]
     except TuningError:
