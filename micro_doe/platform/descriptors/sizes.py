@@ -171,13 +171,7 @@ def _section_thickness(sections: np.ndarray) -> np.ndarray:
         if full[i]:  # nothing outside: balls as wide as the array (the largest radius considered)
             thickness[i] = 2 * side - 1
             continue
-        for r in range(SMALL_RADIUS + 1, min(int(dt[i].max()), side) + 1):
-            centres = dt[i] >= r
-            where = np.nonzero(centres)
-            box = tuple(slice(max(int(j.min()) - r, 0), int(j.max()) + r + 1) for j in where)
-            covered = ndi.distance_transform_edt(~centres[box]) < r
-            view = thickness[i][box]
-            view[covered & section[box]] = 2 * r - 1
+        _cover_by_distance(thickness[i], section, dt[i], SMALL_RADIUS + 1, side)
     return thickness
 
 
@@ -191,15 +185,21 @@ def _local_thickness(mask: np.ndarray) -> np.ndarray:
         thickness[mask] = 2 * side - 1
         return thickness
     thickness[mask] = 1
-    dt = ndi.distance_transform_edt(mask)
-    for r in range(2, min(int(dt.max()), side) + 1):
+    _cover_by_distance(thickness, mask, ndi.distance_transform_edt(mask), 2, side)
+    return thickness
+
+
+def _cover_by_distance(thickness: np.ndarray, mask: np.ndarray, dt: np.ndarray, first: int, side: int) -> None:
+    """For r = ``first`` … min(max ``dt``, ``side``): the voxels of ``mask`` within distance < r of
+    a centre (``dt`` ≥ r) get width 2r − 1 in ``thickness`` (in place); each r's distance
+    transform over the centres' bounding box widened by r, which holds every voxel that close."""
+    for r in range(first, min(int(dt.max()), side) + 1):
         centres = dt >= r
         where = np.nonzero(centres)
         box = tuple(slice(max(int(i.min()) - r, 0), int(i.max()) + r + 1) for i in where)
         covered = ndi.distance_transform_edt(~centres[box]) < r
         view = thickness[box]
         view[covered & mask[box]] = 2 * r - 1
-    return thickness
 
 
 def _legacy_local_thickness(mask: np.ndarray, section_axis: int | None = None) -> np.ndarray:
