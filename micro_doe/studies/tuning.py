@@ -253,6 +253,31 @@ def measure_calibration(generator: Micro3DiffGenerator, setting: dict[str, Any],
     return pairs
 
 
+def calibration_key(bundle: Path, setting: dict[str, Any], volumes: int, seed: int) -> str:
+    """What a calibration depends on: the setting, volumes per fraction, the seed and the weights."""
+    return f"{label(defaults_of(setting))}; {volumes} volumes per fraction; seed {seed}; weights {model_digest(bundle)}"
+
+
+def calibrate_at(generator: Micro3DiffGenerator, setting: dict[str, Any], options: TuneOptions, resumed: bool,
+                 log: Callable[[str], None]) -> None:  # fmt: skip
+    """Measure the vf calibration at ``setting`` and write it into the bundle, unless the bundle
+    holds one measured at the same key (:func:`calibration_key`): seeded, it would measure the
+    same again (minutes per fraction at 64³). A study being ``resumed`` keeps a calibration
+    written before keys were recorded, when the bundle is untuned: the only calibration an
+    unfinished tuning writes is the probe's, which its trials used."""
+    bundle = generator.bundle.path
+    key = calibration_key(bundle, setting, options.calibration_volumes, options.seed)
+    config = generator.bundle.config
+    stored = config.vf_calibration_setting
+    legacy = stored is None and config.tuning is None and resumed
+    if config.vf_calibration and (stored == key or legacy):
+        log(f"tune {bundle.name}: vf calibration kept, measured before at {key if stored else 'the probe setting'}")
+        return
+    log(f"tune {bundle.name}: calibrating vf at {label(defaults_of(setting))}")
+    pairs = measure_calibration(generator, setting, options.calibration_volumes, options.seed)
+    generator.bundle.config = update_config(bundle, vf_calibration=pairs, vf_calibration_setting=key)
+
+
 # ----------------------------------------------------------------------------- stage 3: the study
 
 
@@ -534,6 +559,7 @@ def tune(
     from micro_doe.studies.preflight import check_before_start
     from micro_doe.studies.runner import Study
     from micro_doe.studies.spec import StudySpec
+    from micro_doe.studies.study_storage import open_study
 
     bundle = resolve_bundle_path(model)
     check_held_out(bundle, held_out_data)
@@ -556,9 +582,7 @@ def tune(
     search, spec = raw["search"], StudySpec.model_validate(raw)
 
     generator = Micro3DiffGenerator(bundle)  # loaded once; its config follows every update below
-    log(f"tune {bundle.name}: calibrating vf at the probe setting ({label(defaults_of(PROBE))})")
-    pairs = measure_calibration(generator, PROBE, options.calibration_volumes, options.seed)
-    generator.bundle.config = update_config(bundle, vf_calibration=pairs)
+    calibrate_at(generator, PROBE, options, resumed=bool(open_study(spec).get_trials(deepcopy=False)), log=log)
 
     budget = f"{options.trials} settings" if options.minutes is None else f"{options.minutes:g} min"
     log(f"tune {bundle.name}: study {name} ({budget}, {options.samples_per_trial} volumes per setting)")
@@ -579,9 +603,7 @@ def tune(
     chosen = top[pick]
     defaults = defaults_of(chosen.params)
     if VARIANTS[defaults.variant].anchors and defaults.calibrate and defaults.decode == "sign":
-        log(f"tune {bundle.name}: calibrating vf at the chosen setting ({label(defaults)})")
-        pairs = measure_calibration(generator, chosen.params, options.calibration_volumes, options.seed)
-        generator.bundle.config = update_config(bundle, vf_calibration=pairs)
+        calibrate_at(generator, chosen.params, options, resumed=False, log=log)
     log(f"tune {bundle.name}: confirming on {options.confirm_volumes} fresh volumes per setting")
     rows = [confirm(generator, chosen.params, held_out, options.confirm_volumes, options.seed) | {"role": "tuned default"},
             confirm(generator, PAPER, held_out, options.confirm_volumes, options.seed) | {"role": "paper (SamplingConfig())"},

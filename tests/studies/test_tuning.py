@@ -295,6 +295,37 @@ def test_the_calibration_is_measured_with_the_settings_own_anchoring_variant(hel
     assert measure_calibration(generator, setting | {"variant": "anchored"}, 1, 3) != pairs  # the check above can tell
 
 
+def test_a_calibration_measured_at_the_same_key_is_kept_and_any_other_is_measured(tmp_path, held_out_bundle):
+    """Seeded, the same setting, volumes and weights would measure the same calibration again
+    (minutes per fraction at 64³); a change of any of them measures anew."""
+    from micro_doe.studies.tuning import PROBE, calibrate_at, calibration_key, update_config
+
+    bundle = tmp_path / "b"
+    shutil.copytree(held_out_bundle, bundle)
+    generator = Micro3DiffGenerator(bundle)
+    lines: list[str] = []
+    opts = options(tmp_path, seed=3)
+    calibrate_at(generator, PROBE, opts, resumed=False, log=lines.append)
+    measured = generator.bundle.config.vf_calibration
+    assert generator.bundle.config.vf_calibration_setting == calibration_key(bundle, PROBE, 1, 3) and len(measured) == 3
+
+    planted = [(0.1, 0.05), (0.2, 0.1), (0.3, 0.15)]  # not what sampling measures: a re-measure would replace it
+    generator.bundle.config = update_config(bundle, vf_calibration=planted)
+    calibrate_at(generator, PROBE, opts, resumed=False, log=lines.append)
+    assert generator.bundle.config.vf_calibration == planted and "kept" in lines[-1]
+
+    calibrate_at(generator, PROBE, options(tmp_path, seed=4), resumed=False, log=lines.append)  # another seed
+    assert generator.bundle.config.vf_calibration != planted
+    assert generator.bundle.config.vf_calibration_setting == calibration_key(bundle, PROBE, 1, 4)
+
+    # Written before keys were recorded: kept only by a resumed study on an untuned bundle.
+    generator.bundle.config = update_config(bundle, vf_calibration=planted, vf_calibration_setting=None)
+    calibrate_at(generator, PROBE, opts, resumed=True, log=lines.append)
+    assert generator.bundle.config.vf_calibration == planted
+    calibrate_at(generator, PROBE, opts, resumed=False, log=lines.append)
+    assert generator.bundle.config.vf_calibration == measured  # seeded: the first measurement again
+
+
 def test_the_walk_climbs_the_n_h_ladder_of_the_best_setting_first():
     from micro_doe.studies.runner import TrialRecord
 

@@ -127,6 +127,10 @@ class Micro3DiffConfig(BaseModel):
         description="(anchored fraction, measured vf) of the phase of interest at the default setting (measured by "
         "micro-doe tune); empty: none",
     )
+    vf_calibration_setting: str | None = Field(
+        None, description="where vf_calibration was measured: the setting, volumes per fraction, seed and the weights' "
+        "digest (written by micro-doe tune, which reuses a calibration measured at the same key); None: not recorded"
+    )
     vf_range: tuple[float, float] = Field(
         (0.75, 1.4), description="targets of a phase's vf allowed without extrapolation, as multiples of its training vf"
     )
