@@ -328,6 +328,9 @@ def enqueue_starts(spec: Any, budget: int) -> int:
     return len(first)
 
 
+WALK = "tuning walk"  # the initial_design attribute of a setting the walk queued
+
+
 def walk_trials(options: TuneOptions) -> int:
     """Settings of a trial budget spent on the walk: ``walk_share`` of it, leaving at least two
     (the paper's and one more) to the starts."""
@@ -515,21 +518,25 @@ def search_settings(study: Any, options: TuneOptions, search: dict[str, dict[str
     else:
         deadline = time.monotonic() + 60.0 * options.minutes
         result = run(10_000, 60.0 * options.minutes * (1 - options.walk_share))
-    walked, stored = 0, open_study(study.spec)
+    stored = open_study(study.spec)
+
+    def walked() -> int:  # over every run of the study, this one's and earlier ones'
+        return sum(t.user_attrs.get("initial_design") == WALK and uses_budget(t) for t in stored.get_trials(deepcopy=False))
+
     while True:
         trials = stored.get_trials(deepcopy=False)
         left = deadline - time.monotonic()
         counted = sum(uses_budget(t) for t in trials)
         if (left <= 0) if options.minutes is not None else counted >= options.trials:
-            return result, walked
+            return result, walked()
         if not any(t.state == TrialState.WAITING for t in trials):
             step = next_step(result.trials, search, options)
             if step is None:
                 log("  the walk found no untried neighbour of the best setting: TPE takes the rest of the budget")
-                return run(options.trials if options.minutes is None else 10_000, None if math.isinf(left) else left), walked
+                result = run(options.trials if options.minutes is None else 10_000, None if math.isinf(left) else left)
+                return result, walked()
             log(f"  walk: {label(defaults_of(step))}")
-            stored.enqueue_trial(step, user_attrs={"initial_design": "tuning walk"})
-            walked += 1
+            stored.enqueue_trial(step, user_attrs={"initial_design": WALK})
         result = run(counted + 1, None if math.isinf(left) else left)
 
 

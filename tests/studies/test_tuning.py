@@ -131,6 +131,10 @@ def test_an_interrupted_tuning_keeps_the_weights_and_resumes(tmp_path, held_out_
     first_best = min(complete[:2], key=lambda t: t.values[0])
     assert sum(walked[0].params[k] != v for k, v in first_best.params.items()) == 1
 
+    # A larger budget later walks on; the rule counts every walked setting of the study.
+    record = tune(bundle, options(tmp_path, trials=4), log=lambda line: None)
+    assert record.trials == 4 and "last 2 settings walked" in record.rule
+
 
 def test_settings_over_the_pass_cap_are_skipped_unrun_and_use_no_budget(tmp_path, held_out_bundle):
     from micro_doe.studies import trial_attrs as attrs
