@@ -130,19 +130,19 @@ def _multigrid_d_rel(spanning: np.ndarray, tolerance: float = MULTIGRID_TOLERANC
     """D_rel of the voxels ``spanning`` (the clusters that touch both faces normal to axis 0).
 
     Order of operations: assemble the sparse system (:func:`_system`), build the multigrid
-    hierarchy in float32 (direct interpolation: a cheaper setup than classical, for one or two
-    more iterations), solve by preconditioned conjugate gradients in float32, check the residual
+    hierarchy in float32 (:mod:`._amg`; direct interpolation: a cheaper setup than classical, for
+    one or two more iterations), solve by preconditioned conjugate gradients in float32, check the residual
     in float64 (and go on in float64 from there if float32 stalled short of the tolerance), and
     average the flux through the two fixed faces (equal at convergence)."""
-    import pyamg
     import scipy.sparse.linalg as spla
+
+    from micro_doe.platform.descriptors._amg import ruge_stuben_hierarchy
 
     matrix, rhs, first, last = _system(spanning)
     # Gauss–Seidel forward before and backward after the coarse grid: a symmetric cycle (as CG
     # needs) with half the sweeps of pyamg's default symmetric ones, for at most one more iteration.
-    hierarchy = pyamg.ruge_stuben_solver(matrix.astype(np.float32), interpolation="direct",
-                                         presmoother=("gauss_seidel", {"sweep": "forward"}),
-                                         postsmoother=("gauss_seidel", {"sweep": "backward"}))
+    hierarchy = ruge_stuben_hierarchy(matrix.astype(np.float32), presmoother=("gauss_seidel", {"sweep": "forward"}),
+                                      postsmoother=("gauss_seidel", {"sweep": "backward"}))  # fmt: skip
     c = hierarchy.solve(rhs.astype(np.float32), tol=tolerance, accel="cg", maxiter=200).astype(np.float64)
     target = tolerance * float(np.linalg.norm(rhs))
     residual = float(np.linalg.norm(rhs - matrix @ c))
