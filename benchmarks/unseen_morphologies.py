@@ -49,7 +49,7 @@ from micro_doe.platform.descriptors.reference_error import pooled_curves
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig, SamplingConfig
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
 from micro_doe.platform.volumes import make_volume, stack_volumes, write_netcdf
-from micro_doe.studies.tuning import label
+from micro_doe.studies.tuning.options import label
 
 SIZE = 32
 N_CUBES = 10
@@ -135,7 +135,7 @@ def train(name: str, data: Path, out: Path, steps: int, budget: str, defaults_fr
 
 def take_defaults(bundle: Path, source: Path) -> Path:
     """``bundle`` samples with ``source``'s defaults and vf calibration (not tuned itself)."""
-    from micro_doe.studies.tuning import update_config
+    from micro_doe.studies.tuning.held_out import update_config
 
     theirs = Micro3DiffConfig.model_validate_json((source / "config.json").read_text())
     update_config(bundle, sampling=theirs.sampling, vf_calibration=theirs.vf_calibration)
@@ -233,7 +233,8 @@ def measure_settings(name: str, bundle: Path, n_volumes: int, settings: list[dic
     """Rows for given sampling settings (JSON objects of SamplingSettings fields) of a bundle, judged
     like :func:`measure`'s; one with ``"calibrate": true`` is first calibrated at its own setting, as
     `micro-doe tune` calibrates its choice (the bundle on disk is left as it is)."""
-    from micro_doe.studies.tuning import TuneOptions, measure_calibration, passes
+    from micro_doe.studies.tuning.calibration import measure_calibration
+    from micro_doe.studies.tuning.options import TuneOptions, passes
 
     generator = Micro3DiffGenerator(bundle)
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))

@@ -44,7 +44,7 @@ def tune(
 def tune_options(budget: str, seed: int, max_passes: int = 1100):
     """Checked options (before anything is created)."""
     from micro_doe.cli.options import check_count
-    from micro_doe.studies.tuning import PAPER, TuneOptions, parse_budget, passes
+    from micro_doe.studies.tuning.options import PAPER, TuneOptions, parse_budget, passes
 
     trials, minutes = parse_budget(budget)
     check_count(seed, "--seed", low=0)

@@ -121,7 +121,7 @@ class Micro3DiffConfig(BaseModel):
     unet: UNetConfig
     schedule: dict
     recipe: TrainingRecipe
-    # Measured by `micro-doe tune` (micro_doe.studies.tuning.measure_calibration) at the default setting.
+    # Measured by `micro-doe tune` (micro_doe.studies.tuning.calibration) at the default setting.
     vf_calibration: list[tuple[float, float]] = Field(
         default_factory=list,
         description="(anchored fraction, measured vf) of the phase of interest at the default setting (measured by "

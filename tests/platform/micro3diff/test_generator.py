@@ -156,7 +156,7 @@ def test_the_spectral_variant_anchors_to_the_recorded_autocovariance(tiny_bundle
     import shutil
 
     from micro_doe.platform.micro3diff.training import image_autocovariance
-    from micro_doe.studies.tuning import update_config
+    from micro_doe.studies.tuning.held_out import update_config
 
     generator = Micro3DiffGenerator(tiny_bundle, device="cpu")
     curves = generator.bundle.config.autocovariance

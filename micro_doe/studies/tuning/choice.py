@@ -1,0 +1,98 @@
+"""Stage 4: the finalists measured again, the choice among them, and the rows of the tables."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from micro_doe.platform.descriptors import Descriptors, describe
+from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
+from micro_doe.studies.objectives import BUILTIN_OBJECTIVES, STRUCTURE_JUDGES, Sample
+from micro_doe.studies.tuning.options import TuneOptions, TuningError, label, passes
+
+CONFIRM_SEED = 100_000  # confirmation volumes: seeds the study never used
+FINALIST_SEED = 200_000  # the finalists' volumes: seeds neither the study nor the confirmation used
+
+
+def finalists(trials: list[Any], options: TuneOptions) -> list[Any]:
+    """The study's best ``options.finalists`` feasible complete trials (by structure error) of at
+    most ``options.max_passes`` passes per volume, one per setting."""
+    feasible = [t for t in trials if t.state == "COMPLETE" and t.violation <= 0 and t.values and math.isfinite(t.values[0])
+                and passes(t.params) <= options.max_passes]  # fmt: skip
+    if not feasible:
+        raise TuningError(f"no setting of at most {options.max_passes} passes met the vf constraint with a finite "
+                          "structure error; raise --tune-budget")
+    unique: dict[str, Any] = {}
+    for t in sorted(feasible, key=lambda t: (t.values[0], t.number)):
+        unique.setdefault(repr(sorted(t.params.items())), t)
+    return list(unique.values())[: options.finalists]
+
+
+def worst_error(row: dict[str, Any]) -> float:
+    """The largest of a row's four judges (L, size, diameter and connectivity error), in %."""
+    return float(np.max([row[name] for name in STRUCTURE_JUDGES]))
+
+
+def compared_error(row: dict[str, Any], options: TuneOptions) -> float:
+    """What the finalists are compared by (``options.choose_by``): the worst judge or the sum."""
+    return worst_error(row) if options.choose_by == "worst_error" else float(row["structure_error"])
+
+
+def choose(rows: list[dict[str, Any]], options: TuneOptions, vf_max_error: float) -> tuple[int, int, float]:
+    """(chosen, best, margin) among measured rows (the four judges or ``structure_error``,
+    ``seconds_per_volume``, ``vf_error``): of the rows within the vf constraint (all rows when
+    none is), the cheapest whose error (``options.choose_by``) is within the margin of the best one's."""
+    def error(i: int) -> float:
+        return compared_error(rows[i], options)
+
+    feasible = [i for i, r in enumerate(rows) if r["vf_error"] <= vf_max_error] or list(range(len(rows)))
+    best = min(feasible, key=error)
+    margin = max(options.margin_points, options.margin_fraction * error(best))
+    near = [i for i in feasible if error(i) <= error(best) + margin]
+    return min(near, key=lambda i: (rows[i]["seconds_per_volume"], error(i))), best, margin
+
+
+def judge(volumes: list[Any], held_out: Descriptors, seconds: list[float]) -> dict[str, float]:
+    """Every judge's mean over ``volumes`` against the held-out reference (the study's own
+    objective functions), plus vf, Ø, connectivity and seconds per volume."""
+    phase = held_out.phase
+    samples = [Sample(volume=v, descriptors=describe(v, phase, tortuosity_axis=None), params={}, predicted={},
+                      seconds=s, reference=held_out) for v, s in zip(volumes, seconds)]
+    return _judged(samples)
+
+
+def floor_row(training: Descriptors, held_out: Descriptors) -> dict[str, float]:
+    """The data floor: the training images' own descriptors judged against the held-out ones.
+    A training reference made before connectivity was measured has none: its connectivity error
+    is unknown (NaN), not the 100 % a generated volume without the phase scores."""
+    row = _judged([Sample(volume=None, descriptors=training, params={}, predicted={}, seconds=0.0, reference=held_out)])  # type: ignore[arg-type]
+    if training.sizes is None or not math.isfinite(training.sizes.largest_share):
+        row["connectivity_error"] = row["structure_error"] = math.nan
+    return row
+
+
+def _judged(samples: list[Sample]) -> dict[str, float]:
+    row = {name: float(np.mean([BUILTIN_OBJECTIVES[name].fn(s) for s in samples])) for name in STRUCTURE_JUDGES}
+    row["structure_error"] = sum(row[name] for name in STRUCTURE_JUDGES)  # the mean of sums is the sum of means
+    sizes = [s.descriptors.sizes for s in samples]
+    row["vf"] = float(np.mean([s.descriptors.volume_fraction for s in samples]))
+    row["diameter"] = float(np.mean([z.diameter_mean for z in sizes if z is not None]))
+    row["connectivity"] = float(np.mean([z.largest_share for z in sizes if z is not None]))
+    row["seconds_per_volume"] = float(np.mean([s.seconds for s in samples]))
+    return row
+
+
+def confirm(generator: Micro3DiffGenerator, settings: dict[str, Any], held_out: Descriptors, volumes: int,
+            seed: int = 0, first_seed: int = CONFIRM_SEED) -> dict[str, Any]:
+    """One table row: ``settings`` sampled on fresh seeds (first_seed + seed + i) and judged
+    against the held-out images; ``vf_error`` is |vf − held-out vf|."""
+    start = time.perf_counter()
+    vols = generator.sample(volumes, SamplingSettings(**settings), seed=first_seed + seed, allow_extrapolation=True)
+    seconds = (time.perf_counter() - start) / volumes
+    s = SamplingSettings(**settings).resolved(generator.bundle.config.sampling)
+    row = judge(vols, held_out, [seconds] * volumes)
+    return {"setting": label(s), "passes": (s.n_h + 1) * s.steps, **row,
+            "vf_error": abs(row["vf"] - held_out.volume_fraction)}

@@ -1,0 +1,107 @@
+"""All four stages: :func:`tune`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from micro_doe.platform.bundles import load_held_out, resolve_bundle_path
+from micro_doe.platform.micro3diff.bundle import (
+    Micro3DiffConfig,
+    TuningRecord,
+)
+from micro_doe.platform.micro3diff.generator import VARIANTS, Micro3DiffGenerator
+from micro_doe.studies.preflight import masked_url
+from micro_doe.studies.tuning.calibration import PROBE, calibrate_at
+from micro_doe.studies.tuning.card import write_tuning
+from micro_doe.studies.tuning.choice import FINALIST_SEED, choose, compared_error, confirm, finalists, floor_row
+from micro_doe.studies.tuning.held_out import check_held_out, held_out_reference, training_autocovariance, update_config, write_held_out
+from micro_doe.studies.tuning.options import PAPER, VF_TOLERANCE, TuneOptions, defaults_of, label, study_name, variants
+from micro_doe.studies.tuning.search import enqueue_starts, search_settings, tuning_spec, walk_trials
+
+
+def tune(
+    model: str | Path,
+    options: TuneOptions = TuneOptions(),
+    *,
+    held_out_data: Path | None = None,
+    training_data: Path | None = None,
+    on_study: Callable[[Any], Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> TuningRecord:
+    """Tune a Micro3Diff bundle's default sampling settings (the module doc's four stages).
+
+    ``training_data``: the images the model trained on, for a bundle trained before its
+    ``autocovariance`` was recorded: it is measured from them and written into the bundle, and
+    the search includes the spectral variant (:func:`training_autocovariance`).
+
+    ``on_study(study)`` runs the :class:`~micro_doe.studies.runner.Study` and returns its result
+    (the CLI shows progress there); by default ``study.run()``. A shipped model
+    (``pretrained:NAME``) is tuned in place.
+    """
+    from micro_doe.platform.diffusion.training import default_device
+    from micro_doe.studies.preflight import check_before_start
+    from micro_doe.studies.runner import Study
+    from micro_doe.studies.spec import StudySpec
+    from micro_doe.studies.study_storage import open_study
+
+    bundle = resolve_bundle_path(model)
+    check_held_out(bundle, held_out_data)
+    config = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text())
+    # Everything is read and checked (the held-out images, the stores) before the bundle is touched.
+    held_out = load_held_out(bundle) if held_out_data is None else held_out_reference(held_out_data, config)
+    if training_data is not None:  # written into the bundle below, once everything is checked
+        config = config.model_copy(update={"autocovariance": training_autocovariance(training_data, config)})
+    searched = variants(config)
+    name = study_name(bundle, searched)
+    fp16 = default_device() == "cuda"
+    preflight = tuning_spec(bundle, held_out, options, name, fp16, searched)
+    preflight["generator"]["reference"] = "training"  # held_out.nc may not be written yet
+    check_before_start(StudySpec.model_validate(preflight), "micro-doe tune")
+    if held_out_data is not None:
+        write_held_out(bundle, held_out, f"{held_out_data} (given to micro-doe tune)", held_out.sizes.sections)  # type: ignore[union-attr]
+    if training_data is not None:
+        update_config(bundle, autocovariance=config.autocovariance)
+    raw = tuning_spec(bundle, held_out, options, name, fp16, searched)
+    search, spec = raw["search"], StudySpec.model_validate(raw)
+
+    generator = Micro3DiffGenerator(bundle)  # loaded once; its config follows every update below
+    calibrate_at(generator, PROBE, options, resumed=bool(open_study(spec).get_trials(deepcopy=False)), log=log)
+
+    budget = f"{options.trials} settings" if options.minutes is None else f"{options.minutes:g} min"
+    log(f"tune {bundle.name}: study {name} ({budget}, {options.samples_per_trial} volumes per setting)")
+    study = Study(spec)
+    enqueue_starts(study.spec, options.trials - walk_trials(options) if options.minutes is None else options.trials)
+    result, walked = search_settings(study, options, search, on_study, log)
+
+    top = finalists(result.trials, options)
+    log(f"tune {bundle.name}: measuring the {len(top)} best settings again on {options.finalist_volumes} fresh volumes each")
+    measured = []
+    for i, trial in enumerate(top, 1):
+        row = confirm(generator, trial.params, held_out, options.finalist_volumes, options.seed, FINALIST_SEED)
+        measured.append(row | {"trial": trial.number, "study_structure_error": trial.values[0]})
+        log(f"  finalist {i}/{len(top)}: {row['setting']} (trial {trial.number}): structure error "
+            f"{row['structure_error']:.2f} (study {trial.values[0]:.2f}), {row['seconds_per_volume']:.1f} s / volume")
+    vf_max_error = VF_TOLERANCE * held_out.volume_fraction
+    pick, best, margin = choose(measured, options, vf_max_error)
+    chosen = top[pick]
+    defaults = defaults_of(chosen.params)
+    if VARIANTS[defaults.variant].anchors and defaults.calibrate and defaults.decode == "sign":
+        calibrate_at(generator, chosen.params, options, resumed=False, log=log)
+    log(f"tune {bundle.name}: confirming on {options.confirm_volumes} fresh volumes per setting")
+    rows = [confirm(generator, chosen.params, held_out, options.confirm_volumes, options.seed) | {"role": "tuned default"},
+            confirm(generator, PAPER, held_out, options.confirm_volumes, options.seed) | {"role": "paper (SamplingConfig())"},
+            floor_row(generator.bundle.reference, held_out) | {"setting": "data floor: training images vs held out",
+                                                                "role": "data floor"}]
+    within = "" if any(r["vf_error"] <= vf_max_error for r in measured) else " (none kept vf within the constraint: all compared)"
+    by = "worst judge" if options.choose_by == "worst_error" else "structure error"
+    rule = (f"the study's {len(top)} best feasible settings measured again on {options.finalist_volumes} fresh volumes "
+            f"each{within}; of those, the cheapest (s / volume) within max({options.margin_points:g} points, "
+            f"{options.margin_fraction:.0%} of the best) of the best {by} (trial {top[best].number}: "
+            f"{compared_error(measured[best], options):.2f}); chose trial {chosen.number}"
+            + (f" (the study's last {walked} settings walked from its best, one knob at a time)" if walked else ""))
+    record = TuningRecord(study=name, storage=masked_url(spec.storage), tracking=spec.tracking,
+                          trials=len(result.completed), seed=options.seed, rule=rule, table=rows, finalists=measured)
+    write_tuning(bundle, defaults, record, label(defaults), margin)
+    return record
