@@ -5,10 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from micro_doe.platform.micro3diff.bundle import (
-    SamplingConfig,
-    TuningRecord,
-)
+from micro_doe.platform.micro3diff.bundle import SamplingConfig, TuningRecord
 from micro_doe.platform.volumes import atomic_path
 from micro_doe.studies.tuning.choice import worst_error
 from micro_doe.studies.tuning.held_out import update_config

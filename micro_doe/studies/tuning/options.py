@@ -120,10 +120,12 @@ def passes(params: dict[str, Any]) -> int:
 
 
 def label(s: SamplingConfig) -> str:
+    """A setting as the tables name it: ``spectral (calibrated), n_h 10, S 25, bf16``."""
     extra = [x for x, on in (("calibrated", s.calibrate and VARIANTS[s.variant].anchors),
                              ("decode at vf", s.decode == "fractions")) if on]  # fmt: skip
     return f"{s.variant}{' (' + ', '.join(extra) + ')' if extra else ''}, n_h {s.n_h}, S {s.steps}, {s.precision}"
 
 
 def defaults_of(params: dict[str, Any]) -> SamplingConfig:
+    """A trial's parameters as the bundle's sampling defaults (DDPM steps, β variance: fixed in the study)."""
     return SamplingConfig(**(params | {"sampler": "ddpm", "variance": "beta"}))
