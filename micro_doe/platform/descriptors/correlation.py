@@ -32,6 +32,7 @@ brute-force pair count exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -97,15 +98,19 @@ def s2_radial(
         for n in lengths
     ]
     block = counts[np.ix_(*[lag % s for lag, s in zip(lags, fft_shape)])]
-    grids = np.meshgrid(*lags, indexing="ij")
+    # Pair counts and squared distances are separable in the lags: broadcast products and sums
+    # of 1D arrays, not full grids. A lag's bin is read from a table over the integer squared
+    # distances (rint of the distance), with every lag beyond r_max in one overflow bin.
+    along = [lag.reshape([-1 if j == i else 1 for j in range(len(lags))]) for i, lag in enumerate(lags)]
     if periodic:
-        pairs = np.full(block.shape, n_batch * np.prod(lengths), dtype=np.float64)
+        pairs = np.float64(n_batch * np.prod(lengths))
     else:
-        pairs = n_batch * np.prod([n - np.abs(g) for n, g in zip(lengths, grids)], axis=0).astype(np.float64)
-    distance_bin = np.rint(np.sqrt(sum(g.astype(np.float64) ** 2 for g in grids))).astype(np.int64)
-    inside = distance_bin <= r_max
-    sums = np.bincount(distance_bin[inside], weights=(block / pairs)[inside], minlength=r_max + 1)
-    n_lags = np.bincount(distance_bin[inside], minlength=r_max + 1)
+        pairs = n_batch * functools.reduce(np.multiply, [n - np.abs(a) for n, a in zip(lengths, along)]).astype(np.float64)
+    squared = functools.reduce(np.add, [a.astype(np.int64) ** 2 for a in along])
+    table = np.rint(np.sqrt(np.arange(int(squared.max()) + 1, dtype=np.float64))).astype(np.intp)
+    distance_bin = np.minimum(table, r_max + 1)[squared].ravel()
+    sums = np.bincount(distance_bin, weights=(block / pairs).ravel(), minlength=r_max + 2)
+    n_lags = np.bincount(distance_bin, minlength=r_max + 2)
     return sums[: r_max + 1] / n_lags[: r_max + 1]
 
 
