@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from typing import Any
@@ -96,3 +98,23 @@ def confirm(generator: Micro3DiffGenerator, settings: dict[str, Any], held_out: 
     row = judge(vols, held_out, [seconds] * volumes)
     return {"setting": label(s), "passes": (s.n_h + 1) * s.steps, **row,
             "vf_error": abs(row["vf"] - held_out.volume_fraction)}
+
+
+def kept_row(study: Any, generator: Micro3DiffGenerator, settings: dict[str, Any], held_out: Descriptors, volumes: int,
+             seed: int, first_seed: int) -> dict[str, Any]:  # fmt: skip
+    """:func:`confirm`, measured once per study: the row is kept in the Optuna study's user
+    attributes under what it depends on (the setting, the volumes and their seeds, the vf
+    calibration and the held-out reference; the study itself is of one set of weights), so an
+    interrupted tuning resumes past the finalists and confirmations it measured (at 64³ or
+    n_h 40, each is minutes)."""
+    config = generator.bundle.config
+    calibration = config.vf_calibration_setting or json.dumps(config.vf_calibration)
+    reference = hashlib.sha256(held_out.model_dump_json(exclude={"seconds"}).encode()).hexdigest()[:12]
+    key = (f"tuning row: {json.dumps(settings, sort_keys=True)}; {volumes} volumes from seed {first_seed + seed}; "
+           f"calibration {calibration}; held out {reference}")
+    if (row := study.user_attrs.get(key)) is not None:
+        return dict(row)
+    row = confirm(generator, settings, held_out, volumes, seed, first_seed)
+    study.set_user_attr(key, row)
+    return row
+

@@ -15,7 +15,7 @@ from micro_doe.platform.micro3diff.generator import VARIANTS, Micro3DiffGenerato
 from micro_doe.studies.preflight import masked_url
 from micro_doe.studies.tuning.calibration import PROBE, calibrate_at
 from micro_doe.studies.tuning.card import write_tuning
-from micro_doe.studies.tuning.choice import FINALIST_SEED, choose, compared_error, confirm, finalists, floor_row
+from micro_doe.studies.tuning.choice import CONFIRM_SEED, FINALIST_SEED, choose, compared_error, finalists, floor_row, kept_row
 from micro_doe.studies.tuning.held_out import check_held_out, held_out_reference, training_autocovariance, update_config, write_held_out
 from micro_doe.studies.tuning.options import PAPER, VF_TOLERANCE, TuneOptions, defaults_of, label, study_name, variants
 from micro_doe.studies.tuning.search import enqueue_starts, search_settings, tuning_spec, walk_trials
@@ -78,8 +78,9 @@ def tune(
     top = finalists(result.trials, options)
     log(f"tune {bundle.name}: measuring the {len(top)} best settings again on {options.finalist_volumes} fresh volumes each")
     measured = []
+    stored = open_study(spec)
     for i, trial in enumerate(top, 1):
-        row = confirm(generator, trial.params, held_out, options.finalist_volumes, options.seed, FINALIST_SEED)
+        row = kept_row(stored, generator, trial.params, held_out, options.finalist_volumes, options.seed, FINALIST_SEED)
         measured.append(row | {"trial": trial.number, "study_structure_error": trial.values[0]})
         log(f"  finalist {i}/{len(top)}: {row['setting']} (trial {trial.number}): structure error "
             f"{row['structure_error']:.2f} (study {trial.values[0]:.2f}), {row['seconds_per_volume']:.1f} s / volume")
@@ -90,8 +91,10 @@ def tune(
     if VARIANTS[defaults.variant].anchors and defaults.calibrate and defaults.decode == "sign":
         calibrate_at(generator, chosen.params, options, resumed=False, log=log)
     log(f"tune {bundle.name}: confirming on {options.confirm_volumes} fresh volumes per setting")
-    rows = [confirm(generator, chosen.params, held_out, options.confirm_volumes, options.seed) | {"role": "tuned default"},
-            confirm(generator, PAPER, held_out, options.confirm_volumes, options.seed) | {"role": "paper (SamplingConfig())"},
+    rows = [kept_row(stored, generator, chosen.params, held_out, options.confirm_volumes, options.seed, CONFIRM_SEED)
+            | {"role": "tuned default"},
+            kept_row(stored, generator, PAPER, held_out, options.confirm_volumes, options.seed, CONFIRM_SEED)
+            | {"role": "paper (SamplingConfig())"},
             floor_row(generator.bundle.reference, held_out) | {"setting": "data floor: training images vs held out",
                                                                 "role": "data floor"}]
     within = "" if any(r["vf_error"] <= vf_max_error for r in measured) else " (none kept vf within the constraint: all compared)"

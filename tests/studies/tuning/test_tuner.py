@@ -67,9 +67,20 @@ def test_tune_runs_a_study_and_writes_defaults_calibration_and_table(options, tm
     runs = mlflow.search_runs(experiment_names=[record.study], output_format="list")
     assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 2
 
-    # Tuning again rewrites the card's section instead of adding a second one.
-    tune(bundle, options(tmp_path, trials=2), log=lambda line: None)
+    # The finalists' and confirmations' rows are kept in the study, under what they depend on.
+    kept = {k: v for k, v in study.user_attrs.items() if k.startswith("tuning row:")}
+    assert len(kept) == len(record.finalists) + 2  # the finalists, the default's and the paper's confirmation
+    planted = next(k for k, v in kept.items() if "200000" in k)  # a finalist's (FINALIST_SEED + seed 0)
+    study.set_user_attr(planted, kept[planted] | {"seconds_per_volume": 12345.0})
+
+    # Tuning again reuses them (the planted value comes back: nothing was measured again) and
+    # rewrites the card's section instead of adding a second one.
+    again = tune(bundle, options(tmp_path, trials=2), log=lambda line: None)
+    assert 12345.0 in [r["seconds_per_volume"] for r in again.finalists]
     assert (bundle / "card.md").read_text().count("chosen by `micro-doe tune`") == 1
+    # Other seeds measure anew.
+    other = tune(bundle, options(tmp_path, trials=2, seed=1), log=lambda line: None)
+    assert 12345.0 not in [r["seconds_per_volume"] for r in other.finalists]
 
 
 def test_an_interrupted_tuning_keeps_the_weights_and_resumes(options, tmp_path, held_out_bundle):
