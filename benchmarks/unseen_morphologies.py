@@ -138,7 +138,8 @@ def take_defaults(bundle: Path, source: Path) -> Path:
     from micro_doe.studies.tuning.held_out import update_config
 
     theirs = Micro3DiffConfig.model_validate_json((source / "config.json").read_text())
-    update_config(bundle, sampling=theirs.sampling, vf_calibration=theirs.vf_calibration)
+    update_config(bundle, sampling=theirs.sampling, vf_calibration=theirs.vf_calibration,
+                  vf_calibration_setting=theirs.vf_calibration_setting)
     return bundle
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 THETA = 0.25  # classical strength: |a_ij| ≥ θ · max_{k≠i} |a_ik|
-MAX_LEVELS, MAX_COARSE = 10, 10  # pyamg's defaults
+MAX_LEVELS, MAX_COARSE = 30, 10  # ruge_stuben_solver's defaults
 
 
 def ruge_stuben_hierarchy(matrix: sp.csr_matrix | sp.csr_array, presmoother: Any, postsmoother: Any) -> Any:

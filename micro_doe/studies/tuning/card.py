@@ -28,6 +28,7 @@ def card_section(record: TuningRecord, chosen: str, margin: float) -> str:
 
 
 def table_line(r: dict[str, Any]) -> str:
+    """One row of the card's tables (errors in %, Ø in pixels, seconds per volume)."""
     return (f"| {r['setting']} | {r.get('passes', '')} | {r['lineal_path_error']:.2f} | {r['size_error']:.2f} | "
             f"{r['diameter_error']:.2f} | {r['connectivity_error']:.2f} | {worst_error(r):.2f} | {r['structure_error']:.2f} | "
             f"{r['vf']:.3f} | {r['diameter']:.2f} | {r['connectivity']:.2f} | {r['seconds_per_volume']:.2f} |")

@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import platform
 import time
 from typing import Any
 
 import numpy as np
+import torch
 
 from micro_doe.platform.descriptors import Descriptors, describe
-from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
+from micro_doe.platform.micro3diff.generator import VARIANTS, Micro3DiffGenerator, SamplingSettings
 from micro_doe.studies.objectives import BUILTIN_OBJECTIVES, STRUCTURE_JUDGES, Sample
 from micro_doe.studies.tuning.options import TuneOptions, TuningError, label, passes
 
@@ -77,6 +80,8 @@ def floor_row(training: Descriptors, held_out: Descriptors) -> dict[str, float]:
 
 
 def _judged(samples: list[Sample]) -> dict[str, float]:
+    """The four judges (the study's objective functions), their sum, vf, Ø, connectivity and
+    seconds, each the mean over ``samples``."""
     row = {name: float(np.mean([BUILTIN_OBJECTIVES[name].fn(s) for s in samples])) for name in STRUCTURE_JUDGES}
     row["structure_error"] = sum(row[name] for name in STRUCTURE_JUDGES)  # the mean of sums is the sum of means
     sizes = [s.descriptors.sizes for s in samples]
@@ -103,18 +108,27 @@ def confirm(generator: Micro3DiffGenerator, settings: dict[str, Any], held_out: 
 def kept_row(study: Any, generator: Micro3DiffGenerator, settings: dict[str, Any], held_out: Descriptors, volumes: int,
              seed: int, first_seed: int) -> dict[str, Any]:  # fmt: skip
     """:func:`confirm`, measured once per study: the row is kept in the Optuna study's user
-    attributes under what it depends on (the setting, the volumes and their seeds, the vf
-    calibration and the held-out reference; the study itself is of one set of weights), so an
-    interrupted tuning resumes past the finalists and confirmations it measured (at 64³ or
-    n_h 40, each is minutes)."""
-    config = generator.bundle.config
-    calibration = config.vf_calibration_setting or json.dumps(config.vf_calibration)
-    reference = hashlib.sha256(held_out.model_dump_json(exclude={"seconds"}).encode()).hexdigest()[:12]
-    key = (f"tuning row: {json.dumps(settings, sort_keys=True)}; {volumes} volumes from seed {first_seed + seed}; "
-           f"calibration {calibration}; held out {reference}")
-    if (row := study.user_attrs.get(key)) is not None:
-        return dict(row)
+    attributes under a digest of what it depends on (:func:`row_about`), so an interrupted
+    tuning resumes past the finalists and confirmations it measured (at 64³ or n_h 40, each is
+    minutes)."""
+    about = row_about(generator, settings, held_out, volumes, seed + first_seed)
+    key = f"tuning row {hashlib.sha256(about.encode()).hexdigest()[:16]}"  # Optuna's keys hold 512 characters
+    if (kept := study.user_attrs.get(key)) is not None and kept.get("about") == about:
+        return dict(kept["row"])
     row = confirm(generator, settings, held_out, volumes, seed, first_seed)
-    study.set_user_attr(key, row)
+    study.set_user_attr(key, {"about": about, "row": row})
     return row
 
+
+def row_about(generator: Micro3DiffGenerator, settings: dict[str, Any], held_out: Descriptors, volumes: int, first: int) -> str:
+    """What a row of :func:`confirm` depends on beyond the study's weights: the setting, the volumes
+    and their first seed, the vf calibration when the setting anchors with it, the held-out
+    reference, and the machine that timed it (seconds per volume choose among the finalists)."""
+    config = generator.bundle.config
+    resolved = SamplingSettings(**settings).resolved(config.sampling)
+    calibrated = resolved.calibrate and VARIANTS[resolved.variant].anchors
+    calibration = hashlib.sha256(json.dumps(config.vf_calibration).encode()).hexdigest()[:12] if calibrated else "none"
+    reference = hashlib.sha256(held_out.model_dump_json(exclude={"seconds"}).encode()).hexdigest()[:12]
+    machine = f"{generator.device}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {platform.machine()}"
+    return (f"{resolved.model_dump_json()}; {volumes} volumes from seed {first}; calibration {calibration}; "
+            f"held out {reference}; timed on {machine}")

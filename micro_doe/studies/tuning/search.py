@@ -17,7 +17,7 @@ from micro_doe.studies.tuning.options import SEARCH, VF_TOLERANCE, TuneOptions, 
 
 def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name: str, device_has_fp16: bool = False,
                 searched: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
-    """The study that searches the sampling settings (see the module doc); ``searched``: the
+    """The study that searches the sampling settings (stage 3 of :mod:`micro_doe.studies.tuning`); ``searched``: the
     variants (default: :data:`SEARCH`'s)."""
     search = {k: dict(v) for k, v in SEARCH.items()}
     if searched is not None:

@@ -30,7 +30,8 @@ def tune(
     on_study: Callable[[Any], Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> TuningRecord:
-    """Tune a Micro3Diff bundle's default sampling settings (the module doc's four stages).
+    """Tune a Micro3Diff bundle's default sampling settings (the four stages of
+    :mod:`micro_doe.studies.tuning`).
 
     ``training_data``: the images the model trained on, for a bundle trained before its
     ``autocovariance`` was recorded: it is measured from them and written into the bundle, and
@@ -67,7 +68,8 @@ def tune(
     search, spec = raw["search"], StudySpec.model_validate(raw)
 
     generator = Micro3DiffGenerator(bundle)  # loaded once; its config follows every update below
-    calibrate_at(generator, PROBE, options, resumed=bool(open_study(spec).get_trials(deepcopy=False)), log=log)
+    stored = open_study(spec)  # the Optuna study, which also keeps the calibrations and the rows measured
+    calibrate_at(generator, PROBE, options, stored, log=log)
 
     budget = f"{options.trials} settings" if options.minutes is None else f"{options.minutes:g} min"
     log(f"tune {bundle.name}: study {name} ({budget}, {options.samples_per_trial} volumes per setting)")
@@ -76,35 +78,48 @@ def tune(
     result, walked = search_settings(study, options, search, on_study, log)
 
     top = finalists(result.trials, options)
-    log(f"tune {bundle.name}: measuring the {len(top)} best settings again on {options.finalist_volumes} fresh volumes each")
-    measured = []
-    stored = open_study(spec)
-    for i, trial in enumerate(top, 1):
-        row = kept_row(stored, generator, trial.params, held_out, options.finalist_volumes, options.seed, FINALIST_SEED)
-        measured.append(row | {"trial": trial.number, "study_structure_error": trial.values[0]})
-        log(f"  finalist {i}/{len(top)}: {row['setting']} (trial {trial.number}): structure error "
-            f"{row['structure_error']:.2f} (study {trial.values[0]:.2f}), {row['seconds_per_volume']:.1f} s / volume")
+    measured = measure_finalists(generator, stored, top, held_out, options, log)
     vf_max_error = VF_TOLERANCE * held_out.volume_fraction
     pick, best, margin = choose(measured, options, vf_max_error)
     chosen = top[pick]
     defaults = defaults_of(chosen.params)
     if VARIANTS[defaults.variant].anchors and defaults.calibrate and defaults.decode == "sign":
-        calibrate_at(generator, chosen.params, options, resumed=False, log=log)
+        calibrate_at(generator, chosen.params, options, stored, log=log)
     log(f"tune {bundle.name}: confirming on {options.confirm_volumes} fresh volumes per setting")
     rows = [kept_row(stored, generator, chosen.params, held_out, options.confirm_volumes, options.seed, CONFIRM_SEED)
             | {"role": "tuned default"},
             kept_row(stored, generator, PAPER, held_out, options.confirm_volumes, options.seed, CONFIRM_SEED)
             | {"role": "paper (SamplingConfig())"},
             floor_row(generator.bundle.reference, held_out) | {"setting": "data floor: training images vs held out",
-                                                                "role": "data floor"}]
-    within = "" if any(r["vf_error"] <= vf_max_error for r in measured) else " (none kept vf within the constraint: all compared)"
-    by = "worst judge" if options.choose_by == "worst_error" else "structure error"
-    rule = (f"the study's {len(top)} best feasible settings measured again on {options.finalist_volumes} fresh volumes "
-            f"each{within}; of those, the cheapest (s / volume) within max({options.margin_points:g} points, "
-            f"{options.margin_fraction:.0%} of the best) of the best {by} (trial {top[best].number}: "
-            f"{compared_error(measured[best], options):.2f}); chose trial {chosen.number}"
-            + (f" (the study's last {walked} settings walked from its best, one knob at a time)" if walked else ""))
+                                                                "role": "data floor"}]  # fmt: skip
+    rule = rule_text(top, measured, best, chosen.number, walked, vf_max_error, options)
     record = TuningRecord(study=name, storage=masked_url(spec.storage), tracking=spec.tracking,
                           trials=len(result.completed), seed=options.seed, rule=rule, table=rows, finalists=measured)
     write_tuning(bundle, defaults, record, label(defaults), margin)
     return record
+
+
+def measure_finalists(generator: Micro3DiffGenerator, study: Any, top: list[Any], held_out: Any, options: TuneOptions,
+                      log: Callable[[str], None]) -> list[dict[str, Any]]:  # fmt: skip
+    """Stage 4's rows: each of the study's best settings on ``finalist_volumes`` fresh volumes (:func:`kept_row`)."""
+    log(f"tune {generator.bundle.path.name}: measuring the {len(top)} best settings again on "
+        f"{options.finalist_volumes} fresh volumes each")  # fmt: skip
+    measured = []
+    for i, trial in enumerate(top, 1):
+        row = kept_row(study, generator, trial.params, held_out, options.finalist_volumes, options.seed, FINALIST_SEED)
+        measured.append(row | {"trial": trial.number, "study_structure_error": trial.values[0]})
+        log(f"  finalist {i}/{len(top)}: {row['setting']} (trial {trial.number}): structure error "
+            f"{row['structure_error']:.2f} (study {trial.values[0]:.2f}), {row['seconds_per_volume']:.1f} s / volume")
+    return measured
+
+
+def rule_text(top: list[Any], measured: list[dict[str, Any]], best: int, chosen: int, walked: int, vf_max_error: float,
+              options: TuneOptions) -> str:  # fmt: skip
+    """How the default was chosen, as the card says it."""
+    within = "" if any(r["vf_error"] <= vf_max_error for r in measured) else " (none kept vf within the constraint: all compared)"
+    by = "worst judge" if options.choose_by == "worst_error" else "structure error"
+    return (f"the study's {len(top)} best feasible settings measured again on {options.finalist_volumes} fresh volumes "
+            f"each{within}; of those, the cheapest (s / volume) within max({options.margin_points:g} points, "
+            f"{options.margin_fraction:.0%} of the best) of the best {by} (trial {top[best].number}: "
+            f"{compared_error(measured[best], options):.2f}); chose trial {chosen}"
+            + (f" ({walked} of the study's settings walked from its best, one knob at a time)" if walked else ""))
