@@ -48,8 +48,8 @@ def compared_error(row: dict[str, Any], options: TuneOptions) -> float:
 
 def choose(rows: list[dict[str, Any]], options: TuneOptions, vf_max_error: float) -> tuple[int, int, float]:
     """(chosen, best, margin) among measured rows (the four judges or ``structure_error``,
-    ``seconds_per_volume``, ``vf_error``): of the rows within the vf constraint (all rows when
-    none is), the cheapest whose error (``options.choose_by``) is within the margin of the best one's."""
+    :func:`cost`, ``vf_error``): of the rows within the vf constraint (all rows when none is),
+    the cheapest whose error (``options.choose_by``) is within the margin of the best one's."""
     def error(i: int) -> float:
         return compared_error(rows[i], options)
 
@@ -57,7 +57,14 @@ def choose(rows: list[dict[str, Any]], options: TuneOptions, vf_max_error: float
     best = min(feasible, key=error)
     margin = max(options.margin_points, options.margin_fraction * error(best))
     near = [i for i in feasible if error(i) <= error(best) + margin]
-    return min(near, key=lambda i: (rows[i]["seconds_per_volume"], error(i))), best, margin
+    return min(near, key=lambda i: (cost(rows[i]), error(i))), best, margin
+
+
+def cost(row: dict[str, Any]) -> float:
+    """What "cheapest" compares: the CPU seconds this process spent per volume, which other work
+    on the machine does not inflate (wall seconds of rows measured at different times do: a
+    default chosen on a shared machine would follow the load), else the wall seconds."""
+    return float(row.get("cpu_seconds_per_volume", row["seconds_per_volume"]))
 
 
 def judge(volumes: list[Any], held_out: Descriptors, seconds: list[float]) -> dict[str, float]:
@@ -95,13 +102,14 @@ def _judged(samples: list[Sample]) -> dict[str, float]:
 def confirm(generator: Micro3DiffGenerator, settings: dict[str, Any], held_out: Descriptors, volumes: int,
             seed: int = 0, first_seed: int = CONFIRM_SEED) -> dict[str, Any]:
     """One table row: ``settings`` sampled on fresh seeds (first_seed + seed + i) and judged
-    against the held-out images; ``vf_error`` is |vf − held-out vf|."""
-    start = time.perf_counter()
+    against the held-out images; ``vf_error`` is |vf − held-out vf|; seconds per volume in wall
+    time and in this process's CPU time (``cpu_seconds_per_volume``)."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     vols = generator.sample(volumes, SamplingSettings(**settings), seed=first_seed + seed, allow_extrapolation=True)
-    seconds = (time.perf_counter() - start) / volumes
+    seconds, cpu_seconds = (time.perf_counter() - start) / volumes, (time.process_time() - cpu_start) / volumes
     s = SamplingSettings(**settings).resolved(generator.bundle.config.sampling)
     row = judge(vols, held_out, [seconds] * volumes)
-    return {"setting": label(s), "passes": (s.n_h + 1) * s.steps, **row,
+    return {"setting": label(s), "passes": (s.n_h + 1) * s.steps, **row, "cpu_seconds_per_volume": cpu_seconds,
             "vf_error": abs(row["vf"] - held_out.volume_fraction)}
 
 

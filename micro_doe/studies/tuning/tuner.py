@@ -119,7 +119,7 @@ def rule_text(top: list[Any], measured: list[dict[str, Any]], best: int, chosen:
     within = "" if any(r["vf_error"] <= vf_max_error for r in measured) else " (none kept vf within the constraint: all compared)"
     by = "worst judge" if options.choose_by == "worst_error" else "structure error"
     return (f"the study's {len(top)} best feasible settings measured again on {options.finalist_volumes} fresh volumes "
-            f"each{within}; of those, the cheapest (s / volume) within max({options.margin_points:g} points, "
+            f"each{within}; of those, the cheapest (CPU s / volume) within max({options.margin_points:g} points, "
             f"{options.margin_fraction:.0%} of the best) of the best {by} (trial {top[best].number}: "
             f"{compared_error(measured[best], options):.2f}); chose trial {chosen}"
             + (f" ({walked} of the study's settings walked from its best, one knob at a time)" if walked else ""))

@@ -34,6 +34,9 @@ def test_choose_takes_the_cheapest_remeasured_setting_within_the_margin():
     assert chosen == 2 and margin == 2.5
     # When no row keeps vf within the constraint, all are compared (rather than no default at all).
     assert choose([row(3.0, 1.0, 0.5), row(2.0, 9.0, 0.6)], by_sum, vf_max_error=0.05)[1] == 1
+    # Rows that say their CPU seconds are compared by those: wall seconds follow the machine's load.
+    loaded, quiet = row(10.0, 9.0) | {"cpu_seconds_per_volume": 2.0}, row(10.2, 3.0) | {"cpu_seconds_per_volume": 4.0}
+    assert choose([loaded, quiet], by_sum, vf_max_error=0.05)[0] == 0
 
 
 def test_by_default_the_finalists_are_compared_by_their_worst_judge():
