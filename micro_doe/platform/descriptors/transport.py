@@ -131,9 +131,9 @@ def _multigrid_d_rel(spanning: np.ndarray, tolerance: float = MULTIGRID_TOLERANC
 
     Order of operations: assemble the sparse system (:func:`_system`), build the multigrid
     hierarchy in float32 (:mod:`._amg`; direct interpolation: a cheaper setup than classical, for
-    one or two more iterations), solve by preconditioned conjugate gradients in float32, check the residual
-    in float64 (and go on in float64 from there if float32 stalled short of the tolerance), and
-    average the flux through the two fixed faces (equal at convergence)."""
+    one or two more iterations), solve by preconditioned conjugate gradients in float32, check the
+    residual in float64 (and go on in float64 from there if float32 stalled short of the
+    tolerance), and average the flux through the two fixed faces (equal at convergence)."""
     import scipy.sparse.linalg as spla
 
     from micro_doe.platform.descriptors._amg import ruge_stuben_hierarchy

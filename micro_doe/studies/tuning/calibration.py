@@ -63,8 +63,8 @@ def calibrate_at(generator: Micro3DiffGenerator, setting: dict[str, Any], option
     (a resumed tuning measures nothing twice: seeded, it would measure the same again, minutes
     per fraction at 64³); else a new measurement, kept in both. A calibration written before keys
     were recorded is kept at the probe setting for a study that has trials and an untuned bundle:
-    the probe's, which its trials used (or, if an earlier run stopped in the minutes between calibrating its chosen
-    setting and writing the tuning, that setting's)."""
+    the probe's, which its trials used (or, if an earlier run stopped in the minutes between
+    calibrating its chosen setting and writing the tuning, that setting's)."""
     bundle = generator.bundle.path
     key, description = calibration_key(generator, setting, options.calibration_volumes, options.seed)
     config = generator.bundle.config
@@ -80,4 +80,5 @@ def calibrate_at(generator: Micro3DiffGenerator, setting: dict[str, Any], option
         log(f"tune {bundle.name}: calibrating vf at {label(defaults_of(measured_setting(setting)))}")
         pairs = measure_calibration(generator, setting, options.calibration_volumes, options.seed)
     study.set_user_attr(key, [list(pair) for pair in pairs])
-    generator.bundle.config = update_config(bundle, vf_calibration=pairs, vf_calibration_setting=description)
+    if (list(pairs), description) != (config.vf_calibration, config.vf_calibration_setting):
+        generator.bundle.config = update_config(bundle, vf_calibration=pairs, vf_calibration_setting=description)

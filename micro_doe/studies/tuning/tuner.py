@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from micro_doe.platform.bundles import load_held_out, resolve_bundle_path
+from micro_doe.platform.descriptors import Descriptors
 from micro_doe.platform.micro3diff.bundle import (
     Micro3DiffConfig,
     TuningRecord,
@@ -99,7 +100,7 @@ def tune(
     return record
 
 
-def measure_finalists(generator: Micro3DiffGenerator, study: Any, top: list[Any], held_out: Any, options: TuneOptions,
+def measure_finalists(generator: Micro3DiffGenerator, study: Any, top: list[Any], held_out: Descriptors, options: TuneOptions,
                       log: Callable[[str], None]) -> list[dict[str, Any]]:  # fmt: skip
     """Stage 4's rows: each of the study's best settings on ``finalist_volumes`` fresh volumes (:func:`kept_row`)."""
     log(f"tune {generator.bundle.path.name}: measuring the {len(top)} best settings again on "
