@@ -170,26 +170,25 @@ def _system(spanning: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, np.ndarr
     import scipy.sparse as sp
 
     d, n = spanning.ndim, int(spanning.sum())
-    index = np.full(tuple(s + 2 for s in spanning.shape), -1, dtype=np.int32)  # a border of -1: no neighbour
-    inner = (slice(1, -1),) * d
-    index[inner][spanning] = np.arange(n, dtype=np.int32)
-    at = [w + 1 for w in np.nonzero(spanning)]
-
-    def neighbour(axis: int, step: int) -> np.ndarray:
-        return index[tuple(w + step if k == axis else w for k, w in enumerate(at))]
-
-    below = [neighbour(axis, -1) for axis in range(d)]
-    above = [neighbour(axis, +1) for axis in reversed(range(d))]
+    padded = np.pad(spanning, 1)  # a border outside the phase: no neighbour there
+    index = np.full(padded.size, -1, dtype=np.int32)
+    at = np.flatnonzero(padded)  # the unknowns' flat positions, in C order
+    index[at] = np.arange(n, dtype=np.int32)
+    strides = [int(np.prod(padded.shape[k + 1 :])) for k in range(d)]  # flat step along each axis
+    below = [index[at - stride] for stride in strides]
+    above = [index[at + stride] for stride in reversed(strides)]
     columns = np.stack([*below, np.arange(n, dtype=np.int32), *above], axis=1)
     present = columns >= 0
-    per_row = present.sum(axis=1)  # the voxel and its face neighbours
-    first, last = index[1][inner[1:]][spanning[0]], index[-2][inner[1:]][spanning[-1]]
+    per_row = present.sum(axis=1, dtype=np.int32)  # the voxel and its face neighbours
+    first = index[at[at < 2 * strides[0]]]
+    last = index[at[at >= (padded.shape[0] - 2) * strides[0]]]
     diagonal = per_row.astype(np.float64) - 1.0
     diagonal[first] += 2.0  # the fixed concentrations lie half a voxel outside: conductance 2
     diagonal[last] += 2.0
     values = np.full(columns.shape, -1.0)
     values[:, d] = diagonal
-    indptr = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32)
+    indptr = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(per_row, out=indptr[1:])
     matrix = sp.csr_matrix((values[present], columns[present], indptr), shape=(n, n))
     rhs = np.zeros(n)
     rhs[first] -= 2.0 * 0.5
