@@ -19,7 +19,11 @@ same generator (seeds the data never used), with measurements the tuning never s
 - **vf** and **seconds per volume**.
 
 The data floor: 4 more fresh cubes judged the same way (what a perfect generator scores with this
-many volumes). ``--peers`` adds the peers on the same training images (the 288 the model trained
+many volumes). The isotropy floor: those cubes' z-slices put on all three axes, what a generator
+that reproduced the training planes exactly would score, as every method here (Micro3Diff and the
+peers, given one plane's images) takes the three planes alike; about the data floor for an
+isotropic morphology, more for one that differs between planes (``--stage floors`` adds it to
+the results in ``--json``). ``--peers`` adds the peers on the same training images (the 288 the model trained
 on, not the held-out ones) and the same judges, timed on this machine: MCRpy
 (``benchmarks/peers/mcrpy_reconstruct.py`` in ``.venv-peers``, see benchmarks/peers/README.md; its
 seconds are per volume, with no training) and SliceGAN (``benchmarks/peers/slicegan_run.py`` with a
@@ -44,7 +48,7 @@ import numpy as np
 import porespy as ps
 import scipy.ndimage as ndi
 
-from micro_doe.platform.descriptors import error_rate, section_sizes, size_error
+from micro_doe.platform.descriptors import error_rate, lineal_path_along_axes, section_sizes, size_error
 from micro_doe.platform.descriptors.reference_error import pooled_curves
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig, SamplingConfig
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
@@ -65,8 +69,10 @@ def blobs(seed: int) -> tuple[np.ndarray, list[str]]:
 
 
 def fibers(seed: int) -> tuple[np.ndarray, list[str]]:
-    """Thin and elongated: 120 PoreSpy cylinders of radius 2 in random 3D orientations, phase ≈ 0.13.
-    (A count, not a porosity: porespy 3's porosity mode fails on some seeds.)"""
+    """Thin and elongated: 120 PoreSpy cylinders of radius 2, phase ≈ 0.14, lying in planes normal to
+    x (porespy's default orientation, ``phi_max=0``), at random angles within them: the z-slices
+    show them cut obliquely, the x-slices whole (see the isotropy floor). (A count, not a porosity:
+    porespy 3's porosity mode fails on some seeds.)"""
     pores = ps.generators.cylinders([SIZE] * 3, r=2, ncylinders=120, seed=seed)
     return (~pores).astype(np.int8), ["void", "fiber"]
 
@@ -202,6 +208,35 @@ def run_peer(peer: str, name: str, images: np.ndarray, out: Path, n_volumes: int
             "train_seconds": float(data["train_seconds"]) if "train_seconds" in data else 0.0}
 
 
+ISOTROPY_FLOOR = "one plane on every axis (isotropy floor)"
+
+
+def isotropy_floor(name: str, n_volumes: int, phase: int) -> dict[str, float]:
+    """What a generator that reproduced the training planes exactly, on all three axes alike (as
+    every method here assumes, given one plane's images), would score: the z-slices of the data
+    floor's cubes put on every axis. Its L curve is the mean of their in-plane (y, x) curves, its
+    sections the z-slices alone; its 3D connectivity is undefined. About the data floor for a
+    morphology that looks the same on every plane; more where it does not (no reconstruction from
+    one plane's images can see that)."""
+    truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
+    floor = cubes(name, range(2 * FRESH_SEED, 2 * FRESH_SEED + n_volumes))
+    r_max = SIZE // 2
+    ref = pooled_curves(truth, r_max, phase=phase)["lineal path"]
+    in_plane = [np.mean([c for a, c in lineal_path_along_axes(v, phase, r_max=r_max).items() if a != "z"], axis=0)
+                for v in floor]  # fmt: skip
+    planes = make_volume(np.concatenate([v.values for v in floor]), dims=("sample", "y", "x"),
+                         phase_names=list(floor[0].attrs["phase_names"]))  # fmt: skip
+    gen_sizes = section_sizes(planes, phase)
+    return {
+        "lineal_path_error": error_rate(ref, np.mean(in_plane, axis=0)),
+        "size_error": size_error(section_sizes(stack_volumes(truth), phase), gen_sizes),
+        "diameter": gen_sizes.diameter_mean,
+        "connectivity_3d": float("nan"),
+        "vf": float(np.mean([(v.values == phase).mean() for v in floor])),
+        "seconds_per_volume": 0.0,
+    }
+
+
 def sampled_row(generator: Micro3DiffGenerator, settings: SamplingSettings, truth: list, n_volumes: int, what: str) -> dict:
     """``n_volumes`` volumes at ``settings`` (seeds SAMPLE_SEED…), judged against ``truth``, timed and printed."""
     start = time.perf_counter()
@@ -216,7 +251,7 @@ def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) 
     phase = generator.bundle.reference.phase
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
     floor = cubes(name, range(2 * FRESH_SEED, 2 * FRESH_SEED + n_volumes))
-    rows = {"data floor (fresh cubes)": judge(floor, truth, phase, 0.0)}
+    rows = {"data floor (fresh cubes)": judge(floor, truth, phase, 0.0), ISOTROPY_FLOOR: isotropy_floor(name, n_volumes, phase)}
     tuned = generator.bundle.config.sampling
     paper = SamplingConfig()  # the paper's algorithm: what an untuned bundle samples with
     for what, settings in (("paper (SamplingConfig())", SamplingSettings(**paper.model_dump())),
@@ -262,6 +297,14 @@ def add_peers(result: dict, name: str, n_volumes: int, peers: dict) -> dict:
     return result
 
 
+def add_isotropy_floor(result: dict, name: str, n_volumes: int) -> dict:
+    """The isotropy floor's row added to an earlier measurement of ``name``, after the data floor's."""
+    phase = list(cubes(name, range(FRESH_SEED, FRESH_SEED + 1))[0].attrs["phase_names"]).index(result["phase"])
+    rows = list(result["rows"].items())
+    rows.insert(1, (ISOTROPY_FLOOR, isotropy_floor(name, n_volumes, phase)))
+    return {**result, "rows": dict(rows)}
+
+
 def print_table(result: dict, n_volumes: int) -> None:
     print(f"\n### {result['name']} (phase {result['phase']}; {n_volumes} volumes of {SIZE}³ per row, judged against "
           f"{n_volumes} fresh cubes; vf is a target of the anchored variant, shown but never a judge)\n")
@@ -279,8 +322,9 @@ def main() -> None:
     parser.add_argument("--tune-budget", default="16")
     parser.add_argument("--volumes", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("micro-doe-runs/unseen"))
-    parser.add_argument("--stage", choices=("all", "data", "train", "measure", "peers"), default="all",
-                        help="peers: only the --peers' rows, added to the earlier results in --json")
+    parser.add_argument("--stage", choices=("all", "data", "train", "measure", "peers", "floors"), default="all",
+                        help="peers: only the --peers' rows, added to the earlier results in --json; floors: only "
+                        "the isotropy floor's row, added likewise")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--peers", nargs="*", default=[], choices=("mcrpy", "slicegan"))
     parser.add_argument("--slicegan", type=Path, default=Path(".peers/SliceGAN"), help="a SliceGAN checkout")
@@ -302,6 +346,13 @@ def main() -> None:
           flush=True)
     results = []
     for name in args.morphologies:
+        if args.stage == "floors":  # fresh cubes only: no data, bundle or sampling
+            earlier = json.loads(args.json.read_text())
+            at = next(i for i, r in enumerate(earlier["results"]) if r["name"] == name)
+            earlier["results"][at] = add_isotropy_floor(earlier["results"][at], name, earlier["volumes"])
+            print_table(earlier["results"][at], earlier["volumes"])
+            args.json.write_text(json.dumps(earlier, indent=1))
+            continue
         data = make_data(name, args.out)
         if args.stage == "data":
             continue
