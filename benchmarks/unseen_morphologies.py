@@ -187,6 +187,51 @@ def training_stack(data: Path, bundle: Path) -> np.ndarray:
     return stack.values[: held.first] if held is not None and held.first is not None else stack.values
 
 
+WIDTH_IMAGES, WIDTH_STEPS, WIDTH_SEED = 64, 100, 3  # the 2D samples of `--stage widths`
+
+
+def widths(name: str, data: Path, bundle: Path, n_volumes: int) -> dict:
+    """Network or sampler? Local-thickness distributions (fraction of the phase at width 1, 3, 5, …)
+    of: the network's own 2D samples (plain DDPM, ``WIDTH_IMAGES`` images, S = ``WIDTH_STEPS``)
+    beside the images it trained on; and the tuned default's 3D volumes (the measure stage's:
+    the same seeds) beside the fresh cubes, sections normal to each axis apart."""
+    import torch
+
+    from micro_doe.platform.diffusion import DDPMSampler
+    from micro_doe.platform.diffusion.channels import to_labels
+    from micro_doe.platform.micro3diff.sampler import sample_2d
+    from micro_doe.platform.micro3diff.training import labels_stack
+
+    generator = Micro3DiffGenerator(bundle)
+    config, phase = generator.bundle.config, generator.bundle.reference.phase
+    names = list(generator.bundle.reference.volume_fractions)
+    images = make_volume(training_stack(data, bundle), dims=("sample", "y", "x"), phase_names=names)
+    channels = config.n_phases if config.n_phases > 2 else 1
+    with torch.no_grad():
+        x0 = sample_2d(generator.bundle.model, WIDTH_IMAGES, config.image_size, DDPMSampler(config.noise_schedule(), steps=WIDTH_STEPS),
+                       seed=WIDTH_SEED, channels=channels)  # fmt: skip
+    sampled = section_sizes(labels_stack(to_labels(x0, channel_dim=1)), phase)
+    trained = section_sizes(images, phase)
+    volumes = generator.sample(n_volumes, SamplingSettings(), seed=SAMPLE_SEED)
+    truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
+    planes = {}
+    for axis, dim in enumerate(("z", "y", "x")):
+        planes[dim] = {what: section_sizes(make_volume(np.concatenate([np.moveaxis(v.values, axis, 0) for v in vols]),
+                                                       dims=("sample", "y", "x"), phase_names=names), phase).thickness
+                       for what, vols in (("tuned", volumes), ("fresh cubes", truth))}  # fmt: skip
+    result = {"name": name, "2d": {"network": sampled.thickness, "training images": trained.thickness,
+                                   "size_error": size_error(trained, sampled)},
+              "3d": {"setting": label(config.sampling), "planes": planes}}  # fmt: skip
+    fmt = lambda w: " / ".join(f"{x:.2f}" for x in w[:4])  # noqa: E731
+    print(f"\n### {name}: fraction of the phase at width 1 / 3 / 5 / 7\n")
+    print(f"- 2D, the network's samples: {fmt(sampled.thickness)}; the training images: {fmt(trained.thickness)} "
+          f"(size error {result['2d']['size_error']:.2f} %)")
+    for dim, row in planes.items():
+        print(f"- 3D, sections normal to {dim}, tuned default ({result['3d']['setting']}): {fmt(row['tuned'])}; "
+              f"fresh cubes: {fmt(row['fresh cubes'])}")
+    return result
+
+
 def run_peer(peer: str, name: str, images: np.ndarray, out: Path, n_volumes: int, args: argparse.Namespace) -> dict:
     """Volumes of a peer (cached in OUT/NAME-PEER.npz) and its timings."""
     result = out / f"{name}-{peer}.npz"
@@ -322,9 +367,10 @@ def main() -> None:
     parser.add_argument("--tune-budget", default="16")
     parser.add_argument("--volumes", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("micro-doe-runs/unseen"))
-    parser.add_argument("--stage", choices=("all", "data", "train", "measure", "peers", "floors"), default="all",
+    parser.add_argument("--stage", choices=("all", "data", "train", "measure", "peers", "floors", "widths"), default="all",
                         help="peers: only the --peers' rows, added to the earlier results in --json; floors: only "
-                        "the isotropy floor's row, added likewise")
+                        "the isotropy floor's row, added likewise; widths: the network's 2D widths and the tuned "
+                        "default's 3D widths, plane by plane (to --json, a file of their own)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--peers", nargs="*", default=[], choices=("mcrpy", "slicegan"))
     parser.add_argument("--slicegan", type=Path, default=Path(".peers/SliceGAN"), help="a SliceGAN checkout")
@@ -356,12 +402,17 @@ def main() -> None:
         data = make_data(name, args.out)
         if args.stage == "data":
             continue
-        if args.stage == "peers" or args.settings:  # the peers need the training images only; --settings a bundle as it is
+        if args.stage in ("peers", "widths") or args.settings:  # the peers need the training images only; --settings a bundle as it is
             bundle = args.out.resolve() / f"{name}-model"
         else:
             bundle = train(name, data.resolve(), args.out.resolve(), args.steps, args.tune_budget,
                            args.defaults_from.resolve() if args.defaults_from else None)
         if args.stage == "train":
+            continue
+        if args.stage == "widths":
+            results.append(widths(name, data, bundle, args.volumes))
+            if args.json:
+                args.json.write_text(json.dumps({"volumes": args.volumes, "results": results}, indent=1))
             continue
         images = training_stack(data, bundle)
         peers = {peer: run_peer(peer, name, images, args.out.resolve(), args.volumes, args) for peer in args.peers}
