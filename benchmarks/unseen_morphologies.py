@@ -3,7 +3,7 @@ with `micro-doe tune` (the last stage of training), then judge in 3D against fre
 
     python benchmarks/unseen_morphologies.py [--morphologies blobs fibers clustered three-phase]
         [--steps 2250] [--tune-budget 16] [--volumes 4] [--out micro-doe-runs/unseen] [--json FILE]
-        [--stage all|data|train|measure] [--peers mcrpy slicegan] [--slicegan-minutes 20]
+        [--stage all|data|train|measure|peers|floors|widths] [--peers mcrpy slicegan] [--slicegan-minutes 20]
         [--defaults-from BUNDLE] [--settings JSON ...]
 
 Each morphology comes from a PoreSpy generator (not the project's own): z-slices of 10 cubes of
