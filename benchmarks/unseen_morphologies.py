@@ -52,7 +52,7 @@ from micro_doe.platform.descriptors import error_rate, lineal_path_along_axes, s
 from micro_doe.platform.descriptors.reference_error import pooled_curves
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig, SamplingConfig
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
-from micro_doe.platform.volumes import make_volume, stack_volumes, write_netcdf
+from micro_doe.platform.volumes import make_volume, read_volume, stack_volumes, write_netcdf
 from micro_doe.studies.tuning.options import label
 
 SIZE = 32
@@ -178,7 +178,6 @@ def training_stack(data: Path, bundle: Path) -> np.ndarray:
     """The images the model trained on (the held-out block removed), as the peers get them: the block
     the bundle records, or, with no bundle on this machine, the one `train micro3diff` sets aside by default."""
     from micro_doe.platform.micro3diff.training import split_held_out
-    from micro_doe.platform.volumes import read_volume
 
     stack = read_volume(data)
     if not (bundle / "config.json").exists():
@@ -190,11 +189,12 @@ def training_stack(data: Path, bundle: Path) -> np.ndarray:
 WIDTH_IMAGES, WIDTH_STEPS, WIDTH_SEED = 64, 100, 3  # the 2D samples of `--stage widths`
 
 
-def widths(name: str, data: Path, bundle: Path, n_volumes: int) -> dict:
+def widths(name: str, data: Path, bundle: Path, n_volumes: int, volumes_from: list[Path] | None = None) -> dict:
     """Network or sampler? Local-thickness distributions (fraction of the phase at width 1, 3, 5, …)
     of: the network's own 2D samples (plain DDPM, ``WIDTH_IMAGES`` images, S = ``WIDTH_STEPS``)
     beside the images it trained on; and the tuned default's 3D volumes (the measure stage's:
-    the same seeds) beside the fresh cubes, sections normal to each axis apart."""
+    the same seeds), or the NetCDF volumes ``volumes_from`` (a study's, from its MLflow
+    artifacts), beside the fresh cubes, sections normal to each axis apart."""
     import torch
 
     from micro_doe.platform.diffusion import DDPMSampler
@@ -212,23 +212,28 @@ def widths(name: str, data: Path, bundle: Path, n_volumes: int) -> dict:
                        seed=WIDTH_SEED, channels=channels)  # fmt: skip
     sampled = section_sizes(labels_stack(to_labels(x0, channel_dim=1)), phase)
     trained = section_sizes(images, phase)
-    volumes = generator.sample(n_volumes, SamplingSettings(), seed=SAMPLE_SEED)
+    if volumes_from:
+        volumes, what = [read_volume(p) for p in volumes_from], f"{len(volumes_from)} given volumes"
+    else:
+        volumes, what = generator.sample(n_volumes, SamplingSettings(), seed=SAMPLE_SEED), f"the bundle's default ({label(config.sampling)})"
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
     planes = {}
     for axis, dim in enumerate(("z", "y", "x")):
         planes[dim] = {what: section_sizes(make_volume(np.concatenate([np.moveaxis(v.values, axis, 0) for v in vols]),
                                                        dims=("sample", "y", "x"), phase_names=names), phase).thickness
                        for what, vols in (("tuned", volumes), ("fresh cubes", truth))}  # fmt: skip
+    pieces = {w: section_sizes(stack_volumes(v), phase).components_per_kpx for w, v in (("tuned", volumes), ("fresh cubes", truth))}
     result = {"name": name, "2d": {"network": sampled.thickness, "training images": trained.thickness,
                                    "size_error": size_error(trained, sampled)},
-              "3d": {"setting": label(config.sampling), "planes": planes}}  # fmt: skip
+              "3d": {"volumes": what, "planes": planes, "components_per_kpx": pieces}}  # fmt: skip
     fmt = lambda w: " / ".join(f"{x:.2f}" for x in w[:4])  # noqa: E731
     print(f"\n### {name}: fraction of the phase at width 1 / 3 / 5 / 7\n")
     print(f"- 2D, the network's samples: {fmt(sampled.thickness)}; the training images: {fmt(trained.thickness)} "
           f"(size error {result['2d']['size_error']:.2f} %)")
     for dim, row in planes.items():
-        print(f"- 3D, sections normal to {dim}, tuned default ({result['3d']['setting']}): {fmt(row['tuned'])}; "
+        print(f"- 3D, sections normal to {dim}, {what}: {fmt(row['tuned'])}; "
               f"fresh cubes: {fmt(row['fresh cubes'])}")
+    print(f"- 3D, components per 1 000 section pixels, all planes: {pieces['tuned']:.2f}; fresh cubes: {pieces['fresh cubes']:.2f}")
     return result
 
 
@@ -379,6 +384,8 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", type=json.loads, metavar="JSON",
                         help="with --stage measure: rows for these sampling settings instead of the paper's and the "
                         "tuned default, e.g. '{\"variant\": \"spectral\", \"n_h\": 10, \"steps\": 25, \"calibrate\": true}'")
+    parser.add_argument("--volumes-from", nargs="+", type=Path, metavar="NC",
+                        help="with --stage widths: judge these NetCDF volumes instead of sampling the tuned default")
     parser.add_argument("--defaults-from", type=Path, help="a bundle of the same morphology (one morphology): train "
                         "without tuning and sample with its defaults (an A/B of training length)")
     args = parser.parse_args()
@@ -410,7 +417,7 @@ def main() -> None:
         if args.stage == "train":
             continue
         if args.stage == "widths":
-            results.append(widths(name, data, bundle, args.volumes))
+            results.append(widths(name, data, bundle, args.volumes, args.volumes_from))
             if args.json:
                 args.json.write_text(json.dumps({"volumes": args.volumes, "results": results}, indent=1))
             continue
