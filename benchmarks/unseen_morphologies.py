@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import porespy as ps
 import scipy.ndimage as ndi
+import xarray as xr
 
 from micro_doe.platform.descriptors import error_rate, lineal_path_along_axes, section_sizes, size_error
 from micro_doe.platform.descriptors.reference_error import pooled_curves
@@ -103,6 +104,13 @@ def cubes(name: str, seeds: range) -> list:
         labels, names = MORPHOLOGIES[name](seed)
         out.append(make_volume(labels, phase_names=names, source=f"porespy:{name}", seed=seed))
     return out
+
+
+def sections(volumes: list, axis: int = 0) -> xr.DataArray:
+    """The 2D sections of ``volumes`` normal to array axis ``axis`` (0: their z-slices), as one
+    (sample, y, x) stack of images."""
+    stack = np.concatenate([np.moveaxis(v.values, axis, 0) for v in volumes])
+    return make_volume(stack, dims=("sample", "y", "x"), phase_names=list(volumes[0].attrs["phase_names"]))
 
 
 def make_data(name: str, out: Path) -> Path:
@@ -192,8 +200,8 @@ WIDTH_IMAGES, WIDTH_STEPS, WIDTH_SEED = 64, 100, 3  # the 2D samples of `--stage
 def widths(name: str, data: Path, bundle: Path, n_volumes: int, volumes_from: list[Path] | None = None) -> dict:
     """Network or sampler? Local-thickness distributions (fraction of the phase at width 1, 3, 5, …)
     of: the network's own 2D samples (plain DDPM, ``WIDTH_IMAGES`` images, S = ``WIDTH_STEPS``)
-    beside the images it trained on; and the tuned default's 3D volumes (the measure stage's:
-    the same seeds), or the NetCDF volumes ``volumes_from`` (a study's, from its MLflow
+    beside the images it trained on; and the 3D volumes of the bundle's default (for a tuned
+    bundle, the measure stage's: the same seeds), or the NetCDF volumes ``volumes_from`` (a study's, from its MLflow
     artifacts), beside the fresh cubes, sections normal to each axis apart."""
     import torch
 
@@ -217,12 +225,13 @@ def widths(name: str, data: Path, bundle: Path, n_volumes: int, volumes_from: li
     else:
         volumes, what = generator.sample(n_volumes, SamplingSettings(), seed=SAMPLE_SEED), f"the bundle's default ({label(config.sampling)})"
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
-    planes = {}
-    for axis, dim in enumerate(("z", "y", "x")):
-        planes[dim] = {what: section_sizes(make_volume(np.concatenate([np.moveaxis(v.values, axis, 0) for v in vols]),
-                                                       dims=("sample", "y", "x"), phase_names=names), phase).thickness
-                       for what, vols in (("tuned", volumes), ("fresh cubes", truth))}  # fmt: skip
-    pieces = {w: section_sizes(stack_volumes(v), phase).components_per_kpx for w, v in (("tuned", volumes), ("fresh cubes", truth))}
+    by_plane = {dim: {source: section_sizes(sections(vols, axis), phase)
+                      for source, vols in (("generated", volumes), ("fresh cubes", truth))}
+                for axis, dim in enumerate(("z", "y", "x"))}  # fmt: skip
+    planes = {dim: {source: sizes.thickness for source, sizes in row.items()} for dim, row in by_plane.items()}
+    # Every axis cuts a cube into as many section pixels, so the pooled count is the planes' mean.
+    pieces = {source: float(np.mean([row[source].components_per_kpx for row in by_plane.values()]))
+              for source in ("generated", "fresh cubes")}  # fmt: skip
     result = {"name": name, "2d": {"network": sampled.thickness, "training images": trained.thickness,
                                    "size_error": size_error(trained, sampled)},
               "3d": {"volumes": what, "planes": planes, "components_per_kpx": pieces}}  # fmt: skip
@@ -231,9 +240,9 @@ def widths(name: str, data: Path, bundle: Path, n_volumes: int, volumes_from: li
     print(f"- 2D, the network's samples: {fmt(sampled.thickness)}; the training images: {fmt(trained.thickness)} "
           f"(size error {result['2d']['size_error']:.2f} %)")
     for dim, row in planes.items():
-        print(f"- 3D, sections normal to {dim}, {what}: {fmt(row['tuned'])}; "
+        print(f"- 3D, sections normal to {dim}, {what}: {fmt(row['generated'])}; "
               f"fresh cubes: {fmt(row['fresh cubes'])}")
-    print(f"- 3D, components per 1 000 section pixels, all planes: {pieces['tuned']:.2f}; fresh cubes: {pieces['fresh cubes']:.2f}")
+    print(f"- 3D, components per 1 000 section pixels, all planes: {pieces['generated']:.2f}; fresh cubes: {pieces['fresh cubes']:.2f}")
     return result
 
 
@@ -261,22 +270,18 @@ def run_peer(peer: str, name: str, images: np.ndarray, out: Path, n_volumes: int
 ISOTROPY_FLOOR = "one plane on every axis (isotropy floor)"
 
 
-def isotropy_floor(name: str, n_volumes: int, phase: int) -> dict[str, float]:
+def isotropy_floor(floor: list, truth: list, phase: int) -> dict[str, float]:
     """What a generator that reproduced the training planes exactly, on all three axes alike (as
-    every method here assumes, given one plane's images), would score: the z-slices of the data
-    floor's cubes put on every axis. Its L curve is the mean of their in-plane (y, x) curves, its
-    sections the z-slices alone; its 3D connectivity is undefined. About the data floor for a
-    morphology that looks the same on every plane; more where it does not (no reconstruction from
-    one plane's images can see that)."""
-    truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
-    floor = cubes(name, range(2 * FRESH_SEED, 2 * FRESH_SEED + n_volumes))
+    every method here assumes, given one plane's images), would score against ``truth``: the
+    z-slices of the data floor's cubes ``floor`` put on every axis. Its L curve is the mean of
+    their in-plane (y, x) curves, its sections the z-slices alone; its 3D connectivity is
+    undefined. About the data floor for a morphology that looks the same on every plane; more
+    where it does not (no reconstruction from one plane's images can see that)."""
     r_max = SIZE // 2
     ref = pooled_curves(truth, r_max, phase=phase)["lineal path"]
     in_plane = [np.mean([c for a, c in lineal_path_along_axes(v, phase, r_max=r_max).items() if a != "z"], axis=0)
                 for v in floor]  # fmt: skip
-    planes = make_volume(np.concatenate([v.values for v in floor]), dims=("sample", "y", "x"),
-                         phase_names=list(floor[0].attrs["phase_names"]))  # fmt: skip
-    gen_sizes = section_sizes(planes, phase)
+    gen_sizes = section_sizes(sections(floor), phase)
     return {
         "lineal_path_error": error_rate(ref, np.mean(in_plane, axis=0)),
         "size_error": size_error(section_sizes(stack_volumes(truth), phase), gen_sizes),
@@ -301,7 +306,7 @@ def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) 
     phase = generator.bundle.reference.phase
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
     floor = cubes(name, range(2 * FRESH_SEED, 2 * FRESH_SEED + n_volumes))
-    rows = {"data floor (fresh cubes)": judge(floor, truth, phase, 0.0), ISOTROPY_FLOOR: isotropy_floor(name, n_volumes, phase)}
+    rows = {"data floor (fresh cubes)": judge(floor, truth, phase, 0.0), ISOTROPY_FLOOR: isotropy_floor(floor, truth, phase)}
     tuned = generator.bundle.config.sampling
     paper = SamplingConfig()  # the paper's algorithm: what an untuned bundle samples with
     for what, settings in (("paper (SamplingConfig())", SamplingSettings(**paper.model_dump())),
@@ -349,9 +354,11 @@ def add_peers(result: dict, name: str, n_volumes: int, peers: dict) -> dict:
 
 def add_isotropy_floor(result: dict, name: str, n_volumes: int) -> dict:
     """The isotropy floor's row added to an earlier measurement of ``name``, after the data floor's."""
-    phase = list(cubes(name, range(FRESH_SEED, FRESH_SEED + 1))[0].attrs["phase_names"]).index(result["phase"])
-    rows = list(result["rows"].items())
-    rows.insert(1, (ISOTROPY_FLOOR, isotropy_floor(name, n_volumes, phase)))
+    truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
+    floor = cubes(name, range(2 * FRESH_SEED, 2 * FRESH_SEED + n_volumes))
+    phase = list(truth[0].attrs["phase_names"]).index(result["phase"])  # the generator's names, as the model's
+    rows = [(what, row) for what, row in result["rows"].items() if what != ISOTROPY_FLOOR]  # measured anew
+    rows.insert(1, (ISOTROPY_FLOOR, isotropy_floor(floor, truth, phase)))
     return {**result, "rows": dict(rows)}
 
 
@@ -374,8 +381,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("micro-doe-runs/unseen"))
     parser.add_argument("--stage", choices=("all", "data", "train", "measure", "peers", "floors", "widths"), default="all",
                         help="peers: only the --peers' rows, added to the earlier results in --json; floors: only "
-                        "the isotropy floor's row, added likewise; widths: the network's 2D widths and the tuned "
-                        "default's 3D widths, plane by plane (to --json, a file of their own)")
+                        "the isotropy floor's row, added likewise; widths: the network's 2D widths and the bundle "
+                        "default's (or --volumes-from) 3D widths, plane by plane (to --json, a file of their own)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--peers", nargs="*", default=[], choices=("mcrpy", "slicegan"))
     parser.add_argument("--slicegan", type=Path, default=Path(".peers/SliceGAN"), help="a SliceGAN checkout")
@@ -385,7 +392,7 @@ def main() -> None:
                         help="with --stage measure: rows for these sampling settings instead of the paper's and the "
                         "tuned default, e.g. '{\"variant\": \"spectral\", \"n_h\": 10, \"steps\": 25, \"calibrate\": true}'")
     parser.add_argument("--volumes-from", nargs="+", type=Path, metavar="NC",
-                        help="with --stage widths: judge these NetCDF volumes instead of sampling the tuned default")
+                        help="with --stage widths: judge these NetCDF volumes instead of sampling the bundle's default")
     parser.add_argument("--defaults-from", type=Path, help="a bundle of the same morphology (one morphology): train "
                         "without tuning and sample with its defaults (an A/B of training length)")
     args = parser.parse_args()
