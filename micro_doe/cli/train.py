@@ -97,7 +97,7 @@ def micro3diff(
         )
     except ValidationError as err:
         raise option_errors(err, {"num_res_blocks": "--res-blocks", "channel_mults": "--channel-mults"}) from None
-    images = load_training_data(data, threshold=threshold, crop_size=crop_size, n_crops=n_crops, seed=seed)
+    images = load_training_data(data, threshold=threshold, crop_size=crop_size, n_crops=n_crops, seed=seed, held_out=held_out)
     check_training_phases(images, f"--data {data}")
     split_held_out(training_images(images, f"--data {data}"), held_out, f"--data {data}")  # before anything is written
     try:

@@ -129,6 +129,8 @@ CASES = [
     ("train-steps-0", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "m", "--steps", "0"], "--steps"),
     ("train-cuda", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "m", "--device", "cuda"], "--device"),
     ("train-too-few-to-hold-out", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "m"], "--held-out 0.1"),
+    ("train-crops-no-strip-to-hold-out", ["train", "micro3diff", "--data", "{image.nc}", "--crop-size", "24", "--out", "m"],
+     "--crop-size 24"),
     ("train-not-square", ["train", "micro3diff", "--data", "{wide.nc}", "--out", "m"], "must be square"),
     ("train-tune-budget-1", ["train", "micro3diff", "--data", "{spheres.nc}", "--out", "m", "--tune-budget", "1"],
      "--tune-budget 1: a tuning budget must try at least 2 settings"),
@@ -198,6 +200,7 @@ def make_files(root: Path) -> dict[str, Path]:
         spherical_inclusions((12, 12, 12), mean_diameter=4.0, sd_diameter=0.5, volume_fraction=0.1, seed=0), root / "spheres.nc"
     )
     files["wide.nc"] = write_netcdf(make_volume(np.arange(40 * 8 * 6).reshape(40, 8, 6) % 2), root / "wide.nc")
+    files["image.nc"] = write_netcdf(make_volume(np.arange(40 * 40).reshape(40, 40) % 2), root / "image.nc")
     files["flat.nc"] = write_netcdf(make_volume(np.zeros((8, 12, 12), np.int8)), root / "flat.nc")
     files["voxel.nc"] = write_netcdf(make_volume(np.ones((1, 1, 1), np.int8)), root / "voxel.nc")
     (root / "text.npy").write_text("1 2 3\n")

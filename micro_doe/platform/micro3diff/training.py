@@ -9,7 +9,8 @@ it. The finished bundle holds the EMA weights, the training data's descriptors a
 check (error rates of images sampled from the model against the reference).
 
 With ``held_out > 0`` the last images of the data (a contiguous block, so that neighbouring
-z-slices of one volume do not end up on both sides) are set aside before training: the network
+z-slices of one volume do not end up on both sides; crops of one large image cut from a strip
+no training crop touches, :func:`crops_with_held_out_strip`) are set aside before training: the network
 never sees them, the bundle records which they were (``config.held_out``) and keeps their
 descriptors (``held_out.nc``), and ``micro-doe tune`` judges sampling settings against them.
 Ctrl-C or SIGTERM writes a checkpoint at the current step before the process stops.
@@ -122,7 +123,7 @@ def split_held_out(stack: xr.DataArray, fraction: float, where: str = "data") ->
     n = int(stack.sizes["sample"])
     if fraction == 0.0:
         return stack, None
-    held = max(MIN_HELD_OUT, round(fraction * n))
+    held = held_out_count(n, fraction)
     if n - held < MIN_TRAINING:
         raise ValueError(
             f"{where}: {n} images are too few to set {held} aside for tuning (--held-out {fraction:g}) and train on "
@@ -139,6 +140,45 @@ def check_training_phases(data: xr.DataArray, where: str = "data") -> None:
                          "training needs at least two phases (check the threshold)")
 
 
+def held_out_count(n: int, fraction: float) -> int:
+    """How many of ``n`` images :func:`split_held_out` sets aside: max(MIN_HELD_OUT, round(fraction · n)); 0 for 0."""
+    return 0 if fraction == 0.0 else max(MIN_HELD_OUT, round(fraction * n))
+
+
+def crops_with_held_out_strip(image: xr.DataArray, n_crops: int, crop_size: int, fraction: float, seed: int,
+                              where: str = "data") -> xr.DataArray:
+    """``n_crops`` random ``crop_size`` crops of one (y, x) image, of which the last
+    :func:`held_out_count` are cut from a strip of the image's bottom rows that no other crop
+    touches, so the images :func:`split_held_out` sets aside share no pixel with those trained on.
+
+    The strip is max(crop_size, ⌈fraction · H⌉) rows of the H; the training crops come from the
+    rows above it (seed ``seed``), the held-out crops from the strip (seed ``seed + 1``); ``y0``
+    and ``x0`` stay the crops' corners in the whole image. ``fraction`` 0: plain random crops."""
+    from micro_doe.platform.synthetic import random_crops
+    from micro_doe.platform.volumes import generator_params
+
+    held = held_out_count(n_crops, fraction)
+    if held == 0:
+        return random_crops(image, n=n_crops, size=crop_size, seed=seed)
+    height = int(image.sizes["y"])
+    strip = max(crop_size, math.ceil(fraction * height))
+    if height - strip < crop_size:
+        raise ValueError(f"{where}: the image's {height} rows are too few to set a strip of {strip} aside for tuning "
+                         f"(--held-out {fraction:g}) and crop --crop-size {crop_size} above it; give an image of at "
+                         f"least {strip + crop_size} rows, a smaller --crop-size, or --held-out 0 with --no-tune")
+    if n_crops - held < MIN_TRAINING:
+        raise ValueError(f"{where}: --n-crops {n_crops} leaves fewer than {MIN_TRAINING} crops to train on after {held} "
+                         f"held out; give --n-crops {MIN_TRAINING + held} or more")
+    above = random_crops(image.isel(y=slice(0, height - strip)), n=n_crops - held, size=crop_size, seed=seed)
+    below = random_crops(image.isel(y=slice(height - strip, height)), n=held, size=crop_size, seed=seed + 1)
+    below = below.assign_coords(y0=below["y0"] + (height - strip))
+    stack = xr.concat([above, below], dim="sample", combine_attrs="override")
+    stack.attrs["generator_params"] = json.dumps(generator_params(above) | {
+        "n": n_crops, "image_shape": [height, int(image.sizes["x"])], "held_out_strip_rows": strip, "held_out_crops": held},
+        sort_keys=True)
+    return stack
+
+
 def load_training_data(
     path: str | Path,
     *,
@@ -146,10 +186,12 @@ def load_training_data(
     crop_size: int | None = None,
     n_crops: int = 250,
     seed: int = 0,
+    held_out: float = 0.0,
 ) -> xr.DataArray:
     """Training images from a volume/stack file, a folder of PNG/TIFF images, or one large
-    image cut into ``n_crops`` random ``crop_size`` crops (Micro3Diff case IV)."""
-    from micro_doe.platform.synthetic import random_crops
+    image cut into ``n_crops`` random ``crop_size`` crops (Micro3Diff case IV). Crops with
+    ``held_out`` > 0: the last ones come from a strip of the image no other crop touches
+    (:func:`crops_with_held_out_strip`), as crops of one image would otherwise overlap."""
     from micro_doe.platform.volumes import IMAGE_SUFFIXES, make_volume, read_volume
 
     path = Path(path)
@@ -166,7 +208,7 @@ def load_training_data(
     if crop_size is not None:
         if data.dims != ("y", "x"):
             raise ValueError(f"{path}: cropping takes one 2D image, got dims {data.dims}")
-        return random_crops(data, n=n_crops, size=crop_size, seed=seed)
+        return crops_with_held_out_strip(data, n_crops, crop_size, held_out, seed, f"--data {path}")
     return data
 
 

@@ -105,6 +105,25 @@ def test_load_training_data_from_a_folder_and_by_cropping(tmp_path, rng):
         load_training_data(_empty(tmp_path))
 
 
+def test_held_out_crops_come_from_a_strip_no_training_crop_touches(tmp_path, rng):
+    from micro_doe.platform.micro3diff.training import split_held_out
+
+    image = (rng.random((60, 50)) < 0.5).astype(np.int8)
+    write_png(make_volume(image), tmp_path / "big.png")
+    crops = load_training_data(tmp_path / "big.png", crop_size=16, n_crops=40, held_out=0.1, seed=3)
+    train, held = split_held_out(crops, 0.1)
+    assert held is not None and (train.sizes["sample"], held.sizes["sample"]) == (36, 4)
+    strip = 60 - 16  # max(crop size, ⌈0.1 · 60⌉) rows at the bottom
+    assert int(train["y0"].max()) + 16 <= strip and int(held["y0"].min()) >= strip
+    for crop in held:  # the recorded corners are the crops' place in the whole image
+        y0, x0 = int(crop["y0"]), int(crop["x0"])
+        assert np.array_equal(crop.values, image[y0 : y0 + 16, x0 : x0 + 16])
+    plain = load_training_data(tmp_path / "big.png", crop_size=16, n_crops=40, seed=3)  # nothing held out: anywhere
+    assert int(plain["y0"].max()) + 16 > strip
+    with pytest.raises(ValueError, match="--crop-size 32"):  # 60 rows hold no 32-row strip and a 32-px crop above it
+        load_training_data(tmp_path / "big.png", crop_size=32, n_crops=40, held_out=0.1)
+
+
 def _empty(tmp_path):  # type: ignore[no-untyped-def]
     (tmp_path / "empty").mkdir()
     return tmp_path / "empty"
