@@ -22,8 +22,8 @@ The data floor: 4 more fresh cubes judged the same way (what a perfect generator
 many volumes). The isotropy floor: those cubes' z-slices put on all three axes, what a generator
 that reproduced the training planes exactly would score, as every method here (Micro3Diff and the
 peers, given one plane's images) takes the three planes alike; about the data floor for an
-isotropic morphology, more for one that differs between planes (``--stage floors`` adds it to
-the results in ``--json``). ``--peers`` adds the peers on the same training images (the 288 the model trained
+isotropic morphology, more for one that differs between planes (``--stage floors`` adds both floors
+to the results in ``--json``; ``--settings`` rows get them too). ``--peers`` adds the peers on the same training images (the 288 the model trained
 on, not the held-out ones) and the same judges, timed on this machine: MCRpy
 (``benchmarks/peers/mcrpy_reconstruct.py`` in ``.venv-peers``, see benchmarks/peers/README.md; its
 seconds are per volume, with no training) and SliceGAN (``benchmarks/peers/slicegan_run.py`` with a
@@ -309,12 +309,22 @@ def sampled_row(generator: Micro3DiffGenerator, settings: SamplingSettings, trut
     return row
 
 
+DATA_FLOOR = "data floor (fresh cubes)"
+
+
+def floor_rows(name: str, n_volumes: int, phase: int) -> dict:
+    """The data floor's and the isotropy floor's rows: ``n_volumes`` more fresh cubes (seeds 2000…)
+    judged against the fresh cubes every row is judged against."""
+    truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
+    floor = cubes(name, range(2 * FRESH_SEED, 2 * FRESH_SEED + n_volumes))
+    return {DATA_FLOOR: judge(floor, truth, phase, 0.0), ISOTROPY_FLOOR: isotropy_floor(floor, truth, phase)}
+
+
 def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) -> dict:
     generator = Micro3DiffGenerator(bundle)
     phase = generator.bundle.reference.phase
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
-    floor = cubes(name, range(2 * FRESH_SEED, 2 * FRESH_SEED + n_volumes))
-    rows = {"data floor (fresh cubes)": judge(floor, truth, phase, 0.0), ISOTROPY_FLOOR: isotropy_floor(floor, truth, phase)}
+    rows = floor_rows(name, n_volumes, phase)
     tuned = generator.bundle.config.sampling
     paper = SamplingConfig()  # the paper's algorithm: what an untuned bundle samples with
     for what, settings in (("paper (SamplingConfig())", SamplingSettings(**paper.model_dump())),
@@ -338,7 +348,7 @@ def measure_settings(name: str, bundle: Path, n_volumes: int, settings: list[dic
     generator = Micro3DiffGenerator(bundle)
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
     tune_defaults = TuneOptions()
-    rows, passes_of = {}, {}
+    rows, passes_of = floor_rows(name, n_volumes, generator.bundle.reference.phase), {}
     for setting in settings:
         s = SamplingSettings(**setting).resolved(generator.bundle.config.sampling)
         if s.calibrate:
@@ -360,14 +370,11 @@ def add_peers(result: dict, name: str, n_volumes: int, peers: dict) -> dict:
     return result
 
 
-def add_isotropy_floor(result: dict, name: str, n_volumes: int) -> dict:
-    """The isotropy floor's row added to an earlier measurement of ``name``, after the data floor's."""
-    truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
-    floor = cubes(name, range(2 * FRESH_SEED, 2 * FRESH_SEED + n_volumes))
-    phase = list(truth[0].attrs["phase_names"]).index(result["phase"])  # the generator's names, as the model's
-    rows = [(what, row) for what, row in result["rows"].items() if what != ISOTROPY_FLOOR]  # measured anew
-    rows.insert(1, (ISOTROPY_FLOOR, isotropy_floor(floor, truth, phase)))
-    return {**result, "rows": dict(rows)}
+def add_floors(result: dict, name: str, n_volumes: int) -> dict:
+    """The data floor's and the isotropy floor's rows (measured anew) put first in an earlier measurement of ``name``."""
+    names = list(MORPHOLOGIES[name](FRESH_SEED)[1])
+    floors = floor_rows(name, n_volumes, names.index(result["phase"]))  # the generator's names, as the model's
+    return {**result, "rows": floors | {what: row for what, row in result["rows"].items() if what not in floors}}
 
 
 def print_table(result: dict, n_volumes: int) -> None:
@@ -389,7 +396,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("micro-doe-runs/unseen"))
     parser.add_argument("--stage", choices=("all", "data", "train", "measure", "peers", "floors", "widths"), default="all",
                         help="peers: only the --peers' rows, added to the earlier results in --json; floors: only "
-                        "the isotropy floor's row, added likewise; widths: the network's 2D widths and the bundle "
+                        "the two floors' rows, added likewise (measured anew); widths: the network's 2D widths and the bundle "
                         "default's (or --volumes-from) 3D widths, plane by plane (to --json, a file of their own)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--peers", nargs="*", default=[], choices=("mcrpy", "slicegan"))
@@ -397,7 +404,7 @@ def main() -> None:
     parser.add_argument("--slicegan-minutes", type=float, default=20.0)
     parser.add_argument("--from-json", type=Path, help="only print the tables of an earlier run")
     parser.add_argument("--settings", nargs="+", type=json.loads, metavar="JSON",
-                        help="with --stage measure: rows for these sampling settings instead of the paper's and the "
+                        help="with --stage measure: rows for these sampling settings (beside the floors) instead of the paper's and the "
                         "tuned default, e.g. '{\"variant\": \"spectral\", \"n_h\": 10, \"steps\": 25, \"calibrate\": true}'")
     parser.add_argument("--volumes-from", nargs="+", type=Path, metavar="NC",
                         help="with --stage widths: judge these NetCDF volumes instead of sampling the bundle's default")
@@ -417,7 +424,7 @@ def main() -> None:
         if args.stage == "floors":  # fresh cubes only: no data, bundle or sampling
             earlier = json.loads(args.json.read_text())
             at = next(i for i, r in enumerate(earlier["results"]) if r["name"] == name)
-            earlier["results"][at] = add_isotropy_floor(earlier["results"][at], name, earlier["volumes"])
+            earlier["results"][at] = add_floors(earlier["results"][at], name, earlier["volumes"])
             print_table(earlier["results"][at], earlier["volumes"])
             args.json.write_text(json.dumps(earlier, indent=1))
             continue
