@@ -51,7 +51,8 @@ def micro3diff(
     resume: Annotated[bool, typer.Option(help="Continue from OUT.checkpoint.pt.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Grey images: label 1 above this value.")] = None,
-    crop_size: Annotated[int | None, typer.Option(help="One large image: cut crops of this size.")] = None,
+    crop_size: Annotated[int | None, typer.Option(help="One large image: cut crops of this size (the held-out ones "
+                                                      "from a strip of its bottom rows no other crop touches).")] = None,
     n_crops: Annotated[int, typer.Option(help="Number of crops when cropping.")] = 250,
     quality_images: Annotated[int | None, typer.Option(help="Images sampled for the card's quality check "
                                                            "(default: 16 per 32² of image area).")] = None,
