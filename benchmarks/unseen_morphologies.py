@@ -312,11 +312,10 @@ def sampled_row(generator: Micro3DiffGenerator, settings: SamplingSettings, trut
 DATA_FLOOR = "data floor (fresh cubes)"
 
 
-def floor_rows(name: str, n_volumes: int, phase: int) -> dict:
-    """The data floor's and the isotropy floor's rows: ``n_volumes`` more fresh cubes (seeds 2000…)
-    judged against the fresh cubes every row is judged against."""
-    truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
-    floor = cubes(name, range(2 * FRESH_SEED, 2 * FRESH_SEED + n_volumes))
+def floor_rows(name: str, truth: list, phase: int) -> dict:
+    """The data floor's and the isotropy floor's rows: as many more fresh cubes (seeds 2000…)
+    judged against ``truth``, the fresh cubes every row is judged against."""
+    floor = cubes(name, range(2 * FRESH_SEED, 2 * FRESH_SEED + len(truth)))
     return {DATA_FLOOR: judge(floor, truth, phase, 0.0), ISOTROPY_FLOOR: isotropy_floor(floor, truth, phase)}
 
 
@@ -324,7 +323,7 @@ def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) 
     generator = Micro3DiffGenerator(bundle)
     phase = generator.bundle.reference.phase
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
-    rows = floor_rows(name, n_volumes, phase)
+    rows = floor_rows(name, truth, phase)
     tuned = generator.bundle.config.sampling
     paper = SamplingConfig()  # the paper's algorithm: what an untuned bundle samples with
     for what, settings in (("paper (SamplingConfig())", SamplingSettings(**paper.model_dump())),
@@ -348,7 +347,7 @@ def measure_settings(name: str, bundle: Path, n_volumes: int, settings: list[dic
     generator = Micro3DiffGenerator(bundle)
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
     tune_defaults = TuneOptions()
-    rows, passes_of = floor_rows(name, n_volumes, generator.bundle.reference.phase), {}
+    rows, passes_of = floor_rows(name, truth, generator.bundle.reference.phase), {}
     for setting in settings:
         s = SamplingSettings(**setting).resolved(generator.bundle.config.sampling)
         if s.calibrate:
@@ -372,8 +371,9 @@ def add_peers(result: dict, name: str, n_volumes: int, peers: dict) -> dict:
 
 def add_floors(result: dict, name: str, n_volumes: int) -> dict:
     """The data floor's and the isotropy floor's rows (measured anew) put first in an earlier measurement of ``name``."""
-    names = list(MORPHOLOGIES[name](FRESH_SEED)[1])
-    floors = floor_rows(name, n_volumes, names.index(result["phase"]))  # the generator's names, as the model's
+    truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
+    phase = list(truth[0].attrs["phase_names"]).index(result["phase"])  # the generator's names, as the model's
+    floors = floor_rows(name, truth, phase)
     return {**result, "rows": floors | {what: row for what, row in result["rows"].items() if what not in floors}}
 
 
