@@ -193,7 +193,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def training_stack(data: Path, bundle: Path) -> np.ndarray:
     """The images the model trained on (the held-out block removed), as the peers get them: the block
     the bundle records, or, with no bundle on this machine, the one `train micro3diff` sets aside by default."""
-    from micro_doe.platform.micro3diff.training import split_held_out
+    from micro_doe.platform.micro3diff.training_data import split_held_out
 
     stack = read_volume(data)
     if not (bundle / "config.json").exists():
@@ -216,7 +216,7 @@ def widths(name: str, data: Path, bundle: Path, n_volumes: int, volumes_from: li
     from micro_doe.platform.diffusion import DDPMSampler
     from micro_doe.platform.diffusion.channels import to_labels
     from micro_doe.platform.micro3diff.sampler import sample_2d
-    from micro_doe.platform.micro3diff.training import labels_stack
+    from micro_doe.platform.micro3diff.training_data import labels_stack
 
     generator = Micro3DiffGenerator(bundle)
     config, phase = generator.bundle.config, generator.bundle.reference.phase

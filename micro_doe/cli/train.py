@@ -14,13 +14,11 @@ from micro_doe.cli.options import Overwrite, option_errors
 from micro_doe.cli.tune import MaxPasses, Threads, TuneBudget, run_tuning, set_threads, tune_options
 from micro_doe.platform.diffusion.training import check_device
 from micro_doe.platform.interrupts import interrupt_name, mark_reported
-from micro_doe.platform.micro3diff.training import (
-    TrainConfig,
-    TrainingInterrupted,
+from micro_doe.platform.micro3diff.training import TrainConfig, TrainingInterrupted, train_micro3diff
+from micro_doe.platform.micro3diff.training_data import (
     check_training_phases,
     load_training_data,
     split_held_out,
-    train_micro3diff,
     training_images,
 )
 from micro_doe.platform.micro3diff.unet import UNetConfig

@@ -11,7 +11,7 @@ from micro_doe.platform.micro3diff.bundle import (
     HeldOutRecord,
     Micro3DiffConfig,
 )
-from micro_doe.platform.micro3diff.training import (
+from micro_doe.platform.micro3diff.training_data import (
     MIN_HELD_OUT,
     image_autocovariance,
     load_training_data,

@@ -155,7 +155,7 @@ def test_check_size_is_the_one_size_and_memory_check(generator):
 def test_the_spectral_variant_anchors_to_the_recorded_autocovariance(tiny_bundle, tmp_path, sphere_slices):
     import shutil
 
-    from micro_doe.platform.micro3diff.training import image_autocovariance
+    from micro_doe.platform.micro3diff.training_data import image_autocovariance
     from micro_doe.studies.tuning.held_out import update_config
 
     generator = Micro3DiffGenerator(tiny_bundle, device="cpu")

@@ -32,7 +32,7 @@ def test_held_out_images_that_do_not_fit_the_model_are_refused_before_anything(o
 
 def test_training_data_records_the_autocovariance_of_a_bundle_trained_before_it(options, tmp_path, held_out_bundle, sphere_slices,
                                                                                  rng):
-    from micro_doe.platform.micro3diff.training import image_autocovariance
+    from micro_doe.platform.micro3diff.training_data import image_autocovariance
     from micro_doe.platform.volumes import make_volume, write_netcdf
     from micro_doe.studies.tuning.held_out import training_autocovariance, update_config
     from micro_doe.studies.tuning.options import TuningError, variants
