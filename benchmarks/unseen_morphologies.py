@@ -387,6 +387,19 @@ def print_table(result: dict, n_volumes: int) -> None:
               f"{r['diameter']:.2f} | {r['connectivity_3d']:.2f} | {r['vf']:.3f} | {r['seconds_per_volume']:.2f} |")
 
 
+def check_earlier_results(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--stage peers and floors add rows to an earlier run's --json: check it holds every
+    morphology asked for before anything runs (a peer's reconstruction takes minutes to hours)."""
+    if args.stage not in ("peers", "floors"):
+        return
+    if args.json is None or not args.json.is_file():
+        parser.error(f"--stage {args.stage} adds rows to an earlier run's results: --json {args.json} is not a file")
+    names = [r.get("name") for r in json.loads(args.json.read_text()).get("results", [])]
+    missing = [m for m in args.morphologies if m not in names]
+    if missing:
+        parser.error(f"--json {args.json} holds no results of {', '.join(missing)} (it has: {', '.join(map(str, names)) or 'none'})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--morphologies", nargs="+", default=list(MORPHOLOGIES), choices=list(MORPHOLOGIES))
@@ -411,6 +424,7 @@ def main() -> None:
     parser.add_argument("--defaults-from", type=Path, help="a bundle of the same morphology (one morphology): train "
                         "without tuning and sample with its defaults (an A/B of training length)")
     args = parser.parse_args()
+    check_earlier_results(parser, args)
     if args.from_json:
         data = json.loads(args.from_json.read_text())
         for result in data["results"]:
