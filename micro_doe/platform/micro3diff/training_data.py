@@ -23,6 +23,8 @@ import xarray as xr
 from micro_doe.platform.descriptors import Descriptors, describe, section_sizes
 from micro_doe.platform.diffusion.channels import labels_to_channels
 from micro_doe.platform.micro3diff.spectrum import radial_autocovariance
+from micro_doe.platform.synthetic.crops import random_crops
+from micro_doe.platform.volumes import IMAGE_SUFFIXES, generator_params, make_volume, read_volume
 
 
 def training_images(data: xr.DataArray, where: str = "data") -> xr.DataArray:
@@ -86,9 +88,6 @@ def crops_with_held_out_strip(image: xr.DataArray, n_crops: int, crop_size: int,
     The strip is max(crop_size, ⌈fraction · H⌉) rows of the H; the training crops come from the
     rows above it (seed ``seed``), the held-out crops from the strip (seed ``seed + 1``); ``y0``
     and ``x0`` stay the crops' corners in the whole image. ``fraction`` 0: plain random crops."""
-    from micro_doe.platform.synthetic import random_crops
-    from micro_doe.platform.volumes import generator_params
-
     held = held_out_count(n_crops, fraction)
     if held == 0:
         return random_crops(image, n=n_crops, size=crop_size, seed=seed)
@@ -124,8 +123,6 @@ def load_training_data(
     image cut into ``n_crops`` random ``crop_size`` crops (Micro3Diff case IV). Crops with
     ``held_out`` > 0: the last ones come from a strip of the image no other crop touches
     (:func:`crops_with_held_out_strip`), as crops of one image would otherwise overlap."""
-    from micro_doe.platform.volumes import IMAGE_SUFFIXES, make_volume, read_volume
-
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
