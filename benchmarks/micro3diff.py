@@ -1,6 +1,6 @@
 """Micro3Diff quality and speed: every variant against the training data, judged by what it does not steer.
 
-    python benchmarks/micro3diff.py [--volumes 4] [--models spheres-32 polycrystal-32 ternary-blend-32]
+    python benchmarks/micro3diff.py [--volumes 4] [--models spheres-32 polycrystal-32 ternary-blend-32 | BUNDLE_DIR ...]
                                      [--grid default|quick] [--vf-sweep]
 
 For each shipped model, volumes are sampled for every setting of the grid (variant × n_h × S ×
@@ -154,8 +154,10 @@ def data_floor(generator: Micro3DiffGenerator, n_volumes: int, volume_fraction: 
     return [make_volume(box.values[i * n : (i + 1) * n], phase_names=list(box.attrs["phase_names"])) for i in range(n_volumes)]
 
 
-def run_model(name: str, args: argparse.Namespace) -> dict:
-    generator = Micro3DiffGenerator(f"pretrained:{name}")
+def run_model(model: str, args: argparse.Namespace) -> dict:
+    """``model``: a shipped model's name, or a bundle folder (a retune's copy, a model of your own)."""
+    generator = Micro3DiffGenerator(model if Path(model).is_dir() else f"pretrained:{model}")
+    name = generator.bundle.name
     reference = generator.bundle.reference
     n_phases = len(generator.bundle.config.phase_names)
     rows = []
@@ -363,7 +365,7 @@ def main() -> None:
     print_tables(results, args)
     # The default model set writes the docs' figures; any other set gets its own names, and a
     # grid other than the default (whose n_h sweep they plot) writes none over them.
-    tag = "" if args.models == DEFAULT_MODELS else "-" + "-".join(args.models)
+    tag = "" if args.models == DEFAULT_MODELS else "-" + "-".join(Path(m).name for m in args.models)
     if args.grid in ("default", "figures"):
         save_figures(results, tag)
         print(f"\nfigures: {DOCS}/micro3diff-montage{tag}.png, micro3diff-nh-sweep{tag}.png")
