@@ -210,7 +210,7 @@ GENERATOR_PARAMETERS: dict[str, dict[str, ParamDomain]] = {
         "anchor_per_slice": ParamDomain("float", low=0.0, high=1.0, description="anchored: pull of slice means"),
         "vf_spread": ParamDomain("choice", choices=(False, True), description="anchored: per-volume vf spread"),  # type: ignore[arg-type]
         "precision": ParamDomain("choice", choices=("fp32", "bf16", "fp16"), description="network precision"),
-        "decode": ParamDomain("choice", choices=("sign", "fractions"), description="x_0 to labels"),
+        "decode": ParamDomain("choice", choices=("sign", "fractions", "hysteresis"), description="x_0 to labels"),
         "calibrate": ParamDomain("choice", choices=(False, True), description="anchored: calibrated vf"),  # type: ignore[arg-type]
     },
     "ldm": {

@@ -72,3 +72,53 @@ def to_labels_at_fractions(
         current = torch.bincount(labels, minlength=x.shape[0]).double() / labels.numel()
         offsets += (f - current)[:, None] * step
     return (flat + offsets).argmax(0).to(torch.int8).reshape(x.shape[1:]).numpy()
+
+
+
+def to_labels_by_hysteresis(x0: torch.Tensor | np.ndarray, fraction: float, channel_dim: int = 0) -> np.ndarray:
+    """Two-phase labels (int8 numpy) from one channel of sampled x_0: the sign's phase grown to ``fraction``.
+
+    Hysteresis thresholding: the seeds are the voxels with x > 0 (:func:`to_labels`' phase 1);
+    phase 1 is every voxel with x ≥ τ that is face-connected, through voxels with x ≥ τ, to a
+    seed, for the lowest τ ≤ 0 at which it holds at most round(f · N) of the N voxels (a
+    bisection over the sorted values of x, so exact up to ties). The phase only grows from where
+    the network put it: thin features thicken and broken ones rejoin, and no component appears
+    that the sign did not start, where a threshold at the fraction (:func:`to_labels_at_fractions`)
+    keeps every voxel above it, specks included. When the sign's phase already holds more than
+    f, phase 0 is grown the same way to 1 − f.
+    """
+    x = torch.as_tensor(x0).detach().cpu().double()
+    if x.shape[channel_dim] != 1:
+        raise ValueError(f"decode 'hysteresis': two phases only (one channel), got {x.shape[channel_dim]} channels")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction: expected a value in (0, 1), got {fraction}")
+    v = x.squeeze(channel_dim).numpy()
+    if int((v > 0).sum()) > round(fraction * v.size):
+        return (1 - _grown(-v, 1.0 - fraction)).astype(np.int8)
+    return _grown(v, fraction).astype(np.int8)
+
+
+def _grown(v: np.ndarray, fraction: float) -> np.ndarray:
+    """Phase 1 of :func:`to_labels_by_hysteresis`, for a field whose positive part holds at most ``fraction``."""
+    from scipy import ndimage
+
+    seeds, k = v > 0, round(fraction * v.size)
+    levels = np.sort(v[~seeds])[::-1]  # the thresholds below the seeds, highest first
+
+    def grown(i: int) -> np.ndarray:  # admit the i highest values below the seeds (and their ties)
+        if i == 0:
+            return seeds
+        components, _ = ndimage.label(v >= levels[i - 1])
+        keep = np.zeros(components.max() + 1, dtype=bool)
+        keep[components[seeds]] = True
+        keep[0] = False
+        return keep[components]
+
+    lo, hi = 0, len(levels)  # grown(lo) fits (the seeds do); find the largest i whose grown(i) fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if int(grown(mid).sum()) <= k:
+            lo = mid
+        else:
+            hi = mid - 1
+    return grown(lo)

@@ -62,8 +62,10 @@ class SamplingConfig(BaseModel):
     vf_spread: bool = Field(False, description="anchored: draw each volume's target vf around the target (window spread)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="network precision (fp16: CUDA only)")
     calibrate: bool = Field(False, description="anchored: anchor at the fraction the bundle's vf_calibration maps the target to")
-    decode: Literal["sign", "fractions"] = Field(
-        "sign", description="x_0 to labels: sign / argmax, or at the target phase fractions (any variant)"
+    decode: Literal["sign", "fractions", "hysteresis"] = Field(
+        "sign",
+        description="x_0 to labels: sign / argmax, at the target phase fractions, or the sign's phase grown to the "
+        "target fraction by hysteresis (two phases; any variant)",
     )
 
 

@@ -6,7 +6,8 @@ settings unless told otherwise. Order of operations of :meth:`Micro3DiffGenerato
 resolve the settings against the bundle's defaults and check them (targets against the bundle's
 ``vf_range``); then per batch of ``volumes_per_batch`` volumes, one :class:`Anchor` per volume
 (anchored variant; with ``vf_spread`` its target drawn from the volume's own seed), one batched
-multi-plane loop, and labels by sign / argmax or at the target fractions (``decode``). Every
+multi-plane loop, and labels by sign / argmax, at the target fractions, or by the sign's phase
+grown to the target fraction (``decode``: ``sign``, ``fractions``, ``hysteresis``). Every
 volume carries its settings, target fractions, seed, model and seconds in its attrs.
 """
 
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from micro_doe.platform.bundles import GenerationError, model_digest
 from micro_doe.platform.descriptors.correlation import window_fraction_std
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, Sampler, make_generator
-from micro_doe.platform.diffusion.channels import to_labels, to_labels_at_fractions
+from micro_doe.platform.diffusion.channels import to_labels, to_labels_at_fractions, to_labels_by_hysteresis
 from micro_doe.platform.diffusion.training import default_device
 from micro_doe.platform.generators import GeneratedBatch
 from micro_doe.platform.memory import check_memory
@@ -87,7 +88,7 @@ class SamplingSettings(BaseModel):
     anchor_per_slice: float | None = Field(None, ge=0.0, le=1.0)
     vf_spread: bool | None = None
     precision: Literal["fp32", "bf16", "fp16"] | None = None
-    decode: Literal["sign", "fractions"] | None = None
+    decode: Literal["sign", "fractions", "hysteresis"] | None = None
     calibrate: bool | None = None
     targets: dict[str, float] = Field(default_factory=dict)
 
@@ -327,11 +328,14 @@ class Micro3DiffGenerator:
     def check(self, settings: SamplingSettings, allow_extrapolation: bool = False) -> tuple[SamplingConfig, dict[str, float]]:
         """The resolved settings and every phase's target fraction; ValueError for a bad request."""
         s = settings.resolved(self.bundle.config.sampling)
-        if settings.targets and not VARIANTS[s.variant].anchors and s.decode != "fractions":
+        if settings.targets and not VARIANTS[s.variant].anchors and s.decode == "sign":
             raise ValueError(
                 f"targets: the {s.variant!r} variant with sign decoding steers no volume fraction; "
-                "use the anchored variant or decode: fractions"
+                "use the anchored variant or decode: fractions / hysteresis"
             )
+        if s.decode == "hysteresis" and len(self.bundle.config.phase_names) > 2:
+            raise ValueError(f"decode: 'hysteresis' grows one phase of two; {self.model_ref} has "
+                             f"{len(self.bundle.config.phase_names)} phases (use 'sign' or 'fractions')")
         if VARIANTS[s.variant].spectral:
             self.autocovariance()
         self.sampler(s)
@@ -394,12 +398,14 @@ class Micro3DiffGenerator:
                     raise GenerationError(f"{self.model_ref}: sampling produced non-finite values (seed {sd})")
                 params: dict[str, Any] = s.model_dump() | {"model": self.model_ref, "model_sha256": self.model_sha256,
                                                             "seconds": seconds}
-                if anchors is not None or s.decode == "fractions":
+                if anchors is not None or s.decode != "sign":
                     params["target_fractions"] = self._rounded(self.channel_fractions(targets[i]))
                 if anchors is not None and anchors[i].fractions != self.channel_fractions(targets[i]):
                     params["anchor_fractions"] = self._rounded(anchors[i].fractions)
                 if s.decode == "fractions":
                     labels = to_labels_at_fractions(x0[i], self.channel_fractions(targets[i]))
+                elif s.decode == "hysteresis":
+                    labels = to_labels_by_hysteresis(x0[i], self.channel_fractions(targets[i])[0])
                 else:
                     labels = to_labels(x0[i], channel_dim=0)
                 volumes.append(

@@ -47,15 +47,28 @@ SPECTRAL_STARTS: list[dict[str, Any]] = [
 ]
 
 
-def starts(spectral: bool) -> list[dict[str, Any]]:
+# With two phases, hysteresis decoding is searched too; its start is the setting measured best
+# with it on struts, where it kept the thin features that sign decoding broke (micro3diff.md).
+HYSTERESIS_START: dict[str, Any] = {"variant": "anchored", "n_h": 6, "steps": 25, "decode": "hysteresis", "calibrate": False,
+                                    "precision": "bf16"}  # fmt: skip
+
+
+def starts(spectral: bool, hysteresis: bool = False) -> list[dict[str, Any]]:
     """The study's first settings, in order: :data:`STARTS`, with :data:`SPECTRAL_STARTS` third
-    and fourth when the bundle can sample the spectral variant."""
-    return [*STARTS[:2], *SPECTRAL_STARTS, *STARTS[2:]] if spectral else list(STARTS)
+    and fourth when the bundle can sample the spectral variant, and :data:`HYSTERESIS_START`
+    after those when hysteresis decoding is searched."""
+    first = [*STARTS[:2], *(SPECTRAL_STARTS if spectral else []), *([HYSTERESIS_START] if hysteresis else [])]
+    return first + STARTS[2:]
 
 
 def variants(config: Micro3DiffConfig) -> list[str]:
     """The variants searched: the paper's and anchored, and spectral when the bundle records an autocovariance."""
     return ["paper", "anchored"] + (["spectral"] if config.autocovariance is not None else [])
+
+
+def decodes(config: Micro3DiffConfig) -> list[str]:
+    """The decodings searched: sign and at the fractions, and hysteresis for two phases (it grows one of two)."""
+    return ["sign", "fractions"] + (["hysteresis"] if len(config.phase_names) == 2 else [])
 
 
 VF_TOLERANCE = 0.25  # constraint: |vf − held-out vf| ≤ 25 % of the held-out vf
@@ -106,12 +119,14 @@ def parse_budget(text: str, option: str = "--tune-budget") -> tuple[int | None, 
     return None, value
 
 
-def study_name(bundle: Path, searched: list[str] | None = None) -> str:
+def study_name(bundle: Path, searched: list[str] | None = None, decoded: list[str] | None = None) -> str:
     """``tune-<bundle name>-<8 hex of model.pt>``, then ``-spectral`` when that variant is
-    searched: a retrained model, or a bundle that gained a variant, gets a study of its own."""
+    searched and ``-hysteresis`` when that decoding is: a retrained model, or a search that
+    gained a choice, gets a study of its own (Optuna fixes a study's choices)."""
     digest = model_digest(bundle)[:8]
     slug = re.sub(r"[^a-z0-9_-]+", "-", bundle.name.lower()).strip("-_") or "model"
-    return f"tune-{slug}-{digest}" + ("-spectral" if searched and "spectral" in searched else "")
+    tags = [tag for tag, on in (("spectral", "spectral" in (searched or [])), ("hysteresis", "hysteresis" in (decoded or []))) if on]
+    return f"tune-{slug}-{digest}" + "".join(f"-{tag}" for tag in tags)
 
 
 def passes(params: dict[str, Any]) -> int:
@@ -122,7 +137,7 @@ def passes(params: dict[str, Any]) -> int:
 def label(s: SamplingConfig) -> str:
     """A setting as the tables name it: ``spectral (calibrated), n_h 10, S 25, bf16``."""
     extra = [x for x, on in (("calibrated", s.calibrate and VARIANTS[s.variant].anchors),
-                             ("decode at vf", s.decode == "fractions")) if on]  # fmt: skip
+                             ("decode at vf", s.decode == "fractions"), ("hysteresis to vf", s.decode == "hysteresis")) if on]  # fmt: skip
     return f"{s.variant}{' (' + ', '.join(extra) + ')' if extra else ''}, n_h {s.n_h}, S {s.steps}, {s.precision}"
 
 

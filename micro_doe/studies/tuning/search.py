@@ -16,12 +16,14 @@ from micro_doe.studies.tuning.options import SEARCH, VF_TOLERANCE, TuneOptions, 
 
 
 def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name: str, device_has_fp16: bool = False,
-                searched: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+                searched: list[str] | None = None, decoded: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The study that searches the sampling settings (stage 3 of :mod:`micro_doe.studies.tuning`); ``searched``: the
-    variants (default: :data:`SEARCH`'s)."""
+    variants, ``decoded``: the decodings (default: :data:`SEARCH`'s)."""
     search = {k: dict(v) for k, v in SEARCH.items()}
     if searched is not None:
         search["variant"] = {"categorical": list(searched)}
+    if decoded is not None:
+        search["decode"] = {"categorical": list(decoded)}
     if device_has_fp16:
         search["precision"] = {"categorical": ["fp32", "bf16", "fp16"]}
     budget: dict[str, Any] = {"n_trials": options.trials if options.minutes is None else 10_000}
@@ -39,7 +41,7 @@ def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name
         "constraints": [{"metric": "vf_error", "max": round(VF_TOLERANCE * reference.volume_fraction, 4)},
                         {"metric": "passes_per_volume", "max": options.max_passes}],  # skipped unrun when over
         "sampler": {"kind": "tpe", "seed": options.seed,
-                    "n_startup_trials": len(starts("spectral" in search["variant"]["categorical"]))},
+                    "n_startup_trials": len(starts(*searched_extras(search)))},
         "budget": budget,
         "resources": {"generators": 1, "evaluators": 1},
         "evaluation": {"phase": reference.phase, "tortuosity_axis": None},
@@ -49,6 +51,11 @@ def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name
     }
 
 
+def searched_extras(search: dict[str, dict[str, list[Any]]]) -> tuple[bool, bool]:
+    """Whether ``search`` holds the spectral variant and hysteresis decoding (what :func:`starts` adds)."""
+    return "spectral" in search["variant"]["categorical"], "hysteresis" in search["decode"]["categorical"]
+
+
 def enqueue_starts(spec: Any, budget: int) -> int:
     """On a new study, enqueue the starting settings (:func:`starts`, at most ``budget``); returns how many."""
     from micro_doe.studies.study_storage import open_study
@@ -56,7 +63,7 @@ def enqueue_starts(spec: Any, budget: int) -> int:
     study = open_study(spec)
     if study.get_trials(deepcopy=False):
         return 0
-    first = starts("spectral" in spec.search["variant"].choices)[: max(budget, 2)]
+    first = starts("spectral" in spec.search["variant"].choices, "hysteresis" in spec.search["decode"].choices)[: max(budget, 2)]
     for params in first:
         study.enqueue_trial(params, user_attrs={"initial_design": "tuning start"})
     return len(first)

@@ -18,7 +18,7 @@ from micro_doe.studies.tuning.calibration import PROBE, calibrate_at
 from micro_doe.studies.tuning.card import write_tuning
 from micro_doe.studies.tuning.choice import CONFIRM_SEED, FINALIST_SEED, choose, compared_error, finalists, floor_row, kept_row
 from micro_doe.studies.tuning.held_out import check_held_out, held_out_reference, training_autocovariance, update_config, write_held_out
-from micro_doe.studies.tuning.options import PAPER, VF_TOLERANCE, TuneOptions, defaults_of, label, study_name, variants
+from micro_doe.studies.tuning.options import PAPER, VF_TOLERANCE, TuneOptions, decodes, defaults_of, label, study_name, variants
 from micro_doe.studies.tuning.search import enqueue_starts, search_settings, tuning_spec, walk_trials
 
 
@@ -55,17 +55,17 @@ def tune(
     held_out = load_held_out(bundle) if held_out_data is None else held_out_reference(held_out_data, config)
     if training_data is not None:  # written into the bundle below, once everything is checked
         config = config.model_copy(update={"autocovariance": training_autocovariance(training_data, config)})
-    searched = variants(config)
-    name = study_name(bundle, searched)
+    searched, decoded = variants(config), decodes(config)
+    name = study_name(bundle, searched, decoded)
     fp16 = default_device() == "cuda"
-    preflight = tuning_spec(bundle, held_out, options, name, fp16, searched)
+    preflight = tuning_spec(bundle, held_out, options, name, fp16, searched, decoded)
     preflight["generator"]["reference"] = "training"  # held_out.nc may not be written yet
     check_before_start(StudySpec.model_validate(preflight), "micro-doe tune")
     if held_out_data is not None:
         write_held_out(bundle, held_out, f"{held_out_data} (given to micro-doe tune)", held_out.sizes.sections)  # type: ignore[union-attr]
     if training_data is not None:
         update_config(bundle, autocovariance=config.autocovariance)
-    raw = tuning_spec(bundle, held_out, options, name, fp16, searched)
+    raw = tuning_spec(bundle, held_out, options, name, fp16, searched, decoded)
     search, spec = raw["search"], StudySpec.model_validate(raw)
 
     generator = Micro3DiffGenerator(bundle)  # loaded once; its config follows every update below

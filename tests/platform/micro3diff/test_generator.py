@@ -174,3 +174,15 @@ def test_the_spectral_variant_anchors_to_the_recorded_autocovariance(tiny_bundle
     update_config(older, autocovariance=None)  # a bundle trained before it was recorded
     with pytest.raises(ValueError, match="variant 'spectral': .* records no autocovariance .* --training-data"):
         Micro3DiffGenerator(older, device="cpu").check(spectral)  # refused before anything samples
+
+
+def test_hysteresis_decoding_grows_the_phase_to_its_target_and_takes_two_phases_only(generator):
+    names = generator.bundle.config.phase_names
+    target = generator.training_fractions()[names[1]]
+    plain = SamplingSettings(n_h=0, steps=3, variant="anchored")
+    sign, grown = (generator.sample(1, plain.model_copy(update={"decode": d}), seed=5)[0] for d in ("sign", "hysteresis"))
+    vf = float((grown.values == 1).mean())
+    assert generator_params(grown)["decode"] == "hysteresis" and generator_params(grown)["target_fractions"] == {names[1]: round(target, 6)}
+    assert vf <= target + 1e-9 and abs(vf - target) < abs(float((sign.values == 1).mean()) - target)
+    with pytest.raises(ValueError, match="'hysteresis' grows one phase of two"):
+        Micro3DiffGenerator("pretrained:ternary-blend-32").sample(1, SamplingSettings(decode="hysteresis", n_h=0, steps=2))

@@ -39,8 +39,9 @@ def test_tune_runs_a_study_and_writes_defaults_calibration_and_table(options, tm
 
     config = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text())
     searched = ["paper", "anchored", "spectral"]  # trained now: the autocovariance is recorded
-    assert config.tuning == record and record.trials == 2 and record.study == study_name(bundle, searched)
-    assert record.study.endswith("-spectral")
+    decoded = ["sign", "fractions", "hysteresis"]  # two phases: hysteresis grows one of them
+    assert config.tuning == record and record.trials == 2 and record.study == study_name(bundle, searched, decoded)
+    assert record.study.endswith("-spectral-hysteresis")
     assert config.held_out is not None and config.held_out.n_images == 6
     assert len(config.vf_calibration) == 3  # measured, not set by hand
     assert [r["role"] for r in record.table] == ["tuned default", "paper (SamplingConfig())", "data floor"]
@@ -53,6 +54,7 @@ def test_tune_runs_a_study_and_writes_defaults_calibration_and_table(options, tm
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert [t.params for t in trials] == starts(spectral=True)[:2]  # the paper's algorithm is always tried
     assert study.trials[0].distributions["variant"].choices == tuple(searched)
+    assert study.trials[0].distributions["decode"].choices == tuple(decoded)
     assert study.metric_names == ["structure_error", "seconds_per_volume"]
     # Every feasible setting (here both) was measured again; the default is chosen among those rows.
     assert sorted(r["trial"] for r in record.finalists) == sorted(t.number for t in finalists_of(study))
