@@ -22,6 +22,26 @@ from micro_doe.studies.tuning.options import PAPER, VF_TOLERANCE, TuneOptions, d
 from micro_doe.studies.tuning.search import enqueue_starts, search_settings, tuning_spec, walk_trials
 
 
+def study_to_resume(bundle: Path, searched: list[str], decoded: list[str], storage: str) -> tuple[str, list[str]]:
+    """The study's name and decodings: :func:`study_name`'s, unless ``storage`` holds trials of
+    the same search begun before hysteresis decoding joined it (2026-12-07) and none of the new
+    one's: that study resumes with the search it began with (Optuna fixes a study's choices, and
+    hours of trials at 64² are not to be started over)."""
+    name, earlier = study_name(bundle, searched, decoded), study_name(bundle, searched)
+    if name != earlier and not has_trials(storage, name) and has_trials(storage, earlier):
+        return earlier, [d for d in decoded if d != "hysteresis"]
+    return name, decoded
+
+
+def has_trials(storage: str, name: str) -> bool:
+    """Whether ``storage`` holds a study ``name`` with trials; reads only (an SQLite file that is not there holds none)."""
+    import optuna
+
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        return False
+    return any(s.study_name == name and s.n_trials > 0 for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+
+
 def tune(
     model: str | Path,
     options: TuneOptions = TuneOptions(),
@@ -36,7 +56,8 @@ def tune(
 
     ``training_data``: the images the model trained on, for a bundle trained before its
     ``autocovariance`` was recorded: it is measured from them and written into the bundle, and
-    the search includes the spectral variant (:func:`training_autocovariance`).
+    the search includes the spectral variant (:func:`training_autocovariance`). A study begun
+    before hysteresis decoding was searched resumes with its own search (:func:`study_to_resume`).
 
     ``on_study(study)`` runs the :class:`~micro_doe.studies.runner.Study` and returns its result
     (the CLI shows progress there); by default ``study.run()``. A shipped model
@@ -56,7 +77,9 @@ def tune(
     if training_data is not None:  # written into the bundle below, once everything is checked
         config = config.model_copy(update={"autocovariance": training_autocovariance(training_data, config)})
     searched, decoded = variants(config), decodes(config)
-    name = study_name(bundle, searched, decoded)
+    name, decoded = study_to_resume(bundle, searched, decoded, options.storage)
+    if "hysteresis" in decodes(config) and "hysteresis" not in decoded:
+        log(f"tune {bundle.name}: resuming {name}, begun before hysteresis decoding was searched; it keeps its search")
     fp16 = default_device() == "cuda"
     preflight = tuning_spec(bundle, held_out, options, name, fp16, searched, decoded)
     preflight["generator"]["reference"] = "training"  # held_out.nc may not be written yet

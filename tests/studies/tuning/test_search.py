@@ -61,3 +61,36 @@ def test_the_walk_climbs_the_n_h_ladder_of_the_best_setting_first():
     assert next_step(trials, search, options) == best | {"n_h": 6, "calibrate": False}
     assert next_step([TrialRecord(0, "FAIL", PAPER, None)], search, options) is None  # nothing feasible yet
     assert [walk_trials(TuneOptions(trials=n)) for n in (2, 3, 16, 21)] == [0, 1, 5, 7]
+
+
+def test_hysteresis_is_searched_for_two_phases_only_with_its_start_and_a_study_of_its_own(held_out_bundle):
+    from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
+    from micro_doe.platform.micro3diff.generator import VARIANTS
+    from micro_doe.studies.tuning.options import HYSTERESIS_START, decodes, study_name
+
+    two = Micro3DiffConfig.model_validate_json((held_out_bundle / "config.json").read_text())
+    three = two.model_copy(update={"phase_names": ["a", "b", "c"]})
+    assert decodes(two) == ["sign", "fractions", "hysteresis"] and decodes(three) == ["sign", "fractions"]
+    assert starts(spectral=True, hysteresis=True)[4] == HYSTERESIS_START and HYSTERESIS_START not in starts(spectral=True)
+    assert starts(spectral=False, hysteresis=True)[:3] == [*starts(spectral=False)[:2], HYSTERESIS_START]
+    assert VARIANTS[HYSTERESIS_START["variant"]].anchors
+    plain = study_name(held_out_bundle, ["paper", "anchored"], decodes(three))
+    assert study_name(held_out_bundle, ["paper", "anchored"], decodes(two)) == plain + "-hysteresis"
+    assert study_name(held_out_bundle, ["paper", "anchored", "spectral"], decodes(two)) == plain + "-spectral-hysteresis"
+
+
+def test_a_study_begun_before_hysteresis_decoding_resumes_with_its_own_search(held_out_bundle, tmp_path):
+    from micro_doe.studies.tuning.options import study_name
+    from micro_doe.studies.tuning.tuner import study_to_resume
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    searched, decoded = ["paper", "anchored"], ["sign", "fractions", "hysteresis"]
+    new, earlier = study_name(held_out_bundle, searched, decoded), study_name(held_out_bundle, searched)
+    assert study_to_resume(held_out_bundle, searched, decoded, storage) == (new, decoded)
+    assert not (tmp_path / "optuna.db").exists()  # only read: nothing created
+    optuna.create_study(study_name=earlier, storage=storage)  # no trials yet: nothing to resume
+    assert study_to_resume(held_out_bundle, searched, decoded, storage) == (new, decoded)
+    optuna.load_study(study_name=earlier, storage=storage).enqueue_trial(PAPER)
+    assert study_to_resume(held_out_bundle, searched, decoded, storage) == (earlier, ["sign", "fractions"])
+    optuna.create_study(study_name=new, storage=storage).enqueue_trial(PAPER)  # the new search has begun: it goes on
+    assert study_to_resume(held_out_bundle, searched, decoded, storage) == (new, decoded)
