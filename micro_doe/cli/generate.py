@@ -58,6 +58,11 @@ def generate(
         str | None, typer.Option(help="Multi-plane variant: paper (reference), average, moment, anchored or spectral.")
     ] = None,
     precision: Annotated[str | None, typer.Option(help="Micro3Diff network precision: fp32, bf16 or fp16 (CUDA).")] = None,
+    decode: Annotated[
+        str | None,
+        typer.Option(help="Micro3Diff, x_0 to labels: sign, fractions (at the target fractions) or hysteresis (the "
+                          "sign's phase grown to the target fraction; two phases). Default: the bundle's."),
+    ] = None,
     target: Annotated[
         list[str] | None,
         typer.Option(
@@ -105,7 +110,7 @@ def generate(
         check_count(batch_size, "--batch-size", high=4096)
     kind = bundle_kind(model)
     micro3diff_only = {"--n-h": n_h, "--eta": eta, "--variance": variance, "--variant": variant, "--precision": precision,
-                       "--size": size}
+                       "--decode": decode, "--size": size}
     ldm_only = {"--guidance": guidance, "--guidance-rescale": guidance_rescale, "--feature-guidance": feature_guidance,
                 "--tolerance": tolerance, "--max-candidates": max_candidates,
                 "--correct-requests": True if correct_requests else None,
@@ -126,7 +131,7 @@ def generate(
         return
     generate_micro3diff(
         model, out, n=n, settings=dict(n_h=n_h, steps=steps, sampler=sampler, eta=eta, variance=variance,
-                                       variant=variant, precision=precision),
+                                       variant=variant, precision=precision, decode=decode),
         target=target, allow_extrapolation=allow_extrapolation, seed=seed, batch_size=batch_size, size=size,
         device=device, show=show,
     )  # fmt: skip
@@ -147,7 +152,7 @@ def generate_micro3diff(
         raise option_errors(err, {"targets": "--target"}) from None
     generator = Micro3DiffGenerator(model, device=device)
     try:
-        names = ("variant", "sampler", "steps", "n_h", "eta", "variance", "precision", "target",
+        names = ("variant", "sampler", "steps", "n_h", "eta", "variance", "precision", "decode", "target",
                  "allow extrapolation=pass --allow-extrapolation")
         with parameters_as_options(*names):
             generator.check(sampling, allow_extrapolation)  # every mistake reported before sampling starts

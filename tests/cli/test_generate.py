@@ -123,3 +123,16 @@ def test_generate_micro3diff_at_a_vf_target(tmp_path, tiny_bundle, capsys):
     assert run_cli(*args, "--target", "vf_inclusion=0.6", "--allow-extrapolation", "--out", str(tmp_path / "far.nc")) == 0
     assert run_cli(*args, "--guidance", "2", "--out", str(tmp_path / "g.nc")) == 2
     assert "--guidance: not an option" in capsys.readouterr().err
+
+
+def test_generate_decodes_as_asked_and_refuses_hysteresis_for_three_phases(tmp_path, tiny_bundle, capsys):
+    args = ("generate", str(tiny_bundle), "--steps", "2", "--n-h", "0", "--variant", "anchored")
+    assert run_cli(*args, "--decode", "hysteresis", "--out", str(tmp_path / "h.nc")) == 0
+    assert generator_params(read_volume(tmp_path / "h.nc"))["decode"] == "hysteresis"
+    assert run_cli(*args, "--decode", "threshold", "--out", str(tmp_path / "bad.nc")) == 2
+    assert "--decode" in capsys.readouterr().err
+    three = ("generate", "pretrained:ternary-blend-32", "--steps", "2", "--n-h", "0", "--decode", "hysteresis")
+    assert run_cli(*three, "--out", str(tmp_path / "three.nc")) == 2
+    err = capsys.readouterr().err
+    assert "--decode: 'hysteresis' grows one phase of two" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.nc"]
