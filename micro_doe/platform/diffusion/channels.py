@@ -85,7 +85,8 @@ def to_labels_by_hysteresis(x0: torch.Tensor | np.ndarray, fraction: float, chan
     the network put it: thin features thicken and broken ones rejoin, and no component appears
     that the sign did not start, where a threshold at the fraction (:func:`to_labels_at_fractions`)
     keeps every voxel above it, specks included. When the sign's phase already holds more than
-    f, phase 0 is grown the same way to 1 − f.
+    f, phase 0 is grown the same way to 1 − f. Without a seed (x_0 nowhere positive) phase 1
+    stays empty, as the sign leaves it.
     """
     x = torch.as_tensor(x0).detach().cpu().double()
     if x.shape[channel_dim] != 1:
@@ -103,6 +104,8 @@ def _grown(v: np.ndarray, fraction: float) -> np.ndarray:
     from scipy import ndimage
 
     seeds, k = v > 0, round(fraction * v.size)
+    if not seeds.any():
+        return seeds
     levels = np.sort(v[~seeds])[::-1]  # the thresholds below the seeds, highest first
 
     def grown(i: int) -> np.ndarray:  # admit the i highest values below the seeds (and their ties)

@@ -55,3 +55,7 @@ def test_hysteresis_takes_one_channel_and_a_fraction_inside_0_1():
     for bad in (0.0, 1.0):
         with pytest.raises(ValueError, match="fraction"):
             to_labels_by_hysteresis(torch.zeros(1, 4, 4, 4), bad)
+
+
+def test_without_a_seed_nothing_grows():
+    assert not to_labels_by_hysteresis(-torch.ones(1, 4, 4, 4), 0.3).any()
