@@ -61,7 +61,8 @@ def generate(
     decode: Annotated[
         str | None,
         typer.Option(help="Micro3Diff, x_0 to labels: sign, fractions (at the target fractions) or hysteresis (the "
-                          "sign's phase grown to the target fraction; two phases). Default: the bundle's."),
+                          "sign's phase grown to the target fraction, or the other phase grown when it holds more; "
+                          "two phases). Default: the bundle's."),
     ] = None,
     target: Annotated[
         list[str] | None,

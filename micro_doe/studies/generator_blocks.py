@@ -177,6 +177,9 @@ class Micro3DiffGeneratorSpec(_BundleGeneratorSpec):
             T = config.noise_schedule().T
             steps = f"sampling steps S, at most this model's T = {T}"
             table["steps"] = replace(table["steps"], high=T, description=steps)
+            if len(config.phase_names) > 2:  # hysteresis grows one phase of two
+                decode = table["decode"]
+                table["decode"] = replace(decode, choices=tuple(c for c in decode.choices if c != "hysteresis"))
             del table["target.*"]
             fractions = load_reference(self.model).volume_fractions
             for name in config.phase_names:

@@ -603,3 +603,11 @@ def test_volume_seeds_are_per_trial_or_common(tmp_path):
     assert load_spec(write_study(tmp_path, VALID)).volume_seeds == "per_trial"
     assert load_spec(write_study(tmp_path, VALID | {"volume_seeds": "common"})).volume_seeds == "common"
     assert "'per_trial' or 'common'" in problems(VALID | {"volume_seeds": "shared"}, tmp_path)["volume_seeds"]
+
+
+def test_hysteresis_decoding_is_a_choice_of_two_phase_micro3diff_models_only(tmp_path):
+    decoding = {"decode": {"categorical": ["sign", "hysteresis"]}}
+    two = parse_spec(VALID | {"search": decoding})
+    assert "hysteresis" in two.generator.domains()["decode"].choices
+    three = VALID | {"generator": {"kind": "micro3diff", "model": "pretrained:ternary-blend-32"}, "search": decoding}
+    assert "hysteresis" in problems(three, tmp_path)["search.decode.categorical"]

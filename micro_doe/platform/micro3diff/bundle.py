@@ -64,8 +64,8 @@ class SamplingConfig(BaseModel):
     calibrate: bool = Field(False, description="anchored: anchor at the fraction the bundle's vf_calibration maps the target to")
     decode: Literal["sign", "fractions", "hysteresis"] = Field(
         "sign",
-        description="x_0 to labels: sign / argmax, at the target phase fractions, or the sign's phase grown to the "
-        "target fraction by hysteresis (two phases; any variant)",
+        description="x_0 to labels: sign / argmax, at the target phase fractions, or by hysteresis: the sign's phase "
+        "grown to the target fraction, or the other phase grown when it holds more (two phases; any variant)",
     )
 
 

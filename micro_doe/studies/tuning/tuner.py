@@ -34,12 +34,28 @@ def study_to_resume(bundle: Path, searched: list[str], decoded: list[str], stora
 
 
 def has_trials(storage: str, name: str) -> bool:
-    """Whether ``storage`` holds a study ``name`` with trials; reads only (an SQLite file that is not there holds none)."""
+    """Whether ``storage`` (a study spec's ``storage``) holds a study ``name`` with trials. An
+    SQLite file that is not there holds none and is not created; ``memory`` holds this
+    process's studies; a database server's is opened as the study will be (Optuna sets up its
+    tables there)."""
     import optuna
 
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+    from micro_doe.studies.spec import MEMORY_STORAGE
+    from micro_doe.studies.study_storage import memory_storage
+    from micro_doe.tracking.registry import sqlite_path
+
+    if storage == MEMORY_STORAGE:
+        opened: optuna.storages.BaseStorage = memory_storage()
+    else:
+        db = sqlite_path(storage)
+        if db is not None and not db.is_file():
+            return False
+        opened = optuna.storages.RDBStorage(storage)
+    try:
+        study_id = opened.get_study_id_from_name(name)
+    except KeyError:
         return False
-    return any(s.study_name == name and s.n_trials > 0 for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+    return len(opened.get_all_trials(study_id, deepcopy=False)) > 0
 
 
 def tune(
