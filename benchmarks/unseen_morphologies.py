@@ -348,12 +348,12 @@ def measure_settings(name: str, bundle: Path, n_volumes: int, settings: list[dic
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
     tune_defaults = TuneOptions()
     rows, passes_of = floor_rows(name, truth, generator.bundle.reference.phase), {}
+    named = set(SamplingSettings.model_fields) - {"variant", "n_h", "steps", "precision", "decode", "calibrate", "targets"}
     for setting in settings:
         s = SamplingSettings(**setting).resolved(generator.bundle.config.sampling)
         if s.calibrate:
             pairs = measure_calibration(generator, s.model_dump(), tune_defaults.calibration_volumes, tune_defaults.seed)
             generator.bundle.config = generator.bundle.config.model_copy(update={"vf_calibration": pairs})
-        named = set(SamplingSettings.model_fields) - {"variant", "n_h", "steps", "precision", "decode", "calibrate", "targets"}
         what = label(s) + "".join(f", {k} {v}" for k, v in sorted(setting.items()) if k in named)  # what label() leaves out
         rows[what] = sampled_row(generator, SamplingSettings(**setting), truth, n_volumes, f"{name} {what}")
         passes_of[what] = passes(s.model_dump())

@@ -74,7 +74,6 @@ def to_labels_at_fractions(
     return (flat + offsets).argmax(0).to(torch.int8).reshape(x.shape[1:]).numpy()
 
 
-
 def to_labels_by_hysteresis(x0: torch.Tensor | np.ndarray, fraction: float, channel_dim: int = 0) -> np.ndarray:
     """Two-phase labels (int8 numpy) from one channel of sampled x_0: the sign's phase grown to ``fraction``.
 

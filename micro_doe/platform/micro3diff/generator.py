@@ -398,14 +398,15 @@ class Micro3DiffGenerator:
                     raise GenerationError(f"{self.model_ref}: sampling produced non-finite values (seed {sd})")
                 params: dict[str, Any] = s.model_dump() | {"model": self.model_ref, "model_sha256": self.model_sha256,
                                                             "seconds": seconds}
+                wanted = self.channel_fractions(targets[i])
                 if anchors is not None or s.decode != "sign":
-                    params["target_fractions"] = self._rounded(self.channel_fractions(targets[i]))
-                if anchors is not None and anchors[i].fractions != self.channel_fractions(targets[i]):
+                    params["target_fractions"] = self._rounded(wanted)
+                if anchors is not None and anchors[i].fractions != wanted:
                     params["anchor_fractions"] = self._rounded(anchors[i].fractions)
                 if s.decode == "fractions":
-                    labels = to_labels_at_fractions(x0[i], self.channel_fractions(targets[i]))
+                    labels = to_labels_at_fractions(x0[i], wanted)
                 elif s.decode == "hysteresis":
-                    labels = to_labels_by_hysteresis(x0[i], self.channel_fractions(targets[i])[0])
+                    labels = to_labels_by_hysteresis(x0[i], wanted[0])
                 else:
                     labels = to_labels(x0[i], channel_dim=0)
                 volumes.append(

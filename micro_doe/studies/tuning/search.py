@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name
         "constraints": [{"metric": "vf_error", "max": round(VF_TOLERANCE * reference.volume_fraction, 4)},
                         {"metric": "passes_per_volume", "max": options.max_passes}],  # skipped unrun when over
         "sampler": {"kind": "tpe", "seed": options.seed,
-                    "n_startup_trials": len(starts(*searched_extras(search)))},
+                    "n_startup_trials": len(search_starts(search["variant"]["categorical"], search["decode"]["categorical"]))},
         "budget": budget,
         "resources": {"generators": 1, "evaluators": 1},
         "evaluation": {"phase": reference.phase, "tortuosity_axis": None},
@@ -51,9 +51,9 @@ def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name
     }
 
 
-def searched_extras(search: dict[str, dict[str, list[Any]]]) -> tuple[bool, bool]:
-    """Whether ``search`` holds the spectral variant and hysteresis decoding (what :func:`starts` adds)."""
-    return "spectral" in search["variant"]["categorical"], "hysteresis" in search["decode"]["categorical"]
+def search_starts(variants: Sequence[Any], decodes: Sequence[Any]) -> list[dict[str, Any]]:
+    """:func:`starts` for a search of these variants and decodings (spectral's and hysteresis' starts when searched)."""
+    return starts("spectral" in variants, "hysteresis" in decodes)
 
 
 def enqueue_starts(spec: Any, budget: int) -> int:
@@ -63,7 +63,7 @@ def enqueue_starts(spec: Any, budget: int) -> int:
     study = open_study(spec)
     if study.get_trials(deepcopy=False):
         return 0
-    first = starts("spectral" in spec.search["variant"].choices, "hysteresis" in spec.search["decode"].choices)[: max(budget, 2)]
+    first = search_starts(spec.search["variant"].choices, spec.search["decode"].choices)[: max(budget, 2)]
     for params in first:
         study.enqueue_trial(params, user_attrs={"initial_design": "tuning start"})
     return len(first)

@@ -92,9 +92,9 @@ def tune(
     held_out = load_held_out(bundle) if held_out_data is None else held_out_reference(held_out_data, config)
     if training_data is not None:  # written into the bundle below, once everything is checked
         config = config.model_copy(update={"autocovariance": training_autocovariance(training_data, config)})
-    searched, decoded = variants(config), decodes(config)
-    name, decoded = study_to_resume(bundle, searched, decoded, options.storage)
-    if "hysteresis" in decodes(config) and "hysteresis" not in decoded:
+    searched, wanted = variants(config), decodes(config)
+    name, decoded = study_to_resume(bundle, searched, wanted, options.storage)
+    if decoded != wanted:
         log(f"tune {bundle.name}: resuming {name}, begun before hysteresis decoding was searched; it keeps its search")
     fp16 = default_device() == "cuda"
     preflight = tuning_spec(bundle, held_out, options, name, fp16, searched, decoded)
