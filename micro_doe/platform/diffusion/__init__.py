@@ -4,6 +4,7 @@
     samplers.py  DDPMSampler and DDIMSampler behind one ``step()`` interface
     blocks.py    time-embedded residual and attention blocks, one definition for 2D and 3D
     channels.py  phase labels ⇄ the network's ±1 channels
+    precision.py which network precisions a device runs natively
     training.py  default device, EMA update, the training progress bar
 """
 

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 
 from micro_doe.errors import ExecutionError
+from micro_doe.platform.diffusion.precision import warn_once, why_not_native
 
 
 def default_device() -> str:
@@ -36,7 +37,10 @@ TrainingPrecision = Literal["fp32", "bf16"]
 
 def training_autocast(device: str | torch.device, precision: TrainingPrecision) -> torch.autocast:
     """The context a training step computes its loss in: bf16 autocast of the forward pass
-    (mixed precision; weights, optimiser and the loss's reduction stay fp32), or nothing for fp32."""
+    (mixed precision; weights, optimiser and the loss's reduction stay fp32), or nothing for fp32.
+    bf16 where the device has no bf16 units is kept, with a warning (once) that it runs emulated."""
+    if precision == "bf16" and (why := why_not_native("bf16", device)) is not None:
+        warn_once(f"training precision {why}: it runs emulated, several times slower than fp32 (--precision fp32)")
     return torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == "bf16")
 
 

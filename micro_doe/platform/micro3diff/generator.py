@@ -29,6 +29,7 @@ from micro_doe.platform.bundles import GenerationError, model_digest
 from micro_doe.platform.descriptors.correlation import window_fraction_std
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, Sampler, make_generator
 from micro_doe.platform.diffusion.channels import to_labels, to_labels_at_fractions, to_labels_by_hysteresis
+from micro_doe.platform.diffusion.precision import default_precision, warn_once, why_not_native
 from micro_doe.platform.diffusion.training import default_device
 from micro_doe.platform.generators import GeneratedBatch
 from micro_doe.platform.memory import check_memory
@@ -327,7 +328,7 @@ class Micro3DiffGenerator:
 
     def check(self, settings: SamplingSettings, allow_extrapolation: bool = False) -> tuple[SamplingConfig, dict[str, float]]:
         """The resolved settings and every phase's target fraction; ValueError for a bad request."""
-        s = settings.resolved(self.bundle.config.sampling)
+        s = self._precision_here(settings.resolved(self.bundle.config.sampling), explicit=settings.precision is not None)
         if settings.targets and not VARIANTS[s.variant].anchors and s.decode == "sign":
             raise ValueError(
                 f"targets: the {s.variant!r} variant with sign decoding steers no volume fraction; "
@@ -340,6 +341,20 @@ class Micro3DiffGenerator:
             self.autocovariance()
         self.sampler(s)
         return s, self.target_fractions(settings.targets, allow_extrapolation)
+
+    def _precision_here(self, s: SamplingConfig, explicit: bool) -> SamplingConfig:
+        """``s`` with the precision it samples at on this device: the bundle's default precision
+        where native, else fp32 (:func:`~micro_doe.platform.diffusion.precision.default_precision`);
+        one asked for is kept. Either way, once per process, a line says when it is not native."""
+        why = why_not_native(s.precision, self.device)
+        if why is None or (explicit and s.precision == "fp16"):  # fp16 asked for on the CPU: the sampler refuses it
+            return s
+        if explicit:
+            warn_once(f"{self.model_ref}: precision {why}: it runs emulated, several times slower than fp32")
+            return s
+        warn_once(f"{self.model_ref}: its default precision {why}, so it samples in fp32 ({s.precision} is a "
+                   f"speed choice of a machine that has it; set precision {s.precision} to keep it)")
+        return s.model_copy(update={"precision": default_precision(s.precision, self.device)})
 
     def sample(
         self,

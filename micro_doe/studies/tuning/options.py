@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,12 +54,18 @@ HYSTERESIS_START: dict[str, Any] = {"variant": "anchored", "n_h": 6, "steps": 25
                                     "precision": "bf16"}  # fmt: skip
 
 
-def starts(spectral: bool, hysteresis: bool = False) -> list[dict[str, Any]]:
+def starts(spectral: bool, hysteresis: bool = False, precisions: Sequence[str] = ("fp32", "bf16")) -> list[dict[str, Any]]:
     """The study's first settings, in order: :data:`STARTS`, with :data:`SPECTRAL_STARTS` third
     and fourth when the bundle can sample the spectral variant, and :data:`HYSTERESIS_START`
-    after those when hysteresis decoding is searched."""
+    after those when hysteresis decoding is searched; each in fp32 where its precision is not
+    among ``precisions`` (:func:`at_precisions`)."""
     first = [*STARTS[:2], *(SPECTRAL_STARTS if spectral else []), *([HYSTERESIS_START] if hysteresis else [])]
-    return first + STARTS[2:]
+    return [at_precisions(setting, precisions) for setting in first + STARTS[2:]]
+
+
+def at_precisions(setting: dict[str, Any], precisions: Sequence[str]) -> dict[str, Any]:
+    """``setting`` in fp32 when its precision is not among ``precisions`` (those the machine runs natively)."""
+    return setting if setting["precision"] in precisions else setting | {"precision": "fp32"}
 
 
 def variants(config: Micro3DiffConfig) -> list[str]:
@@ -119,13 +126,18 @@ def parse_budget(text: str, option: str = "--tune-budget") -> tuple[int | None, 
     return None, value
 
 
-def study_name(bundle: Path, searched: list[str] | None = None, decoded: list[str] | None = None) -> str:
+def study_name(bundle: Path, searched: list[str] | None = None, decoded: list[str] | None = None,
+               precisions: Sequence[str] | None = None) -> str:  # fmt: skip
     """``tune-<bundle name>-<8 hex of model.pt>``, then ``-spectral`` when that variant is
-    searched and ``-hysteresis`` when that decoding is: a retrained model, or a search that
-    gained a choice, gets a study of its own (Optuna fixes a study's choices)."""
+    searched, ``-hysteresis`` when that decoding is, and the precisions searched when they are not
+    :data:`SEARCH`'s (``-fp32`` on a CPU without bf16 units, ``-fp32-bf16-fp16`` on a GPU): a
+    retrained model, or a search that gained or lost a choice, gets a study of its own (Optuna
+    fixes a study's choices)."""
     digest = model_digest(bundle)[:8]
     slug = re.sub(r"[^a-z0-9_-]+", "-", bundle.name.lower()).strip("-_") or "model"
     tags = [tag for tag, on in (("spectral", "spectral" in (searched or [])), ("hysteresis", "hysteresis" in (decoded or []))) if on]
+    if precisions is not None and list(precisions) != SEARCH["precision"]["categorical"]:
+        tags += list(precisions)
     return f"tune-{slug}-{digest}" + "".join(f"-{tag}" for tag in tags)
 
 

@@ -15,17 +15,15 @@ from micro_doe.studies.tuning.choice import finalists
 from micro_doe.studies.tuning.options import SEARCH, VF_TOLERANCE, TuneOptions, TuningError, defaults_of, label, passes, starts
 
 
-def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name: str, device_has_fp16: bool = False,
+def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name: str, precisions: Sequence[str] | None = None,
                 searched: list[str] | None = None, decoded: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
-    """The study that searches the sampling settings (stage 3 of :mod:`micro_doe.studies.tuning`); ``searched``: the
-    variants, ``decoded``: the decodings (default: :data:`SEARCH`'s)."""
+    """The study that searches the sampling settings (stage 3 of :mod:`micro_doe.studies.tuning`); ``precisions``:
+    those the generator's device runs natively, ``searched``: the variants, ``decoded``: the decodings (default:
+    :data:`SEARCH`'s)."""
     search = {k: dict(v) for k, v in SEARCH.items()}
-    if searched is not None:
-        search["variant"] = {"categorical": list(searched)}
-    if decoded is not None:
-        search["decode"] = {"categorical": list(decoded)}
-    if device_has_fp16:
-        search["precision"] = {"categorical": ["fp32", "bf16", "fp16"]}
+    for key, choices in (("variant", searched), ("decode", decoded), ("precision", precisions)):
+        if choices is not None:
+            search[key] = {"categorical": list(choices)}
     budget: dict[str, Any] = {"n_trials": options.trials if options.minutes is None else 10_000}
     if options.minutes is not None:
         budget["timeout_s"] = 60.0 * options.minutes
@@ -41,7 +39,7 @@ def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name
         "constraints": [{"metric": "vf_error", "max": round(VF_TOLERANCE * reference.volume_fraction, 4)},
                         {"metric": "passes_per_volume", "max": options.max_passes}],  # skipped unrun when over
         "sampler": {"kind": "tpe", "seed": options.seed,
-                    "n_startup_trials": len(search_starts(search["variant"]["categorical"], search["decode"]["categorical"]))},
+                    "n_startup_trials": len(search_starts(search))},
         "budget": budget,
         "resources": {"generators": 1, "evaluators": 1},
         "evaluation": {"phase": reference.phase, "tortuosity_axis": None},
@@ -51,9 +49,14 @@ def tuning_spec(bundle: Path, reference: Descriptors, options: TuneOptions, name
     }
 
 
-def search_starts(variants: Sequence[Any], decodes: Sequence[Any]) -> list[dict[str, Any]]:
-    """:func:`starts` for a search of these variants and decodings (spectral's and hysteresis' starts when searched)."""
-    return starts("spectral" in variants, "hysteresis" in decodes)
+def search_starts(search: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`starts` for a search (a spec's, or its dict form): spectral's and hysteresis' starts
+    when searched, each in a precision searched."""
+    def choices(key: str) -> list[Any]:
+        domain = search[key]
+        return list(domain["categorical"] if isinstance(domain, dict) else domain.choices)
+
+    return starts("spectral" in choices("variant"), "hysteresis" in choices("decode"), choices("precision"))
 
 
 def enqueue_starts(spec: Any, budget: int) -> int:
@@ -63,7 +66,7 @@ def enqueue_starts(spec: Any, budget: int) -> int:
     study = open_study(spec)
     if study.get_trials(deepcopy=False):
         return 0
-    first = search_starts(spec.search["variant"].choices, spec.search["decode"].choices)[: max(budget, 2)]
+    first = search_starts(spec.search)[: max(budget, 2)]
     for params in first:
         study.enqueue_trial(params, user_attrs={"initial_design": "tuning start"})
     return len(first)

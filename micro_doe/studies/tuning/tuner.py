@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from micro_doe.platform.bundles import load_held_out, resolve_bundle_path
 from micro_doe.platform.descriptors import Descriptors
+from micro_doe.platform.diffusion.precision import native_precisions, why_not_native
 from micro_doe.platform.micro3diff.bundle import (
     Micro3DiffConfig,
     TuningRecord,
@@ -18,16 +19,27 @@ from micro_doe.studies.tuning.calibration import PROBE, calibrate_at
 from micro_doe.studies.tuning.card import write_tuning
 from micro_doe.studies.tuning.choice import CONFIRM_SEED, FINALIST_SEED, choose, compared_error, finalists, floor_row, kept_row
 from micro_doe.studies.tuning.held_out import check_held_out, held_out_reference, training_autocovariance, update_config, write_held_out
-from micro_doe.studies.tuning.options import PAPER, VF_TOLERANCE, TuneOptions, decodes, defaults_of, label, study_name, variants
+from micro_doe.studies.tuning.options import (
+    PAPER,
+    VF_TOLERANCE,
+    TuneOptions,
+    at_precisions,
+    decodes,
+    defaults_of,
+    label,
+    study_name,
+    variants,
+)
 from micro_doe.studies.tuning.search import enqueue_starts, search_settings, tuning_spec, walk_trials
 
 
-def study_to_resume(bundle: Path, searched: list[str], decoded: list[str], storage: str) -> tuple[str, list[str]]:
+def study_to_resume(bundle: Path, searched: list[str], decoded: list[str], storage: str,
+                    precisions: Sequence[str] | None = None) -> tuple[str, list[str]]:  # fmt: skip
     """The study's name and decodings: :func:`study_name`'s, unless ``storage`` holds trials of
     the same search begun before hysteresis decoding joined it (2026-12-07) and none of the new
     one's: that study resumes with the search it began with (Optuna fixes a study's choices, and
     hours of trials at 64² are not to be started over)."""
-    name, earlier = study_name(bundle, searched, decoded), study_name(bundle, searched)
+    name, earlier = study_name(bundle, searched, decoded, precisions), study_name(bundle, searched, None, precisions)
     if name != earlier and not has_trials(storage, name) and has_trials(storage, earlier):
         return earlier, [d for d in decoded if d != "hysteresis"]
     return name, decoded
@@ -92,24 +104,26 @@ def tune(
     held_out = load_held_out(bundle) if held_out_data is None else held_out_reference(held_out_data, config)
     if training_data is not None:  # written into the bundle below, once everything is checked
         config = config.model_copy(update={"autocovariance": training_autocovariance(training_data, config)})
-    searched, wanted = variants(config), decodes(config)
-    name, decoded = study_to_resume(bundle, searched, wanted, options.storage)
+    searched, wanted, device = variants(config), decodes(config), default_device()
+    precisions = native_precisions(device)
+    name, decoded = study_to_resume(bundle, searched, wanted, options.storage, precisions)
     if decoded != wanted:
         log(f"tune {bundle.name}: resuming {name}, begun before hysteresis decoding was searched; it keeps its search")
-    fp16 = default_device() == "cuda"
-    preflight = tuning_spec(bundle, held_out, options, name, fp16, searched, decoded)
+    if "bf16" not in precisions:
+        log(f"tune {bundle.name}: {why_not_native('bf16', device)}, so the search samples in fp32 only")
+    preflight = tuning_spec(bundle, held_out, options, name, precisions, searched, decoded)
     preflight["generator"]["reference"] = "training"  # held_out.nc may not be written yet
     check_before_start(StudySpec.model_validate(preflight), "micro-doe tune")
     if held_out_data is not None:
         write_held_out(bundle, held_out, f"{held_out_data} (given to micro-doe tune)", held_out.sizes.sections)  # type: ignore[union-attr]
     if training_data is not None:
         update_config(bundle, autocovariance=config.autocovariance)
-    raw = tuning_spec(bundle, held_out, options, name, fp16, searched, decoded)
+    raw = tuning_spec(bundle, held_out, options, name, precisions, searched, decoded)
     search, spec = raw["search"], StudySpec.model_validate(raw)
 
     generator = Micro3DiffGenerator(bundle)  # loaded once; its config follows every update below
     stored = open_study(spec)  # the Optuna study, which also keeps the calibrations and the rows measured
-    calibrate_at(generator, PROBE, options, stored, log=log)
+    calibrate_at(generator, at_precisions(PROBE, precisions), options, stored, log=log)
 
     budget = f"{options.trials} settings" if options.minutes is None else f"{options.minutes:g} min"
     log(f"tune {bundle.name}: study {name} ({budget}, {options.samples_per_trial} volumes per setting)")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -52,8 +54,6 @@ def test_stacking_volumes_keeps_their_seeds(generator):
 
 
 def test_a_diverged_model_raises_a_generation_error(tmp_path, tiny_bundle):
-    import shutil
-
     import torch
 
     from micro_doe.platform.bundles import GenerationError
@@ -189,3 +189,24 @@ def test_hysteresis_decoding_grows_the_phase_to_its_target_and_takes_two_phases_
     assert abs(vf - target) < abs(by_sign - target)
     with pytest.raises(ValueError, match="'hysteresis' grows one phase of two"):
         Micro3DiffGenerator("pretrained:ternary-blend-32").sample(1, SamplingSettings(decode="hysteresis", n_h=0, steps=2))
+
+
+def test_a_default_precision_the_cpu_emulates_samples_in_fp32_and_an_asked_one_is_kept(tiny_bundle, tmp_path, caplog, monkeypatch):
+    from micro_doe.platform.bundles import update_sampling_defaults
+    from micro_doe.platform.diffusion import precision
+    from micro_doe.platform.diffusion.precision import default_precision
+
+    monkeypatch.setattr(precision, "_warned", set())
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bf16-default")
+    generator = Micro3DiffGenerator(bundle, device="cpu")
+    update_sampling_defaults(bundle, generator.bundle.config.sampling.model_copy(update={"precision": "bf16"}))
+    generator = Micro3DiffGenerator(bundle, device="cpu")
+    with caplog.at_level("WARNING", logger="micro_doe.platform.diffusion.precision"):
+        default = generator.sample(1, SamplingSettings(n_h=0, steps=2), seed=1)[0]
+        asked = generator.sample(1, SamplingSettings(n_h=0, steps=2, precision="bf16"), seed=1)[0]
+    emulated = default_precision("bf16", "cpu") == "fp32"
+    assert generator_params(default)["precision"] == ("fp32" if emulated else "bf16")
+    assert generator_params(asked)["precision"] == "bf16"
+    said = [r.getMessage() for r in caplog.records]
+    assert any("its default precision bf16 is not native" in m and "samples in fp32" in m for m in said) == emulated
+    assert any("precision bf16 is not native" in m and "runs emulated" in m for m in said) == emulated

@@ -8,6 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from micro_doe.platform.diffusion.precision import native_precisions
 from micro_doe.studies.tuning.options import PAPER, SEARCH, TuneOptions, starts
 from micro_doe.studies.tuning.search import neighbours, next_step, walk_trials
 from micro_doe.studies.tuning.tuner import tune
@@ -28,7 +29,7 @@ def test_settings_over_the_pass_cap_are_skipped_unrun_and_use_no_budget(options,
     skipped = [t for t in study.get_trials() if t.user_attrs.get(attrs.SKIPPED)]
     assert len(complete) == 3 and record.trials == 3
     assert all(passes(t.params) <= 150 for t in complete)
-    assert starts(spectral=True)[1] in [t.params for t in skipped]
+    assert starts(spectral=True, precisions=native_precisions("cpu"))[1] in [t.params for t in skipped]
     for t in skipped:
         if attrs.REPEAT_OF in t.user_attrs:  # a random draw of a setting already measured: skipped too
             continue
@@ -94,3 +95,23 @@ def test_a_study_begun_before_hysteresis_decoding_resumes_with_its_own_search(he
     assert study_to_resume(held_out_bundle, searched, decoded, storage) == (earlier, ["sign", "fractions"])
     optuna.create_study(study_name=new, storage=storage).enqueue_trial(PAPER)  # the new search has begun: it goes on
     assert study_to_resume(held_out_bundle, searched, decoded, storage) == (new, decoded)
+
+
+def test_the_search_samples_in_the_precisions_the_machine_runs_natively(held_out_bundle, options, tmp_path):
+    from micro_doe.platform.bundles import load_held_out
+    from micro_doe.studies.tuning.options import study_name
+    from micro_doe.studies.tuning.search import search_starts, tuning_spec
+
+    fp32_only = starts(spectral=True, hysteresis=True, precisions=("fp32",))
+    assert [s["precision"] for s in fp32_only] == ["fp32"] * len(fp32_only)
+    assert [s | {"precision": "fp32"} for s in starts(spectral=True, hysteresis=True)] == fp32_only  # nothing else changes
+    assert starts(spectral=True, hysteresis=True, precisions=("fp32", "bf16", "fp16")) == starts(spectral=True, hysteresis=True)
+    searched, decoded = ["paper", "anchored"], ["sign", "fractions"]
+    plain = study_name(held_out_bundle, searched, decoded)
+    assert study_name(held_out_bundle, searched, decoded, SEARCH["precision"]["categorical"]) == plain
+    assert study_name(held_out_bundle, searched, decoded, ("fp32",)) == plain + "-fp32"  # Optuna fixes a study's choices
+    assert study_name(held_out_bundle, searched, decoded, ("fp32", "bf16", "fp16")) == plain + "-fp32-bf16-fp16"
+    spec = tuning_spec(held_out_bundle, load_held_out(held_out_bundle), options(tmp_path), "s", ("fp32",), searched, decoded)
+    assert spec["search"]["precision"] == {"categorical": ["fp32"]}
+    assert search_starts(spec["search"]) == starts(spectral=False, precisions=("fp32",))
+    assert spec["sampler"]["n_startup_trials"] == len(starts(spectral=False))

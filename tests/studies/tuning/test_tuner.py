@@ -12,6 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from micro_doe.platform.diffusion.precision import native_precisions
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator
 from micro_doe.studies.tuning.choice import finalists
@@ -40,8 +41,9 @@ def test_tune_runs_a_study_and_writes_defaults_calibration_and_table(options, tm
     config = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text())
     searched = ["paper", "anchored", "spectral"]  # trained now: the autocovariance is recorded
     decoded = ["sign", "fractions", "hysteresis"]  # two phases: hysteresis grows one of them
-    assert config.tuning == record and record.trials == 2 and record.study == study_name(bundle, searched, decoded)
-    assert record.study.endswith("-spectral-hysteresis")
+    natives = native_precisions("cpu")  # the precisions searched: those this machine runs natively
+    assert config.tuning == record and record.trials == 2 and record.study == study_name(bundle, searched, decoded, natives)
+    assert "-spectral-hysteresis" in record.study
     assert config.held_out is not None and config.held_out.n_images == 6
     assert len(config.vf_calibration) == 3  # measured, not set by hand
     assert [r["role"] for r in record.table] == ["tuned default", "paper (SamplingConfig())", "data floor"]
@@ -52,7 +54,8 @@ def test_tune_runs_a_study_and_writes_defaults_calibration_and_table(options, tm
 
     study = optuna.load_study(study_name=record.study, storage=f"sqlite:///{tmp_path}/optuna.db")
     trials = study.get_trials(states=(TrialState.COMPLETE,))
-    assert [t.params for t in trials] == starts(spectral=True)[:2]  # the paper's algorithm is always tried
+    assert [t.params for t in trials] == starts(spectral=True, precisions=natives)[:2]  # the paper's algorithm is always tried
+    assert study.trials[0].distributions["precision"].choices == natives
     assert study.trials[0].distributions["variant"].choices == tuple(searched)
     assert study.trials[0].distributions["decode"].choices == tuple(decoded)
     assert study.metric_names == ["structure_error", "seconds_per_volume"]
