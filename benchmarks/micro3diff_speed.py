@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from micro_doe.platform.diffusion.blocks import timestep_embedding
+from micro_doe.platform.diffusion.precision import native_precisions
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator, SamplingSettings
 from micro_doe.platform.micro3diff.unet import UNet2D
 
@@ -58,6 +59,12 @@ def cpu_name() -> str:
             return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or "unknown CPU"
+
+
+def cpu_units() -> str:
+    """What the CPU runs natively, as torch sees it: its vector capability and whether bf16 is native."""
+    natives = native_precisions("cpu")
+    return f"{torch.backends.cpu.get_cpu_capability()}, bf16 {'native' if 'bf16' in natives else 'emulated (no bf16 units)'}"
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -139,7 +146,7 @@ def main() -> None:
     generator = Micro3DiffGenerator(args.model if os.sep in args.model else f"pretrained:{args.model}")
     eager = generator.bundle.model
     if args.train_only:
-        print(f"# {args.model}: {torch.get_num_threads()} threads on {cpu_name()}, torch {torch.__version__}, "
+        print(f"# {args.model}: {torch.get_num_threads()} threads on {cpu_name()} ({cpu_units()}), torch {torch.__version__}, "
               f"median of {args.repeats} interleaved repeats")
         training_steps(eager, generator.bundle.config.image_size, args.repeats)
         return
@@ -174,8 +181,8 @@ def main() -> None:
     flops = flops_per_volume_pass(generator.bundle.model, size)
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"# {args.model} ({size}³ volumes, {flops / 1e9:.1f} GFLOP per volume-pass), {os.cpu_count()} cores, "
-          f"{torch.get_num_threads()} threads on {cpu_name()}, torch {torch.__version__}, median of {args.repeats} interleaved repeats; "
-          f"peak (2048² matmul) fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s\n")
+          f"{torch.get_num_threads()} threads on {cpu_name()} ({cpu_units()}), torch {torch.__version__}, median of {args.repeats} interleaved repeats; "
+          f"peak (2048² matmul) fp32 {peak['fp32']:.3g}, bf16 {peak['bf16']:.3g} GFLOP/s\n")
     print("| layout | precision | volumes per batch | s per volume-pass | speed-up vs NCHW fp32, one at a time "
           "| GFLOP/s | share of the matmul peak |")
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -184,7 +191,7 @@ def main() -> None:
         t = statistics.median(times[(layout, precision, n)])
         rate = flops / t / 1e9
         print(f"| {layout}{' (reference)' if layout == 'NCHW' and precision == 'fp32' else ''} | {precision} | {n} | "
-              f"{t:.3f} | {ref / t:.2f}× | {rate:.0f} | {rate / peak[precision]:.0%} |")
+              f"{t:.3f} | {ref / t:.2f}× | {rate:.3g} | {rate / peak[precision]:.0%} |")
     print(f"\nsampler overhead over the bare network calls (anchored, fp32, n_h = 1): {100 * overhead:+.1f} % (target ≤ 5 %)")
     if args.train:
         training_steps(generator.bundle.model, size, args.repeats)
