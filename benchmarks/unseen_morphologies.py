@@ -231,7 +231,7 @@ def widths(name: str, data: Path, bundle: Path, n_volumes: int, volumes_from: li
     if volumes_from:
         volumes, what = [read_volume(p) for p in volumes_from], f"{len(volumes_from)} given volumes"
     else:
-        volumes, what = generator.sample(n_volumes, SamplingSettings(), seed=SAMPLE_SEED), f"the bundle's default ({label(config.sampling)})"
+        volumes, what = generator.sample(n_volumes, SamplingSettings(), seed=SAMPLE_SEED), f"the bundle's default ({label(generator.check(SamplingSettings())[0])})"
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
     by_plane = {dim: {source: section_sizes(sections(vols, axis), phase)
                       for source, vols in (("generated", volumes), ("fresh cubes", truth))}
@@ -324,7 +324,7 @@ def measure(name: str, bundle: Path, n_volumes: int, peers: dict | None = None) 
     phase = generator.bundle.reference.phase
     truth = cubes(name, range(FRESH_SEED, FRESH_SEED + n_volumes))
     rows = floor_rows(name, truth, phase)
-    tuned = generator.bundle.config.sampling
+    tuned = generator.check(SamplingSettings())[0]  # the default as it samples here (bf16 in fp32 without bf16 kernels)
     paper = SamplingConfig()  # the paper's algorithm: what an untuned bundle samples with
     for what, settings in (("paper (SamplingConfig())", SamplingSettings(**paper.model_dump())),
                            (f"tuned: {label(tuned)}", SamplingSettings())):

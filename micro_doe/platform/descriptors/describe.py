@@ -17,7 +17,7 @@ from micro_doe.platform.descriptors._phase import VolumeLike, as_volume, resolve
 from micro_doe.platform.descriptors.correlation import s2_along_axes, s2_radial
 from micro_doe.platform.descriptors.interface import interfacial_area
 from micro_doe.platform.descriptors.lineal_path import lineal_path_along_axes
-from micro_doe.platform.descriptors.sizes import SizeDistribution, measure_sections, section_sizes
+from micro_doe.platform.descriptors.sizes import SizeDistribution, default_section_stride, measure_sections, section_sizes
 from micro_doe.platform.descriptors.transport import Tortuosity, tortuosity
 from micro_doe.platform.volumes import phase_index, phase_names
 
@@ -119,13 +119,17 @@ def describe(
     r_max: int | None = None,
     tortuosity_axis: str | None = "z",
     sizes: bool = True,
+    section_stride: int | None = None,
     workers: int | None = None,
 ) -> Descriptors:
     """Compute the standard descriptor set of ``phase`` in one call.
 
     ``tortuosity_axis`` names the axis τ is measured along (default ``"z"``, the film
     normal; a 2D image has ``"y"`` and ``"x"``; ``"z"`` falls back to ``"y"`` there);
-    ``None`` skips the diffusion solve. ``sizes=False`` skips the size distributions.
+    ``None`` skips the diffusion solve. ``sizes=False`` skips the size distributions;
+    ``section_stride``: they measure every k-th section of a 3D volume along each axis (default
+    :func:`~micro_doe.platform.descriptors.sizes.default_section_stride`: every section up to 127³,
+    every 2nd at 128³, at least 64 sections per axis).
     ``workers``: threads (default: the CPU cores this process may use; a Ray evaluator, pinned
     to one core, passes 1). With more than one, a pool of that many takes the τ solve first and
     the size distributions' sections behind it, in ``SHARES_PER_WORKER`` shares per thread and
@@ -146,6 +150,9 @@ def describe(
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    stride = section_stride
+    if stride is None:
+        stride = default_section_stride(tuple(vol.sizes[d] for d in space)) if len(space) == 3 else 1
     axis = None
     if tortuosity_axis is not None:
         axis = "y" if tortuosity_axis == "z" and "z" not in space else tortuosity_axis
@@ -155,8 +162,8 @@ def describe(
         # the correlation functions: scipy, pyamg and torch free the GIL for much of their work.
         solving = pool.submit(_tortuosity, vol, label, axis) if axis is not None and workers > 1 else None
         tort = _tortuosity(vol, label, axis) if axis is not None and solving is None else None
-        measuring = (measure_sections(vol, label, shares=SHARES_PER_WORKER * workers, pool=pool) if sizes and workers > 1
-                     else None)  # fmt: skip
+        measuring = (measure_sections(vol, label, shares=SHARES_PER_WORKER * workers, pool=pool, stride=stride)
+                     if sizes and workers > 1 else None)  # fmt: skip
         areas = {
             f"{names[label]}|{names[other]}": interfacial_area(vol, label, other, periodic=periodic)
             for other in range(len(names))
@@ -165,7 +172,7 @@ def describe(
         s2 = {a: c.tolist() for a, c in s2_along_axes(vol, label, periodic=periodic, r_max=r_max).items()}
         radial = s2_radial(vol, label, periodic=periodic, r_max=r_max).tolist()
         lineal = {a: c.tolist() for a, c in lineal_path_along_axes(vol, label, periodic=periodic, r_max=r_max).items()}
-        size_distributions = measuring() if measuring is not None else section_sizes(vol, label) if sizes else None
+        size_distributions = measuring() if measuring is not None else section_sizes(vol, label, stride=stride) if sizes else None
         if solving is not None:
             tort = solving.result()
     return Descriptors(

@@ -250,38 +250,54 @@ def _count_sections(mask: np.ndarray, axis: int | None) -> _SectionCounts:
     )
 
 
-def _shares(mask: np.ndarray, three_d: bool, shares: int) -> list[tuple[np.ndarray, int | None]]:
+def _shares(mask: np.ndarray, three_d: bool, shares: int, stride: int = 1) -> list[tuple[np.ndarray, int | None]]:
     """(sections, axis) units of one sample: a 2D image is its own section; a 3D volume is cut
-    normal to each of its axes, each axis's sections split into ``shares`` contiguous parts
-    (sections are independent of one another)."""
+    normal to each of its axes, every ``stride``-th section kept, each axis's sections split into
+    ``shares`` contiguous parts (sections are independent of one another)."""
     if not three_d:
         return [(mask, None)]
-    return [(part, axis) for axis in range(3) for part in np.array_split(mask, shares, axis=axis) if part.size]
+    units: list[tuple[np.ndarray, int | None]] = []
+    for axis in range(3):
+        kept = mask[(slice(None),) * axis + (slice(None, None, stride),)]
+        units += [(part, axis) for part in np.array_split(kept, shares, axis=axis) if part.size]
+    return units
 
 
-def section_sizes(volume: VolumeLike, phase: int | str = 1, *, workers: int = 1) -> SizeDistribution:
+def default_section_stride(shape: tuple[int, ...], sections_per_axis: int = 64) -> int:
+    """The stride :func:`~micro_doe.platform.descriptors.describe` measures a 3D volume's sections at:
+    max(1, ⌊N / 64⌋) for its shortest edge N, so at least 64 sections per axis (every section up to
+    127³; every 2nd at 128³, every 4th at 256³). Neighbouring sections of features several voxels
+    wide are nearly alike, so the distributions barely move (``docs/explanation/evaluators.md``)."""
+    return max(1, min(shape) // sections_per_axis)
+
+
+def section_sizes(volume: VolumeLike, phase: int | str = 1, *, workers: int = 1, stride: int = 1) -> SizeDistribution:
     """Component and local-thickness size distributions of ``phase`` over 2D sections (module doc).
 
     ``workers``: threads that measure the sections, each a share of them (scipy releases the GIL
-    in its labelling and distance transforms); the result does not depend on it."""
+    in its labelling and distance transforms); the result does not depend on it. ``stride``: a 3D
+    volume's sections along each axis are every ``stride``-th (from the first); 1, every one."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if workers == 1:
-        return measure_sections(volume, phase)()
+        return measure_sections(volume, phase, stride=stride)()
     with ThreadPoolExecutor(workers) as pool:
-        return measure_sections(volume, phase, shares=workers, pool=pool)()
+        return measure_sections(volume, phase, shares=workers, pool=pool, stride=stride)()
 
 
 def measure_sections(volume: VolumeLike, phase: int | str = 1, *, shares: int = 1,
-                     pool: Executor | None = None) -> Callable[[], SizeDistribution]:  # fmt: skip
+                     pool: Executor | None = None, stride: int = 1) -> Callable[[], SizeDistribution]:  # fmt: skip
     """Start :func:`section_sizes` on ``pool`` (each axis's sections cut into ``shares`` parts;
     no pool: measured here and now); returns the call that waits for the parts and pools them.
     ``describe`` shares one pool between these parts and the τ solve, queued behind it."""
+    if stride < 1:
+        raise ValueError(f"stride must be at least 1, got {stride}")
     vol = as_volume(volume)
     label = phase_index(vol, phase)
     dims = tuple(str(d) for d in vol.dims)
     values = vol.values if "sample" in dims else vol.values[None]
-    units = [unit for sample in values for unit in _shares(sample == label, len(spatial(dims)) == 3, shares)]
+    three_d = len(spatial(dims)) == 3
+    units = [unit for sample in values for unit in _shares(sample == label, three_d, shares, stride)]
     if pool is None:
         counts = [_count_sections(*unit) for unit in units]
         return lambda: _pooled(counts)

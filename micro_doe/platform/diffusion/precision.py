@@ -3,9 +3,9 @@
 A precision is *native* on a device when its arithmetic runs in the hardware's own units:
 
 - ``fp32``: everywhere;
-- ``bf16``: on CUDA where ``torch.cuda.is_bf16_supported(including_emulation=False)`` (Ampere and later); on the CPU where
-  oneDNN has bf16 kernels for it (x86 with AVX-512 or AMX, Arm with its bf16 extension:
-  ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``);
+- ``bf16``: on CUDA where the GPU computes it (Ampere and later); on the CPU where oneDNN has
+  bf16 kernels for it (x86 with AVX-512, with or without its bf16 instructions, or AMX; Arm with
+  its bf16 extension: ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``);
 - ``fp16``: on CUDA.
 
 Elsewhere bf16 is emulated: several times slower than fp32, where with bf16 units it is faster
@@ -32,8 +32,15 @@ def native_precisions(device: str | torch.device) -> tuple[str, ...]:
     """The precisions ``device`` runs natively (module doc), in :data:`PRECISIONS` order."""
     kind = torch.device(device).type
     if kind == "cuda":
-        return ("fp32", "bf16", "fp16") if torch.cuda.is_bf16_supported(including_emulation=False) else ("fp32", "fp16")
+        return ("fp32", "bf16", "fp16") if _cuda_has_bf16() else ("fp32", "fp16")
     return ("fp32", "bf16") if _cpu_has_bf16() else ("fp32",)
+
+
+def _cuda_has_bf16() -> bool:
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch before the keyword: it did not count emulation
+        return bool(torch.cuda.is_bf16_supported())
 
 
 @functools.cache
@@ -54,9 +61,11 @@ def why_not_native(precision: str, device: str | torch.device) -> str | None:
     """Why ``precision`` is emulated on ``device``, in a few words (None where it is native)."""
     if precision in native_precisions(device):
         return None
-    if torch.device(device).type == "cpu":
-        return f"{precision} is not native on this CPU (it has no AVX-512, AMX or Arm bf16 units)"
-    return f"{precision} is not native on this GPU"
+    if torch.device(device).type != "cpu":
+        return f"{precision} is not native on this GPU"
+    if precision == "fp16":
+        return "fp16 is not native on the CPU (a CUDA precision)"
+    return f"{precision} is not native on this CPU (oneDNN has no bf16 kernels for it: no AVX-512, AMX or Arm bf16)"
 
 
 def warn_once(message: str) -> None:

@@ -352,8 +352,9 @@ class Micro3DiffGenerator:
         if explicit:
             warn_once(f"{self.model_ref}: precision {why}: it runs emulated, several times slower than fp32")
             return s
+        keep = f"; set precision {s.precision} to keep it" if s.precision == "bf16" else ""
         warn_once(f"{self.model_ref}: its default precision {why}, so it samples in fp32 ({s.precision} is a "
-                   f"speed choice of a machine that has it; set precision {s.precision} to keep it)")
+                  f"speed choice of a machine that has it{keep})")
         return s.model_copy(update={"precision": default_precision(s.precision, self.device)})
 
     def sample(

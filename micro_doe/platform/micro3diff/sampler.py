@@ -399,7 +399,7 @@ def _with_precision(model: EpsModel, precision: str, device: torch.device) -> Ep
     if precision == "fp32":
         return model
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision: fp16 needs a CUDA device; use bf16 on the CPU")
+        raise ValueError("precision: fp16 needs a CUDA device; use fp32 on the CPU (or bf16 where it has bf16 kernels)")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
 
     def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,7 @@ def calibrate_at(generator: Micro3DiffGenerator, setting: dict[str, Any], option
     bundle = generator.bundle.path
     key, description = calibration_key(generator, setting, options.calibration_volumes, options.seed)
     config = generator.bundle.config
+    # PROBE as it was (bf16): on a machine without bf16 kernels the tuning probes in fp32, never legacy.
     legacy = (setting == PROBE and config.vf_calibration_setting is None and config.tuning is None
               and bool(study.get_trials(deepcopy=False)))  # fmt: skip
     if config.vf_calibration and (config.vf_calibration_setting == description or legacy):

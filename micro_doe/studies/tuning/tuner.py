@@ -110,7 +110,8 @@ def tune(
     if decoded != wanted:
         log(f"tune {bundle.name}: resuming {name}, begun before hysteresis decoding was searched; it keeps its search")
     if "bf16" not in precisions:
-        log(f"tune {bundle.name}: {why_not_native('bf16', device)}, so the search samples in fp32 only")
+        log(f"tune {bundle.name}: {why_not_native('bf16', device)}, so the search samples in fp32 only, "
+            f"a study of its own ({name})")
     preflight = tuning_spec(bundle, held_out, options, name, precisions, searched, decoded)
     preflight["generator"]["reference"] = "training"  # held_out.nc may not be written yet
     check_before_start(StudySpec.model_validate(preflight), "micro-doe tune")

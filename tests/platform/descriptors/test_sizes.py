@@ -137,3 +137,23 @@ def test_the_fast_local_thickness_equals_the_first_implementation():
     image = ~ps.generators.blobs([40, 40], porosity=0.6, seed=1)
     for axis in (None, 0, 1):  # a 2D image cut into lines, too
         assert np.array_equal(local_thickness(image, axis), _legacy_local_thickness(image, axis)), axis
+
+
+def test_a_stride_measures_every_kth_section_and_describe_strides_only_large_volumes() -> None:
+    from micro_doe.platform.descriptors.sizes import default_section_stride
+
+    vol = make_volume(ball((16, 16, 16), (8, 8, 8), 5).astype(np.int8))
+    every_2nd = section_sizes(vol, stride=2)
+    assert every_2nd.sections == 24  # sections 0, 2, …, 14 along each axis
+    # the disks of sections 4, 6, 8, 10 and 12 along each axis (the ball spans sections 4–12)
+    assert every_2nd.components_per_kpx == pytest.approx(1000 * 3 * 5 / (3 * 8 * 16**2))
+    by_hand = [vol.values[::2] == 1, vol.values[:, ::2] == 1, vol.values[:, :, ::2] == 1]  # the kept sections, axis by axis
+    assert every_2nd.diameter_mean == pytest.approx(np.mean(np.concatenate(
+        [equivalent_diameters(m, section_axis=a) for a, m in enumerate(by_hand)])))
+    assert section_sizes(vol, stride=2, workers=3) == every_2nd
+    with pytest.raises(ValueError, match="stride must be at least 1"):
+        section_sizes(vol, stride=0)
+    assert [default_section_stride((n, n, n)) for n in (32, 64, 127, 128, 200, 256)] == [1, 1, 1, 2, 3, 4]
+    assert default_section_stride((256, 256, 64)) == 1  # the shortest edge decides
+    assert describe(vol, tortuosity_axis=None).sizes == section_sizes(vol)  # small volumes: every section
+    assert describe(vol, tortuosity_axis=None, section_stride=2, workers=2).sizes == every_2nd

@@ -26,7 +26,7 @@ def test_the_cpu_runs_fp32_natively_and_bf16_where_onednn_has_kernels_for_it():
     assert "fp16" not in natives  # fp16 is a CUDA precision here
     assert why_not_native("fp32", "cpu") is None
     assert (why_not_native("bf16", "cpu") is None) == cpu_has_bf16_kernels()
-    assert "not native on this CPU" in why_not_native("fp16", "cpu")
+    assert why_not_native("fp16", "cpu") == "fp16 is not native on the CPU (a CUDA precision)"
 
 
 def test_a_default_precision_falls_back_to_fp32_where_it_is_not_native():

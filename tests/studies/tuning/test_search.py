@@ -9,6 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from micro_doe.platform.diffusion.precision import native_precisions
+from micro_doe.platform.diffusion.training import default_device
 from micro_doe.studies.tuning.options import PAPER, SEARCH, TuneOptions, starts
 from micro_doe.studies.tuning.search import neighbours, next_step, walk_trials
 from micro_doe.studies.tuning.tuner import tune
@@ -29,7 +30,7 @@ def test_settings_over_the_pass_cap_are_skipped_unrun_and_use_no_budget(options,
     skipped = [t for t in study.get_trials() if t.user_attrs.get(attrs.SKIPPED)]
     assert len(complete) == 3 and record.trials == 3
     assert all(passes(t.params) <= 150 for t in complete)
-    assert starts(spectral=True, precisions=native_precisions("cpu"))[1] in [t.params for t in skipped]
+    assert starts(spectral=True, precisions=native_precisions(default_device()))[1] in [t.params for t in skipped]
     for t in skipped:
         if attrs.REPEAT_OF in t.user_attrs:  # a random draw of a setting already measured: skipped too
             continue

@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from micro_doe.platform.diffusion.precision import native_precisions
+from micro_doe.platform.diffusion.training import default_device
 from micro_doe.platform.micro3diff.bundle import Micro3DiffConfig
 from micro_doe.platform.micro3diff.generator import Micro3DiffGenerator
 from micro_doe.studies.tuning.choice import finalists
@@ -41,7 +42,7 @@ def test_tune_runs_a_study_and_writes_defaults_calibration_and_table(options, tm
     config = Micro3DiffConfig.model_validate_json((bundle / "config.json").read_text())
     searched = ["paper", "anchored", "spectral"]  # trained now: the autocovariance is recorded
     decoded = ["sign", "fractions", "hysteresis"]  # two phases: hysteresis grows one of them
-    natives = native_precisions("cpu")  # the precisions searched: those this machine runs natively
+    natives = native_precisions(default_device())  # the precisions searched: those this machine runs natively
     assert config.tuning == record and record.trials == 2 and record.study == study_name(bundle, searched, decoded, natives)
     assert "-spectral-hysteresis" in record.study
     assert config.held_out is not None and config.held_out.n_images == 6
