@@ -103,6 +103,11 @@ $(MODELS)/ternary-blend-32/model.pt: install
 # checkpoint ($(MODELS)/NAME.checkpoint.pt, outside the package's data) and `make RESUME=1 ...`
 # continues it.
 UNET_64 := --channel-mults 1,2,2,2
+# Mixed precision only where the CPU has bf16 kernels (AVX-512, AMX, Arm bf16); on an AVX2-only
+# CPU bf16 is emulated and a step takes 12× fp32's (docs/explanation/micro3diff.md), so fp32 there.
+# A run continued with RESUME=1 may change precision between pieces.
+TRAIN_PRECISION ?= $(shell $(BIN)/python -c "from micro_doe.platform.diffusion.precision import native_precisions; \
+	print('bf16' if 'bf16' in native_precisions('cpu') else 'fp32')" 2>/dev/null || echo fp32)
 # A 64³ volume costs 5× a 32³ one a pass: 12 settings of at most 300 passes (n_h 10 at S 25).
 # A tuning study that stops continues where it stopped (`micro-doe tune` again); one carried to a
 # new machine travels as its Optuna storage: cp $(MODELS)/NAME.tuning-optuna.db micro-doe-runs/optuna.db.
@@ -110,14 +115,14 @@ TUNE_64 := --tune-budget 12 --max-passes 300
 $(MODELS)/spheres-64/model.pt: install
 	$(BIN)/micro-doe data make spheres --shape 300 64 64 --mean-diameter 15 --sd-diameter 4 \
 		--volume-fraction 0.2 --min-gap 0 --seed 0 --out $(DATA)/spheres-64.nc --overwrite
-	$(call train_micro3diff,spheres-64,15000,$(UNET_64) --precision bf16)
+	$(call train_micro3diff,spheres-64,15000,$(UNET_64) --precision $(TRAIN_PRECISION))
 	$(BIN)/micro-doe data make spheres --shape 40 64 64 --mean-diameter 15 --sd-diameter 4 \
 		--volume-fraction 0.2 --min-gap 0 --seed 1 --out $(DATA)/spheres-64-held-out.nc --overwrite
 	$(call tune_micro3diff,spheres-64,$(TUNE_64))
 
 $(MODELS)/polycrystal-64/model.pt: install
 	$(BIN)/micro-doe data make polycrystal --n-images 300 --size 64 --seed 0 --out $(DATA)/polycrystal-64.nc --overwrite
-	$(call train_micro3diff,polycrystal-64,15000,$(UNET_64) --precision bf16)
+	$(call train_micro3diff,polycrystal-64,15000,$(UNET_64) --precision $(TRAIN_PRECISION))
 	$(BIN)/micro-doe data make polycrystal --n-images 40 --size 64 --seed 1 --out $(DATA)/polycrystal-64-held-out.nc --overwrite
 	$(call tune_micro3diff,polycrystal-64,$(TUNE_64))
 
@@ -134,13 +139,13 @@ $(MODELS)/opv-32/model.pt: install
 		--recipe-checks 4 --no-images --update-card --update-defaults
 
 # The LDM at 64³ (#30 D3): a smaller data set (9 φ × 9 χ, ≈ 13 min on one core) and the default
-# recipe in mixed precision (--precision bf16: ≈ 3.7 h on one core instead of 7.7; several
+# recipe in mixed precision where the CPU has bf16 kernels (≈ 3.7 h on one core instead of 7.7; several
 # sessions, continued with RESUME=1), then the same measured choice of sampling defaults.
 $(MODELS)/opv-64/model.pt: install
 	OMP_NUM_THREADS=1 $(BIN)/micro-doe data make cahn-hilliard --shape 64 64 64 --phis 0.3:0.7:9 --chis 2.6:4.2:9 \
 		--seed 0 --out $(DATA)/opv-64.nc --overwrite
 	OMP_NUM_THREADS=1 $(BIN)/micro-doe train ldm --data $(DATA)/opv-64.nc --out $(MODELS)/opv-64 --label-dropout 0.1 \
-		--precision bf16 --seed 0 --overwrite $(if $(RESUME),--resume)
+		--precision $(TRAIN_PRECISION) --seed 0 --overwrite $(if $(RESUME),--resume)
 	$(BIN)/python benchmarks/ldm.py --model $(MODELS)/opv-64 --conditions 50 --variants w=2,fg=4 w=3,fg=6 w=4 \
 		--recipe-checks 4 --no-images --update-card --update-defaults
 
