@@ -8,7 +8,7 @@ A precision is *native* on a device when its arithmetic runs in the hardware's o
   its bf16 extension: ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``);
 - ``fp16``: on CUDA.
 
-Elsewhere bf16 is emulated: several times slower than fp32, where with bf16 units it is faster
+Elsewhere bf16 is emulated: several times slower than fp32, where with bf16 kernels it is faster
 (``benchmarks/micro3diff_speed.py`` measures both on the machine at hand). A tuned default of bf16
 is a speed choice of the machine that tuned it (its fp32 twin scores the same within the tuning's
 noise), so :func:`default_precision` samples it in fp32 where bf16 is not native; a precision asked
@@ -53,7 +53,7 @@ def _cpu_has_bf16() -> bool:
 
 def default_precision(precision: str, device: str | torch.device) -> str:
     """The precision a bundle's *default* ``precision`` samples at on ``device``: itself where
-    native, else fp32 (its volumes match within the reduced precision's rounding)."""
+    native, else fp32 (the tuning measures a reduced precision and its fp32 twin as equals)."""
     return precision if precision in native_precisions(device) else "fp32"
 
 
