@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 
 import torch
 
@@ -51,10 +52,11 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-def default_precision(precision: str, device: str | torch.device) -> str:
-    """The precision a bundle's *default* ``precision`` samples at on ``device``: itself where
-    native, else fp32 (the tuning measures a reduced precision and its fp32 twin as equals)."""
-    return precision if precision in native_precisions(device) else "fp32"
+def default_precision(precision: str, natives: Sequence[str]) -> str:
+    """The precision a *default* ``precision`` runs at on a machine whose native precisions are
+    ``natives`` (:func:`native_precisions`): itself where native, else fp32 (the tuning measures a
+    reduced precision and its fp32 twin as equals)."""
+    return precision if precision in natives else "fp32"
 
 
 def why_not_native(precision: str, device: str | torch.device) -> str | None:

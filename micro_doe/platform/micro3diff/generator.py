@@ -29,7 +29,7 @@ from micro_doe.platform.bundles import GenerationError, model_digest
 from micro_doe.platform.descriptors.correlation import window_fraction_std
 from micro_doe.platform.diffusion import DDIMSampler, DDPMSampler, Sampler, make_generator
 from micro_doe.platform.diffusion.channels import to_labels, to_labels_at_fractions, to_labels_by_hysteresis
-from micro_doe.platform.diffusion.precision import default_precision, warn_once, why_not_native
+from micro_doe.platform.diffusion.precision import default_precision, native_precisions, warn_once, why_not_native
 from micro_doe.platform.diffusion.training import default_device
 from micro_doe.platform.generators import GeneratedBatch
 from micro_doe.platform.memory import check_memory
@@ -355,7 +355,7 @@ class Micro3DiffGenerator:
         keep = f"; set precision {s.precision} to keep it" if s.precision == "bf16" else ""
         warn_once(f"{self.model_ref}: its default precision {why}, so it samples in fp32 ({s.precision} is a "
                   f"speed choice of a machine that has it{keep})")
-        return s.model_copy(update={"precision": default_precision(s.precision, self.device)})
+        return s.model_copy(update={"precision": default_precision(s.precision, native_precisions(self.device))})
 
     def sample(
         self,

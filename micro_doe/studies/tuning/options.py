@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from micro_doe.errors import InputError
 from micro_doe.platform.bundles import model_digest
+from micro_doe.platform.diffusion.precision import default_precision
 from micro_doe.platform.micro3diff.bundle import (
     Micro3DiffConfig,
     SamplingConfig,
@@ -54,7 +55,8 @@ HYSTERESIS_START: dict[str, Any] = {"variant": "anchored", "n_h": 6, "steps": 25
                                     "precision": "bf16"}  # fmt: skip
 
 
-def starts(spectral: bool, hysteresis: bool = False, precisions: Sequence[str] = ("fp32", "bf16")) -> list[dict[str, Any]]:
+def starts(spectral: bool, hysteresis: bool = False, precisions: Sequence[str] = tuple(SEARCH["precision"]["categorical"])
+           ) -> list[dict[str, Any]]:  # fmt: skip
     """The study's first settings, in order: :data:`STARTS`, with :data:`SPECTRAL_STARTS` third
     and fourth when the bundle can sample the spectral variant, and :data:`HYSTERESIS_START`
     after those when hysteresis decoding is searched; each in fp32 where its precision is not
@@ -64,8 +66,9 @@ def starts(spectral: bool, hysteresis: bool = False, precisions: Sequence[str] =
 
 
 def at_precisions(setting: dict[str, Any], precisions: Sequence[str]) -> dict[str, Any]:
-    """``setting`` in fp32 when its precision is not among ``precisions`` (those the machine runs natively)."""
-    return setting if setting["precision"] in precisions else setting | {"precision": "fp32"}
+    """``setting`` at :func:`~micro_doe.platform.diffusion.precision.default_precision` among
+    ``precisions`` (those the machine runs natively): its own, or fp32."""
+    return setting | {"precision": default_precision(setting["precision"], precisions)}
 
 
 def variants(config: Micro3DiffConfig) -> list[str]:

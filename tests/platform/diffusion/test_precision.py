@@ -30,9 +30,9 @@ def test_the_cpu_runs_fp32_natively_and_bf16_where_onednn_has_kernels_for_it():
 
 
 def test_a_default_precision_falls_back_to_fp32_where_it_is_not_native():
-    assert default_precision("fp32", "cpu") == "fp32"
-    assert default_precision("fp16", "cpu") == "fp32"
-    assert default_precision("bf16", "cpu") == ("bf16" if cpu_has_bf16_kernels() else "fp32")
+    assert default_precision("fp32", native_precisions("cpu")) == "fp32"
+    assert default_precision("fp16", native_precisions("cpu")) == "fp32"
+    assert default_precision("bf16", native_precisions("cpu")) == ("bf16" if cpu_has_bf16_kernels() else "fp32")
 
 
 def test_a_warning_is_given_once_per_message(caplog):

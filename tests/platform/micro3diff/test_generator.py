@@ -194,7 +194,7 @@ def test_hysteresis_decoding_grows_the_phase_to_its_target_and_takes_two_phases_
 def test_a_default_precision_the_cpu_emulates_samples_in_fp32_and_an_asked_one_is_kept(tiny_bundle, tmp_path, caplog, monkeypatch):
     from micro_doe.platform.bundles import update_sampling_defaults
     from micro_doe.platform.diffusion import precision
-    from micro_doe.platform.diffusion.precision import default_precision
+    from micro_doe.platform.diffusion.precision import default_precision, native_precisions
 
     monkeypatch.setattr(precision, "_warned", set())
     bundle = shutil.copytree(tiny_bundle, tmp_path / "bf16-default")
@@ -204,7 +204,7 @@ def test_a_default_precision_the_cpu_emulates_samples_in_fp32_and_an_asked_one_i
     with caplog.at_level("WARNING", logger="micro_doe.platform.diffusion.precision"):
         default = generator.sample(1, SamplingSettings(n_h=0, steps=2), seed=1)[0]
         asked = generator.sample(1, SamplingSettings(n_h=0, steps=2, precision="bf16"), seed=1)[0]
-    emulated = default_precision("bf16", "cpu") == "fp32"
+    emulated = default_precision("bf16", native_precisions("cpu")) == "fp32"
     assert generator_params(default)["precision"] == ("fp32" if emulated else "bf16")
     assert generator_params(asked)["precision"] == "bf16"
     said = [r.getMessage() for r in caplog.records]
