@@ -22,7 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from micro_doe.cli.options import OptionError, Overwrite, check_count, option_errors, tracking_option
-from micro_doe.platform.diffusion.training import check_device
+from micro_doe.platform.diffusion.training import TrainingInterrupted, check_device
+from micro_doe.platform.interrupts import interrupt_name, mark_reported
 from micro_doe.platform.ldm.generator import DEFAULT_BATCH_SIZE, LDMGenerator, LDMSample
 from micro_doe.platform.ldm.training import STAGES, LDMTrainConfig, staging_dir, train_ldm
 from micro_doe.platform.ldm.verify import DEFAULT_MAX_CANDIDATES, DEFAULT_ROUND_SIZE, DEFAULT_TOLERANCE, VerifySettings
@@ -203,6 +204,11 @@ def train_ldm_command(
         result = train_ldm(data, out, recipe, stage=stage, resume=resume, device=device,  # type: ignore[arg-type]
                            progress=progress, on_log=logger, overwrite=overwrite)
         status = "FINISHED"
+    except TrainingInterrupted as stopped:  # say where the checkpoint is, then exit 130 / 143
+        status = "KILLED"
+        Console(stderr=True).print(f"interrupted ({interrupt_name()}): {stopped}", highlight=False, soft_wrap=True)
+        mark_reported()
+        raise
     finally:
         if client is not None and logger is not None:
             logger.flush()

@@ -47,6 +47,10 @@ def training_autocast(device: str | torch.device, precision: TrainingPrecision) 
 MAX_SKIPPED_IN_A_ROW = 10  # more non-finite gradients in a row than this: the run has diverged
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was stopped by Ctrl-C or SIGTERM after its checkpoint was written."""
+
+
 class TrainingDiverged(ExecutionError):
     """Every gradient of many steps in a row was not finite: training diverged (not a passing overflow)."""
 

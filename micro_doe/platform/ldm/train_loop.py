@@ -12,12 +12,14 @@ from typing import Any
 import torch
 
 from micro_doe.platform.diffusion.training import (
+    TrainingInterrupted,
     TrainingProgress,
     check_skipped,
     clipped_step,
     ema_update,
     training_autocast,
 )
+from micro_doe.platform.interrupts import interrupts_deferred
 from micro_doe.platform.ldm.bundle import StageSummary, load_weights
 from micro_doe.platform.ldm.stages_common import _Run, _state_hash
 from micro_doe.platform.ldm.train_config import StageConfig
@@ -60,9 +62,30 @@ def _optimise(
         raise ValueError(f"{stage}.steps: the checkpoint in {path} is at step {state.step}, beyond steps={cfg.steps}")
     start = time.perf_counter() - state.seconds
     model.train()
+    try:
+        with TrainingProgress(run.progress, cfg.steps, state.step, f"{stage} {run.out.name}") as advance:
+            _steps(run, stage, cfg, model, loss_fn, optimiser, state, start, path, identity, generator, advance,
+                   ema=ema, ema_decay=ema_decay)
+    except KeyboardInterrupt:  # Ctrl-C, and SIGTERM under interrupts_raise: keep every finished step
+        with interrupts_deferred():
+            state.seconds = time.perf_counter() - start
+            _save_checkpoint(path, identity, model, ema, optimiser, generator, state)
+        raise TrainingInterrupted(
+            f"training stopped at {stage} step {state.step} of {cfg.steps}; checkpoint {path} written "
+            "(run the same command with --resume to continue)"
+        ) from None
+    model.eval()
+    return state
+
+
+def _steps(run, stage, cfg, model, loss_fn, optimiser, state, start, path, identity, generator, advance, *, ema,
+           ema_decay) -> None:
+    """The optimiser steps from ``state.step`` to ``cfg.steps``. A signal waits for the step in
+    progress to finish (``interrupts_deferred``), so ``state`` and the weights always agree and
+    an interrupt's checkpoint resumes exactly."""
     in_a_row = 0
-    with TrainingProgress(run.progress, cfg.steps, state.step, f"{stage} {run.out.name}") as advance:
-        for step in range(state.step, cfg.steps):
+    for step in range(state.step, cfg.steps):
+        with interrupts_deferred():
             with training_autocast(run.device, cfg.precision):
                 loss = loss_fn()
             optimiser.zero_grad(set_to_none=True)
@@ -77,16 +100,15 @@ def _optimise(
                 state.skipped, in_a_row = state.skipped + 1, in_a_row + 1
                 check_skipped(in_a_row, step + 1)
             state.step = step + 1
-            if run.on_log is not None:
-                run.on_log(stage, state.step, value)
             if state.step % run.config.log_every == 0:  # at fixed steps, so resumed histories match
                 state.losses.append(state.running)
-            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+        if run.on_log is not None:
+            run.on_log(stage, state.step, value)
+        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+            with interrupts_deferred():
                 state.seconds = time.perf_counter() - start
                 _save_checkpoint(path, identity, model, ema, optimiser, generator, state)
-            advance(state.running)
-    model.eval()
-    return state
+        advance(state.running)
 
 
 def _save_checkpoint(path, identity, model, ema, optimiser, generator, state) -> None:

@@ -40,6 +40,7 @@ from micro_doe.platform.descriptors import (
 from micro_doe.platform.diffusion import DDPMSampler, NoiseSchedule, diffusion_loss
 from micro_doe.platform.diffusion.channels import labels_to_channels, to_labels
 from micro_doe.platform.diffusion.training import (
+    TrainingInterrupted,
     TrainingPrecision,
     TrainingProgress,
     check_skipped,
@@ -195,10 +196,6 @@ def train_micro3diff(
     held_reference = None if held_out is None else training_reference(held_out, held_out)
     return write_bundle(out, bundle_config, ema.state_dict(), reference, card, examples=examples, overwrite=overwrite,
                         held_out=held_reference)
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training was stopped by Ctrl-C or SIGTERM after its checkpoint was written."""
 
 
 def _train_steps(model, ema, optimiser, generator, images, n_phases, schedule, config, state, start, checkpoint,

@@ -113,6 +113,31 @@ def test_resume_continues_exactly_where_training_stopped(dataset, tmp_path, bund
     assert sb["losses"] == pytest.approx(sa["losses"], rel=1e-5)
 
 
+def test_an_interrupt_writes_a_checkpoint_that_resumes_exactly(dataset, tmp_path, bundle):
+    import os
+    import signal
+
+    from micro_doe.platform.diffusion.training import TrainingInterrupted
+    from micro_doe.platform.interrupts import interrupts_raise
+
+    a, b = _copy_staging(bundle, tmp_path / "a"), _copy_staging(bundle, tmp_path / "b")
+    train_ldm(dataset, a, tiny(ldm=6), stage="ldm", device="cpu", progress=False)
+
+    def sigterm_at_step_3(stage: str, step: int, loss: float) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    # Checkpoints fall every 2 steps here: the one at step 3 is the interrupt's own.
+    with interrupts_raise(), pytest.raises(TrainingInterrupted, match="stopped at ldm step 3 of 6"):
+        train_ldm(dataset, b, tiny(ldm=6), stage="ldm", device="cpu", progress=False, on_log=sigterm_at_step_3)
+    assert torch.load(staging_dir(b) / "ldm.checkpoint.pt", weights_only=True)["step"] == 3
+    assert json.loads((staging_dir(b) / "ldm.json").read_text())["steps"] == 4  # still the copied bundle's stage
+    train_ldm(dataset, b, tiny(ldm=6), stage="ldm", resume=True, overwrite=True, device="cpu", progress=False)
+    straight, resumed = (torch.load(staging_dir(root) / "ldm.pt", weights_only=True) for root in (a, b))
+    for key in straight:
+        torch.testing.assert_close(straight[key], resumed[key], rtol=1e-5, atol=1e-6)
+
+
 def _with_precision(recipe, stage: str, precision: str):  # type: ignore[no-untyped-def]
     return recipe.model_copy(update={stage: getattr(recipe, stage).model_copy(update={"precision": precision})})
 
