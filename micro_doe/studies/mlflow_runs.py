@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
 import uuid
@@ -280,13 +281,15 @@ class StudyTracker:
         reason: str | None = None,
         seconds: float | None = None,
         started_at: float | None = None,
+        montage: str | os.PathLike[str] | None = None,
     ) -> str:
         """One child run for a finished trial (see the module docstring); returns its run id.
 
         ``state``: FINISHED/COMPLETE/PRUNED end the run FINISHED, FAIL/FAILED end it FAILED
         (Optuna's ``TrialState`` works too). ``started_at`` (seconds since the epoch) is the
         trial's real start, so the run shows the trial's duration, not the logging's. Artifact
-        failures become ``warning.*`` tags; only a failing tracking store raises.
+        failures become ``warning.*`` tags; only a failing tracking store raises. ``montage``:
+        the trial's montage already drawn (for the dashboard), logged as it is instead of drawn again.
         """
         state_name = str(getattr(state, "name", state)).upper()
         if state_name not in _FINISHED | _FAILED:
@@ -319,7 +322,8 @@ class StudyTracker:
                 params=[Param(k, v) for k, v in logged.items()],
                 tags=extra_tags,
             )
-            warnings = self._log_trial_artifacts(run_id, trial_number, volumes, reference, predicted, scalars, reason)
+            warnings = self._log_trial_artifacts(run_id, trial_number, volumes, reference, predicted, scalars, reason,
+                                                 montage)
             for name, message in warnings.items():
                 self.client.set_tag(run_id, f"warning.{name}", _clip(message, MAX_TAG_LENGTH))
         except Exception:
@@ -345,6 +349,7 @@ class StudyTracker:
         predicted: Sequence[Mapping[str, Any]],
         scalars: Mapping[str, float],
         reason: str | None,
+        montage: str | os.PathLike[str] | None = None,
     ) -> dict[str, str]:
         """Render the artifacts into a temporary folder and upload it in one call; returns
         ``{artifact: error}`` for those that failed."""
@@ -366,7 +371,9 @@ class StudyTracker:
             vols = list(volumes)
             for i, vol in enumerate(vols):
                 attempt(f"sample-{i}.nc", lambda i=i, vol=vol: write_netcdf(vol, out / "volumes" / f"sample-{i}.nc"))
-            if vols and self.pictures:
+            if montage is not None and Path(montage).is_file():
+                attempt("montage.png", lambda: shutil.copyfile(montage, out / "montage.png"))
+            elif vols and self.pictures:
                 attempt("montage.png", lambda: self.montage_png(vols, out / "montage.png", title=f"trial {number}"))
             if vols and reference is not None and self.pictures:
 

@@ -259,27 +259,29 @@ class Study:
         from micro_doe.studies.dashboard import artifact_store
 
         spec = self.spec
-        describe_study(study, spec, [o.name for o, _ in self.objectives])
-        requeue_stale_trials(study, self.driver_id)
-        enqueue_initial_design(study, spec, self.driver_id)
-        store = artifact_store(Path(spec.artifacts) / "optuna")
-        example = self._example_image()
-        tracker, parent = self._tracker(study, example)
-        pruning = open_pruning_study(spec, study) if spec.pruner is not None else None
-        trials = TrialLifecycle(spec, self.objectives, self.driver_id, study, tracker, self._reference(), pruning, store,
-                                example)
-
-        def report(running: int, note: str) -> None:
-            if on_progress is not None:
-                progress = self._progress(study, budget, running)
-                progress.note = note
-                on_progress(progress)
-
-        scheduler = Scheduler(spec, trials, executor, budget, timeout, start, pipelining, report)
+        tracker: Any = None
         status = "FINISHED"
         try:
+            # First: the actors boot (a worker process, imports, the model) while the stores are set up.
             executor.start(self._generator_spec(), spec.resources.generators, spec.resources.evaluators,
                            f"micro-doe:{spec.name}:{self.driver_id[:8]}")
+            describe_study(study, spec, [o.name for o, _ in self.objectives])
+            requeue_stale_trials(study, self.driver_id)
+            enqueue_initial_design(study, spec, self.driver_id)
+            store = artifact_store(Path(spec.artifacts) / "optuna")
+            example = self._example_image()
+            tracker, parent = self._tracker(study, example)
+            pruning = open_pruning_study(spec, study) if spec.pruner is not None else None
+            trials = TrialLifecycle(spec, self.objectives, self.driver_id, study, tracker, self._reference(), pruning,
+                                    store, example)
+
+            def report(running: int, note: str) -> None:
+                if on_progress is not None:
+                    progress = self._progress(study, budget, running)
+                    progress.note = note
+                    on_progress(progress)
+
+            scheduler = Scheduler(spec, trials, executor, budget, timeout, start, pipelining, report)
             scheduler.run()
         except KeyboardInterrupt:
             status = "KILLED"

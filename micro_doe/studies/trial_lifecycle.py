@@ -219,24 +219,27 @@ class TrialLifecycle:
         except Exception as err:  # noqa: BLE001
             self.fail(ctx, reason(err))
             return
-        self._montage(ctx)
-        self._log_run(ctx, "FINISHED", values, metrics)
+        montage = self._montage(ctx)
+        self._log_run(ctx, "FINISHED", values, metrics, montage=montage)
         self.study.tell(ctx.trial, [values[o.name] for o, _ in self.objectives])
         if ctx.reporter is not None and ctx.reporter is not ctx.trial and self.pruning is not None:
             self.pruning.tell(ctx.reporter, values[self.objectives[0][0].name])
 
-    def _montage(self, ctx: TrialContext) -> None:
-        """The trial's slice montage into the artifact store, where optuna-dashboard shows it."""
+    def _montage(self, ctx: TrialContext) -> Path | None:
+        """The trial's slice montage into the artifact store, where optuna-dashboard shows it;
+        returns its file (MLflow logs the same picture), None when there is none."""
         from micro_doe.studies.dashboard import trial_montage, upload_trial_image
 
         if self.store is None or not self.spec.pictures:
-            return
+            return None
         png = Path(self.spec.artifacts) / "montages" / f"trial-{ctx.number}.png"
         try:
-            trial_montage(ctx.volumes, png, self.example_image)
+            trial_montage(ctx.volumes, png, self.example_image, title=f"trial {ctx.number}")
             upload_trial_image(self.study, ctx.trial, png, self.store)
         except Exception as err:  # noqa: BLE001 — a picture never costs a trial
             ctx.trial.set_user_attr(attrs.MONTAGE_ERROR, reason(err))
+            return None
+        return png
 
     def fail(self, ctx: TrialContext, why: str, requeue: bool = False) -> None:
         """Tell FAIL with the reason; ``requeue``: the trial was not at fault, run it again."""
@@ -334,7 +337,7 @@ class TrialLifecycle:
         return [(c.describe(), c.violation(metrics[c.metric]), metrics[c.metric]) for c in self.spec.constraints]
 
     def _log_run(self, ctx: TrialContext, state: str, values: dict[str, float], metrics: dict[str, float],
-                 why: str | None = None) -> None:  # fmt: skip
+                 why: str | None = None, montage: Path | None = None) -> None:  # fmt: skip
         """The trial's MLflow run (its parameters with the seed, volumes, real start and duration),
         and its link on the trial, which the dashboard shows (nothing without tracking)."""
         if self.tracker is None:
@@ -342,7 +345,7 @@ class TrialLifecycle:
         run_id = self.tracker.log_trial(
             trial_number=ctx.number, params=ctx.params | {"seed": ctx.seed}, values=values, metrics=metrics,
             volumes=ctx.volumes, reference=self.reference, predicted=ctx.predicted, state=state, reason=why,
-            seconds=time.perf_counter() - ctx.started, started_at=ctx.started_at,
+            seconds=time.perf_counter() - ctx.started, started_at=ctx.started_at, montage=montage,
         )  # fmt: skip
         ctx.trial.set_user_attr(attrs.MLFLOW_RUN, self.tracker.run_url(run_id))
 

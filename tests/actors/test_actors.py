@@ -340,3 +340,13 @@ def test_an_evaluator_killed_mid_call_restarts_and_finishes_the_call(pool):
     assert got["shape"] == [128, 128, 128] and got["tortuosity"]["percolating_fraction"] > 0.9
     assert wait_for_new_pid(actor, before) != before
     assert ray.get(actor.info.remote())["restarted"]
+
+
+def test_an_evaluator_actor_imports_no_torch():
+    # What a Ray worker imports to host an evaluator: its module (and the package around it).
+    code = "import sys, micro_doe.actors.evaluator; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    import micro_doe.actors as actors
+
+    assert all(getattr(actors, name) is not None for name in actors.__all__)  # every lazy name resolves
