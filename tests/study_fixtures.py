@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import yaml
+
+_EMPTY_STORE: list[Path] = []  # this test process's empty MLflow store, as MLflow made it
+
+
+def empty_tracking_store(path: str | Path) -> None:
+    """Put an empty MLflow store (sqlite) at ``path`` unless something is there. MLflow makes one
+    per test process, running its schema migrations (2–5 s on 2 cores); each study gets a copy."""
+    path = Path(path)
+    if path.exists():
+        return
+    if not _EMPTY_STORE:
+        from mlflow.tracking import MlflowClient
+
+        made = Path(tempfile.mkdtemp(prefix="micro-doe-empty-store-")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{made}").search_experiments()  # creates and migrates it
+        _EMPTY_STORE.append(made)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_EMPTY_STORE[0], path)
 
 
 def write_study(tmp_path, model, **overrides) -> str:  # type: ignore[no-untyped-def]
@@ -19,6 +41,8 @@ def write_study(tmp_path, model, **overrides) -> str:  # type: ignore[no-untyped
         "tracking": f"sqlite:///{tmp_path}/mlflow.db",
         "artifacts": f"{tmp_path}/artifacts",
     } | overrides
+    if "tracking" not in overrides:
+        empty_tracking_store(tmp_path / "mlflow.db")
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)

@@ -32,7 +32,8 @@ def slice_montage(
     with a legend naming each grey level's phase (from the volumes' ``phase_names``).
 
     ``reference``: a training image (y, x) or volume (z, y, x) shown as the first row, so the
-    generated slices are read against the data they should resemble."""
+    generated slices are read against the data they should resemble. The panels are one
+    mosaic in one set of axes (a third of the time of a grid of axes: a study draws one per trial)."""
     vols = [volumes] if isinstance(volumes, xr.DataArray) else list(volumes)
     if not vols:
         raise ValueError("slice_montage: no volumes given")
@@ -44,42 +45,58 @@ def slice_montage(
     named = [tuple(v.attrs.get("phase_names") or ()) for v, _ in rows]
     names = list(named[-1]) if len(set(named)) == 1 else []
     k = max([max(int(v.max()), 1) for v, _ in rows] + [len(names) - 1])
-    fig, axes = plt.subplots(len(rows), 3, figsize=(6.6, 2.3 * len(rows) + (0.35 if names else 0)), squeeze=False)
-    for row, (vol, label) in enumerate(rows):
-        if vol.dims == ("y", "x"):  # a 2D training image: one panel
-            views = {"training image (2D)": vol}
-        elif vol.dims == ("z", "y", "x"):
-            mids = {d: vol.sizes[d] // 2 for d in vol.dims}
-            views = {
-                f"xy (z={mids['z']})": vol.isel(z=mids["z"]),
-                f"xz (y={mids['y']})": vol.isel(y=mids["y"]),
-                f"yz (x={mids['x']})": vol.isel(x=mids["x"]),
-            }
-        else:
-            raise ValueError(f"slice_montage: expected (z, y, x) volumes or a (y, x) image, got dims {vol.dims}")
-        for col in range(3):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col >= len(views):
-                ax.axis("off")
-                continue
-            name, image = list(views.items())[col]
-            ax.imshow(image.values, cmap="gray", vmin=0, vmax=k, interpolation="nearest")
-            if row == 0 or (reference is not None and row == 1):
-                ax.set_title(name, fontsize=9)
-        if label:
-            axes[row, 0].set_ylabel(label, fontsize=8)
-    if names:
-        from matplotlib.patches import Patch
+    panels = [_views(vol) for vol, _ in rows]
+    h = max(image.shape[0] for row in panels for _, image in row)
+    w = max(image.shape[1] for row in panels for _, image in row)
+    gap, head = max(1, w // 10), max(2, h // 4)  # between columns; above each row, room for its titles
+    height, width = len(rows) * (h + head), 3 * w + 2 * gap
+    mosaic = np.full((height, width), np.nan)  # NaN: the white between panels
+    corners = []
+    for r, row in enumerate(panels):
+        for c, (_, image) in enumerate(row):
+            y0, x0 = r * (h + head) + head, c * (w + gap)
+            mosaic[y0 : y0 + image.shape[0], x0 : x0 + image.shape[1]] = image
+            corners.append((x0, y0, image.shape))
+    legend_in, title_in = (0.35 if names else 0.0), (0.1 if title else 0.0)
+    image_in = 6.6 * 0.9 * height / width
+    fig = plt.figure(figsize=(6.6, image_in + legend_in + title_in))
+    ax = fig.add_axes((0.05, legend_in / fig.get_figheight(), 0.93, image_in / fig.get_figheight()))
+    ax.imshow(mosaic, cmap=plt.get_cmap("gray").with_extremes(bad="white"), vmin=0, vmax=k, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_xlim(-1, width)
+    ax.set_ylim(height, 0)
+    from matplotlib.patches import Patch, Rectangle
 
+    for x0, y0, shape in corners:
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), shape[1], shape[0], fill=False, edgecolor="black", linewidth=0.8))
+    for r, row in enumerate(panels):
+        y0 = r * (h + head) + head
+        if r == 0 or (reference is not None and r == 1):
+            for c, (name, _) in enumerate(row):
+                ax.text(c * (w + gap) + w / 2, y0 - 0.8, name, ha="center", va="bottom", fontsize=9)
+        if rows[r][1]:
+            ax.text(-0.04 * w, y0 + h / 2, rows[r][1], ha="right", va="center", rotation=90, fontsize=8)
+    if names:
         grey = plt.get_cmap("gray")
         handles = [Patch(facecolor=grey(i / k), edgecolor="k", label=f"{i}: {n}") for i, n in enumerate(names)]
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 if names else 0, 1, 1))
+        fig.suptitle(title, fontsize=10, y=1 - 0.05 / fig.get_figheight())
     return _save(fig, path)
+
+
+def _views(vol: xr.DataArray) -> list[tuple[str, np.ndarray]]:
+    """The panels of one montage row: a 2D image itself, or a volume's middle xy, xz and yz slices."""
+    if vol.dims == ("y", "x"):
+        return [("training image (2D)", vol.values)]
+    if vol.dims != ("z", "y", "x"):
+        raise ValueError(f"slice_montage: expected (z, y, x) volumes or a (y, x) image, got dims {vol.dims}")
+    mids = {d: vol.sizes[d] // 2 for d in vol.dims}
+    return [
+        (f"xy (z={mids['z']})", vol.isel(z=mids["z"]).values),
+        (f"xz (y={mids['y']})", vol.isel(y=mids["y"]).values),
+        (f"yz (x={mids['x']})", vol.isel(x=mids["x"]).values),
+    ]
 
 
 def curves_plot(

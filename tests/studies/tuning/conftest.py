@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from study_fixtures import empty_tracking_store
 
 from micro_doe.studies.tuning.options import TuneOptions
 
@@ -30,6 +31,8 @@ def options():  # type: ignore[no-untyped-def]
         base = {"trials": 2, "samples_per_trial": 1, "confirm_volumes": 1, "calibration_volumes": 1, "finalist_volumes": 1,
                 "storage": f"sqlite:///{tmp_path}/optuna.db", "tracking": f"sqlite:///{tmp_path}/mlflow.db",
                 "artifacts": f"{tmp_path}/artifacts"}
+        if "tracking" not in changes:
+            empty_tracking_store(tmp_path / "mlflow.db")
         return TuneOptions(**(base | changes))
 
     return options
