@@ -27,7 +27,7 @@ def quiet_env(monkeypatch):
 def spec_of(tmp_path, model, **changes) -> dict:  # type: ignore[no-untyped-def]
     """The end-to-end study as a mapping, in this process's memory and without MLflow."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    with open(write_study(tmp_path, model)) as f:
+    with open(write_study(tmp_path, model, tracking=None)) as f:  # no MLflow store to copy
         spec = yaml.safe_load(f)
     return spec | {"storage": "memory", "tracking": None, "sampler": {"kind": "random", "seed": 0}} | changes
 
