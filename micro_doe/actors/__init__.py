@@ -12,30 +12,19 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-_EXPORTS = {
-    "CapacityLostError": "micro_doe.actors.cluster",
-    "ClusterCapacityError": "micro_doe.actors.cluster",
-    "ClusterConnectionError": "micro_doe.actors.cluster",
-    "ClusterInfo": "micro_doe.actors.cluster",
-    "check_capacity": "micro_doe.actors.cluster",
-    "check_workers": "micro_doe.actors.cluster",
-    "connect": "micro_doe.actors.cluster",
-    "evaluator_options": "micro_doe.actors.cluster",
-    "generator_options": "micro_doe.actors.cluster",
-    "shutdown": "micro_doe.actors.cluster",
-    "EvaluatorActor": "micro_doe.actors.evaluator",
-    "EvaluatorPool": "micro_doe.actors.evaluator",
-    "EvaluatorWorker": "micro_doe.actors.evaluator",
-    "GeneratorActor": "micro_doe.actors.generator",
-    "GeneratorWorker": "micro_doe.actors.generator",
-    "ActorHealth": "micro_doe.actors.health",
-    "actor_state": "micro_doe.actors.health",
-    "is_actor_failure": "micro_doe.actors.health",
+_NAMES_OF = {  # module: the names it gives this package
+    "micro_doe.actors.cluster": ("CapacityLostError", "ClusterCapacityError", "ClusterConnectionError", "ClusterInfo",
+                                 "check_capacity", "check_workers", "connect", "evaluator_options", "generator_options",
+                                 "shutdown"),
+    "micro_doe.actors.evaluator": ("EvaluatorActor", "EvaluatorPool", "EvaluatorWorker"),
+    "micro_doe.actors.generator": ("GeneratorActor", "GeneratorWorker"),
+    "micro_doe.actors.health": ("ActorHealth", "actor_state", "is_actor_failure"),
 }
-__all__ = sorted(_EXPORTS)
+_MODULE_OF = {name: module for module, names in _NAMES_OF.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
+    if name in _MODULE_OF:
+        return getattr(import_module(_MODULE_OF[name]), name)
     raise AttributeError(f"module 'micro_doe.actors' has no attribute {name!r}")
