@@ -16,6 +16,7 @@ instance of it; a dead actor process is restarted (options from
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import ray
@@ -29,9 +30,8 @@ class EvaluatorWorker:
     """Computes the descriptor set of one volume per call (on one torch thread in an actor)."""
 
     def __init__(self) -> None:
-        if in_actor():  # in-process (CLI, tests) the caller's thread settings are left alone
-            import torch
-
+        torch = sys.modules.get("torch")  # describe needs no torch: an actor's worker never imports it
+        if in_actor() and torch is not None:  # in-process (CLI, tests) the caller's thread settings are left alone
             torch.set_num_threads(1)
         self.calls = 0
 

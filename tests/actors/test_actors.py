@@ -342,11 +342,16 @@ def test_an_evaluator_killed_mid_call_restarts_and_finishes_the_call(pool):
     assert ray.get(actor.info.remote())["restarted"]
 
 
-def test_an_evaluator_actor_imports_no_torch():
-    # What a Ray worker imports to host an evaluator: its module (and the package around it).
-    code = "import sys, micro_doe.actors.evaluator; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+def test_an_evaluator_actor_loads_no_torch(pool):
+    # Its worker process, after describing a volume: no libtorch among the libraries it mapped
+    # (this test's own process, which imported torch, maps it).
+    with open("/proc/self/maps") as maps:
+        assert "libtorch" in maps.read()
+    ray.get(pool.submit(spherical_inclusions((16, 16, 16), mean_diameter=4, sd_diameter=1, volume_fraction=0.15, seed=0)))
+    for actor in pool._actors:
+        pid = ray.get(actor.info.remote())["pid"]
+        with open(f"/proc/{pid}/maps") as maps:
+            assert "libtorch" not in maps.read()
     import micro_doe.actors as actors
 
     assert all(getattr(actors, name) is not None for name in actors.__all__)  # every lazy name resolves
