@@ -10,6 +10,7 @@ final loss, wall time and the feature predictor's validation R², and the card a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -204,14 +205,18 @@ def train_ldm_command(
         result = train_ldm(data, out, recipe, stage=stage, resume=resume, device=device,  # type: ignore[arg-type]
                            progress=progress, on_log=logger, overwrite=overwrite)
         status = "FINISHED"
-    except TrainingInterrupted as stopped:  # say where the checkpoint is, then exit 130 / 143
+    except KeyboardInterrupt as stopped:  # Ctrl-C or SIGTERM: the run ends KILLED, then exit 130 / 143
         status = "KILLED"
-        Console(stderr=True).print(f"interrupted ({interrupt_name()}): {stopped}", highlight=False, soft_wrap=True)
-        mark_reported()
+        if isinstance(stopped, TrainingInterrupted):  # say where the checkpoint is
+            Console(stderr=True).print(f"interrupted ({interrupt_name()}): {stopped}", highlight=False, soft_wrap=True)
+            mark_reported()
         raise
     finally:
         if client is not None and logger is not None:
-            logger.flush()
+            try:
+                logger.flush()
+            except Exception:  # noqa: BLE001 — the run is still ended below; the losses logged so far stay
+                logging.getLogger(__name__).warning("could not log the last losses to MLflow", exc_info=True)
             if status == "FINISHED":
                 from mlflow.entities import Metric
 

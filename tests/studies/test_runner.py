@@ -40,6 +40,12 @@ def quiet_env(monkeypatch):
 
 
 def test_a_study_runs_end_to_end_and_is_readable_through_each_store(tmp_path, tiny_bundle, monkeypatch):
+    from micro_doe.studies.mlflow_runs import StudyTracker
+
+    def drawn_again(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("MLflow drew the trial's montage again")
+
+    monkeypatch.setattr(StudyTracker, "montage_png", drawn_again)  # the dashboard's picture is logged as it is
     result = Study.from_yaml(write_study(tmp_path, tiny_bundle)).run()
     assert len(result.completed) == 3 and not result.failed and result.best_trials
 

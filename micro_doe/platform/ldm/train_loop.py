@@ -60,13 +60,15 @@ def _optimise(
     state = _load_checkpoint(path, identity, model, ema, optimiser, generator) if resume else _LoopState()
     if state.step > cfg.steps:
         raise ValueError(f"{stage}.steps: the checkpoint in {path} is at step {state.step}, beyond steps={cfg.steps}")
-    start = time.perf_counter() - state.seconds
+    start, first = time.perf_counter() - state.seconds, state.step
     model.train()
     try:
         with TrainingProgress(run.progress, cfg.steps, state.step, f"{stage} {run.out.name}") as advance:
             _steps(run, stage, cfg, model, loss_fn, optimiser, state, start, path, identity, generator, advance,
                    ema=ema, ema_decay=ema_decay)
     except KeyboardInterrupt:  # Ctrl-C, and SIGTERM under interrupts_raise: keep every finished step
+        if state.step == first:  # no step of this run finished: an earlier checkpoint stays as it is
+            raise TrainingInterrupted(f"training stopped before {stage} step {first + 1}; nothing written") from None
         with interrupts_deferred():
             state.seconds = time.perf_counter() - start
             _save_checkpoint(path, identity, model, ema, optimiser, generator, state)
