@@ -140,7 +140,9 @@ $(MODELS)/opv-32/model.pt: install
 
 # The LDM at 64³ (#30 D3): a smaller data set (9 φ × 9 χ, ≈ 13 min on one core) and the default
 # recipe in mixed precision where the CPU has bf16 kernels (≈ 3.7 h on one core instead of 7.7; several
-# sessions, continued with RESUME=1), then the same measured choice of sampling defaults.
+# sessions, continued with RESUME=1), then the same measured choice of sampling defaults. On an AVX2-only
+# CPU (fp32) a VAE step took ≈ 8.6 CPU s (2026-12-08, the other core busy): its 5 000 steps alone ≈ 12 h.
+# A piece stops with Ctrl-C or SIGTERM and writes its checkpoint (OUT.staging, committed between pieces).
 $(MODELS)/opv-64/model.pt: install
 	OMP_NUM_THREADS=1 $(BIN)/micro-doe data make cahn-hilliard --shape 64 64 64 --phis 0.3:0.7:9 --chis 2.6:4.2:9 \
 		--seed 0 --out $(DATA)/opv-64.nc --overwrite
