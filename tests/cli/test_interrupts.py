@@ -28,7 +28,9 @@ def write_study(tmp_path, model) -> str:  # type: ignore[no-untyped-def]
     spec = {
         "name": "interrupted",
         "generator": {"kind": "micro3diff", "model": str(model)},
-        "search": {"n_h": {"int": [2, 3]}, "steps": {"int": [6, 8]}},
+        # Steps enough that a trial's generation outlasts the second the test waits inside it
+        # (the actors boot while the stores are set up, so the first one starts at once).
+        "search": {"n_h": {"int": [2, 3]}, "steps": {"int": [30, 40]}},
         "samples_per_trial": 2,
         "objectives": [{"name": "s2_error"}],
         # A two-point initial design: the interrupted first trial is re-queued *behind* the
